@@ -16,7 +16,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("vsre_ros.sim_data.cli", "generate a simulated spatial-QA dataset"),
     "ask": ("vsre_ros.core.ask", "answer one question about image files, without ROS"),
     "train": ("vsre_ros.training.train", "two-stage tuning (stage 1, stage 2, or both)"),
-    "evaluate": ("vsre_ros.training.evaluate", "evaluate a model on a dataset; JSON, Markdown, PNG"),
+    "evaluate": (
+        "vsre_ros.training.evaluate",
+        "evaluate a model on a dataset (JSON, Markdown, PNG)",
+    ),
     "expand": ("vsre_ros.training.expand", "expand a dataset with diffusion or simulation"),
     "ingest": ("vsre_ros.training.bags", "turn recorded rosbag2 bags into a dataset"),
     "retrain": ("vsre_ros.training.retrain", "ingest, expand, tune, compare, export"),

@@ -63,8 +63,8 @@ class Query:
     subj: str = ""  # optional structured form: subject object
     relation: str = ""  # optional structured form: relation (a VSR relation name)
     obj: str = ""  # optional structured form: reference object
-    depth: list[np.ndarray | None] = field(default_factory=list)  # HxW float32 metres per image
-    image_keys: list[Hashable | None] = field(default_factory=list)  # cache keys, e.g. (cam, stamp)
+    depth: list[np.ndarray | None] = field(default_factory=list)  # HxW float32 metres
+    image_keys: list[Hashable | None] = field(default_factory=list)  # cache keys (cam, stamp)
     query_id: str = ""  # caller's id, echoed in the answer
 
 

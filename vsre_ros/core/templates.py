@@ -29,7 +29,9 @@ class Template:
 
 TEMPLATES: list[Template] = [
     Template("t00", "yes_no", "Is the {subj} {relation} the {obj}?"),
-    Template("t01", "verify", "The {subj} is {relation} the {obj}. True or false?", "true", "false"),
+    Template(
+        "t01", "verify", "The {subj} is {relation} the {obj}. True or false?", "true", "false"
+    ),
 ]
 HELDOUT_TEMPLATES: list[Template] = [
     Template("h00", "yes_no", "Would you say the {subj} is {relation} the {obj}?"),
