@@ -1,0 +1,228 @@
+"""The evaluator's numbers against values computed by hand on hand-made predictions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from vsre_ros.training.items import Item
+from vsre_ros.training.metrics import (
+    accuracy_by,
+    answer_bias,
+    baseline_predictions,
+    calibration,
+    consistency,
+    evaluate_predictions,
+    find_overlap,
+    metric_answers,
+)
+from vsre_ros.training.report import write_report
+from vsre_ros.training.scoring import (
+    Prediction,
+    parse_yes_no,
+    relative_accuracy,
+    score,
+    within_factor,
+)
+
+
+def rel(item_id, label, relation="left of", subj="cup", obj="box", image=None, **kw):
+    return Item(
+        id=item_id,
+        image=image or f"images/{item_id}.png",
+        label=label,
+        relation=relation,
+        subj=subj,
+        obj=obj,
+        answer="yes" if label else "no",
+        answer_kind="yes_no",
+        **kw,
+    )
+
+
+def num(item_id, value):
+    return Item(
+        id=item_id,
+        image=f"{item_id}.png",
+        answer=f"{value}",
+        answer_kind="number",
+        value=value,
+        unit="m",
+        task="distance",
+    )
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Yes.", True),
+        ("No, it is not.", False),
+        ("yes and no", None),
+        ("maybe", None),
+        ("", None),
+        ("Yesterday", None),
+    ],
+)
+def test_yes_no_rule_follows_vlmevalkit(text, expected):
+    assert parse_yes_no(text) is expected
+
+
+def test_template_words_are_used_for_verify_and_choice_templates():
+    item = rel("a", 1)
+    assert score(item, Prediction("a", "True", template_id="t20")).correct
+    assert not score(item, Prediction("a", "yes", template_id="t20")).correct  # Unknown
+    # t36 lists the negative option first, so "B" means the relation holds.
+    assert score(item, Prediction("a", "B", template_id="t36")).correct
+    assert not score(item, Prediction("a", "A", template_id="t36")).correct
+
+
+def test_probability_decides_when_there_is_no_text():
+    item = rel("a", 0)
+    assert score(item, Prediction("a", "", probability=0.2)).correct
+    assert not score(item, Prediction("a", "", probability=0.7)).correct
+
+
+def test_accuracy_by_relation_and_meta_category_by_hand():
+    items = [
+        rel("a", 1, "left of"),
+        rel("b", 0, "left of"),
+        rel("c", 1, "near"),
+        rel("d", 0, "facing"),
+    ]
+    said = ["yes", "yes", "yes", "no"]
+    rows = [score(i, Prediction(i.id, s)) for i, s in zip(items, said, strict=True)]
+    by_rel = accuracy_by(rows, "relation")
+    assert by_rel["left of"] == {"n": 2, "correct": 1, "accuracy": 0.5}
+    assert by_rel["near"]["accuracy"] == 1.0
+    by_meta = accuracy_by(rows, "meta_category")
+    assert by_meta["Projective"]["accuracy"] == 0.5
+    assert by_meta["Proximity"]["n"] == 1
+    assert by_meta["Orientation"]["correct"] == 1
+    with pytest.raises(ValueError, match="unknown group 'colour'; known: relation"):
+        accuracy_by(rows, "colour")
+
+
+def test_consistency_counts_items_answered_alike_under_every_template():
+    items = {i.id: i for i in [rel("a", 1), rel("b", 0), rel("c", 1), rel("d", 1)]}
+    preds = [
+        ("a", "t00", "yes"), ("a", "t20", "true"), ("a", "t36", "B"),  # same, all right
+        ("b", "t00", "yes"), ("b", "t20", "false"),  # differ
+        ("c", "t00", "no"), ("c", "t20", "false"),  # same, all wrong
+        ("d", "t00", "yes"),  # one template only: not counted
+    ]  # fmt: skip
+    rows = [score(items[i], Prediction(i, text, template_id=t)) for i, t, text in preds]
+    result = consistency(rows)
+    assert result["n_items"] == 3
+    assert result["consistent"] == 2
+    assert result["share"] == pytest.approx(2 / 3)
+    assert result["all_correct"] == 1
+
+
+def test_answer_bias_precision_recall_f1_by_hand():
+    items = [rel("a", 1), rel("b", 1), rel("c", 0), rel("d", 0)]
+    said = ["yes", "yes", "yes", "perhaps"]
+    rows = [score(i, Prediction(i.id, s)) for i, s in zip(items, said, strict=True)]
+    bias = answer_bias(rows)
+    assert bias["predicted_true_rate"] == 0.75
+    assert bias["label_true_rate"] == 0.5
+    assert bias["unknown_rate"] == 0.25
+    assert bias["precision"] == pytest.approx(2 / 3)
+    assert bias["recall"] == 1.0
+    assert bias["f1"] == pytest.approx(0.8)
+    assert bias["accuracy"] == 0.5
+
+
+def test_ece_by_hand():
+    items = [rel("a", 1), rel("b", 0), rel("c", 1), rel("d", 0)]
+    probs = [0.9, 0.8, 0.3, 0.4]
+    rows = [
+        score(i, Prediction(i.id, "", probability=p)) for i, p in zip(items, probs, strict=True)
+    ]
+    result = calibration(rows, n_bins=10)
+    # confidences 0.9 right, 0.8 wrong, 0.7 wrong, 0.6 right, each alone in its bin
+    assert result["ece"] == pytest.approx((0.1 + 0.8 + 0.7 + 0.4) / 4)
+    assert [b["n"] for b in result["bins"]] == [0, 0, 0, 0, 0, 1, 1, 1, 1, 0]
+    assert result["bins"][6]["accuracy"] == 0.0
+
+
+def test_metric_answers_factor_two_and_mean_relative_accuracy_by_hand():
+    assert within_factor(3.9, 2.0) and not within_factor(1.0, 2.0)
+    assert not within_factor(-2.0, 2.0) and not within_factor(None, 2.0)
+    assert relative_accuracy(2.2, 2.0) == pytest.approx(0.8)
+    items = [num(f"n{k}", 2.0) for k in range(4)]
+    said = ["3.9", "1.0", "2.2 m", "about 2 metres"]
+    rows = [score(i, Prediction(i.id, s)) for i, s in zip(items, said, strict=True)]
+    result = metric_answers(rows)
+    assert result["within_factor_2"] == 0.75
+    assert result["mean_relative_accuracy"] == pytest.approx((0 + 0 + 0.8 + 1) / 4)
+
+
+def test_overlap_detection_finds_planted_duplicates(tmp_path):
+    train = [rel(f"tr{k}", k % 2, subj=f"obj{k}") for k in range(6)]
+    planted = [
+        rel("te0", 0, subj="obj0", image=train[0].image),  # same image and claim
+        rel("te1", 1, subj="obj3", image="elsewhere/" + train[3].image),  # path differs only
+    ]
+    fresh = [
+        rel("te2", 1, subj="obj1", image="images/new.png"),  # same claim, other image
+        rel("te3", 1, subj="obj0", image=train[0].image),  # same image, other claim
+    ]
+    found = find_overlap(train, planted + fresh)
+    assert found == {"te0": ["tr0"], "te1": ["tr3"]}
+
+
+def test_overlap_by_content_sees_renamed_copies(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"pixels-a")
+    (tmp_path / "b.png").write_bytes(b"pixels-a")
+    (tmp_path / "c.png").write_bytes(b"pixels-c")
+    train = [rel("tr", 1, image="a.png", root=str(tmp_path))]
+    test = [
+        rel("copy", 1, image="b.png", root=str(tmp_path)),
+        rel("other", 1, image="c.png", root=str(tmp_path)),
+    ]
+    assert find_overlap(train, test) == {}
+    assert find_overlap(train, test, by_content=True) == {"copy": ["tr"]}
+
+
+def test_baselines_majority_and_text_only():
+    train = [rel("t1", 1, "left of"), rel("t2", 1, "left of"), rel("t3", 0, "near")]
+    train += [rel("t4", 0, "near", subj="mug")]
+    test = [rel("e1", 1, "near"), rel("e2", 0, "left of", subj="mug", obj="jar")]
+    majority = {p.item_id: p.text for p in baseline_predictions("majority", test, train)}
+    # ties (2 yes, 2 no) go to the alphabetically first answer
+    assert majority == {"e1": "no", "e2": "no"}
+    text = {p.item_id: p.text for p in baseline_predictions("text_only", test, train)}
+    assert text == {"e1": "no", "e2": "yes"}
+    with pytest.raises(ValueError, match="unknown baseline 'oracle'"):
+        baseline_predictions("oracle", test, train)
+
+
+def test_cross_fitted_baseline_never_sees_the_answer_it_predicts():
+    # Every subject/relation/object triple is unique, so a leaky text-only fit would be 100%.
+    items = [rel(f"i{k}", k % 2, subj=f"s{k}") for k in range(40)]
+    preds = baseline_predictions("text_only", items, None)
+    right = sum(score(i, p).correct for i, p in zip(items, preds, strict=True))
+    assert right < 30
+
+
+def test_full_report_excludes_overlap_and_writes_files(tmp_path):
+    train = [rel("tr0", 1), rel("tr1", 0, subj="jar")]
+    test = [rel("e0", 1, image=train[0].image), rel("e1", 0, subj="pen"), rel("e2", 1)]
+    preds = [Prediction(i.id, t) for i, t in zip(test, ["yes", "no", "no"], strict=True)]
+    report = evaluate_predictions(test, preds, train_items=train)
+    assert report["overlap"]["n_overlapping"] == 1
+    assert report["accuracy"] == pytest.approx(2 / 3)
+    trimmed = evaluate_predictions(test, preds, train_items=train, exclude_overlap=True)
+    assert trimmed["n_predictions"] == 2
+    assert trimmed["accuracy"] == 0.5
+    assert set(trimmed["baselines"]) == {"fitted_on", "majority", "text_only"}
+    written = write_report(trimmed, tmp_path / "out")
+    names = {p.name for p in written}
+    assert {"report.json", "report.md", "per_relation.png", "reliability.png"} <= names
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["accuracy"] == 0.5
+    assert "baseline: majority" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_predictions_for_unknown_items_are_refused():
+    with pytest.raises(ValueError, match="name items not in the data"):
+        evaluate_predictions([rel("a", 1)], [Prediction("zz", "yes")])

@@ -1,0 +1,382 @@
+"""The evaluator's numbers: accuracy by group, consistency, bias, calibration, metric answers,
+train/test overlap and the baselines a model must beat.
+
+Pure Python and numpy; a report is a plain dict (JSON-ready) built by `evaluate_predictions`.
+The unit of scoring is one prediction (an item asked through one template); consistency groups
+the predictions of one item across templates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vsre_ros.core.answers import AnswerKind
+
+from .items import Item
+from .scoring import Prediction, Scored, answer_words, normalize, score
+
+REPORT_SCHEMA = "vsre-eval/1"
+GROUPS = ("relation", "meta_category", "task", "template", "answer_kind", "source")
+
+
+def _group_key(row: Scored, group: str) -> str:
+    if group == "template":
+        return row.template_id or "(item question)"
+    return str(getattr(row.item, group)) or "(none)"
+
+
+def accuracy_by(rows: list[Scored], group: str) -> dict[str, dict]:
+    """{group value: {"n", "correct", "accuracy"}} for one of GROUPS, sorted by key."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown group {group!r}; known: {', '.join(GROUPS)}")
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for row in rows:
+        cell = counts[_group_key(row, group)]
+        cell[0] += 1
+        cell[1] += int(row.correct)
+    return {
+        key: {"n": n, "correct": c, "accuracy": c / n} for key, (n, c) in sorted(counts.items())
+    }
+
+
+def consistency(rows: list[Scored]) -> dict:
+    """Share of items answered the same way under every template they were asked through.
+
+    Only items asked through two or more templates count; an Unknown answer is its own answer,
+    so it breaks consistency with a "yes".
+    """
+    answers: dict[str, dict[str, str]] = defaultdict(dict)
+    correct: dict[str, list[bool]] = defaultdict(list)
+    for row in rows:
+        answers[row.item.id][row.template_id] = row.answer
+        correct[row.item.id].append(row.correct)
+    multi = [item_id for item_id, by_template in answers.items() if len(by_template) >= 2]
+    same = [i for i in multi if len(set(answers[i].values())) == 1]
+    all_right = [i for i in multi if all(correct[i])]
+    n = len(multi)
+    return {
+        "n_items": n,
+        "consistent": len(same),
+        "share": len(same) / n if n else None,
+        "all_correct": len(all_right),
+        "share_all_correct": len(all_right) / n if n else None,
+    }
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def answer_bias(rows: list[Scored]) -> dict:
+    """Yes/no bias as VLMEvalKit reports it: "yes" is the positive class, Unknown is not yes."""
+    yes_no = [r for r in rows if r.item.kind is AnswerKind.YES_NO]
+    n = len(yes_no)
+    tp = sum(1 for r in yes_no if r.verdict is True and r.item.truth)
+    fp = sum(1 for r in yes_no if r.verdict is True and not r.item.truth)
+    fn = sum(1 for r in yes_no if r.verdict is not True and r.item.truth)
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    f1 = (
+        2 * precision * recall / (precision + recall)
+        if precision is not None and recall is not None and precision + recall > 0
+        else None
+    )
+    return {
+        "n": n,
+        "predicted_true_rate": _ratio(sum(1 for r in yes_no if r.verdict is True), n),
+        "label_true_rate": _ratio(sum(1 for r in yes_no if r.item.truth), n),
+        "unknown_rate": _ratio(sum(1 for r in yes_no if r.verdict is None), n),
+        "accuracy": _ratio(sum(r.correct for r in yes_no), n),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+    }
+
+
+def confidence(row: Scored) -> float | None:
+    """Confidence in the given answer: max(P(yes), P(no)) for yes/no, else as reported."""
+    p = row.prediction.probability
+    if p is None:
+        return None
+    if row.item.kind is AnswerKind.YES_NO:
+        return max(p, 1.0 - p)
+    return p
+
+
+def calibration(rows: list[Scored], n_bins: int = 10) -> dict:
+    """Expected calibration error over equal-width confidence bins, and the bins themselves.
+
+    For yes/no rows with a probability the answer taken is P(yes) >= 0.5, as the engine does.
+    """
+    conf, right = [], []
+    for row in rows:
+        c = confidence(row)
+        if c is None:
+            continue
+        if row.item.kind is AnswerKind.YES_NO:
+            ok = (row.prediction.probability >= 0.5) == row.item.truth
+        else:
+            ok = row.correct
+        conf.append(c)
+        right.append(float(ok))
+    if not conf:
+        return {"n": 0, "ece": None, "bins": []}
+    conf_a, right_a = np.asarray(conf), np.asarray(right)
+    # Right-closed bins so that confidence 1.0 falls in the last one and 0.5 in the fifth.
+    # Rounding first keeps 0.7 * 10 = 7.000000000000001 in the bin that ends at 0.7.
+    index = np.clip(np.ceil(np.round(conf_a * n_bins, 9)).astype(int) - 1, 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        mask = index == b
+        count = int(mask.sum())
+        if count:
+            acc, mean_conf = float(right_a[mask].mean()), float(conf_a[mask].mean())
+            ece += count / len(conf_a) * abs(acc - mean_conf)
+        else:
+            acc = mean_conf = None
+        bins.append(
+            {
+                "lo": b / n_bins,
+                "hi": (b + 1) / n_bins,
+                "n": count,
+                "accuracy": acc,
+                "confidence": mean_conf,
+            }
+        )
+    return {"n": len(conf_a), "ece": float(ece), "bins": bins}
+
+
+def metric_answers(rows: list[Scored]) -> dict:
+    """Number answers: share within a factor of 2 of the truth and mean relative accuracy."""
+    numbers = [r for r in rows if r.item.kind is AnswerKind.NUMBER]
+    n = len(numbers)
+    return {
+        "n": n,
+        "within_factor_2": _ratio(sum(r.correct for r in numbers), n),
+        "mean_relative_accuracy": (sum(r.mra for r in numbers) / n) if n else None,
+        "unparsed": sum(1 for r in numbers if r.value is None),
+    }
+
+
+# -- train/test overlap -----------------------------------------------------------------------
+
+
+def _file_digest(path: Path, cache: dict[Path, str]) -> str:
+    if path not in cache:
+        cache[path] = hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else str(path)
+    return cache[path]
+
+
+def overlap_key(item: Item, by_content: bool = False, cache: dict | None = None) -> tuple:
+    """What makes two items "the same": the images and the claim about them.
+
+    Images are compared by file name (VSR's COCO names) or, with `by_content`, by the bytes;
+    the claim is the caption, or subject/relation/object, or the question, with the answer.
+    """
+    cache = {} if cache is None else cache
+    names = item.images or [item.image]
+    if by_content:
+        images = tuple(_file_digest(Path(item.root, n), cache) for n in names)
+    else:
+        images = tuple(Path(n).name for n in names)
+    if item.caption:
+        claim: tuple = ("caption", normalize(item.caption), item.label)
+    elif item.subj and item.relation and item.obj:
+        claim = ("triple", normalize(item.subj), item.relation, normalize(item.obj), item.truth)
+    else:
+        claim = ("question", normalize(item.question), normalize(item.answer))
+    return images + claim
+
+
+def find_overlap(
+    train: Iterable[Item], test: Iterable[Item], by_content: bool = False
+) -> dict[str, list[str]]:
+    """{test item id: [ids of the training items it duplicates]} for every overlapping item."""
+    cache: dict[Path, str] = {}
+    seen: dict[tuple, list[str]] = defaultdict(list)
+    for item in train:
+        seen[overlap_key(item, by_content, cache)].append(item.id)
+    found = {}
+    for item in test:
+        key = overlap_key(item, by_content, cache)
+        if key in seen:
+            found[item.id] = seen[key]
+    return found
+
+
+# -- baselines --------------------------------------------------------------------------------
+
+
+@dataclass
+class PriorModel:
+    """Answers from counts over training answers, backing off through a list of keys."""
+
+    keys: list[Callable[[Item], tuple]]  # from the most to the least specific
+    tables: list[dict[tuple, Counter]]  # answer counts per key value, parallel to keys
+    values: list[dict[tuple, list[float]]]  # numeric answers per key value, parallel to keys
+
+    @classmethod
+    def fit(cls, items: Iterable[Item], keys: list[Callable[[Item], tuple]]) -> PriorModel:
+        tables: list[dict[tuple, Counter]] = [defaultdict(Counter) for _ in keys]
+        values: list[dict[tuple, list[float]]] = [defaultdict(list) for _ in keys]
+        for item in items:
+            for key, table, vals in zip(keys, tables, values, strict=True):
+                k = key(item)
+                if item.kind is AnswerKind.NUMBER and item.value is not None:
+                    vals[k].append(item.value)
+                else:
+                    table[k][_canonical(item)] += 1
+        return cls(keys, tables, values)
+
+    def predict(self, item: Item) -> Prediction:
+        for key, table, vals in zip(self.keys, self.tables, self.values, strict=True):
+            k = key(item)
+            if item.kind is AnswerKind.NUMBER and vals.get(k):
+                return Prediction(item.id, f"{statistics.median(vals[k]):g}", item.template_id)
+            if item.kind is not AnswerKind.NUMBER and table.get(k):
+                # Ties go to the alphabetically first answer, so the baseline is deterministic.
+                best = min(table[k].items(), key=lambda kv: (-kv[1], kv[0]))[0]
+                if item.kind is AnswerKind.YES_NO:
+                    best = answer_words(item.template_id)[best == "no"]
+                return Prediction(item.id, best, item.template_id)
+        return Prediction(item.id, "", item.template_id)
+
+
+def _canonical(item: Item) -> str:
+    if item.kind is AnswerKind.YES_NO:
+        return "yes" if item.truth else "no"
+    return normalize(item.answer)
+
+
+def majority_baseline(items: Iterable[Item]) -> PriorModel:
+    """The most common answer per task and answer kind (median for numbers)."""
+    return PriorModel.fit(items, [lambda i: (i.task, i.answer_kind)])
+
+
+def text_only_baseline(items: Iterable[Item]) -> PriorModel:
+    """A model that reads only the text: the most common answer for the same subject, relation
+    and object, backing off to the relation, then to the task's majority."""
+    return PriorModel.fit(
+        items,
+        [
+            lambda i: (i.task, i.answer_kind, normalize(i.subj), i.relation, normalize(i.obj)),
+            lambda i: (i.task, i.answer_kind, i.relation, normalize(i.question)),
+            lambda i: (i.task, i.answer_kind, i.relation),
+            lambda i: (i.task, i.answer_kind),
+        ],
+    )
+
+
+BASELINES: dict[str, Callable[[Iterable[Item]], PriorModel]] = {
+    "majority": majority_baseline,
+    "text_only": text_only_baseline,
+}
+
+
+def _fold(item: Item, n_folds: int) -> int:
+    return int(hashlib.sha1(item.id.encode()).hexdigest(), 16) % n_folds
+
+
+def baseline_predictions(
+    name: str, items: list[Item], fit_items: list[Item] | None, n_folds: int = 2
+) -> list[Prediction]:
+    """One baseline's answer to every item (one question each).
+
+    Fitted on `fit_items` (the training data) when given. Without them the baseline is
+    cross-fitted on the evaluated items: each fold is answered by a fit on the other folds, so
+    an item's own answer never leaks into its prediction.
+    """
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+    fit = BASELINES[name]
+    if fit_items is not None:
+        model = fit(fit_items)
+        return [model.predict(item) for item in items]
+    predictions: dict[str, Prediction] = {}
+    for fold in range(n_folds):
+        model = fit([i for i in items if _fold(i, n_folds) != fold])
+        for item in items:
+            if _fold(item, n_folds) == fold:
+                predictions[item.id] = model.predict(item)
+    return [predictions[item.id] for item in items]
+
+
+def baseline_rows(items: list[Item], fit_items: list[Item] | None) -> dict[str, dict]:
+    """Accuracy of every baseline on `items`; see `baseline_predictions` for the fitting."""
+    by_id = {item.id: item for item in items}
+    result = {}
+    for name in BASELINES:
+        predictions = baseline_predictions(name, items, fit_items)
+        rows = [score(by_id[p.item_id], p) for p in predictions]
+        n = len(rows)
+        result[name] = {
+            "n": n,
+            "accuracy": _ratio(sum(r.correct for r in rows), n),
+            "by_task": accuracy_by(rows, "task"),
+        }
+    return result
+
+
+# -- the whole report -------------------------------------------------------------------------
+
+
+def evaluate_predictions(
+    items: list[Item],
+    predictions: list[Prediction],
+    train_items: list[Item] | None = None,
+    exclude_overlap: bool = False,
+    overlap_by_content: bool = False,
+    n_bins: int = 10,
+) -> dict:
+    """Everything the evaluator reports, as a JSON-ready dict.
+
+    `train_items`, when given, are used to detect train/test overlap (reported, and removed
+    from every number if `exclude_overlap`) and to fit the baselines; without them the
+    baselines are cross-fitted on the evaluated items.
+    """
+    by_id = {item.id: item for item in items}
+    if len(by_id) != len(items):
+        dupes = [k for k, v in Counter(i.id for i in items).items() if v > 1]
+        raise ValueError(f"item ids are not unique: {dupes[:5]}")
+    unknown = sorted({p.item_id for p in predictions} - set(by_id))
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} predictions name items not in the data, e.g. {unknown[:3]}; "
+            "were they made on another split?"
+        )
+    overlap = find_overlap(train_items, items, overlap_by_content) if train_items else {}
+    excluded = set(overlap) if exclude_overlap else set()
+    kept_items = [i for i in items if i.id not in excluded]
+    rows = [score(by_id[p.item_id], p) for p in predictions if p.item_id not in excluded]
+    answered = {r.item.id for r in rows}
+    n = len(rows)
+    return {
+        "schema": REPORT_SCHEMA,
+        "n_items": len(kept_items),
+        "n_predictions": n,
+        "n_items_unanswered": sum(1 for i in kept_items if i.id not in answered),
+        "accuracy": _ratio(sum(r.correct for r in rows), n),
+        "by": {group: accuracy_by(rows, group) for group in GROUPS},
+        "consistency": consistency(rows),
+        "bias": answer_bias(rows),
+        "calibration": calibration(rows, n_bins),
+        "metric": metric_answers(rows),
+        "overlap": {
+            "checked": train_items is not None,
+            "by_content": overlap_by_content,
+            "n_overlapping": len(overlap),
+            "share": _ratio(len(overlap), len(items)),
+            "excluded": bool(excluded),
+            "items": {k: v for k, v in sorted(overlap.items())},
+        },
+        "baselines": {
+            "fitted_on": "train" if train_items else "evaluated items, 2-fold cross-fit",
+            **baseline_rows(kept_items, train_items),
+        },
+    }
