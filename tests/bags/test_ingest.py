@@ -1,0 +1,213 @@
+"""`vsre ingest`: queries paired with frames, labels from corrections, what is skipped and why."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from vsre_ros.training import bags
+
+SEC = 1_000_000_000
+
+
+def _frames(n=4, size=(12, 16)):
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (*size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _scenario(builder, frames):
+    """Four frames 1 s apart, a depth stream, and queries covering each pairing rule."""
+    for k, pixels in enumerate(frames, start=1):
+        builder.add("/cam/color", k * SEC + 5, builder.image(pixels, k * SEC, pad=4))
+        depth = np.full(pixels.shape[:2], float(k), np.float32)
+        builder.add("/cam/depth", k * SEC + 6, builder.image(depth, k * SEC, encoding="32FC1"))
+    builder.add("/sim/truth", 2 * SEC + 7, builder.truth("scene 7", 2 * SEC, '{"objects": []}'))
+    # q-stamp: asks about the frame at 2 s by stamp; the operator says the answer is "no".
+    q = builder.query("q-stamp", ns=2 * SEC, subj="cup", relation="left of", obj="box")
+    builder.add("/vsre/query", 2 * SEC + 100, q)
+    builder.add("/vsre/answer", 2 * SEC + 200, builder.answer("q-stamp", 2 * SEC))
+    builder.add("vsre/corrections", 2 * SEC + 300, builder.correction("q-stamp", 2 * SEC + 300))
+    # q-latest: zero stamp; the answer header says the node used the frame at 3 s.
+    q = builder.query("q-latest", kind=1, options=["left", "right"])
+    builder.add("/vsre/query", 3 * SEC + 100, q)
+    builder.add("/vsre/answer", 3 * SEC + 200, builder.answer("q-latest", 3 * SEC, text="left"))
+    fix = builder.correction("q-latest", 3 * SEC + 300, choice_index=1, answer="right")
+    builder.add("vsre/corrections", 3 * SEC + 300, fix)
+    # q-open: answered, never corrected.
+    builder.add("/vsre/query", 4 * SEC + 100, builder.query("q-open", ns=4 * SEC))
+    builder.add("/vsre/answer", 4 * SEC + 200, builder.answer("q-open", 4 * SEC, verdict=False))
+    # q-far: its stamp is nowhere near a frame.
+    builder.add("/vsre/query", 4 * SEC + 150, builder.query("q-far", ns=int(2.5 * SEC)))
+    builder.add("vsre/corrections", 4 * SEC + 400, builder.correction("q-far", 4 * SEC + 400))
+    # q-inline: a number question about an inline bgr8 image.
+    inline = builder.image(frames[0][:, :, ::-1].copy(), 0, encoding="bgr8")
+    q = builder.query("q-inline", kind=2, images=[inline], question="How far is it?")
+    builder.add("/vsre/query", 4 * SEC + 500, q)
+    builder.add("vsre/corrections", 4 * SEC + 600, builder.correction("q-inline", 0, value=0.8))
+    # A correction for a query that was never recorded.
+    builder.add("vsre/corrections", 4 * SEC + 700, builder.correction("ghost", 4 * SEC + 700))
+
+
+def _items(root):
+    return {
+        item["query_id"]: item
+        for split in ("train", "val", "test")
+        for item in map(json.loads, (root / f"{split}.jsonl").read_text().splitlines())
+    }
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_ingest_pairs_queries_with_frames_and_corrections(builder, tmp_path, storage):
+    frames = _frames()
+    _scenario(builder, frames)
+    bag = builder.write(tmp_path / "run1", storage)
+    report = bags.ingest([bag], tmp_path / "ds")
+    root = tmp_path / "ds"
+    items = _items(root)
+    assert set(items) == {"q-stamp", "q-latest", "q-inline"}
+
+    by_stamp = items["q-stamp"]
+    assert (by_stamp["answer"], by_stamp["label"], by_stamp["label_source"]) == (
+        "no",
+        0,
+        "correction",
+    )
+    assert by_stamp["caption"] == "The cup is left of the box."
+    assert by_stamp["task"] == "relation" and by_stamp["source"] == "bag"
+    np.testing.assert_array_equal(np.asarray(Image.open(root / by_stamp["image"])), frames[1])
+    np.testing.assert_array_equal(np.load(root / by_stamp["depth"][0]), np.full((12, 16), 2.0))
+    scene = by_stamp["scene_id"]
+    assert json.loads((root / "scenes" / f"{scene}.json").read_text()) == {"objects": []}
+
+    latest = items["q-latest"]
+    assert latest["answer"] == "right" and latest["answer_kind"] == "choice"
+    np.testing.assert_array_equal(np.asarray(Image.open(root / latest["image"])), frames[2])
+
+    inline = items["q-inline"]
+    assert inline["value"] == pytest.approx(0.8) and inline["unit"] == "m"
+    assert inline["task"] == "metric" and inline["scene_id"] == ""
+    np.testing.assert_array_equal(np.asarray(Image.open(root / inline["image"])), frames[0])
+
+    assert report.skipped == {
+        "no correction (pass --use-model-answers to keep the model's answer)": 1,
+        "no frame within max_skew of the query stamp": 1,
+        "correction for a query that is not in the bag": 1,
+    }
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["schema"] == "vsre-dataset/1" and meta["source"] == "bag"
+    assert sum(meta["splits"].values()) == 3 and meta["counts"]["skipped"] == report.skipped
+
+
+def test_model_answers_are_kept_only_when_asked_and_marked(builder, tmp_path):
+    _scenario(builder, _frames())
+    bag = builder.write(tmp_path / "run1")
+    bags.ingest([bag], tmp_path / "ds", bags.IngestConfig(use_model_answers=True))
+    kept = _items(tmp_path / "ds")["q-open"]
+    assert (kept["answer"], kept["label"], kept["label_source"]) == ("no", 0, "model")
+
+
+def test_failed_model_answer_is_not_a_label(builder, tmp_path):
+    builder.add("/cam/color", SEC, builder.image(_frames(1)[0], SEC))
+    builder.add("/vsre/query", SEC + 1, builder.query("q", ns=SEC))
+    builder.add("/vsre/answer", SEC + 2, builder.answer("q", SEC, status=7))
+    bag = builder.write(tmp_path / "run")
+    report = bags.ingest([bag], tmp_path / "ds", bags.IngestConfig(use_model_answers=True))
+    assert report.skipped == {"model answer is a failure and nothing corrected it": 1}
+
+
+def test_unknown_camera_and_stale_latest_frame_are_reported(builder, tmp_path):
+    builder.add("/cam/color", SEC, builder.image(_frames(1)[0], SEC))
+    builder.add("/vsre/query", SEC + 1, builder.query("cam?", camera="/other/camera"))
+    builder.add("/vsre/query", 5 * SEC, builder.query("stale"))
+    for query_id in ("cam?", "stale"):
+        builder.add("vsre/corrections", 6 * SEC, builder.correction(query_id, 6 * SEC))
+    report = bags.ingest([builder.write(tmp_path / "b")], tmp_path / "ds")
+    assert report.skipped == {
+        "unknown camera '/other/camera'": 1,
+        "latest frame older than max_age": 1,
+    }
+
+
+def _big_bag(builder, n=60, size=(64, 64)):
+    rng = np.random.default_rng(1)
+    for k in range(n):
+        pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+        builder.add("/cam/color", (k + 1) * SEC, builder.image(pixels, (k + 1) * SEC))
+        builder.add("/vsre/query", (k + 1) * SEC + 1, builder.query(f"q{k}", ns=(k + 1) * SEC))
+        builder.add("vsre/corrections", (k + 1) * SEC + 2, builder.correction(f"q{k}", SEC))
+    return n
+
+
+@pytest.mark.parametrize(
+    ("storage", "compress", "keep"),
+    [("mcap", False, 0.6), ("mcap", True, 0.6), ("sqlite3", False, 0.7)],
+)
+def test_truncated_bag_yields_its_readable_messages(builder, tmp_path, storage, compress, keep):
+    n = _big_bag(builder)
+    bag = builder.write(tmp_path / "crashed", storage, compress=compress)
+    (storage_file,) = [p for p in bag.iterdir() if p.suffix in (".mcap", ".db3")]
+    data = storage_file.read_bytes()
+    storage_file.write_bytes(data[: int(len(data) * keep)])
+    (bag / "metadata.yaml").unlink()  # a recorder that crashed never writes it
+
+    notes: list[str] = []
+    with pytest.warns(UserWarning, match="truncated bag"):
+        messages = bags.read_bag(bag, notes)
+    assert 0 < len(messages) < 3 * n
+    assert [m.log_time for m in messages] == sorted(m.log_time for m in messages)
+    assert "salvaged" in notes[0]
+
+    with pytest.warns(UserWarning):
+        report = bags.ingest([bag], tmp_path / "ds")
+    assert 0 < sum(report.items.values()) < n
+    assert report.notes and "truncated" in report.notes[0]
+
+
+def test_intact_bag_without_metadata_reads_everything(builder, tmp_path):
+    n = _big_bag(builder, n=5, size=(8, 8))
+    bag = builder.write(tmp_path / "nometa")
+    (bag / "metadata.yaml").unlink()
+    with pytest.warns(UserWarning, match="metadata.yaml is missing"):
+        messages = bags.read_bag(bag, [])
+    assert len(messages) == 3 * n
+
+
+def test_bare_mcap_file_reads_without_warning(builder, tmp_path, recwarn):
+    n = _big_bag(builder, n=3, size=(8, 8))
+    bag = builder.write(tmp_path / "plain")
+    messages = bags.read_bag(bag / "plain.mcap", [])
+    assert len(messages) == 3 * n and not recwarn.list
+
+
+def test_unreadable_bags_raise_with_the_reason(tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.mcap").write_bytes(b"not an mcap file")
+    with pytest.raises(bags.BagError, match="not an MCAP file"):
+        bags.ingest([tmp_path / "junk"], tmp_path / "ds")
+    with pytest.raises(bags.BagError, match="does not exist"):
+        bags.read_bag(tmp_path / "missing", [])
+
+
+def test_cli_ingests_and_prints_what_it_skipped(builder, tmp_path, capsys):
+    from vsre_ros import cli
+
+    _scenario(builder, _frames())
+    bag = builder.write(tmp_path / "run1")
+    assert (
+        cli.main(["ingest", str(bag), "--out", str(tmp_path / "ds"), "--test-fraction", "0"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "no frame within max_skew" in out and "ingested into" in out
+    assert cli.main(["ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "ds2")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_nan_value_correction_is_not_a_number_label(builder, tmp_path):
+    builder.add("/cam/color", SEC, builder.image(_frames(1)[0], SEC))
+    builder.add("/vsre/query", SEC + 1, builder.query("n", ns=SEC, kind=2))
+    builder.add("vsre/corrections", SEC + 2, builder.correction("n", SEC, value=math.nan))
+    report = bags.ingest([builder.write(tmp_path / "b")], tmp_path / "ds")
+    assert report.skipped == {"correction has no value for a number question": 1}

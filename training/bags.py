@@ -1,0 +1,875 @@
+"""Turn recorded rosbag2 bags into a dataset: `vsre ingest BAG... --out DIR`.
+
+A robot running the VSRE node records its camera topics, `vsre_ros/SpatialQuery`,
+`vsre_ros/SpatialAnswer`, the corrections an operator (or mocap, or another system) publishes
+on `vsre/corrections` as `vsre_ros/SpatialCorrection`, and, in simulation, `vsre_ros/SceneTruth`.
+This module reads such bags (MCAP or sqlite3, through `rosbags`), pairs every query with the
+frame it was about and the right answer, and writes the shared dataset format (`dataset.json`,
+`images/`, `depth/`, `scenes/`, `train/val/test.jsonl`).
+
+Which frame a query was about, in order of trust:
+1. the answer's header (the node stamps it with the frame it actually used);
+2. the query's own `stamp` on its `camera` (nearest frame within `max_skew`);
+3. a zero stamp means "latest": the newest frame at or before the query was recorded, no older
+   than `max_age`.
+Inline images sent with the query are used as they are.
+
+The label comes from a correction when there is one (`label_source: "correction"`); without
+one, the model's own answer is kept only when asked for (`label_source: "model"`), because
+training on a model's unchecked answers teaches it its own mistakes.
+
+A bag that a crashed recorder left behind (no `metadata.yaml`, an MCAP file without its summary,
+a cut-off sqlite file) still yields every message that can be read; the report says so.
+Nothing here imports rclpy: messages are decoded by `rosbags` and images by numpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import re
+import sqlite3
+import struct
+import sys
+import tempfile
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+
+SCHEMA = "vsre-dataset/1"
+PACKAGE = "vsre_ros"
+CORRECTIONS_TOPIC = "vsre/corrections"  # documented topic for SpatialCorrection
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+QUERY_TYPE = f"{PACKAGE}/msg/SpatialQuery"
+ANSWER_TYPE = f"{PACKAGE}/msg/SpatialAnswer"
+CORRECTION_TYPE = f"{PACKAGE}/msg/SpatialCorrection"
+TRUTH_TYPE = f"{PACKAGE}/msg/SceneTruth"
+
+# Answer kinds by the SpatialQuery KIND_* value; the names are the dataset's answer_kind.
+KIND_LABELS = {0: "yes_no", 1: "choice", 2: "number", 3: "free_text"}
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+
+
+class BagError(RuntimeError):
+    """A bag (or every bag given) could not be read at all."""
+
+
+# --------------------------------------------------------------------------------------------
+# Message types
+
+
+def project_msg_dirs() -> list[Path]:
+    """Folders that hold this package's .msg files: the source tree, then the installed share."""
+    here = Path(__file__).resolve()
+    candidates = [here.parents[1] / "msg", Path(sys.prefix) / "share" / PACKAGE / "msg"]
+    return [path for path in candidates if path.is_dir() and any(path.glob("*.msg"))]
+
+
+def project_types(msg_dirs: Iterable[Path] | None = None) -> dict:
+    """The package's message types parsed from .msg text, ready for `Typestore.register`.
+
+    The first folder that defines a type wins, so a source checkout's edited .msg files take
+    precedence over an older installed copy.
+    """
+    from rosbags.typesys import get_types_from_msg
+
+    dirs = project_msg_dirs() if msg_dirs is None else [Path(d) for d in msg_dirs]
+    types: dict = {}
+    for folder in dirs:
+        for path in sorted(folder.glob("*.msg")):
+            name = f"{PACKAGE}/msg/{path.stem}"
+            if name not in types:
+                types.update(get_types_from_msg(path.read_text(), name))
+    if not types:
+        raise BagError(
+            f"no {PACKAGE} .msg files found (looked in {', '.join(map(str, dirs)) or 'nothing'}); "
+            "run from a source checkout or install the package"
+        )
+    return types
+
+
+def make_typestore(msg_dirs: Iterable[Path] | None = None):
+    """A ROS 2 Kilted typestore with this package's messages registered."""
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    store.register(project_types(msg_dirs))
+    return store
+
+
+# --------------------------------------------------------------------------------------------
+# Images (numpy only; mirrors what the ROS layer does, without rclpy)
+
+
+def decode_image(msg) -> np.ndarray:
+    """A `sensor_msgs/Image` as HxWx3 uint8 RGB, or HxW float32 metres for depth encodings.
+
+    Honours `step` padding and `is_bigendian`; raises ValueError naming what is wrong.
+    """
+    channels_by_encoding = {
+        "rgb8": (3, np.uint8),
+        "bgr8": (3, np.uint8),
+        "rgba8": (4, np.uint8),
+        "bgra8": (4, np.uint8),
+        "mono8": (1, np.uint8),
+        "8UC1": (1, np.uint8),
+        "8UC3": (3, np.uint8),
+        "mono16": (1, np.uint16),
+        "16UC1": (1, np.uint16),
+        "32FC1": (1, np.float32),
+    }
+    encoding = str(msg.encoding)
+    if encoding not in channels_by_encoding:
+        known = ", ".join(channels_by_encoding)
+        raise ValueError(f"unsupported image encoding {encoding!r}; supported: {known}")
+    channels, dtype = channels_by_encoding[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image has no pixels ({width}x{height})")
+    row_bytes = width * channels * np.dtype(dtype).itemsize
+    if step < row_bytes:
+        raise ValueError(f"step {step} is shorter than a row of {row_bytes} bytes ({encoding})")
+    data = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
+    if data.size < step * height:
+        raise ValueError(f"image data has {data.size} bytes, expected {step * height}")
+    rows = data[: step * height].reshape(height, step)[:, :row_bytes]
+    order = ">" if msg.is_bigendian else "<"
+    pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order))
+    pixels = pixels.reshape(height, width, channels).astype(dtype, copy=False)
+    if encoding in ("16UC1", "mono16"):
+        return pixels[:, :, 0].astype(np.float32) / 1000.0  # REP 118: millimetres
+    if encoding == "32FC1":
+        return pixels[:, :, 0].astype(np.float32)
+    if channels == 1:
+        return np.repeat(pixels, 3, axis=2)
+    if encoding.startswith("bgr"):
+        pixels = pixels[:, :, [2, 1, 0]]
+    return np.ascontiguousarray(pixels[:, :, :3])
+
+
+def decode_compressed(msg) -> np.ndarray:
+    """A `sensor_msgs/CompressedImage` (JPEG/PNG, or compressedDepth PNG) as decode_image does."""
+    data = bytes(memoryview(msg.data))
+    fmt = str(msg.format)
+    if "compresseddepth" in fmt.lower():
+        # image_transport's compressedDepth puts a 12-byte config header before the PNG.
+        start = data.find(b"\x89PNG")
+        if start < 0:
+            raise ValueError(f"compressedDepth image without PNG data (format {fmt!r})")
+        depth = np.asarray(PILImage.open(io.BytesIO(data[start:])))
+        return depth.astype(np.float32) / (1000.0 if depth.dtype != np.float32 else 1.0)
+    try:
+        image = PILImage.open(io.BytesIO(data))
+        image.load()
+    except Exception as err:  # PIL raises several types for corrupt data
+        raise ValueError(f"compressed image (format {fmt!r}) does not decode: {err}") from None
+    return np.asarray(image.convert("RGB"))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading bags, including damaged ones
+
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+
+@dataclass
+class RawMessage:
+    """One serialized message as stored in a bag."""
+
+    topic: str  # topic name
+    msgtype: str  # ROS type name, e.g. sensor_msgs/msg/Image
+    log_time: int  # recording time, ns
+    data: bytes  # CDR bytes
+    msgdef: str = ""  # embedded .msg definition, when the bag carries one
+
+
+def _register_embedded(store, msgtype: str, msgdef: str) -> None:
+    """Teach the typestore a type the bag describes but the store does not know."""
+    from rosbags.typesys import get_types_from_msg
+
+    if msgtype in store.types or not msgdef:
+        return
+    try:
+        store.register(get_types_from_msg(msgdef, msgtype))
+    except Exception:  # a definition we cannot parse: the messages are reported as undecodable
+        pass
+
+
+def _read_intact(path: Path) -> Iterator[RawMessage]:
+    from rosbags.interfaces import MessageDefinitionFormat
+    from rosbags.rosbag2 import Reader
+
+    with Reader(path) as reader:
+        for conn, timestamp, data in reader.messages():
+            msgdef = conn.msgdef.data if conn.msgdef.format == MessageDefinitionFormat.MSG else ""
+            yield RawMessage(conn.topic, conn.msgtype, timestamp, bytes(data), msgdef)
+
+
+def _read_string(buf: bytes, pos: int) -> tuple[str, int]:
+    (size,) = struct.unpack_from("<I", buf, pos)
+    end = pos + 4 + size
+    if end > len(buf):
+        raise struct.error("string runs past the end")
+    return buf[pos + 4 : end].decode(), end
+
+
+def _decompress_partial(data: bytes, compression: str) -> bytes:
+    if compression == "":
+        return data
+    if compression == "zstd":
+        import zstandard
+
+        # A stream decompressor returns what it can of a cut-off frame.
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    if compression == "lz4":
+        import lz4.frame
+
+        return lz4.frame.LZ4FrameDecompressor().decompress(data)
+    raise ValueError(f"unsupported MCAP chunk compression {compression!r}")
+
+
+def _scan_mcap_records(buf: bytes, state: dict, out: list[RawMessage]) -> bool:
+    """Parse MCAP records from `buf`, tolerating a cut at any byte; True if the buffer was cut."""
+    pos = 0
+    while pos < len(buf):
+        if pos + 9 > len(buf):
+            return True
+        opcode = buf[pos]
+        (length,) = struct.unpack_from("<Q", buf, pos + 1)
+        body = buf[pos + 9 : pos + 9 + length]
+        cut = len(body) < length
+        pos += 9 + length
+        try:
+            if opcode == 0x03:  # Schema
+                (schema_id,) = struct.unpack_from("<H", body, 0)
+                name, p = _read_string(body, 2)
+                _encoding, p = _read_string(body, p)
+                (size,) = struct.unpack_from("<I", body, p)
+                text = body[p + 4 : p + 4 + size].decode()
+                state["schemas"][schema_id] = (name, text)
+            elif opcode == 0x04:  # Channel
+                channel_id, schema_id = struct.unpack_from("<HH", body, 0)
+                topic, _ = _read_string(body, 4)
+                state["channels"][channel_id] = (topic, schema_id)
+            elif opcode == 0x05 and not cut:  # Message
+                channel_id, _seq, log_time, _pub = struct.unpack_from("<HIQQ", body, 0)
+                topic, schema_id = state["channels"].get(channel_id, ("", 0))
+                name, text = state["schemas"].get(schema_id, ("", ""))
+                if topic:
+                    out.append(RawMessage(topic, name, log_time, bytes(body[22:]), text))
+            elif opcode == 0x06:  # Chunk
+                compression, p = _read_string(body, 28)
+                (size,) = struct.unpack_from("<Q", body, p)
+                records = _decompress_partial(body[p + 8 : p + 8 + size], compression)
+                cut = _scan_mcap_records(records, state, out) or cut
+            elif opcode in (0x02, 0x0F):  # Footer, DataEnd: the data section is over
+                return cut
+        except (struct.error, UnicodeDecodeError, ValueError, ImportError):
+            return True
+        if cut:
+            return True
+    return False
+
+
+def _salvage_mcap(path: Path) -> tuple[list[RawMessage], bool]:
+    buf = path.read_bytes()
+    if not buf.startswith(_MCAP_MAGIC):
+        raise BagError(f"{path} is not an MCAP file (bad magic)")
+    out: list[RawMessage] = []
+    cut = _scan_mcap_records(buf[len(_MCAP_MAGIC) :], {"schemas": {}, "channels": {}}, out)
+    out.sort(key=lambda m: m.log_time)
+    return out, cut or not buf.endswith(_MCAP_MAGIC)
+
+
+def _salvage_sqlite(path: Path) -> tuple[list[RawMessage], bool]:
+    """Read rows from a sqlite3 bag whose file was cut short.
+
+    SQLite refuses a file shorter than its header claims, so a copy gets its page count
+    rewritten to the pages actually present; rows on missing pages are lost, the rest read.
+    """
+    raw = bytearray(path.read_bytes())
+    if not raw.startswith(b"SQLite format 3\x00"):
+        raise BagError(f"{path} is not a sqlite3 file")
+    (page_size,) = struct.unpack_from(">H", raw, 16)
+    page_size = 65536 if page_size == 1 else page_size
+    pages = len(raw) // page_size
+    (claimed,) = struct.unpack_from(">I", raw, 28)
+    cut = claimed > pages or len(raw) % page_size != 0
+    del raw[pages * page_size :]
+    struct.pack_into(">I", raw, 28, pages)
+    out: list[RawMessage] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "salvage.db3"
+        copy.write_bytes(bytes(raw))
+        con = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+        try:
+            topics = {
+                row[0]: (row[1], row[2])
+                for row in con.execute("SELECT id, name, type FROM topics")
+            }
+            msgdefs: dict[str, str] = {}
+            try:
+                for name, encoding, text in con.execute(
+                    "SELECT topic_type, encoding, encoded_message_definition "
+                    "FROM message_definitions"
+                ):
+                    if encoding == "ros2msg":
+                        msgdefs[name] = text
+            except sqlite3.DatabaseError:
+                pass
+            rows: dict[int, tuple] = {}
+            try:
+                for row in con.execute("SELECT id, topic_id, timestamp, data FROM messages"):
+                    rows[row[0]] = row
+            except sqlite3.DatabaseError:
+                cut = True
+            # Past the first unreadable page, single-row lookups still reach rows elsewhere.
+            misses, row_id = 0, max(rows, default=0) + 1
+            while misses < 256:
+                try:
+                    row = con.execute(
+                        "SELECT id, topic_id, timestamp, data FROM messages WHERE id = ?",
+                        (row_id,),
+                    ).fetchone()
+                except sqlite3.DatabaseError:
+                    row = None
+                if row is None:
+                    misses += 1
+                else:
+                    misses, rows[row_id] = 0, row
+                row_id += 1
+        except sqlite3.DatabaseError as err:
+            raise BagError(f"{path}: sqlite bag unreadable even after repair: {err}") from None
+        finally:
+            con.close()
+    for _id, topic_id, timestamp, data in sorted(rows.values(), key=lambda r: (r[2], r[0])):
+        if topic_id in topics:
+            name, msgtype = topics[topic_id]
+            out.append(RawMessage(name, msgtype, timestamp, bytes(data), msgdefs.get(msgtype, "")))
+    return out, cut
+
+
+def read_bag(path: Path, notes: list[str]) -> list[RawMessage]:
+    """Every readable message of one bag (a rosbag2 directory, or a bare .mcap/.db3 file).
+
+    A damaged bag is salvaged; what happened is appended to `notes` and warned about.
+    """
+    from rosbags.rosbag2 import ReaderError
+
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"bag {path} does not exist")
+    reason = ""
+    if path.is_dir() and (path / "metadata.yaml").exists():
+        try:
+            return list(_read_intact(path))
+        except ReaderError as err:
+            reason = str(err)
+    elif path.is_dir():
+        reason = "metadata.yaml is missing (the recorder did not shut down cleanly)"
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3"))
+    )
+    if not files:
+        raise BagError(f"{path}: no .mcap or .db3 storage files found")
+    messages: list[RawMessage] = []
+    damaged = False
+    for file in files:
+        salvage = _salvage_mcap if file.suffix == ".mcap" else _salvage_sqlite
+        found, cut = salvage(file)
+        messages.extend(found)
+        damaged = damaged or cut
+    messages.sort(key=lambda m: m.log_time)
+    if damaged or reason:
+        note = f"{path}: damaged or truncated bag ({reason or 'file cut short'}); "
+        note += f"salvaged {len(messages)} readable messages"
+        notes.append(note)
+        warnings.warn(note, stacklevel=2)
+    return messages
+
+
+# --------------------------------------------------------------------------------------------
+# Pairing queries, frames, answers and corrections
+
+
+@dataclass
+class IngestConfig:
+    """How bags become a dataset."""
+
+    max_skew: float = 0.05  # s: a query stamp matches a frame at most this far away
+    max_age: float = 1.0  # s: a "latest frame" query accepts frames at most this old
+    use_model_answers: bool = False  # keep uncorrected queries, labelled with the model's answer
+    val_fraction: float = 0.1  # share of frames whose items go to val.jsonl
+    test_fraction: float = 0.1  # share of frames whose items go to test.jsonl
+    seed: int = 0  # salt of the frame -> split hash
+    image_topics: tuple[str, ...] = ()  # only these camera topics (empty = every image topic)
+
+
+@dataclass
+class Frame:
+    """A decoded camera frame."""
+
+    topic: str  # topic it came on
+    frame_id: str  # header.frame_id
+    stamp: int  # header stamp, ns
+    log_time: int  # recording time, ns
+    msg: object  # deserialized message, decoded when used
+    compressed: bool  # CompressedImage rather than Image
+
+
+@dataclass
+class IngestReport:
+    """What ingestion produced and what it left out, and why."""
+
+    out: str = ""  # dataset directory
+    items: dict[str, int] = field(default_factory=dict)  # split -> items written
+    frames: int = 0  # distinct frames written
+    messages: dict[str, int] = field(default_factory=dict)  # ROS type -> messages read
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few query ids
+    notes: list[str] = field(default_factory=list)  # warnings: damaged bags and the like
+
+    def skip(self, reason: str, what: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        examples = self.examples.setdefault(reason, [])
+        if len(examples) < 5:
+            examples.append(what)
+
+    def summary(self) -> str:
+        lines = [
+            f"ingested into {self.out}: " + ", ".join(f"{k} {v}" for k, v in self.items.items())
+        ]
+        lines.append(f"frames written: {self.frames}")
+        lines.append(
+            "messages read: " + (", ".join(f"{k} {v}" for k, v in self.messages.items()) or "none")
+        )
+        if self.skipped:
+            lines.append("skipped:")
+            for reason, count in sorted(self.skipped.items(), key=lambda kv: -kv[1]):
+                lines.append(f"  {count:5d}  {reason}  (e.g. {', '.join(self.examples[reason])})")
+        for note in self.notes:
+            lines.append(f"warning: {note}")
+        return "\n".join(lines)
+
+
+def _stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def _is_depth(frame: Frame) -> bool:
+    if frame.compressed:
+        return "compresseddepth" in str(frame.msg.format).lower()
+    return str(frame.msg.encoding) in DEPTH_ENCODINGS
+
+
+def _decode(frame: Frame) -> np.ndarray:
+    return decode_compressed(frame.msg) if frame.compressed else decode_image(frame.msg)
+
+
+class _BagContents:
+    """The messages of one bag, sorted into the kinds ingestion cares about."""
+
+    def __init__(self, messages: list[RawMessage], store, config: IngestConfig, report):
+        self.color: dict[str, list[Frame]] = defaultdict(list)
+        self.depth: dict[str, list[Frame]] = defaultdict(list)
+        self.queries: list[tuple[int, object]] = []
+        self.answers: dict[str, object] = {}
+        self.corrections: dict[str, object] = {}
+        self.truth: dict[int, list[object]] = defaultdict(list)
+        counts: Counter = Counter()
+        for raw in messages:
+            _register_embedded(store, raw.msgtype, raw.msgdef)
+            try:
+                msg = store.deserialize_cdr(raw.data, raw.msgtype)
+            except Exception as err:
+                report.skip(
+                    f"message of type {raw.msgtype} does not deserialize", f"{raw.topic}: {err}"
+                )
+                continue
+            counts[raw.msgtype] += 1
+            if raw.msgtype in (IMAGE_TYPE, COMPRESSED_TYPE):
+                if config.image_topics and raw.topic not in config.image_topics:
+                    continue
+                frame = Frame(
+                    raw.topic,
+                    str(msg.header.frame_id),
+                    _stamp_ns(msg.header.stamp),
+                    raw.log_time,
+                    msg,
+                    raw.msgtype == COMPRESSED_TYPE,
+                )
+                (self.depth if _is_depth(frame) else self.color)[raw.topic].append(frame)
+            elif raw.msgtype == QUERY_TYPE:
+                self.queries.append((raw.log_time, msg))
+            elif raw.msgtype == ANSWER_TYPE:
+                self.answers[str(msg.query_id)] = msg
+            elif raw.msgtype == CORRECTION_TYPE:
+                self.corrections[str(msg.query_id)] = msg  # the latest correction wins
+            elif raw.msgtype == TRUTH_TYPE:
+                self.truth[_stamp_ns(msg.header.stamp)].append(msg)
+        for name, count in counts.items():
+            report.messages[name] = report.messages.get(name, 0) + count
+        for frames in (*self.color.values(), *self.depth.values()):
+            frames.sort(key=lambda f: f.stamp)
+
+    def cameras(self, name: str) -> list[str]:
+        """Colour topics that `name` (a topic or a frame_id; empty = all) refers to."""
+        if not name:
+            return sorted(self.color)
+        by_topic = [t for t in self.color if t == name or t.lstrip("/") == name.lstrip("/")]
+        if by_topic:
+            return by_topic
+        return sorted(t for t, frames in self.color.items() if frames[0].frame_id == name)
+
+    def find_frame(self, query, answer, log_time: int, config: IngestConfig):
+        """The frame a query was about, or (None, reason)."""
+        if not self.color:
+            return None, "no camera frames in the bag"
+        if answer is not None and _stamp_ns(answer.header.stamp) > 0:
+            wanted = _stamp_ns(answer.header.stamp)
+            topics = self.cameras(str(answer.header.frame_id)) or self.cameras("")
+            hits = [f for t in topics for f in self.color[t] if abs(f.stamp - wanted) <= 1_000_000]
+            if hits:
+                return hits[0], ""
+        topics = self.cameras(str(query.camera))
+        if not topics:
+            return None, f"unknown camera {str(query.camera)!r}"
+        stamp = _stamp_ns(query.stamp)
+        candidates = [f for t in topics for f in self.color[t]]
+        if stamp > 0:
+            best = min(candidates, key=lambda f: abs(f.stamp - stamp))
+            if abs(best.stamp - stamp) > config.max_skew * 1e9:
+                return None, "no frame within max_skew of the query stamp"
+            return best, ""
+        earlier = [f for f in candidates if f.log_time <= log_time]
+        if not earlier:
+            return None, "no frame recorded before the query"
+        best = max(earlier, key=lambda f: f.log_time)
+        if log_time - best.log_time > config.max_age * 1e9:
+            return None, "latest frame older than max_age"
+        return best, ""
+
+    def depth_for(self, frame: Frame, config: IngestConfig) -> Frame | None:
+        best = None
+        for frames in self.depth.values():
+            for candidate in frames:
+                gap = abs(candidate.stamp - frame.stamp)
+                if gap <= config.max_skew * 1e9 and (
+                    best is None or gap < abs(best.stamp - frame.stamp)
+                ):
+                    best = candidate
+        return best
+
+
+def _label_fields(query, truth, label_source: str) -> dict | str:
+    """Answer fields of an item from a correction or an answer; a string says why not."""
+    kind = KIND_LABELS.get(int(query.answer_kind))
+    if kind is None:
+        return f"unknown answer kind {int(query.answer_kind)}"
+    options = [str(o) for o in query.options]
+    fields = {"answer_kind": kind, "options": options, "value": None, "unit": "", "label": None}
+    if kind == "yes_no":
+        verdict = bool(truth.verdict)
+        fields["answer"] = "yes" if verdict else "no"
+        fields["label"] = int(verdict)
+    elif kind == "choice":
+        index = int(truth.choice_index)
+        if not 0 <= index < len(options):
+            return f"{label_source} choice_index out of range of the options"
+        fields["answer"] = options[index]
+    elif kind == "number":
+        value = float(truth.value)
+        if math.isnan(value):
+            return f"{label_source} has no value for a number question"
+        fields.update(value=value, unit=str(truth.unit), answer=f"{value:g}")
+    else:
+        text = str(truth.answer).strip()
+        if not text:
+            return f"{label_source} has an empty free-text answer"
+        fields["answer"] = text
+    return fields
+
+
+def _split_of(key: str, config: IngestConfig) -> str:
+    digest = hashlib.sha256(f"{config.seed}:{key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < config.test_fraction:
+        return "test"
+    if u < config.test_fraction + config.val_fraction:
+        return "val"
+    return "train"
+
+
+def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | None = None):
+    """Read `bags` and write a dataset into `out`; returns an IngestReport."""
+    from tqdm import tqdm
+
+    config = config or IngestConfig()
+    out = Path(out)
+    for sub in ("images", "depth", "scenes"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    store = make_typestore()
+    report = IngestReport(out=str(out))
+    splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    written: dict[tuple, tuple[str, str | None]] = {}
+    bags = [Path(b) for b in bags]
+    readable = 0
+    for bag in bags:
+        try:
+            messages = read_bag(bag, report.notes)
+        except BagError as err:
+            report.notes.append(str(err))
+            continue
+        readable += 1
+        contents = _BagContents(messages, store, config, report)
+        bag_name = _safe(bag.stem if bag.is_file() else bag.name)
+        for index, (log_time, query) in enumerate(
+            tqdm(contents.queries, desc=f"ingest {bag_name}", unit="query", disable=None)
+        ):
+            query_id = str(query.query_id) or f"q{index}"
+            item = _make_item(
+                query, query_id, log_time, index, bag_name, contents, config, report, out, written
+            )
+            if item is not None:
+                splits[_split_of(item.pop("_split_key"), config)].append(item)
+        known = {str(q.query_id) for _, q in contents.queries}
+        for query_id in contents.corrections:
+            if query_id not in known:
+                report.skip("correction for a query that is not in the bag", query_id)
+    if bags and not readable:
+        raise BagError("no bag could be read: " + "; ".join(report.notes))
+    for split, items in splits.items():
+        with open(out / f"{split}.jsonl", "w") as handle:
+            for item in items:
+                handle.write(json.dumps(item) + "\n")
+        report.items[split] = len(items)
+    report.frames = len(written)
+    meta = {
+        "schema": SCHEMA,
+        "source": "bag",
+        "seed": config.seed,
+        "config": {**asdict(config), "bags": [str(b) for b in bags]},
+        "counts": {
+            "items": sum(report.items.values()),
+            "frames": report.frames,
+            "skipped": report.skipped,
+        },
+        "splits": dict(report.items),
+        "created_by": "vsre ingest",
+        "notes": report.notes,
+    }
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return report
+
+
+def _write_frame(
+    frame: Frame, name: str, out: Path, written: dict
+) -> tuple[str, str | None] | str:
+    key = (frame.topic, frame.stamp)
+    if key in written:
+        return written[key]
+    try:
+        pixels = _decode(frame)
+    except ValueError as err:
+        return f"frame does not decode: {err}"
+    rel = f"images/{name}.png"
+    PILImage.fromarray(pixels).save(out / rel)
+    written[key] = (rel, None)
+    return written[key]
+
+
+def _make_item(query, query_id, log_time, index, bag_name, contents, config, report, out, written):
+    answer = contents.answers.get(query_id)
+    correction = contents.corrections.get(query_id)
+    if correction is not None:
+        truth, label_source = correction, "correction"
+    elif answer is not None and config.use_model_answers:
+        if int(answer.status) != 0:
+            report.skip("model answer is a failure and nothing corrected it", query_id)
+            return None
+        truth, label_source = answer, "model"
+    elif answer is None and config.use_model_answers:
+        report.skip("no answer and no correction", query_id)
+        return None
+    else:
+        report.skip(
+            "no correction (pass --use-model-answers to keep the model's answer)", query_id
+        )
+        return None
+    fields = _label_fields(query, truth, label_source)
+    if isinstance(fields, str):
+        report.skip(fields, query_id)
+        return None
+    images: list[str] = []
+    depth: list[str | None] = []
+    scene_id = ""
+    if len(query.images):
+        for i, inline in enumerate(query.images):
+            try:
+                pixels = decode_image(inline)
+            except ValueError as err:
+                report.skip(f"inline image does not decode: {err}", query_id)
+                return None
+            if pixels.ndim != 3:
+                report.skip("inline image is a depth image", query_id)
+                return None
+            rel = f"images/{bag_name}_{_safe(query_id)}_{i}.png"
+            PILImage.fromarray(pixels).save(out / rel)
+            images.append(rel)
+            depth.append(None)
+        split_key = f"{bag_name}/{query_id}"
+    else:
+        frame, reason = contents.find_frame(query, answer, log_time, config)
+        if frame is None:
+            report.skip(reason, query_id)
+            return None
+        name = f"{bag_name}_{_safe(frame.topic)}_{frame.stamp}"
+        result = _write_frame(frame, name, out, written)
+        if isinstance(result, str):
+            report.skip(result, query_id)
+            return None
+        images.append(result[0])
+        depth.append(_write_depth(contents.depth_for(frame, config), name, out))
+        scene_id = _write_scene(contents.truth.get(frame.stamp, []), frame, out, report)
+        split_key = f"{bag_name}/{frame.topic}/{frame.stamp}"
+    subj, relation, obj = str(query.subj), str(query.relation), str(query.obj)
+    is_relation = bool(subj and relation and obj) and fields["answer_kind"] == "yes_no"
+    if len(images) > 1:
+        task = "multi_image"
+    elif fields["answer_kind"] == "number":
+        task = "metric"
+    elif is_relation:
+        task = "relation"
+    else:
+        task = "composite"
+    return {
+        "id": f"{bag_name}-{_safe(query_id)}-{index}",
+        "image": images[0],
+        "images": images,
+        "depth": depth,
+        "masks": [None] * len(images),
+        "caption": f"The {subj} is {relation} the {obj}." if is_relation else "",
+        "relation": relation if is_relation else "",
+        "subj": subj,
+        "obj": obj,
+        "meta_category": "",
+        "question": str(query.question),
+        **fields,
+        "template_id": "",
+        "task": task,
+        "scene_id": scene_id,
+        "seed": config.seed,
+        "source": "bag",
+        "label_source": label_source,
+        "query_id": query_id,
+        "_split_key": split_key,
+    }
+
+
+def _write_depth(frame: Frame | None, name: str, out: Path) -> str | None:
+    if frame is None:
+        return None
+    try:
+        depth = _decode(frame)
+    except ValueError:
+        return None
+    rel = f"depth/{name}.npy"
+    np.save(out / rel, depth.astype(np.float32), allow_pickle=False)
+    return rel
+
+
+def _write_scene(truths: list, frame: Frame, out: Path, report: IngestReport) -> str:
+    for truth in truths:
+        if str(truth.header.frame_id) not in ("", frame.frame_id):
+            continue
+        scene_id = _safe(str(truth.scene_id)) or f"scene_{frame.stamp}"
+        try:
+            scene = json.loads(str(truth.json))
+        except json.JSONDecodeError:
+            report.skip("scene truth is not valid JSON (item kept without it)", scene_id)
+            return ""
+        (out / "scenes" / f"{scene_id}.json").write_text(json.dumps(scene))
+        return scene_id
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = IngestConfig()
+    parser.add_argument(
+        "bags", nargs="+", type=Path, help="rosbag2 directories or .mcap/.db3 files"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="dataset directory to write")
+    parser.add_argument(
+        "--use-model-answers",
+        action="store_true",
+        help="keep uncorrected queries, labelled with the model's answer (label_source=model)",
+    )
+    parser.add_argument(
+        "--max-skew",
+        type=float,
+        default=defaults.max_skew,
+        help="s between a query stamp and its frame",
+    )
+    parser.add_argument(
+        "--max-age",
+        type=float,
+        default=defaults.max_age,
+        help="s: oldest frame a 'latest' query accepts",
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, default=defaults.val_fraction, help="share of frames for val"
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=defaults.test_fraction,
+        help="share of frames for test",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="salt of the split hash")
+    parser.add_argument(
+        "--image-topic", action="append", default=[], help="only this camera topic (repeatable)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = IngestConfig(
+        max_skew=args.max_skew,
+        max_age=args.max_age,
+        use_model_answers=args.use_model_answers,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        image_topics=tuple(args.image_topic),
+    )
+    if not 0 <= config.val_fraction + config.test_fraction <= 1:
+        print("vsre ingest: --val-fraction + --test-fraction must lie in [0, 1]", file=sys.stderr)
+        return 2
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the report prints them once, at the end
+            report = ingest(args.bags, args.out, config)
+    except BagError as err:
+        print(f"vsre ingest: {err}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
