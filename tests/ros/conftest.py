@@ -1,0 +1,108 @@
+"""Fixtures for the ROS layer tests: a private rclpy context, and peer processes over DDS."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 60.0  # a loaded 2-core box can take long to import torch in a peer
+
+
+class RosClient:
+    """A node in its own rclpy context, with a single-threaded executor to wait on futures."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(f"test_client_{uuid.uuid4().hex[:8]}", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def wait(self, future, timeout: float = 20.0):
+        """The future's result; fails the test after `timeout` seconds."""
+        self.executor.spin_until_future_complete(future, timeout_sec=timeout)
+        assert future.done(), f"no reply within {timeout} s"
+        return future.result()
+
+    def spin_until(self, predicate, timeout: float = 20.0) -> bool:
+        """Spin until predicate() is true or the timeout passes; returns predicate()."""
+        deadline = time.monotonic() + timeout
+        while not predicate() and time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+        return bool(predicate())
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+@pytest.fixture
+def ros_client():
+    client = RosClient()
+    yield client
+    client.close()
+
+
+class Peer:
+    """A child Python process that prints READY when its ROS endpoints exist."""
+
+    def __init__(self, args: list[str]) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output: list[str] = []
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            if ready:
+                line = self.proc.stdout.readline()
+                if not line and self.proc.poll() is not None:
+                    break
+                self.output.append(line)
+                if line.strip() == "READY":
+                    return
+        self.close()
+        raise AssertionError(f"peer {args} never became ready:\n{''.join(self.output)}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # the peer exits when its stdin closes
+                self.proc.wait(timeout=10)
+            except (subprocess.TimeoutExpired, BrokenPipeError):
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def spawn():
+    """spawn(args) starts a peer process; all are stopped at teardown."""
+    peers: list[Peer] = []
+
+    def _spawn(args: list[str]) -> Peer:
+        peers.append(Peer(args))
+        return peers[-1]
+
+    yield _spawn
+    for peer in peers:
+        peer.close()
