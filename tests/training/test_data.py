@@ -1,0 +1,182 @@
+"""Dataset readers, template sampling, answer targets, balanced order and the image cache."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+from vsre_ros.training.data import (
+    ImageCache,
+    TemplateSampler,
+    ask,
+    epoch_order,
+    target_text,
+    templates_by_ids,
+)
+from vsre_ros.training.items import Item, load_items, read_vsr, split_caption
+
+from vsre_ros.core.answers import AnswerKind
+from vsre_ros.core.templates import TEMPLATES
+
+
+def test_vsre_reader_reads_every_field(colour_dataset):
+    items = load_items(colour_dataset, "train")
+    assert len(items) == 48
+    first = items[0]
+    assert first.kind is AnswerKind.YES_NO and first.truth is True
+    assert first.meta_category == "Topological"
+    assert first.image_paths()[0].is_file()
+
+
+def test_vsre_reader_names_the_splits_it_has(colour_dataset):
+    with pytest.raises(FileNotFoundError, match=r"no split 'val'; it has \['test', 'train'\]"):
+        load_items(colour_dataset, "val")
+
+
+def test_vsre_reader_refuses_unknown_fields(colour_dataset):
+    with open(colour_dataset / "bad.jsonl", "w") as handle:
+        handle.write(json.dumps({"id": "x", "image": "a.png", "colour": "red"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: .*unknown fields \['colour'\]"):
+        load_items(colour_dataset, "bad")
+
+
+def test_unknown_format_names_the_known_ones(colour_dataset):
+    with pytest.raises(ValueError, match="unknown dataset format 'coco'; known: vsre, vsr"):
+        load_items(colour_dataset, "train", fmt="coco")
+
+
+def test_vsr_jsonl_reads_with_an_image_folder(tmp_path):
+    rows = [
+        {"image": "0001.jpg", "caption": "The cat is on the bed.", "label": 1, "relation": "on"},
+        {"image": "0002.jpg", "caption": "The box contains the ball.", "label": 0,
+         "relation": "contains"},
+        {"image": "0003.jpg", "caption": "The dog is left of the cup.", "label": 1,
+         "relation": "left of", "subj": "brown dog", "obj": "cup"},
+    ]  # fmt: skip
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = read_vsr(path, image_dir=tmp_path / "coco")
+    pairs = [(i.subj, i.obj) for i in items]
+    assert pairs == [("cat", "bed"), ("box", "ball"), ("brown dog", "cup")]
+    assert [i.meta_category for i in items] == ["Topological", "Topological", "Projective"]
+    assert items[1].truth is False and items[1].answer == "no"
+    assert items[0].image_paths()[0] == tmp_path / "coco" / "0001.jpg"
+    assert items[0].question == TEMPLATES[0].render("cat", "on", "bed")
+    with pytest.raises(ValueError, match="give the image folder"):
+        read_vsr(path)
+
+
+def test_caption_that_does_not_name_its_relation_is_left_unsplit():
+    assert split_caption("A cat sleeps.", "on") == ("", "")
+
+
+def relation_item(label=1):
+    return Item(
+        id="r", image="a.png", label=label, relation="left of", subj="cup", obj="box",
+        question="Is the cup left of the box?", answer="yes" if label else "no",
+    )  # fmt: skip
+
+
+def test_targets_exist_for_every_answer_kind():
+    assert target_text(relation_item(0)) == "no"
+    number = Item(id="n", image="a.png", answer_kind="number", value=1.234, task="distance")
+    assert target_text(number) == "1.23"
+    choice = Item(id="c", image="a.png", answer_kind="choice", options=["x", "y"], answer="y")
+    assert target_text(choice) == "y"
+    free = Item(id="f", image="a.png", answer_kind="free_text", answer="top left")
+    assert target_text(free) == "top left"
+    bad = Item(id="b", image="a.png", answer_kind="choice", options=["x", "y"], answer="z")
+    with pytest.raises(ValueError, match="is not one of"):
+        target_text(bad)
+
+
+def test_templates_word_the_target_in_their_own_words():
+    verify, choice_neg_first = templates_by_ids(["t20", "t36"])
+    example = ask(relation_item(1), verify)
+    assert example.target == "true" and example.kind is AnswerKind.YES_NO
+    example = ask(relation_item(0), choice_neg_first)
+    assert example.target == "A" and example.kind is AnswerKind.CHOICE
+    assert example.options == ["A", "B"]
+    assert "cup" in example.question and "box" in example.question
+    with pytest.raises(ValueError, match="unknown template id 'zz'"):
+        templates_by_ids(["zz"])
+
+
+def test_template_sampling_is_per_item_and_per_epoch_and_reproducible():
+    sampler = TemplateSampler(seed=3)
+    item = relation_item()
+    epoch0 = [sampler.example(item, i, 0).template_id for i in range(40)]
+    assert epoch0 == [sampler.example(item, i, 0).template_id for i in range(40)]
+    assert len(set(epoch0)) > 10  # items in one epoch get different templates
+    per_epoch = {sampler.example(item, 0, e).template_id for e in range(40)}
+    assert len(per_epoch) > 10  # one item gets different templates across epochs
+
+
+def test_items_without_a_relation_keep_their_own_question():
+    item = Item(id="l", image="a.png", answer_kind="free_text", answer="top left",
+                question="Where is the cup?", task="localization")  # fmt: skip
+    example = TemplateSampler(seed=0).example(item, 0, 0)
+    assert example.question == "Where is the cup?" and example.template_id == ""
+
+
+def skewed_items():
+    items = [relation_item(1) for _ in range(90)] + [relation_item(0) for _ in range(10)]
+    items += [
+        Item(id=f"d{k}", image="a.png", answer_kind="number", value=1.0, task="distance")
+        for k in range(5)
+    ]
+    for k, item in enumerate(items):
+        item.id = f"i{k}"
+    return items
+
+
+def test_balanced_order_evens_out_labels_and_tasks():
+    items = skewed_items()
+    order = epoch_order(items, epoch=0, seed=1, length=4000)
+    tasks = Counter(items[i].task for i in order)
+    assert abs(tasks["relation"] - tasks["distance"]) < 300
+    labels = Counter(items[i].truth for i in order if items[i].task == "relation")
+    assert abs(labels[True] - labels[False]) < 200
+    assert order == epoch_order(items, epoch=0, seed=1, length=4000)
+    assert order != epoch_order(items, epoch=1, seed=1, length=4000)
+
+
+def test_task_weights_mix_tasks_and_name_unknown_tasks():
+    items = skewed_items()
+    order = epoch_order(items, 0, task_weights={"relation": 1.0}, length=200)
+    assert {items[i].task for i in order} == {"relation"}
+    with pytest.raises(ValueError, match=r"tasks \['metric'\] not in the data"):
+        epoch_order(items, 0, task_weights={"metric": 1.0})
+
+
+def test_unbalanced_order_is_a_permutation():
+    items = skewed_items()
+    assert sorted(epoch_order(items, 0, balanced=False)) == list(range(len(items)))
+
+
+def test_image_cache_decodes_each_file_once(tmp_path):
+    for k in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(tmp_path / f"{k}.png")
+    calls = []
+
+    def preprocess(rgb):
+        calls.append(1)
+        return rgb.astype(np.float32) / 255.0
+
+    cache = ImageCache(preprocess, "scale-255", disk_dir=tmp_path / "cache")
+    for _ in range(3):
+        arrays = [cache.get(tmp_path / f"{k}.png") for k in range(3)]
+    assert len(calls) == 3 and cache.decodes == 3 and cache.hits == 6
+    assert arrays[2][0, 0, 0] == pytest.approx(80 / 255)
+    # A new process finds the disk cache; another preprocessing signature does not.
+    again = ImageCache(preprocess, "scale-255", disk_dir=tmp_path / "cache")
+    again.get(tmp_path / "1.png")
+    assert again.decodes == 0
+    other = ImageCache(preprocess, "scale-128", disk_dir=tmp_path / "cache")
+    other.get(tmp_path / "1.png")
+    assert other.decodes == 1
+    with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
+        cache.get(tmp_path / "missing.png")

@@ -1,0 +1,253 @@
+"""From items to training examples: templates, answer targets, balanced order, image cache.
+
+Everything here is deterministic in (seed, epoch, position), which is what lets a killed run
+resume with exactly the batch it would have seen: the order of an epoch is recomputed, not
+stored. A relation item is asked through one instruction template drawn per item and per
+epoch; the answer target is written in that template's words.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vsre_ros.core.answers import AnswerKind
+from vsre_ros.core.templates import TEMPLATES, Template
+
+from .items import ALL_TEMPLATES, Item, can_template
+from .scoring import normalize
+
+
+@dataclass
+class Example:
+    """One question with its answer target, ready to be batched for the model."""
+
+    item: Item  # the item asked
+    question: str  # the question text as the model sees it
+    target: str  # the answer text the model is trained to produce
+    kind: AnswerKind  # form of the answer as asked (a choice template makes it CHOICE)
+    options: list[str] = field(default_factory=list)  # choice options, in the question's order
+    template_id: str = ""  # template used, "" for the item's own question
+
+    @property
+    def truth(self) -> bool | None:
+        return self.item.truth
+
+
+def target_text(item: Item) -> str:
+    """The answer target of an item asked through its own question, for every answer kind."""
+    kind = item.kind
+    if kind is AnswerKind.YES_NO:
+        template = ALL_TEMPLATES.get(item.template_id)
+        if template is not None:
+            return template.answer(bool(item.truth))
+        return "yes" if item.truth else "no"
+    if kind is AnswerKind.NUMBER:
+        if item.answer.strip():
+            return item.answer.strip()
+        if item.value is None:
+            raise ValueError(f"number item {item.id!r} has neither an answer nor a value")
+        return f"{item.value:.2f}"
+    if kind is AnswerKind.CHOICE:
+        if normalize(item.answer) not in [normalize(o) for o in item.options]:
+            raise ValueError(
+                f"choice item {item.id!r}: answer {item.answer!r} is not one of {item.options}"
+            )
+        return item.answer
+    if not item.answer.strip():
+        raise ValueError(f"free-text item {item.id!r} has an empty answer")
+    return item.answer
+
+
+def ask(item: Item, template: Template | None = None) -> Example:
+    """The item as a question: through `template` if given (relation items), else its own."""
+    if template is None:
+        return Example(item, item.question, target_text(item), item.kind, list(item.options))
+    if not can_template(item):
+        raise ValueError(
+            f"item {item.id!r} is not a yes/no relation with subject, relation and object; "
+            "only those can be asked through an instruction template"
+        )
+    kind = AnswerKind.CHOICE if template.kind == "choice" else AnswerKind.YES_NO
+    return Example(
+        item,
+        template.render(item.subj, item.relation, item.obj),
+        template.answer(bool(item.truth)),
+        kind,
+        list(template.options),
+        template.id,
+    )
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *keys])
+
+
+@dataclass
+class TemplateSampler:
+    """Draws one instruction template per item and per epoch."""
+
+    templates: Sequence[Template] = tuple(TEMPLATES)  # pool drawn from
+    share: float = 1.0  # chance a relation item is re-asked; else its own question
+    seed: int = 0  # run seed
+
+    def __post_init__(self) -> None:
+        if not self.templates and self.share > 0:
+            raise ValueError("TemplateSampler needs templates to draw from (or share=0)")
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"template share must be within [0, 1], got {self.share}")
+
+    def example(self, item: Item, index: int, epoch: int) -> Example:
+        """`item` (at `index` of its dataset) as asked in `epoch`."""
+        if not can_template(item) or self.share == 0:
+            return ask(item)
+        rng = _rng(self.seed, 1, epoch, index)
+        if rng.random() >= self.share:
+            return ask(item)
+        return ask(item, self.templates[int(rng.integers(len(self.templates)))])
+
+
+def templates_by_ids(ids: Sequence[str]) -> list[Template]:
+    """Templates for a list of ids; an unknown id raises ValueError naming the known ids."""
+    out = []
+    for template_id in ids:
+        if template_id not in ALL_TEMPLATES:
+            known = ", ".join(sorted(ALL_TEMPLATES))
+            raise ValueError(f"unknown template id {template_id!r}; known: {known}")
+        out.append(ALL_TEMPLATES[template_id])
+    return out
+
+
+def balance_key(item: Item) -> tuple:
+    """The stratum an item is balanced in: relation and label for yes/no relation items, task
+    and answer for choices and short free text, task alone for numbers."""
+    if item.kind is AnswerKind.YES_NO:
+        return (item.task, item.relation, bool(item.truth))
+    if item.kind is AnswerKind.NUMBER:
+        return (item.task,)
+    return (item.task, normalize(item.answer))
+
+
+def epoch_order(
+    items: Sequence[Item],
+    epoch: int,
+    seed: int = 0,
+    balanced: bool = True,
+    task_weights: dict[str, float] | None = None,
+    length: int | None = None,
+) -> list[int]:
+    """Indices of the items an epoch visits, in order.
+
+    Unbalanced: a permutation. Balanced: drawn with replacement so that each task gets its
+    weight (default: equal per task present), and within a task every stratum of
+    `balance_key` (relation x label) is equally likely.
+    """
+    if not items:
+        raise ValueError("no items to sample from")
+    length = len(items) if length is None else length
+    rng = _rng(seed, 2, epoch)
+    if not balanced and task_weights is None:
+        order = rng.permutation(len(items))
+        return [int(i) for i in np.resize(order, length)]
+    strata: dict[str, dict[tuple, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for index, item in enumerate(items):
+        key = balance_key(item) if balanced else (index,)
+        strata[item.task][key].append(index)
+    tasks = sorted(strata)
+    weights = np.array([(task_weights or {}).get(t, 0.0 if task_weights else 1.0) for t in tasks])
+    if task_weights:
+        unknown = sorted(set(task_weights) - set(tasks))
+        if unknown:
+            raise ValueError(f"task weights name tasks {unknown} not in the data; it has {tasks}")
+    if weights.sum() <= 0:
+        raise ValueError(f"task weights {task_weights} give no weight to the tasks {tasks}")
+    weights = weights / weights.sum()
+    task_keys = {t: sorted(strata[t]) for t in tasks}
+    order = []
+    for _ in range(length):
+        task = tasks[int(rng.choice(len(tasks), p=weights))]
+        keys = task_keys[task]
+        members = strata[task][keys[int(rng.integers(len(keys)))]]
+        order.append(members[int(rng.integers(len(members)))])
+    return order
+
+
+class ImageCache:
+    """Preprocessed images by file, so epochs after the first do not decode again.
+
+    Keyed by the file's path, size and modification time plus `signature` (what the
+    preprocessing depends on, e.g. image size and normalisation), kept in memory (LRU, up to
+    `max_items`) and optionally on disk as .npy files under `disk_dir`.
+    """
+
+    def __init__(
+        self,
+        preprocess: Callable[[np.ndarray], np.ndarray],
+        signature: str,
+        max_items: int = 4096,
+        disk_dir: str | Path | None = None,
+    ) -> None:
+        self.preprocess = preprocess  # HxWx3 uint8 RGB -> array the model takes
+        self.signature = signature  # changes whenever preprocessing would change
+        self.max_items = max_items  # in-memory entries kept
+        self.disk_dir = Path(disk_dir) if disk_dir else None  # optional persistent cache
+        self.decodes = 0  # images read from their files and preprocessed
+        self.hits = 0  # images served from the cache
+        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        if self.disk_dir:
+            self.disk_dir.mkdir(parents=True, exist_ok=True)
+
+    def _key(self, path: Path) -> str:
+        stat = path.stat()
+        text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.signature}"
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def get(self, path: str | Path) -> np.ndarray:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} does not exist")
+        key = self._key(path)
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            self.hits += 1
+            return self._memory[key]
+        array = self._from_disk(key)
+        if array is None:
+            array = np.ascontiguousarray(self.preprocess(load_rgb(path)))
+            self.decodes += 1
+            self._to_disk(key, array)
+        else:
+            self.hits += 1
+        self._memory[key] = array
+        if len(self._memory) > self.max_items:
+            self._memory.popitem(last=False)
+        return array
+
+    def _from_disk(self, key: str) -> np.ndarray | None:
+        if not self.disk_dir:
+            return None
+        path = self.disk_dir / f"{key}.npy"
+        return np.load(path, allow_pickle=False) if path.is_file() else None
+
+    def _to_disk(self, key: str, array: np.ndarray) -> None:
+        if not self.disk_dir:
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.disk_dir, suffix=".npy")
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+        os.replace(tmp, self.disk_dir / f"{key}.npy")
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
