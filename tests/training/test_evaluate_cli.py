@@ -1,0 +1,55 @@
+"""`vsre evaluate` end to end on a predictions file (the model path is tested with training)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from vsre_ros.training.evaluate import build_examples, resolve_templates
+from vsre_ros.training.items import load_items
+from vsre_ros.training.scoring import Prediction, write_predictions
+
+from vsre_ros.cli import main
+
+
+def test_evaluate_scores_a_predictions_file(colour_dataset, tmp_path, capsys):
+    items = load_items(colour_dataset, "test")
+    # Always "yes": right on exactly the red half.
+    write_predictions(tmp_path / "p.jsonl", [Prediction(i.id, "Yes.") for i in items])
+    out = tmp_path / "report"
+    code = main(
+        ["evaluate", "--data", str(colour_dataset), "--split", "test", "--predictions",
+         str(tmp_path / "p.jsonl"), "--train-split", "train", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["accuracy"] == 0.5
+    assert report["bias"]["predicted_true_rate"] == 1.0
+    assert report["overlap"]["checked"] and report["overlap"]["n_overlapping"] == 0
+    assert (out / "per_template.png").is_file()
+    assert "accuracy 50.0%" in capsys.readouterr().out
+
+
+def test_evaluate_reports_bad_input_without_a_traceback(colour_dataset, tmp_path, capsys):
+    code = main(
+        ["evaluate", "--data", str(colour_dataset), "--split", "nope", "--predictions",
+         str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "o")]
+    )  # fmt: skip
+    assert code == 2
+    assert "no split 'nope'" in capsys.readouterr().err
+
+
+def test_train_templates_ask_every_relation_item_fifty_times(colour_dataset):
+    items = load_items(colour_dataset, "test")[:2]
+    examples = build_examples(items, resolve_templates("train"))
+    assert len(examples) == 100
+    assert len({e.template_id for e in examples}) == 50
+    assert len(build_examples(items, resolve_templates("item"))) == 2
+    assert [e.template_id for e in build_examples(items, resolve_templates("t00,h04"))] == [
+        "t00",
+        "h04",
+        "t00",
+        "h04",
+    ]
+    with pytest.raises(ValueError, match="unknown template set 'everything'"):
+        resolve_templates("everything")
