@@ -16,7 +16,9 @@ Inline images sent with the query are used as they are.
 
 The label comes from a correction when there is one (`label_source: "correction"`); without
 one, the model's own answer is kept only when asked for (`label_source: "model"`), because
-training on a model's unchecked answers teaches it its own mistakes.
+training on a model's unchecked answers teaches it its own mistakes. Items hold exactly the
+dataset schema's fields; where each came from (query id, label source, camera topic, stamp,
+bag) is in the sidecar `provenance.jsonl`, one line per item.
 
 A bag that a crashed recorder left behind (no `metadata.yaml`, an MCAP file without its summary,
 a cut-off sqlite file) still yields every message that can be read; the report says so.
@@ -43,10 +45,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
+from vsre_ros.training.items import Item, meta_category
 
 SCHEMA = "vsre-dataset/1"
 PACKAGE = "vsre_ros"
 CORRECTIONS_TOPIC = "vsre/corrections"  # documented topic for SpatialCorrection
+# Per-item facts the dataset schema has no field for (query id, label source, camera, stamp).
+PROVENANCE_FILE = "provenance.jsonl"
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -647,18 +652,22 @@ def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | N
                 query, query_id, log_time, index, bag_name, contents, config, report, out, written
             )
             if item is not None:
-                splits[_split_of(item.pop("_split_key"), config)].append(item)
+                provenance = item.pop("_provenance")
+                provenance.update(id=item["id"], bag=str(bag))
+                splits[_split_of(item.pop("_split_key"), config)].append((item, provenance))
         known = {str(q.query_id) for _, q in contents.queries}
         for query_id in contents.corrections:
             if query_id not in known:
                 report.skip("correction for a query that is not in the bag", query_id)
     if bags and not readable:
         raise BagError("no bag could be read: " + "; ".join(report.notes))
-    for split, items in splits.items():
-        with open(out / f"{split}.jsonl", "w") as handle:
-            for item in items:
-                handle.write(json.dumps(item) + "\n")
-        report.items[split] = len(items)
+    with open(out / PROVENANCE_FILE, "w") as sidecar:
+        for split, rows in splits.items():
+            with open(out / f"{split}.jsonl", "w") as handle:
+                for item, provenance in rows:
+                    handle.write(json.dumps(Item(**item).to_json()) + "\n")
+                    sidecar.write(json.dumps(provenance) + "\n")
+            report.items[split] = len(rows)
     report.frames = len(written)
     meta = {
         "schema": SCHEMA,
@@ -718,7 +727,7 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
         return None
     images: list[str] = []
     depth: list[str | None] = []
-    scene_id = ""
+    scene_id, camera, stamp = "", "", 0
     if len(query.images):
         for i, inline in enumerate(query.images):
             try:
@@ -748,6 +757,7 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
         depth.append(_write_depth(contents.depth_for(frame, config), name, out))
         scene_id = _write_scene(contents.truth.get(frame.stamp, []), frame, out, report)
         split_key = f"{bag_name}/{frame.topic}/{frame.stamp}"
+        camera, stamp = frame.topic, frame.stamp
     subj, relation, obj = str(query.subj), str(query.relation), str(query.obj)
     is_relation = bool(subj and relation and obj) and fields["answer_kind"] == "yes_no"
     if len(images) > 1:
@@ -768,7 +778,7 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
         "relation": relation if is_relation else "",
         "subj": subj,
         "obj": obj,
-        "meta_category": "",
+        "meta_category": meta_category(relation) if is_relation else "",
         "question": str(query.question),
         **fields,
         "template_id": "",
@@ -776,8 +786,12 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
         "scene_id": scene_id,
         "seed": config.seed,
         "source": "bag",
-        "label_source": label_source,
-        "query_id": query_id,
+        "_provenance": {
+            "query_id": query_id,
+            "label_source": label_source,
+            "camera": camera,
+            "stamp": stamp,
+        },
         "_split_key": split_key,
     }
 

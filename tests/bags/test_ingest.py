@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from vsre_ros.training import bags
+from vsre_ros.training.items import read_vsre
 
 SEC = 1_000_000_000
 
@@ -52,11 +53,17 @@ def _scenario(builder, frames):
 
 
 def _items(root):
-    return {
-        item["query_id"]: item
-        for split in ("train", "val", "test")
-        for item in map(json.loads, (root / f"{split}.jsonl").read_text().splitlines())
+    """Items by query id, with their provenance merged in; read through the training reader."""
+    provenance = {
+        row["id"]: row
+        for row in map(json.loads, (root / "provenance.jsonl").read_text().splitlines())
     }
+    items = {}
+    for split in ("train", "val", "test"):
+        for item in read_vsre(root, split):
+            row = {**item.to_json(), **provenance[item.id]}
+            items[row["query_id"]] = row
+    return items
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
@@ -77,6 +84,7 @@ def test_ingest_pairs_queries_with_frames_and_corrections(builder, tmp_path, sto
     )
     assert by_stamp["caption"] == "The cup is left of the box."
     assert by_stamp["task"] == "relation" and by_stamp["source"] == "bag"
+    assert by_stamp["meta_category"] == "Projective" and by_stamp["camera"] == "/cam/color"
     np.testing.assert_array_equal(np.asarray(Image.open(root / by_stamp["image"])), frames[1])
     np.testing.assert_array_equal(np.load(root / by_stamp["depth"][0]), np.full((12, 16), 2.0))
     scene = by_stamp["scene_id"]
