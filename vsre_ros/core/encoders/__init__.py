@@ -1,0 +1,134 @@
+"""Vision encoders behind one interface, looked up by family id.
+
+Every encoder maps normalised pixels [B, 3, S, S] to a feature map [B, C, H, W] and exposes
+`embed_dim` (C), `grid` ((H, W)), `num_tokens`, `image_size` and its own `mean`/`std`, so the
+fusion and projectors are sized from the parts. Families register an `EncoderSpec` in
+`ENCODERS`; the per-family modules say how to read their transformers model's output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vsre_ros.core.config import EncoderConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How one family is built, loaded and read."""
+
+    family: str  # registry id
+    config_cls: type  # transformers config class
+    model_cls: type  # transformers model class (the vision tower alone)
+    mean: tuple[float, float, float]  # normalisation mean of its preprocessing
+    std: tuple[float, float, float]  # normalisation std of its preprocessing
+    prefix_tokens: int  # leading non-patch tokens to drop (CLS); -1: output is a feature map
+    adapter: str  # "none" or "conv" (a strided conv adapter for a large feature map)
+    resize: str  # how another input size is accepted: "flag" (interpolate_pos_encoding),
+    # "always" (the model interpolates by itself) or "fixed" (only its native size)
+
+
+ENCODERS: dict[str, EncoderSpec] = {}
+
+
+def register_encoder(spec: EncoderSpec) -> EncoderSpec:
+    ENCODERS[spec.family] = spec
+    return spec
+
+
+def encoder_spec(family: str) -> EncoderSpec:
+    _load_families()
+    if family not in ENCODERS:
+        raise ValueError(f"unknown encoder family {family!r}; known: {sorted(ENCODERS)}")
+    return ENCODERS[family]
+
+
+def _load_families() -> None:
+    # Imported lazily so the registry fills on first use without import cycles.
+    from vsre_ros.core.encoders import clip, dinov2, sam, siglip  # noqa: F401
+
+
+class VisionEncoder(nn.Module):
+    """A transformers vision tower with the shared interface."""
+
+    def __init__(
+        self, spec: EncoderSpec, model: nn.Module, feature_layer: int = -1, image_size: int = 0
+    ):
+        super().__init__()
+        self.spec = spec
+        self.family = spec.family
+        self.model = model
+        self.feature_layer = feature_layer
+        cfg = model.config
+        native = int(cfg.image_size)
+        self.image_size = int(image_size or native)
+        self._kwargs: dict[str, Any] = {}
+        if self.image_size != native:
+            if spec.resize == "fixed":
+                raise ValueError(
+                    f"{spec.family} encoder takes only its native image size {native}, "
+                    f"not {self.image_size}; set image_size to 0 or {native}"
+                )
+            if spec.resize == "flag":
+                self._kwargs["interpolate_pos_encoding"] = True
+        self.patch_size = int(cfg.patch_size)
+        side = self.image_size // self.patch_size
+        self.grid = (side, side)
+        self.embed_dim = int(cfg.output_channels if spec.prefix_tokens < 0 else cfg.hidden_size)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels [B, 3, S, S] -> feature map [B, embed_dim, H, W]."""
+        if self.spec.prefix_tokens < 0:
+            return self.model(pixel_values=pixel_values).last_hidden_state
+        if self.feature_layer == -1:
+            hidden = self.model(pixel_values=pixel_values, **self._kwargs).last_hidden_state
+        else:
+            out = self.model(pixel_values=pixel_values, output_hidden_states=True, **self._kwargs)
+            hidden = out.hidden_states[self.feature_layer]
+        tokens = hidden[:, self.spec.prefix_tokens :]
+        b, n, c = tokens.shape
+        h, w = self.grid
+        if n != h * w:
+            raise ValueError(
+                f"{self.family}: got {n} patch tokens, expected {h}x{w} for image size "
+                f"{self.image_size} and patch {self.patch_size}"
+            )
+        return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
+def build_encoder(cfg: EncoderConfig) -> VisionEncoder:
+    """Build from `cfg.hf_config` (random init), or load real weights from `cfg.path`."""
+    spec = encoder_spec(cfg.family)
+    if cfg.path:
+        path = Path(cfg.path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{cfg.family} encoder directory {path} has no config.json; expected a "
+                f"Hugging Face checkpoint saved by {spec.model_cls.__name__}.save_pretrained"
+            )
+        model = spec.model_cls.from_pretrained(str(path))
+    else:
+        model = spec.model_cls(spec.config_cls(**cfg.hf_config))
+    return VisionEncoder(spec, model, cfg.feature_layer, cfg.image_size)
+
+
+def resolved_hf_config(encoder: VisionEncoder) -> dict[str, Any]:
+    """The full transformers config of a built encoder, to rebuild it without its directory."""
+    data = encoder.model.config.to_dict()
+    for key in ("transformers_version", "architectures", "_name_or_path", "model_type"):
+        data.pop(key, None)
+    return data

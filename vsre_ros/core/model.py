@@ -1,0 +1,581 @@
+"""VSREModel: vision encoders -> fusion -> causal LM, with save/load, freezing and batching.
+
+Training batch format (what `forward` takes, what `build_batch` makes):
+- `pixel_values`: dict encoder name -> float tensor [N, 3, S, S], normalised for that encoder
+  (`preprocess`); N counts every image of the batch, row by row, in prompt order.
+- `input_ids`: long [B, L]; each image appears as `num_image_tokens` copies of
+  `image_token_id`, which `forward` replaces with that image's fused visual tokens.
+- `attention_mask`: long [B, L], 1 for real tokens, 0 for right padding.
+- `labels`: long [B, L], the token ids to predict (answer tokens and the end-of-answer token),
+  -100 everywhere else; the LM shifts them, so the loss is on answer tokens only.
+
+Directory layout of `save_pretrained` (all read back and validated by `from_pretrained`):
+  vsre_config.json     {"format": "vsre-model/1", "config": ModelConfig with resolved parts}
+  model.safetensors    every weight (tied weights stored once)
+  tokenizer/           the tokenizer (tokenizer.json, tokenizer_config.json, ...)
+  adapter/             optional LoRA adapter of the LM (peft's adapter_config.json + weights)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from vsre_ros.core.config import FORMAT, ModelConfig, preset_config
+from vsre_ros.core.encoders import VisionEncoder, build_encoder, encoder_spec
+from vsre_ros.core.encoders import resolved_hf_config as encoder_hf_config
+from vsre_ros.core.encoders.fused import build_fusion
+from vsre_ros.core.lm import build_lm, lm_spec
+from vsre_ros.core.lm import resolved_hf_config as lm_hf_config
+from vsre_ros.core.prompts import IMAGE, prompt_format
+from vsre_ros.core.tokenizer import train_bpe
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "vsre_config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+ADAPTER_DIR = "adapter"
+
+
+class ModelLoadError(ValueError):
+    """A saved model directory is missing a file, is corrupt or does not match its config."""
+
+
+@dataclass
+class VSREOutput:
+    """What the training forward returns."""
+
+    loss: torch.Tensor | None  # mean cross-entropy on the labelled (answer) tokens
+    logits: torch.Tensor  # [B, L, vocab]
+    attentions: tuple[torch.Tensor, ...] | None  # per layer [B, heads, L, L] (eager attention)
+    image_embeds: torch.Tensor | None  # [N images, num_image_tokens, hidden]
+
+
+def check_image(image: Any, index: int = 0) -> None:
+    """Raise ValueError saying what is wrong unless `image` is a non-empty HxWx3 uint8 array."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image {index}: expected a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image {index}: expected dtype uint8 RGB, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image {index}: expected shape HxWx3 (RGB), got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image {index}: has zero size {image.shape}")
+
+
+class VSREModel(nn.Module):
+    """Four (or fewer) fused vision encoders feeding a causal LM through projectors."""
+
+    def __init__(self, config: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None):
+        super().__init__()
+        if not config.encoders:
+            raise ValueError("ModelConfig.encoders is empty; give at least one encoder")
+        families = [e.family for e in config.encoders]
+        if len(set(families)) != len(families):
+            raise ValueError(f"each encoder family may appear once, got {families}")
+        self.config = copy.deepcopy(config)
+        self.prompt = prompt_format(config.prompt)
+        llava = _load_llava(config.source_llava) if config.source_llava else None
+
+        self.tokenizer = tokenizer if tokenizer is not None else self._make_tokenizer(llava)
+        if self.tokenizer.convert_tokens_to_ids(IMAGE) in (None, self.tokenizer.unk_token_id):
+            # The placeholder id never reaches the embedding table, so no resize is needed.
+            self.tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE]})
+        self.image_token_id = int(self.tokenizer.convert_tokens_to_ids(IMAGE))
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+        encoder_cfgs = {e.family: e for e in config.encoders}
+        encoders: dict[str, VisionEncoder] = {}
+        for name, ecfg in encoder_cfgs.items():
+            if llava is not None and name == "clip" and not ecfg.path and not ecfg.hf_config:
+                encoders[name] = VisionEncoder(
+                    encoder_spec("clip"),
+                    llava.model.vision_tower,
+                    int(llava.config.vision_feature_layer),
+                    ecfg.image_size,
+                )
+            else:
+                encoders[name] = build_encoder(ecfg)
+        self.encoders = nn.ModuleDict(encoders)
+        if llava is not None:
+            self.lm = _llava_lm(llava, config)
+        else:
+            vocab = len(self.tokenizer) if not config.lm.path else None
+            self.lm = build_lm(config.lm, vocab)
+        hidden = int(self.lm.config.hidden_size)
+        self.fusion = build_fusion(
+            config.fusion,
+            encoders,
+            encoder_cfgs,
+            hidden,
+            config.projector_depth,
+            config.projector_hidden,
+            config.image_pos_embed,
+            config.fusion_grid,
+        )
+        if llava is not None:
+            _copy_llava_projector(llava, self.fusion)
+        self.num_image_tokens = int(self.fusion.num_tokens)
+        self.hidden_size = hidden
+        self.eos_token_id = int(self.tokenizer.eos_token_id)
+        self.pad_token_id = int(self.tokenizer.pad_token_id)
+
+    # ----------------------------------------------------------------------------- building
+
+    def _make_tokenizer(self, llava: nn.Module | None) -> PreTrainedTokenizerBase:
+        if self.config.tokenizer == "bpe":
+            return train_bpe(self.config.tokenizer_vocab)
+        if self.config.tokenizer == "lm":
+            path = self.config.source_llava or self.config.lm.path
+            if not path:
+                raise ValueError('tokenizer "lm" needs lm.path (or source_llava) to read from')
+            return _load_tokenizer(Path(path))
+        raise ValueError(f"unknown tokenizer {self.config.tokenizer!r}; known: ['bpe', 'lm']")
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> VSREModel:
+        return cls(config)
+
+    @classmethod
+    def from_preset(cls, preset_id: str, **overrides: Any) -> VSREModel:
+        """Build a preset (random init for tiny presets, local checkpoints for the others)."""
+        return cls(preset_config(preset_id, **overrides))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.lm.parameters()).dtype
+
+    @property
+    def model_id(self) -> str:
+        return self.config.name
+
+    def resolved_config(self) -> ModelConfig:
+        """The config with every part's full transformers config and no source paths."""
+        cfg = copy.deepcopy(self.config)
+        for ecfg in cfg.encoders:
+            ecfg.hf_config = encoder_hf_config(self.encoders[ecfg.family])
+            ecfg.path = ""
+            ecfg.image_size = self.encoders[ecfg.family].image_size
+            ecfg.feature_layer = self.encoders[ecfg.family].feature_layer
+        base = self.base_lm()
+        cfg.lm.family = _lm_family(base)
+        cfg.lm.hf_config = lm_hf_config(base)
+        cfg.lm.path = ""
+        cfg.tokenizer = "saved"
+        cfg.source_llava = ""
+        return cfg
+
+    # ------------------------------------------------------------------------- save / load
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config, weights, tokenizer and (if attached) the LoRA adapter to `directory`."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        payload = {"format": FORMAT, "config": self.resolved_config().to_dict()}
+        (out / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
+        state = _unique_tensors(self.base_state_dict())
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, out / WEIGHTS_FILE)
+        self.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+        if self.has_lora:
+            self.lm.save_pretrained(str(out / ADAPTER_DIR))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> VSREModel:
+        """Load a directory written by save_pretrained; every file is checked."""
+        root = Path(directory)
+        if not root.is_dir():
+            raise ModelLoadError(f"model directory {root} does not exist")
+        config_path = root / CONFIG_FILE
+        if not config_path.is_file():
+            raise ModelLoadError(f"{config_path} is missing; not a VSRE model directory")
+        try:
+            payload = json.loads(config_path.read_text())
+            if payload.get("format") != FORMAT:
+                raise ModelLoadError(
+                    f"{config_path}: format {payload.get('format')!r}, expected {FORMAT!r}"
+                )
+            config = ModelConfig.from_dict(payload["config"])
+        except ModelLoadError:
+            raise
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ModelLoadError(f"{config_path} is corrupt: {err}") from None
+        tok_dir = root / TOKENIZER_DIR
+        if not tok_dir.is_dir():
+            raise ModelLoadError(f"tokenizer directory {tok_dir} is missing")
+        tokenizer = _load_tokenizer(tok_dir)
+        model = cls(config, tokenizer=tokenizer)
+        model.load_weights(root / WEIGHTS_FILE)
+        if (root / ADAPTER_DIR).is_dir():
+            model.load_adapter(root / ADAPTER_DIR)
+        return model
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load a safetensors file, checking names and shapes against this model."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"weights file {path} is missing")
+        try:
+            loaded = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ModelLoadError(f"{path} is corrupt or not a safetensors file: {err}") from None
+        expected = _unique_tensors(self.base_state_dict())
+        missing = sorted(set(expected) - set(loaded))
+        unexpected = sorted(set(loaded) - set(expected))
+        if missing or unexpected:
+            raise ModelLoadError(
+                f"{path} does not match the config: {len(missing)} missing tensors "
+                f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+            )
+        for key, tensor in expected.items():
+            if tuple(loaded[key].shape) != tuple(tensor.shape):
+                raise ModelLoadError(
+                    f"{path}: tensor {key} has shape {tuple(loaded[key].shape)}, the config "
+                    f"expects {tuple(tensor.shape)}"
+                )
+        if self.has_lora:
+            raise ValueError("drop the LoRA adapter (drop_adapter) before loading base weights")
+        result = self.load_state_dict(loaded, strict=False)
+        tied = set(self.state_dict()) - set(expected)
+        if set(result.missing_keys) - tied:
+            raise ModelLoadError(f"{path}: tensors not loaded: {result.missing_keys[:3]}")
+
+    # -------------------------------------------------------------------------------- LoRA
+
+    @property
+    def has_lora(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.lm, PeftModel)
+
+    def base_lm(self) -> nn.Module:
+        return self.lm.get_base_model() if self.has_lora else self.lm
+
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        """State dict without LoRA tensors, under the plain (un-wrapped) LM's names."""
+        if not self.has_lora:
+            return self.state_dict()
+        out = {}
+        for key, value in self.state_dict().items():
+            if "lora_" in key:
+                continue
+            out[key.replace("lm.base_model.model.", "lm.").replace(".base_layer.", ".")] = value
+        return out
+
+    def attach_lora(self) -> None:
+        """Wrap the LM with a fresh LoRA adapter (peft) from config.lora."""
+        from peft import LoraConfig, get_peft_model
+
+        if self.has_lora:
+            return
+        s = self.config.lora
+        lora = LoraConfig(
+            r=s.r,
+            lora_alpha=s.alpha,
+            lora_dropout=s.dropout,
+            target_modules=list(s.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        self.lm = get_peft_model(self.lm, lora)
+
+    def load_adapter(self, directory: str | Path) -> None:
+        """Replace any LoRA adapter by the one saved in `directory` (peft layout)."""
+        from peft import PeftModel
+
+        path = Path(directory)
+        if not (path / "adapter_config.json").is_file():
+            raise ModelLoadError(f"{path / 'adapter_config.json'} is missing; not a LoRA adapter")
+        self.drop_adapter()
+        try:
+            self.lm = PeftModel.from_pretrained(self.lm, str(path))
+        except Exception as err:  # peft raises several types for bad files
+            raise ModelLoadError(f"LoRA adapter in {path} does not load: {err}") from None
+        self.lm.to(self.device)
+
+    def drop_adapter(self) -> None:
+        if self.has_lora:
+            self.lm = self.lm.unload()
+
+    # ----------------------------------------------------------------------------- freezing
+
+    def freeze(self, stage: int, lm: str | None = None, encoders: bool = False) -> dict:
+        """Choose what trains and log it.
+
+        stage 0: everything (training a tiny model from scratch);
+        stage 1: adapters, projectors and image positions (the fusion);
+        stage 2: the fusion plus the LM as `lm` says: "lora" (default, peft), "full", "frozen".
+        `encoders=True` also trains the vision encoders. Returns {part: trainable count}.
+        """
+        if stage not in (0, 1, 2):
+            raise ValueError(f"unknown stage {stage}; known: 0 (all), 1 (fusion), 2 (+LM)")
+        lm_mode = lm or {0: "full", 1: "frozen", 2: "lora"}[stage]
+        if lm_mode not in ("lora", "full", "frozen"):
+            raise ValueError(f"unknown lm mode {lm_mode!r}; known: lora, full, frozen")
+        if lm_mode == "lora":
+            self.attach_lora()
+        self.requires_grad_(False)
+        self.fusion.requires_grad_(True)
+        if stage == 0 or encoders:
+            self.encoders.requires_grad_(True)
+        if lm_mode == "full":
+            self.lm.requires_grad_(True)
+        elif lm_mode == "lora":
+            for name, param in self.lm.named_parameters():
+                param.requires_grad_("lora_" in name)
+        summary = {
+            "encoders": _count(self.encoders),
+            "fusion": _count(self.fusion),
+            "lm": _count(self.lm),
+        }
+        total = sum(p.numel() for p in self.parameters())
+        log.info(
+            "stage %d (lm=%s, encoders=%s): trainable %s of %d parameters",
+            stage,
+            lm_mode,
+            stage == 0 or encoders,
+            summary,
+            total,
+        )
+        return summary
+
+    # --------------------------------------------------------------------- preprocessing
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        """HxWx3 uint8 images -> per-encoder normalised pixel tensors [N, 3, S, S].
+
+        Images are converted once; each encoder's resize and normalisation run batched on
+        tensors (images of equal size are resized together).
+        """
+        if len(images) == 0:
+            raise ValueError("no images to preprocess")
+        for i, image in enumerate(images):
+            check_image(image, i)
+        device, dtype = self.device, self.dtype
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(image.shape[:2], []).append(i)
+        batches = {
+            hw: torch.from_numpy(np.stack([images[i] for i in idx]))
+            .to(device)
+            .permute(0, 3, 1, 2)
+            .float()
+            .div_(255.0)
+            for hw, idx in groups.items()
+        }
+        resized: dict[int, torch.Tensor] = {}
+        out = {}
+        for name, enc in self.encoders.items():
+            size = enc.image_size
+            if size not in resized:
+                full = torch.empty(len(images), 3, size, size, device=device)
+                for hw, idx in groups.items():
+                    batch = batches[hw]
+                    if hw != (size, size):
+                        batch = F.interpolate(
+                            batch, size=(size, size), mode="bilinear", antialias=True
+                        )
+                    full[idx] = batch
+                resized[size] = full
+            out[name] = ((resized[size] - enc.mean) / enc.std).to(dtype)
+        return out
+
+    # ---------------------------------------------------------------------------- forward
+
+    def encode_images(self, pixel_values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-encoder pixels -> fused visual tokens [N, num_image_tokens, hidden]."""
+        maps = {name: enc(pixel_values[name]) for name, enc in self.encoders.items()}
+        return self.fusion(maps)
+
+    def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with image placeholders replaced by visual tokens, in order."""
+        mask = input_ids == self.image_token_id
+        table = self.lm.get_input_embeddings()
+        embeds = table(input_ids.masked_fill(mask, 0))
+        n_slots = int(mask.sum())
+        if n_slots == 0:
+            return embeds
+        if image_embeds is None or image_embeds.numel() // self.hidden_size != n_slots:
+            got = 0 if image_embeds is None else image_embeds.numel() // self.hidden_size
+            raise ValueError(
+                f"input_ids hold {n_slots} image-token slots "
+                f"({n_slots / self.num_image_tokens:g} images of {self.num_image_tokens}) "
+                f"but {got} visual tokens were given"
+            )
+        return embeds.masked_scatter(mask.unsqueeze(-1), image_embeds.to(embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: dict[str, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        image_embeds: torch.Tensor | None = None,
+    ) -> VSREOutput:
+        """Training forward; see the module docstring for the batch format."""
+        if image_embeds is None and pixel_values is not None:
+            image_embeds = self.encode_images(pixel_values)
+        embeds = self.embed(input_ids, image_embeds)
+        out = self.lm(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            labels=labels,
+            output_attentions=output_attentions,
+            use_cache=False,
+        )
+        return VSREOutput(
+            loss=out.loss,
+            logits=out.logits,
+            attentions=out.attentions if output_attentions else None,
+            image_embeds=image_embeds,
+        )
+
+    # ------------------------------------------------------------------------- tokenizing
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+    def prefix_ids(self, n_images: int) -> list[int]:
+        """Token ids of the image prefix (identical for every question on the same images)."""
+        ids = [] if self.tokenizer.bos_token_id is None else [int(self.tokenizer.bos_token_id)]
+        for part in self.prompt.prefix_parts(n_images):
+            if part == IMAGE:
+                ids += [self.image_token_id] * self.num_image_tokens
+            else:
+                ids += self._encode(part)
+        return ids
+
+    def suffix_ids(self, question: str) -> list[int]:
+        return self._encode(self.prompt.suffix(question))
+
+    def answer_ids(self, answer: str, eos: bool = True) -> list[int]:
+        return self._encode(self.prompt.answer_text(answer)) + ([self.eos_token_id] * eos)
+
+    def build_batch(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Collate examples {"images": [HxWx3 uint8], "question": str, "answer": str}.
+
+        Returns pixel_values, input_ids, attention_mask, labels (see the module docstring)
+        and answer_start [B]: the index of each row's first answer token.
+        """
+        rows, labels, starts, images = [], [], [], []
+        for i, ex in enumerate(examples):
+            if not ex.get("images"):
+                raise ValueError(f"example {i} has no images")
+            images.extend(ex["images"])
+            prompt = self.prefix_ids(len(ex["images"])) + self.suffix_ids(ex["question"])
+            answer = self.answer_ids(ex["answer"])
+            rows.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+            starts.append(len(prompt))
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        label_t = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row, lab) in enumerate(zip(rows, labels, strict=True)):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            label_t[i, : len(lab)] = torch.tensor(lab)
+            mask[i, : len(row)] = 1
+        device = self.device
+        return {
+            "pixel_values": self.preprocess(images),
+            "input_ids": input_ids.to(device),
+            "attention_mask": mask.to(device),
+            "labels": label_t.to(device),
+            "answer_start": torch.tensor(starts, device=device),
+        }
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {
+            "encoders": sum(p.numel() for p in self.encoders.parameters()),
+            "fusion": sum(p.numel() for p in self.fusion.parameters()),
+            "lm": sum(p.numel() for p in self.lm.parameters()),
+        }
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop later names of tensors that share storage (tied embeddings are stored once)."""
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    out = {}
+    for key, value in state.items():
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if value.numel() and ident in seen:
+            continue
+        seen.add(ident)
+        out[key] = value
+    return out
+
+
+def _lm_family(lm: nn.Module) -> str:
+    model_type = getattr(lm.config, "model_type", "")
+    for family in ("llama", "qwen2"):
+        if lm_spec(family).model_type == model_type:
+            return family
+    raise ValueError(f"LM model_type {model_type!r} has no registered family")
+
+
+def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # transformers raises OSError/ValueError/KeyError variants
+        raise ModelLoadError(f"tokenizer in {path} does not load: {err}") from None
+
+
+def _load_llava(path: str) -> nn.Module:
+    from transformers import LlavaForConditionalGeneration
+
+    root = Path(path)
+    if not (root / "config.json").is_file():
+        raise FileNotFoundError(
+            f"LLaVA directory {root} has no config.json; expected a transformers-format "
+            "LlavaForConditionalGeneration checkpoint"
+        )
+    return LlavaForConditionalGeneration.from_pretrained(str(root))
+
+
+def _llava_lm(llava: nn.Module, config: ModelConfig) -> nn.Module:
+    """A causal LM holding LLaVA's language model and head (same weights, own class)."""
+    text_cfg = llava.config.text_config
+    family = "llama" if text_cfg.model_type == "llama" else text_cfg.model_type
+    spec = lm_spec(family)
+    text_cfg._attn_implementation = config.lm.attn_implementation
+    lm = spec.model_cls(text_cfg)
+    lm.model.load_state_dict(llava.model.language_model.state_dict())
+    lm.lm_head.load_state_dict(llava.lm_head.state_dict())
+    config.lm.family = family
+    return lm
+
+
+def _copy_llava_projector(llava: nn.Module, fusion: nn.Module) -> None:
+    proj = llava.model.multi_modal_projector
+    ours = fusion.projectors["clip"]
+    linears = [m for m in ours if isinstance(m, nn.Linear)]
+    if len(linears) != 2:
+        raise ValueError("llava-start needs projector_depth=2 to reuse LLaVA's projector")
+    linears[0].load_state_dict(proj.linear_1.state_dict())
+    linears[1].load_state_dict(proj.linear_2.state_dict())

@@ -1,0 +1,69 @@
+"""The tiny presets' tokenizer: byte-level BPE trained locally on the template corpus.
+
+Byte-level means any text encodes (no unknown token). Answer words are forced to be single
+tokens by adding them to the vocabulary as whole words, and digits are split one by one, so a
+number is decoded digit by digit and the yes/no verdict is one token's probability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from vsre_ros.core import templates
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<image>"]
+# Every word an answer may be: each must come out as one token after a space.
+ANSWER_WORDS = [
+    "yes", "no", "true", "false",
+    "A", "B", "C", "D", "E", "F", "G", "H",
+    "m", "cm", "mm", "meters", "metres", "degrees",
+    "left", "right", "above", "below", "top", "bottom", "front", "behind", "center",
+    "centre", "middle", "up", "down", "near", "far", "closer", "farther", "taller",
+    "shorter", "bigger", "smaller", "none",
+]  # fmt: skip
+EXTRA_TEXT = [
+    "USER: ASSISTANT: Image 1: Image 2: Image 3: Image 4:",
+    "How far is the box from the chair? Which object is closer to the camera?",
+    "Where is the red cup in the image? top left, top right, bottom left, bottom right.",
+    "What is the distance between them in meters? 0.25 m 1.5 m 3 cm",
+]
+
+
+def train_bpe(vocab_size: int = 1024, extra: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on the template corpus (plus `extra` text)."""
+    tok = Tokenizer(models.BPE())
+    # Digits are isolated before the byte-level split so numbers never merge into one token.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\d"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    text = list(templates.corpus()) + EXTRA_TEXT + list(extra)
+    # Repeating each answer word after a space makes its merges frequent enough to complete.
+    text += [" ".join(f" {w}" for w in ANSWER_WORDS)] * 50
+    tok.train_from_iterator(text, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=["<image>"],
+    )
+    broken = [w for w in ANSWER_WORDS if len(fast.encode(" " + w, add_special_tokens=False)) != 1]
+    if broken:
+        raise ValueError(
+            f"answer words {broken} are not single tokens with vocab_size={vocab_size}; "
+            "raise tokenizer_vocab"
+        )
+    return fast
