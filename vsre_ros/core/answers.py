@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -90,3 +91,58 @@ class Answer:
         if status == Status.OK:
             raise ValueError("a failure answer needs a status other than OK")
         return cls(status=status, error=error, query_id=query_id)
+
+
+# Parsing of generated answer text (used by the engine and by evaluators).
+
+_NUMBER = re.compile(
+    r"(?<![\w.])([-+]?\d+(?:\.\d+)?)\s*"
+    r"(millimet(?:er|re)s?|centimet(?:er|re)s?|met(?:er|re)s?|mm|cm|m|degrees?|deg|°)?(?!\w)",
+    re.IGNORECASE,
+)
+# unit word (lower case, plural stripped) -> (canonical unit, factor to it)
+UNITS: dict[str, tuple[str, float]] = {
+    "m": ("m", 1.0),
+    "meter": ("m", 1.0),
+    "metre": ("m", 1.0),
+    "cm": ("m", 0.01),
+    "centimeter": ("m", 0.01),
+    "centimetre": ("m", 0.01),
+    "mm": ("m", 0.001),
+    "millimeter": ("m", 0.001),
+    "millimetre": ("m", 0.001),
+    "degree": ("deg", 1.0),
+    "deg": ("deg", 1.0),
+    "°": ("deg", 1.0),
+}
+
+
+def parse_number(text: str) -> tuple[float, str] | None:
+    """The first number in `text` and its unit, lengths converted to metres; None if none.
+
+    "1.25 m" -> (1.25, "m"); "30 cm" -> (0.3, "m"); "about 3" -> (3.0, "").
+    """
+    match = _NUMBER.search(text)
+    if match is None:
+        return None
+    value = float(match.group(1))
+    unit_word = (match.group(2) or "").lower()
+    if unit_word.endswith("s") and unit_word not in UNITS:
+        unit_word = unit_word[:-1]
+    if not unit_word:
+        return value, ""
+    unit, factor = UNITS[unit_word]
+    return value * factor, unit
+
+
+def parse_yes_no(text: str) -> bool | None:
+    """VLMEvalKit's rule: yes only if "yes" appears and "no" does not (and vice versa).
+
+    "true"/"false" count as yes/no. Returns None when undecided.
+    """
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    yes = bool(words & {"yes", "true"})
+    no = bool(words & {"no", "false"})
+    if yes == no:
+        return None
+    return yes

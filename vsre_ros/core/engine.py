@@ -1,0 +1,489 @@
+"""The inference engine: many questions about a few frames, answered quickly and repeatably.
+
+- Visual tokens are cached per image key (the caller's (camera, stamp), or a hash of the
+  pixels), least recently used first out; a frame is encoded once however often it is asked.
+- The image prefix of the prompt is run once per image set and its KV cache reused for every
+  question (expanded over the batch, never copied or mutated).
+- Yes/no questions are answered from the answer-token probabilities in one forward pass;
+  choices by scoring every option in one pass; numbers and free text by greedy decoding
+  (never sampled), then parsed.
+- `answer` is thread-safe: concurrent callers queue their queries, and whichever caller holds
+  the model runs every pending query in one batch.
+- It never raises for bad input: a bad question or image gets an Answer with BAD_QUESTION or
+  BAD_IMAGE and a message saying what was wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from vsre_ros.core.answers import Answer, AnswerKind, Query, Status, parse_number
+from vsre_ros.core.config import PRESETS, EngineConfig
+from vsre_ros.core.model import VSREModel, check_image
+from vsre_ros.core.prompts import IMAGE
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype from the config: CUDA with bf16 (or fp16) when available, else fp32."""
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {config.device!r} asked for, but CUDA is not available")
+    if config.dtype == "auto":
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32
+    elif config.dtype in DTYPES:
+        dtype = DTYPES[config.dtype]
+    else:
+        raise ValueError(f"unknown dtype {config.dtype!r}; known: auto, {', '.join(DTYPES)}")
+    return device, dtype
+
+
+def load_model(ref: VSREModel | str | Path) -> VSREModel:
+    """A model from itself, a saved directory, or a preset id."""
+    if isinstance(ref, VSREModel):
+        return ref
+    path = Path(ref)
+    if path.is_dir():
+        return VSREModel.from_pretrained(path)
+    if str(ref) in PRESETS:
+        return VSREModel.from_preset(str(ref))
+    raise ValueError(
+        f"model {str(ref)!r} is neither a directory nor a preset id; known presets: "
+        f"{sorted(PRESETS)}"
+    )
+
+
+class LRU(OrderedDict):
+    """A dict that forgets its least recently used entries beyond `capacity`."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    def get_fresh(self, key: Hashable) -> Any:
+        if key not in self:
+            return None
+        self.move_to_end(key)
+        return self[key]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > max(self.capacity, 0):
+            self.popitem(last=False)
+
+
+@dataclass
+class _Prefix:
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer key/value [1, heads, P, dim]
+    ids: list[int]  # prefix token ids
+    image_embeds: torch.Tensor  # [n images * tokens, hidden]
+
+
+class _Pending:
+    def __init__(self, queries: Sequence[Query]):
+        self.queries = list(queries)
+        self.answers: list[Answer] | None = None
+
+
+class Engine:
+    """Answers `Query`s with a VSREModel; see the module docstring."""
+
+    def __init__(self, model: VSREModel | str | Path, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.device, self.dtype = resolve_device(self.config)
+        if self.config.threads > 0:
+            torch.set_num_threads(self.config.threads)
+        self._run_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._features = LRU(self.config.feature_cache_size)
+        self._prefixes = LRU(self.config.prefix_cache_size)
+        self._adapter = ""
+        self._batch_features: dict[Hashable, torch.Tensor] = {}
+        self.model: VSREModel
+        self.load(model)
+
+    # ------------------------------------------------------------------------ model swaps
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id + (f"+{self._adapter}" if self._adapter else "")
+
+    def load(self, model_ref: VSREModel | str | Path, adapter: str | Path | None = None) -> None:
+        """Switch to another model (object, directory or preset id), optionally with LoRA."""
+        model = load_model(model_ref)
+        model.to(device=self.device, dtype=self.dtype).eval()
+        with self._run_lock:
+            self.model = model
+            self._adapter = ""
+            self._reset_model_state()
+        if adapter:
+            self.load_adapter(adapter)
+
+    def load_adapter(self, directory: str | Path) -> None:
+        """Load a LoRA adapter onto the current model (replacing any adapter it had)."""
+        with self._run_lock:
+            self.model.load_adapter(directory)
+            self.model.to(device=self.device, dtype=self.dtype).eval()
+            self._adapter = Path(directory).name
+            self._reset_model_state()
+
+    def clear_cache(self) -> None:
+        with self._run_lock:
+            self._features.clear()
+            self._prefixes.clear()
+
+    def _reset_model_state(self) -> None:
+        self._features.clear()
+        self._prefixes.clear()
+        words = self.model.tokenizer
+        self._yes_ids = self._first_tokens(self.config.yes_words)
+        self._no_ids = self._first_tokens(self.config.no_words)
+        overlap = set(self._yes_ids) & set(self._no_ids)
+        if overlap:
+            raise ValueError(
+                f"yes and no words share first tokens {[words.decode([i]) for i in overlap]}"
+            )
+
+    def _first_tokens(self, words: Sequence[str]) -> list[int]:
+        return sorted({self.model.answer_ids(w, eos=False)[0] for w in words})
+
+    # ----------------------------------------------------------------------------- answers
+
+    def answer(self, queries: Sequence[Query]) -> list[Answer]:
+        """Answer queries (never raises for bad input); concurrent calls share a batch."""
+        slot = _Pending(queries)
+        with self._queue_lock:
+            self._pending.append(slot)
+        with self._run_lock:
+            if slot.answers is None:
+                with self._queue_lock:
+                    batch, self._pending = self._pending, []
+                flat = [q for pending in batch for q in pending.queries]
+                answers = self._process(flat)
+                start = 0
+                for pending in batch:
+                    pending.answers = answers[start : start + len(pending.queries)]
+                    start += len(pending.queries)
+        assert slot.answers is not None
+        return slot.answers
+
+    def next_token_logits(self, queries: Sequence[Query]) -> torch.Tensor:
+        """Logits [n, vocab] for the first answer token of valid queries (checks and benches)."""
+        with self._run_lock, torch.inference_mode():
+            keys = [self._image_keys(q) for q in queries]
+            self._encode_missing(queries, keys)
+            rows = []
+            for q, k in zip(queries, keys, strict=True):
+                logits = self._run_rows(k, [self.model.suffix_ids(q.question)])
+                rows.append(logits[0, -1])
+            return torch.stack(rows).float()
+
+    def _process(self, queries: list[Query]) -> list[Answer]:
+        answers: list[Answer | None] = [None] * len(queries)
+        valid = []
+        for i, query in enumerate(queries):
+            problem = self._validate(query)
+            if problem is not None:
+                problem.query_id = getattr(query, "query_id", "")
+                problem.model_id = self.model_id
+                answers[i] = problem
+            else:
+                valid.append(i)
+        if valid:
+            start = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    self._answer_valid([queries[i] for i in valid], answers, valid)
+            except Exception as err:  # a model failure must become an answer, not a crash
+                log.exception("engine failed")
+                for i in valid:
+                    if answers[i] is None:
+                        answers[i] = Answer.failure(
+                            Status.ERROR,
+                            f"model failed: {type(err).__name__}: {err}",
+                            queries[i].query_id,
+                        )
+            elapsed = (time.perf_counter() - start) * 1000.0
+            for i in valid:
+                answers[i].latency_model_ms = elapsed
+                answers[i].model_id = self.model_id
+                answers[i].query_id = queries[i].query_id
+        return [a for a in answers if a is not None]
+
+    def _validate(self, query: Any) -> Answer | None:
+        if not isinstance(query, Query):
+            return Answer.failure(
+                Status.BAD_QUESTION, f"expected a Query, got {type(query).__name__}"
+            )
+        question = query.question if isinstance(query.question, str) else None
+        if question is None or not question.strip():
+            return Answer.failure(Status.BAD_QUESTION, "the question is empty; ask something")
+        if len(question) > self.config.max_question_chars:
+            return Answer.failure(
+                Status.BAD_QUESTION,
+                f"the question has {len(question)} characters; the limit is "
+                f"{self.config.max_question_chars}",
+            )
+        if IMAGE in question:
+            return Answer.failure(
+                Status.BAD_QUESTION,
+                f"the question contains the reserved placeholder {IMAGE}; images go in "
+                "Query.images",
+            )
+        try:
+            kind = AnswerKind(query.answer_kind)
+        except ValueError:
+            return Answer.failure(
+                Status.BAD_QUESTION,
+                f"unknown answer kind {query.answer_kind!r}; known: "
+                f"{[k.label for k in AnswerKind]}",
+            )
+        if kind == AnswerKind.CHOICE:
+            options = [o for o in query.options if isinstance(o, str) and o.strip()]
+            if len(options) < 2 or len(options) != len(query.options):
+                return Answer.failure(
+                    Status.BAD_QUESTION,
+                    f"a choice question needs at least 2 non-empty options, got {query.options!r}",
+                )
+        if not query.images:
+            return Answer.failure(Status.BAD_IMAGE, "the query has no image; give at least one")
+        if len(query.images) > self.config.max_images:
+            return Answer.failure(
+                Status.BAD_IMAGE,
+                f"the query has {len(query.images)} images; the limit is {self.config.max_images}",
+            )
+        if query.image_keys and len(query.image_keys) != len(query.images):
+            return Answer.failure(
+                Status.BAD_IMAGE,
+                f"{len(query.image_keys)} image keys for {len(query.images)} images; give one "
+                "key per image or none",
+            )
+        for j, image in enumerate(query.images):
+            try:
+                check_image(image, j)
+            except ValueError as err:
+                return Answer.failure(Status.BAD_IMAGE, str(err))
+        return None
+
+    # --------------------------------------------------------------------- model work
+
+    def _image_keys(self, query: Query) -> tuple[Hashable, ...]:
+        keys = []
+        for j, image in enumerate(query.images):
+            given = query.image_keys[j] if query.image_keys else None
+            if given is not None:
+                keys.append(("key", given))
+            else:
+                digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16)
+                keys.append(("pixels", image.shape, digest.hexdigest()))
+        return tuple(keys)
+
+    def _encode_missing(self, queries: Sequence[Query], keys: list[tuple]) -> None:
+        # The batch keeps its own references, so a small LRU cannot evict what it still needs.
+        self._batch_features = {}
+        missing: dict[Hashable, np.ndarray] = {}
+        for query, qkeys in zip(queries, keys, strict=True):
+            for key, image in zip(qkeys, query.images, strict=True):
+                cached = self._features.get_fresh(key)
+                if cached is not None:
+                    self._batch_features[key] = cached
+                elif key not in missing:
+                    missing[key] = image
+        items = list(missing.items())
+        step = max(1, self.config.max_batch)
+        for start in range(0, len(items), step):
+            chunk = items[start : start + step]
+            pixels = self.model.preprocess([image for _, image in chunk])
+            feats = self.model.encode_images(pixels)
+            for (key, _), feat in zip(chunk, feats, strict=True):
+                self._features.put(key, feat)
+                self._batch_features[key] = feat
+
+    def _answer_valid(
+        self, queries: list[Query], answers: list[Answer | None], slots: list[int]
+    ) -> None:
+        keys = [self._image_keys(q) for q in queries]
+        self._encode_missing(queries, keys)
+        groups: dict[tuple, list[int]] = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(k, []).append(i)
+        for k, members in groups.items():
+            by_kind: dict[AnswerKind, list[int]] = {}
+            for i in members:
+                by_kind.setdefault(AnswerKind(queries[i].answer_kind), []).append(i)
+            if AnswerKind.YES_NO in by_kind:
+                idx = by_kind[AnswerKind.YES_NO]
+                for i, ans in zip(idx, self._yes_no(k, [queries[i] for i in idx]), strict=True):
+                    answers[slots[i]] = ans
+            for i in by_kind.get(AnswerKind.CHOICE, []):
+                answers[slots[i]] = self._choice(k, queries[i])
+            for kind in (AnswerKind.NUMBER, AnswerKind.FREE_TEXT):
+                for i in by_kind.get(kind, []):
+                    answers[slots[i]] = self._generate(k, queries[i], kind)
+
+    def _prefix(self, keys: tuple) -> _Prefix:
+        cached = self._prefixes.get_fresh(keys)
+        if cached is not None:
+            return cached
+        image_embeds = torch.cat([self._batch_features[key] for key in keys])
+        ids = self.model.prefix_ids(len(keys))
+        prefix = _Prefix(kv=[], ids=ids, image_embeds=image_embeds)
+        if self.config.reuse_prefix:
+            embeds = self.model.embed(self._tensor([ids]), image_embeds)
+            out = self.model.lm(inputs_embeds=embeds, use_cache=True)
+            prefix.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        self._prefixes.put(keys, prefix)
+        return prefix
+
+    def _tensor(self, rows: list[list[int]]) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        out = torch.full((len(rows), width), self.model.pad_token_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return out.to(self.device)
+
+    def _run_rows(self, keys: tuple, rows: list[list[int]]) -> torch.Tensor:
+        """Logits [R, max_len, vocab] of suffix rows after the image prefix.
+
+        Rows are right-padded and need no attention mask: under causal attention a real
+        token never sees the padding after it, so each row's logits are exact.
+        """
+        prefix = self._prefix(keys)
+        outs = []
+        step = max(1, self.config.max_batch)
+        width = max(len(r) for r in rows)
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            n = len(chunk)
+            if self.config.reuse_prefix:
+                cache = DynamicCache(
+                    ddp_cache_data=[
+                        (k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix.kv
+                    ]
+                )
+                embeds = self.model.embed(self._tensor(chunk), None)
+                logits = self.model.lm(
+                    inputs_embeds=embeds, past_key_values=cache, use_cache=True
+                ).logits
+            else:
+                full = self._tensor([prefix.ids + r for r in chunk])
+                images = prefix.image_embeds.repeat(n, 1)
+                embeds = self.model.embed(full, images)
+                logits = self.model.lm(inputs_embeds=embeds, use_cache=False).logits
+                logits = logits[:, len(prefix.ids) :]
+            pad = width - logits.shape[1]
+            if pad:
+                logits = torch.nn.functional.pad(logits, (0, 0, 0, pad))
+            outs.append(logits.float())
+        return torch.cat(outs)
+
+    def _yes_no(self, keys: tuple, queries: list[Query]) -> list[Answer]:
+        rows = [self.model.suffix_ids(q.question) for q in queries]
+        logits = self._run_rows(keys, rows)
+        last = torch.tensor([len(r) - 1 for r in rows], device=logits.device)
+        final = logits[torch.arange(len(rows), device=logits.device), last]
+        probs = final.softmax(-1)
+        p_yes = probs[:, self._yes_ids].sum(-1)
+        p_no = probs[:, self._no_ids].sum(-1)
+        share = (p_yes / (p_yes + p_no).clamp_min(1e-30)).tolist()
+        out = []
+        for p in share:
+            verdict = p >= 0.5
+            out.append(
+                Answer(
+                    text=self.config.yes_words[0] if verdict else self.config.no_words[0],
+                    verdict=verdict,
+                    probability=float(p),
+                )
+            )
+        return out
+
+    def _choice(self, keys: tuple, query: Query) -> Answer:
+        suffix = self.model.suffix_ids(query.question)
+        options = [self.model.answer_ids(o, eos=False) for o in query.options]
+        logits = self._run_rows(keys, [suffix + o for o in options])
+        logp = logits.log_softmax(-1)
+        scores = []
+        for r, opt in enumerate(options):
+            positions = torch.arange(len(suffix) - 1, len(suffix) - 1 + len(opt))
+            targets = torch.tensor(opt, device=logp.device)
+            scores.append(logp[r, positions.to(logp.device), targets].sum())
+        score_t = torch.stack(scores)
+        best = int(score_t.argmax())
+        return Answer(
+            text=query.options[best],
+            choice_index=best,
+            probability=float(score_t.softmax(0)[best]),
+        )
+
+    def _generate(self, keys: tuple, query: Query, kind: AnswerKind) -> Answer:
+        prefix = self._prefix(keys)
+        suffix = self.model.suffix_ids(query.question)
+        if self.config.reuse_prefix:
+            cache = DynamicCache(ddp_cache_data=list(prefix.kv))
+            out = self.model.lm(
+                inputs_embeds=self.model.embed(self._tensor([suffix]), None),
+                past_key_values=cache,
+                use_cache=True,
+            )
+        else:
+            out = self.model.lm(
+                inputs_embeds=self.model.embed(
+                    self._tensor([prefix.ids + suffix]), prefix.image_embeds
+                ),
+                use_cache=True,
+            )
+        tokens: list[int] = []
+        logps: list[float] = []
+        text = ""
+        for _ in range(self.config.max_new_tokens):
+            step_logp = out.logits[0, -1].float().log_softmax(-1)
+            token = int(step_logp.argmax())
+            if token == self.model.eos_token_id:
+                break
+            tokens.append(token)
+            logps.append(float(step_logp[token]))
+            text = self.model.tokenizer.decode(tokens, skip_special_tokens=True)
+            if "\n" in text:
+                text = text.split("\n", 1)[0]
+                break
+            out = self.model.lm(
+                inputs_embeds=self.model.embed(self._tensor([[token]]), None),
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
+        text = text.strip()
+        confidence = math.exp(sum(logps) / len(logps)) if logps else 0.0
+        if kind == AnswerKind.FREE_TEXT:
+            return Answer(text=text, probability=confidence)
+        parsed = parse_number(text)
+        if parsed is None:
+            answer = Answer.failure(Status.ERROR, f"the model's answer {text!r} has no number")
+            answer.text = text
+            return answer
+        value, unit = parsed
+        return Answer(text=text, value=value, unit=unit, probability=confidence)
