@@ -1,0 +1,200 @@
+"""Detector-free verification of expanded images: is the label still true of the pixels?
+
+A generated image is only worth training on if its label holds. No detector is trusted here
+(a detector's mistakes would become label noise); instead each check uses geometry that is
+known independently of the generator:
+
+- Boxes. Every relation check is *strict*: a relation counts as confirmed only when it holds
+  for the whole boxes, e.g. "left of" needs the subject's box to end left of where the
+  object's box starts (by a margin). Then the relation holds for *anything* painted inside
+  those boxes, which is exactly what inpainting (the subject is repainted inside its box) and
+  layout-conditioned generation (each phrase is drawn inside its box) guarantee and no more.
+  The negation is confirmed the same way (the boxes are strictly on the other side).
+- Depth. "in front of" / "behind" compare median depths inside the two instance masks; only
+  valid where the depth map still describes the image (restyling that kept the layout).
+- Preservation. A restyled image keeps its source's geometry only if its structure survived:
+  the gradient-magnitude correlation with the source inside each object's box must reach a
+  threshold. An inpainted image must be the source outside the mask (it is composited so)
+  and must have changed inside it (else no subject was swapped in).
+
+A relation these checks cannot decide is "unverifiable"; the runner rejects such outputs
+unless told to keep them, and the manifest counts every verdict and reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Relation name -> (axis, sign): the subject's box lies entirely on the `sign` side of the
+# object's box along image `axis` (0 = x to the right, 1 = y downwards).
+BOX_RELATIONS: dict[str, tuple[int, int]] = {
+    "left of": (0, -1),
+    "at the left side of": (0, -1),
+    "right of": (0, 1),
+    "at the right side of": (0, 1),
+    "above": (1, -1),
+    "over": (1, -1),
+    "below": (1, 1),
+    "under": (1, 1),
+    "beneath": (1, 1),
+}
+# Relation name -> sign of (subject depth - object depth) when it holds.
+DEPTH_RELATIONS: dict[str, int] = {"in front of": -1, "behind": 1}
+# The relation that says the opposite along the same axis (used to add a negative item).
+OPPOSITES: dict[str, str] = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+    "over": "under",
+    "under": "over",
+    "beneath": "above",
+    "in front of": "behind",
+    "behind": "in front of",
+}
+
+CONFIRMED, CONTRADICTED, UNVERIFIABLE = "confirmed", "contradicted", "unverifiable"
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned pixel box, x to the right and y downwards, [x0, x1) x [y0, y1)."""
+
+    x0: float  # left edge, pixels
+    y0: float  # top edge, pixels
+    x1: float  # right edge, pixels
+    y1: float  # bottom edge, pixels
+
+    def lo(self, axis: int) -> float:
+        return self.x0 if axis == 0 else self.y0
+
+    def hi(self, axis: int) -> float:
+        return self.x1 if axis == 0 else self.y1
+
+    def scaled(self, sx: float, sy: float) -> Box:
+        return Box(self.x0 * sx, self.y0 * sy, self.x1 * sx, self.y1 * sy)
+
+    def normalized(self, width: int, height: int) -> list[float]:
+        return [self.x0 / width, self.y0 / height, self.x1 / width, self.y1 / height]
+
+    def mask(self, height: int, width: int) -> np.ndarray:
+        out = np.zeros((height, width), bool)
+        out[int(self.y0) : int(np.ceil(self.y1)), int(self.x0) : int(np.ceil(self.x1))] = True
+        return out
+
+    @classmethod
+    def of_mask(cls, mask: np.ndarray) -> Box | None:
+        ys, xs = np.nonzero(mask)
+        if not len(xs):
+            return None
+        return cls(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+
+
+@dataclass
+class ObjectGeometry:
+    """What is known of one object in one image, independently of any generator."""
+
+    name: str  # how the item names it ("red cup")
+    box: Box  # its pixel box
+    mask: np.ndarray | None = None  # HxW bool instance mask, when the dataset has one
+    depth: float | None = None  # median metric depth inside the mask, when depth exists
+
+
+@dataclass
+class Verdict:
+    """Outcome of verifying one output: accepted or not, and every reason."""
+
+    status: str  # CONFIRMED, CONTRADICTED or UNVERIFIABLE (of the relation)
+    accepted: bool  # whether the output is kept
+    reasons: list[str]  # what decided it, readable
+    checks: dict  # the measured numbers (margins, correlations, changes)
+
+
+def relation_by_boxes(relation: str, subj: Box, obj: Box, margin: float) -> bool | None:
+    """True/False if the boxes strictly decide `relation`, None if they cannot."""
+    if relation not in BOX_RELATIONS:
+        return None
+    axis, sign = BOX_RELATIONS[relation]
+    if sign < 0:
+        ahead, behind = (
+            subj.hi(axis) + margin <= obj.lo(axis),
+            subj.lo(axis) >= obj.hi(axis) + margin,
+        )
+    else:
+        ahead, behind = (
+            subj.lo(axis) >= obj.hi(axis) + margin,
+            subj.hi(axis) + margin <= obj.lo(axis),
+        )
+    if ahead:
+        return True
+    if behind:
+        return False
+    return None
+
+
+def relation_by_depth(relation: str, subj: float | None, obj: float | None, margin: float):
+    """True/False if median depths decide `relation` by more than `margin` metres, else None."""
+    if relation not in DEPTH_RELATIONS or subj is None or obj is None:
+        return None
+    gap = (subj - obj) * DEPTH_RELATIONS[relation]
+    if gap > margin:
+        return True
+    if gap < -margin:
+        return False
+    return None
+
+
+def check_relation(
+    relation: str,
+    label: int,
+    subj: ObjectGeometry | None,
+    obj: ObjectGeometry | None,
+    *,
+    box_margin: float,
+    depth_margin: float = 0.05,
+    use_depth: bool = True,
+) -> tuple[str, str]:
+    """(status, reason) of the label `label` for `relation` given the two objects' geometry."""
+    if subj is None or obj is None:
+        return UNVERIFIABLE, "no boxes for the subject and object"
+    holds = relation_by_boxes(relation, subj.box, obj.box, box_margin)
+    how = "boxes"
+    if holds is None and use_depth:
+        holds, how = relation_by_depth(relation, subj.depth, obj.depth, depth_margin), "depth"
+    if holds is None:
+        known = relation in BOX_RELATIONS or relation in DEPTH_RELATIONS
+        why = (
+            "boxes/depth do not separate the objects"
+            if known
+            else "not checkable without a detector"
+        )
+        return UNVERIFIABLE, f"relation {relation!r}: {why}"
+    if holds == bool(label):
+        return CONFIRMED, f"{how} confirm label {label} for {relation!r}"
+    return CONTRADICTED, f"{how} contradict label {label} for {relation!r}"
+
+
+def _gradient_magnitude(image: np.ndarray) -> np.ndarray:
+    gray = image.astype(np.float32).mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+    gy, gx = np.gradient(gray)
+    return np.hypot(gx, gy)
+
+
+def structure_correlation(source: np.ndarray, output: np.ndarray, box: Box) -> float:
+    """Correlation of gradient magnitude between two same-size images inside `box` (-1..1)."""
+    region = box.mask(*source.shape[:2])
+    a = _gradient_magnitude(source)[region]
+    b = _gradient_magnitude(output)[region]
+    if a.size < 4 or a.std() < 1e-6 or b.std() < 1e-6:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def mean_change(source: np.ndarray, output: np.ndarray, region: np.ndarray) -> float:
+    """Mean absolute pixel change (0..255) over `region`."""
+    if not region.any():
+        return 0.0
+    diff = np.abs(source.astype(np.float32) - output.astype(np.float32))
+    return float(diff[region].mean())
