@@ -1,0 +1,234 @@
+"""Engine: cached answers equal recomputed ones, caches work, bad input becomes a status."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_image, small_config
+
+from vsre_ros.core.answers import AnswerKind, Query, Status, parse_number, parse_yes_no
+from vsre_ros.core.config import EngineConfig
+from vsre_ros.core.engine import LRU, Engine, load_model, resolve_device
+from vsre_ros.core.model import VSREModel
+
+RELATIONS = ["left of", "right of", "above", "below", "near", "far from", "behind", "on"]
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model):
+    return Engine(tiny_model), Engine(tiny_model, EngineConfig(reuse_prefix=False))
+
+
+def _queries(rng, n=8):
+    image = random_image(rng)
+    return [Query(f"Is the red cup {r} the box?", [image], query_id=r) for r in RELATIONS[:n]]
+
+
+def test_cached_prefix_gives_the_same_logits_as_recomputing(engines, rng):
+    cached, recomputed = engines
+    queries = _queries(rng)
+    a = cached.next_token_logits(queries)
+    b = recomputed.next_token_logits(queries)
+    assert a.shape == (8, len(cached.model.tokenizer))
+    assert (a - b).abs().max() <= 1e-4
+
+
+def test_cached_and_recomputed_answers_agree_for_every_kind(engines, rng):
+    image = random_image(rng)
+    queries = _queries(rng) + [
+        Query("Which is nearer?", [image], AnswerKind.CHOICE, ["the red cup", "B", "the box"]),
+        Query("How far apart are they?", [image], AnswerKind.NUMBER),
+        Query("Describe them.", [image, random_image(rng)], AnswerKind.FREE_TEXT),
+    ]
+    cached, recomputed = engines
+    for a, b in zip(cached.answer(queries), recomputed.answer(queries), strict=True):
+        assert a.status == b.status
+        assert a.text == b.text
+        assert a.choice_index == b.choice_index
+        assert math.isclose(a.probability, b.probability, abs_tol=1e-4)
+
+
+def test_yes_no_answer_fields(engines, rng):
+    answers = engines[0].answer(_queries(rng, 3))
+    for ans, rel in zip(answers, RELATIONS, strict=False):
+        assert ans.status == Status.OK
+        assert 0.0 <= ans.probability <= 1.0
+        assert ans.verdict == (ans.probability >= 0.5)
+        assert ans.text == ("yes" if ans.verdict else "no")
+        assert ans.query_id == rel
+        assert ans.model_id == "test-tiny"
+        assert ans.latency_model_ms > 0
+
+
+def test_choice_answer_is_one_of_the_options(engines, rng):
+    options = ["top left", "top right", "bottom left"]
+    q = Query("Where is the cup?", [random_image(rng)], AnswerKind.CHOICE, options)
+    (ans,) = engines[0].answer([q])
+    assert ans.status == Status.OK
+    assert ans.text == options[ans.choice_index]
+    assert 0.0 < ans.probability <= 1.0
+
+
+def test_answers_are_deterministic(engines, rng):
+    image = random_image(rng)
+    q = [Query("What is it?", [image], AnswerKind.FREE_TEXT), Query("Is it?", [image])]
+    first = engines[0].answer(q)
+    engines[0].clear_cache()
+    second = engines[0].answer(q)
+    assert [a.text for a in first] == [a.text for a in second]
+    assert [a.probability for a in first] == [a.probability for a in second]
+
+
+def test_a_frame_is_encoded_once_per_key(tiny_model, rng, monkeypatch):
+    engine = Engine(tiny_model)
+    calls = []
+    original = tiny_model.encode_images
+
+    def counting(pixels):
+        calls.append(next(iter(pixels.values())).shape[0])
+        return original(pixels)
+
+    monkeypatch.setattr(tiny_model, "encode_images", counting)
+    image = random_image(rng)
+    keyed = [Query(f"Is it {r}?", [image], image_keys=[("cam", 7)]) for r in RELATIONS]
+    engine.answer(keyed)
+    engine.answer(keyed[:2])
+    assert calls == [1]
+    # Without keys the pixels are the key: an equal copy hits, another frame misses.
+    engine.answer([Query("Is it?", [image.copy()])])
+    engine.answer([Query("Is it?", [random_image(rng)])])
+    assert calls == [1, 1, 1]
+
+
+def test_feature_cache_forgets_least_recently_used(tiny_model, rng):
+    engine = Engine(tiny_model, EngineConfig(feature_cache_size=2))
+    images = [random_image(rng) for _ in range(3)]
+    answers = engine.answer([Query("Is it?", [im]) for im in images])
+    assert all(a.status == Status.OK for a in answers)
+    assert len(engine._features) == 2
+    lru = LRU(2)
+    lru.put("a", 1)
+    lru.put("b", 2)
+    lru.get_fresh("a")
+    lru.put("c", 3)
+    assert list(lru) == ["a", "c"]
+
+
+@pytest.mark.parametrize(
+    "query, status, message",
+    [
+        (Query("", [np.zeros((8, 8, 3), np.uint8)]), Status.BAD_QUESTION, "empty"),
+        (Query("   ", [np.zeros((8, 8, 3), np.uint8)]), Status.BAD_QUESTION, "empty"),
+        (Query("Is <image> it?", [np.zeros((8, 8, 3), np.uint8)]), Status.BAD_QUESTION, "<image>"),
+        (
+            Query("Which?", [np.zeros((8, 8, 3), np.uint8)], AnswerKind.CHOICE, ["a"]),
+            Status.BAD_QUESTION,
+            "at least 2",
+        ),
+        (Query("Is it?", []), Status.BAD_IMAGE, "no image"),
+        (Query("Is it?", [np.zeros((8, 8, 3), np.float32)]), Status.BAD_IMAGE, "uint8"),
+        (Query("Is it?", [np.zeros((8, 8, 4), np.uint8)]), Status.BAD_IMAGE, "HxWx3"),
+        (Query("Is it?", [np.zeros((0, 8, 3), np.uint8)]), Status.BAD_IMAGE, "zero size"),
+        (Query("Is it?", [None]), Status.BAD_IMAGE, "numpy array"),
+        (
+            Query("Is it?", [np.zeros((8, 8, 3), np.uint8)], image_keys=[1, 2]),
+            Status.BAD_IMAGE,
+            "one key per image",
+        ),
+        ("Is it left?", Status.BAD_QUESTION, "expected a Query"),
+    ],
+)
+def test_bad_input_gets_a_status_and_message_never_an_exception(engines, query, status, message):
+    good = Query("Is it?", [np.zeros((8, 8, 3), np.uint8)], query_id="good")
+    bad, ok = engines[0].answer([query, good])
+    assert bad.status == status
+    assert message in bad.error
+    assert ok.status == Status.OK and ok.query_id == "good"
+
+
+def test_overlong_question_and_too_many_images(tiny_model):
+    engine = Engine(tiny_model, EngineConfig(max_question_chars=10, max_images=1))
+    img = np.zeros((8, 8, 3), np.uint8)
+    long_q, two = engine.answer([Query("x" * 11, [img]), Query("Is it?", [img, img])])
+    assert long_q.status == Status.BAD_QUESTION and "limit is 10" in long_q.error
+    assert two.status == Status.BAD_IMAGE and "limit is 1" in two.error
+
+
+def test_concurrent_callers_get_their_own_answers(engines, rng):
+    engine = engines[0]
+    queries = _queries(rng)
+    expected = [a.probability for a in engine.answer(queries)]
+    results: dict[int, list] = {}
+
+    def ask(i):
+        results[i] = engine.answer([queries[i]])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(queries))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, query in enumerate(queries):
+        (ans,) = results[i]
+        assert ans.query_id == query.query_id
+        assert math.isclose(ans.probability, expected[i], abs_tol=1e-5)
+
+
+def test_load_switches_model_and_adapter(tmp_path, rng):
+    torch.manual_seed(3)
+    model = VSREModel(small_config(name="first"))
+    engine = Engine(model)
+    assert engine.model_id == "first"
+    other = VSREModel(small_config(name="second"))
+    other.freeze(2)
+    with torch.no_grad():
+        for name, p in other.lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    other.lm.save_pretrained(tmp_path / "lora-a")
+    other.drop_adapter()
+    other.save_pretrained(tmp_path / "second")
+    engine.load(tmp_path / "second")
+    assert engine.model_id == "second"
+    q = _queries(rng, 1)
+    before = engine.answer(q)[0].probability
+    engine.load_adapter(tmp_path / "lora-a")
+    assert engine.model_id == "second+lora-a"
+    assert engine.answer(q)[0].probability != before
+    with pytest.raises(ValueError, match="neither a directory nor a preset.*vsre-tiny"):
+        engine.load("no-such-model")
+
+
+def test_device_and_dtype_come_from_the_config():
+    assert resolve_device(EngineConfig(device="cpu")) == (torch.device("cpu"), torch.float32)
+    assert resolve_device(EngineConfig(device="cpu", dtype="bfloat16"))[1] == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype 'int3'"):
+        resolve_device(EngineConfig(dtype="int3"))
+    with pytest.raises(ValueError, match="neither a directory nor a preset"):
+        load_model("/no/such/dir")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1.25 m", (1.25, "m")),
+        ("about 30 cm away", (0.3, "m")),
+        ("2 metres", (2.0, "m")),
+        ("45 degrees", (45.0, "deg")),
+        ("3", (3.0, "")),
+        ("far away", None),
+    ],
+)
+def test_parse_number(text, expected):
+    assert parse_number(text) == expected
+
+
+def test_parse_yes_no_follows_vlmevalkit():
+    assert parse_yes_no("Yes, it is.") is True
+    assert parse_yes_no("False") is False
+    assert parse_yes_no("yes and no") is None
+    assert parse_yes_no("maybe") is None
