@@ -241,3 +241,9 @@ def write_source(root: Path) -> Path:
 @pytest.fixture
 def source(tmp_path):
     return write_source(tmp_path / "source")
+
+
+@pytest.fixture
+def source_boxes():
+    """Pixel boxes (x0, y0, x1, y1) of the source scene's objects, by name."""
+    return {"red cup": CUP, "blue box": BOX}
