@@ -106,3 +106,66 @@ def spawn():
     yield _spawn
     for peer in peers:
         peer.close()
+
+
+def overrides(values: dict):
+    """rclpy Parameter overrides from a plain dict (lists become string arrays)."""
+    from rclpy.parameter import Parameter
+
+    out = []
+    for name, value in values.items():
+        if isinstance(value, list):
+            out.append(Parameter(name, Parameter.Type.STRING_ARRAY, value))
+        else:
+            out.append(Parameter(name, value=value))
+    return out
+
+
+class ServerHarness:
+    """A VsreServer in its own context, spun by a multi-threaded executor in a thread."""
+
+    def __init__(self, params: dict, activate: bool = True) -> None:
+        import threading
+
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+
+        from vsre_ros.ros.server import VsreServer, executor_threads
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        name = f"vsre_server_{uuid.uuid4().hex[:6]}"
+        self.node = VsreServer(name, context=self.context, parameter_overrides=overrides(params))
+        self.executor = MultiThreadedExecutor(
+            num_threads=executor_threads(self.node.params), context=self.context
+        )
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        if activate:
+            from rclpy.lifecycle import TransitionCallbackReturn
+
+            assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            assert self.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    def close(self) -> None:
+        self.node.active = False
+        self.node._release()
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def make_server():
+    """make_server(params, activate=True) -> ServerHarness; all are closed at teardown."""
+    made: list[ServerHarness] = []
+
+    def _make(params: dict, activate: bool = True) -> ServerHarness:
+        made.append(ServerHarness(params, activate))
+        return made[-1]
+
+    yield _make
+    for harness in made:
+        harness.close()

@@ -1,0 +1,105 @@
+"""The engines the server node can run, by id: the VSRE model, or a stub without a model.
+
+Both give the node the same three things: `answer(list[Query]) -> list[Answer]`, `load(ref)`
+(switch model or adapter at runtime) and `model_id`. The stub answers from the question's
+structured form without looking at pixels, in a fixed time; it exists so the ROS plumbing can be
+measured (bench/bench_ros.py: overhead on top of the engine) and soak-tested without a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from vsre_ros.core.answers import Answer, AnswerKind, Query, Status
+
+
+class EngineLike(Protocol):
+    """What the server node needs from an engine."""
+
+    model_id: str
+
+    def answer(self, queries: list[Query]) -> list[Answer]: ...
+
+    def load(self, model_ref: str, lora: str = "") -> None: ...
+
+
+class StubEngine:
+    """Answers without a model: a deterministic function of the question, after a fixed delay.
+
+    Model refs: "stub" (no delay) or "stub:<ms>" (that many milliseconds per engine call).
+    """
+
+    def __init__(self, model_ref: str = "stub", lora: str = "", engine_config: Any = None):
+        self.delay_s = 0.0
+        self.model_id = ""
+        self.calls = 0  # engine calls made (batches), for tests of batching
+        self.load(model_ref, lora)
+
+    def load(self, model_ref: str, lora: str = "") -> None:
+        name, _, ms = model_ref.partition(":")
+        if name != "stub" or (ms and not ms.replace(".", "", 1).isdigit()):
+            raise ValueError(
+                f"the stub engine knows models 'stub' and 'stub:<ms per call>', not {model_ref!r}"
+            )
+        if lora:
+            raise ValueError("the stub engine has no LoRA adapters; leave `lora` empty")
+        self.delay_s = float(ms or 0) / 1000.0
+        self.model_id = model_ref
+
+    def answer(self, queries: list[Query]) -> list[Answer]:
+        start = time.perf_counter()
+        self.calls += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        answers = [self._one(q) for q in queries]
+        ms = (time.perf_counter() - start) * 1000.0
+        for a, q in zip(answers, queries, strict=True):
+            a.model_id, a.latency_model_ms, a.query_id = self.model_id, ms, q.query_id
+        return answers
+
+    @staticmethod
+    def _one(query: Query) -> Answer:
+        digest = hashlib.sha256(query.question.encode()).digest()
+        p = digest[0] / 255.0
+        if query.answer_kind == AnswerKind.YES_NO:
+            yes = p >= 0.5
+            return Answer(text="yes" if yes else "no", verdict=yes, probability=p)
+        if query.answer_kind == AnswerKind.CHOICE:
+            if not query.options:
+                return Answer.failure(Status.BAD_QUESTION, "a choice question needs options")
+            index = digest[1] % len(query.options)
+            return Answer(text=query.options[index], choice_index=index, probability=p)
+        if query.answer_kind == AnswerKind.NUMBER:
+            value = round(0.1 + 3.0 * p, 2)
+            return Answer(text=f"{value} m", value=value, unit="m", probability=p)
+        return Answer(text="unknown", probability=p)
+
+
+def _vsre_engine(model_ref: str, lora: str, engine_config: Any) -> EngineLike:
+    from vsre_ros.core.engine import Engine
+
+    engine = Engine(model_ref, engine_config)
+    if lora:
+        engine.load(model_ref, lora=lora)
+    return engine
+
+
+# engine registry id -> factory(model_ref, lora, engine_config)
+ENGINE_BACKENDS: dict[str, Callable[[str, str, Any], EngineLike]] = {
+    "vsre": _vsre_engine,
+    "stub": StubEngine,
+}
+
+
+def make_engine(backend: str, model_ref: str, lora: str, engine_config: Any) -> EngineLike:
+    """Build and load an engine; ValueError for an unknown backend id."""
+    try:
+        factory = ENGINE_BACKENDS[backend]
+    except KeyError:
+        raise ValueError(
+            f"unknown engine_backend {backend!r}; known: {sorted(ENGINE_BACKENDS)}"
+        ) from None
+    return factory(model_ref, lora, engine_config)

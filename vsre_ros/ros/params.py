@@ -1,0 +1,191 @@
+"""Every ROS parameter of the VSRE server, declared in one place and mapped to core configs.
+
+`ServerParams` lists the parameters (name = field name, default, and a `help` text that becomes
+the parameter's description and the README table). `declare(node)` declares them all on a node;
+`read(node)` reads them back, validates them and returns a `ServerParams`; `engine_config()`
+maps the model-side ones onto `vsre_ros.core.config.EngineConfig`. The per-preset YAML files in
+`config/` set these names under the server node's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+QOS_CHOICES = (
+    "sensor_data",
+    "reliable",
+)  # best effort + volatile (live drivers) | reliable (bags)
+TRANSPORTS = ("raw", "compressed")  # sensor_msgs/Image | sensor_msgs/CompressedImage
+
+
+def _p(default: Any, help: str) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ServerParams:
+    """The server node's parameters; each field is one ROS parameter of the same name."""
+
+    model: str = _p("vsre-tiny", "model preset id or checkpoint directory to load")
+    lora: str = _p("", "LoRA adapter directory applied on top of `model`; empty = none")
+    engine_backend: str = _p("vsre", "engine registry id: vsre (the model) | stub (no model)")
+    device: str = _p("auto", "torch device: auto (CUDA if present, else CPU), cpu, cuda, cuda:1")
+    dtype: str = _p("auto", "weights dtype: auto, float32, bfloat16, float16")
+    threads: int = _p(0, "torch intra-op threads; 0 keeps torch's default")
+    cameras: list[str] = _p(
+        ["/camera/image_raw"], "image topics, one per camera (queries name one by topic or frame)"
+    )
+    camera_transports: list[str] = _p(
+        [], "per camera: raw (Image) or compressed (CompressedImage); empty = all raw"
+    )
+    depth_topics: list[str] = _p(
+        [], "per camera: 32FC1/16UC1 depth image topic, '' for none; empty = no depth"
+    )
+    camera_info_topics: list[str] = _p(
+        [], "per camera: sensor_msgs/CameraInfo topic, '' for none; empty = none"
+    )
+    camera_qos: list[str] = _p(
+        ["sensor_data"],
+        "per camera (or one value for all): sensor_data (best effort, live drivers) or "
+        "reliable (bag replay, reliable publishers)",
+    )
+    frame_buffer: int = _p(10, "frames kept per camera, for picking a frame by stamp")
+    max_frame_age: float = _p(1.0, "seconds: default oldest frame accepted (STALE_FRAME)")
+    stamp_tolerance: float = _p(0.05, "seconds: max distance to a requested stamp")
+    queue_size: int = _p(16, "queries waiting for the model; beyond this: OVERLOADED at once")
+    batch_size: int = _p(8, "queries answered in one engine call")
+    max_batch_wait: float = _p(0.005, "seconds the worker waits to fill a batch")
+    max_question_chars: int = _p(2000, "longer questions get BAD_QUESTION")
+    max_images: int = _p(8, "more inline images than this get BAD_IMAGE")
+    request_timeout: float = _p(60.0, "seconds a service/action call waits for its answer")
+    query_topic: str = _p("vsre/queries", "SpatialQuery input topic")
+    answer_topic: str = _p("vsre/answers", "SpatialAnswer output topic (answers to topic queries)")
+    service_name: str = _p("vsre/ask", "AskSpatial service name")
+    action_name: str = _p("vsre/ask_batch", "AskSpatial action name")
+    annotated_topic: str = _p("vsre/annotated", "annotated image output; '' disables it")
+    diagnostics_period: float = _p(1.0, "seconds between /diagnostics messages; 0 disables")
+
+    def camera_specs(self) -> list[CameraSpec]:
+        """One CameraSpec per camera, with per-camera lists expanded and checked."""
+        n = len(self.cameras)
+        if n == 0:
+            raise ValueError("parameter cameras is empty; give at least one image topic")
+
+        def per_camera(name: str, values: list[str], default: str) -> list[str]:
+            if not values:
+                return [default] * n
+            if len(values) == 1 and name == "camera_qos":
+                return values * n
+            if len(values) != n:
+                raise ValueError(
+                    f"parameter {name} has {len(values)} entries for {n} cameras; give one "
+                    f"per camera (in the order of `cameras`) or leave it empty"
+                )
+            return list(values)
+
+        transports = per_camera("camera_transports", self.camera_transports, "raw")
+        qos = per_camera("camera_qos", self.camera_qos, "sensor_data")
+        depth = per_camera("depth_topics", self.depth_topics, "")
+        info = per_camera("camera_info_topics", self.camera_info_topics, "")
+        for value in transports:
+            if value not in TRANSPORTS:
+                raise ValueError(f"unknown camera transport {value!r}; known: {TRANSPORTS}")
+        for value in qos:
+            if value not in QOS_CHOICES:
+                raise ValueError(f"unknown camera_qos {value!r}; known: {QOS_CHOICES}")
+        return [
+            CameraSpec(topic, transport, q, d, i)
+            for topic, transport, q, d, i in zip(
+                self.cameras, transports, qos, depth, info, strict=True
+            )
+        ]
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad parameter."""
+        self.camera_specs()
+        for name in ("frame_buffer", "queue_size", "batch_size", "max_question_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"parameter {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_frame_age", "stamp_tolerance", "max_batch_wait", "request_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"parameter {name} must be >= 0, got {getattr(self, name)}")
+        if not self.model:
+            raise ValueError("parameter model is empty; give a preset id or checkpoint directory")
+
+    def engine_config(self):
+        """The core EngineConfig these parameters ask for."""
+        from vsre_ros.core.config import EngineConfig
+
+        return EngineConfig(
+            device=self.device,
+            dtype=self.dtype,
+            threads=self.threads,
+            max_batch=self.batch_size,
+            max_question_chars=self.max_question_chars,
+            max_images=self.max_images,
+        )
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """One camera's inputs, resolved from the per-camera parameter lists."""
+
+    topic: str  # image topic
+    transport: str  # raw | compressed
+    qos: str  # sensor_data | reliable
+    depth_topic: str  # depth image topic or ""
+    info_topic: str  # CameraInfo topic or ""
+
+
+def parameter_docs() -> list[tuple[str, str, Any]]:
+    """(name, help, default) of every parameter, in declaration order (README table)."""
+    return [
+        (f.name, f.metadata["help"], getattr(ServerParams(), f.name))
+        for f in dataclasses.fields(ServerParams)
+    ]
+
+
+def declare(node) -> None:
+    """Declare every ServerParams field on `node`, with its help as description."""
+    from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+    from rclpy.parameter import Parameter
+
+    types = {
+        str: ParameterType.PARAMETER_STRING,
+        int: ParameterType.PARAMETER_INTEGER,
+        float: ParameterType.PARAMETER_DOUBLE,
+        bool: ParameterType.PARAMETER_BOOL,
+    }
+    defaults = ServerParams()
+    for f in dataclasses.fields(ServerParams):
+        value = getattr(defaults, f.name)
+        if isinstance(value, list):
+            kind = ParameterType.PARAMETER_STRING_ARRAY
+            if not value:
+                # rclpy types an empty list as a byte array; declare the type alone instead
+                # (the parameter stays unset until given, and `read` treats unset as []).
+                value = Parameter.Type.STRING_ARRAY
+        else:
+            kind = types[type(value)]
+        descriptor = ParameterDescriptor(description=f.metadata["help"], type=kind)
+        node.declare_parameter(f.name, value, descriptor)
+
+
+def read(node) -> ServerParams:
+    """The node's current parameter values as a validated ServerParams."""
+    from rclpy.exceptions import ParameterUninitializedException
+
+    values = {}
+    for f in dataclasses.fields(ServerParams):
+        try:
+            value = node.get_parameter(f.name).value
+        except ParameterUninitializedException:
+            value = []  # only the empty-default string arrays can be unset
+        values[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+    params = ServerParams(**values)
+    params.validate()
+    return params
