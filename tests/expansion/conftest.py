@@ -247,3 +247,51 @@ def source(tmp_path):
 def source_boxes():
     """Pixel boxes (x0, y0, x1, y1) of the source scene's objects, by name."""
     return {"red cup": CUP, "blue box": BOX}
+
+
+def write_sim_source(root: Path) -> Path:
+    """Two simulated scenes in the vsre format, rendered here with sim_data at 64x64."""
+    from vsre_ros.sim_data.relations import Facts, decide
+    from vsre_ros.sim_data.render import Simulator
+    from vsre_ros.sim_data.scene import LayoutConfig, sample_scene
+
+    for sub in ("images", "masks", "depth", "scenes"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    items = []
+    with Simulator(64, 64) as sim:
+        for seed, relation in ((0, "left of"), (5, "left of"), (5, "with")):
+            layout = LayoutConfig(min_objects=2, max_objects=3)
+            scene = sample_scene(np.random.default_rng(seed), f"{seed}-0", config=layout)
+            sim.load(scene)
+            view = sim.render(scene.views[0])
+            name = f"s{seed}"
+            Image.fromarray(view.rgb).save(root / "images" / f"{name}.png")
+            Image.fromarray(view.seg.astype(np.uint8)).save(root / "masks" / f"{name}.png")
+            np.save(root / "depth" / f"{name}.npy", view.depth)
+            (root / "scenes" / f"{scene.scene_id}.json").write_text(json.dumps(scene.to_dict()))
+            subj, obj = scene.objects[0].name, scene.objects[1].name
+            if relation == "with":
+                label = 1
+            else:
+                cams = np.array([o["center_cam"] for o in view.objects])
+                label = int(decide(Facts(scene, sim.gaps(), cams), relation, 0, 1))
+            item = _item(f"{name}-{relation}", relation, label, subj=subj, obj=obj)
+            item.update(
+                image=f"images/{name}.png",
+                images=[f"images/{name}.png"],
+                depth=[f"depth/{name}.npy"],
+                masks=[f"masks/{name}.png"],
+                scene_id=scene.scene_id,
+            )
+            items.append(item)
+    with open(root / "random_train.jsonl", "w") as handle:
+        for item in items:
+            handle.write(json.dumps(item) + "\n")
+    meta = {"schema": "vsre-dataset/1", "source": "sim", "seed": 0, "splits": {}}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.fixture(scope="session")
+def sim_source(tmp_path_factory):
+    return write_sim_source(tmp_path_factory.mktemp("sim") / "source")

@@ -116,6 +116,7 @@ class Output:
     extra: dict = field(default_factory=dict)  # mode-specific manifest fields
     masks: np.ndarray | None = None  # instance mask (uint8) to save with the image
     scene: dict | None = None  # scene file to save with the image
+    depth: np.ndarray | None = None  # HxW float32 metres rendered with the image (sim)
 
 
 def unit_seed(seed: int, unit_id: str) -> int:
@@ -540,7 +541,10 @@ def _save(out: Path, output: Output) -> list[dict]:
     for item in output.items:
         item.image, item.images, item.masks = image_rel, [image_rel], [mask_rel]
         depth = item.depth[0] if item.depth else None
-        if depth:
+        if output.depth is not None:
+            np.save(out / "depth" / f"{name}.npy", output.depth, allow_pickle=False)
+            item.depth = [f"depth/{name}.npy"]
+        elif depth:
             # Restyling keeps the geometry, so the source's depth still describes the image.
             target = out / "depth" / f"{name}.npy"
             target.write_bytes((Path(output.unit.item.root) / depth).read_bytes())
@@ -573,12 +577,12 @@ def _manifest_row(cfg: ExpandConfig, output: Output, shard: Shard) -> dict:
 
 
 def make_producer(cfg: ExpandConfig, device: str):
-    """(accepts, produce) for the mode: produce(units) -> list[Output]."""
+    """(accepts, produce, close) for the mode: produce(units) -> list[Output]."""
     if cfg.mode == "sim":
         from .sim import SimExpander
 
         expander = SimExpander(cfg)
-        return expander.accepts, expander.produce
+        return expander.accepts, expander.produce, expander.close
     if cfg.mode not in DIFFUSION_MODES:
         raise ValueError(f"unknown mode {cfg.mode!r}; known: {', '.join(MODES)}")
     from .diffusion import DiffusionBackend, GenerationConfig
@@ -602,7 +606,7 @@ def make_producer(cfg: ExpandConfig, device: str):
             outputs.append(mode.finish(unit, request, image))
         return outputs
 
-    return mode.accepts, produce
+    return mode.accepts, produce, lambda: None
 
 
 @dataclass
@@ -621,26 +625,38 @@ class ExpandReport:
 
 def expand(cfg: ExpandConfig, shard: Shard | None = None) -> ExpandReport:
     """Run (this process's share of) an expansion; the main process merges at the end."""
-    from tqdm import tqdm
-
     shard = shard or Shard()
     out = Path(cfg.out)
     for sub in ("images", "masks", "scenes", "depth", "parts"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    accepts, produce = make_producer(cfg, cfg.device or shard.device)
+    accepts, produce, close = make_producer(cfg, cfg.device or shard.device)
     units, not_expandable = plan(cfg, source_items(cfg), accepts)
     report = ExpandReport(planned=len(units), not_expandable=dict(not_expandable))
     mine = units[shard.index :: shard.count]
     done = done_units(out)
     todo = [u for u in mine if u.unit_id not in done]
     report.mine, report.skipped_done = len(mine), len(mine) - len(todo)
+    batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
+    try:
+        _produce_all(cfg, shard, out, batches, produce, report)
+    finally:
+        close()
+    shard.wait()
+    if shard.is_main:
+        merge(cfg, report)
+    return report
+
+
+def _produce_all(cfg, shard, out, batches, produce, report) -> None:
+    from tqdm import tqdm
+
     manifest_path = out / "parts" / f"manifest-{shard.index:05d}.jsonl"
     items_path = out / "parts" / f"items-{shard.index:05d}.jsonl"
-    batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
+    total = sum(len(b) for b in batches)
     with (
         open(manifest_path, "a") as manifest,
         open(items_path, "a") as item_rows,
-        tqdm(total=len(todo), desc=f"expand {cfg.mode}", unit="img", disable=None) as bar,
+        tqdm(total=total, desc=f"expand {cfg.mode}", unit="img", disable=None) as bar,
     ):
         for batch in batches:
             for output in produce(batch):
@@ -653,10 +669,6 @@ def expand(cfg: ExpandConfig, shard: Shard | None = None) -> ExpandReport:
                 manifest.flush()
                 report.generated += 1
                 bar.update(1)
-    shard.wait()
-    if shard.is_main:
-        merge(cfg, report)
-    return report
 
 
 def merge(cfg: ExpandConfig, report: ExpandReport | None = None) -> ExpandReport:
