@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from vsre_ros.core.answers import Answer, AnswerKind, Query, Status
@@ -19,11 +20,13 @@ from vsre_ros.core.answers import Answer, AnswerKind, Query, Status
 class EngineLike(Protocol):
     """What the server node needs from an engine."""
 
-    model_id: str
+    model_id: str  # id reported in answers
+    note: str  # one line saying which weights were loaded from where
+    random_weights: bool  # True when no trained weights were found (answers are meaningless)
 
     def answer(self, queries: list[Query]) -> list[Answer]: ...
 
-    def load(self, model_ref: str, lora: str = "") -> None: ...
+    def load(self, model_ref: str, adapter: str | None = None) -> None: ...
 
 
 class StubEngine:
@@ -35,23 +38,23 @@ class StubEngine:
     def __init__(self, model_ref: str = "stub", lora: str = "", engine_config: Any = None):
         self.delay_s = 0.0
         self.model_id = ""
-        self.calls = 0  # engine calls made (batches), for tests of batching
-        self.load(model_ref, lora)
+        self.note = "stub engine: answers without a model"
+        self.random_weights = False
+        self.load(model_ref, lora or None)
 
-    def load(self, model_ref: str, lora: str = "") -> None:
+    def load(self, model_ref: str, adapter: str | None = None) -> None:
         name, _, ms = model_ref.partition(":")
         if name != "stub" or (ms and not ms.replace(".", "", 1).isdigit()):
             raise ValueError(
                 f"the stub engine knows models 'stub' and 'stub:<ms per call>', not {model_ref!r}"
             )
-        if lora:
+        if adapter:
             raise ValueError("the stub engine has no LoRA adapters; leave `lora` empty")
         self.delay_s = float(ms or 0) / 1000.0
         self.model_id = model_ref
 
     def answer(self, queries: list[Query]) -> list[Answer]:
         start = time.perf_counter()
-        self.calls += 1
         if self.delay_s:
             time.sleep(self.delay_s)
         answers = [self._one(q) for q in queries]
@@ -78,18 +81,56 @@ class StubEngine:
         return Answer(text="unknown", probability=p)
 
 
-def _vsre_engine(model_ref: str, lora: str, engine_config: Any) -> EngineLike:
-    from vsre_ros.core.engine import Engine
+EMBEDDED_MODELS = Path(__file__).resolve().parents[1] / "models"  # vsre_ros/models/<preset>/
 
-    engine = Engine(model_ref, engine_config)
-    if lora:
-        engine.load(model_ref, lora=lora)
-    return engine
+
+def resolve_model_ref(model_ref: str) -> tuple[str, str, bool]:
+    """(what to load, a note for the log, whether the weights are random) for `model`.
+
+    A preset id loads the package's trained weights from vsre_ros/models/<id>/ when they are
+    there; otherwise the preset's untrained random weights, which the note says plainly.
+    """
+    from vsre_ros.core.config import PRESETS
+
+    embedded = EMBEDDED_MODELS / model_ref
+    if model_ref in PRESETS and (embedded / "vsre_config.json").is_file():
+        return str(embedded), f"model {model_ref!r}: trained weights from {embedded}", False
+    if model_ref in PRESETS:
+        note = (
+            f"model {model_ref!r}: no trained weights at {embedded}; using the preset's RANDOM "
+            "weights (answers are meaningless; train one with `vsre train` or pass a checkpoint)"
+        )
+        return model_ref, note, True
+    return model_ref, f"model {model_ref!r}: checkpoint directory", False
+
+
+class VsreEngine:
+    """The core Engine, with `model` parameter values resolved as `resolve_model_ref` says."""
+
+    def __init__(self, model_ref: str, lora: str, engine_config: Any) -> None:
+        from vsre_ros.core.engine import Engine
+
+        ref, self.note, self.random_weights = resolve_model_ref(model_ref)
+        self.engine = Engine(ref, engine_config)
+        if lora:
+            self.engine.load_adapter(lora)
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+    def load(self, model_ref: str, adapter: str | None = None) -> None:
+        ref, note, random_weights = resolve_model_ref(model_ref)
+        self.engine.load(ref, adapter=adapter or None)
+        self.note, self.random_weights = note, random_weights
+
+    def answer(self, queries: list[Query]) -> list[Answer]:
+        return self.engine.answer(queries)
 
 
 # engine registry id -> factory(model_ref, lora, engine_config)
 ENGINE_BACKENDS: dict[str, Callable[[str, str, Any], EngineLike]] = {
-    "vsre": _vsre_engine,
+    "vsre": VsreEngine,
     "stub": StubEngine,
 }
 

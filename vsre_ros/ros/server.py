@@ -176,6 +176,10 @@ class VsreServer(LifecycleNode):
         self._worker = threading.Thread(target=self._work, name="vsre-worker", daemon=True)
         self._worker.start()
         cameras = [c.topic for c in params.camera_specs()]
+        if engine.random_weights:
+            self.get_logger().warning(engine.note)
+        else:
+            self.get_logger().info(engine.note)
         self.get_logger().info(f"configured: model {engine.model_id!r}, cameras {cameras}")
         return TransitionCallbackReturn.SUCCESS
 
@@ -567,7 +571,7 @@ class VsreServer(LifecycleNode):
         lora = wanted.get("lora", self.params.lora)
         with self.engine_lock:
             try:
-                self.engine.load(model, lora=lora)
+                self.engine.load(model, adapter=lora or None)
             except Exception as err:
                 reason = f"cannot switch to model {model!r} lora {lora!r}: {err}"
                 self.get_logger().error(reason)
