@@ -47,6 +47,8 @@ import numpy as np
 from PIL import Image as PILImage
 from vsre_ros.training.items import Item, meta_category
 
+from vsre_ros.core.templates import caption
+
 SCHEMA = "vsre-dataset/1"
 PACKAGE = "vsre_ros"
 CORRECTIONS_TOPIC = "vsre/corrections"  # documented topic for SpatialCorrection
@@ -774,7 +776,7 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
         "images": images,
         "depth": depth,
         "masks": [None] * len(images),
-        "caption": f"The {subj} is {relation} the {obj}." if is_relation else "",
+        "caption": caption(subj, relation, obj) if is_relation else "",
         "relation": relation if is_relation else "",
         "subj": subj,
         "obj": obj,

@@ -40,6 +40,7 @@ from vsre_ros.core.templates import caption as caption_of
 from .verify import (
     BOX_RELATIONS,
     CONFIRMED,
+    DEPTH_RELATIONS,
     OPPOSITES,
     UNVERIFIABLE,
     Box,
@@ -327,6 +328,8 @@ class Inpaint(DiffusionMode):
             box_margin=self.cfg.box_margin * source.shape[1],
             use_depth=False,  # the new subject's depth is unknown
         )
+        if status == UNVERIFIABLE and item.relation in DEPTH_RELATIONS:
+            reason = f"relation {item.relation!r}: the repainted subject's depth is unknown"
         change = mean_change(source, composite, mask)
         checks = {"inpaint_change": round(change, 2), "mask_pixels": int(mask.sum())}
         reasons, ok = [reason], change >= self.cfg.min_inpaint_change
@@ -731,12 +734,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", action="append", default=[], help="source split (repeatable)")
     parser.add_argument("--per-item", type=int, default=d.per_item, help="outputs per item")
     parser.add_argument("--limit", type=int, default=d.limit, help="at most N source items")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="per pipeline call")
+    parser.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="requests per pipeline call"
+    )
     parser.add_argument("--seed", type=int, default=d.seed, help="base seed")
-    parser.add_argument("--keep-unverified", action="store_true", help="keep uncheckable outputs")
-    parser.add_argument("--box-margin", type=float, default=d.box_margin, help="share of width")
-    parser.add_argument("--min-structure", type=float, default=d.min_structure, help="img2img")
-    parser.add_argument("--min-inpaint-change", type=float, default=d.min_inpaint_change)
+    parser.add_argument(
+        "--keep-unverified",
+        action="store_true",
+        help="keep outputs whose relation cannot be checked (marked unverifiable)",
+    )
+    parser.add_argument(
+        "--box-margin",
+        type=float,
+        default=d.box_margin,
+        help="gap strict box checks need, share of image width",
+    )
+    parser.add_argument(
+        "--min-structure",
+        type=float,
+        default=d.min_structure,
+        help="img2img: least structure correlation per object box",
+    )
+    parser.add_argument(
+        "--min-inpaint-change",
+        type=float,
+        default=d.min_inpaint_change,
+        help="inpaint: least mean pixel change (0-255) inside the mask",
+    )
     parser.add_argument("--size", type=int, default=g.size, help="generated size, pixels")
     parser.add_argument("--steps", type=int, default=g.steps, help="denoising steps")
     parser.add_argument("--guidance", type=float, default=g.guidance, help="CFG scale")
