@@ -168,6 +168,94 @@ HELDOUT_TEMPLATES: list[Template] = [
 ]
 
 
+@dataclass(frozen=True)
+class TaskTemplate:
+    """One wording of a question of another task (direction, distance, metric, ...)."""
+
+    id: str  # stable id, e.g. "dir0"
+    task: str  # dataset task name: "direction", "distance", "localization", ...
+    text: str  # format string; its fields are listed in TASK_FIELDS[task]
+
+    def render(self, **fields: str) -> str:
+        return self.text.format(**fields)
+
+
+def _tt(task: str, *texts: str) -> list[TaskTemplate]:
+    prefix = {"composite": "path", "compare": "cmp", "multi_image": "mi"}.get(task, task[:3])
+    return [TaskTemplate(f"{prefix}{i}", task, t) for i, t in enumerate(texts)]
+
+
+DIRECTIONS = (
+    "left",
+    "right",
+    "up",
+    "down",
+    "up and left",
+    "up and right",
+    "down and left",
+    "down and right",
+)  # image-plane directions, answers of the direction task
+GRID_CELLS = (
+    "top left",
+    "top center",
+    "top right",
+    "middle left",
+    "center",
+    "middle right",
+    "bottom left",
+    "bottom center",
+    "bottom right",
+)  # 3x3 image grid, answers of the localization task
+
+# Wordings of the non-relation tasks. Placeholders: {subj}, {obj}, {a}, {b}, {start},
+# {others}, {quantity}, {options}.
+TASK_TEMPLATES: dict[str, list[TaskTemplate]] = {
+    "direction": _tt(
+        "direction",
+        "In the image, in which direction is the {subj} from the {obj}? Options: {options}.",
+        "Where is the {subj} relative to the {obj} in the picture? Choose from: {options}.",
+    ),
+    "distance": _tt(
+        "distance",
+        "Which is closer to the {subj}: the {a} or the {b}?",
+        "Which of these is nearer to the {subj}, the {a} or the {b}?",
+    ),
+    "localization": _tt(
+        "localization",
+        "In which part of the image is the {subj}? Options: {options}.",
+        "Where in the picture is the {subj}? Answer with one of: {options}.",
+    ),
+    "composite": _tt(
+        "composite",
+        "Starting at the {start}, which order visits the {others} by the shortest path?"
+        " Options: {options}.",
+        "A robot starts at the {start} and must visit the {others}, each once. Which order"
+        " gives the shortest route? Options: {options}.",
+    ),
+    "metric": _tt(
+        "metric",
+        "How far apart are the {subj} and the {obj}, in metres?",
+        "What is the distance between the {subj} and the {obj} in metres?",
+        "How far is the {subj} from the camera, in metres?",
+        "How wide is the {subj}, in metres?",
+        "How tall is the {subj}, in metres?",
+    ),
+    "compare": _tt(
+        "compare",
+        "Which is bigger, the {a} or the {b}?",
+        "Which is taller, the {a} or the {b}?",
+        "Which is wider, the {a} or the {b}?",
+    ),
+    "multi_image": _tt(
+        "multi_image",
+        "In which image is the {subj} left of the {obj}? Options: {options}.",
+        "In the first image the {subj} is {relation} the {obj}. Is it also {relation} the"
+        " {obj} in the second image?",
+        "Which object moved between the two images? Options: {options}.",
+    ),
+}
+
+
 def template_by_id(template_id: str) -> Template:
     """The template with this id; an unknown id raises ValueError naming the known ids."""
     for template in TEMPLATES + HELDOUT_TEMPLATES:
@@ -182,3 +270,9 @@ def corpus() -> Iterator[str]:
     for template in TEMPLATES + HELDOUT_TEMPLATES:
         yield template.text
         yield f"{template.yes} {template.no}"
+    for task_templates in TASK_TEMPLATES.values():
+        for task_template in task_templates:
+            yield task_template.text
+    yield ", ".join(DIRECTIONS)
+    yield ", ".join(GRID_CELLS)
+    yield "first image, second image, none, 0.25 m 1.50 m"

@@ -1,0 +1,553 @@
+"""Questions with exact answers, generated from a rendered scene's ground truth.
+
+Four sources, one item format (the dataset schema; see README):
+
+- VSR: "The X is <relation> the Y." with a True/False label, asked through an instruction
+  template. Per view, relations are drawn among those that have both a True and a False pair
+  in it, and each contributes one True and one False item: labels are balanced per relation
+  by construction.
+- Sparkle's basic skills: direction (image-plane direction of X from Y, 8 choices), distance
+  (which of Y, Z is closer to X, in 3D), localization (3x3 image grid cell of X's visible mask),
+  and one composite task: the shortest route from a start object through the others (exact,
+  by enumerating every order).
+- SpatialVLM: metric (distance between centres, distance from the camera, width, height, in
+  metres) and comparative (bigger, taller, wider) questions.
+- MMRA-style questions across two images: the same scene from two viewpoints (in which image
+  is X left of Y; is a relation kept across views) and before/after one object moved (which
+  object moved).
+
+Every answer comes from a predicate or a measurement; a question whose answer sits within a
+margin of a decision boundary is not asked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from vsre_ros.core.templates import (
+    DIRECTIONS,
+    GRID_CELLS,
+    HELDOUT_TEMPLATES,
+    TASK_TEMPLATES,
+    TEMPLATES,
+    Template,
+    caption,
+)
+
+from .relations import CATALOG, GENERATED, Facts, decide, left_of
+from .render import ViewRender
+from .scene import Scene
+
+METRIC_DECIMALS = 2  # numbers are answered in metres with two decimals
+DIR_MARGIN_DEG = 7.0  # direction: skip when within this many degrees of a sector boundary
+DIR_MIN_PX = 0.08  # direction: centres at least this share of the image diagonal apart
+GRID_MARGIN = 0.04  # localization: skip when the centroid is this close to a grid line (share)
+CLOSER_RATIO = 1.25  # distance/compare: the larger at least 1.25x the smaller...
+CLOSER_DIFF = 0.05  # ... and at least 5 cm (distance) apart
+SIZE_RATIO, SIZE_DIFF = 1.2, 0.02  # taller/wider: at least 1.2x and 2 cm difference
+VOLUME_RATIO = 1.5  # bigger: bounding-box volume at least 1.5x
+PATH_MARGIN = 1.05  # composite: the best route at least 5% shorter than the next best
+CROSS_VIEW = ("left of", "right of", "in front of", "behind")  # relations asked across views
+
+
+@dataclass(frozen=True)
+class QuestionConfig:
+    """How many questions of each kind one scene gives (upper bounds)."""
+
+    relations_per_view: int = 6  # relations asked per view, each with one True + one False
+    heldout: bool = False  # also ask each relation item through a held-out template
+    direction: int = 2  # per view
+    distance: int = 1  # per view
+    localization: int = 2  # per view
+    composite: int = 1  # per view
+    metric: int = 3  # per view
+    compare: int = 2  # per view
+    multi_image: int = 3  # per scene with two views (which image; kept; changed)
+    min_visible: float = 0.25  # objects less visible than this are not asked about
+    min_pixels: int = 10  # ... nor objects with fewer visible pixels
+
+
+def base_item(scene: Scene, seed: int, task: str, images: list[str]) -> dict:
+    """An item with every schema field at its neutral value."""
+    return {
+        "id": "",
+        "image": images[0],
+        "images": list(images),
+        "depth": [],
+        "masks": [],
+        "caption": "",
+        "label": None,
+        "relation": "",
+        "subj": "",
+        "obj": "",
+        "meta_category": "",
+        "question": "",
+        "answer": "",
+        "answer_kind": "",
+        "options": [],
+        "value": None,
+        "unit": "",
+        "template_id": "",
+        "task": task,
+        "scene_id": scene.scene_id,
+        "seed": seed,
+        "source": "sim",
+        "objects": [],  # names of the objects involved, subject first
+        "mask_ids": [],  # their mask values (object index + 1), parallel to objects
+        "view": 0,  # index of the view the (first) image shows
+    }
+
+
+class QuestionMaker:
+    """Makes the items of one scene; `rng` decides which questions, never their answers."""
+
+    def __init__(
+        self,
+        scene: Scene,
+        renders: list[ViewRender],
+        gaps: np.ndarray,
+        rng: np.random.Generator,
+        seed: int,
+        config: QuestionConfig | None = None,
+        image_names: list[str] | None = None,
+    ):
+        self.scene, self.renders, self.gaps, self.rng, self.seed = scene, renders, gaps, rng, seed
+        self.cfg = config or QuestionConfig()
+        self.names = [o.name for o in scene.objects]
+        self.images = image_names or [f"view{k}" for k in range(len(renders))]
+        self.facts = [
+            Facts(scene, gaps, np.array([o["center_cam"] for o in r.objects])) for r in renders
+        ]
+
+    # -- helpers --------------------------------------------------------------------------
+    def visible(self, v: int) -> list[int]:
+        r = self.renders[v]
+        return [
+            k
+            for k, o in enumerate(r.objects)
+            if o["pixels"] >= self.cfg.min_pixels and o["visible_fraction"] >= self.cfg.min_visible
+        ]
+
+    def _pick(self, seq, k: int) -> list:
+        seq = list(seq)
+        if len(seq) <= k:
+            order = self.rng.permutation(len(seq))
+        else:
+            order = self.rng.choice(len(seq), size=k, replace=False)
+        return [seq[int(i)] for i in order]
+
+    def _item(self, task: str, v: int, objs: list[int], **fields) -> dict:
+        it = base_item(self.scene, self.seed, task, [self.images[v]])
+        it["view"] = v
+        it["objects"] = [self.names[k] for k in objs]
+        it["mask_ids"] = [k + 1 for k in objs]
+        it.update(fields)
+        return it
+
+    # -- VSR relations ---------------------------------------------------------------------
+    def relation_items(self, v: int) -> list[dict]:
+        vis = self.visible(v)
+        facts = self.facts[v]
+        by_rel: dict[str, tuple[list, list]] = {}
+        memo: dict = {}
+        for name in GENERATED:
+            rel = CATALOG[name]
+            tuples = (
+                itertools.permutations(vis, 3)
+                if rel.arity == 3
+                else itertools.permutations(vis, 2)
+            )
+            pos, neg = [], []
+            for t in tuples:
+                if rel.arity == 3 and t[1] > t[2]:
+                    continue  # "between Y and Z" is "between Z and Y"
+                key = (rel.predicate, t)  # aliases share a predicate: decide each pair once
+                if key not in memo:
+                    memo[key] = rel.predicate(facts, *t)
+                label = memo[key]
+                if label is True:
+                    pos.append(t)
+                elif label is False:
+                    neg.append(t)
+            if pos and neg:
+                by_rel[name] = (pos, neg)
+        items = []
+        for name in self._pick(sorted(by_rel), self.cfg.relations_per_view):
+            pos, neg = by_rel[name]
+            for label, pool in ((True, pos), (False, neg)):
+                objs = list(pool[int(self.rng.integers(len(pool)))])
+                items.append(self._relation_item(v, name, objs, label, TEMPLATES))
+                if self.cfg.heldout:
+                    items.append(self._relation_item(v, name, objs, label, HELDOUT_TEMPLATES))
+        return items
+
+    def _relation_item(self, v, name, objs, label, templates: list[Template]) -> dict:
+        t = templates[int(self.rng.integers(len(templates)))]
+        subj = self.names[objs[0]]
+        obj = self.names[objs[1]]
+        if len(objs) == 3:
+            obj = f"{obj} and the {self.names[objs[2]]}"
+        kind = {"yes_no": "yes_no", "verify": "yes_no", "choice": "choice"}[t.kind]
+        return self._item(
+            "relation",
+            v,
+            objs,
+            caption=caption(subj, name, obj),
+            label=int(label),
+            relation=name,
+            subj=subj,
+            obj=obj,
+            meta_category=CATALOG[name].meta,
+            question=t.render(subj, name, obj),
+            answer=t.answer(label),
+            answer_kind=kind,
+            options=list(t.options),
+            template_id=t.id,
+            frame=CATALOG[name].frame,
+        )
+
+    # -- Sparkle ---------------------------------------------------------------------------
+    def direction_items(self, v: int) -> list[dict]:
+        r = self.renders[v]
+        h, w = r.rgb.shape[:2]
+        diag = math.hypot(w, h)
+        cands = []
+        for i, j in itertools.permutations(self.visible(v), 2):
+            du, dv = np.subtract(r.objects[i]["center_px"], r.objects[j]["center_px"])
+            if math.hypot(du, dv) < DIR_MIN_PX * diag:
+                continue
+            ang = math.degrees(math.atan2(-dv, du)) % 360  # counter-clockwise from "right"
+            sector = int(((ang + 22.5) % 360) // 45)
+            off = (ang + 22.5) % 45
+            if off < DIR_MARGIN_DEG or off > 45 - DIR_MARGIN_DEG:
+                continue
+            cands.append((i, j, sector))
+        names = [
+            "right",
+            "up and right",
+            "up",
+            "up and left",
+            "left",
+            "down and left",
+            "down",
+            "down and right",
+        ]
+        items = []
+        for i, j, sector in self._pick(cands, self.cfg.direction):
+            t = self._task_template("direction")
+            items.append(
+                self._item(
+                    "direction",
+                    v,
+                    [i, j],
+                    subj=self.names[i],
+                    obj=self.names[j],
+                    question=t.render(
+                        subj=self.names[i], obj=self.names[j], options=", ".join(DIRECTIONS)
+                    ),
+                    answer=names[sector],
+                    answer_kind="choice",
+                    options=list(DIRECTIONS),
+                    template_id=t.id,
+                    frame="image",
+                )
+            )
+        return items
+
+    def distance_items(self, v: int) -> list[dict]:
+        f = self.facts[v]
+        cands = []
+        for x, a, b in itertools.permutations(self.visible(v), 3):
+            if a > b:
+                continue
+            da = float(np.linalg.norm(f.centre[x] - f.centre[a]))
+            db = float(np.linalg.norm(f.centre[x] - f.centre[b]))
+            near, far = min(da, db), max(da, db)
+            if far >= CLOSER_RATIO * near and far - near >= CLOSER_DIFF:
+                cands.append((x, a, b, a if da < db else b))
+        items = []
+        for x, a, b, best in self._pick(cands, self.cfg.distance):
+            if self.rng.uniform() < 0.5:
+                a, b = b, a
+            t = self._task_template("distance")
+            opts = [self.names[a], self.names[b]]
+            items.append(
+                self._item(
+                    "distance",
+                    v,
+                    [x, a, b],
+                    subj=self.names[x],
+                    question=t.render(subj=self.names[x], a=opts[0], b=opts[1]),
+                    answer=self.names[best],
+                    answer_kind="choice",
+                    options=opts,
+                    template_id=t.id,
+                    frame="world",
+                )
+            )
+        return items
+
+    def localization_items(self, v: int) -> list[dict]:
+        r = self.renders[v]
+        h, w = r.rgb.shape[:2]
+        cands = []
+        for k in self.visible(v):
+            ys, xs = np.nonzero(r.seg == k + 1)
+            cu, cv = (xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h
+            if any(abs(c - g) < GRID_MARGIN for c in (cu, cv) for g in (1 / 3, 2 / 3)):
+                continue
+            cands.append((k, int(cv * 3) * 3 + int(cu * 3)))
+        items = []
+        for k, cell in self._pick(cands, self.cfg.localization):
+            t = self._task_template("localization")
+            items.append(
+                self._item(
+                    "localization",
+                    v,
+                    [k],
+                    subj=self.names[k],
+                    question=t.render(subj=self.names[k], options=", ".join(GRID_CELLS)),
+                    answer=GRID_CELLS[cell],
+                    answer_kind="choice",
+                    options=list(GRID_CELLS),
+                    template_id=t.id,
+                    frame="image",
+                )
+            )
+        return items
+
+    def composite_items(self, v: int) -> list[dict]:
+        vis = self.visible(v)
+        if len(vis) < 4 or self.cfg.composite <= 0:
+            return []
+        f = self.facts[v]
+        items = []
+        for _ in range(self.cfg.composite):
+            chosen = [vis[int(i)] for i in self.rng.choice(len(vis), size=4, replace=False)]
+            start, others = chosen[0], chosen[1:]
+
+            def length(order, start=start):
+                pts = [f.centre[start, :2]] + [f.centre[k, :2] for k in order]
+                return sum(float(np.linalg.norm(b - a)) for a, b in itertools.pairwise(pts))
+
+            routes = sorted(itertools.permutations(others), key=length)
+            if length(routes[1]) < PATH_MARGIN * length(routes[0]):
+                continue
+            wrong = [routes[int(i)] for i in 1 + self.rng.choice(len(routes) - 1, 2, False)]
+            opts = [routes[0], *wrong]
+            opts = [opts[int(i)] for i in self.rng.permutation(3)]
+            texts = [", ".join(self.names[k] for k in o) for o in opts]
+            t = self._task_template("composite")
+            items.append(
+                self._item(
+                    "composite",
+                    v,
+                    chosen,
+                    subj=self.names[start],
+                    question=t.render(
+                        start=self.names[start],
+                        others=", ".join(self.names[k] for k in others[:-1])
+                        + f" and {self.names[others[-1]]}",
+                        options="; ".join(f"({c}) {x}" for c, x in zip("abc", texts, strict=True)),
+                    ),
+                    answer=", ".join(self.names[k] for k in routes[0]),
+                    answer_kind="choice",
+                    options=texts,
+                    template_id=t.id,
+                    frame="world",
+                    value=round(length(routes[0]), 4),
+                    unit="m",
+                )
+            )
+        return items
+
+    # -- SpatialVLM -----------------------------------------------------------------------
+    def metric_items(self, v: int) -> list[dict]:
+        vis = self.visible(v)
+        f, r = self.facts[v], self.renders[v]
+        items = []
+        for _ in range(self.cfg.metric):
+            t = self._task_template("metric")
+            if t.id in ("met0", "met1"):
+                if len(vis) < 2:
+                    continue
+                i, j = (vis[int(k)] for k in self.rng.choice(len(vis), 2, False))
+                value = float(np.linalg.norm(f.centre[i] - f.centre[j]))
+                objs, q = [i, j], t.render(subj=self.names[i], obj=self.names[j])
+                what = "distance between bounding-box centres"
+            else:
+                i = vis[int(self.rng.integers(len(vis)))] if vis else None
+                if i is None:
+                    continue
+                objs, q = [i], t.render(subj=self.names[i])
+                size = self.scene.objects[i].size()
+                if t.id == "met2":
+                    value = float(np.linalg.norm(f.centre[i] - r.cam_pos))
+                    what = "camera centre to bounding-box centre"
+                elif t.id == "met3":
+                    value, what = float(max(size[0], size[1])), "larger horizontal dimension"
+                else:
+                    value, what = float(size[2]), "vertical extent"
+            items.append(
+                self._item(
+                    "metric",
+                    v,
+                    objs,
+                    subj=self.names[objs[0]],
+                    obj=self.names[objs[1]] if len(objs) > 1 else "",
+                    question=q,
+                    answer=f"{value:.{METRIC_DECIMALS}f}",
+                    answer_kind="number",
+                    value=value,
+                    unit="m",
+                    template_id=t.id,
+                    frame="world",
+                    measure=what,
+                )
+            )
+        return items
+
+    def compare_items(self, v: int) -> list[dict]:
+        vis = self.visible(v)
+        cands = []
+        for a, b in itertools.combinations(vis, 2):
+            sa, sb = self.scene.objects[a].size(), self.scene.objects[b].size()
+            tests = {
+                "cmp0": (float(np.prod(sa)), float(np.prod(sb)), VOLUME_RATIO, 0.0),
+                "cmp1": (float(sa[2]), float(sb[2]), SIZE_RATIO, SIZE_DIFF),
+                "cmp2": (float(max(sa[:2])), float(max(sb[:2])), SIZE_RATIO, SIZE_DIFF),
+            }
+            for tid, (x, y, ratio, diff) in tests.items():
+                hi_, lo_ = max(x, y), min(x, y)
+                if hi_ >= ratio * lo_ and hi_ - lo_ >= diff:
+                    cands.append((tid, a, b, a if x > y else b))
+        items = []
+        for tid, a, b, best in self._pick(cands, self.cfg.compare):
+            if self.rng.uniform() < 0.5:
+                a, b = b, a
+            t = next(x for x in TASK_TEMPLATES["compare"] if x.id == tid)
+            opts = [self.names[a], self.names[b]]
+            items.append(
+                self._item(
+                    "compare",
+                    v,
+                    [a, b],
+                    subj=opts[0],
+                    obj=opts[1],
+                    question=t.render(a=opts[0], b=opts[1]),
+                    answer=self.names[best],
+                    answer_kind="choice",
+                    options=opts,
+                    template_id=t.id,
+                    frame="world",
+                )
+            )
+        return items
+
+    # -- MMRA-style, two images -----------------------------------------------------------
+    def multi_view_items(self) -> list[dict]:
+        if len(self.renders) < 2 or self.cfg.multi_image <= 0:
+            return []
+        both = sorted(set(self.visible(0)) & set(self.visible(1)))
+        which, kept, flipped = [], [], []
+        for i, j in itertools.permutations(both, 2):
+            l0, l1 = left_of(self.facts[0], i, j), left_of(self.facts[1], i, j)
+            if l0 is not None and l1 is not None and l0 != l1:
+                which.append((i, j, 0 if l0 else 1))
+            for name in CROSS_VIEW:
+                a, b = decide(self.facts[0], name, i, j), decide(self.facts[1], name, i, j)
+                if a is True and b is not None:
+                    (kept if b else flipped).append((name, i, j, b))
+        items = []
+        opts = ["first image", "second image"]
+        t0, t1 = TASK_TEMPLATES["multi_image"][:2]
+        for i, j, k in self._pick(which, 1):
+            items.append(
+                self._multi(
+                    [i, j],
+                    subj=self.names[i],
+                    obj=self.names[j],
+                    relation="left of",
+                    question=t0.render(
+                        subj=self.names[i], obj=self.names[j], options=", ".join(opts)
+                    ),
+                    answer=opts[k],
+                    answer_kind="choice",
+                    options=opts,
+                    template_id=t0.id,
+                )
+            )
+        # One relation kept across the views (yes) and one that changed (no), when both exist.
+        for name, i, j, b in self._pick(kept, 1) + self._pick(flipped, 1):
+            items.append(
+                self._multi(
+                    [i, j],
+                    subj=self.names[i],
+                    obj=self.names[j],
+                    relation=name,
+                    label=int(b),
+                    question=t1.render(subj=self.names[i], obj=self.names[j], relation=name),
+                    answer="yes" if b else "no",
+                    answer_kind="yes_no",
+                    template_id=t1.id,
+                )
+            )
+        return items[: self.cfg.multi_image]
+
+    def moved_items(self, moved: int | None, before: int, after: int) -> list[dict]:
+        """Which object moved between image `before` and image `after` (None: nothing did)."""
+        t = TASK_TEMPLATES["multi_image"][2]
+        vis = sorted(set(self.visible(before)))
+        if moved is not None and moved not in vis:
+            return []
+        others = [k for k in vis if k != moved]
+        pick = self._pick(others, 2)
+        names = [self.names[k] for k in pick] + ([self.names[moved]] if moved is not None else [])
+        names = [names[int(i)] for i in self.rng.permutation(len(names))] + ["none"]
+        answer = self.names[moved] if moved is not None else "none"
+        objs = ([moved] if moved is not None else []) + pick
+        it = base_item(
+            self.scene, self.seed, "multi_image", [self.images[before], self.images[after]]
+        )
+        it.update(
+            objects=[self.names[k] for k in objs],
+            mask_ids=[k + 1 for k in objs],
+            question=t.render(options=", ".join(names)),
+            answer=answer,
+            answer_kind="choice",
+            options=names,
+            template_id=t.id,
+            frame="world",
+            view=before,
+        )
+        return [it]
+
+    def _multi(self, objs: list[int], **fields) -> dict:
+        it = base_item(self.scene, self.seed, "multi_image", self.images[:2])
+        it["objects"] = [self.names[k] for k in objs]
+        it["mask_ids"] = [k + 1 for k in objs]
+        it["frame"] = "camera"
+        it.update(fields)
+        return it
+
+    def _task_template(self, task: str):
+        pool = TASK_TEMPLATES[task]
+        return pool[int(self.rng.integers(len(pool)))]
+
+    def all_items(self) -> list[dict]:
+        """Every task for every view, then the two-image questions."""
+        items: list[dict] = []
+        for v in range(len(self.renders)):
+            items += self.relation_items(v)
+            items += self.direction_items(v)
+            items += self.distance_items(v)
+            items += self.localization_items(v)
+            items += self.composite_items(v)
+            items += self.metric_items(v)
+            items += self.compare_items(v)
+        items += self.multi_view_items()
+        return items
