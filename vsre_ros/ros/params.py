@@ -1,10 +1,11 @@
-"""Every ROS parameter of the VSRE server, declared in one place and mapped to core configs.
+"""Every ROS parameter of the package's nodes, declared in one place and mapped to core configs.
 
-`ServerParams` lists the parameters (name = field name, default, and a `help` text that becomes
-the parameter's description and the README table). `declare(node)` declares them all on a node;
-`read(node)` reads them back, validates them and returns a `ServerParams`; `engine_config()`
-maps the model-side ones onto `vsre_ros.core.config.EngineConfig`. The per-preset YAML files in
-`config/` set these names under the server node's name.
+One dataclass per node lists its parameters (name = field name, default, and a `help` text that
+becomes the parameter's description and the README table): `ServerParams` (the VSRE server),
+`SimCameraParams` (the sim camera), `DemoClientParams` (the demo client). `declare(node, cls)`
+declares a class's parameters on a node; `read(node, cls)` reads them back, validated.
+`ServerParams.engine_config()` maps the model-side ones onto `vsre_ros.core.config.EngineConfig`.
+The per-preset YAML files in `config/` set these names under each node's name.
 """
 
 from __future__ import annotations
@@ -141,16 +142,63 @@ class CameraSpec:
     info_topic: str  # CameraInfo topic or ""
 
 
-def parameter_docs() -> list[tuple[str, str, Any]]:
-    """(name, help, default) of every parameter, in declaration order (README table)."""
-    return [
-        (f.name, f.metadata["help"], getattr(ServerParams(), f.name))
-        for f in dataclasses.fields(ServerParams)
-    ]
+@dataclass
+class SimCameraParams:
+    """The sim camera node's parameters."""
+
+    seed: int = _p(0, "scene generator seed; scene i of seed s is always the same scene")
+    width: int = _p(160, "image width, pixels")
+    height: int = _p(120, "image height, pixels")
+    rate: float = _p(10.0, "frames per second")
+    frames_per_scene: int = _p(20, "frames published of each scene before the next one")
+    max_scenes: int = _p(0, "stop publishing after this many scenes; 0 = never stop")
+    frame_id: str = _p("sim_camera_optical", "header.frame_id of every message")
+    image_topic: str = _p("/sim_camera/image_raw", "sensor_msgs/Image (rgb8) output")
+    depth_topic: str = _p("/sim_camera/depth", "sensor_msgs/Image (32FC1 metres) output")
+    info_topic: str = _p("/sim_camera/camera_info", "sensor_msgs/CameraInfo output")
+    truth_topic: str = _p("/sim_camera/truth", "vsre_ros/SceneTruth output (JSON, with questions)")
+    qos: str = _p("reliable", "publisher QoS: reliable or sensor_data")
+
+    def validate(self) -> None:
+        if self.width < 16 or self.height < 16:
+            raise ValueError(f"image size {self.width}x{self.height}; use at least 16x16")
+        if self.rate <= 0 or self.frames_per_scene < 1:
+            raise ValueError("rate must be > 0 and frames_per_scene >= 1")
+        if self.qos not in QOS_CHOICES:
+            raise ValueError(f"unknown qos {self.qos!r}; known: {QOS_CHOICES}")
 
 
-def declare(node) -> None:
-    """Declare every ServerParams field on `node`, with its help as description."""
+@dataclass
+class DemoClientParams:
+    """The demo client's parameters: which questions it asks, where, and how many."""
+
+    truth_topic: str = _p("/sim_camera/truth", "SceneTruth input (frames' ground truth)")
+    query_topic: str = _p("vsre/queries", "SpatialQuery output (the server's query_topic)")
+    answer_topic: str = _p("vsre/answers", "SpatialAnswer input (the server's answer_topic)")
+    camera: str = _p("", "camera the questions name; '' = the server's first camera")
+    questions: int = _p(24, "questions to ask in all; the client finishes after their answers")
+    per_scene: int = _p(3, "questions asked about each new scene")
+    kinds: list[str] = _p(
+        ["yes_no", "choice", "number"], "answer kinds asked: yes_no, choice, number"
+    )
+    seed: int = _p(0, "seed for picking questions")
+    answer_timeout: float = _p(60.0, "seconds to wait for an answer before counting it lost")
+
+    def validate(self) -> None:
+        if self.questions < 1 or self.per_scene < 1:
+            raise ValueError("questions and per_scene must be >= 1")
+        known = {"yes_no", "choice", "number"}
+        if not self.kinds or set(self.kinds) - known:
+            raise ValueError(f"kinds {self.kinds} must be a non-empty subset of {sorted(known)}")
+
+
+def parameter_docs(cls: type = ServerParams) -> list[tuple[str, str, Any]]:
+    """(name, help, default) of every parameter of `cls`, in order (README tables)."""
+    return [(f.name, f.metadata["help"], getattr(cls(), f.name)) for f in dataclasses.fields(cls)]
+
+
+def declare(node, cls: type = ServerParams) -> None:
+    """Declare every field of `cls` as a parameter of `node`, with its help as description."""
     from rcl_interfaces.msg import ParameterDescriptor, ParameterType
     from rclpy.parameter import Parameter
 
@@ -160,8 +208,8 @@ def declare(node) -> None:
         float: ParameterType.PARAMETER_DOUBLE,
         bool: ParameterType.PARAMETER_BOOL,
     }
-    defaults = ServerParams()
-    for f in dataclasses.fields(ServerParams):
+    defaults = cls()
+    for f in dataclasses.fields(cls):
         value = getattr(defaults, f.name)
         if isinstance(value, list):
             kind = ParameterType.PARAMETER_STRING_ARRAY
@@ -175,17 +223,17 @@ def declare(node) -> None:
         node.declare_parameter(f.name, value, descriptor)
 
 
-def read(node) -> ServerParams:
-    """The node's current parameter values as a validated ServerParams."""
+def read(node, cls: type = ServerParams):
+    """The node's current parameter values as a validated `cls` instance."""
     from rclpy.exceptions import ParameterUninitializedException
 
     values = {}
-    for f in dataclasses.fields(ServerParams):
+    for f in dataclasses.fields(cls):
         try:
             value = node.get_parameter(f.name).value
         except ParameterUninitializedException:
             value = []  # only the empty-default string arrays can be unset
         values[f.name] = list(value) if isinstance(value, (list, tuple)) else value
-    params = ServerParams(**values)
+    params = cls(**values)
     params.validate()
     return params

@@ -1,0 +1,68 @@
+"""The package's node list, shared by the launch files and the in-process bring-up.
+
+`NODES` names each node once: its ROS name (the key in the params YAML), the console script a
+launch file starts, the class the in-process bring-up instantiates, and which launch files
+include it. `launch/*.launch.py` build their `launch_ros` Node actions from this list (a test
+checks they agree), and `vsre demo` builds the same nodes in one process on one
+MultiThreadedExecutor, with the same params YAML, because `ros2 launch` is not available where
+ROS 2 comes only from PyPI wheels.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE = "vsre_ros"
+DEFAULT_PRESET = "vsre-tiny"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the package."""
+
+    name: str  # ROS node name; the params YAML's top-level key for it
+    executable: str  # console script (setup.py) that runs it alone
+    factory: str  # "module:Class" built by the in-process bring-up
+    launch_files: tuple[str, ...]  # launch files (launch/<x>.launch.py) that start it
+
+    def node_class(self) -> type:
+        module, _, attr = self.factory.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+NODES: tuple[NodeSpec, ...] = (
+    NodeSpec("vsre_server", "vsre_server", "vsre_ros.ros.server:VsreServer", ("server", "demo")),
+    NodeSpec(
+        "vsre_sim_camera", "vsre_sim_camera", "vsre_ros.ros.sim_camera:SimCameraNode", ("demo",)
+    ),
+    NodeSpec("vsre_demo_client", "vsre_demo_client", "vsre_ros.ros.demo:DemoClient", ("demo",)),
+)
+
+
+def nodes_for(launch_file: str) -> list[NodeSpec]:
+    """The nodes a launch file ("server" or "demo") starts, in order."""
+    chosen = [spec for spec in NODES if launch_file in spec.launch_files]
+    if not chosen:
+        known = sorted({name for spec in NODES for name in spec.launch_files})
+        raise ValueError(f"unknown launch file {launch_file!r}; known: {known}")
+    return chosen
+
+
+def config_dirs() -> list[Path]:
+    """Where params YAML files are looked for: the source checkout, then the install."""
+    source = Path(__file__).resolve().parents[2] / "config"
+    installed = Path(sys.prefix) / "share" / PACKAGE / "config"
+    return [d for d in (source, installed) if d.is_dir()]
+
+
+def config_file(preset: str = DEFAULT_PRESET) -> Path:
+    """config/<preset>.yaml; ValueError naming the presets that have one."""
+    for directory in config_dirs():
+        path = directory / f"{preset}.yaml"
+        if path.is_file():
+            return path
+    known = sorted({p.stem for d in config_dirs() for p in d.glob("*.yaml")})
+    raise ValueError(f"no params file for preset {preset!r}; known: {known}")
