@@ -369,8 +369,10 @@ class Engine:
     def _run_rows(self, keys: tuple, rows: list[list[int]]) -> torch.Tensor:
         """Logits [R, max_len, vocab] of suffix rows after the image prefix.
 
-        Rows are right-padded and need no attention mask: under causal attention a real
-        token never sees the padding after it, so each row's logits are exact.
+        With prefix reuse, the rows of a chunk are packed into ONE sequence after the cached
+        prefix: each row sees the whole prefix and its own earlier tokens (a block mask) and
+        keeps the positions it would have alone, so its logits equal a separate run, without
+        copying the prefix's keys and values once per row.
         """
         prefix = self._prefix(keys)
         outs = []
@@ -378,28 +380,51 @@ class Engine:
         width = max(len(r) for r in rows)
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
-            n = len(chunk)
             if self.config.reuse_prefix:
-                cache = DynamicCache(
-                    ddp_cache_data=[
-                        (k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix.kv
-                    ]
-                )
-                embeds = self.model.embed(self._tensor(chunk), None)
-                logits = self.model.lm(
-                    inputs_embeds=embeds, past_key_values=cache, use_cache=True
-                ).logits
+                logits = self._packed_logits(prefix, chunk, width)
             else:
                 full = self._tensor([prefix.ids + r for r in chunk])
-                images = prefix.image_embeds.repeat(n, 1)
+                images = prefix.image_embeds.repeat(len(chunk), 1)
                 embeds = self.model.embed(full, images)
                 logits = self.model.lm(inputs_embeds=embeds, use_cache=False).logits
-                logits = logits[:, len(prefix.ids) :]
-            pad = width - logits.shape[1]
-            if pad:
-                logits = torch.nn.functional.pad(logits, (0, 0, 0, pad))
-            outs.append(logits.float())
+                logits = logits[:, len(prefix.ids) :].float()
+                pad = width - logits.shape[1]
+                if pad:
+                    logits = torch.nn.functional.pad(logits, (0, 0, 0, pad))
+            outs.append(logits)
         return torch.cat(outs)
+
+    def _packed_logits(self, prefix: _Prefix, rows: list[list[int]], width: int) -> torch.Tensor:
+        device = self.device
+        n_prefix = len(prefix.ids)
+        lengths = torch.tensor([len(r) for r in rows], device=device)
+        row_of = torch.repeat_interleave(torch.arange(len(rows), device=device), lengths)
+        starts = torch.cumsum(lengths, 0) - lengths
+        local = torch.arange(int(lengths.sum()), device=device) - starts[row_of]
+        same_row = row_of[:, None] == row_of[None, :]
+        causal = local[None, :] <= local[:, None]
+        allowed = torch.cat(
+            [
+                torch.ones(len(local), n_prefix, dtype=torch.bool, device=device),
+                same_row & causal,
+            ],
+            dim=1,
+        )
+        # Additive form, so eager and sdpa attention read the same mask.
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=device)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        flat = torch.tensor([t for r in rows for t in r], device=device)[None]
+        cache = DynamicCache(ddp_cache_data=list(prefix.kv))
+        logits = self.model.lm(
+            inputs_embeds=self.model.embed(flat, None),
+            attention_mask=mask[None, None],
+            position_ids=(local + n_prefix)[None],
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[0]
+        out = torch.zeros(len(rows), width, logits.shape[-1], device=device)
+        out[row_of, local] = logits.float()
+        return out
 
     def _yes_no(self, keys: tuple, queries: list[Query]) -> list[Answer]:
         rows = [self.model.suffix_ids(q.question) for q in queries]
