@@ -338,7 +338,8 @@ def between(f: Facts, i: int, j: int, k: int) -> bool | None:
     if spacing < MIN_SPACING:
         return None
     t = float((p - a) @ ab) / spacing**2
-    off = abs(float(np.cross(ab, p - a))) / spacing
+    d = p - a
+    off = abs(float(ab[0] * d[1] - ab[1] * d[0])) / spacing
     true = BETWEEN_T[0] <= t <= BETWEEN_T[1] and off <= BETWEEN_T[2] * spacing
     false = t < BETWEEN_F[0] or t > BETWEEN_F[1] or off > BETWEEN_F[2] * spacing
     return _tri(true, false)

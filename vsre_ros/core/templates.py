@@ -117,8 +117,10 @@ TEMPLATES: list[Template] = [
     _ch(36, "Which is correct? A: " + _NOT + ". B: " + _HOLDS + ".", False),
     _ch(37, "Is the {subj} {relation} the {obj}? A. yes B. no", True),
     _ch(38, "Is the {subj} {relation} the {obj}? A. no B. yes", False),
-    _ch(39, "Pick the option that describes the image. A) " + _HOLDS + " B) " + _NOT, True),
-    _ch(40, "Pick the option that describes the image. A) " + _NOT + " B) " + _HOLDS, False),
+    _ch(39, "Pick the option that describes the image. A) " + _HOLDS + ". B) " + _NOT + ".", True),
+    _ch(
+        40, "Pick the option that describes the image. A) " + _NOT + ". B) " + _HOLDS + ".", False
+    ),
     _ch(41, "Choose A or B. A: " + _HOLDS + ". B: " + _NOT + ".", True),
     _ch(42, "Choose A or B. A: " + _NOT + ". B: " + _HOLDS + ".", False),
     _ch(43, "The {subj} is {relation} the {obj}. A. true B. false. Answer with a letter.", True),
@@ -137,7 +139,11 @@ HELDOUT_TEMPLATES: list[Template] = [
     Template("h03", "yes_no", "My robot asks: is the {subj} {relation} the {obj}?"),
     Template("h04", "verify", "Fact check: the {subj} is {relation} the {obj}.", "true", "false"),
     Template(
-        "h05", "verify", "Is this caption true or false? {subj} {relation} {obj}", "true", "false"
+        "h05",
+        "verify",
+        "Is this caption true or false? The {subj} is {relation} the {obj}.",
+        "true",
+        "false",
     ),
     Template(
         "h06",
