@@ -6,7 +6,8 @@ generator) is loaded, and each variant changes what does not define the layout:
 
 - textures and lighting: a new surface material and tint, light direction, intensity,
   ambient level and shadows;
-- camera jitter: the item's view moved a little (azimuth, elevation, distance, look-at);
+- camera jitter: the item's view (the scene file's render that shows the item's image, else
+  view 0) moved a little (azimuth, elevation, distance, look-at);
 - a swapped subject: the subject becomes another category (same pose, when the new shape
   collides with nothing) or, failing that, another colour; the item's subject name follows.
 
@@ -53,7 +54,26 @@ class SimExpander:
         rel = CATALOG.get(item.relation)
         if rel is None or not rel.generated or rel.arity != 2:
             return f"the simulator does not decide {item.relation!r}"
+        try:
+            self._load(item)
+        except (KeyError, TypeError, ValueError):
+            return "scene file is not a sim_data scene (no objects/views/appearance)"
         return ""
+
+    def _load(self, item: Item):
+        """(scene, view index) of the item: the scene file's render that shows its image."""
+        import json
+
+        from vsre_ros.sim_data.scene import Scene
+
+        raw = json.loads(self._scene_path(item).read_text())
+        scene = Scene.from_dict(raw)
+        view = next(
+            (int(r["view"]) for r in raw.get("renders", []) if r.get("image") == item.image), 0
+        )
+        if not 0 <= view < len(scene.views):
+            raise ValueError(f"view {view} not in the scene")
+        return scene, view
 
     def close(self) -> None:
         if self._sim is not None:
@@ -72,18 +92,15 @@ class SimExpander:
         return [self._one(unit) for unit in units]
 
     def _one(self, unit):
-        import json
 
         from PIL import Image
         from vsre_ros.sim_data.relations import Facts, decide
-        from vsre_ros.sim_data.scene import Scene
 
         from . import Output, retarget
 
         item = unit.item
         rng = np.random.default_rng(unit.seed)
-        raw = json.loads(self._scene_path(item).read_text())
-        scene = Scene.from_dict(raw)
+        scene, view_index = self._load(item)
         names = [o.name for o in scene.objects]
         if item.subj not in names or item.obj not in names:
             verdict = Verdict(UNVERIFIABLE, False, ["subject or object not in the scene"], {})
@@ -93,7 +110,7 @@ class SimExpander:
         scene.scene_id = unit.unit_id
         swapped = _swap_subject(scene, subj_i, rng)
         _restyle(scene, rng)
-        view = _jitter(scene.views[0], rng)
+        view = _jitter(scene.views[view_index], rng)
         with Image.open(item.image_paths()[0]) as source:
             width, height = source.size
         sim = self._simulator(width, height)
