@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import CLIPConfig, CLIPModel, SamConfig, SamModel, SiglipConfig, SiglipModel
 
 from vsre_ros.core.config import EncoderConfig, tiny_encoders
 from vsre_ros.core.encoders import build_encoder, encoder_spec
@@ -33,6 +34,39 @@ def test_encoder_loads_from_saved_hf_directory_and_matches(family, tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(enc(x), loaded(x))
+
+
+def _full_checkpoint(family):
+    vision = TINY[family].hf_config
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    text["num_attention_heads"] = 2
+    if family == "clip":
+        return CLIPModel(CLIPConfig(vision_config=vision, text_config=text)), "vision_model"
+    if family == "siglip":
+        return SiglipModel(SiglipConfig(vision_config=vision, text_config=text)), "vision_model"
+    return SamModel(SamConfig(vision_config=vision)), "vision_encoder"
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip", "sam"])
+def test_encoder_reads_the_vision_part_of_a_full_checkpoint(family, tmp_path):
+    full, part = _full_checkpoint(family)
+    full.eval().save_pretrained(tmp_path / family)
+    enc = build_encoder(EncoderConfig(family, path=str(tmp_path / family))).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = getattr(full, part)(pixel_values=x).last_hidden_state
+        got = enc(x)
+    if family == "sam":
+        assert torch.equal(got, expected)
+    else:
+        prefix = 1 if family == "clip" else 0
+        assert torch.equal(got.flatten(2).transpose(1, 2), expected[:, prefix:])
+
+
+def test_checkpoint_of_another_family_is_refused(tmp_path):
+    build_encoder(TINY["dinov2"]).model.save_pretrained(tmp_path / "dino")
+    with pytest.raises(ValueError, match="dino.*(lacks|does not load)"):
+        build_encoder(EncoderConfig("clip", path=str(tmp_path / "dino")))
 
 
 def test_unknown_family_names_the_known_ones():

@@ -221,8 +221,9 @@ def _paper(paths_file: str | Path = "config/vsre-paper-paths.yaml") -> ModelConf
     """The paper's four frozen encoders and a LLaVA-1.5-sized LM, from local directories.
 
     The YAML names directories: clip (clip-vit-large-patch14-336), siglip
-    (siglip-so400m-patch14-384), sam (sam-vit-base, saved as SamVisionModel), dinov2
-    (dinov2-base) and lm (a Llama-family causal LM with its tokenizer).
+    (siglip-so400m-patch14-384), sam (sam-vit-base), dinov2 (dinov2-base) and lm (a causal
+    LM with its tokenizer, e.g. LLaVA-1.5's Vicuna in Llama format; lm_family: qwen2 for
+    Qwen2). Full checkpoints (CLIPModel, SiglipModel, SamModel) load their vision part.
     """
     paths = _read_paths(paths_file, ["clip", "siglip", "sam", "dinov2", "lm"])
     return ModelConfig(

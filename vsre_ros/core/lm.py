@@ -57,9 +57,15 @@ def build_lm(cfg: LMConfig, vocab_size: int | None = None) -> PreTrainedModel:
                 f"{config_file}: model_type {model_type!r} does not match LM family "
                 f"{cfg.family!r} (expects {spec.model_type!r}); set lm.family accordingly"
             )
-        return spec.model_cls.from_pretrained(
-            str(path), attn_implementation=cfg.attn_implementation
+        model, info = spec.model_cls.from_pretrained(
+            str(path), attn_implementation=cfg.attn_implementation, output_loading_info=True
         )
+        missing = sorted(info.get("missing_keys", []))
+        if missing:
+            raise ValueError(
+                f"LM checkpoint {path} lacks {len(missing)} weights (e.g. {missing[:2]})"
+            )
+        return model
     fields: dict[str, Any] = dict(cfg.hf_config)
     if vocab_size is not None:
         fields["vocab_size"] = vocab_size

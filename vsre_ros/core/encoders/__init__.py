@@ -120,7 +120,17 @@ def build_encoder(cfg: EncoderConfig) -> VisionEncoder:
                 f"{cfg.family} encoder directory {path} has no config.json; expected a "
                 f"Hugging Face checkpoint saved by {spec.model_cls.__name__}.save_pretrained"
             )
-        model = spec.model_cls.from_pretrained(str(path))
+        try:
+            model, info = spec.model_cls.from_pretrained(str(path), output_loading_info=True)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{cfg.family} checkpoint {path} does not load: {err}") from None
+        # Weights absent from the checkpoint would silently stay random.
+        if info.get("missing_keys"):
+            missing = sorted(info["missing_keys"])
+            raise ValueError(
+                f"{cfg.family} checkpoint {path} lacks {len(missing)} weights of "
+                f"{spec.model_cls.__name__} (e.g. {missing[:2]}); is it a {cfg.family} checkpoint?"
+            )
     else:
         model = spec.model_cls(spec.config_cls(**cfg.hf_config))
     return VisionEncoder(spec, model, cfg.feature_layer, cfg.image_size)
