@@ -179,28 +179,32 @@ def epoch_order(
     return order
 
 
+Preprocessed = np.ndarray | dict[str, np.ndarray]
+
+
 class ImageCache:
     """Preprocessed images by file, so epochs after the first do not decode again.
 
     Keyed by the file's path, size and modification time plus `signature` (what the
     preprocessing depends on, e.g. image size and normalisation), kept in memory (LRU, up to
-    `max_items`) and optionally on disk as .npy files under `disk_dir`.
+    `max_items`) and optionally on disk under `disk_dir` (.npy for an array, .npz for a dict of
+    arrays such as one tensor per encoder; never pickled).
     """
 
     def __init__(
         self,
-        preprocess: Callable[[np.ndarray], np.ndarray],
+        preprocess: Callable[[np.ndarray], Preprocessed],
         signature: str,
         max_items: int = 4096,
         disk_dir: str | Path | None = None,
     ) -> None:
-        self.preprocess = preprocess  # HxWx3 uint8 RGB -> array the model takes
+        self.preprocess = preprocess  # HxWx3 uint8 RGB -> what the model takes
         self.signature = signature  # changes whenever preprocessing would change
         self.max_items = max_items  # in-memory entries kept
         self.disk_dir = Path(disk_dir) if disk_dir else None  # optional persistent cache
         self.decodes = 0  # images read from their files and preprocessed
         self.hits = 0  # images served from the cache
-        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._memory: OrderedDict[str, Preprocessed] = OrderedDict()
         if self.disk_dir:
             self.disk_dir.mkdir(parents=True, exist_ok=True)
 
@@ -209,7 +213,7 @@ class ImageCache:
         text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.signature}"
         return hashlib.sha1(text.encode()).hexdigest()
 
-    def get(self, path: str | Path) -> np.ndarray:
+    def get(self, path: str | Path) -> Preprocessed:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"image {path} does not exist")
@@ -218,31 +222,42 @@ class ImageCache:
             self._memory.move_to_end(key)
             self.hits += 1
             return self._memory[key]
-        array = self._from_disk(key)
-        if array is None:
-            array = np.ascontiguousarray(self.preprocess(load_rgb(path)))
+        value = self._from_disk(key)
+        if value is None:
+            value = self.preprocess(load_rgb(path))
             self.decodes += 1
-            self._to_disk(key, array)
+            self._to_disk(key, value)
         else:
             self.hits += 1
-        self._memory[key] = array
+        self._memory[key] = value
         if len(self._memory) > self.max_items:
             self._memory.popitem(last=False)
-        return array
+        return value
 
-    def _from_disk(self, key: str) -> np.ndarray | None:
+    def _from_disk(self, key: str) -> Preprocessed | None:
         if not self.disk_dir:
             return None
-        path = self.disk_dir / f"{key}.npy"
-        return np.load(path, allow_pickle=False) if path.is_file() else None
+        for suffix in (".npy", ".npz"):
+            path = self.disk_dir / f"{key}{suffix}"
+            if path.is_file():
+                loaded = np.load(path, allow_pickle=False)
+                if suffix == ".npy":
+                    return loaded
+                with loaded:
+                    return {name: loaded[name] for name in loaded.files}
+        return None
 
-    def _to_disk(self, key: str, array: np.ndarray) -> None:
+    def _to_disk(self, key: str, value: Preprocessed) -> None:
         if not self.disk_dir:
             return
-        fd, tmp = tempfile.mkstemp(dir=self.disk_dir, suffix=".npy")
+        suffix = ".npz" if isinstance(value, dict) else ".npy"
+        fd, tmp = tempfile.mkstemp(dir=self.disk_dir, suffix=suffix)
         with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        os.replace(tmp, self.disk_dir / f"{key}.npy")
+            if isinstance(value, dict):
+                np.savez(handle, **value)
+            else:
+                np.save(handle, value, allow_pickle=False)
+        os.replace(tmp, self.disk_dir / f"{key}{suffix}")
 
 
 def load_rgb(path: str | Path) -> np.ndarray:

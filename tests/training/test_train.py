@@ -1,0 +1,214 @@
+"""The trainer: learning a trivial task, exact resume after SIGKILL, stages and freezing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from vsre_ros.training.config import StageConfig, TrainConfig, dump_config, load_config
+from vsre_ros.training.items import load_items
+from vsre_ros.training.model_api import build_model, freeze, trainable_names
+from vsre_ros.training.train import latest_checkpoint, train, val_accuracy
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# One small CLIP-style encoder (2x2 patch grid at 16 px) and a 2-layer Llama.
+TINY = {
+    "encoders": [
+        {
+            "family": "clip",
+            "hf_config": {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "image_size": 16,
+                "patch_size": 8,
+            },
+        }
+    ],
+    "lm": {
+        "hf_config": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 512,
+            "tie_word_embeddings": True,
+            "initializer_range": 0.125,
+        }
+    },
+    "projector_depth": 2,
+}
+
+
+def tiny_config(data: Path, output: Path, stages: list[StageConfig], **kw) -> TrainConfig:
+    return TrainConfig(
+        model="vsre-tiny",
+        model_overrides=TINY,
+        data=str(data),
+        output=str(output),
+        threads=1,
+        log_every=1,
+        eval_every=0,
+        stages=stages,
+        **kw,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tiny_run_lowers_loss_and_raises_accuracy(colour_dataset, tmp_path):
+    stage = StageConfig(name="s", freeze="all", steps=30, batch_size=8, lr=2e-3,
+                        warmup_steps=5, templates="none")  # fmt: skip
+    config = tiny_config(colour_dataset, tmp_path / "run", [stage], val_split="test")
+    test_items = load_items(colour_dataset, "test")
+    before = val_accuracy(build_model("vsre-tiny", TINY, seed=0), test_items, 16)
+    (result,) = train(config, progress=False)
+    losses = [row["loss"] for row in result.metrics]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert result.metrics[-1]["val_acc"] >= 0.9 > before
+    stage_dir = tmp_path / "run" / "s"
+    assert (stage_dir / "curves.png").is_file()
+    assert (stage_dir / "final" / "vsre_config.json").is_file()
+    assert load_config(tmp_path / "run" / "train_config.yaml").stages[0].steps == 30
+    lines = (stage_dir / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 30
+    # The evaluator takes the trained model straight from the run directory.
+    from vsre_ros.cli import main
+
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--model", str(stage_dir / "final"), "--data", str(colour_dataset),
+                 "--split", "test", "--templates", "t00,t20,t36", "--out", str(out),
+                 "--no-plots", "--batch-size", "16"])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_predictions"] == 3 * len(test_items)
+    assert set(report["by"]["template"]) == {"t00", "t20", "t36"}
+
+
+def test_stage_trainable_sets_are_exactly_as_specified():
+    def names(mode):
+        model = build_model("vsre-tiny", TINY, seed=0)
+        freeze(model, mode)
+        return model, set(trainable_names(model))
+
+    model, stage1 = names("stage1")
+    fusion = {n for n, _ in model.named_parameters() if n.startswith("fusion.")}
+    assert stage1 == fusion and fusion
+
+    model, stage2 = names("stage2")
+    lora = {n for n in stage2 if "lora_" in n}
+    assert lora and all(n.startswith("lm.") for n in lora)
+    assert stage2 == fusion | lora
+    every_lora = {n for n, _ in model.named_parameters() if "lora_" in n}
+    assert lora == every_lora
+
+    model, with_encoders = names("stage2+encoders")
+    encoders = {n for n, _ in model.named_parameters() if n.startswith("encoders.")}
+    assert with_encoders == fusion | lora | encoders
+    with pytest.raises(ValueError, match="unknown freeze mode 'stage3'; known: stage1"):
+        freeze(model, "stage3")
+
+
+def test_two_stages_chain_and_a_finished_stage_is_not_rerun(colour_dataset, tmp_path):
+    stages = [
+        StageConfig(name="stage1", freeze="stage1", steps=3, batch_size=4, warmup_steps=0),
+        StageConfig(
+            name="stage2",
+            freeze="stage2",
+            steps=3,
+            batch_size=4,
+            warmup_steps=0,
+            aux_losses={"verdict": 1.0},
+        ),  # fmt: skip
+    ]
+    config = tiny_config(colour_dataset, tmp_path / "run", stages)
+    first, second = train(config, progress=False)
+    assert (second.final_dir / "adapter" / "adapter_config.json").is_file()
+    assert "loss_verdict" in second.metrics[-1]
+    one = build_model(first.final_dir)
+    two = build_model(second.final_dir)
+    enc1 = dict(one.encoders.named_parameters())
+    # Stage 2 started from stage 1's result: frozen encoders equal, projectors moved on.
+    for name, param in two.encoders.named_parameters():
+        assert torch.equal(param, enc1[name])
+    proj1 = dict(one.fusion.named_parameters())
+    assert any(not torch.equal(p, proj1[n]) for n, p in two.fusion.named_parameters())
+    again = train(config, progress=False)
+    assert [r.steps_run for r in again] == [0, 0]
+
+
+def test_unknown_extra_loss_and_stage_are_refused(colour_dataset, tmp_path):
+    stage = StageConfig(name="s", steps=1, aux_losses={"telepathy": 1.0})
+    with pytest.raises(ValueError, match="unknown extra losses \\['telepathy'\\]"):
+        train(tiny_config(colour_dataset, tmp_path / "r", [stage]), progress=False)
+    with pytest.raises(ValueError, match="unknown stages \\['stage9'\\]"):
+        train(tiny_config(colour_dataset, tmp_path / "r", [stage]), ["stage9"], progress=False)
+
+
+def _step_losses(metrics_file: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line]
+    return {r["step"]: r["step_loss"] for r in rows if "step_loss" in r}
+
+
+def test_resume_after_sigkill_gives_the_same_next_step_loss(colour_dataset, tmp_path):
+    # Stage 2 (LoRA with dropout) so that resuming must restore the RNG as well as weights.
+    def stage(steps):
+        return StageConfig(name="s", freeze="stage2", steps=steps, batch_size=4, lr=1e-2,
+                           warmup_steps=3, templates="train")  # fmt: skip
+
+    reference = tiny_config(colour_dataset, tmp_path / "ref", [stage(14)], save_every=5)
+    train(reference, progress=False)
+    expected = _step_losses(tmp_path / "ref" / "s" / "metrics.jsonl")
+
+    killed = tiny_config(colour_dataset, tmp_path / "killed", [stage(400)], save_every=5)
+    config_file = tmp_path / "killed.yaml"
+    dump_config(killed, config_file)
+    metrics = tmp_path / "killed" / "s" / "metrics.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "vsre_ros", "train", "--config", str(config_file),
+           "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.is_file() and max(_step_losses(metrics), default=0) >= 8:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    resumed_from = latest_checkpoint(tmp_path / "killed" / "s")
+    assert resumed_from is not None
+    done = json.loads((resumed_from / "state.json").read_text())["step"]
+    assert done >= 5 and done % 5 == 0
+
+    killed.stages[0].steps = 400
+    (result,) = train(killed, progress=False)
+    after = {r["step"]: r["step_loss"] for r in result.metrics}
+    assert min(after) == done + 1
+    for step in range(done + 1, 15):
+        assert after[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+    # The metrics file holds each step once: lines logged after the checkpoint were dropped.
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 401))

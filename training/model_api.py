@@ -1,0 +1,267 @@
+"""The thin layer between training and `vsre_ros.core`: building, freezing, batching, answering.
+
+Training needs a few things the model does not do itself: batches whose pixels come from the
+preprocessed-image cache, a first-answer-token accuracy, named extra loss terms, and
+predictions in the evaluator's form. They are built here from the model's public API
+(`prefix_ids`, `suffix_ids`, `answer_ids`, `preprocess`, `forward`, `freeze`) and the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vsre_ros.core.answers import AnswerKind, Query
+from vsre_ros.core.config import PRESETS, ModelConfig, preset_config
+from vsre_ros.core.model import VSREModel
+
+from .data import Example, ImageCache, load_rgb
+from .items import ALL_TEMPLATES
+from .scoring import Prediction
+
+# freeze mode (StageConfig.freeze) -> keyword arguments of VSREModel.freeze
+FREEZE_ARGS: dict[str, dict[str, Any]] = {
+    "stage1": {"stage": 1},  # adapters, projectors, image positions
+    "stage2": {"stage": 2, "lm": "lora"},  # the above plus LoRA on the LM
+    "stage2+encoders": {"stage": 2, "lm": "lora", "encoders": True},  # plus the encoders
+    "all": {"stage": 0},  # everything (a tiny model trained from scratch)
+}
+
+
+def model_config(ref: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """A preset's config with field overrides; nested parts (lm, lora) merge one level deep."""
+    if ref not in PRESETS:
+        raise ValueError(f"unknown preset {ref!r}; known presets: {sorted(PRESETS)}")
+    data = preset_config(ref).to_dict()
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return ModelConfig.from_dict(data)
+
+
+def build_model(ref: str | Path, overrides: dict[str, Any] | None = None, seed: int = 0):
+    """A saved model directory, or a preset built with seeded random initialisation."""
+    path = Path(ref)
+    if path.is_dir():
+        if overrides:
+            raise ValueError(f"model overrides {sorted(overrides)} apply to presets, not {path}")
+        return VSREModel.from_pretrained(path)
+    torch.manual_seed(seed)
+    return VSREModel(model_config(str(ref), overrides))
+
+
+def freeze(model: VSREModel, mode: str) -> dict:
+    """Apply a freeze mode; returns the model's {part: trainable parameter count}."""
+    if mode not in FREEZE_ARGS:
+        raise ValueError(f"unknown freeze mode {mode!r}; known: {', '.join(FREEZE_ARGS)}")
+    return model.freeze(**FREEZE_ARGS[mode])
+
+
+def trainable_names(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def preprocess_signature(model: VSREModel) -> str:
+    """What the preprocessed pixels depend on: each encoder's size and normalisation, dtype."""
+    parts = [
+        f"{name}:{enc.image_size}:{enc.mean.flatten().tolist()}:{enc.std.flatten().tolist()}"
+        for name, enc in model.encoders.items()
+    ]
+    return "|".join(parts) + f"|{model.dtype}"
+
+
+def image_cache(model: VSREModel, disk_dir: str | Path | None = None) -> ImageCache:
+    """A cache of one image's per-encoder pixel arrays [1, 3, S, S]."""
+
+    def preprocess(rgb: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            pixels = model.preprocess([rgb])
+        return {name: t.float().cpu().numpy() for name, t in pixels.items()}
+
+    return ImageCache(preprocess, preprocess_signature(model), disk_dir=disk_dir)
+
+
+def collate(model: VSREModel, examples: Sequence[Example], cache: ImageCache) -> dict[str, Any]:
+    """A training batch in VSREModel.forward's format, pixels from the cache.
+
+    Also returns `answer_start` (index of each row's first answer token) and, for yes/no and
+    two-option questions, `verdict_ids` [B, 2] (first tokens of the positive and negative
+    answer words) and `truth` [B] (1 positive, 0 negative, -1 not a verdict question).
+    """
+    rows, labels, starts, pixels = [], [], [], []
+    verdict_ids, truth = [], []
+    for ex in examples:
+        paths = ex.item.image_paths()
+        pixels.extend(cache.get(p) for p in paths)
+        prompt = model.prefix_ids(len(paths)) + model.suffix_ids(ex.question)
+        answer = model.answer_ids(ex.target)
+        rows.append(prompt + answer)
+        labels.append([-100] * len(prompt) + answer)
+        starts.append(len(prompt))
+        words = _verdict_words(ex)
+        if words is None:
+            verdict_ids.append([0, 0])
+            truth.append(-1)
+        else:
+            verdict_ids.append([model.answer_ids(w, eos=False)[0] for w in words])
+            truth.append(int(bool(ex.truth)))
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), model.pad_token_id, dtype=torch.long)
+    label_t = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, lab) in enumerate(zip(rows, labels, strict=True)):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        label_t[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(row)] = 1
+    device, dtype = model.device, model.dtype
+    pixel_values = {
+        name: torch.from_numpy(np.concatenate([p[name] for p in pixels])).to(device, dtype)
+        for name in model.encoders
+    }
+    return {
+        "pixel_values": pixel_values,
+        "input_ids": input_ids.to(device),
+        "attention_mask": mask.to(device),
+        "labels": label_t.to(device),
+        "answer_start": torch.tensor(starts, device=device),
+        "verdict_ids": torch.tensor(verdict_ids, device=device),
+        "truth": torch.tensor(truth, device=device),
+    }
+
+
+def _verdict_words(ex: Example) -> tuple[str, str] | None:
+    """(positive, negative) answer words of a yes/no question as asked, else None."""
+    if ex.truth is None:
+        return None
+    template = ALL_TEMPLATES.get(ex.template_id or ex.item.template_id)
+    if template is not None:
+        return template.yes, template.no
+    return "yes", "no"
+
+
+MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "labels")
+
+
+def first_token_logits(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Logits [B, vocab] predicting each row's first answer token."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, batch["answer_start"] - 1]
+
+
+def first_token_correct(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Whether each row's first answer token is the argmax [B] (bool)."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    target = batch["labels"][rows, batch["answer_start"]]
+    return first_token_logits(logits, batch).argmax(-1) == target
+
+
+def verdict_loss(model: VSREModel, batch: dict[str, Any], output: Any) -> torch.Tensor:
+    """Cross-entropy between only the two answer words of yes/no questions (a 1-bit target
+    that ignores the rest of the vocabulary)."""
+    keep = batch["truth"] >= 0
+    if not bool(keep.any()):
+        return output.logits.sum() * 0.0
+    first = first_token_logits(output.logits, batch)[keep]
+    pair = first.gather(1, batch["verdict_ids"][keep])
+    # Column 0 is the positive word, so the target class is 0 for a relation that holds.
+    return F.cross_entropy(pair.float(), (1 - batch["truth"][keep]).long())
+
+
+def image_token_norm(model: VSREModel, batch: dict[str, Any], output: Any) -> torch.Tensor:
+    """Keeps projected image tokens near the scale of word embeddings (a stability term)."""
+    if output.image_embeds is None:
+        return output.logits.sum() * 0.0
+    words = model.lm.get_input_embeddings().weight
+    target = words.detach().norm(dim=-1).mean()
+    return (output.image_embeds.norm(dim=-1).mean() - target).pow(2) / target.pow(2)
+
+
+# extra loss id -> fn(model, batch, output) -> scalar; a stage weights them by id.
+AUX_LOSSES: dict[str, Callable[[VSREModel, dict[str, Any], Any], torch.Tensor]] = {
+    "verdict": verdict_loss,
+    "image_token_norm": image_token_norm,
+}
+
+
+def check_aux(names: Sequence[str]) -> None:
+    unknown = sorted(set(names) - set(AUX_LOSSES))
+    if unknown:
+        raise ValueError(f"unknown extra losses {unknown}; known: {sorted(AUX_LOSSES)}")
+
+
+def query_for(example: Example, images: list[np.ndarray]) -> Query:
+    return Query(
+        question=example.question,
+        images=images,
+        answer_kind=example.kind,
+        options=list(example.options),
+        subj=example.item.subj,
+        relation=example.item.relation,
+        obj=example.item.obj,
+        query_id=example.item.id,
+    )
+
+
+def prediction_from(example: Example, answer: Any) -> Prediction:
+    """An engine Answer in the evaluator's form, worded in the question's own answer words."""
+    value = answer.value if math.isfinite(answer.value) else None
+    template = ALL_TEMPLATES.get(example.template_id)
+    text, probability = answer.text, answer.probability
+    if example.truth is not None and template is not None:
+        if example.kind is AnswerKind.CHOICE:
+            # Two options: P(positive option) follows from the chosen option's probability.
+            positive = answer.text == template.yes
+            probability = answer.probability if positive else 1.0 - answer.probability
+            text = answer.text
+        else:
+            text = template.answer(answer.verdict)
+    if answer.error and not text:
+        text = ""
+    return Prediction(example.item.id, text, example.template_id, probability, value)
+
+
+def answer_examples(
+    model: VSREModel | str | Path,
+    examples: Sequence[Example],
+    batch_size: int = 32,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[Prediction]:
+    """Predictions of a model (object, directory or preset id) through the engine."""
+    from tqdm import tqdm
+
+    from vsre_ros.core.config import EngineConfig
+    from vsre_ros.core.engine import Engine
+
+    engine = Engine(model, EngineConfig(device=device, max_batch=batch_size))
+    images: dict[Path, np.ndarray] = {}
+    out = []
+    bar = tqdm(total=len(examples), desc="evaluate", unit="q", disable=not progress)
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        queries = []
+        for ex in chunk:
+            pics = []
+            for path in ex.item.image_paths():
+                if path not in images:
+                    images[path] = load_rgb(path)
+                pics.append(images[path])
+            queries.append(query_for(ex, pics))
+        for ex, answer in zip(chunk, engine.answer(queries), strict=True):
+            out.append(prediction_from(ex, answer))
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def resolved_model_config(model: VSREModel) -> dict[str, Any]:
+    return dataclasses.asdict(model.config)
