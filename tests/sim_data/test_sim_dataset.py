@@ -1,0 +1,176 @@
+"""The dataset generator: determinism, schema, splits, balance, answers backed by geometry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from vsre_ros.sim_data import splits
+from vsre_ros.sim_data.dataset import (
+    SPLIT_FILES,
+    GenConfig,
+    build_scene,
+    concept_parts,
+    generate,
+    read_items,
+)
+from vsre_ros.sim_data.render import Simulator
+
+from vsre_ros.core.answers import AnswerKind
+
+N = 120
+SIZE = 48
+METRIC_TOL = 1e-6  # numeric answers vs geometry recomputed from the scene file, metres
+FIELDS = {
+    "id", "image", "images", "depth", "masks", "caption", "label", "relation", "subj", "obj",
+    "meta_category", "question", "answer", "answer_kind", "options", "value", "unit",
+    "template_id", "task", "scene_id", "seed", "source",
+}  # fmt: skip
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    cfg = GenConfig(seed=0, width=SIZE, height=SIZE, multi_view_share=0.5, moved_share=0.5)
+    roots = {}
+    for name, seed, workers in (("a", 0, 2), ("a_again", 0, 1), ("b", 1, 1)):
+        root = tmp_path_factory.mktemp(name)
+        generate(root, N, GenConfig(**{**cfg.__dict__, "seed": seed}), workers, progress=False)
+        roots[name] = root
+    return roots
+
+
+def _all_items(root: Path) -> list[dict]:
+    items = {}
+    for split in SPLIT_FILES:
+        for it in read_items(root, split):
+            items[it["id"]] = it
+    return list(items.values())
+
+
+def test_same_seed_same_bytes_whatever_the_worker_count(datasets):
+    assert _digest(datasets["a"]) == _digest(datasets["a_again"])
+
+
+def test_different_seeds_differ(datasets):
+    a, b = _digest(datasets["a"]), _digest(datasets["b"])
+    assert a["random_train.jsonl"] != b["random_train.jsonl"]
+    images_a = {v for k, v in a.items() if k.startswith("images/")}
+    images_b = {v for k, v in b.items() if k.startswith("images/")}
+    assert images_a and images_b and not images_a & images_b
+
+
+def test_exactly_n_items_every_field_and_files_exist(datasets):
+    root = datasets["a"]
+    items = _all_items(root)
+    assert len(items) == N
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["schema"] == "vsre-dataset/1" and meta["counts"]["items"] == N
+    for family in ("random", "zeroshot"):
+        assert sum(meta["counts"][f"{family}_{p}"] for p in ("train", "val", "test")) == N
+    for it in items:
+        assert FIELDS <= set(it), FIELDS - set(it)
+        AnswerKind.from_label(it["answer_kind"])
+        for rel in it["images"] + [p for p in it["depth"] + it["masks"] if p]:
+            assert (root / rel).is_file(), rel
+        if it["answer_kind"] == "choice":
+            assert it["answer"] in it["options"]
+        if it["task"] == "relation":
+            assert it["label"] in (0, 1) and it["caption"].startswith("The ")
+    depth = np.load(root / items[0]["depth"][0], allow_pickle=False)
+    assert depth.dtype == np.float32 and depth.shape == (SIZE, SIZE)
+
+
+def test_every_task_appears(datasets):
+    tasks = Counter(it["task"] for d in ("a", "b") for it in _all_items(datasets[d]))
+    expected = {"relation", "direction", "distance", "localization", "metric", "compare",
+                "multi_image"}  # fmt: skip
+    assert expected <= set(tasks), tasks
+
+
+def test_splits_are_disjoint_and_zero_shot_shares_no_concept(datasets):
+    root = datasets["a"]
+    for family in ("random", "zeroshot"):
+        seen: set[str] = set()
+        for p in ("train", "val", "test"):
+            ids = {it["id"] for it in read_items(root, f"{family}_{p}")}
+            assert not ids & seen
+            seen |= ids
+    report = splits.check(root)
+    assert report["ok"], report
+    parts = concept_parts(0)
+    sets = [set(parts[p]) for p in ("train", "val", "test")]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+
+
+def test_duplicate_checker_finds_a_planted_duplicate(datasets, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(datasets["a"], root)
+    train = read_items(root, "random_train")
+    with open(root / "random_test.jsonl", "a") as fh:
+        fh.write(json.dumps({**train[0], "id": "planted"}) + "\n")
+    report = splits.check(root)
+    assert not report["ok"]
+    found = report["duplicates"]["random"]
+    assert any("planted" in d["ids"] and d["splits"] == ["random_test", "random_train"]
+               for d in found)  # fmt: skip
+
+
+def test_metric_answers_match_geometry_from_the_scene_file(datasets):
+    root = datasets["a"]
+    checked = 0
+    for it in _all_items(root):
+        if it["task"] != "metric":
+            continue
+        truth = json.loads((root / "scenes" / f"{it['scene_id']}.json").read_text())
+        objs = {o["mask_id"]: o for o in truth["objects"]}
+        a = objs[it["mask_ids"][0]]
+        if it["template_id"] in ("met0", "met1"):
+            b = objs[it["mask_ids"][1]]
+            expected = np.linalg.norm(np.subtract(a["center"], b["center"]))
+        elif it["template_id"] == "met2":
+            cam = truth["renders"][it["view"]]["camera"]["cam_pos"]
+            expected = np.linalg.norm(np.subtract(a["center"], cam))
+        elif it["template_id"] == "met3":
+            expected = max(a["size"][:2])
+        else:
+            expected = a["size"][2]
+        assert abs(it["value"] - expected) < METRIC_TOL
+        assert abs(float(it["answer"]) - expected) <= 0.005 + 1e-9  # two decimals
+        assert it["unit"] == "m"
+        checked += 1
+    assert checked > 0
+
+
+def test_relation_labels_are_balanced_per_relation():
+    cfg = GenConfig(seed=3, width=32, height=32)
+    counts: Counter = Counter()
+    with Simulator(32, 32) as sim:
+        for i in range(6):
+            for it in build_scene(sim, cfg, i).items:
+                if it["task"] == "relation":
+                    counts[it["relation"], it["label"]] += 1
+    relations = {r for r, _ in counts}
+    assert len(relations) >= 10
+    for r in relations:
+        assert counts[r, 0] == counts[r, 1], r
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="positive"):
+        generate(tmp_path, 0, GenConfig())
+    with pytest.raises(ValueError, match="no split"):
+        read_items(tmp_path, "nope")
