@@ -122,6 +122,9 @@ setup(
     entry_points={
         "console_scripts": [
             "vsre = vsre_ros.cli:main",
+            "vsre_server = vsre_ros.ros.server:main",
+            "vsre_sim_camera = vsre_ros.ros.sim_camera:main",
+            "vsre_demo_client = vsre_ros.ros.demo:client_main",
         ],
     },
     zip_safe=False,

@@ -8,11 +8,10 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
+from ros_helpers import ROOT, overrides
 
-ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0  # a loaded 2-core box can take long to import torch in a peer
 
 
@@ -106,19 +105,6 @@ def spawn():
     yield _spawn
     for peer in peers:
         peer.close()
-
-
-def overrides(values: dict):
-    """rclpy Parameter overrides from a plain dict (lists become string arrays)."""
-    from rclpy.parameter import Parameter
-
-    out = []
-    for name, value in values.items():
-        if isinstance(value, list):
-            out.append(Parameter(name, Parameter.Type.STRING_ARRAY, value))
-        else:
-            out.append(Parameter(name, value=value))
-    return out
 
 
 class ServerHarness:

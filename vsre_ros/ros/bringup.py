@@ -66,3 +66,51 @@ def config_file(preset: str = DEFAULT_PRESET) -> Path:
             return path
     known = sorted({p.stem for d in config_dirs() for p in d.glob("*.yaml")})
     raise ValueError(f"no params file for preset {preset!r}; known: {known}")
+
+
+def make_launch_description(launch_file: str):
+    """The `ros2 launch` description of a launch file, built from NODES.
+
+    Launch arguments: `preset` (config/<preset>.yaml from the installed share directory) and
+    `params_file` (a YAML path that replaces it). Each node gets the YAML and `output=screen`.
+    Only real ROS 2 installs have `launch`/`launch_ros`; they are imported here, not at the top.
+    """
+    import os
+
+    from ament_index_python.packages import get_package_share_directory
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    from launch import LaunchDescription
+
+    specs = nodes_for(launch_file)
+
+    def nodes(context, *args, **kwargs):
+        preset = LaunchConfiguration("preset").perform(context)
+        params = LaunchConfiguration("params_file").perform(context)
+        if not params:
+            share = get_package_share_directory(PACKAGE)
+            params = os.path.join(share, "config", f"{preset}.yaml")
+        return [
+            Node(
+                package=PACKAGE,
+                executable=spec.executable,
+                name=spec.name,
+                parameters=[params],
+                output="screen",
+            )
+            for spec in specs
+        ]
+
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "preset", default_value=DEFAULT_PRESET, description="config/<preset>.yaml"
+            ),
+            DeclareLaunchArgument(
+                "params_file", default_value="", description="params YAML instead of the preset's"
+            ),
+            OpaqueFunction(function=nodes),
+        ]
+    )

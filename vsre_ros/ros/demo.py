@@ -241,15 +241,17 @@ class Recorder(Node):
         for topic, msg_type in topics.items():
             module = msg_type.__module__.split(".")
             type_name = f"{module[0]}/{module[1]}/{msg_type.__name__}"
-            connection = self.writer.add_connection(topic, type_name, typestore=store)
-            self.create_subscription(
+            slot: list = []
+            sub = self.create_subscription(
                 msg_type,
                 topic,
-                lambda data, c=connection: self._write(c, data),
+                lambda data, slot=slot: self._write(slot[0], data),
                 QoSProfile(depth=100),
                 raw=True,
                 callback_group=group,
             )
+            # The bag names topics fully qualified ("/vsre/answers"), as ros2 bag does.
+            slot.append(self.writer.add_connection(sub.topic_name, type_name, typestore=store))
 
     def _write(self, connection, data: bytes) -> None:
         with self.lock:

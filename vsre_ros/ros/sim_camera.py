@@ -133,6 +133,7 @@ class SimCameraNode(Node):
         self._truth_json = ""
         self.frames_in_scene = 0
         self.scenes = 0  # scenes shown so far
+        self.frames_published = 0  # frames published so far
         self.finished = False  # True once max_scenes were all shown
         self.create_timer(1.0 / p.rate, self.tick)
 
@@ -154,6 +155,7 @@ class SimCameraNode(Node):
                 self.scenes += 1
         self.publish(self.current)
         self.frames_in_scene += 1
+        self.frames_published += 1
 
     def publish(self, frame: SimFrame) -> None:
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.params.frame_id)

@@ -1,0 +1,157 @@
+"""The sim camera's messages, and `vsre demo` end to end in its own process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile
+from ros_helpers import ROOT, overrides
+from sensor_msgs.msg import CameraInfo, Image
+from vsre_ros.msg import SceneTruth, SpatialAnswer
+
+from vsre_ros.ros.conversions import imgmsg_to_numpy
+from vsre_ros.ros.demo import is_correct
+
+pytestmark = pytest.mark.dds
+
+
+def test_sim_camera_publishes_matching_image_depth_info_and_truth(ros_client):
+    import rclpy
+
+    from vsre_ros.ros.sim_camera import SimCameraNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    names = {
+        "image_topic": "/simtest/image",
+        "depth_topic": "/simtest/depth",
+        "info_topic": "/simtest/info",
+        "truth_topic": "/simtest/truth",
+    }
+    node = SimCameraNode(
+        "simtest_camera",
+        context=context,
+        parameter_overrides=overrides(
+            {
+                **names,
+                "width": 64,
+                "height": 48,
+                "rate": 20.0,
+                "frames_per_scene": 3,
+                "max_scenes": 2,
+            }
+        ),
+    )
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    got: dict[str, list] = {"image": [], "depth": [], "info": [], "truth": []}
+    qos = QoSProfile(depth=50)
+    client = ros_client.node
+    client.create_subscription(Image, names["image_topic"], got["image"].append, qos)
+    client.create_subscription(Image, names["depth_topic"], got["depth"].append, qos)
+    client.create_subscription(CameraInfo, names["info_topic"], got["info"].append, qos)
+    client.create_subscription(SceneTruth, names["truth_topic"], got["truth"].append, qos)
+    assert ros_client.spin_until(lambda: node.image_pub.get_subscription_count() > 0)
+    spinner.start()
+    try:
+        assert ros_client.spin_until(lambda: node.finished, timeout=60)
+        ros_client.spin_until(lambda: len(got["truth"]) >= node.frames_published, timeout=10)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        context.try_shutdown()
+    # 2 scenes, each at least 3 frames (longer while the renderer prepares the next), then stop.
+    assert len(got["image"]) == len(got["truth"]) == node.frames_published >= 6
+    per_scene = Counter(t.scene_id for t in got["truth"])
+    assert len(per_scene) == 2 and min(per_scene.values()) >= 3
+    image, depth, info, truth = (got[k][0] for k in ("image", "depth", "info", "truth"))
+    assert image.header.stamp == depth.header.stamp == info.header.stamp == truth.header.stamp
+    assert (image.encoding, image.width, image.height) == ("rgb8", 64, 48)
+    assert depth.encoding == "32FC1" and np.isfinite(imgmsg_to_numpy(depth)).all()
+    assert info.k[2] == pytest.approx(32.0, abs=1.0) and info.k[5] == pytest.approx(24.0, abs=1.0)
+    scene = json.loads(truth.json)
+    assert scene["scene_id"] == truth.scene_id
+    assert scene["questions"] and all(len(q["images"]) == 1 for q in scene["questions"])
+
+
+def _answer(**fields) -> SpatialAnswer:
+    return SpatialAnswer(status=SpatialAnswer.OK, **fields)
+
+
+def test_demo_scoring_rules():
+    yes_item = {"answer_kind": "yes_no", "answer": "true"}
+    assert is_correct(yes_item, _answer(verdict=True))
+    assert not is_correct(yes_item, _answer(verdict=False))
+    choice = {"answer_kind": "choice", "answer": "B", "options": ["A", "B"]}
+    assert is_correct(choice, _answer(choice_index=1))
+    assert not is_correct(choice, _answer(choice_index=0))
+    number = {"answer_kind": "number", "answer": "2.0", "value": 2.0}
+    assert is_correct(number, _answer(value=2.4))
+    assert not is_correct(number, _answer(value=2.6))
+    assert not is_correct(yes_item, SpatialAnswer(status=SpatialAnswer.ERROR, verdict=True))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from vsre_ros.core.config import ModelConfig, tiny_encoders, tiny_lm
+    from vsre_ros.core.model import VSREModel
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        name="demo-tiny",
+        encoders=tiny_encoders(hidden=32, layers=2, heads=2, image=32, patch=8),
+        projector_depth=2,
+        lm=tiny_lm(hidden=64, layers=2, heads=2, ffn=128),
+    )
+    return VSREModel(config).save_pretrained(tmp_path_factory.mktemp("demo") / "demo-tiny")
+
+
+def test_vsre_demo_runs_end_to_end_and_records_a_bag(tiny_checkpoint, tmp_path):
+    bag, summary_file = tmp_path / "bag", tmp_path / "summary.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vsre_ros.cli",
+            "demo",
+            "--model",
+            str(tiny_checkpoint),
+            "--questions",
+            "6",
+            "--record",
+            str(bag),
+            "--json",
+            str(summary_file),
+            "--timeout",
+            "120",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "question" in run.stdout and "== summary" in run.stdout
+    assert "checkpoint directory" in run.stdout  # says which model it uses
+    summary = json.loads(summary_file.read_text())
+    assert summary["asked"] == 6
+    assert sum(summary["statuses"].values()) == 6
+    assert summary["statuses"].get("OK", 0) >= 1
+    assert 0.0 <= summary["accuracy"] <= 1.0
+
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+    assert counts["/sim_camera/image_raw"] >= 1 and counts["/sim_camera/truth"] >= 1
+    assert counts["/vsre/queries"] == 6
+    assert counts["/vsre/answers"] == 6
