@@ -107,7 +107,7 @@ def test_every_node_has_a_console_script_and_a_class():
         assert spec.name in NODE_PARAMS
 
 
-@pytest.mark.parametrize("yaml_path", sorted((ROOT / "config").glob("*.yaml")))
+@pytest.mark.parametrize("yaml_path", sorted(bringup.params_files().values()))
 def test_params_yaml_sets_only_declared_parameters_and_wires_topics(yaml_path):
     data = yaml.safe_load(yaml_path.read_text())
     assert set(data) == {spec.name for spec in bringup.NODES}
@@ -131,6 +131,7 @@ def test_params_yaml_sets_only_declared_parameters_and_wires_topics(yaml_path):
 
 def test_config_file_finds_presets_and_names_the_known_ones():
     assert bringup.config_file("vsre-tiny").name == "vsre-tiny.yaml"
+    assert {"vsre-tiny", "vsre-tiny-channel", "vsre-paper", "stub"} <= set(bringup.params_files())
     with pytest.raises(ValueError, match=r"no params file for preset 'nope'; known: \[.*stub"):
         bringup.config_file("nope")
 

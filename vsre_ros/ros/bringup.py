@@ -58,14 +58,23 @@ def config_dirs() -> list[Path]:
     return [d for d in (source, installed) if d.is_dir()]
 
 
+def params_files() -> dict[str, Path]:
+    """preset -> its params YAML (config/*.yaml holding ROS parameters), source checkout first."""
+    found: dict[str, Path] = {}
+    for directory in config_dirs():
+        for path in sorted(directory.glob("*.yaml")):
+            # config/ also holds other YAML (e.g. model paths); params files set ros__parameters.
+            if path.stem not in found and "ros__parameters" in path.read_text():
+                found[path.stem] = path
+    return found
+
+
 def config_file(preset: str = DEFAULT_PRESET) -> Path:
     """config/<preset>.yaml; ValueError naming the presets that have one."""
-    for directory in config_dirs():
-        path = directory / f"{preset}.yaml"
-        if path.is_file():
-            return path
-    known = sorted({p.stem for d in config_dirs() for p in d.glob("*.yaml")})
-    raise ValueError(f"no params file for preset {preset!r}; known: {known}")
+    files = params_files()
+    if preset not in files:
+        raise ValueError(f"no params file for preset {preset!r}; known: {sorted(files)}")
+    return files[preset]
 
 
 def make_launch_description(launch_file: str):
