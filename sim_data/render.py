@@ -52,6 +52,14 @@ _MATERIALS = [
 ]
 
 
+def _shadow_size(width: int, height: int) -> int:
+    """Shadow map side: about 4x the image side, a power of two; small images need little."""
+    side = 256
+    while side < 4 * max(width, height) and side < 2048:
+        side *= 2
+    return side
+
+
 def _model_xml(width: int, height: int) -> str:
     slots = []
     for k in range(MAX_OBJECTS):
@@ -70,7 +78,7 @@ def _model_xml(width: int, height: int) -> str:
   <statistic extent="2" center="0 0 0.2"/>
   <visual>
     <global offwidth="{width}" offheight="{height}" fovy="{FOVY}"/>
-    <quality shadowsize="1024"/>
+    <quality shadowsize="{_shadow_size(width, height)}"/>
     <map znear="0.01" zfar="5"/>
     <headlight ambient=".3 .3 .3" diffuse=".25 .25 .25" specular="0 0 0"/>
   </visual>
