@@ -73,6 +73,8 @@ class Category:
     build: Callable[[np.random.Generator], Shape] = field(repr=False)  # samples dimensions
     placeable_on: bool = True  # small enough to rest on another object or sit in a crate
     elongated: bool = False  # long axis in the horizontal plane (parallel/perpendicular apply)
+    weight: float = 1.0  # relative chance of being drawn (containers and supports make rare
+    # relations such as inside, on, parallel occur more often)
 
 
 def _box(rng: np.random.Generator) -> Shape:
@@ -174,16 +176,16 @@ CATEGORIES: dict[str, Category] = {
     for c in (
         Category("box", _box),
         Category("long box", _long_box, elongated=True),
-        Category("book", _book, elongated=True),
+        Category("book", _book, elongated=True, weight=1.5),
         Category("ball", _ball),
         Category("cup", _cup),
         Category("can", _can),
         Category("tube", _tube, elongated=True),
         Category("bottle", _bottle),
         Category("bat", _bat, elongated=True),
-        Category("crate", _crate, placeable_on=False),
+        Category("crate", _crate, placeable_on=False, weight=2.0),
         Category("chair", _chair, placeable_on=False),
-        Category("side table", _side_table, placeable_on=False),
+        Category("side table", _side_table, placeable_on=False, weight=1.3),
         Category("screen", _screen, placeable_on=False),
     )
 }

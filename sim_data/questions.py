@@ -51,6 +51,16 @@ CLOSER_DIFF = 0.05  # ... and at least 5 cm (distance) apart
 SIZE_RATIO, SIZE_DIFF = 1.2, 0.02  # taller/wider: at least 1.2x and 2 cm difference
 VOLUME_RATIO = 1.5  # bigger: bounding-box volume at least 1.5x
 PATH_MARGIN = 1.05  # composite: the best route at least 5% shorter than the next best
+# Relations that a scene can decide only now and then (they need a container, a support, a
+# front, two elongated objects...). They are drawn RARE_WEIGHT times as often as the rest when
+# available, so that a dataset covers them; labels stay balanced within each relation.
+RARE = frozenset({
+    "touching", "against", "on", "on top of", "inside", "in", "within", "contains",
+    "surrounding", "around", "enclosed by", "outside", "in the middle of", "at the edge of",
+    "facing", "facing away from", "ahead of", "at the back of", "parallel to",
+    "perpendicular to", "under", "beneath", "over", "above", "below", "far away from",
+})  # fmt: skip
+RARE_WEIGHT = 4.0
 CROSS_VIEW = ("left of", "right of", "in front of", "behind")  # relations asked across views
 
 
@@ -176,7 +186,7 @@ class QuestionMaker:
             if pos and neg:
                 by_rel[name] = (pos, neg)
         items = []
-        for name in self._pick(sorted(by_rel), self.cfg.relations_per_view):
+        for name in self._pick_relations(sorted(by_rel)):
             pos, neg = by_rel[name]
             for label, pool in ((True, pos), (False, neg)):
                 objs = list(pool[int(self.rng.integers(len(pool)))])
@@ -184,6 +194,15 @@ class QuestionMaker:
                 if self.cfg.heldout:
                     items.append(self._relation_item(v, name, objs, label, HELDOUT_TEMPLATES))
         return items
+
+    def _pick_relations(self, names: list[str]) -> list[str]:
+        """Up to relations_per_view names; rarely decidable relations are favoured."""
+        k = min(self.cfg.relations_per_view, len(names))
+        if k == 0:
+            return []
+        w = np.array([RARE_WEIGHT if n in RARE else 1.0 for n in names])
+        idx = self.rng.choice(len(names), size=k, replace=False, p=w / w.sum())
+        return [names[int(i)] for i in idx]
 
     def _relation_item(self, v, name, objs, label, templates: list[Template]) -> dict:
         t = templates[int(self.rng.integers(len(templates)))]

@@ -256,9 +256,9 @@ class LayoutConfig:
     max_objects: int = MAX_OBJECTS  # and at most (<= MAX_OBJECTS)
     views: int = 1  # camera views rendered per scene (2 gives multi-view questions)
     top_view_share: float = 0.3  # share of views taken from above rather than robot height
-    p_on: float = 0.15  # chance an object is stacked on another
-    p_inside: float = 0.15  # chance an object goes into a crate (when there is one)
-    p_under: float = 0.1  # chance an object goes under a side table (when there is one)
+    p_on: float = 0.35  # chance an object is stacked on another
+    p_inside: float = 0.5  # chance an object goes into an empty crate (when there is one)
+    p_under: float = 0.2  # chance an object goes under a side table (when there is one)
     p_against: float = 0.15  # chance an object is pushed against a neighbour
     p_face: float = 0.5  # chance a chair or screen is turned towards another object
     p_snap: float = 0.4  # chance an elongated object is snapped to a shared axis
@@ -268,7 +268,8 @@ def _choose_concept(rng, pool: list[tuple[str, str]], used: set[str]) -> tuple[s
     free = [c for c in pool if concept(*c) not in used]
     if not free:
         return None
-    return free[int(rng.integers(len(free)))]
+    w = np.array([CATEGORIES[c[0]].weight for c in free])
+    return free[int(rng.choice(len(free), p=w / w.sum()))]
 
 
 def _place_ground(rng, obj: SceneObject, others: list[SceneObject]) -> bool:
@@ -407,22 +408,27 @@ def sample_scene(
 
 
 def _place(rng, obj: SceneObject, objects: list[SceneObject], cfg: LayoutConfig, small: bool):
-    r = rng.uniform()
     if small and objects:
-        crates = [i for i, o in enumerate(objects) if o.shape.cavity and o.placement == "ground"]
+        holding = {o.rests_on for o in objects if o.placement == "inside"}
+        crates = [
+            i
+            for i, o in enumerate(objects)
+            if o.shape.cavity and o.placement == "ground" and i not in holding
+        ]
         tables = [i for i, o in enumerate(objects) if o.category == "side table"]
         bases = [
             i
             for i, o in enumerate(objects)
             if o.shape.support is not None and o.placement in ("ground", "against")
         ]
-        if crates and r < cfg.p_inside:
+        # Each special placement gets its own chance, in order; a failed one falls through.
+        if crates and rng.uniform() < cfg.p_inside:
             if _place_inside(rng, obj, crates[int(rng.integers(len(crates)))], objects):
                 return True
-        elif bases and r < cfg.p_inside + cfg.p_on:
+        if bases and rng.uniform() < cfg.p_on:
             if _place_on(rng, obj, bases[int(rng.integers(len(bases)))], objects):
                 return True
-        elif tables and r < cfg.p_inside + cfg.p_on + cfg.p_under:
+        if tables and rng.uniform() < cfg.p_under:
             if _place_under(rng, obj, tables[int(rng.integers(len(tables)))], objects):
                 return True
     grounded = [
