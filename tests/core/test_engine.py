@@ -52,6 +52,20 @@ def test_cached_and_recomputed_answers_agree_for_every_kind(engines, rng):
         assert math.isclose(a.probability, b.probability, abs_tol=1e-4)
 
 
+def test_packed_greedy_decoding_matches_one_by_one(engines, rng):
+    image = random_image(rng)
+    questions = ["How far is the cup?", "Describe the scene.", "Where is the box?"]
+    kinds = [AnswerKind.NUMBER, AnswerKind.FREE_TEXT, AnswerKind.FREE_TEXT]
+    queries = [Query(q, [image], k) for q, k in zip(questions, kinds, strict=True)]
+    cached, recomputed = engines
+    together = cached.answer(queries)
+    alone = [recomputed.answer([q])[0] for q in queries]
+    for a, b in zip(together, alone, strict=True):
+        assert a.text == b.text and a.status == b.status
+        assert math.isclose(a.probability, b.probability, abs_tol=1e-4)
+    assert all(a.text for a in together)
+
+
 def test_yes_no_answer_fields(engines, rng):
     answers = engines[0].answer(_queries(rng, 3))
     for ans, rel in zip(answers, RELATIONS, strict=False):

@@ -341,9 +341,18 @@ class Engine:
                     answers[slots[i]] = ans
             for i in by_kind.get(AnswerKind.CHOICE, []):
                 answers[slots[i]] = self._choice(k, queries[i])
-            for kind in (AnswerKind.NUMBER, AnswerKind.FREE_TEXT):
-                for i in by_kind.get(kind, []):
-                    answers[slots[i]] = self._generate(k, queries[i], kind)
+            gen = by_kind.get(AnswerKind.NUMBER, []) + by_kind.get(AnswerKind.FREE_TEXT, [])
+            if gen and self.config.reuse_prefix:
+                step = max(1, self.config.max_batch)
+                for start in range(0, len(gen), step):
+                    idx = gen[start : start + step]
+                    texts = self._generate_packed(k, [queries[i] for i in idx])
+                    for i, (text, conf) in zip(idx, texts, strict=True):
+                        answers[slots[i]] = _finish(text, conf, AnswerKind(queries[i].answer_kind))
+            else:
+                for i in gen:
+                    text, conf = self._generate(k, queries[i])
+                    answers[slots[i]] = _finish(text, conf, AnswerKind(queries[i].answer_kind))
 
     def _prefix(self, keys: tuple) -> _Prefix:
         cached = self._prefixes.get_fresh(keys)
@@ -395,36 +404,66 @@ class Engine:
         return torch.cat(outs)
 
     def _packed_logits(self, prefix: _Prefix, rows: list[list[int]], width: int) -> torch.Tensor:
+        cache = DynamicCache(ddp_cache_data=list(prefix.kv))
+        owners: list[int] = []
+        row_len = [0] * len(rows)
+        logits = self._packed_forward(
+            cache, len(prefix.ids), owners, list(enumerate(rows)), row_len
+        )
+        out = torch.zeros(len(rows), width, logits.shape[-1], device=logits.device)
+        flat = 0
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = logits[flat : flat + len(row)]
+            flat += len(row)
+        return out
+
+    def _packed_forward(
+        self,
+        cache: DynamicCache,
+        n_prefix: int,
+        owners: list[int],
+        rows: list[tuple[int, list[int]]],
+        row_len: list[int],
+    ) -> torch.Tensor:
+        """Run several rows' new tokens as ONE sequence after a shared cache; logits [Q, V].
+
+        Each new token sees the prefix, its own row's earlier tokens in the cache (`owners`
+        says which row each cached token after the prefix belongs to) and its own row's new
+        tokens before it, and keeps the position it would have in a separate run; so its
+        logits equal a separate run, without copying the prefix's keys and values per row.
+        """
         device = self.device
-        n_prefix = len(prefix.ids)
-        lengths = torch.tensor([len(r) for r in rows], device=device)
-        row_of = torch.repeat_interleave(torch.arange(len(rows), device=device), lengths)
-        starts = torch.cumsum(lengths, 0) - lengths
-        local = torch.arange(int(lengths.sum()), device=device) - starts[row_of]
-        same_row = row_of[:, None] == row_of[None, :]
-        causal = local[None, :] <= local[:, None]
+        new_owner = torch.tensor([i for i, toks in rows for _ in toks], device=device)
+        new_local = torch.tensor([j for _, toks in rows for j in range(len(toks))], device=device)
+        positions = torch.tensor(
+            [n_prefix + row_len[i] + j for i, toks in rows for j in range(len(toks))],
+            device=device,
+        )
+        old_owner = torch.tensor(owners, dtype=torch.long, device=device)
         allowed = torch.cat(
             [
-                torch.ones(len(local), n_prefix, dtype=torch.bool, device=device),
-                same_row & causal,
+                torch.ones(len(new_owner), n_prefix, dtype=torch.bool, device=device),
+                old_owner[None, :] == new_owner[:, None],
+                (new_owner[None, :] == new_owner[:, None])
+                & (new_local[None, :] <= new_local[:, None]),
             ],
             dim=1,
         )
         # Additive form, so eager and sdpa attention read the same mask.
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        flat = torch.tensor([t for r in rows for t in r], device=device)[None]
-        cache = DynamicCache(ddp_cache_data=list(prefix.kv))
+        flat = torch.tensor([t for _, toks in rows for t in toks], device=device)[None]
         logits = self.model.lm(
             inputs_embeds=self.model.embed(flat, None),
             attention_mask=mask[None, None],
-            position_ids=(local + n_prefix)[None],
+            position_ids=positions[None],
             past_key_values=cache,
             use_cache=True,
         ).logits[0]
-        out = torch.zeros(len(rows), width, logits.shape[-1], device=device)
-        out[row_of, local] = logits.float()
-        return out
+        owners.extend(new_owner.tolist())
+        for i, toks in rows:
+            row_len[i] += len(toks)
+        return logits.float()
 
     def _yes_no(self, keys: tuple, queries: list[Query]) -> list[Answer]:
         rows = [self.model.suffix_ids(q.question) for q in queries]
@@ -465,23 +504,52 @@ class Engine:
             probability=float(score_t.softmax(0)[best]),
         )
 
-    def _generate(self, keys: tuple, query: Query, kind: AnswerKind) -> Answer:
+    def _generate_packed(self, keys: tuple, queries: list[Query]) -> list[tuple[str, float]]:
+        """Greedy decoding of several questions at once, packed after the shared prefix."""
+        prefix = self._prefix(keys)
+        rows = [self.model.suffix_ids(q.question) for q in queries]
+        cache = DynamicCache(ddp_cache_data=list(prefix.kv))
+        owners: list[int] = []
+        row_len = [0] * len(rows)
+        logits = self._packed_forward(
+            cache, len(prefix.ids), owners, list(enumerate(rows)), row_len
+        )
+        last = {
+            i: int(pos) for i, pos in enumerate(torch.tensor([len(r) for r in rows]).cumsum(0) - 1)
+        }
+        tokens: list[list[int]] = [[] for _ in rows]
+        logps: list[list[float]] = [[] for _ in rows]
+        texts = [""] * len(rows)
+        for _ in range(self.config.max_new_tokens):
+            step_rows = []
+            for i, pos in last.items():
+                step_logp = logits[pos].log_softmax(-1)
+                token = int(step_logp.argmax())
+                if token == self.model.eos_token_id:
+                    continue
+                tokens[i].append(token)
+                logps[i].append(float(step_logp[token]))
+                texts[i] = self.model.tokenizer.decode(tokens[i], skip_special_tokens=True)
+                if "\n" in texts[i]:
+                    texts[i] = texts[i].split("\n", 1)[0]
+                    continue
+                step_rows.append((i, [token]))
+            if not step_rows:
+                break
+            logits = self._packed_forward(cache, len(prefix.ids), owners, step_rows, row_len)
+            last = {i: j for j, (i, _) in enumerate(step_rows)}
+        return [(t.strip(), _confidence(lp)) for t, lp in zip(texts, logps, strict=True)]
+
+    def _generate(self, keys: tuple, query: Query) -> tuple[str, float]:
+        """Greedy decoding of one question by recomputing its whole prompt first."""
         prefix = self._prefix(keys)
         suffix = self.model.suffix_ids(query.question)
-        if self.config.reuse_prefix:
-            cache = DynamicCache(ddp_cache_data=list(prefix.kv))
-            out = self.model.lm(
-                inputs_embeds=self.model.embed(self._tensor([suffix]), None),
-                past_key_values=cache,
-                use_cache=True,
-            )
-        else:
-            out = self.model.lm(
-                inputs_embeds=self.model.embed(
-                    self._tensor([prefix.ids + suffix]), prefix.image_embeds
-                ),
-                use_cache=True,
-            )
+        out = self.model.lm(
+            inputs_embeds=self.model.embed(
+                self._tensor([prefix.ids + suffix]), prefix.image_embeds
+            ),
+            use_cache=True,
+        )
         tokens: list[int] = []
         logps: list[float] = []
         text = ""
@@ -501,14 +569,22 @@ class Engine:
                 past_key_values=out.past_key_values,
                 use_cache=True,
             )
-        text = text.strip()
-        confidence = math.exp(sum(logps) / len(logps)) if logps else 0.0
-        if kind == AnswerKind.FREE_TEXT:
-            return Answer(text=text, probability=confidence)
-        parsed = parse_number(text)
-        if parsed is None:
-            answer = Answer.failure(Status.ERROR, f"the model's answer {text!r} has no number")
-            answer.text = text
-            return answer
-        value, unit = parsed
-        return Answer(text=text, value=value, unit=unit, probability=confidence)
+        return text.strip(), _confidence(logps)
+
+
+def _confidence(logps: list[float]) -> float:
+    """Geometric-mean probability of the generated tokens."""
+    return math.exp(sum(logps) / len(logps)) if logps else 0.0
+
+
+def _finish(text: str, confidence: float, kind: AnswerKind) -> Answer:
+    """An Answer from generated text: free text as is, numbers parsed with their unit."""
+    if kind == AnswerKind.FREE_TEXT:
+        return Answer(text=text, probability=confidence)
+    parsed = parse_number(text)
+    if parsed is None:
+        answer = Answer.failure(Status.ERROR, f"the model's answer {text!r} has no number")
+        answer.text = text
+        return answer
+    value, unit = parsed
+    return Answer(text=text, value=value, unit=unit, probability=confidence)
