@@ -126,10 +126,10 @@ def templates_by_ids(ids: Sequence[str]) -> list[Template]:
 
 
 def balance_key(item: Item) -> tuple:
-    """The stratum an item is balanced in: relation and label for yes/no relation items, task
+    """The stratum an item is balanced in: relation and label for binary items, task
     and answer for choices and short free text, task alone for numbers."""
-    if item.kind is AnswerKind.YES_NO:
-        return (item.task, item.relation, bool(item.truth))
+    if item.truth is not None:
+        return (item.task, item.relation, item.truth)
     if item.kind is AnswerKind.NUMBER:
         return (item.task,)
     return (item.task, normalize(item.answer))

@@ -87,6 +87,7 @@ class Item:
     scene_id: str = ""  # scene the item was generated from
     seed: int = 0  # generator seed
     source: str = ""  # sim | vsr | bag | expand
+    extra: dict = field(default_factory=dict)  # producer-specific fields beyond the schema
     root: str = ""  # dataset directory the relative paths are under (not in the jsonl)
 
     def __post_init__(self) -> None:
@@ -101,12 +102,20 @@ class Item:
 
     @property
     def truth(self) -> bool | None:
-        """Polarity of a yes/no item: the label if given, else the canonical answer."""
-        if self.kind is not AnswerKind.YES_NO:
-            return None
+        """Polarity of a binary item: the label if given (whatever the template's answer words),
+        else a yes/no item's canonical answer; None for other items."""
         if self.label is not None:
             return bool(self.label)
+        if self.kind is not AnswerKind.YES_NO:
+            return None
         return self.answer.strip().lower() in ("yes", "true")
+
+    @property
+    def binary(self) -> bool:
+        """Scored by polarity: a yes/no item, or a relation asked through a choice template."""
+        if self.truth is None:
+            return False
+        return self.kind is AnswerKind.YES_NO or self.template_id in ALL_TEMPLATES
 
     def image_paths(self) -> list[Path]:
         """Absolute paths of the item's images."""
@@ -115,22 +124,19 @@ class Item:
     def to_json(self) -> dict:
         data = asdict(self)
         data.pop("root")
-        return data
+        return {**data.pop("extra"), **data}
 
     @classmethod
     def from_json(cls, data: dict, root: str | Path = "") -> Item:
-        """An item from one jsonl row; unknown keys are an error so typos do not pass silently."""
-        known = {f.name for f in fields(cls)} - {"root"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"item {data.get('id', '?')!r} has unknown fields {unknown}; "
-                f"the {SCHEMA} schema knows {sorted(known)}"
-            )
+        """An item from one jsonl row; fields beyond the schema (a simulator's object list,
+        mask ids, view names) are kept in `extra` and written back by `to_json`."""
+        known = {f.name for f in fields(cls)} - {"root", "extra"}
+        extra = {k: v for k, v in data.items() if k not in known}
+        data = {k: v for k, v in data.items() if k in known}
         for required in ("id", "image"):
             if not data.get(required):
                 raise ValueError(f"item row without {required!r}: {json.dumps(data)[:200]}")
-        item = cls(**data, root=str(root))
+        item = cls(**data, extra=extra, root=str(root))
         AnswerKind.from_label(item.answer_kind)  # validates the kind early
         return item
 
@@ -276,5 +282,12 @@ ALL_TEMPLATES: dict[str, Template] = {t.id: t for t in TEMPLATES + HELDOUT_TEMPL
 
 
 def can_template(item: Item) -> bool:
-    """Whether the item is a binary relation that any instruction template can ask."""
-    return item.kind is AnswerKind.YES_NO and bool(item.subj and item.relation and item.obj)
+    """Whether the item is a binary relation that any instruction template can ask.
+
+    It needs a polarity, subject, relation and object, and a question that was itself
+    rendered through an instruction template (or none): a question with more context, such
+    as which of two images it is about, keeps its own wording.
+    """
+    if item.truth is None or not (item.subj and item.relation and item.obj):
+        return False
+    return not item.template_id or item.template_id in ALL_TEMPLATES

@@ -75,8 +75,9 @@ def _ratio(a: int, b: int) -> float | None:
 
 
 def answer_bias(rows: list[Scored]) -> dict:
-    """Yes/no bias as VLMEvalKit reports it: "yes" is the positive class, Unknown is not yes."""
-    yes_no = [r for r in rows if r.item.kind is AnswerKind.YES_NO]
+    """Yes/no bias as VLMEvalKit reports it over binary rows (yes/no questions and relations
+    asked as two-option choices): the positive answer is the positive class, Unknown is not."""
+    yes_no = [r for r in rows if r.binary]
     n = len(yes_no)
     tp = sum(1 for r in yes_no if r.verdict is True and r.item.truth)
     fp = sum(1 for r in yes_no if r.verdict is True and not r.item.truth)
@@ -104,7 +105,7 @@ def confidence(row: Scored) -> float | None:
     p = row.prediction.probability
     if p is None:
         return None
-    if row.item.kind is AnswerKind.YES_NO:
+    if row.binary:
         return max(p, 1.0 - p)
     return p
 
@@ -112,14 +113,15 @@ def confidence(row: Scored) -> float | None:
 def calibration(rows: list[Scored], n_bins: int = 10) -> dict:
     """Expected calibration error over equal-width confidence bins, and the bins themselves.
 
-    For yes/no rows with a probability the answer taken is P(yes) >= 0.5, as the engine does.
+    For binary rows the probability is P(positive) and the answer taken is P >= 0.5, as the
+    engine does.
     """
     conf, right = [], []
     for row in rows:
         c = confidence(row)
         if c is None:
             continue
-        if row.item.kind is AnswerKind.YES_NO:
+        if row.binary:
             ok = (row.prediction.probability >= 0.5) == row.item.truth
         else:
             ok = row.correct
@@ -242,14 +244,14 @@ class PriorModel:
             if item.kind is not AnswerKind.NUMBER and table.get(k):
                 # Ties go to the alphabetically first answer, so the baseline is deterministic.
                 best = min(table[k].items(), key=lambda kv: (-kv[1], kv[0]))[0]
-                if item.kind is AnswerKind.YES_NO:
+                if item.binary:
                     best = answer_words(item.template_id)[best == "no"]
                 return Prediction(item.id, best, item.template_id)
         return Prediction(item.id, "", item.template_id)
 
 
 def _canonical(item: Item) -> str:
-    if item.kind is AnswerKind.YES_NO:
+    if item.binary:
         return "yes" if item.truth else "no"
     return normalize(item.answer)
 

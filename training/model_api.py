@@ -214,7 +214,7 @@ def query_for(example: Example, images: list[np.ndarray]) -> Query:
 def prediction_from(example: Example, answer: Any) -> Prediction:
     """An engine Answer in the evaluator's form, worded in the question's own answer words."""
     value = answer.value if math.isfinite(answer.value) else None
-    template = ALL_TEMPLATES.get(example.template_id)
+    template = ALL_TEMPLATES.get(example.template_id or example.item.template_id)
     text, probability = answer.text, answer.probability
     if example.truth is not None and template is not None:
         if example.kind is AnswerKind.CHOICE:

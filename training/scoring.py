@@ -117,9 +117,10 @@ class Scored:
     template_id: str  # template actually used
     correct: bool  # whether the answer is right under the kind's rule
     answer: str  # the prediction normalised for comparisons (consistency): "yes", "no", ...
-    verdict: bool | None = None  # yes/no: parsed polarity, None for Unknown
+    verdict: bool | None = None  # binary: parsed polarity, None for Unknown
     value: float | None = None  # number: parsed value
     mra: float | None = None  # number: mean relative accuracy
+    binary: bool = False  # scored by polarity (yes/no, or a relation as a two-option choice)
 
 
 def choice_answer(text: str, options: list[str]) -> str:
@@ -136,13 +137,16 @@ def score(item: Item, prediction: Prediction) -> Scored:
     """Score one prediction under the rule of the item's answer kind."""
     template_id = prediction.template_id or item.template_id
     kind = item.kind
-    if kind is AnswerKind.YES_NO:
+    if item.truth is not None and (item.binary or template_id in ALL_TEMPLATES):
+        # A binary item (yes/no, or a relation asked as a two-option choice): scored by
+        # polarity, in the answer words of the template it was asked through.
         yes, no = answer_words(template_id)
         verdict = parse_yes_no(prediction.text, yes, no) if prediction.text.strip() else None
         if verdict is None and not prediction.text.strip() and prediction.probability is not None:
             verdict = prediction.probability >= 0.5
         answer = {True: "yes", False: "no", None: "unknown"}[verdict]
-        return Scored(item, prediction, template_id, verdict == item.truth, answer, verdict)
+        correct = verdict == item.truth
+        return Scored(item, prediction, template_id, correct, answer, verdict, binary=True)
     if kind is AnswerKind.NUMBER:
         value = prediction.value if prediction.value is not None else parse_number(prediction.text)
         truth = item.value if item.value is not None else parse_number(item.answer)

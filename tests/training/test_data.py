@@ -16,7 +16,7 @@ from vsre_ros.training.data import (
     target_text,
     templates_by_ids,
 )
-from vsre_ros.training.items import Item, load_items, read_vsr, split_caption
+from vsre_ros.training.items import Item, load_items, read_vsr, split_caption, write_items
 
 from vsre_ros.core.answers import AnswerKind
 from vsre_ros.core.templates import TEMPLATES
@@ -36,11 +36,25 @@ def test_vsre_reader_names_the_splits_it_has(colour_dataset):
         load_items(colour_dataset, "val")
 
 
-def test_vsre_reader_refuses_unknown_fields(colour_dataset):
+def test_vsre_reader_keeps_fields_beyond_the_schema(colour_dataset, tmp_path):
+    with open(colour_dataset / "extra.jsonl", "w") as handle:
+        handle.write(json.dumps({"id": "x", "image": "a.png", "mask_ids": [3, 4]}) + "\n")
+    (item,) = load_items(colour_dataset, "extra")
+    assert item.extra == {"mask_ids": [3, 4]}
+    write_items(tmp_path / "out.jsonl", [item])
+    assert json.loads((tmp_path / "out.jsonl").read_text())["mask_ids"] == [3, 4]
+
+
+def test_vsre_reader_says_which_line_is_bad(colour_dataset):
     with open(colour_dataset / "bad.jsonl", "w") as handle:
-        handle.write(json.dumps({"id": "x", "image": "a.png", "colour": "red"}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: .*unknown fields \['colour'\]"):
+        handle.write(json.dumps({"id": "x", "image": "a.png"}) + "\n")
+        handle.write(json.dumps({"image": "b.png"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: item row without 'id'"):
         load_items(colour_dataset, "bad")
+    with open(colour_dataset / "kind.jsonl", "w") as handle:
+        handle.write(json.dumps({"id": "x", "image": "a.png", "answer_kind": "essay"}) + "\n")
+    with pytest.raises(ValueError, match=r"kind.jsonl:1: unknown answer kind 'essay'"):
+        load_items(colour_dataset, "kind")
 
 
 def test_unknown_format_names_the_known_ones(colour_dataset):
@@ -180,3 +194,10 @@ def test_image_cache_decodes_each_file_once(tmp_path):
     assert other.decodes == 1
     with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
         cache.get(tmp_path / "missing.png")
+
+
+def test_questions_with_more_context_than_a_template_are_not_reworded():
+    item = relation_item()
+    item.template_id = "mi1"  # a multi-image question: "In the second image, is ..."
+    example = TemplateSampler(seed=0).example(item, 0, 0)
+    assert example.question == item.question and example.template_id == ""

@@ -34,9 +34,7 @@ def rel(item_id, label, relation="left of", subj="cup", obj="box", image=None, *
         relation=relation,
         subj=subj,
         obj=obj,
-        answer="yes" if label else "no",
-        answer_kind="yes_no",
-        **kw,
+        **{"answer": "yes" if label else "no", "answer_kind": "yes_no", **kw},
     )
 
 
@@ -226,3 +224,13 @@ def test_full_report_excludes_overlap_and_writes_files(tmp_path):
 def test_predictions_for_unknown_items_are_refused():
     with pytest.raises(ValueError, match="name items not in the data"):
         evaluate_predictions([rel("a", 1)], [Prediction("zz", "yes")])
+
+
+def test_relation_asked_as_a_choice_is_scored_by_polarity():
+    item = rel("c", 1, answer_kind="choice", options=["A", "B"], answer="A", template_id="t45")
+    assert score(item, Prediction("c", "A")).correct
+    assert score(item, Prediction("c", "B")).verdict is False
+    # Re-asked through a yes/no template, the same item is scored in that template's words.
+    assert score(item, Prediction("c", "yes", template_id="t00")).correct
+    rows = [score(item, Prediction("c", "A")), score(rel("y", 0), Prediction("y", "yes"))]
+    assert answer_bias(rows)["n"] == 2
