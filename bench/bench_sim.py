@@ -68,8 +68,8 @@ def breakdown(width: int, height: int, scenes: int) -> dict[str, float]:
     return {k: 1e3 * statistics.median(v) for k, v in stages.items()}
 
 
-def full_run(width: int, height: int, scenes: int, workers: int) -> tuple[float, float, float]:
-    """(scenes/s, items/s, items per scene) of `generate` into a temporary directory.
+def full_run(width: int, height: int, scenes: int, workers: int) -> tuple[float, ...]:
+    """(scenes/s, items/s, items per scene, scenes/s including start-up) of `generate`.
 
     Two runs of different sizes; the rate is their difference over the time difference, so the
     one-off start (worker processes, imports, model compile, GL context) cancels out.
@@ -84,7 +84,8 @@ def full_run(width: int, height: int, scenes: int, workers: int) -> tuple[float,
     (t_a, c_a), (t_b, c_b) = runs
     dt = max(1e-9, t_b - t_a)
     per = c_b["items"] / c_b["scenes"]
-    return (c_b["scenes"] - c_a["scenes"]) / dt, (c_b["items"] - c_a["items"]) / dt, per
+    steady = (c_b["scenes"] - c_a["scenes"]) / dt, (c_b["items"] - c_a["items"]) / dt
+    return (*steady, per, c_b["scenes"] / t_b)
 
 
 def recompile_cost(width: int, height: int, reps: int = 5) -> float:
@@ -107,7 +108,7 @@ def recompile_cost(width: int, height: int, reps: int = 5) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenes", type=int, default=120, help="scenes per full run")
+    parser.add_argument("--scenes", type=int, default=240, help="scenes per full run")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--breakdown-scenes", type=int, default=30)
     args = parser.parse_args()
@@ -116,14 +117,15 @@ def main() -> None:
         "machine lowers these figures)"
     )
     print(
-        f"{'size':>9} | {'scenes/s':>8} {'items/s':>8} {'items/scene':>11} | per scene, one "
-        "process (median ms): layout render (without amodal passes) questions encode"
+        f"{'size':>9} | {'scenes/s':>8} {'items/s':>8} {'items/scene':>11} {'w/ start':>8} |"
+        " per scene, one process (median ms): layout render (without amodal passes) questions"
+        " encode"
     )
     for w, h in SIZES:
-        sps, ips, per = full_run(w, h, args.scenes, args.workers)
+        sps, ips, per, total = full_run(w, h, args.scenes, args.workers)
         b = breakdown(w, h, args.breakdown_scenes)
         print(
-            f"{w:>4}x{h:<4} | {sps:8.1f} {ips:8.0f} {per:11.1f} | "
+            f"{w:>4}x{h:<4} | {sps:8.1f} {ips:8.0f} {per:11.1f} {total:8.1f} | "
             f"{b['layout']:6.1f} {b['render']:6.1f} ({b['no_amodal']:5.1f})"
             f" {b['questions']:9.1f} {b['encode']:6.1f}"
         )
