@@ -66,6 +66,22 @@ def test_packed_greedy_decoding_matches_one_by_one(engines, rng):
     assert all(a.text for a in together)
 
 
+def test_a_training_model_keeps_its_mode(rng):
+    model = VSREModel(small_config())
+    model.freeze(2)  # LoRA dropout makes train mode random once the adapter is non-zero
+    with torch.no_grad():
+        for name, p in model.lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    model.train()
+    engine = Engine(model)
+    q = _queries(rng, 2)
+    first = [a.probability for a in engine.answer(q)]
+    engine.clear_cache()
+    assert [a.probability for a in engine.answer(q)] == first
+    assert model.training
+
+
 def test_yes_no_answer_fields(engines, rng):
     answers = engines[0].answer(_queries(rng, 3))
     for ans, rel in zip(answers, RELATIONS, strict=False):

@@ -15,13 +15,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,7 @@ class Engine:
     def load(self, model_ref: VSREModel | str | Path, adapter: str | Path | None = None) -> None:
         """Switch to another model (object, directory or preset id), optionally with LoRA."""
         model = load_model(model_ref)
-        model.to(device=self.device, dtype=self.dtype).eval()
+        model.to(device=self.device, dtype=self.dtype)
         with self._run_lock:
             self.model = model
             self._adapter = ""
@@ -147,7 +148,7 @@ class Engine:
         """Load a LoRA adapter onto the current model (replacing any adapter it had)."""
         with self._run_lock:
             self.model.load_adapter(directory)
-            self.model.to(device=self.device, dtype=self.dtype).eval()
+            self.model.to(device=self.device, dtype=self.dtype)
             self._adapter = Path(directory).name
             self._reset_model_state()
 
@@ -193,7 +194,7 @@ class Engine:
 
     def next_token_logits(self, queries: Sequence[Query]) -> torch.Tensor:
         """Logits [n, vocab] for the first answer token of valid queries (checks and benches)."""
-        with self._run_lock, torch.inference_mode():
+        with self._run_lock, _eval_mode(self.model), torch.inference_mode():
             keys = [self._image_keys(q) for q in queries]
             self._encode_missing(queries, keys)
             rows = []
@@ -216,7 +217,7 @@ class Engine:
         if valid:
             start = time.perf_counter()
             try:
-                with torch.inference_mode():
+                with _eval_mode(self.model), torch.inference_mode():
                     self._answer_valid([queries[i] for i in valid], answers, valid)
             except Exception as err:  # a model failure must become an answer, not a crash
                 log.exception("engine failed")
@@ -363,7 +364,8 @@ class Engine:
         prefix = _Prefix(kv=[], ids=ids, image_embeds=image_embeds)
         if self.config.reuse_prefix:
             embeds = self.model.embed(self._tensor([ids]), image_embeds)
-            out = self.model.lm(inputs_embeds=embeds, use_cache=True)
+            # Only the cache is needed from the prefix, so skip all but one row of logits.
+            out = self.model.lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
             prefix.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         self._prefixes.put(keys, prefix)
         return prefix
@@ -570,6 +572,17 @@ class Engine:
                 use_cache=True,
             )
         return text.strip(), _confidence(logps)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for answering; a model shared with a training loop keeps its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _confidence(logps: list[float]) -> float:
