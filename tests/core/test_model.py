@@ -115,6 +115,18 @@ def test_training_forward_returns_answer_loss_and_gradients(tiny_model, rng):
     assert torch.allclose(model(**{**batch, "labels": labels}).loss, out.loss)
 
 
+def test_eager_attention_returns_maps_for_attention_targets(rng):
+    cfg = small_config()
+    cfg.lm.attn_implementation = "eager"
+    model = VSREModel(cfg)
+    batch = model.build_batch([_example(rng)])
+    out = model(batch["input_ids"], batch["pixel_values"], output_attentions=True)
+    length = batch["input_ids"].shape[1]
+    assert len(out.attentions) == model.lm.config.num_hidden_layers
+    assert out.attentions[0].shape == (1, model.lm.config.num_attention_heads, length, length)
+    assert torch.allclose(out.attentions[0].sum(-1), torch.ones(1), atol=1e-4)
+
+
 def test_multi_image_prompt_depends_on_image_order(tiny_model, rng):
     a, b = random_image(rng), random_image(rng)
     first = tiny_model.build_batch([{"images": [a, b], "question": "Same?", "answer": "no"}])
