@@ -249,41 +249,57 @@ def source_boxes():
     return {"red cup": CUP, "blue box": BOX}
 
 
-def write_sim_source(root: Path) -> Path:
-    """Two simulated scenes in the vsre format, rendered here with sim_data at 64x64."""
+def _decided_scenes(sim, relation: str):
+    """Yield (scene, render, label) for seeds where `relation` between objects 0 and 1 is
+    decided and both are well visible; the first True and the first False are used."""
     from vsre_ros.sim_data.relations import Facts, decide
-    from vsre_ros.sim_data.render import Simulator
     from vsre_ros.sim_data.scene import LayoutConfig, sample_scene
+
+    for seed in range(200):
+        layout = LayoutConfig(min_objects=2, max_objects=3)
+        scene = sample_scene(np.random.default_rng(seed), f"{seed}-0", config=layout)
+        sim.load(scene)
+        view = sim.render(scene.views[0])
+        if min(o["visible_fraction"] for o in view.objects[:2]) < 0.6:
+            continue
+        cams = np.array([o["center_cam"] for o in view.objects])
+        label = decide(Facts(scene, sim.gaps(), cams), relation, 0, 1)
+        if label is not None:
+            yield scene, view, int(label)
+
+
+def write_sim_source(root: Path) -> Path:
+    """Simulated scenes in the vsre format, rendered here with sim_data at 64x64: one where
+    "left of" holds, one where it does not, and one item whose relation the sim cannot decide."""
+    from vsre_ros.sim_data.render import Simulator
 
     for sub in ("images", "masks", "depth", "scenes"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     items = []
     with Simulator(64, 64) as sim:
-        for seed, relation in ((0, "left of"), (5, "left of"), (5, "with")):
-            layout = LayoutConfig(min_objects=2, max_objects=3)
-            scene = sample_scene(np.random.default_rng(seed), f"{seed}-0", config=layout)
-            sim.load(scene)
-            view = sim.render(scene.views[0])
-            name = f"s{seed}"
+        chosen = {}
+        for scene, view, label in _decided_scenes(sim, "left of"):
+            chosen.setdefault(label, (scene, view))
+            if len(chosen) == 2:
+                break
+        for label, (scene, view) in sorted(chosen.items()):
+            name = f"s{label}"
             Image.fromarray(view.rgb).save(root / "images" / f"{name}.png")
             Image.fromarray(view.seg.astype(np.uint8)).save(root / "masks" / f"{name}.png")
             np.save(root / "depth" / f"{name}.npy", view.depth)
             (root / "scenes" / f"{scene.scene_id}.json").write_text(json.dumps(scene.to_dict()))
             subj, obj = scene.objects[0].name, scene.objects[1].name
-            if relation == "with":
-                label = 1
-            else:
-                cams = np.array([o["center_cam"] for o in view.objects])
-                label = int(decide(Facts(scene, sim.gaps(), cams), relation, 0, 1))
-            item = _item(f"{name}-{relation}", relation, label, subj=subj, obj=obj)
-            item.update(
-                image=f"images/{name}.png",
-                images=[f"images/{name}.png"],
-                depth=[f"depth/{name}.npy"],
-                masks=[f"masks/{name}.png"],
-                scene_id=scene.scene_id,
-            )
-            items.append(item)
+            asks = [("left of", label)] + ([("with", 1)] if label == 0 else [])
+            for relation, truth in asks:
+                item = _item(f"{name}-{relation}", relation, truth, subj=subj, obj=obj)
+                item.update(
+                    image=f"images/{name}.png",
+                    images=[f"images/{name}.png"],
+                    depth=[f"depth/{name}.npy"],
+                    masks=[f"masks/{name}.png"],
+                    scene_id=scene.scene_id,
+                )
+                items.append(item)
     with open(root / "random_train.jsonl", "w") as handle:
         for item in items:
             handle.write(json.dumps(item) + "\n")

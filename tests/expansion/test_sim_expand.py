@@ -47,7 +47,7 @@ def test_sim_variants_differ_from_the_source_and_swap_the_subject(sim_source, tm
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     swaps = [row["swapped"] for row in manifest if row["swapped"]]
     assert swaps and all(old != new for old, new in swaps)
-    source = np.asarray(Image.open(sim_source / "images" / "s0.png"))
+    source = np.asarray(Image.open(sim_source / "images" / "s1.png"))
     for item in read_vsre(out, "train"):
-        if item.id.startswith("s0-"):
+        if item.id.startswith("s1-"):
             assert not np.array_equal(np.asarray(Image.open(item.image_paths()[0])), source)
