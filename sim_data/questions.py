@@ -108,6 +108,7 @@ def base_item(scene: Scene, seed: int, task: str, images: list[str]) -> dict:
         "source": "sim",
         "objects": [],  # names of the objects involved, subject first
         "mask_ids": [],  # their mask values (object index + 1), parallel to objects
+        "boxes": [],  # their 2D boxes [x0, y0, x1, y1) in the (first) image, parallel to objects
         "view": 0,  # index of the view the (first) image shows
     }
 
@@ -155,8 +156,13 @@ class QuestionMaker:
         it["view"] = v
         it["objects"] = [self.names[k] for k in objs]
         it["mask_ids"] = [k + 1 for k in objs]
+        it["boxes"] = self._boxes(v, objs)
         it.update(fields)
         return it
+
+    def _boxes(self, v: int, objs: list[int]) -> list:
+        """2D boxes [x0, y0, x1, y1) of the objects in image v (None where not visible)."""
+        return [self.renders[v].objects[k]["bbox"] for k in objs]
 
     # -- VSR relations ---------------------------------------------------------------------
     def relation_items(self, v: int) -> list[dict]:
@@ -535,6 +541,7 @@ class QuestionMaker:
         it.update(
             objects=[self.names[k] for k in objs],
             mask_ids=[k + 1 for k in objs],
+            boxes=self._boxes(before, objs),
             question=t.render(options=", ".join(names)),
             answer=answer,
             answer_kind="choice",
@@ -549,6 +556,7 @@ class QuestionMaker:
         it = base_item(self.scene, self.seed, "multi_image", self.images[:2])
         it["objects"] = [self.names[k] for k in objs]
         it["mask_ids"] = [k + 1 for k in objs]
+        it["boxes"] = self._boxes(0, objs)
         it["frame"] = "camera"
         it.update(fields)
         return it

@@ -174,3 +174,20 @@ def test_bad_arguments_are_refused(tmp_path):
         generate(tmp_path, 0, GenConfig())
     with pytest.raises(ValueError, match="no split"):
         read_items(tmp_path, "nope")
+
+
+def test_item_boxes_and_mask_ids_match_the_mask_files(datasets):
+    from PIL import Image
+
+    root = datasets["a"]
+    checked = 0
+    for it in _all_items(root)[:60]:
+        mask = np.asarray(Image.open(root / it["masks"][0]))
+        for mask_id, box in zip(it["mask_ids"], it["boxes"], strict=True):
+            ys, xs = np.nonzero(mask == mask_id)
+            if box is None:
+                assert xs.size == 0
+                continue
+            assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == box
+            checked += 1
+    assert checked > 0
