@@ -49,6 +49,17 @@ def test_answer_words_are_single_tokens_and_digits_are_split():
     assert len(digits) == 4
 
 
+def test_tokenizer_corpus_file_joins_the_training_text(tmp_path):
+    corpus = tmp_path / "questions.txt"
+    corpus.write_text("Is the xylophonequux left of the box?\n" * 200)
+    model = VSREModel(small_config(tokenizer_corpus=str(corpus)))
+    plain = train_bpe(1024)
+    word = " xylophonequux"
+    assert len(model.tokenizer.encode(word, add_special_tokens=False)) < len(plain.encode(word))
+    with pytest.raises(FileNotFoundError, match="tokenizer_corpus .*absent"):
+        VSREModel(small_config(tokenizer_corpus=str(tmp_path / "absent")))
+
+
 def test_tokenizer_never_produces_unknown_tokens():
     tok = train_bpe(1024)
     text = "Zwölf Boxen 📦 sind größer als ÿ\t\x00 ∑"

@@ -69,6 +69,7 @@ class ModelConfig:
     lm: LMConfig = field(default_factory=LMConfig)  # the language model
     tokenizer: str = "bpe"  # "bpe": local byte-level BPE; "lm": the LM directory's tokenizer
     tokenizer_vocab: int = 1024  # vocabulary size of the local BPE tokenizer
+    tokenizer_corpus: str = ""  # optional text file (one text a line) added to the BPE corpus
     prompt: str = "vsre"  # prompt format registry id (see prompts.py)
     lora: LoraSettings = field(default_factory=LoraSettings)  # stage-2 LoRA settings
     source_llava: str = ""  # LLaVA checkpoint whose CLIP tower, projector and LM are reused

@@ -139,7 +139,13 @@ class VSREModel(nn.Module):
 
     def _make_tokenizer(self, llava: nn.Module | None) -> PreTrainedTokenizerBase:
         if self.config.tokenizer == "bpe":
-            return train_bpe(self.config.tokenizer_vocab)
+            extra: list[str] = []
+            if self.config.tokenizer_corpus:
+                corpus = Path(self.config.tokenizer_corpus)
+                if not corpus.is_file():
+                    raise FileNotFoundError(f"tokenizer_corpus {corpus} does not exist")
+                extra = corpus.read_text(encoding="utf-8").splitlines()
+            return train_bpe(self.config.tokenizer_vocab, extra)
         if self.config.tokenizer == "lm":
             path = self.config.source_llava or self.config.lm.path
             if not path:
@@ -181,6 +187,7 @@ class VSREModel(nn.Module):
         cfg.lm.hf_config = lm_hf_config(base)
         cfg.lm.path = ""
         cfg.tokenizer = "saved"
+        cfg.tokenizer_corpus = ""
         cfg.source_llava = ""
         return cfg
 

@@ -22,13 +22,26 @@ ANSWER_WORDS = [
     "m", "cm", "mm", "meters", "metres", "degrees",
     "left", "right", "above", "below", "top", "bottom", "front", "behind", "center",
     "centre", "middle", "up", "down", "near", "far", "closer", "farther", "taller",
-    "shorter", "bigger", "smaller", "none",
+    "shorter", "bigger", "smaller", "wider", "none", "first", "second", "third",
 ]  # fmt: skip
+# VSR's relation names, so relation words in questions merge into few tokens.
+VSR_RELATIONS = (
+    "adjacent to, alongside, at the side of, at the right side of, at the left side of, "
+    "attached to, at the back of, ahead of, against, at the edge of, off, past, toward, down, "
+    "deep down, up, away from, along, around, from, into, to, across, across from, through, "
+    "down from, facing, facing away from, parallel to, perpendicular to, on top of, beneath, "
+    "beside, behind, left of, right of, under, in front of, below, above, over, in the middle "
+    "of, by, close to, near, far from, far away from, connected to, detached from, has as a "
+    "part, part of, contains, within, at, on, in, with, surrounding, among, consists of, out "
+    "of, between, inside, outside, touching, beyond, next to, opposite to, after, enclosed by"
+)
 EXTRA_TEXT = [
     "USER: ASSISTANT: Image 1: Image 2: Image 3: Image 4:",
     "How far is the box from the chair? Which object is closer to the camera?",
     "Where is the red cup in the image? top left, top right, bottom left, bottom right.",
     "What is the distance between them in meters? 0.25 m 1.5 m 3 cm",
+    VSR_RELATIONS,
+    "red green blue yellow orange purple pink brown black white gray grey cyan",
 ]
 
 
