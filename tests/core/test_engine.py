@@ -262,3 +262,35 @@ def test_parse_yes_no_follows_vlmevalkit():
     assert parse_yes_no("False") is False
     assert parse_yes_no("yes and no") is None
     assert parse_yes_no("maybe") is None
+
+
+def test_verdict_is_read_after_a_shared_leading_space_token(rng):
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "<image>", " ", "yes", "no", "true", "false"]
+    words += ["USER:", "ASSISTANT:", "\n", "Is", "it", "left?"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    # Spaces and newlines become tokens of their own, like a sentencepiece "▁" piece.
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r" |\n"), behavior="isolated")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=["<image>"],
+    )
+    model = VSREModel(small_config(tokenizer="lm"), tokenizer=tok).eval()
+    engine = Engine(model)
+    space = tok.convert_tokens_to_ids(" ")
+    assert engine._verdict_lead == [space]
+    image = random_image(rng)
+    (ans,) = engine.answer([Query("Is it left?", [image])])
+    ids = model.prefix_ids(1) + model.suffix_ids("Is it left?") + [space]
+    with torch.no_grad():
+        pixels = model.preprocess([image])
+        logits = model(torch.tensor([ids]), pixels).logits[0, -1].softmax(-1)
+    yes = logits[[tok.convert_tokens_to_ids(w) for w in ("yes", "true")]].sum()
+    no = logits[[tok.convert_tokens_to_ids(w) for w in ("no", "false")]].sum()
+    assert math.isclose(ans.probability, float(yes / (yes + no)), abs_tol=1e-5)

@@ -160,17 +160,30 @@ class Engine:
     def _reset_model_state(self) -> None:
         self._features.clear()
         self._prefixes.clear()
-        words = self.model.tokenizer
-        self._yes_ids = self._first_tokens(self.config.yes_words)
-        self._no_ids = self._first_tokens(self.config.no_words)
+        words = list(self.config.yes_words) + list(self.config.no_words)
+        encoded = {w: self.model.answer_ids(w, eos=False) for w in words}
+        # Some tokenizers (sentencepiece) start every answer with the same space token; it is
+        # fed after the question, and the verdict is read at the first token that differs.
+        lead: list[int] = []
+        for column in zip(*encoded.values(), strict=False):
+            if len(set(column)) > 1:
+                break
+            lead.append(column[0])
+        if any(len(ids) <= len(lead) for ids in encoded.values()):
+            raise ValueError(f"the answer words {words} do not differ in any token")
+        self._verdict_lead = lead
+        self._yes_ids = sorted({encoded[w][len(lead)] for w in self.config.yes_words})
+        self._no_ids = sorted({encoded[w][len(lead)] for w in self.config.no_words})
         overlap = set(self._yes_ids) & set(self._no_ids)
         if overlap:
+            decode = self.model.tokenizer.decode
             raise ValueError(
-                f"yes and no words share first tokens {[words.decode([i]) for i in overlap]}"
+                f"yes and no words share first tokens {[decode([i]) for i in overlap]}"
             )
 
-    def _first_tokens(self, words: Sequence[str]) -> list[int]:
-        return sorted({self.model.answer_ids(w, eos=False)[0] for w in words})
+    def _verdict_row(self, question: str) -> list[int]:
+        """Token ids after which the next token is the yes/no verdict."""
+        return self.model.suffix_ids(question) + self._verdict_lead
 
     # ----------------------------------------------------------------------------- answers
 
@@ -199,7 +212,7 @@ class Engine:
             self._encode_missing(queries, keys)
             rows = []
             for q, k in zip(queries, keys, strict=True):
-                logits = self._run_rows(k, [self.model.suffix_ids(q.question)])
+                logits = self._run_rows(k, [self._verdict_row(q.question)])
                 rows.append(logits[0, -1])
             return torch.stack(rows).float()
 
@@ -468,7 +481,7 @@ class Engine:
         return logits.float()
 
     def _yes_no(self, keys: tuple, queries: list[Query]) -> list[Answer]:
-        rows = [self.model.suffix_ids(q.question) for q in queries]
+        rows = [self._verdict_row(q.question) for q in queries]
         logits = self._run_rows(keys, rows)
         last = torch.tensor([len(r) - 1 for r in rows], device=logits.device)
         final = logits[torch.arange(len(rows), device=logits.device), last]
