@@ -18,9 +18,9 @@ from vsre_ros.core.templates import HELDOUT_TEMPLATES, TEMPLATES, Template
 
 from .data import Example, ask, templates_by_ids
 from .items import READERS, Item, can_template, load_items
-from .metrics import evaluate_predictions
+from .metrics import accuracy_by, evaluate_predictions
 from .report import write_report
-from .scoring import Prediction, read_predictions, write_predictions
+from .scoring import Prediction, read_predictions, score, write_predictions
 
 # --templates choice -> templates every relation item is asked through (None: its own question)
 TEMPLATE_SETS: dict[str, list[Template] | None] = {
@@ -54,12 +54,30 @@ def build_examples(items: Sequence[Item], templates: list[Template] | None) -> l
 
 
 def predict(
-    model: str, examples: Sequence[Example], batch_size: int = 32, device: str = "cpu"
+    model: str,
+    examples: Sequence[Example],
+    batch_size: int = 32,
+    device: str = "cpu",
+    blank_images: bool = False,
 ) -> list[Prediction]:
     """Answers of a model (checkpoint directory or preset id) to the examples, via the engine."""
     from .model_api import answer_examples
 
-    return answer_examples(model, examples, batch_size=batch_size, device=device)
+    return answer_examples(
+        model, examples, batch_size=batch_size, device=device, blank_images=blank_images
+    )
+
+
+def blind_row(items: Sequence[Item], predictions: list[Prediction]) -> dict:
+    """The baseline row of the model answering with blank images."""
+    by_id = {item.id: item for item in items}
+    rows = [score(by_id[p.item_id], p) for p in predictions]
+    n = len(rows)
+    return {
+        "n": n,
+        "accuracy": sum(r.correct for r in rows) / n if n else None,
+        "by_task": accuracy_by(rows, "task"),
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +111,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N items")
     parser.add_argument("--bins", type=int, default=10, help="calibration bins (10)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--blind",
+        action="store_true",
+        help="add a baseline row: the same model answering with blank (grey) images",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
             examples = build_examples(items, resolve_templates(args.templates))
             predictions = predict(args.model, examples, args.batch_size, args.device)
             write_predictions(out / "predictions.jsonl", predictions)
+            if args.blind:
+                blind = predict(args.model, examples, args.batch_size, args.device, True)
         report = evaluate_predictions(
             items,
             predictions,
@@ -124,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
             overlap_by_content=args.overlap_by_content,
             n_bins=args.bins,
         )
+        if args.blind and not args.predictions:
+            excluded = set(report["overlap"]["items"]) if args.exclude_overlap else set()
+            kept = [p for p in blind if p.item_id not in excluded]
+            report["baselines"]["blind_model"] = blind_row(items, kept)
     except (FileNotFoundError, ValueError) as err:
         print(f"vsre evaluate: {err}", file=sys.stderr)
         return 2

@@ -235,8 +235,13 @@ def answer_examples(
     batch_size: int = 32,
     device: str = "cpu",
     progress: bool = True,
+    blank_images: bool = False,
 ) -> list[Prediction]:
-    """Predictions of a model (object, directory or preset id) through the engine."""
+    """Predictions of a model (object, directory or preset id) through the engine.
+
+    `blank_images` replaces every image by a mid-grey one of the same size: the model then
+    answers from the text alone (the "blind model" baseline).
+    """
     from tqdm import tqdm
 
     from vsre_ros.core.config import EngineConfig
@@ -254,6 +259,8 @@ def answer_examples(
             for path in ex.item.image_paths():
                 if path not in images:
                     images[path] = load_rgb(path)
+                    if blank_images:
+                        images[path] = np.full_like(images[path], 128)
                 pics.append(images[path])
             queries.append(query_for(ex, pics))
         for ex, answer in zip(chunk, engine.answer(queries), strict=True):

@@ -162,7 +162,9 @@ def test_task_weights_mix_tasks_and_name_unknown_tasks():
     items = skewed_items()
     order = epoch_order(items, 0, task_weights={"relation": 1.0}, length=200)
     assert {items[i].task for i in order} == {"relation"}
-    with pytest.raises(ValueError, match=r"tasks \['metric'\] not in the data"):
+    order = epoch_order(items, 0, task_weights={"distance": 1.0, "metric": 5.0}, length=50)
+    assert {items[i].task for i in order} == {"distance"}
+    with pytest.raises(ValueError, match=r"give no weight to the data's tasks"):
         epoch_order(items, 0, task_weights={"metric": 1.0})
 
 

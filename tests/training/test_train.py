@@ -91,14 +91,22 @@ def test_tiny_run_lowers_loss_and_raises_accuracy(colour_dataset, tmp_path):
     # The evaluator takes the trained model straight from the run directory.
     from vsre_ros.cli import main
 
-    out = tmp_path / "eval"
-    code = main(["evaluate", "--model", str(stage_dir / "final"), "--data", str(colour_dataset),
-                 "--split", "test", "--templates", "t00,t20,t36", "--out", str(out),
-                 "--no-plots", "--batch-size", "16"])  # fmt: skip
-    assert code == 0
-    report = json.loads((out / "report.json").read_text())
+    def evaluate(out, *extra):
+        code = main(["evaluate", "--model", str(stage_dir / "final"), "--data",
+                     str(colour_dataset), "--split", "test", "--out", str(out), "--no-plots",
+                     "--batch-size", "16", *extra])  # fmt: skip
+        assert code == 0
+        return json.loads((out / "report.json").read_text())
+
+    report = evaluate(tmp_path / "own", "--blind")
+    blind = report["baselines"]["blind_model"]
+    assert blind["n"] == len(test_items)
+    # The model answers from the image: blank images take it back to a constant answer.
+    assert report["accuracy"] >= 0.9 and blind["accuracy"] <= 0.6
+    report = evaluate(tmp_path / "templated", "--templates", "t00,t20,t36")
     assert report["n_predictions"] == 3 * len(test_items)
     assert set(report["by"]["template"]) == {"t00", "t20", "t36"}
+    assert report["consistency"]["n_items"] == len(test_items)
 
 
 def test_stage_trainable_sets_are_exactly_as_specified():

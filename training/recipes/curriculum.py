@@ -1,0 +1,210 @@
+"""The default model's curriculum: stages of `StageConfig` trained with the recipe's extra losses.
+
+Stage data, template draws and batch order are the trainer's own (`training.train`'s
+`stage_items`, `stage_sampler`, `step_examples`: a pure function of seed and step); this loop
+adds what the generic trainer has no inputs for: dense patch targets and attention targets
+computed from each batch's items (`targets.batch_targets`), with a small training-only head.
+One optimizer runs across the stages, so a later stage continues rather than restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import StageConfig
+from ..items import Item
+from ..model_api import MODEL_INPUTS, build_model, collate, first_token_correct, freeze
+from ..model_api import image_cache as make_cache
+from ..train import plot_curves, stage_items, stage_sampler, step_examples, val_accuracy
+from .targets import DenseHead, TargetBuilder, batch_targets, dense_loss, hop1_loss, hop2_loss
+
+log = logging.getLogger(__name__)
+
+# One polarity of each pair of opposite relations: with both polarities asked, the answer's
+# correlation with any single image feature averages to zero (the XOR trap), so the first stage
+# asks only these.
+ONE_POLARITY = [
+    "left of", "in front of", "above", "on", "close to", "near", "touching", "next to",
+]  # fmt: skip
+BASIC_TASKS = {"localization": 1.0, "direction": 1.0, "distance": 0.5, "relation": 1.5}
+ALL_TASKS = {
+    "relation": 3.0, "localization": 0.75, "direction": 0.75, "distance": 0.5, "compare": 0.5,
+    "metric": 0.5, "composite": 0.25, "multi_image": 0.25,
+}  # fmt: skip
+
+
+def default_stages(steps_a: int, steps_b: int, batch_size: int = 16) -> list[StageConfig]:
+    """Stage A: basic skills and one polarity; stage B: every task and relation."""
+    return [
+        StageConfig(
+            name="A-basics-one-polarity",
+            freeze="all",
+            steps=steps_a,
+            batch_size=batch_size,
+            lr=2e-3,
+            warmup_steps=100,
+            templates="train",
+            task_weights=dict(BASIC_TASKS),
+            relations=list(ONE_POLARITY),
+            split="default_train",
+        ),
+        StageConfig(
+            name="B-all",
+            freeze="all",
+            steps=steps_b,
+            batch_size=batch_size,
+            lr=2e-3,
+            warmup_steps=0,
+            templates="train",
+            task_weights=dict(ALL_TASKS),
+            split="default_train",
+        ),
+    ]
+
+
+@dataclass
+class RecipeConfig:
+    """The whole recipe: model, stages, extra-loss weights, bookkeeping."""
+
+    preset: str = "vsre-tiny"  # preset the model is built from (random init)
+    model_overrides: dict[str, Any] = field(
+        default_factory=lambda: {"fusion": "channel", "lm": {"attn_implementation": "eager"}}
+    )  # channel fusion: 64 image tokens; eager attention returns the maps hop targets need
+    seed: int = 0  # model init, data order, template draws
+    stages: list[StageConfig] = field(default_factory=lambda: default_stages(600, 1800))
+    dense_weight: float = 1.0  # patch colour/category/depth loss weight
+    hop1_weight: float = 1.0  # object phrase -> its mask, layer 0 head 0
+    hop2_weight: float = 1.0  # answer position -> object/relation phrases, layer 1
+    final_decay: float = 0.3  # last share of the last stage: lr decays linearly to 10%
+    log_every: int = 20  # steps between metrics lines
+    val_every: int = 400  # steps between val evaluations (0: only at the end)
+    val_items: int = 96  # val items asked (their own question) each time
+    threads: int = 0  # torch threads; 0 leaves torch's default
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for stage in data["stages"]:
+            stage["betas"] = list(stage["betas"])
+        return data
+
+
+def _lr(stage: StageConfig, step: int, last: bool, decay: float) -> float:
+    if stage.warmup_steps and step < stage.warmup_steps:
+        return stage.lr * (step + 1) / stage.warmup_steps
+    start = int(stage.steps * (1 - decay))
+    if last and decay > 0 and step >= start:
+        left = (step - start) / max(1, stage.steps - start)
+        return stage.lr * (1.0 - 0.9 * left)
+    return stage.lr
+
+
+def train_recipe(
+    recipe: RecipeConfig,
+    items_by_split: dict[str, list[Item]],
+    val_items: list[Item],
+    out_dir: str | Path,
+    progress: bool = True,
+):
+    """Train the recipe from a random init; returns (model, metrics rows). Writes metrics.jsonl,
+    recipe.json and learning_curve.png to `out_dir`."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if recipe.threads > 0:
+        torch.set_num_threads(recipe.threads)
+    (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    model = build_model(recipe.preset, recipe.model_overrides, recipe.seed)
+    freeze(model, "all")
+    model.train()
+    torch.manual_seed(recipe.seed)
+    head = DenseHead(model.hidden_size)
+    builder = TargetBuilder(model)
+    params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+    first = recipe.stages[0]
+    optimizer = torch.optim.AdamW(
+        params, lr=first.lr, betas=tuple(first.betas), weight_decay=first.weight_decay
+    )
+    cache = make_cache(model)
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("")
+    rows: list[dict] = []
+    global_step = 0
+    t0 = time.perf_counter()
+    need_attn = recipe.hop1_weight > 0 or recipe.hop2_weight > 0
+    for s, stage in enumerate(recipe.stages):
+        last = s == len(recipe.stages) - 1
+        items = stage_items(items_by_split[stage.split], stage)
+        sampler = stage_sampler(stage, recipe.seed)
+        log.info("stage %s: %d items, %d steps", stage.name, len(items), stage.steps)
+        window: list[dict[str, float]] = []
+        bar = tqdm(total=stage.steps, desc=stage.name, unit="step", disable=not progress)
+        for step in range(stage.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(stage, step, last, recipe.final_decay)
+            examples = step_examples(items, stage, sampler, recipe.seed, step)
+            batch = collate(model, examples, cache)
+            targets = batch_targets(builder, examples, batch)
+            output = model(**{k: batch[k] for k in MODEL_INPUTS}, output_attentions=need_attn)
+            loss = output.loss
+            parts = {"lm": float(loss.detach())}
+            if recipe.dense_weight > 0:
+                term = dense_loss(head, output.image_embeds, targets)
+                parts["dense"] = float(term.detach())
+                loss = loss + recipe.dense_weight * term
+            if recipe.hop1_weight > 0 and "hop1" in targets:
+                term = hop1_loss(output.attentions, targets)
+                parts["hop1"] = float(term.detach())
+                loss = loss + recipe.hop1_weight * term
+            if recipe.hop2_weight > 0 and "hop2" in targets:
+                term = hop2_loss(output.attentions, targets)
+                parts["hop2"] = float(term.detach())
+                loss = loss + recipe.hop2_weight * term
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if stage.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
+            optimizer.step()
+            acc = float(first_token_correct(output.logits.detach(), batch).float().mean())
+            window.append({"loss": float(loss.detach()), "acc": acc, **parts})
+            global_step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lm=f"{parts['lm']:.3f}")
+            done = step + 1
+            row = None
+            if done % recipe.log_every == 0 or done == stage.steps:
+                keys = sorted({k for w in window for k in w})
+                row = {
+                    "step": global_step,
+                    "stage": stage.name,
+                    "samples": global_step * stage.batch_size,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    **{
+                        k: sum(w[k] for w in window if k in w)
+                        / max(1, sum(1 for w in window if k in w))
+                        for k in keys
+                    },
+                }
+                window = []
+            is_val = val_items and (
+                done == stage.steps or (recipe.val_every and global_step % recipe.val_every == 0)
+            )
+            if is_val:
+                row = row or {"step": global_step, "stage": stage.name}
+                row["val_acc"] = val_accuracy(model, val_items, 32)
+                log.info("step %d: val accuracy %.3f", global_step, row["val_acc"])
+            if row is not None:
+                rows.append(row)
+                with open(metrics_path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(row) + "\n")
+        bar.close()
+    plot_curves(rows, out / "learning_curve.png", "vsre-tiny")
+    model.eval()
+    return model, rows

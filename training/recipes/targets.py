@@ -1,0 +1,305 @@
+"""Training-only targets from the simulator's ground truth: dense patch labels and binding hops.
+
+A tiny VLM trained from scratch on answers alone stays at chance (see the learnability notes):
+the answer is one bit, and reaching it takes two hops nobody tells the model about (the object
+words in the question must find their objects in the image; the answer position must read
+those words). These targets supervise the parts directly:
+
+- dense: for every image token, the colour and category of the object covering most of its
+  patch (from the instance mask and the scene file) and the patch's log depth;
+- hop 1: in the LM's first layer, one head of each object phrase's last token is pulled
+  towards the image tokens that phrase's object covers (mask coverage per token);
+- hop 2: in the second layer, head k of the answer position is pulled towards the k-th named
+  object's phrase, the last head towards the relation words.
+
+Word positions come from the tokenizer's character offsets of the question as asked, so any
+template's wording works. Items without masks (bags, VSR) simply get no targets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vsre_ros.core.model import VSREModel
+from vsre_ros.sim_data.catalog import CATEGORIES, COLOURS
+
+from ..data import Example
+
+COLOUR_IDS = {name: k + 1 for k, name in enumerate(COLOURS)}  # 0 = background
+CATEGORY_IDS = {name: k + 1 for k, name in enumerate(CATEGORIES)}  # 0 = background
+IGNORE = -100
+
+
+def token_grids(model: VSREModel) -> list[tuple[int, int]]:
+    """The (rows, cols) grid of each block of one image's tokens, in token order."""
+    fusion = model.fusion
+    if hasattr(fusion, "grids"):  # sequence fusion: one block per encoder, in encoder order
+        return [tuple(fusion.grids[name]) for name in model.encoders]
+    return [tuple(fusion.grid)]
+
+
+def _cells(shape: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+    """Index of the grid cell every pixel falls in [H, W]."""
+    h, w = shape
+    rows = (np.arange(h) * grid[0]) // h
+    cols = (np.arange(w) * grid[1]) // w
+    return rows[:, None] * grid[1] + cols[None, :]
+
+
+@dataclass
+class ImageTargets:
+    """Dense targets of one image over its tokens (all blocks concatenated)."""
+
+    colour: np.ndarray  # [T] colour id of the patch's main object, 0 background
+    category: np.ndarray  # [T] category id, 0 background
+    log_depth: np.ndarray  # [T] mean log depth (nan without a depth file)
+    coverage: dict[int, np.ndarray] = field(default_factory=dict)  # mask id -> [T] share
+
+
+class TargetBuilder:
+    """Reads masks, depth and scene files once per image and turns them into targets."""
+
+    def __init__(self, model: VSREModel):
+        self.model = model
+        self.grids = token_grids(model)
+        self.num_tokens = sum(h * w for h, w in self.grids)
+        if self.num_tokens != model.num_image_tokens:
+            raise ValueError(
+                f"token grids {self.grids} give {self.num_tokens} tokens, the model has "
+                f"{model.num_image_tokens}"
+            )
+        self._images: dict[tuple[str, str], ImageTargets | None] = {}
+        self._scenes: dict[Path, dict[int, tuple[str, str]]] = {}
+        self._spans: dict[tuple[str, tuple[str, ...]], list[list[int]] | None] = {}
+
+    # -- dense ---------------------------------------------------------------------------
+    def _scene(self, path: Path) -> dict[int, tuple[str, str]]:
+        if path not in self._scenes:
+            data = json.loads(path.read_text())
+            self._scenes[path] = {
+                int(o["mask_id"]): (o["colour"], o["category"]) for o in data["objects"]
+            }
+        return self._scenes[path]
+
+    def image(self, example: Example, k: int) -> ImageTargets | None:
+        """Targets of image `k` of an example's item, None when it has no mask."""
+        item = example.item
+        masks = item.masks or []
+        if k >= len(masks) or not masks[k] or not item.scene_id:
+            return None
+        key = (item.root, masks[k])
+        if key not in self._images:
+            self._images[key] = self._build(item, k)
+        return self._images[key]
+
+    def _build(self, item: Any, k: int) -> ImageTargets | None:
+        from PIL import Image
+
+        root = Path(item.root)
+        scene_file = root / "scenes" / f"{item.scene_id}.json"
+        if not scene_file.is_file():
+            return None
+        owners = self._scene(scene_file)
+        with Image.open(root / item.masks[k]) as im:
+            mask = np.asarray(im).astype(np.int64)
+        depth = None
+        if k < len(item.depth or []) and item.depth[k]:
+            depth = np.load(root / item.depth[k], allow_pickle=False).astype(np.float64)
+        top = int(mask.max()) + 1
+        colours, categories, depths, coverage = [], [], [], {}
+        for grid in self.grids:
+            cells = _cells(mask.shape, grid)
+            n = grid[0] * grid[1]
+            counts = np.bincount((cells * top + mask).ravel(), minlength=n * top).reshape(n, top)
+            share = counts / counts.sum(1, keepdims=True).clip(min=1)
+            main = counts.argmax(1)
+            colours.append(np.array([COLOUR_IDS.get(owners.get(m, ("", ""))[0], 0) for m in main]))
+            categories.append(
+                np.array([CATEGORY_IDS.get(owners.get(m, ("", ""))[1], 0) for m in main])
+            )
+            for mask_id in range(1, top):
+                coverage.setdefault(mask_id, []).append(share[:, mask_id])
+            if depth is not None and depth.shape == mask.shape:
+                logd = np.log(np.clip(depth, 1e-3, None))
+                sums = np.bincount(cells.ravel(), weights=logd.ravel(), minlength=n)
+                depths.append(sums / np.bincount(cells.ravel(), minlength=n).clip(min=1))
+            else:
+                depths.append(np.full(n, np.nan))
+        return ImageTargets(
+            np.concatenate(colours),
+            np.concatenate(categories),
+            np.concatenate(depths),
+            {m: np.concatenate(parts) for m, parts in coverage.items()},
+        )
+
+    # -- word spans ----------------------------------------------------------------------
+    def spans(self, question: str, phrases: Sequence[str]) -> list[list[int]] | None:
+        """Token indices (within the question suffix) of each phrase; [] where absent.
+
+        None when the offsets do not reproduce the model's own suffix tokens.
+        """
+        key = (question, tuple(phrases))
+        if key not in self._spans:
+            self._spans[key] = self._find_spans(question, phrases)
+        return self._spans[key]
+
+    def _find_spans(self, question: str, phrases: Sequence[str]) -> list[list[int]] | None:
+        model = self.model
+        text = model.prompt.suffix(question)
+        enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if list(enc["input_ids"]) != model.suffix_ids(question):
+            return None
+        offsets = enc["offset_mapping"]
+        lowered = text.lower()
+        out = []
+        for phrase in phrases:
+            match = re.search(rf"\b{re.escape(phrase.lower())}\b", lowered) if phrase else None
+            if match is None:
+                out.append([])
+                continue
+            lo, hi = match.span()
+            out.append([t for t, (s, e) in enumerate(offsets) if s < hi and e > lo])
+        return out
+
+
+# -- the batch's targets -------------------------------------------------------------------
+
+
+def batch_targets(
+    builder: TargetBuilder, examples: Sequence[Example], batch: dict[str, Any]
+) -> dict[str, Any]:
+    """Dense and attention targets of a collated batch (tensors on the batch's device)."""
+    model = builder.model
+    device = batch["input_ids"].device
+    t = builder.num_tokens
+    colour, category, depth = [], [], []
+    hop1_rows, hop1_query, hop1_keys, hop1_weights = [], [], [], []
+    hop2_rows, hop2_heads, hop2_query, hop2_keys = [], [], [], []
+    heads = int(model.base_lm().config.num_attention_heads)
+    ids = batch["input_ids"]
+    for row, ex in enumerate(examples):
+        n_images = len(ex.item.image_paths())
+        for k in range(n_images):
+            target = builder.image(ex, k)
+            if target is None:
+                colour.append(np.full(t, IGNORE))
+                category.append(np.full(t, IGNORE))
+                depth.append(np.full(t, np.nan))
+            else:
+                colour.append(target.colour)
+                category.append(target.category)
+                depth.append(target.log_depth)
+        if n_images != 1:
+            continue  # which image a phrase's object is in is the question's point
+        target = builder.image(ex, 0)
+        names = list(ex.item.extra.get("objects", []))
+        mask_ids = list(ex.item.extra.get("mask_ids", []))
+        if target is None or not names or len(names) != len(mask_ids):
+            continue
+        relation = ex.item.relation if ex.item.relation else ""
+        spans = builder.spans(ex.question, names + [relation])
+        if spans is None:
+            continue
+        image_pos = (ids[row] == model.image_token_id).nonzero().flatten()
+        if image_pos.numel() != t:
+            continue
+        offset = int(batch["answer_start"][row]) - len(model.suffix_ids(ex.question))
+        answer_pos = int(batch["answer_start"][row]) - 1
+        for j, (name, mask_id) in enumerate(zip(names, mask_ids, strict=True)):
+            span = spans[j]
+            cover = target.coverage.get(int(mask_id))
+            if not span or cover is None or cover.sum() <= 0:
+                continue
+            hop1_rows.append(row)
+            hop1_query.append(offset + span[-1])
+            hop1_keys.append(image_pos)
+            hop1_weights.append(torch.from_numpy(cover / cover.sum()).float())
+            if j < heads - 1:
+                hop2_rows.append(row)
+                hop2_heads.append(j)
+                hop2_query.append(answer_pos)
+                hop2_keys.append([offset + s for s in span])
+        if relation and spans[-1]:
+            hop2_rows.append(row)
+            hop2_heads.append(heads - 1)
+            hop2_query.append(answer_pos)
+            hop2_keys.append([offset + s for s in spans[-1]])
+    out: dict[str, Any] = {
+        "colour": torch.from_numpy(np.stack(colour)).long().to(device),
+        "category": torch.from_numpy(np.stack(category)).long().to(device),
+        "log_depth": torch.from_numpy(np.stack(depth)).float().to(device),
+    }
+    if hop1_rows:
+        out["hop1"] = (
+            torch.tensor(hop1_rows, device=device),
+            torch.tensor(hop1_query, device=device),
+            torch.stack(hop1_keys).to(device),
+            torch.stack(hop1_weights).to(device),
+        )
+    if hop2_rows:
+        width = ids.shape[1]
+        key_mask = torch.zeros(len(hop2_rows), width, dtype=torch.bool)
+        for r, keys in enumerate(hop2_keys):
+            key_mask[r, keys] = True
+        out["hop2"] = (
+            torch.tensor(hop2_rows, device=device),
+            torch.tensor(hop2_heads, device=device),
+            torch.tensor(hop2_query, device=device),
+            key_mask.to(device),
+        )
+    return out
+
+
+class DenseHead(nn.Module):
+    """Per-token colour, category and log-depth predictions from the fused image tokens."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.n_colour = len(COLOUR_IDS) + 1
+        self.n_category = len(CATEGORY_IDS) + 1
+        self.proj = nn.Linear(hidden, self.n_colour + self.n_category + 1)
+
+    def forward(self, image_embeds: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.proj(image_embeds.float())
+        colour = out[..., : self.n_colour]
+        category = out[..., self.n_colour : self.n_colour + self.n_category]
+        return colour, category, out[..., -1]
+
+
+def dense_loss(head: DenseHead, image_embeds: torch.Tensor, targets: dict) -> torch.Tensor:
+    """Colour and category cross-entropy plus log-depth regression over image tokens."""
+    colour, category, depth = head(image_embeds)
+    loss = F.cross_entropy(
+        colour.flatten(0, 1), targets["colour"].flatten(), ignore_index=IGNORE
+    ) + F.cross_entropy(category.flatten(0, 1), targets["category"].flatten(), ignore_index=IGNORE)
+    known = torch.isfinite(targets["log_depth"])
+    if bool(known.any()):
+        loss = loss + F.mse_loss(depth[known], targets["log_depth"][known])
+    return loss
+
+
+def hop1_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 0) -> torch.Tensor:
+    """Cross-entropy of the first head's attention (object phrase -> image tokens) against the
+    object's mask coverage."""
+    rows, query, keys, weights = targets["hop1"]
+    attn = attentions[layer][rows, 0, query]  # [K, L]
+    picked = attn.gather(1, keys).float().clamp_min(1e-6)
+    return -(weights * picked.log()).sum(-1).mean()
+
+
+def hop2_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 1) -> torch.Tensor:
+    """-log of the attention mass head k of the answer position puts on its phrase's tokens."""
+    rows, heads, query, key_mask = targets["hop2"]
+    attn = attentions[layer][rows, heads, query]  # [K, L]
+    mass = (attn.float() * key_mask).sum(-1).clamp_min(1e-6)
+    return -mass.log().mean()
