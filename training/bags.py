@@ -212,12 +212,13 @@ def _register_embedded(store, msgtype: str, msgdef: str) -> None:
         pass
 
 
-def _read_intact(path: Path) -> Iterator[RawMessage]:
+def _read_intact(path: Path, topics: set[str] | None = None) -> Iterator[RawMessage]:
     from rosbags.interfaces import MessageDefinitionFormat
     from rosbags.rosbag2 import Reader
 
     with Reader(path) as reader:
-        for conn, timestamp, data in reader.messages():
+        wanted = [c for c in reader.connections if topics is None or c.topic in topics]
+        for conn, timestamp, data in reader.messages(connections=wanted):
             msgdef = conn.msgdef.data if conn.msgdef.format == MessageDefinitionFormat.MSG else ""
             yield RawMessage(conn.topic, conn.msgtype, timestamp, bytes(data), msgdef)
 
@@ -366,45 +367,69 @@ def _salvage_sqlite(path: Path) -> tuple[list[RawMessage], bool]:
     return out, cut
 
 
-def read_bag(path: Path, notes: list[str]) -> list[RawMessage]:
-    """Every readable message of one bag (a rosbag2 directory, or a bare .mcap/.db3 file).
+class BagSource:
+    """One bag (a rosbag2 directory, or a bare .mcap/.db3 file) that can be read more than once.
 
-    A damaged bag is salvaged; what happened is appended to `notes` and warned about.
+    An intact bag streams from `rosbags` on every pass, so ingestion holds one message at a
+    time (plus what it decides to keep). A damaged bag is salvaged once, into memory, and
+    what happened is appended to `notes` and warned about.
     """
-    from rosbags.rosbag2 import ReaderError
 
-    path = Path(path)
-    if not path.exists():
-        raise BagError(f"bag {path} does not exist")
-    reason = ""
-    if path.is_dir() and (path / "metadata.yaml").exists():
-        try:
-            return list(_read_intact(path))
-        except ReaderError as err:
-            reason = str(err)
-    elif path.is_dir():
-        reason = "metadata.yaml is missing (the recorder did not shut down cleanly)"
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3"))
-    )
-    if not files:
-        raise BagError(f"{path}: no .mcap or .db3 storage files found")
-    messages: list[RawMessage] = []
-    damaged = False
-    for file in files:
-        salvage = _salvage_mcap if file.suffix == ".mcap" else _salvage_sqlite
-        found, cut = salvage(file)
-        messages.extend(found)
-        damaged = damaged or cut
-    messages.sort(key=lambda m: m.log_time)
-    if damaged or reason:
-        note = f"{path}: damaged or truncated bag ({reason or 'file cut short'}); "
-        note += f"salvaged {len(messages)} readable messages"
-        notes.append(note)
-        warnings.warn(note, stacklevel=2)
-    return messages
+    def __init__(self, path: Path | str, notes: list[str]):
+        from rosbags.rosbag2 import ReaderError
+
+        self.path = path = Path(path)
+        self._salvaged: list[RawMessage] | None = None
+        if not path.exists():
+            raise BagError(f"bag {path} does not exist")
+        reason = ""
+        if path.is_dir() and (path / "metadata.yaml").exists():
+            try:
+                with _open_reader(path):
+                    return
+            except ReaderError as err:
+                reason = str(err)
+        elif path.is_dir():
+            reason = "metadata.yaml is missing (the recorder did not shut down cleanly)"
+        files = (
+            [path]
+            if path.is_file()
+            else sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3"))
+        )
+        if not files:
+            raise BagError(f"{path}: no .mcap or .db3 storage files found")
+        messages: list[RawMessage] = []
+        damaged = False
+        for file in files:
+            salvage = _salvage_mcap if file.suffix == ".mcap" else _salvage_sqlite
+            found, cut = salvage(file)
+            messages.extend(found)
+            damaged = damaged or cut
+        messages.sort(key=lambda m: m.log_time)
+        self._salvaged = messages
+        if damaged or reason:
+            note = f"{path}: damaged or truncated bag ({reason or 'file cut short'}); "
+            note += f"salvaged {len(messages)} readable messages"
+            notes.append(note)
+            warnings.warn(note, stacklevel=3)
+
+    def messages(self, topics: set[str] | None = None) -> Iterator[RawMessage]:
+        """The bag's messages in recording order, optionally only those on `topics`."""
+        if self._salvaged is None:
+            yield from _read_intact(self.path, topics)
+        else:
+            yield from (m for m in self._salvaged if topics is None or m.topic in topics)
+
+
+def _open_reader(path: Path):
+    from rosbags.rosbag2 import Reader
+
+    return Reader(path)
+
+
+def read_bag(path: Path | str, notes: list[str]) -> list[RawMessage]:
+    """Every readable message of one bag, in a list (see BagSource for a streaming read)."""
+    return list(BagSource(path, notes).messages())
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,16 +449,19 @@ class IngestConfig:
     image_topics: tuple[str, ...] = ()  # only these camera topics (empty = every image topic)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Frame:
-    """A decoded camera frame."""
+    """Where a camera frame is in a bag; its pixels are read only if an item needs them."""
 
     topic: str  # topic it came on
     frame_id: str  # header.frame_id
     stamp: int  # header stamp, ns
     log_time: int  # recording time, ns
-    msg: object  # deserialized message, decoded when used
-    compressed: bool  # CompressedImage rather than Image
+    depth: bool  # a depth image (16UC1/mono16/32FC1 or compressedDepth)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.topic, self.stamp)
 
 
 @dataclass
@@ -479,20 +507,20 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
-def _is_depth(frame: Frame) -> bool:
-    if frame.compressed:
-        return "compresseddepth" in str(frame.msg.format).lower()
-    return str(frame.msg.encoding) in DEPTH_ENCODINGS
+def _is_depth_message(msg, compressed: bool) -> bool:
+    if compressed:
+        return "compresseddepth" in str(msg.format).lower()
+    return str(msg.encoding) in DEPTH_ENCODINGS
 
 
-def _decode(frame: Frame) -> np.ndarray:
-    return decode_compressed(frame.msg) if frame.compressed else decode_image(frame.msg)
+def _decode(msg, compressed: bool) -> np.ndarray:
+    return decode_compressed(msg) if compressed else decode_image(msg)
 
 
 class _BagContents:
     """The messages of one bag, sorted into the kinds ingestion cares about."""
 
-    def __init__(self, messages: list[RawMessage], store, config: IngestConfig, report):
+    def __init__(self, messages: Iterable[RawMessage], store, config: IngestConfig, report):
         self.color: dict[str, list[Frame]] = defaultdict(list)
         self.depth: dict[str, list[Frame]] = defaultdict(list)
         self.queries: list[tuple[int, object]] = []
@@ -513,15 +541,15 @@ class _BagContents:
             if raw.msgtype in (IMAGE_TYPE, COMPRESSED_TYPE):
                 if config.image_topics and raw.topic not in config.image_topics:
                     continue
+                depth = _is_depth_message(msg, raw.msgtype == COMPRESSED_TYPE)
                 frame = Frame(
                     raw.topic,
                     str(msg.header.frame_id),
                     _stamp_ns(msg.header.stamp),
                     raw.log_time,
-                    msg,
-                    raw.msgtype == COMPRESSED_TYPE,
+                    depth,
                 )
-                (self.depth if _is_depth(frame) else self.color)[raw.topic].append(frame)
+                (self.depth if depth else self.color)[raw.topic].append(frame)
             elif raw.msgtype == QUERY_TYPE:
                 self.queries.append((raw.log_time, msg))
             elif raw.msgtype == ANSWER_TYPE:
@@ -573,15 +601,15 @@ class _BagContents:
         return best, ""
 
     def depth_for(self, frame: Frame, config: IngestConfig) -> Frame | None:
-        best = None
-        for frames in self.depth.values():
-            for candidate in frames:
-                gap = abs(candidate.stamp - frame.stamp)
-                if gap <= config.max_skew * 1e9 and (
-                    best is None or gap < abs(best.stamp - frame.stamp)
-                ):
-                    best = candidate
-        return best
+        """The depth frame paired with a colour frame: same stamp (within max_skew), from a
+        depth stream with the same frame_id, or the bag's only depth stream."""
+        same_frame = [t for t, fs in self.depth.items() if fs[0].frame_id == frame.frame_id]
+        topics = same_frame or (list(self.depth) if len(self.depth) == 1 else [])
+        candidates = [f for t in topics for f in self.depth[t]]
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda f: abs(f.stamp - frame.stamp))
+        return best if abs(best.stamp - frame.stamp) <= config.max_skew * 1e9 else None
 
 
 def _label_fields(query, truth, label_source: str) -> dict | str:
@@ -625,7 +653,6 @@ def _split_of(key: str, config: IngestConfig) -> str:
 
 def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | None = None):
     """Read `bags` and write a dataset into `out`; returns an IngestReport."""
-    from tqdm import tqdm
 
     config = config or IngestConfig()
     out = Path(out)
@@ -634,29 +661,44 @@ def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | N
     store = make_typestore()
     report = IngestReport(out=str(out))
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
-    written: dict[tuple, tuple[str, str | None]] = {}
+    written: dict[tuple, str] = {}
     bags = [Path(b) for b in bags]
     readable = 0
     for bag in bags:
         try:
-            messages = read_bag(bag, report.notes)
+            source = BagSource(bag, report.notes)
         except BagError as err:
             report.notes.append(str(err))
             continue
         readable += 1
-        contents = _BagContents(messages, store, config, report)
+        contents = _BagContents(source.messages(), store, config, report)
         bag_name = _safe(bag.stem if bag.is_file() else bag.name)
-        for index, (log_time, query) in enumerate(
-            tqdm(contents.queries, desc=f"ingest {bag_name}", unit="query", disable=None)
-        ):
+        planned = []
+        for index, (log_time, query) in enumerate(contents.queries):
             query_id = str(query.query_id) or f"q{index}"
-            item = _make_item(
-                query, query_id, log_time, index, bag_name, contents, config, report, out, written
+            plan = _make_item(
+                query, query_id, log_time, index, bag_name, contents, config, report, out
             )
-            if item is not None:
-                provenance = item.pop("_provenance")
-                provenance.update(id=item["id"], bag=str(bag))
-                splits[_split_of(item.pop("_split_key"), config)].append((item, provenance))
+            if plan is not None:
+                planned.append(plan)
+        # Second pass: only the frames some item needs are decoded and written.
+        needed = {key for plan in planned for key in plan["_frames"] if key is not None}
+        files = _write_frames(source, needed, store, bag_name, out)
+        for plan in planned:
+            color_key, depth_key = plan.pop("_frames")
+            item = plan
+            if color_key is not None:
+                result = files.get(color_key, "frame missing from the second read")
+                if not result.startswith("images/"):
+                    report.skip(result, item["_provenance"]["query_id"])
+                    continue
+                item["image"], item["images"] = result, [result]
+                depth = files.get(depth_key, "") if depth_key is not None else ""
+                item["depth"] = [depth if depth.startswith("depth/") else None]
+            provenance = item.pop("_provenance")
+            provenance.update(id=item["id"], bag=str(bag))
+            splits[_split_of(item.pop("_split_key"), config)].append((item, provenance))
+        written.update(files)
         known = {str(q.query_id) for _, q in contents.queries}
         for query_id in contents.corrections:
             if query_id not in known:
@@ -670,7 +712,7 @@ def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | N
                     handle.write(json.dumps(Item(**item).to_json()) + "\n")
                     sidecar.write(json.dumps(provenance) + "\n")
             report.items[split] = len(rows)
-    report.frames = len(written)
+    report.frames = sum(1 for rel in written.values() if rel.startswith("images/"))
     meta = {
         "schema": SCHEMA,
         "source": "bag",
@@ -689,23 +731,44 @@ def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | N
     return report
 
 
-def _write_frame(
-    frame: Frame, name: str, out: Path, written: dict
-) -> tuple[str, str | None] | str:
-    key = (frame.topic, frame.stamp)
-    if key in written:
-        return written[key]
-    try:
-        pixels = _decode(frame)
-    except ValueError as err:
-        return f"frame does not decode: {err}"
-    rel = f"images/{name}.png"
-    PILImage.fromarray(pixels).save(out / rel)
-    written[key] = (rel, None)
-    return written[key]
+def _write_frames(source: BagSource, needed: set, store, bag_name: str, out: Path) -> dict:
+    """Decode and write the needed frames; key -> relative path, or why it failed."""
+    from tqdm import tqdm
+
+    files: dict[tuple[str, int], str] = {}
+    if not needed:
+        return files
+    topics = {topic for topic, _ in needed}
+    with tqdm(total=len(needed), desc=f"frames {bag_name}", unit="frame", disable=None) as bar:
+        for raw in source.messages(topics):
+            if raw.msgtype not in (IMAGE_TYPE, COMPRESSED_TYPE):
+                continue
+            try:
+                msg = store.deserialize_cdr(raw.data, raw.msgtype)
+            except Exception:  # already counted as undeserializable in the first pass
+                continue
+            key = (raw.topic, _stamp_ns(msg.header.stamp))
+            if key not in needed or key in files:
+                continue
+            compressed = raw.msgtype == COMPRESSED_TYPE
+            name = f"{bag_name}_{_safe(raw.topic)}_{key[1]}"
+            try:
+                pixels = _decode(msg, compressed)
+            except ValueError as err:
+                files[key] = f"frame does not decode: {err}"
+                continue
+            if _is_depth_message(msg, compressed):
+                files[key] = f"depth/{name}.npy"
+                np.save(out / files[key], pixels.astype(np.float32), allow_pickle=False)
+            else:
+                files[key] = f"images/{name}.png"
+                PILImage.fromarray(pixels).save(out / files[key])
+            bar.update(1)
+    return files
 
 
-def _make_item(query, query_id, log_time, index, bag_name, contents, config, report, out, written):
+def _make_item(query, query_id, log_time, index, bag_name, contents, config, report, out):
+    """The item a query makes, with `_frames` (colour, depth keys) still to be written."""
     answer = contents.answers.get(query_id)
     correction = contents.corrections.get(query_id)
     if correction is not None:
@@ -745,18 +808,16 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
             images.append(rel)
             depth.append(None)
         split_key = f"{bag_name}/{query_id}"
+        frames = (None, None)
     else:
         frame, reason = contents.find_frame(query, answer, log_time, config)
         if frame is None:
             report.skip(reason, query_id)
             return None
-        name = f"{bag_name}_{_safe(frame.topic)}_{frame.stamp}"
-        result = _write_frame(frame, name, out, written)
-        if isinstance(result, str):
-            report.skip(result, query_id)
-            return None
-        images.append(result[0])
-        depth.append(_write_depth(contents.depth_for(frame, config), name, out))
+        depth_frame = contents.depth_for(frame, config)
+        frames = (frame.key, depth_frame.key if depth_frame else None)
+        images.append("")  # filled in once the frame is written
+        depth.append(None)
         scene_id = _write_scene(contents.truth.get(frame.stamp, []), frame, out, report)
         split_key = f"{bag_name}/{frame.topic}/{frame.stamp}"
         camera, stamp = frame.topic, frame.stamp
@@ -795,19 +856,8 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
             "stamp": stamp,
         },
         "_split_key": split_key,
+        "_frames": frames,
     }
-
-
-def _write_depth(frame: Frame | None, name: str, out: Path) -> str | None:
-    if frame is None:
-        return None
-    try:
-        depth = _decode(frame)
-    except ValueError:
-        return None
-    rel = f"depth/{name}.npy"
-    np.save(out / rel, depth.astype(np.float32), allow_pickle=False)
-    return rel
 
 
 def _write_scene(truths: list, frame: Frame, out: Path, report: IngestReport) -> str:

@@ -104,6 +104,9 @@ def test_ingest_pairs_queries_with_frames_and_corrections(builder, tmp_path, sto
         "no frame within max_skew of the query stamp": 1,
         "correction for a query that is not in the bag": 1,
     }
+    # Only what the items use is decoded and written: frames 2 and 3, their depth, the inline.
+    assert len(list((root / "images").iterdir())) == 3 and report.frames == 2
+    assert len(list((root / "depth").iterdir())) == 2
     meta = json.loads((root / "dataset.json").read_text())
     assert meta["schema"] == "vsre-dataset/1" and meta["source"] == "bag"
     assert sum(meta["splits"].values()) == 3 and meta["counts"]["skipped"] == report.skipped
@@ -219,3 +222,17 @@ def test_nan_value_correction_is_not_a_number_label(builder, tmp_path):
     builder.add("vsre/corrections", SEC + 2, builder.correction("n", SEC, value=math.nan))
     report = bags.ingest([builder.write(tmp_path / "b")], tmp_path / "ds")
     assert report.skipped == {"correction has no value for a number question": 1}
+
+
+def test_depth_pairs_with_the_stream_of_the_same_frame_id(builder, tmp_path):
+    pixels = _frames(1)[0]
+    builder.add("/left/color", SEC, builder.image(pixels, SEC, frame_id="left"))
+    for frame_id, metres in (("left", 1.0), ("right", 3.0)):
+        depth = np.full(pixels.shape[:2], metres, np.float32)
+        msg = builder.image(depth, SEC, encoding="32FC1", frame_id=frame_id)
+        builder.add(f"/{frame_id}/depth", SEC + 1, msg)
+    builder.add("/vsre/query", SEC + 2, builder.query("q", ns=SEC))
+    builder.add("vsre/corrections", SEC + 3, builder.correction("q", SEC + 3))
+    bags.ingest([builder.write(tmp_path / "stereo")], tmp_path / "ds")
+    item = _items(tmp_path / "ds")["q"]
+    np.testing.assert_array_equal(np.load(tmp_path / "ds" / item["depth"][0]), 1.0)
