@@ -241,7 +241,11 @@ class QuestionMaker:
         h, w = r.rgb.shape[:2]
         diag = math.hypot(w, h)
         cands = []
-        for i, j in itertools.permutations(self.visible(v), 2):
+        inside = [
+            k for k in self.visible(v)
+            if 0 <= r.objects[k]["center_px"][0] < w and 0 <= r.objects[k]["center_px"][1] < h
+        ]  # fmt: skip
+        for i, j in itertools.permutations(inside, 2):
             du, dv = np.subtract(r.objects[i]["center_px"], r.objects[j]["center_px"])
             if math.hypot(du, dv) < DIR_MIN_PX * diag:
                 continue

@@ -53,6 +53,7 @@ EDGE_TRUE, EDGE_FALSE = 0.7, 0.4  # at the edge: centre beyond 70% of half size;
 BETWEEN_T = (0.2, 0.8, 0.25)  # between: projection in [0.2, 0.8], off-line < 0.25 * spacing
 BETWEEN_F = (-0.1, 1.1, 0.6)  # not between: projection outside [-0.1, 1.1] or > 0.6 spacing
 MIN_SPACING = 0.2  # between: the two reference objects at least this far apart (centres)
+ELONGATION = 1.4  # parallel/perpendicular: footprint at least 1.4x as long as wide
 
 
 @dataclass
@@ -383,6 +384,8 @@ def _long_axis(f: Facts, i: int) -> float | None:
     if not CATEGORIES[o.category].elongated:
         return None
     size = o.size()
+    if max(size[0], size[1]) < ELONGATION * min(size[0], size[1]):
+        return None  # nearly square: its long axis is not visible enough to judge
     return o.yaw + (0.0 if size[0] >= size[1] else math.pi / 2)
 
 

@@ -66,6 +66,14 @@ def books():  # long axes: b0 and b1 parallel, b2 perpendicular to b0, b3 at 45 
     ]
 
 
+def squarish_books():
+    half = (0.088, 0.08, 0.015)
+    return [
+        box("red", 0, 0.25, half, category="book"),
+        box("blue", 0, -0.25, half, category="book"),
+    ]
+
+
 def line():  # a and b 60 cm apart; m halfway between; o off to the side
     return [
         ball("red", 0, 0.3),
@@ -96,6 +104,7 @@ SCENES = {
         table,
         chair,
         books,
+        squarish_books,
         line,
         borderline,
     )
@@ -210,6 +219,7 @@ CASES = [
     ("books", "perpendicular to", (0, 1), False),
     ("books", "perpendicular to", (0, 3), False),
     ("row", "parallel to", (0, 1), None),  # balls have no long axis
+    ("squarish_books", "parallel to", (0, 1), None),  # 1.1:1 footprints: no clear long axis
     # Ternary
     ("line", "between", (2, 0, 1), True),
     ("line", "between", (3, 0, 1), False),
