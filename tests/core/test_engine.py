@@ -170,6 +170,8 @@ def test_feature_cache_forgets_least_recently_used(tiny_model, rng):
             "one key per image",
         ),
         ("Is it left?", Status.BAD_QUESTION, "expected a Query"),
+        (Query("Is it?", np.zeros((8, 8, 3), np.uint8)), Status.BAD_IMAGE, "must be a list"),
+        (Query(None, [np.zeros((8, 8, 3), np.uint8)]), Status.BAD_QUESTION, "empty"),
     ],
 )
 def test_bad_input_gets_a_status_and_message_never_an_exception(engines, query, status, message):
@@ -294,3 +296,17 @@ def test_verdict_is_read_after_a_shared_leading_space_token(rng):
     yes = logits[[tok.convert_tokens_to_ids(w) for w in ("yes", "true")]].sum()
     no = logits[[tok.convert_tokens_to_ids(w) for w in ("no", "false")]].sum()
     assert math.isclose(ans.probability, float(yes / (yes + no)), abs_tol=1e-5)
+
+
+def test_a_model_failure_becomes_an_error_answer(tiny_model, rng, monkeypatch):
+    engine = Engine(tiny_model)
+
+    def broken(pixels):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(tiny_model, "encode_images", broken)
+    bad = Query("", [random_image(rng)])
+    answers = engine.answer([Query("Is it?", [random_image(rng)], query_id="q1"), bad])
+    assert answers[0].status == Status.ERROR and "out of memory" in answers[0].error
+    assert answers[0].query_id == "q1"
+    assert answers[1].status == Status.BAD_QUESTION

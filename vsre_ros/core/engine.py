@@ -197,7 +197,18 @@ class Engine:
                 with self._queue_lock:
                     batch, self._pending = self._pending, []
                 flat = [q for pending in batch for q in pending.queries]
-                answers = self._process(flat)
+                try:
+                    answers = self._process(flat)
+                except Exception as err:  # every waiting caller must still get its answers
+                    log.exception("engine failed")
+                    answers = [
+                        Answer.failure(
+                            Status.ERROR,
+                            f"engine failed: {type(err).__name__}: {err}",
+                            str(getattr(q, "query_id", "")),
+                        )
+                        for q in flat
+                    ]
                 start = 0
                 for pending in batch:
                     pending.answers = answers[start : start + len(pending.queries)]
@@ -283,6 +294,12 @@ class Engine:
                     Status.BAD_QUESTION,
                     f"a choice question needs at least 2 non-empty options, got {query.options!r}",
                 )
+        if not isinstance(query.images, (list, tuple)):
+            return Answer.failure(
+                Status.BAD_IMAGE,
+                f"Query.images must be a list of HxWx3 uint8 arrays, got "
+                f"{type(query.images).__name__}",
+            )
         if not query.images:
             return Answer.failure(Status.BAD_IMAGE, "the query has no image; give at least one")
         if len(query.images) > self.config.max_images:
@@ -290,6 +307,8 @@ class Engine:
                 Status.BAD_IMAGE,
                 f"the query has {len(query.images)} images; the limit is {self.config.max_images}",
             )
+        if not isinstance(query.image_keys, (list, tuple)):
+            return Answer.failure(Status.BAD_IMAGE, "Query.image_keys must be a list")
         if query.image_keys and len(query.image_keys) != len(query.images):
             return Answer.failure(
                 Status.BAD_IMAGE,
