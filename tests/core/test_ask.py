@@ -54,3 +54,17 @@ def test_ask_reports_unreadable_image_and_bad_question(model_dir, tmp_path, imag
     assert "cannot read image" in capsys.readouterr().err
     assert main(["ask", "--model", str(model_dir), "--image", str(image_file), " "]) == 1
     assert "BAD_QUESTION" in capsys.readouterr().err
+
+
+def test_ask_prefers_embedded_weights_for_a_preset_id(model_dir, image_file, capsys, monkeypatch):
+    import shutil
+
+    models = model_dir.parent / "models"
+    shutil.copytree(model_dir, models / "vsre-tiny")
+    monkeypatch.setattr(ask, "DEFAULT_MODEL", models / "vsre-tiny")
+    argv = ["ask", "--model", "vsre-tiny", "--json", "--image", str(image_file), "Is it?"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["model_id"] == "test-tiny"
+    monkeypatch.setattr(ask, "DEFAULT_MODEL", models / "absent")
+    assert main(["ask", "--model", "vsre-tiny-channel", "--image", str(image_file), "Is it?"]) == 0
+    assert "RANDOM" in capsys.readouterr().err

@@ -4,7 +4,8 @@
     vsre ask --image left.png --image right.png --kind choice --option A --option B "Which ...?"
 
 The default model is the embedded checkpoint `vsre_ros/models/vsre-tiny/` (written by
-training); `--model` takes a preset id or a saved model directory instead.
+training); `--model` takes a saved model directory or a preset id (which uses the package's
+trained weights `vsre_ros/models/<id>/` when present, else the preset's random weights).
 """
 
 from __future__ import annotations
@@ -58,10 +59,20 @@ def _read_image(path: str) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     from vsre_ros.core.answers import AnswerKind, Query, Status
-    from vsre_ros.core.config import EngineConfig
+    from vsre_ros.core.config import PRESETS, EngineConfig
     from vsre_ros.core.engine import Engine
 
     model_ref = args.model or str(DEFAULT_MODEL)
+    embedded = DEFAULT_MODEL.parent / args.model if args.model else DEFAULT_MODEL
+    if args.model in PRESETS and not Path(args.model).is_dir():
+        if embedded.is_dir():
+            model_ref = str(embedded)  # the package's trained weights for this preset
+        else:
+            print(
+                f"vsre ask: no trained weights at {embedded}; preset {args.model!r} has RANDOM "
+                "weights, so its answers are meaningless",
+                file=sys.stderr,
+            )
     if not args.model and not DEFAULT_MODEL.is_dir():
         print(
             f"vsre ask: no default model at {DEFAULT_MODEL} (it is written by training); "
