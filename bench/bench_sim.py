@@ -121,14 +121,19 @@ def main() -> None:
         " per scene, one process (median ms): layout render (without amodal passes) questions"
         " encode"
     )
+    limits = []
     for w, h in SIZES:
         sps, ips, per, total = full_run(w, h, args.scenes, args.workers)
         b = breakdown(w, h, args.breakdown_scenes)
+        stages = {k: v for k, v in b.items() if k != "no_amodal"}
+        top = max(stages, key=stages.get)
+        limits.append(f"{w}x{h}: {top} {100 * stages[top] / sum(stages.values()):.0f}%")
         print(
             f"{w:>4}x{h:<4} | {sps:8.1f} {ips:8.0f} {per:11.1f} {total:8.1f} | "
             f"{b['layout']:6.1f} {b['render']:6.1f} ({b['no_amodal']:5.1f})"
             f" {b['questions']:9.1f} {b['encode']:6.1f}"
         )
+    print("limited by (largest share of one process's time per scene): " + "; ".join(limits))
     print(
         f"alternative: compiling the model + GL upload per scene costs "
         f"{recompile_cost(96, 96):.1f} ms at 96x96 (the pooled model pays it once a process)"
