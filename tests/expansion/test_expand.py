@@ -75,6 +75,14 @@ def test_img2img_keeps_labels_the_geometry_confirms(source, tmp_path, tiny_sdxl)
         np.load(tmp_path / "out" / kept.depth[0]), np.load(source / "depth" / "s0.npy")
     )
     assert report.reasons["boxes contradict label 1 for 'below'"] == 1
+    # Boxes and mask ids describe the new image: the same layout, numbered like its scene file.
+    mask = np.asarray(Image.open(tmp_path / "out" / kept.masks[0]))
+    extra = kept.extra
+    for name, mask_id, box in zip(
+        extra["objects"], extra["mask_ids"], extra["boxes"], strict=True
+    ):
+        x0, y0, x1, y1 = box
+        assert (mask[y0:y1, x0:x1] == mask_id).all(), name
 
 
 def test_img2img_rejects_outputs_whose_layout_did_not_survive(source, tmp_path, tiny_sdxl):
@@ -107,6 +115,9 @@ def test_inpaint_swaps_the_subject_inside_its_box_only(source, source_boxes, tmp
     scene = json.loads((tmp_path / "out" / "scenes" / f"{item.scene_id}.json").read_text())
     ids = {o["name"]: o["mask_id"] for o in scene["objects"]}
     assert (mask[y0:y1, x0:x1] == ids[new]).all()
+    assert item.extra["objects"] == [new, "blue box"]
+    assert item.extra["mask_ids"] == [ids[new], ids["blue box"]]
+    assert item.extra["boxes"] == [list(source_boxes["red cup"]), list(source_boxes["blue box"])]
     bx0, by0, bx1, by1 = source_boxes["blue box"]
     assert (mask[by0:by1, bx0:bx1] == ids["blue box"]).all()
 

@@ -39,6 +39,8 @@ def test_sim_variants_carry_labels_the_simulator_confirms(sim_source, tmp_path):
             assert int(decide(facts, item.relation, subj, obj)) == item.label
             mask = np.asarray(Image.open(out / item.masks[0]))
             assert (mask == subj + 1).any() and np.load(out / item.depth[0]).shape == (64, 64)
+            assert item.extra["objects"] == [item.subj, item.obj]
+            assert item.extra["mask_ids"] == [subj + 1, obj + 1]
 
 
 def test_sim_variants_differ_from_the_source_and_swap_the_subject(sim_source, tmp_path):

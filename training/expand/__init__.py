@@ -33,7 +33,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from vsre_ros.training.items import ALL_TEMPLATES, TEMPLATES, Item, load_items, splits
+from vsre_ros.training.items import (
+    ALL_TEMPLATES,
+    TEMPLATES,
+    Item,
+    load_items,
+    meta_category,
+    splits,
+)
 
 from vsre_ros.core.templates import caption as caption_of
 
@@ -179,6 +186,8 @@ def retarget(item: Item, unit_id: str, image: str, **changes) -> Item:
     new.masks = changes.get("masks", [None])
     new.depth = changes.get("depth", [None])
     new.source = "expand"
+    new.extra = {}  # the source's producer fields (boxes, mask ids) describe the old image
+    new.meta_category = meta_category(new.relation) if new.relation else ""
     if is_relation(new):
         label = int(new.label if new.label is not None else new.truth)
         new.label = label
@@ -269,10 +278,11 @@ class Img2Img(DiffusionMode):
                     ok = False
                     reasons.append(f"layout not preserved: {role} structure r={r:.2f}")
         new = retarget(item, unit.unit_id, "", depth=list(item.depth[:1]) or [None])
+        new.extra = object_extra(geometry, [item.subj, item.obj])
         out = Output(unit, image, [new], self.decide(status, reasons, checks, ok), request.prompt)
-        if item.masks and item.masks[0]:
-            with Image.open(Path(item.root) / item.masks[0]) as mask:
-                out.masks = np.asarray(mask)
+        if geometry:
+            # Restyling keeps the layout: the source's instances, numbered like the scene file.
+            out.masks = _instance_mask(source.shape[:2], geometry)
             out.scene = _scene_file(unit, geometry)
         return out
 
@@ -339,6 +349,7 @@ class Inpaint(DiffusionMode):
         # Instance mask: the source's, with the repainted box as the new subject.
         swapped = {n: g for n, g in geometry.items() if n != item.subj}
         swapped[new_name] = subj
+        new.extra = object_extra(swapped, [new_name, item.obj])
         masks = _instance_mask(source.shape[:2], swapped)
         out = Output(
             unit, composite, [new], self.decide(status, reasons, checks, ok), request.prompt
@@ -389,9 +400,9 @@ class Layout(DiffusionMode):
             statuses.append(status)
             reasons.append(reason)
             if status == CONFIRMED:
-                items.append(
-                    retarget(item, f"{unit.unit_id}~{k}", "", relation=relation, label=label)
-                )
+                made = retarget(item, f"{unit.unit_id}~{k}", "", relation=relation, label=label)
+                made.extra = object_extra(geometry, [item.subj, item.obj])
+                items.append(made)
         status = CONFIRMED if statuses[0] == CONFIRMED else statuses[0]
         out = Output(unit, image, items, self.decide(status, reasons, {}), request.prompt)
         out.extra = {"boxes": [list(b) for b in request.boxes], "phrases": list(request.phrases)}
@@ -438,6 +449,20 @@ def _scene_file(unit: Unit, geometry: dict[str, ObjectGeometry]) -> dict:
             {"name": name, "mask_id": k, "box": [geo.box.x0, geo.box.y0, geo.box.x1, geo.box.y1]}
             for k, (name, geo) in enumerate(geometry.items(), start=1)
         ],
+    }
+
+
+def object_extra(geometry: dict[str, ObjectGeometry], names: list[str]) -> dict:
+    """Producer fields like the simulator's: the named objects, their mask ids (the order of
+    `geometry`, as `_instance_mask` and `_scene_file` number them) and pixel boxes."""
+    order = list(geometry)
+    if not all(name in geometry for name in names):
+        return {}
+    boxes = [geometry[n].box for n in names]
+    return {
+        "objects": list(names),
+        "mask_ids": [order.index(n) + 1 for n in names],
+        "boxes": [[int(b.x0), int(b.y0), int(np.ceil(b.x1)), int(np.ceil(b.y1))] for b in boxes],
     }
 
 

@@ -142,6 +142,11 @@ class SimExpander:
         label = int(bool(holds))
         new = retarget(item, unit.unit_id, "", subj=new_subj, label=label)
         new.task = item.task
+        new.extra = {
+            "objects": [new_subj, item.obj],
+            "mask_ids": [subj_i + 1, obj_i + 1],
+            "boxes": [render.objects[subj_i]["bbox"], render.objects[obj_i]["bbox"]],
+        }
         out = Output(unit, render.rgb, [new], verdict)
         out.masks = render.seg.astype(np.uint8)
         scene_dict = scene.to_dict()
