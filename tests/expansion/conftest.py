@@ -219,7 +219,7 @@ def write_source(root: Path) -> Path:
         _item("left-true", "left of", 1),
         _item("right-false", "right of", 0),
         _item("front-true", "in front of", 1),
-        _item("below-wrong", "below", 1),  # the cup is above the box: this label is wrong
+        _item("right-wrong", "right of", 1),  # the cup is left of the box: this label is wrong
         _item("facing", "facing", 1),  # no detector-free check exists for facing
     ]
     with open(root / "random_train.jsonl", "w") as handle:

@@ -63,7 +63,7 @@ def test_img2img_keeps_labels_the_geometry_confirms(source, tmp_path, tiny_sdxl)
         "left-true": ("accepted", "confirmed"),
         "right-false": ("accepted", "confirmed"),
         "front-true": ("accepted", "confirmed"),  # decided by the depth map
-        "below-wrong": ("rejected", "contradicted"),
+        "right-wrong": ("rejected", "contradicted"),
         "facing": ("rejected", "unverifiable"),
     }
     items = {i.id: i for i in read_vsre(tmp_path / "out", "train")}
@@ -74,7 +74,7 @@ def test_img2img_keeps_labels_the_geometry_confirms(source, tmp_path, tiny_sdxl)
     np.testing.assert_array_equal(
         np.load(tmp_path / "out" / kept.depth[0]), np.load(source / "depth" / "s0.npy")
     )
-    assert report.reasons["boxes contradict label 1 for 'below'"] == 1
+    assert report.reasons["boxes contradict label 1 for 'right of'"] == 1
     # Boxes and mask ids describe the new image: the same layout, numbered like its scene file.
     mask = np.asarray(Image.open(tmp_path / "out" / kept.masks[0]))
     extra = kept.extra

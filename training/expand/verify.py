@@ -6,7 +6,8 @@ known independently of the generator:
 
 - Boxes. Every relation check is *strict*: a relation counts as confirmed only when it holds
   for the whole boxes, e.g. "left of" needs the subject's box to end left of where the
-  object's box starts (by a margin). Then the relation holds for *anything* painted inside
+  object's box starts (by a margin). Only left/right are decided by image boxes (see
+  BOX_RELATIONS for why not above/below). Then the relation holds for *anything* painted inside
   those boxes, which is exactly what inpainting (the subject is repainted inside its box) and
   layout-conditioned generation (each phrase is drawn inside its box) guarantee and no more.
   The negation is confirmed the same way (the boxes are strictly on the other side).
@@ -28,29 +29,21 @@ from dataclasses import dataclass
 import numpy as np
 
 # Relation name -> (axis, sign): the subject's box lies entirely on the `sign` side of the
-# object's box along image `axis` (0 = x to the right, 1 = y downwards).
+# object's box along image `axis` (0 = x to the right, 1 = y downwards). Only the camera-frame
+# horizontal relations are here: "left of" in the camera frame is the order of image columns
+# (u = f x / z), so whole boxes decide it. Vertical relations are not: VSR's "above", "below",
+# "over", "under" are about world height, and an object farther away on a table sits higher
+# in the image without being above anything; "at the left side of" also needs adjacency.
 BOX_RELATIONS: dict[str, tuple[int, int]] = {
     "left of": (0, -1),
-    "at the left side of": (0, -1),
     "right of": (0, 1),
-    "at the right side of": (0, 1),
-    "above": (1, -1),
-    "over": (1, -1),
-    "below": (1, 1),
-    "under": (1, 1),
-    "beneath": (1, 1),
 }
-# Relation name -> sign of (subject depth - object depth) when it holds.
+# Relation name -> sign of (subject depth - object depth) when it holds (camera depth).
 DEPTH_RELATIONS: dict[str, int] = {"in front of": -1, "behind": 1}
-# The relation that says the opposite along the same axis (used to add a negative item).
+# The relation that says the opposite (used to add a negative item).
 OPPOSITES: dict[str, str] = {
     "left of": "right of",
     "right of": "left of",
-    "above": "below",
-    "below": "above",
-    "over": "under",
-    "under": "over",
-    "beneath": "above",
     "in front of": "behind",
     "behind": "in front of",
 }
