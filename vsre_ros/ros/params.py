@@ -59,7 +59,11 @@ class ServerParams:
     stamp_tolerance: float = _p(0.05, "seconds: max distance to a requested stamp")
     queue_size: int = _p(16, "queries waiting for the model; beyond this: OVERLOADED at once")
     batch_size: int = _p(8, "queries answered in one engine call")
-    max_batch_wait: float = _p(0.005, "seconds the worker waits to fill a batch")
+    max_batch_wait: float = _p(
+        0.0,
+        "seconds the worker waits for more queries to fill a batch; 0 takes what is queued "
+        "(queries queue up while the engine is busy, so batches form without waiting)",
+    )
     max_question_chars: int = _p(2000, "longer questions get BAD_QUESTION")
     max_images: int = _p(8, "more inline images than this get BAD_IMAGE")
     request_timeout: float = _p(60.0, "seconds a service/action call waits for its answer")

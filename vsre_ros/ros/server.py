@@ -131,6 +131,9 @@ class VsreServer(LifecycleNode):
             AskSpatial,
             p.service_name,
             self._on_service,
+            # The default depth (10) drops requests when more clients than that call at once;
+            # keep every request the queue could hold, so overload is answered, not lost.
+            qos_profile=QoSProfile(depth=max(100, 2 * p.queue_size)),
             callback_group=self._group,
         )
         self._action = ActionServer(
@@ -649,7 +652,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stay unconfigured; a lifecycle manager configures and activates the node",
     )
     parser.add_argument(
-        "ros_args", nargs=argparse.REMAINDER, help="extra ROS arguments (after --ros-args)"
+        "--ros-args",
+        dest="ros_args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="everything after it goes to ROS (-p name:=value, -r remaps, --log-level ...)",
     )
 
 

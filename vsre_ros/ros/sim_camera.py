@@ -178,7 +178,11 @@ class SimCameraNode(Node):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params-file", default="", help="ROS parameters YAML")
     parser.add_argument(
-        "ros_args", nargs=argparse.REMAINDER, help="extra ROS arguments (after --ros-args)"
+        "--ros-args",
+        dest="ros_args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="everything after it goes to ROS (-p name:=value, -r remaps, --log-level ...)",
     )
 
 

@@ -1,0 +1,269 @@
+"""ROS plumbing figures of the VSRE server (prints them; asserts nothing).
+
+The server runs in its own process (`vsre serve`, stub engine, so the figures are the ROS
+layer's own cost), the clients in this one, over real DDS on localhost:
+
+1. service round trip minus engine time (p50/p95), default transport vs the shared-memory
+   profile config/fastdds_shm.xml;
+2. 640x480 rgb8 at 30 Hz into the server's camera subscription: frames received/dropped,
+   and the CPU cost of converting one frame (what the worker pays per query);
+3. answers per second with 1, 4 and 16 concurrent service clients (stub engine with 0 ms and
+   with 5 ms per engine call, so batching shows).
+
+Run: python bench/bench_ros.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHM_PROFILE = ROOT / "config" / "fastdds_shm.xml"
+sys.path.insert(0, str(ROOT))  # the source tree, not an older installed copy
+
+
+def _env(shm: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
+        env.pop(var, None)
+        if shm:
+            env[var] = str(SHM_PROFILE)
+    return env
+
+
+class Server:
+    """`vsre serve` with the stub engine in a child process."""
+
+    def __init__(self, shm: bool, model: str = "stub", queue_size: int = 32):
+        args = [
+            sys.executable, "-m", "vsre_ros.cli", "serve",
+            "--params-file", str(ROOT / "config" / "stub.yaml"),
+            "--ros-args", "-p", f"model:={model}", "-p", f"queue_size:={queue_size}",
+            "-p", "cameras:=[/bench/image]", "-p", "camera_qos:=[reliable]",
+            "-p", "depth_topics:=['']", "-p", "camera_info_topics:=['']",
+            "-p", "camera_transports:=[raw]", "-p", "diagnostics_period:=0.5",
+            "-p", "frame_buffer:=5",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=_env(shm), stderr=subprocess.DEVNULL)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Client:
+    def __init__(self) -> None:
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.qos import QoSProfile
+        from vsre_ros.srv import AskSpatial
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(f"bench_{random.randint(0, 1 << 30)}", context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        # Deeper than the default 10, or concurrent calls lose responses in the client.
+        self.service = self.node.create_client(
+            AskSpatial, "vsre/ask", qos_profile=QoSProfile(depth=100)
+        )
+        if not self.service.wait_for_service(timeout_sec=60):
+            raise RuntimeError("the server never came up")
+
+    def request(self, i: int):
+        from vsre_ros.msg import SpatialQuery
+        from vsre_ros.srv import AskSpatial
+
+        from vsre_ros.ros.conversions import numpy_to_imgmsg
+
+        image = numpy_to_imgmsg(np.zeros((32, 32, 3), np.uint8), "rgb8")
+        query = SpatialQuery(query_id=str(i), question="Is the cup left of the box?")
+        query.images = [image]
+        return AskSpatial.Request(query=query)
+
+    def call(self, i: int):
+        event = threading.Event()
+        future = self.service.call_async(self.request(i))
+        future.add_done_callback(lambda _f: event.set())
+        if not event.wait(30):
+            raise RuntimeError("no answer in 30 s")
+        return future.result().answer
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+def round_trip(shm: bool, n: int) -> None:
+    server = Server(shm)
+    try:
+        client = Client()
+        for i in range(20):
+            client.call(i)  # warm up
+        overhead, total = [], []
+        for i in range(n):
+            start = time.perf_counter()
+            answer = client.call(i)
+            rtt = (time.perf_counter() - start) * 1000.0
+            assert answer.status == 0, answer.error
+            total.append(rtt)
+            overhead.append(rtt - answer.latency_model_ms)
+        client.close()
+    finally:
+        server.close()
+    name = "shm profile" if shm else "default    "
+    print(
+        f"service round trip [{name}] n={n}: total p50 {np.median(total):.2f} ms, "
+        f"overhead on top of engine p50 {np.median(overhead):.2f} ms, "
+        f"p95 {np.percentile(overhead, 95):.2f} ms"
+    )
+
+
+def camera_ingest(shm: bool, seconds: float) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile
+    from sensor_msgs.msg import Image
+
+    from vsre_ros.ros.conversions import numpy_to_imgmsg
+
+    server = Server(shm)
+    try:
+        client = Client()
+        pub = client.node.create_publisher(Image, "/bench/image", QoSProfile(depth=10))
+        diags: list = []
+        client.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+        deadline = time.monotonic() + 30
+        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rgb = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+        sent, period = 0, 1.0 / 30.0
+        start = time.monotonic()
+        pack = []
+        while time.monotonic() - start < seconds:
+            t0 = time.perf_counter()
+            msg = numpy_to_imgmsg(rgb, "rgb8")
+            pack.append(time.perf_counter() - t0)
+            msg.header.stamp = client.node.get_clock().now().to_msg()
+            pub.publish(msg)
+            sent += 1
+            time.sleep(max(0.0, start + sent * period - time.monotonic()))
+        time.sleep(1.5)  # let the last diagnostics arrive
+        values = {kv.key: kv.value for kv in diags[-1].status[0].values} if diags else {}
+        client.close()
+    finally:
+        server.close()
+    received = values.get("frames_received /bench/image", "?")
+    dropped = values.get("frames_dropped /bench/image", "?")
+    name = "shm profile" if shm else "default    "
+    print(
+        f"640x480 rgb8 @30 Hz [{name}] {seconds:.0f} s: sent {sent}, server received {received}, "
+        f"dropped (stamp gaps) {dropped}; numpy->Image {np.median(pack) * 1000:.2f} ms/frame"
+    )
+
+
+def conversion_cost(n: int = 200) -> None:
+    from vsre_ros.ros.conversions import numpy_to_imgmsg, to_rgb8
+
+    rgb = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    for encoding, image in (("rgb8", rgb), ("bgr8", rgb[..., ::-1])):
+        msg = numpy_to_imgmsg(np.ascontiguousarray(image), encoding)
+        cpu = []
+        for _ in range(n):
+            t0 = time.process_time()
+            to_rgb8(msg)
+            cpu.append(time.process_time() - t0)
+        print(f"Image {encoding} 640x480 -> RGB array: CPU {np.median(cpu) * 1000:.3f} ms/frame")
+
+
+def throughput(shm: bool, model: str, clients: int, seconds: float) -> None:
+    server = Server(shm, model=model, queue_size=32)
+    try:
+        client = Client()
+        for i in range(10):
+            client.call(i)
+        done = [0]
+        lock = threading.Lock()
+        stop = time.monotonic() + seconds
+
+        def worker(k: int) -> None:
+            i = 0
+            while time.monotonic() < stop:
+                answer = client.call(k * 1_000_000 + i)
+                if answer.status == 0:
+                    with lock:
+                        done[0] += 1
+                i += 1
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - start
+        client.close()
+    finally:
+        server.close()
+    print(
+        f"answers/s with {clients:>2} concurrent clients [engine {model}]: {done[0] / elapsed:.0f}"
+    )
+
+
+PARTS = ("roundtrip", "ingest", "conversion", "throughput")
+
+
+def run_part(part: str, shm: bool, quick: bool) -> None:
+    n = 100 if quick else 500
+    seconds = 3.0 if quick else 10.0
+    if part == "roundtrip":
+        round_trip(shm, n)
+    elif part == "ingest":
+        camera_ingest(shm, seconds)
+    elif part == "conversion":
+        conversion_cost()
+    elif part == "throughput":
+        for model in ("stub", "stub:5"):
+            for clients in (1, 4, 16):
+                throughput(shm, model, clients, seconds / 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples")
+    parser.add_argument("--part", choices=PARTS, help="run one part only (in this process)")
+    parser.add_argument("--shm", action="store_true", help="with --part: use the shm profile")
+    args = parser.parse_args()
+    if args.part:
+        run_part(args.part, args.shm, args.quick)
+        return
+    # Fast DDS reads its XML profile once per process, so every configuration gets its own.
+    domain = str(random.randint(102, 200))
+    print(f"cores: {os.cpu_count()}; ROS_DOMAIN_ID {domain}", flush=True)
+    plan = [("roundtrip", False), ("roundtrip", True), ("conversion", False)]
+    plan += [("ingest", False), ("ingest", True), ("throughput", True)]
+    for part, shm in plan:
+        env = _env(shm)
+        env["ROS_DOMAIN_ID"] = domain
+        cmd = [sys.executable, __file__, "--part", part] + (["--shm"] if shm else [])
+        subprocess.run(cmd + (["--quick"] if args.quick else []), env=env, check=True)
+
+
+if __name__ == "__main__":
+    main()
