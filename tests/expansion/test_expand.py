@@ -205,3 +205,31 @@ def test_cli_runs_a_mode_and_prints_the_counts(source, tmp_path, tiny_sdxl, caps
     assert "5 units planned" in printed and "rejected" in printed
     assert cli.main(["expand", "--data", str(source), "--out", "x", "--mode", "img2img"]) == 2
     assert "needs --model" in capsys.readouterr().err
+
+
+def _vsr_source(root):
+    """VSR's original jsonl (image, caption, label, relation) and a separate image folder."""
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+        root / "images" / "a.jpg"
+    )
+    row = {"image": "a.jpg", "caption": "The cat is left of the dog.", "label": 1,
+           "relation": "left of"}  # fmt: skip
+    (root / "train.jsonl").write_text(json.dumps(row) + "\n")
+    return root
+
+
+def test_img2img_on_vsr_rows_has_no_boxes_so_only_the_whole_image_is_checked(tmp_path, tiny_sdxl):
+    source = _vsr_source(tmp_path / "vsr")
+    common = {"fmt": "vsr", "images": str(source / "images"), "splits": ("train",)}
+    report, _ = _run(source, tmp_path / "a", "img2img", tiny_sdxl, **common)
+    assert report.verdicts == {"rejected": 1}  # unverifiable without boxes
+    report, _ = _run(source, tmp_path / "b", "img2img", tiny_sdxl, keep_unverified=True,
+                     min_structure=0.9, **common)  # fmt: skip
+    assert any(r.startswith("layout not preserved: image structure") for r in report.reasons)
+    report, _ = _run(source, tmp_path / "c", "img2img", tiny_sdxl, keep_unverified=True,
+                     min_structure=-1.0, **common)  # fmt: skip
+    (item,) = read_vsre(tmp_path / "c", "train")
+    assert (item.subj, item.obj, item.label, item.source) == ("cat", "dog", 1, "expand")
+    assert Image.open(item.image_paths()[0]).size == (40, 40)

@@ -270,7 +270,11 @@ class Img2Img(DiffusionMode):
             depth_margin=self.cfg.depth_margin,
         )
         checks, reasons, ok = {}, [reason], True
-        for role, geo in (("subj", subj), ("obj", obj)):
+        height, width = source.shape[:2]
+        whole = ObjectGeometry("image", Box(0, 0, width, height))
+        # Without object boxes (kept only with --keep-unverified) the whole image must survive.
+        regions = (("subj", subj), ("obj", obj)) if subj or obj else (("image", whole),)
+        for role, geo in regions:
             if geo is not None:
                 r = structure_correlation(source, image, geo.box)
                 checks[f"structure_{role}"] = round(r, 4)
