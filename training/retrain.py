@@ -14,13 +14,16 @@
 
 A running VSRE server switches to the result at runtime by setting its `model` parameter,
 e.g. `ros2 param set /vsre_server model <export>/current`; it keeps answering with the old
-model if the new one fails to load. Every step's outputs stay in `--work`, and a re-run
-resumes: expansion skips done units, training resumes from its checkpoint.
+model if the new one fails to load. Every step's outputs stay in `--work/turn-<id>`, where the
+id is a fingerprint of the inputs (bags, current model, settings): re-running the same turn
+resumes it (expansion skips done units, training resumes from its checkpoint), while new bags
+or a new model start a fresh turn instead of reusing a stale result.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -186,17 +189,43 @@ def export_model(model_dir: Path, export_root: Path, record: dict) -> Path:
     return target
 
 
+def _stat(path: Path) -> list:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [[str(f.relative_to(path)) if f != path else f.name, f.stat().st_size,
+             f.stat().st_mtime_ns] for f in files]  # fmt: skip
+
+
+def fingerprint(cfg: RetrainConfig) -> str:
+    """Id of a turn's inputs: the same bags, model and settings resume the same work directory;
+    anything new (another week's bags, another model) starts a fresh one."""
+    inputs = {
+        "bags": [[str(Path(b).resolve()), _stat(Path(b))] for b in cfg.bags],
+        "current": [str(Path(cfg.current).resolve()), _stat(Path(cfg.current))],
+        "extra_data": [str(Path(d).resolve()) for d in cfg.extra_data],
+        **{
+            key: getattr(cfg, key)
+            for key in (
+                "heldout", "heldout_split", "use_model_answers", "test_fraction", "expand_mode",
+                "expand_model", "per_item", "steps", "batch_size", "lr", "seed",
+            )
+        },
+    }  # fmt: skip
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return digest[:12]
+
+
 def retrain(cfg: RetrainConfig) -> dict:
-    """Run the loop; returns (and writes to <work>/retrain_report.json) what happened."""
+    """Run the loop; returns (and writes to <work>/<turn>/retrain_report.json) what happened."""
     from .bags import IngestConfig, ingest
     from .config import StageConfig, TrainConfig
     from .train import train
 
-    work = Path(cfg.work)
+    if not Path(cfg.current).is_dir():
+        raise FileNotFoundError(f"--current {cfg.current} is not a model directory")
+    work = Path(cfg.work) / f"turn-{fingerprint(cfg)}"
     work.mkdir(parents=True, exist_ok=True)
+    print(f"retrain: working in {work}")
     current = Path(cfg.current)
-    if not current.is_dir():
-        raise FileNotFoundError(f"--current {current} is not a model directory")
     if cfg.expand_mode not in EXPAND_CHOICES:
         raise ValueError(
             f"unknown expand mode {cfg.expand_mode!r}; known: {', '.join(EXPAND_CHOICES)}"

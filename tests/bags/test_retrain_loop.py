@@ -123,3 +123,20 @@ def test_loop_without_corrections_says_what_to_do(builder, tiny_model_dir, tmp_p
                              work=str(tmp_path / "work"), progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="nothing to train on.*--use-model-answers"):
         loop.retrain(cfg)
+
+
+def test_a_new_bag_or_model_starts_a_fresh_turn(tmp_path):
+    bag, model = tmp_path / "bag", tmp_path / "model"
+    bag.mkdir()
+    model.mkdir()
+    (bag / "b.mcap").write_bytes(b"x")
+    (model / "weights").write_bytes(b"w")
+    cfg = loop.RetrainConfig([str(bag)], str(model), str(tmp_path / "export"))
+    first = loop.fingerprint(cfg)
+    cfg.tolerance = 0.5  # the export bar is not an input of the turn
+    assert loop.fingerprint(cfg) == first
+    (bag / "b.mcap").write_bytes(b"xy")
+    assert loop.fingerprint(cfg) != first
+    second = loop.fingerprint(cfg)
+    (model / "weights").write_bytes(b"w2")
+    assert loop.fingerprint(cfg) not in (first, second)
