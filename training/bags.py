@@ -115,7 +115,8 @@ def make_typestore(msg_dirs: Iterable[Path] | None = None):
 
 
 # --------------------------------------------------------------------------------------------
-# Images (numpy only; mirrors what the ROS layer does, without rclpy)
+# Images: the ROS layer's numpy conversions (vsre_ros.ros.conversions imports no rclpy), plus
+# what a dataset needs on top: depth in metres and image_transport's compressedDepth.
 
 
 def decode_image(msg) -> np.ndarray:
@@ -123,64 +124,30 @@ def decode_image(msg) -> np.ndarray:
 
     Honours `step` padding and `is_bigendian`; raises ValueError naming what is wrong.
     """
-    channels_by_encoding = {
-        "rgb8": (3, np.uint8),
-        "bgr8": (3, np.uint8),
-        "rgba8": (4, np.uint8),
-        "bgra8": (4, np.uint8),
-        "mono8": (1, np.uint8),
-        "8UC1": (1, np.uint8),
-        "8UC3": (3, np.uint8),
-        "mono16": (1, np.uint16),
-        "16UC1": (1, np.uint16),
-        "32FC1": (1, np.float32),
-    }
+    from vsre_ros.ros.conversions import imgmsg_to_numpy
+
     encoding = str(msg.encoding)
-    if encoding not in channels_by_encoding:
-        known = ", ".join(channels_by_encoding)
-        raise ValueError(f"unsupported image encoding {encoding!r}; supported: {known}")
-    channels, dtype = channels_by_encoding[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image has no pixels ({width}x{height})")
-    row_bytes = width * channels * np.dtype(dtype).itemsize
-    if step < row_bytes:
-        raise ValueError(f"step {step} is shorter than a row of {row_bytes} bytes ({encoding})")
-    data = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
-    if data.size < step * height:
-        raise ValueError(f"image data has {data.size} bytes, expected {step * height}")
-    rows = data[: step * height].reshape(height, step)[:, :row_bytes]
-    order = ">" if msg.is_bigendian else "<"
-    pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order))
-    pixels = pixels.reshape(height, width, channels).astype(dtype, copy=False)
     if encoding in ("16UC1", "mono16"):
-        return pixels[:, :, 0].astype(np.float32) / 1000.0  # REP 118: millimetres
+        return imgmsg_to_numpy(msg).astype(np.float32) / 1000.0  # REP 118: millimetres
     if encoding == "32FC1":
-        return pixels[:, :, 0].astype(np.float32)
-    if channels == 1:
-        return np.repeat(pixels, 3, axis=2)
-    if encoding.startswith("bgr"):
-        pixels = pixels[:, :, [2, 1, 0]]
-    return np.ascontiguousarray(pixels[:, :, :3])
+        return np.array(imgmsg_to_numpy(msg), dtype=np.float32)
+    return np.array(imgmsg_to_numpy(msg, desired_encoding="rgb8"))  # owns its memory
 
 
 def decode_compressed(msg) -> np.ndarray:
     """A `sensor_msgs/CompressedImage` (JPEG/PNG, or compressedDepth PNG) as decode_image does."""
-    data = bytes(memoryview(msg.data))
+    from vsre_ros.ros.conversions import compressed_imgmsg_to_numpy
+
     fmt = str(msg.format)
     if "compresseddepth" in fmt.lower():
         # image_transport's compressedDepth puts a 12-byte config header before the PNG.
+        data = bytes(memoryview(msg.data))
         start = data.find(b"\x89PNG")
         if start < 0:
             raise ValueError(f"compressedDepth image without PNG data (format {fmt!r})")
         depth = np.asarray(PILImage.open(io.BytesIO(data[start:])))
         return depth.astype(np.float32) / (1000.0 if depth.dtype != np.float32 else 1.0)
-    try:
-        image = PILImage.open(io.BytesIO(data))
-        image.load()
-    except Exception as err:  # PIL raises several types for corrupt data
-        raise ValueError(f"compressed image (format {fmt!r}) does not decode: {err}") from None
-    return np.asarray(image.convert("RGB"))
+    return compressed_imgmsg_to_numpy(msg, desired_encoding="rgb8")
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,10 +50,10 @@ def test_depth_encodings_become_metres():
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"encoding": "yuv422"}, "unsupported image encoding 'yuv422'"),
-        ({"step": 3}, "step 3 is shorter than a row"),
-        ({"height": 50}, "image data has"),
-        ({"width": 0}, "no pixels"),
+        ({"encoding": "yuv422"}, "unknown image encoding 'yuv422'"),
+        ({"step": 3}, "step 3 is smaller than one row"),
+        ({"height": 50}, "data has 48 bytes"),
+        ({"width": 0}, "empty image"),
     ],
 )
 def test_bad_images_say_what_is_wrong(change, match):
@@ -70,7 +70,7 @@ def test_compressed_png_and_corrupt_data():
     Image.fromarray(rgb).save(buffer, format="PNG")
     msg = SimpleNamespace(format="png", data=np.frombuffer(buffer.getvalue(), np.uint8))
     np.testing.assert_array_equal(bags.decode_compressed(msg), rgb)
-    with pytest.raises(ValueError, match="does not decode"):
+    with pytest.raises(ValueError, match="cannot decode compressed image"):
         bags.decode_compressed(SimpleNamespace(format="jpeg", data=np.zeros(10, np.uint8)))
 
 
@@ -86,3 +86,14 @@ def test_project_types_come_from_the_msg_files(tmp_path):
     assert "images" in store.types["vsre_ros/msg/SpatialQuery"].__dataclass_fields__
     with pytest.raises(bags.BagError, match="no vsre_ros .msg files"):
         bags.project_types([tmp_path])
+
+
+def test_compressed_depth_skips_its_header_and_gives_metres():
+    mm = np.array([[500, 1500], [2000, 0]], np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(mm).save(buffer, format="PNG")
+    data = b"\x00" * 12 + buffer.getvalue()  # image_transport's config header, then the PNG
+    msg = SimpleNamespace(format="16UC1; compressedDepth png", data=np.frombuffer(data, np.uint8))
+    np.testing.assert_allclose(bags.decode_compressed(msg), mm / 1000.0)
+    with pytest.raises(ValueError, match="without PNG data"):
+        bags.decode_compressed(SimpleNamespace(format="16UC1; compressedDepth", data=b"\x00" * 20))
