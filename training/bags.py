@@ -22,7 +22,8 @@ bag) is in the sidecar `provenance.jsonl`, one line per item.
 
 A bag that a crashed recorder left behind (no `metadata.yaml`, an MCAP file without its summary,
 a cut-off sqlite file) still yields every message that can be read; the report says so.
-Nothing here imports rclpy: messages are decoded by `rosbags` and images by numpy.
+Nothing here imports rclpy: messages are decoded by `rosbags`, images by the ROS layer's
+numpy conversions (`vsre_ros.ros.conversions`, which is rclpy-free too).
 """
 
 from __future__ import annotations
