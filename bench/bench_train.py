@@ -1,0 +1,153 @@
+"""Training and evaluation benchmark: prints step times, cache speed-up and evaluator speed.
+
+    PYTHONPATH=. python bench/bench_train.py --threads 2
+    PYTHONPATH=. python bench/bench_train.py --data data/sim --split random_train
+
+Figures (random weights; a step costs the same trained or not):
+1. optimiser step time (median over steps, after warm-up) per preset and freeze mode at the
+   given batch size, on the dataset's own images;
+2. batch collation with the preprocessed-image cache: first epoch (decode + resize) against
+   later epochs (cache hits);
+3. the evaluator: scoring and aggregating hand-made predictions per second (no model).
+Without --data a small vsre-format dataset of random images is drawn in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from vsre_ros.training.data import TemplateSampler
+from vsre_ros.training.items import Item, load_items
+from vsre_ros.training.metrics import evaluate_predictions
+from vsre_ros.training.model_api import (
+    MODEL_INPUTS,
+    build_model,
+    collate,
+    freeze,
+    image_cache,
+)
+from vsre_ros.training.scoring import Prediction
+
+
+def random_dataset(root: Path, n: int, size: int) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for k in range(n):
+        name = f"images/{k:05d}.png"
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / name)
+        rows.append(
+            Item(
+                id=f"i{k}",
+                image=name,
+                label=k % 2,
+                relation="left of",
+                subj="red cup",
+                obj="blue box",
+                answer="yes" if k % 2 else "no",
+            ).to_json()  # fmt: skip
+        )
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "dataset.json").write_text(json.dumps({"schema": "vsre-dataset/1"}))
+    return root
+
+
+def bench_steps(items, preset: str, mode: str, batch: int, steps: int) -> float:
+    model = build_model(preset, seed=0)
+    freeze(model, mode)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    cache = image_cache(model)
+    sampler = TemplateSampler(seed=0)
+    times = []
+    for step in range(steps + 2):
+        examples = [sampler.example(items[(step * batch + j) % len(items)], j, step)
+                    for j in range(batch)]  # fmt: skip
+        start = time.perf_counter()
+        out = model(**{k: v for k, v in collate(model, examples, cache).items()
+                       if k in MODEL_INPUTS})  # fmt: skip
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_cache(items, preset: str, batch: int) -> tuple[float, float]:
+    model = build_model(preset, seed=0)
+    cache = image_cache(model)
+    sampler = TemplateSampler(seed=0)
+    epochs = []
+    for epoch in range(2):
+        times = []
+        for start in range(0, len(items) - batch + 1, batch):
+            examples = [sampler.example(items[i], i, epoch) for i in range(start, start + batch)]
+            t0 = time.perf_counter()
+            collate(model, examples, cache)
+            times.append(time.perf_counter() - t0)
+        epochs.append(statistics.median(times))
+    return epochs[0], epochs[1]
+
+
+def bench_evaluator(n: int) -> float:
+    rng = np.random.default_rng(0)
+    items = [
+        Item(
+            id=f"e{k}",
+            image=f"{k}.png",
+            label=int(rng.integers(2)),
+            relation="left of",
+            subj=f"s{k % 50}",
+            obj="box",
+            answer="yes",
+        )  # fmt: skip
+        for k in range(n)
+    ]
+    predictions = [
+        Prediction(item.id, "yes" if rng.random() < 0.6 else "no", probability=rng.random())
+        for item in items
+    ]
+    start = time.perf_counter()
+    evaluate_predictions(items, predictions, train_items=items[: n // 2])
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="", help="vsre dataset (default: random images)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--presets", default="vsre-tiny,vsre-tiny-channel")
+    parser.add_argument("--modes", default="stage1,stage2,all")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(args.data) if args.data else random_dataset(Path(tmp) / "d", 96, 96)
+        items = load_items(data, args.split)
+        print(f"threads {args.threads}, batch {args.batch}, {len(items)} items from {data}")
+        for preset in args.presets.split(","):
+            for mode in args.modes.split(","):
+                median = bench_steps(items, preset, mode, args.batch, args.steps)
+                print(f"step  {preset:18s} {mode:8s} median {1000 * median:8.1f} ms")
+        first, later = bench_cache(items, args.presets.split(",")[0], args.batch)
+        print(
+            f"collate first epoch {1000 * first:.1f} ms/batch, later epochs "
+            f"{1000 * later:.1f} ms/batch ({first / max(later, 1e-9):.1f}x)"
+        )
+    print(f"evaluator {bench_evaluator(20000):,.0f} predictions/s (20,000, with overlap check)")
+
+
+if __name__ == "__main__":
+    main()
