@@ -666,7 +666,7 @@ def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | N
             provenance = item.pop("_provenance")
             provenance.update(id=item["id"], bag=str(bag))
             splits[_split_of(item.pop("_split_key"), config)].append((item, provenance))
-        written.update(files)
+        written.update({(bag_name, *key): rel for key, rel in files.items()})
         known = {str(q.query_id) for _, q in contents.queries}
         for query_id in contents.corrections:
             if query_id not in known:

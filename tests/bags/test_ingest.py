@@ -236,3 +236,32 @@ def test_depth_pairs_with_the_stream_of_the_same_frame_id(builder, tmp_path):
     bags.ingest([builder.write(tmp_path / "stereo")], tmp_path / "ds")
     item = _items(tmp_path / "ds")["q"]
     np.testing.assert_array_equal(np.load(tmp_path / "ds" / item["depth"][0]), 1.0)
+
+
+def test_compressed_frames_and_several_bags(builder, tmp_path):
+    import io
+
+    from PIL import Image as PILImage
+
+    pixels = np.full((16, 16, 3), (200, 40, 10), np.uint8)
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels).save(buffer, format="PNG")
+    compressed = builder.t("sensor_msgs/msg/CompressedImage")(
+        header=builder.header(SEC), format="png", data=np.frombuffer(buffer.getvalue(), np.uint8)
+    )
+    builder.add("/cam/compressed", SEC, compressed)
+    builder.add("/vsre/query", SEC + 1, builder.query("q", ns=SEC))
+    builder.add("vsre/corrections", SEC + 2, builder.correction("q", SEC + 2, verdict=True))
+    first = builder.write(tmp_path / "monday")
+    second = builder.write(tmp_path / "tuesday", "sqlite3")
+    report = bags.ingest([first, second], tmp_path / "ds")
+    assert sum(report.items.values()) == 2 and report.frames == 2
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "ds" / "provenance.jsonl").read_text().splitlines()
+    ]
+    assert sorted(row["bag"].rsplit("/", 1)[1] for row in rows) == ["monday", "tuesday"]
+    assert len({row["id"] for row in rows}) == 2
+    for split in ("train", "val", "test"):
+        for item in read_vsre(tmp_path / "ds", split):
+            np.testing.assert_array_equal(np.asarray(Image.open(item.image_paths()[0])), pixels)
