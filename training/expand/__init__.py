@@ -493,10 +493,13 @@ class Shard:
     device: str = "cpu"  # this process's device
 
     @classmethod
-    def from_accelerate(cls) -> Shard:
+    def from_accelerate(cls, device: str = "") -> Shard:
+        """This process's share under `accelerate launch` (GPUs) or `torchrun` (CPU processes:
+        accelerate only joins them into one group when told it runs on the CPU)."""
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
         return cls(
             state.process_index,
             state.num_processes,
@@ -835,7 +838,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        report = expand(cfg, Shard.from_accelerate())
+        report = expand(cfg, Shard.from_accelerate(cfg.device))
     except (FileNotFoundError, ValueError) as err:
         print(f"vsre expand: {err}", file=sys.stderr)
         return 1
