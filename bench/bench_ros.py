@@ -35,10 +35,10 @@ def _env(shm: bool) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
-        env.pop(var, None)
-        if shm:
-            env[var] = str(SHM_PROFILE)
+    env.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)  # the deprecated name would win
+    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    if shm:
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(SHM_PROFILE)
     return env
 
 
@@ -174,7 +174,7 @@ def camera_ingest(shm: bool, seconds: float) -> None:
     name = "shm profile" if shm else "default    "
     print(
         f"640x480 rgb8 @30 Hz [{name}] {seconds:.0f} s: sent {sent}, server received {received}, "
-        f"dropped (stamp gaps) {dropped}; numpy->Image {np.median(pack) * 1000:.2f} ms/frame"
+        f"stamp-gap drop estimate {dropped}; numpy->Image {np.median(pack) * 1000:.2f} ms/frame"
     )
 
 

@@ -3,7 +3,8 @@
 A subscription callback only appends the message (no decoding), so a 30 Hz camera costs the
 executor almost nothing; the worker converts the one frame a query needs. Stamps are integer
 nanoseconds. Frame drops are estimated from gaps in the stamps (ROS 2 headers carry no sequence
-number): a gap longer than 1.5 typical periods counts the frames that should have been in it.
+number): a gap of 1.8 typical periods or more counts the frames that should have been in it
+(an estimate: a publisher with jittery timing makes it count a few too many).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class FrameBuffer:
             if self._frames:
                 gap = stamp - self._frames[-1].stamp
                 if gap > 0:
-                    if self._period_ns and gap > 1.5 * self._period_ns:
+                    if self._period_ns and gap >= 1.8 * self._period_ns:
                         self.dropped += max(0, round(gap / self._period_ns) - 1)
                     else:
                         # A slow moving average of the normal period; gaps do not feed it.
