@@ -1,0 +1,140 @@
+"""Turn recorded rosbag2 bags into a dataset: `vsre ingest BAG... --out DIR`.
+
+A robot running the VSRE node records its camera topics, `vsre_ros/SpatialQuery`,
+`vsre_ros/SpatialAnswer`, the corrections an operator (or mocap, or another system) publishes
+on `vsre/corrections` as `vsre_ros/SpatialCorrection`, and, in simulation, `vsre_ros/SceneTruth`.
+This module reads such bags (MCAP or sqlite3, through `rosbags`), pairs every query with the
+frame it was about and the right answer, and writes the shared dataset format (`dataset.json`,
+`images/`, `depth/`, `scenes/`, `train/val/test.jsonl`).
+
+Which frame a query was about, in order of trust:
+1. the answer's header (the node stamps it with the frame it actually used);
+2. the query's own `stamp` on its `camera` (nearest frame within `max_skew`);
+3. a zero stamp means "latest": the newest frame at or before the query was recorded, no older
+   than `max_age`.
+Inline images sent with the query are used as they are.
+
+The label comes from a correction when there is one (`label_source: "correction"`); without
+one, the model's own answer is kept only when asked for (`label_source: "model"`), because
+training on a model's unchecked answers teaches it its own mistakes. Items hold exactly the
+dataset schema's fields; where each came from (query id, label source, camera topic, stamp,
+bag) is in the sidecar `provenance.jsonl`, one line per item.
+
+A bag that a crashed recorder left behind (no `metadata.yaml`, an MCAP file without its summary,
+a cut-off sqlite file) still yields every message that can be read; the report says so.
+Nothing here imports rclpy: messages are decoded by `rosbags`, images by the ROS layer's
+numpy conversions (`vsre_ros.ros.conversions`, which is rclpy-free too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from .ingest import (
+    CORRECTIONS_TOPIC,
+    PROVENANCE_FILE,
+    Frame,
+    IngestConfig,
+    IngestReport,
+    ingest,
+)
+from .reader import (
+    BagError,
+    BagSource,
+    RawMessage,
+    decode_compressed,
+    decode_image,
+    make_typestore,
+    project_msg_dirs,
+    project_types,
+    read_bag,
+)
+
+__all__ = [
+    "CORRECTIONS_TOPIC",
+    "PROVENANCE_FILE",
+    "BagError",
+    "BagSource",
+    "Frame",
+    "IngestConfig",
+    "IngestReport",
+    "RawMessage",
+    "add_arguments",
+    "decode_compressed",
+    "decode_image",
+    "ingest",
+    "make_typestore",
+    "project_msg_dirs",
+    "project_types",
+    "read_bag",
+    "run",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = IngestConfig()
+    parser.add_argument(
+        "bags", nargs="+", type=Path, help="rosbag2 directories or .mcap/.db3 files"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="dataset directory to write")
+    parser.add_argument(
+        "--use-model-answers",
+        action="store_true",
+        help="keep uncorrected queries, labelled with the model's answer (label_source=model)",
+    )
+    parser.add_argument(
+        "--max-skew",
+        type=float,
+        default=defaults.max_skew,
+        help="s between a query stamp and its frame",
+    )
+    parser.add_argument(
+        "--max-age",
+        type=float,
+        default=defaults.max_age,
+        help="s: oldest frame a 'latest' query accepts",
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, default=defaults.val_fraction, help="share of frames for val"
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=defaults.test_fraction,
+        help="share of frames for test",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="salt of the split hash")
+    parser.add_argument(
+        "--image-topic", action="append", default=[], help="only this camera topic (repeatable)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = IngestConfig(
+        max_skew=args.max_skew,
+        max_age=args.max_age,
+        use_model_answers=args.use_model_answers,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        image_topics=tuple(args.image_topic),
+    )
+    if not 0 <= config.val_fraction + config.test_fraction <= 1:
+        print("vsre ingest: --val-fraction + --test-fraction must lie in [0, 1]", file=sys.stderr)
+        return 2
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the report prints them once, at the end
+            report = ingest(args.bags, args.out, config)
+    except BagError as err:
+        print(f"vsre ingest: {err}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
