@@ -149,3 +149,12 @@ def test_ros_sub_commands_have_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "--params-file" in capsys.readouterr().out
+
+
+def test_readme_documents_every_parameter_and_interface_field():
+    readme = (ROOT / "README.md").read_text()
+    for cls in NODE_PARAMS.values():
+        for name, _help, _default in params.parameter_docs(cls):
+            assert f"| `{name}` |" in readme, f"parameter {name} missing from README"
+    for path in sorted(ROOT.glob("msg/*.msg")) + sorted(ROOT.glob("srv/*.srv")):
+        assert f"`{path.parent.name}/{path.name}`" in readme, path.name
