@@ -439,3 +439,68 @@ def test_soak_1000_mixed_queries_none_lost_or_duplicated(make_server, ros_client
     statuses.update(a.status for r in results for a in r.result.answers)
     assert set(statuses) <= {SpatialAnswer.OK, SpatialAnswer.OVERLOADED}
     assert statuses[SpatialAnswer.OK] >= 900
+
+
+def test_two_cameras_compressed_transport_and_depth_reach_the_engine(
+    make_server, ros_client, monkeypatch
+):
+    from sensor_msgs.msg import CompressedImage
+
+    from vsre_ros.ros.conversions import numpy_to_compressed_imgmsg
+
+    seen: list = []
+
+    class Recording(engines.StubEngine):
+        def answer(self, queries):
+            seen.extend(queries)
+            return super().answer(queries)
+
+    monkeypatch.setitem(engines.ENGINE_BACKENDS, "recording", Recording)
+    names = _names()
+    cam_a, cam_b = names["cameras"][0], names["cameras"][0] + "_b/compressed"
+    depth_topic = names["cameras"][0] + "_depth"
+    server = make_server(
+        {
+            **names,
+            "engine_backend": "recording",
+            "model": "stub",
+            "cameras": [cam_a, cam_b],
+            "camera_transports": ["raw", "compressed"],
+            "depth_topics": [depth_topic, ""],
+            "camera_qos": ["reliable"],
+            "max_frame_age": 0.0,
+        }
+    )
+    node = ros_client.node
+    stamp = Time(sec=50)
+    rgb = np.full((24, 32, 3), 200, np.uint8)
+    depth = numpy_to_imgmsg(np.full((24, 32), 1.5, np.float32), "32FC1")
+    depth.header.stamp = stamp
+    png = numpy_to_compressed_imgmsg(rgb, "png", "rgb8")
+    png.header.stamp = stamp
+    png.header.frame_id = "cam_b_optical"
+    pubs = [
+        (node.create_publisher(Image, depth_topic, 10), depth),
+        (node.create_publisher(CompressedImage, cam_b, 10), png),
+    ]
+    for pub, msg in pubs:
+        for _ in range(100):
+            pub.publish(msg)
+            if ros_client.spin_until(lambda p=pub: p.get_subscription_count() > 0, 0.1):
+                pub.publish(msg)
+                break
+    _feed(ros_client, server, stamp)
+    buffers = server.node.buffers
+    assert ros_client.spin_until(lambda: len(buffers[cam_b]) > 0, timeout=10)
+    assert ros_client.spin_until(lambda: buffers[cam_a].latest().depth is not None, timeout=10)
+
+    answer_b = _ask(ros_client, server, _q(1, camera="cam_b_optical"))
+    assert answer_b.status == SpatialAnswer.OK, answer_b.error
+    np.testing.assert_array_equal(seen[-1].images[0], rgb)  # decoded from PNG
+    assert seen[-1].depth == [None]
+
+    answer_a = _ask(ros_client, server, _q(2, camera=cam_a))
+    assert answer_a.status == SpatialAnswer.OK, answer_a.error
+    assert seen[-1].images[0].shape == (24, 32, 3)
+    np.testing.assert_allclose(seen[-1].depth[0], 1.5)
+    assert seen[-1].image_keys[0] == (cam_a, 50 * 10**9)
