@@ -96,7 +96,7 @@ class SimExpander:
         from PIL import Image
         from vsre_ros.sim_data.relations import Facts, decide
 
-        from . import Output, retarget
+        from .units import Output, retarget
 
         item = unit.item
         rng = np.random.default_rng(unit.seed)

@@ -1,0 +1,297 @@
+"""The runner: work list, shards across processes, resume, manifest and merge.
+
+The work list is one unit per (source item, variant); under `accelerate launch` (GPUs) or
+`torchrun` (CPU processes) each process takes every n-th unit and writes its own
+`parts/manifest-<rank>.jsonl` and `parts/items-<rank>.jsonl`; the main process merges them into
+`manifest.jsonl`, `train.jsonl` and `dataset.json`. A unit counts as done once its manifest row
+is written, so a re-run skips it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from vsre_ros.training.items import (
+    Item,
+    load_items,
+    splits,
+)
+
+from .modes import DIFFUSION_MODES
+from .units import MODES, SCHEMA, ExpandConfig, Output, Unit, unit_seed
+
+# --------------------------------------------------------------------------------------------
+# The runner: work list, shards, resume, manifest
+
+
+@dataclass
+class Shard:
+    """Which share of the work list this process takes."""
+
+    index: int = 0  # this process's rank
+    count: int = 1  # number of processes
+    is_main: bool = True  # the process that merges
+    wait: Callable[[], None] = lambda: None  # barrier between processes
+    device: str = "cpu"  # this process's device
+
+    @classmethod
+    def from_accelerate(cls, device: str = "") -> Shard:
+        """This process's share under `accelerate launch` (GPUs) or `torchrun` (CPU processes:
+        accelerate only joins them into one group when told it runs on the CPU)."""
+        import torch
+        from accelerate import PartialState
+
+        state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+        return cls(
+            state.process_index,
+            state.num_processes,
+            state.is_main_process,
+            state.wait_for_everyone,
+            str(state.device),
+        )
+
+
+def _parts(out: Path, kind: str) -> list[Path]:
+    return sorted((out / "parts").glob(f"{kind}-*.jsonl"))
+
+
+def _read_rows(paths: list[Path]) -> list[dict]:
+    rows = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # a line cut by a killed process: its unit is simply redone
+    return rows
+
+
+def done_units(out: Path) -> set[str]:
+    """Units that already have a manifest row (from any process of any earlier run)."""
+    return {row["unit"] for row in _read_rows(_parts(out, "manifest"))}
+
+
+def plan(cfg: ExpandConfig, items: list[Item], accepts: Callable[[Item], str]):
+    """(units, skipped) for the source items: every item x variant the mode can take."""
+    units, skipped = [], Counter()
+    for item in items[: cfg.limit or None]:
+        why = accepts(item)
+        if why:
+            skipped[why] += 1
+            continue
+        for k in range(cfg.per_item):
+            unit_id = f"{item.id}~{cfg.mode}~{k}"
+            units.append(Unit(unit_id, item, k, unit_seed(cfg.seed, unit_id)))
+    return units, skipped
+
+
+def source_items(cfg: ExpandConfig) -> list[Item]:
+    root = Path(cfg.data)
+    names = list(cfg.splits)
+    if not names:
+        if cfg.fmt != "vsre":
+            raise ValueError("give --split for VSR-format sources")
+        names = [s for s in splits(root) if s.endswith("train")]
+        if not names:
+            raise ValueError(f"{root} has no *train split; give --split (it has {splits(root)})")
+    items = []
+    for name in names:
+        items.extend(load_items(root, name, cfg.fmt, cfg.images or None))
+    return items
+
+
+def _save(out: Path, output: Output) -> list[dict]:
+    """Write an accepted output's files; return its items as jsonl rows."""
+    name = output.unit.unit_id.replace("/", "_")
+    image_rel = f"images/{name}.png"
+    Image.fromarray(output.image).save(out / image_rel)
+    mask_rel = None
+    if output.masks is not None:
+        mask_rel = f"masks/{name}.png"
+        Image.fromarray(output.masks).save(out / mask_rel)
+    scene_id = ""
+    if output.scene is not None:
+        scene_id = name
+        (out / "scenes" / f"{name}.json").write_text(json.dumps(output.scene))
+    rows = []
+    for item in output.items:
+        item.image, item.images, item.masks = image_rel, [image_rel], [mask_rel]
+        depth = item.depth[0] if item.depth else None
+        if output.depth is not None:
+            np.save(out / "depth" / f"{name}.npy", output.depth, allow_pickle=False)
+            item.depth = [f"depth/{name}.npy"]
+        elif depth:
+            # Restyling keeps the geometry, so the source's depth still describes the image.
+            target = out / "depth" / f"{name}.npy"
+            target.write_bytes((Path(output.unit.item.root) / depth).read_bytes())
+            item.depth = [f"depth/{name}.npy"]
+        else:
+            item.depth = [None]
+        item.scene_id = scene_id
+        item.seed = output.unit.seed
+        rows.append(item.to_json())
+    return rows
+
+
+def _manifest_row(cfg: ExpandConfig, output: Output, shard: Shard) -> dict:
+    verdict = output.verdict
+    return {
+        "unit": output.unit.unit_id,
+        "source_item": output.unit.item.id,
+        "source": output.unit.item.source,
+        "mode": cfg.mode,
+        "prompt": output.prompt,
+        "seed": output.unit.seed,
+        "verdict": "accepted" if verdict.accepted else "rejected",
+        "relation_check": verdict.status,
+        "reasons": verdict.reasons,
+        "checks": verdict.checks,
+        "items": [i.id for i in output.items] if verdict.accepted else [],
+        "process": shard.index,
+        **output.extra,
+    }
+
+
+def make_producer(cfg: ExpandConfig, device: str):
+    """(accepts, produce, close) for the mode: produce(units) -> list[Output]."""
+    if cfg.mode == "sim":
+        from .sim import SimExpander
+
+        expander = SimExpander(cfg)
+        return expander.accepts, expander.produce, expander.close
+    if cfg.mode not in DIFFUSION_MODES:
+        raise ValueError(f"unknown mode {cfg.mode!r}; known: {', '.join(MODES)}")
+    from .diffusion import DiffusionBackend, GenerationConfig
+
+    generation = GenerationConfig(**cfg.generation)
+    mode = DIFFUSION_MODES[cfg.mode](cfg, generation)
+    backend = None
+
+    def produce(units: list[Unit]) -> list[Output]:
+        nonlocal backend
+        if backend is None:  # loaded on first use: a resumed run with nothing to do skips it
+            backend = DiffusionBackend(cfg.mode, cfg.model_dir, generation, device)
+        requests = [mode.request(u) for u in units]
+        images = backend.generate(requests)
+        outputs = []
+        for unit, request, image in zip(units, requests, images, strict=True):
+            if request.image is not None and image.shape[:2] != request.image.shape[:2]:
+                # Back to the source's size, where its boxes, masks and depth are valid.
+                height, width = request.image.shape[:2]
+                image = np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+            outputs.append(mode.finish(unit, request, image))
+        return outputs
+
+    return mode.accepts, produce, lambda: None
+
+
+@dataclass
+class ExpandReport:
+    """Counts of one run (this process's share) and of the merged dataset."""
+
+    planned: int = 0  # units in the whole work list
+    mine: int = 0  # units assigned to this process
+    skipped_done: int = 0  # of those, already in a manifest (resume)
+    generated: int = 0  # produced in this run
+    not_expandable: dict = field(default_factory=dict)  # reason -> source items left out
+    verdicts: dict = field(default_factory=dict)  # merged: accepted/rejected counts
+    reasons: dict = field(default_factory=dict)  # merged: rejection reason -> count
+    items: int = 0  # merged: items in train.jsonl
+
+
+def expand(cfg: ExpandConfig, shard: Shard | None = None) -> ExpandReport:
+    """Run (this process's share of) an expansion; the main process merges at the end."""
+    shard = shard or Shard()
+    out = Path(cfg.out)
+    for sub in ("images", "masks", "scenes", "depth", "parts"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    accepts, produce, close = make_producer(cfg, cfg.device or shard.device)
+    units, not_expandable = plan(cfg, source_items(cfg), accepts)
+    report = ExpandReport(planned=len(units), not_expandable=dict(not_expandable))
+    mine = units[shard.index :: shard.count]
+    done = done_units(out)
+    todo = [u for u in mine if u.unit_id not in done]
+    report.mine, report.skipped_done = len(mine), len(mine) - len(todo)
+    batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
+    try:
+        _produce_all(cfg, shard, out, batches, produce, report)
+    finally:
+        close()
+    shard.wait()
+    if shard.is_main:
+        merge(cfg, report)
+    return report
+
+
+def _produce_all(cfg, shard, out, batches, produce, report) -> None:
+    from tqdm import tqdm
+
+    manifest_path = out / "parts" / f"manifest-{shard.index:05d}.jsonl"
+    items_path = out / "parts" / f"items-{shard.index:05d}.jsonl"
+    total = sum(len(b) for b in batches)
+    with (
+        open(manifest_path, "a") as manifest,
+        open(items_path, "a") as item_rows,
+        tqdm(total=total, desc=f"expand {cfg.mode}", unit="img", disable=None) as bar,
+    ):
+        for batch in batches:
+            for output in produce(batch):
+                if output.verdict.accepted:
+                    for row in _save(out, output):
+                        item_rows.write(json.dumps(row) + "\n")
+                    item_rows.flush()
+                # The manifest row comes last: a unit counts as done only once it is complete.
+                manifest.write(json.dumps(_manifest_row(cfg, output, shard)) + "\n")
+                manifest.flush()
+                report.generated += 1
+                bar.update(1)
+
+
+def merge(cfg: ExpandConfig, report: ExpandReport | None = None) -> ExpandReport:
+    """Merge every process's parts into manifest.jsonl, train.jsonl and dataset.json."""
+    report = report or ExpandReport()
+    out = Path(cfg.out)
+    manifest = {row["unit"]: row for row in _read_rows(_parts(out, "manifest"))}
+    accepted = {
+        i for row in manifest.values() if row["verdict"] == "accepted" for i in row["items"]
+    }
+    items = {row["id"]: row for row in _read_rows(_parts(out, "items")) if row["id"] in accepted}
+    with open(out / "manifest.jsonl", "w") as handle:
+        for unit in sorted(manifest):
+            handle.write(json.dumps(manifest[unit]) + "\n")
+    with open(out / "train.jsonl", "w") as handle:
+        for item_id in sorted(items):
+            handle.write(json.dumps(items[item_id]) + "\n")
+    verdicts = Counter(row["verdict"] for row in manifest.values())
+    reasons = Counter(
+        reason
+        for row in manifest.values()
+        if row["verdict"] == "rejected"
+        for reason in row["reasons"]
+    )
+    report.verdicts, report.reasons, report.items = dict(verdicts), dict(reasons), len(items)
+    meta = {
+        "schema": SCHEMA,
+        "source": "expand",
+        "seed": cfg.seed,
+        "config": asdict(cfg),
+        "counts": {
+            "units": len(manifest),
+            "accepted": verdicts.get("accepted", 0),
+            "rejected": verdicts.get("rejected", 0),
+            "by_relation_check": dict(Counter(r["relation_check"] for r in manifest.values())),
+            "rejection_reasons": dict(reasons),
+            "items": len(items),
+        },
+        "splits": {"train": len(items)},
+        "created_by": "vsre expand",
+    }
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return report
