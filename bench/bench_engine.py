@@ -17,6 +17,7 @@ Figures (all on random weights, which time the same as trained ones):
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import time
@@ -144,7 +145,12 @@ def main() -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     peak = gemm_peak()
-    print(f"torch {torch.__version__}, {args.threads} threads, GEMM peak {peak:.1f} GFLOP/s")
+    load = os.getloadavg()[0]
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, GEMM peak {peak:.1f} GFLOP/s, "
+        f"{os.cpu_count()} CPUs, load average {load:.1f} (other work on the machine slows "
+        "every figure)"
+    )
     models = [(p, lambda p=p: VSREModel.from_preset(p)) for p in args.presets]
     if args.paper_paths:
         models.append(
@@ -188,6 +194,7 @@ def main() -> None:
         )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak resident memory of this process: {rss:.0f} MiB")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
