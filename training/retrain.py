@@ -178,6 +178,9 @@ def export_model(model_dir: Path, export_root: Path, record: dict) -> Path:
     staging = export_root / f".staging-{name}"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(model_dir, staging)
+    # Training writes through private temp dirs (0700); the node may run as another user.
+    for path in [staging, *staging.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
     target = export_root / name
     os.replace(staging, target)
     link = export_root / ".current-new"

@@ -93,6 +93,7 @@ def test_loop_exports_only_a_model_that_is_not_worse(builder, tiny_model_dir, tm
     assert comparison["n_items"] > 0 and comparison["export"]
     current = tmp_path / "export" / "current"
     assert current.resolve() == (tmp_path / "export" / "model-0001").resolve()
+    assert (current.resolve().stat().st_mode & 0o777) == 0o755
     reloaded = VSREModel.from_pretrained(current)
     assert reloaded.config.name == "retrain-tiny"
     history = (tmp_path / "export" / "history.jsonl").read_text().splitlines()
