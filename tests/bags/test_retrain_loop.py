@@ -141,3 +141,11 @@ def test_a_new_bag_or_model_starts_a_fresh_turn(tmp_path):
     second = loop.fingerprint(cfg)
     (model / "weights").write_bytes(b"w2")
     assert loop.fingerprint(cfg) not in (first, second)
+
+
+def test_cli_reports_a_missing_model(tmp_path, capsys):
+    from vsre_ros import cli
+
+    argv = ["retrain", "--bags", str(tmp_path), "--current", str(tmp_path / "nope")]
+    assert cli.main([*argv, "--export", str(tmp_path / "export")]) == 2
+    assert "is not a model directory" in capsys.readouterr().err
