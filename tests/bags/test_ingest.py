@@ -120,6 +120,15 @@ def test_model_answers_are_kept_only_when_asked_and_marked(builder, tmp_path):
     assert (kept["answer"], kept["label"], kept["label_source"]) == ("no", 0, "model")
 
 
+def test_unsure_model_answers_are_left_out(builder, tmp_path):
+    _scenario(builder, _frames())  # q-open is answered, uncorrected, with confidence 0.9
+    bag = builder.write(tmp_path / "run1")
+    config = bags.IngestConfig(use_model_answers=True, min_confidence=0.95)
+    report = bags.ingest([bag], tmp_path / "ds", config)
+    assert report.skipped["model answer below --min-confidence and not corrected"] == 1
+    assert "q-open" not in _items(tmp_path / "ds")
+
+
 def test_failed_model_answer_is_not_a_label(builder, tmp_path):
     builder.add("/cam/color", SEC, builder.image(_frames(1)[0], SEC))
     builder.add("/vsre/query", SEC + 1, builder.query("q", ns=SEC))

@@ -90,6 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep uncorrected queries, labelled with the model's answer (label_source=model)",
     )
     parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=defaults.min_confidence,
+        help="with --use-model-answers: keep only answers at least this confident (0.5-1)",
+    )
+    parser.add_argument(
         "--max-skew",
         type=float,
         default=defaults.max_skew,
@@ -121,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         max_skew=args.max_skew,
         max_age=args.max_age,
         use_model_answers=args.use_model_answers,
+        min_confidence=args.min_confidence,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         seed=args.seed,

@@ -64,6 +64,7 @@ class IngestConfig:
     max_skew: float = 0.05  # s: a query stamp matches a frame at most this far away
     max_age: float = 1.0  # s: a "latest frame" query accepts frames at most this old
     use_model_answers: bool = False  # keep uncorrected queries, labelled with the model's answer
+    min_confidence: float = 0.0  # ... only if the model's confidence reached this (0.5..1)
     val_fraction: float = 0.1  # share of frames whose items go to val.jsonl
     test_fraction: float = 0.1  # share of frames whose items go to test.jsonl
     seed: int = 0  # salt of the frame -> split hash
@@ -233,6 +234,14 @@ class _BagContents:
         return best if abs(best.stamp - frame.stamp) <= config.max_skew * 1e9 else None
 
 
+def _confidence(query, answer) -> float:
+    """How sure the model was: max(P(yes), P(no)) for yes/no, else its reported confidence."""
+    probability = float(answer.probability)
+    if int(query.answer_kind) == 0:
+        return max(probability, 1.0 - probability)
+    return probability
+
+
 def _label_fields(query, truth, label_source: str) -> dict | str:
     """Answer fields of an item from a correction or an answer; a string says why not."""
     kind = KIND_LABELS.get(int(query.answer_kind))
@@ -399,6 +408,9 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
             report.skip("model answer is a failure and nothing corrected it", query_id)
             return None
         truth, label_source = answer, "model"
+        if _confidence(query, answer) < config.min_confidence:
+            report.skip("model answer below --min-confidence and not corrected", query_id)
+            return None
     elif answer is None and config.use_model_answers:
         report.skip("no answer and no correction", query_id)
         return None
