@@ -132,6 +132,10 @@ def test_a_frame_is_encoded_once_per_key(tiny_model, rng, monkeypatch):
     engine.answer([Query("Is it?", [image.copy()])])
     engine.answer([Query("Is it?", [random_image(rng)])])
     assert calls == [1, 1, 1]
+    stats = engine.stats()
+    assert stats["queries"] == 12 and stats["batches"] == 4
+    assert stats["feature_misses"] == 3 and stats["feature_hits"] == 2  # per image looked up
+    assert stats["prefix_misses"] == 3 and stats["prefix_hits"] == 1
 
 
 def test_feature_cache_forgets_least_recently_used(tiny_model, rng):

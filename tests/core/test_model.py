@@ -268,6 +268,14 @@ def test_tiny_preset_is_five_to_ten_million_parameters():
     assert channel.num_image_tokens < model.num_image_tokens
 
 
+def test_micro_preset_is_the_learnability_recipe():
+    model = VSREModel.from_preset("vsre-micro")
+    assert list(model.encoders) == ["clip"] and model.num_image_tokens == 64
+    assert model.lm.config.hidden_size == 128 and model.lm.config.num_hidden_layers == 3
+    assert model.lm.config._attn_implementation == "eager"
+    assert 1e6 <= sum(model.parameter_counts().values()) <= 2.5e6
+
+
 # ------------------------------------------------------------------ real-layout presets
 
 

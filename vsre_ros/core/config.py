@@ -201,6 +201,22 @@ def _tiny_channel() -> ModelConfig:
     )
 
 
+@register_preset("vsre-micro")
+def _micro() -> ModelConfig:
+    """The 1.65M-parameter recipe that learned relations on 2 CPU cores (learnability notes):
+    one CLIP-style ViT (patch 8, width 128, 4 layers), all 64 patch tokens, Linear-GELU-Linear,
+    2D positions on image tokens, Llama 128 x 3 with 4 heads and FFN 512, eager attention."""
+    lm = tiny_lm(hidden=128, layers=3, heads=4, ffn=512)
+    lm.attn_implementation = "eager"
+    return ModelConfig(
+        name="vsre-micro",
+        encoders=[tiny_encoders(hidden=128, layers=4, heads=4)[0]],
+        fusion="sequence",
+        projector_depth=2,
+        lm=lm,
+    )
+
+
 def _read_paths(paths_file: str | Path, needed: list[str]) -> dict[str, str]:
     path = Path(paths_file)
     if not path.is_file():

@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +124,7 @@ class Engine:
         self._prefixes = LRU(self.config.prefix_cache_size)
         self._adapter = ""
         self._batch_features: dict[Hashable, torch.Tensor] = {}
+        self._stats: Counter[str] = Counter()
         self.model: VSREModel
         self.load(model)
 
@@ -151,6 +152,11 @@ class Engine:
             self.model.to(device=self.device, dtype=self.dtype)
             self._adapter = Path(directory).name
             self._reset_model_state()
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start: queries, batches, feature and prefix cache hits and misses."""
+        with self._queue_lock:
+            return dict(self._stats)
 
     def clear_cache(self) -> None:
         with self._run_lock:
@@ -181,6 +187,10 @@ class Engine:
                 f"yes and no words share first tokens {[decode([i]) for i in overlap]}"
             )
 
+    def _count(self, name: str) -> None:
+        with self._queue_lock:
+            self._stats[name] += 1
+
     def _verdict_row(self, question: str) -> list[int]:
         """Token ids after which the next token is the yes/no verdict."""
         return self.model.suffix_ids(question) + self._verdict_lead
@@ -197,6 +207,9 @@ class Engine:
                 with self._queue_lock:
                     batch, self._pending = self._pending, []
                 flat = [q for pending in batch for q in pending.queries]
+                with self._queue_lock:
+                    self._stats["batches"] += 1
+                    self._stats["queries"] += len(flat)
                 try:
                     answers = self._process(flat)
                 except Exception as err:  # every waiting caller must still get its answers
@@ -344,8 +357,10 @@ class Engine:
                 cached = self._features.get_fresh(key)
                 if cached is not None:
                     self._batch_features[key] = cached
+                    self._count("feature_hits")
                 elif key not in missing:
                     missing[key] = image
+                    self._count("feature_misses")
         items = list(missing.items())
         step = max(1, self.config.max_batch)
         for start in range(0, len(items), step):
@@ -390,7 +405,9 @@ class Engine:
     def _prefix(self, keys: tuple) -> _Prefix:
         cached = self._prefixes.get_fresh(keys)
         if cached is not None:
+            self._count("prefix_hits")
             return cached
+        self._count("prefix_misses")
         image_embeds = torch.cat([self._batch_features[key] for key in keys])
         ids = self.model.prefix_ids(len(keys))
         prefix = _Prefix(kv=[], ids=ids, image_embeds=image_embeds)
