@@ -233,3 +233,10 @@ def test_img2img_on_vsr_rows_has_no_boxes_so_only_the_whole_image_is_checked(tmp
     (item,) = read_vsre(tmp_path / "c", "train")
     assert (item.subj, item.obj, item.label, item.source) == ("cat", "dog", 1, "expand")
     assert Image.open(item.image_paths()[0]).size == (40, 40)
+
+
+def test_unknown_diffusion_mode_names_the_known_ones():
+    from vsre_ros.training.expand.diffusion import pipeline_spec
+
+    with pytest.raises(ValueError, match="unknown diffusion mode 'gligen-xl'; known: txt2img"):
+        pipeline_spec("gligen-xl")

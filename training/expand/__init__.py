@@ -101,7 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.min_inpaint_change,
         help="inpaint: least mean pixel change (0-255) inside the mask",
     )
-    parser.add_argument("--size", type=int, default=g.size, help="generated size, pixels")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=g.size,
+        help="generated size, pixels (0: SDXL 1024, GLIGEN 512)",
+    )
     parser.add_argument("--steps", type=int, default=g.steps, help="denoising steps")
     parser.add_argument("--guidance", type=float, default=g.guidance, help="CFG scale")
     parser.add_argument("--strength", type=float, default=g.strength, help="img2img strength")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ class Request:
 class GenerationConfig:
     """Sampling settings shared by the diffusion modes."""
 
-    size: int = 1024  # generated square size, pixels (SDXL's native 1024; GLIGEN's 512)
+    size: int = 0  # generated square size, pixels; 0 = the pipeline's native size
     steps: int = 30  # denoising steps
     guidance: float = 5.0  # classifier-free guidance scale (1 disables it)
     strength: float = 0.45  # img2img: how far from the source (low keeps the layout)
@@ -129,20 +129,22 @@ class PipelineSpec:
 
     class_name: str  # diffusers pipeline class, loaded with from_pretrained(local dir)
     call: Callable  # (pipe, requests, GenerationConfig, device) -> list of HxWx3 float images
+    native_size: int  # the size the family was trained at (SDXL 1024, SD1.x GLIGEN 512)
     extra_kwargs: tuple[tuple[str, object], ...] = ()  # from_pretrained keyword arguments
 
 
 PIPELINES: dict[str, PipelineSpec] = {
-    "txt2img": PipelineSpec("StableDiffusionXLPipeline", _txt2img),
+    "txt2img": PipelineSpec("StableDiffusionXLPipeline", _txt2img, 1024),
     "img2img": PipelineSpec(
-        "StableDiffusionXLImg2ImgPipeline", _img2img, (("requires_aesthetics_score", False),)
+        "StableDiffusionXLImg2ImgPipeline", _img2img, 1024, (("requires_aesthetics_score", False),)
     ),
     "inpaint": PipelineSpec(
-        "StableDiffusionXLInpaintPipeline", _inpaint, (("requires_aesthetics_score", False),)
+        "StableDiffusionXLInpaintPipeline", _inpaint, 1024, (("requires_aesthetics_score", False),)
     ),
     "layout": PipelineSpec(
         "StableDiffusionGLIGENPipeline",
         _layout,
+        512,
         (("safety_checker", None), ("requires_safety_checker", False)),
     ),
 }
@@ -164,7 +166,7 @@ class DiffusionBackend:
         import torch
 
         self.spec = pipeline_spec(mode)
-        self.cfg = cfg
+        self.cfg = cfg if cfg.size else replace(cfg, size=self.spec.native_size)
         self.device = device
         model_dir = Path(model_dir)
         if not (model_dir / "model_index.json").is_file():
