@@ -162,16 +162,25 @@ def _big_bag(builder, n=60, size=(64, 64)):
 
 
 @pytest.mark.parametrize(
-    ("storage", "compress", "keep"),
-    [("mcap", False, 0.6), ("mcap", True, 0.6), ("sqlite3", False, 0.7)],
+    ("storage", "compress", "keep", "metadata"),
+    [
+        ("mcap", False, 0.6, False),  # a recorder that crashed never writes metadata.yaml
+        ("mcap", True, 0.6, False),
+        ("sqlite3", False, 0.7, False),
+        ("mcap", False, 0.8, True),  # a finished bag whose file was cut in a copy
+        ("sqlite3", False, 0.8, True),
+    ],
 )
-def test_truncated_bag_yields_its_readable_messages(builder, tmp_path, storage, compress, keep):
+def test_truncated_bag_yields_its_readable_messages(
+    builder, tmp_path, storage, compress, keep, metadata
+):
     n = _big_bag(builder)
     bag = builder.write(tmp_path / "crashed", storage, compress=compress)
     (storage_file,) = [p for p in bag.iterdir() if p.suffix in (".mcap", ".db3")]
     data = storage_file.read_bytes()
     storage_file.write_bytes(data[: int(len(data) * keep)])
-    (bag / "metadata.yaml").unlink()  # a recorder that crashed never writes it
+    if not metadata:
+        (bag / "metadata.yaml").unlink()
 
     notes: list[str] = []
     with pytest.warns(UserWarning, match="truncated bag"):
