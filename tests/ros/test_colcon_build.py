@@ -39,6 +39,9 @@ def _colcon_env() -> dict[str, str]:
     for var in ("AMENT_PREFIX_PATH", "CMAKE_PREFIX_PATH"):
         env[var] = os.pathsep.join(p for p in (sys.prefix, env.get(var, "")) if p)
     env.pop("PYTHONPATH", None)
+    # colcon's default make flags add "-l<cores>" (no new job while the load is above the core
+    # count), which builds serially on a shared CI box; explicit MAKEFLAGS replace them.
+    env["MAKEFLAGS"] = f"-j{os.cpu_count() or 2}"
     return env
 
 
