@@ -123,9 +123,14 @@ def test_inpaint_swaps_the_subject_inside_its_box_only(source, source_boxes, tmp
 
 
 def test_inpaint_that_changed_nothing_is_rejected(source, tmp_path, tiny_sdxl):
-    report, _ = _run(source, tmp_path / "out", "inpaint", tiny_sdxl, min_inpaint_change=1e9)
+    out = tmp_path / "out"
+    report, _ = _run(source, out, "inpaint", tiny_sdxl, min_inpaint_change=1e9, save_rejected=True)
     assert report.items == 0
     assert sum(v for k, v in report.reasons.items() if "not repainted" in k) == 5
+    # Rejected images are kept apart for inspection, never in the dataset.
+    images = sorted(row["image"] for row in _manifest(out).values())
+    assert images and all(i.startswith("rejected/") and (out / i).is_file() for i in images)
+    assert not list((out / "images").iterdir())
 
 
 def test_layout_draws_boxes_that_make_the_relation_hold(source, tmp_path, tiny_gligen):

@@ -84,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep outputs whose relation cannot be checked (marked unverifiable)",
     )
     parser.add_argument(
+        "--save-rejected", action="store_true", help="write rejected images to OUT/rejected/"
+    )
+    parser.add_argument(
         "--box-margin",
         type=float,
         default=d.box_margin,
@@ -131,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> ExpandConfig:
         min_structure=args.min_structure,
         min_inpaint_change=args.min_inpaint_change,
         keep_unverified=args.keep_unverified,
+        save_rejected=args.save_rejected,
         device=args.device,
         generation={
             "size": args.size,

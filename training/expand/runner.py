@@ -109,7 +109,7 @@ def source_items(cfg: ExpandConfig) -> list[Item]:
 
 def _save(out: Path, output: Output) -> list[dict]:
     """Write an accepted output's files; return its items as jsonl rows."""
-    name = output.unit.unit_id.replace("/", "_")
+    name = _image_name(output)
     image_rel = f"images/{name}.png"
     Image.fromarray(output.image).save(out / image_rel)
     mask_rel = None
@@ -140,10 +140,15 @@ def _save(out: Path, output: Output) -> list[dict]:
     return rows
 
 
-def _manifest_row(cfg: ExpandConfig, output: Output, shard: Shard) -> dict:
+def _image_name(output: Output) -> str:
+    return output.unit.unit_id.replace("/", "_")
+
+
+def _manifest_row(cfg: ExpandConfig, output: Output, shard: Shard, image: str) -> dict:
     verdict = output.verdict
     return {
         "unit": output.unit.unit_id,
+        "image": image,
         "source_item": output.unit.item.id,
         "source": output.unit.item.source,
         "mode": cfg.mode,
@@ -243,12 +248,19 @@ def _produce_all(cfg, shard, out, batches, produce, report) -> None:
     ):
         for batch in batches:
             for output in produce(batch):
+                image = ""
                 if output.verdict.accepted:
                     for row in _save(out, output):
                         item_rows.write(json.dumps(row) + "\n")
                     item_rows.flush()
+                    image = f"images/{_image_name(output)}.png"
+                elif cfg.save_rejected and output.image is not None:
+                    # Kept apart, for tuning thresholds by eye; never part of the dataset.
+                    image = f"rejected/{_image_name(output)}.png"
+                    (out / "rejected").mkdir(exist_ok=True)
+                    Image.fromarray(output.image).save(out / image)
                 # The manifest row comes last: a unit counts as done only once it is complete.
-                manifest.write(json.dumps(_manifest_row(cfg, output, shard)) + "\n")
+                manifest.write(json.dumps(_manifest_row(cfg, output, shard, image)) + "\n")
                 manifest.flush()
                 report.generated += 1
                 bar.update(1)

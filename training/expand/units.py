@@ -70,6 +70,7 @@ class ExpandConfig:
     min_inpaint_change: float = 8.0  # inpaint: least mean change (0..255) inside the mask
     mask_dilate: int = 2  # inpaint: pixels added around the subject's box
     keep_unverified: bool = False  # keep outputs whose relation cannot be checked
+    save_rejected: bool = False  # also write rejected images, to rejected/ (not the dataset)
     device: str = ""  # torch device; empty = the accelerate process's device
     generation: dict = field(default_factory=dict)  # GenerationConfig overrides
 
