@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import subprocess
 import sys
 import threading
@@ -135,6 +137,9 @@ def test_vsre_demo_runs_end_to_end_and_records_a_bag(tiny_checkpoint, tmp_path):
             "120",
         ],
         cwd=ROOT,
+        # The demo is self-contained; a domain of its own keeps its generic topic names
+        # (/vsre/queries, /sim_camera/...) away from anything else on this machine.
+        env={**os.environ, "ROS_DOMAIN_ID": str(random.randint(102, 232))},
         capture_output=True,
         text=True,
         timeout=240,
