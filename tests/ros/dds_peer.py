@@ -1,7 +1,9 @@
 """The other process of the DDS interface test: serves every vsre_ros interface with echoes.
 
-Run as `python dds_peer.py`; prints READY once its topic, service and action endpoints exist,
-and exits when stdin closes (so it never outlives the test that started it).
+Run as `python dds_peer.py PREFIX` (names: PREFIX/queries, PREFIX/answers, PREFIX/ask,
+PREFIX/ask_batch, so concurrent test sessions never share endpoints); prints READY once its
+topic, service and action endpoints exist, and exits when stdin closes (so it never outlives
+the test that started it).
 """
 
 from __future__ import annotations
@@ -36,16 +38,16 @@ def echo(query: SpatialQuery) -> SpatialAnswer:
 
 
 class Peer(Node):
-    def __init__(self) -> None:
+    def __init__(self, prefix: str) -> None:
         super().__init__("vsre_dds_peer")
         group = ReentrantCallbackGroup()
-        self.pub = self.create_publisher(SpatialAnswer, "vsre/answers", 10)
-        self.create_subscription(SpatialQuery, "vsre/queries", self.on_query, 10)
-        self.create_service(AskSpatial, "vsre/ask", self.on_ask, callback_group=group)
+        self.pub = self.create_publisher(SpatialAnswer, f"{prefix}/answers", 10)
+        self.create_subscription(SpatialQuery, f"{prefix}/queries", self.on_query, 10)
+        self.create_service(AskSpatial, f"{prefix}/ask", self.on_ask, callback_group=group)
         self.action = ActionServer(
             self,
             AskSpatialAction,
-            "vsre/ask_batch",
+            f"{prefix}/ask_batch",
             self.execute,
             cancel_callback=lambda _goal: CancelResponse.ACCEPT,
             callback_group=group,
@@ -82,7 +84,7 @@ class Peer(Node):
 
 def main() -> None:
     rclpy.init()
-    node = Peer()
+    node = Peer(sys.argv[1])
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)

@@ -7,6 +7,7 @@ fields of the query arrived intact, not merely that something came back.
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,10 @@ PEER = str(Path(__file__).with_name("dds_peer.py"))
 
 @pytest.fixture
 def peer(spawn):
-    return spawn([PEER])
+    """The peer process; returns the prefix of its endpoint names."""
+    prefix = f"/dds_{uuid.uuid4().hex[:8]}"
+    spawn([PEER, prefix])
+    return prefix
 
 
 def _query(i: int, question: str = "Is the cup left of the box?") -> SpatialQuery:
@@ -57,8 +61,8 @@ def _assert_echo(answer: SpatialAnswer, i: int, question: str = "Is the cup left
 def test_topic_query_gets_its_answer(peer, ros_client):
     node = ros_client.node
     received: list[SpatialAnswer] = []
-    node.create_subscription(SpatialAnswer, "vsre/answers", received.append, 10)
-    pub = node.create_publisher(SpatialQuery, "vsre/queries", 10)
+    node.create_subscription(SpatialAnswer, f"{peer}/answers", received.append, 10)
+    pub = node.create_publisher(SpatialQuery, f"{peer}/queries", 10)
     deadline = time.monotonic() + 20
     # Publish until matched: a message sent before discovery completes is simply not delivered.
     while not received and time.monotonic() < deadline:
@@ -69,20 +73,20 @@ def test_topic_query_gets_its_answer(peer, ros_client):
 
 
 def test_service_call_round_trip(peer, ros_client):
-    client = ros_client.node.create_client(AskSpatial, "vsre/ask")
-    assert client.wait_for_service(timeout_sec=20), "service vsre/ask not found"
+    client = ros_client.node.create_client(AskSpatial, f"{peer}/ask")
+    assert client.wait_for_service(timeout_sec=20), "service not found"
     response = ros_client.wait(client.call_async(AskSpatial.Request(query=_query(2))))
     _assert_echo(response.answer, 2)
 
 
-def _action_client(ros_client) -> ActionClient:
-    client = ActionClient(ros_client.node, AskSpatialAction, "vsre/ask_batch")
-    assert client.wait_for_server(timeout_sec=20), "action vsre/ask_batch not found"
+def _action_client(ros_client, prefix: str) -> ActionClient:
+    client = ActionClient(ros_client.node, AskSpatialAction, f"{prefix}/ask_batch")
+    assert client.wait_for_server(timeout_sec=20), "action server not found"
     return client
 
 
 def test_action_goal_streams_feedback_then_result(peer, ros_client):
-    client = _action_client(ros_client)
+    client = _action_client(ros_client, peer)
     feedback = []
     goal = AskSpatialAction.Goal(queries=[_query(i) for i in range(3)])
     handle = ros_client.wait(client.send_goal_async(goal, feedback_callback=feedback.append))
@@ -99,7 +103,7 @@ def test_action_goal_streams_feedback_then_result(peer, ros_client):
 
 
 def test_action_goal_can_be_cancelled(peer, ros_client):
-    client = _action_client(ros_client)
+    client = _action_client(ros_client, peer)
     feedback = []
     goal = AskSpatialAction.Goal(queries=[_query(i, "slow question") for i in range(30)])
     handle = ros_client.wait(client.send_goal_async(goal, feedback_callback=feedback.append))
