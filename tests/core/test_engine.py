@@ -314,3 +314,16 @@ def test_a_model_failure_becomes_an_error_answer(tiny_model, rng, monkeypatch):
     assert answers[0].status == Status.ERROR and "out of memory" in answers[0].error
     assert answers[0].query_id == "q1"
     assert answers[1].status == Status.BAD_QUESTION
+
+
+def test_structured_yes_no_query_is_worded_by_the_first_template(engines, rng):
+    from vsre_ros.core.engine import STRUCTURED_TEMPLATE
+
+    image = random_image(rng)
+    structured = Query("", [image], subj="red cup", relation="left of", obj="box")
+    worded = Query(STRUCTURED_TEMPLATE.render("red cup", "left of", "box"), [image])
+    a, b = engines[0].answer([structured, worded])
+    assert a.status == Status.OK and math.isclose(a.probability, b.probability, abs_tol=1e-5)
+    assert structured.question == ""
+    (missing,) = engines[0].answer([Query("", [image], subj="cup", relation="left of")])
+    assert missing.status == Status.BAD_QUESTION

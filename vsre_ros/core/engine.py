@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -35,6 +36,10 @@ from vsre_ros.core.answers import Answer, AnswerKind, Query, Status, parse_numbe
 from vsre_ros.core.config import PRESETS, EngineConfig
 from vsre_ros.core.model import VSREModel, check_image
 from vsre_ros.core.prompts import IMAGE
+from vsre_ros.core.templates import TEMPLATES
+
+# The wording of structured-only yes/no queries: the first (plainest) training template.
+STRUCTURED_TEMPLATE = next(t for t in TEMPLATES if t.kind == "yes_no")
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +246,7 @@ class Engine:
             return torch.stack(rows).float()
 
     def _process(self, queries: list[Query]) -> list[Answer]:
+        queries = [_worded(q) for q in queries]
         answers: list[Answer | None] = [None] * len(queries)
         valid = []
         for i, query in enumerate(queries):
@@ -621,6 +627,22 @@ class Engine:
                 use_cache=True,
             )
         return text.strip(), _confidence(logps)
+
+
+def _worded(query: Any) -> Any:
+    """A yes/no query given only in structured form (subj, relation, obj) gets the first
+    template's wording; the caller's Query is not changed."""
+    if not isinstance(query, Query) or (
+        isinstance(query.question, str) and query.question.strip()
+    ):
+        return query
+    parts = (query.subj, query.relation, query.obj)
+    if query.answer_kind != AnswerKind.YES_NO or not all(
+        isinstance(p, str) and p.strip() for p in parts
+    ):
+        return query
+    text = STRUCTURED_TEMPLATE.render(*(p.strip() for p in parts))
+    return dataclasses.replace(query, question=text)
 
 
 @contextlib.contextmanager
