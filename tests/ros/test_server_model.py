@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
 import torch
@@ -49,16 +51,19 @@ def _ask(client, service_name: str, query: SpatialQuery) -> SpatialAnswer:
     return client.wait(cli.call_async(AskSpatial.Request(query=query)), 60).answer
 
 
+PREFIX = f"/model_{uuid.uuid4().hex[:8]}"  # names private to this test session
+
+
 def _params(model: str) -> dict:
     return {
         "engine_backend": "vsre",
         "model": model,
         "threads": 1,
-        "service_name": "/model_test/ask",
-        "query_topic": "/model_test/queries",
-        "answer_topic": "/model_test/answers",
-        "action_name": "/model_test/ask_batch",
-        "cameras": ["/model_test/image"],
+        "service_name": f"{PREFIX}/ask",
+        "query_topic": f"{PREFIX}/queries",
+        "answer_topic": f"{PREFIX}/answers",
+        "action_name": f"{PREFIX}/ask_batch",
+        "cameras": [f"{PREFIX}/image"],
         "diagnostics_period": 0.0,
     }
 
@@ -77,7 +82,7 @@ def _image_query(kind=SpatialQuery.KIND_YES_NO, **fields) -> SpatialQuery:
 def test_real_model_answers_switches_model_and_lora(checkpoints, make_server, ros_client):
     first, second = checkpoints
     server = make_server(_params(first))
-    answer = _ask(ros_client, "/model_test/ask", _image_query())
+    answer = _ask(ros_client, f"{PREFIX}/ask", _image_query())
     assert answer.status == SpatialAnswer.OK, answer.error
     assert answer.model_id == "tiny-a"
     assert answer.answer in ("yes", "no")
@@ -85,20 +90,20 @@ def test_real_model_answers_switches_model_and_lora(checkpoints, make_server, ro
     assert answer.verdict == (answer.probability >= 0.5)
     assert answer.latency_model_ms > 0
 
-    choice = _ask(ros_client, "/model_test/ask", _image_query(1, options=["the cup", "the box"]))
+    choice = _ask(ros_client, f"{PREFIX}/ask", _image_query(1, options=["the cup", "the box"]))
     assert choice.status == SpatialAnswer.OK and choice.choice_index in (0, 1)
 
     result = server.node.set_parameters([Parameter("model", value=second)])[0]
     assert result.successful, result.reason
-    assert _ask(ros_client, "/model_test/ask", _image_query()).model_id == "tiny-b"
+    assert _ask(ros_client, f"{PREFIX}/ask", _image_query()).model_id == "tiny-b"
 
     result = server.node.set_parameters([Parameter("lora", value=second + "-lora")])[0]
     assert result.successful, result.reason
-    assert _ask(ros_client, "/model_test/ask", _image_query()).model_id == "tiny-b+tiny-b-lora"
+    assert _ask(ros_client, f"{PREFIX}/ask", _image_query()).model_id == "tiny-b+tiny-b-lora"
 
     refused = server.node.set_parameters([Parameter("model", value=first + "-missing")])[0]
     assert not refused.successful and "-missing" in refused.reason
-    assert _ask(ros_client, "/model_test/ask", _image_query()).model_id == "tiny-b+tiny-b-lora"
+    assert _ask(ros_client, f"{PREFIX}/ask", _image_query()).model_id == "tiny-b+tiny-b-lora"
 
 
 def test_missing_checkpoint_fails_configure_with_the_reason(make_server, tmp_path):
