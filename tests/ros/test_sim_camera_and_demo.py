@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import threading
+import uuid
 from collections import Counter
 
 import numpy as np
@@ -32,11 +33,12 @@ def test_sim_camera_publishes_matching_image_depth_info_and_truth(ros_client):
 
     context = rclpy.Context()
     rclpy.init(context=context)
+    prefix = f"/sim_{uuid.uuid4().hex[:8]}"
     names = {
-        "image_topic": "/simtest/image",
-        "depth_topic": "/simtest/depth",
-        "info_topic": "/simtest/info",
-        "truth_topic": "/simtest/truth",
+        "image_topic": f"{prefix}/image",
+        "depth_topic": f"{prefix}/depth",
+        "info_topic": f"{prefix}/info",
+        "truth_topic": f"{prefix}/truth",
     }
     node = SimCameraNode(
         "simtest_camera",
