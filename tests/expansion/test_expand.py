@@ -245,3 +245,19 @@ def test_unknown_diffusion_mode_names_the_known_ones():
 
     with pytest.raises(ValueError, match="unknown diffusion mode 'gligen-xl'; known: txt2img"):
         pipeline_spec("gligen-xl")
+
+
+def test_two_image_items_are_left_alone_and_choice_wording_is_replaced(
+    source, tmp_path, tiny_sdxl
+):
+    rows = [json.loads(line) for line in (source / "random_train.jsonl").read_text().splitlines()]
+    pair = dict(rows[0], id="pair", images=["images/s0.png", "images/s0.png"], task="multi_image")
+    choice = dict(rows[0], id="choice", template_id="t35")
+    (source / "random_train.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in (pair, choice))
+    )
+    report, _ = _run(source, tmp_path / "out", "inpaint", tiny_sdxl, mask_dilate=0)
+    assert report.not_expandable == {"not a yes/no relation item about one image": 1}
+    (item,) = read_vsre(tmp_path / "out", "train")
+    assert item.id.startswith("choice") and item.template_id == "t00"
+    assert item.answer == "yes" and item.question.endswith("?")

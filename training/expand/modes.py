@@ -55,7 +55,7 @@ class DiffusionMode:
 
     def accepts(self, item: Item) -> str:
         """ "" if this mode can expand the item, else why not."""
-        return "" if is_relation(item) else "not a yes/no relation item"
+        return "" if is_relation(item) else "not a yes/no relation item about one image"
 
     def request(self, unit: Unit):
         raise NotImplementedError

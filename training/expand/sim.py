@@ -47,8 +47,10 @@ class SimExpander:
     def accepts(self, item: Item) -> str:
         from vsre_ros.sim_data.relations import CATALOG
 
-        if not (item.answer_kind == "yes_no" and item.subj and item.relation and item.obj):
-            return "not a yes/no relation item"
+        from .units import is_relation
+
+        if not is_relation(item):
+            return "not a yes/no relation item about one image"
         if not item.scene_id or not self._scene_path(item).is_file():
             return "no simulator scene file"
         rel = CATALOG.get(item.relation)

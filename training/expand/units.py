@@ -110,7 +110,14 @@ def _rng(unit: Unit) -> np.random.Generator:
 
 
 def is_relation(item: Item) -> bool:
-    return item.answer_kind == "yes_no" and bool(item.subj and item.relation and item.obj)
+    """A yes/no relation about one image: the only kind of item expansion re-draws (a question
+    across two images would lose its second one)."""
+    one_image = len(item.images or [item.image]) == 1
+    return (
+        one_image
+        and item.answer_kind == "yes_no"
+        and bool(item.subj and item.relation and item.obj)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,6 +145,7 @@ def source_geometry(item: Item) -> dict[str, ObjectGeometry]:
     found = {}
     for index, obj in enumerate(scene.get("objects", [])):
         name = obj.get("name")
+        # Scene files without mask_id follow the simulator's numbering: object index + 1.
         instance = mask == int(obj.get("mask_id", index + 1))
         box = Box.of_mask(instance)
         if not name or box is None:
@@ -165,7 +173,10 @@ def retarget(item: Item, unit_id: str, image: str, **changes) -> Item:
         label = int(new.label if new.label is not None else new.truth)
         new.label = label
         new.caption = caption_of(new.subj, new.relation, new.obj)
-        template = ALL_TEMPLATES.get(new.template_id) or TEMPLATES[0]
+        template = ALL_TEMPLATES.get(new.template_id)
+        if template is None or template.kind == "choice":
+            # A choice template's answer is an option, not the yes/no this item carries.
+            template = TEMPLATES[0]
         new.template_id = template.id
         new.question = template.render(new.subj, new.relation, new.obj)
         new.answer = template.answer(bool(label))
