@@ -143,8 +143,10 @@ class Inpaint(DiffusionMode):
             return "no box or mask for the subject"
         return ""
 
-    def _swap(self, unit: Unit) -> str:
-        names = [n for n in SWAP_NAMES if n not in (unit.item.subj, unit.item.obj)]
+    def _swap(self, unit: Unit, present: set[str]) -> str:
+        """A new subject name that no object in the image already has (names must stay
+        unique for the question to say which object it means)."""
+        names = [n for n in SWAP_NAMES if n not in present | {unit.item.subj, unit.item.obj}]
         return names[int(_rng(unit).integers(len(names)))]
 
     def request(self, unit):
@@ -159,7 +161,7 @@ class Inpaint(DiffusionMode):
         box = Box(
             max(0, box.x0 - d), max(0, box.y0 - d), min(width, box.x1 + d), min(height, box.y1 + d)
         )
-        new_name = self._swap(unit)
+        new_name = self._swap(unit, set(geometry))
         return Request(
             f"a photo of a {new_name}",
             unit.seed,
