@@ -91,9 +91,10 @@ def resolve_model_ref(model_ref: str) -> tuple[str, str, bool]:
     there; otherwise the preset's untrained random weights, which the note says plainly.
     """
     from vsre_ros.core.config import PRESETS
+    from vsre_ros.core.model import CONFIG_FILE
 
     embedded = EMBEDDED_MODELS / model_ref
-    if model_ref in PRESETS and (embedded / "vsre_config.json").is_file():
+    if model_ref in PRESETS and (embedded / CONFIG_FILE).is_file():
         return str(embedded), f"model {model_ref!r}: trained weights from {embedded}", False
     if model_ref in PRESETS:
         note = (
