@@ -1,0 +1,56 @@
+"""Core Query/Answer <-> interface messages: the enums match the constants, fields carry over."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from vsre_ros.msg import SpatialAnswer, SpatialQuery
+
+from vsre_ros.core.answers import Answer, AnswerKind, Status
+from vsre_ros.ros.messages import answer_to_msg, check_query, failure_msg, query_from_msg
+
+
+def test_status_and_kind_values_equal_the_message_constants():
+    for status in Status:
+        assert getattr(SpatialAnswer, status.name) == status.value
+    for kind in AnswerKind:
+        assert getattr(SpatialQuery, f"KIND_{kind.name}") == kind.value
+
+
+def test_query_fields_carry_over():
+    msg = SpatialQuery(
+        query_id="q", question="Which?", subj="cup", relation="left of", obj="box",
+        answer_kind=SpatialQuery.KIND_CHOICE, options=["a", "b"],
+    )  # fmt: skip
+    image = np.zeros((2, 2, 3), np.uint8)
+    query = query_from_msg(msg, [image], image_keys=[("cam", 5)])
+    assert (query.question, query.subj, query.relation, query.obj) == (
+        "Which?",
+        "cup",
+        "left of",
+        "box",
+    )
+    assert query.answer_kind == AnswerKind.CHOICE and query.options == ["a", "b"]
+    assert query.images[0] is image and query.depth == [None] and query.image_keys == [("cam", 5)]
+    assert query.query_id == "q"
+
+
+def test_answer_fields_carry_over_and_failures_have_nan_values():
+    answer = Answer(text="1.5 m", value=1.5, unit="m", probability=0.8, model_id="m")
+    msg = answer_to_msg(answer, "q1")
+    assert (msg.query_id, msg.status, msg.answer, msg.value, msg.unit) == (
+        "q1",
+        SpatialAnswer.OK,
+        "1.5 m",
+        1.5,
+        "m",
+    )
+    assert msg.model_id == "m" and msg.choice_index == -1
+    failed = failure_msg(Status.NO_FRAME, "no frame", "q2")
+    assert failed.status == SpatialAnswer.NO_FRAME and failed.error == "no frame"
+    assert math.isnan(failed.value)
+
+
+def test_check_query_accepts_a_plain_question():
+    assert check_query(SpatialQuery(question="Is it left?"), 100) is None
