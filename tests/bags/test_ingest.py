@@ -102,7 +102,7 @@ def test_ingest_pairs_queries_with_frames_and_corrections(builder, tmp_path, sto
     assert report.skipped == {
         "no correction (pass --use-model-answers to keep the model's answer)": 1,
         "no frame within max_skew of the query stamp": 1,
-        "correction for a query that is not in the bag": 1,
+        "correction for a query that is in no bag": 1,
     }
     # Only what the items use is decoded and written: frames 2 and 3, their depth, the inline.
     assert len(list((root / "images").iterdir())) == 3 and report.frames == 2
@@ -283,3 +283,20 @@ def test_compressed_frames_and_several_bags(builder, tmp_path):
     for split in ("train", "val", "test"):
         for item in read_vsre(tmp_path / "ds", split):
             np.testing.assert_array_equal(np.asarray(Image.open(item.image_paths()[0])), pixels)
+
+
+def test_corrections_from_another_bag_apply_and_like_named_bags_stay_apart(builder, tmp_path):
+    builder.add("/cam/color", SEC, builder.image(_frames(1)[0], SEC))
+    builder.add("/vsre/query", SEC + 1, builder.query("q", ns=SEC))
+    robot = builder.write(tmp_path / "a" / "run")
+    operator = type(builder)(builder.store)  # the operator station records its own bag
+    operator.add("vsre/corrections", 5 * SEC, operator.correction("q", 5 * SEC, verdict=True))
+    station = operator.write(tmp_path / "b" / "run")
+    report = bags.ingest([robot, station], tmp_path / "ds")
+    item = _items(tmp_path / "ds")["q"]
+    assert (item["answer"], item["label_source"]) == ("yes", "correction")
+    assert report.skipped == {}
+    # Another recording named "run" too: its files and ids do not collide with the first.
+    report = bags.ingest([robot, robot, station], tmp_path / "ds2")
+    ids = [json.loads(line)["id"] for line in (tmp_path / "ds2" / "provenance.jsonl").open()]
+    assert len(ids) == 2 and len(set(ids)) == 2 and report.frames == 2

@@ -147,7 +147,7 @@ class _BagContents:
         self.depth: dict[str, list[Frame]] = defaultdict(list)
         self.queries: list[tuple[int, object]] = []
         self.answers: dict[str, object] = {}
-        self.corrections: dict[str, object] = {}
+        self.corrections: dict[str, tuple[int, object]] = {}  # query id -> (log time, msg)
         self.truth: dict[int, list[object]] = defaultdict(list)
         counts: Counter = Counter()
         for raw in messages:
@@ -177,7 +177,8 @@ class _BagContents:
             elif raw.msgtype == ANSWER_TYPE:
                 self.answers[str(msg.query_id)] = msg
             elif raw.msgtype == CORRECTION_TYPE:
-                self.corrections[str(msg.query_id)] = msg  # the latest correction wins
+                # The latest correction wins (across bags too, by recording time).
+                self.corrections[str(msg.query_id)] = (raw.log_time, msg)
             elif raw.msgtype == TRUTH_TYPE:
                 self.truth[_stamp_ns(msg.header.stamp)].append(msg)
         for name, count in counts.items():
@@ -282,8 +283,11 @@ def _split_of(key: str, config: IngestConfig) -> str:
 
 
 def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | None = None):
-    """Read `bags` and write a dataset into `out`; returns an IngestReport."""
+    """Read `bags` and write a dataset into `out`; returns an IngestReport.
 
+    Corrections apply across bags (an operator's station may record its own bag): every bag is
+    indexed first, then each query takes the latest correction for its id from any of them.
+    """
     config = config or IngestConfig()
     out = Path(out)
     for sub in ("images", "depth", "scenes"):
@@ -293,16 +297,35 @@ def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | N
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     written: dict[tuple, str] = {}
     bags = [Path(b) for b in bags]
-    readable = 0
+    indexed = []
+    names: set[str] = set()
     for bag in bags:
         try:
             source = BagSource(bag, report.notes)
         except BagError as err:
             report.notes.append(str(err))
             continue
-        readable += 1
         contents = _BagContents(source.messages(), store, config, report)
-        bag_name = _safe(bag.stem if bag.is_file() else bag.name)
+        bag_name = base = _safe(bag.stem if bag.is_file() else bag.name)
+        for k in range(2, len(bags) + 2):  # two bags named alike must not share file names
+            if bag_name not in names:
+                break
+            bag_name = f"{base}-{k}"
+        names.add(bag_name)
+        indexed.append((bag, bag_name, source, contents))
+    if bags and not indexed:
+        raise BagError("no bag could be read: " + "; ".join(report.notes))
+    corrections: dict[str, tuple[int, object]] = {}
+    for *_, contents in indexed:
+        for query_id, (log_time, correction) in contents.corrections.items():
+            if query_id not in corrections or corrections[query_id][0] <= log_time:
+                corrections[query_id] = (log_time, correction)
+    known = {str(q.query_id) for *_, contents in indexed for _, q in contents.queries}
+    for query_id in corrections:
+        if query_id not in known:
+            report.skip("correction for a query that is in no bag", query_id)
+    for bag, bag_name, source, contents in indexed:
+        contents.corrections = corrections
         planned = []
         for index, (log_time, query) in enumerate(contents.queries):
             query_id = str(query.query_id) or f"q{index}"
@@ -329,12 +352,6 @@ def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | N
             provenance.update(id=item["id"], bag=str(bag))
             splits[_split_of(item.pop("_split_key"), config)].append((item, provenance))
         written.update({(bag_name, *key): rel for key, rel in files.items()})
-        known = {str(q.query_id) for _, q in contents.queries}
-        for query_id in contents.corrections:
-            if query_id not in known:
-                report.skip("correction for a query that is not in the bag", query_id)
-    if bags and not readable:
-        raise BagError("no bag could be read: " + "; ".join(report.notes))
     with open(out / PROVENANCE_FILE, "w") as sidecar:
         for split, rows in splits.items():
             with open(out / f"{split}.jsonl", "w") as handle:
@@ -400,7 +417,7 @@ def _write_frames(source: BagSource, needed: set, store, bag_name: str, out: Pat
 def _make_item(query, query_id, log_time, index, bag_name, contents, config, report, out):
     """The item a query makes, with `_frames` (colour, depth keys) still to be written."""
     answer = contents.answers.get(query_id)
-    correction = contents.corrections.get(query_id)
+    correction = contents.corrections.get(query_id, (0, None))[1]
     if correction is not None:
         truth, label_source = correction, "correction"
     elif answer is not None and config.use_model_answers:
