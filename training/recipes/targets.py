@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from vsre_ros.sim_data.catalog import CATEGORIES, COLOURS
 
 from vsre_ros.core.model import VSREModel
-from vsre_ros.sim_data.catalog import CATEGORIES, COLOURS
 
 from ..data import Example
 
@@ -215,7 +215,7 @@ def batch_targets(
             continue
         offset = int(batch["answer_start"][row]) - len(model.suffix_ids(ex.question))
         answer_pos = int(batch["answer_start"][row]) - 1
-        for j, (name, mask_id) in enumerate(zip(names, mask_ids, strict=True)):
+        for j, mask_id in enumerate(mask_ids):
             span = spans[j]
             cover = target.coverage.get(int(mask_id))
             if not span or cover is None or cover.sum() <= 0:

@@ -1,0 +1,119 @@
+"""The default model's training-only targets and curriculum, on a tiny model and sim scenes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from vsre_ros.training.data import ask
+from vsre_ros.training.items import load_items
+from vsre_ros.training.model_api import build_model, collate, image_cache
+from vsre_ros.training.recipes.curriculum import ONE_POLARITY, default_stages, train_recipe
+from vsre_ros.training.recipes.targets import (
+    COLOUR_IDS,
+    TargetBuilder,
+    batch_targets,
+    token_grids,
+)
+from vsre_ros.training.train import stage_items
+
+from vsre_ros.core.config import tiny_encoders, tiny_lm
+
+
+def tiny_overrides(fusion: str = "channel") -> dict:
+    encoders = [dataclasses.asdict(e) for e in tiny_encoders(hidden=32, layers=1, heads=2)]
+    lm = dataclasses.asdict(tiny_lm(hidden=64, layers=2, heads=4, ffn=128))
+    lm["attn_implementation"] = "eager"
+    return {"fusion": fusion, "fusion_grid": 8, "encoders": encoders, "lm": lm}
+
+
+@pytest.fixture(scope="module")
+def sim_data(tmp_path_factory):
+    from vsre_ros.sim_data.dataset import GenConfig, generate
+
+    root = tmp_path_factory.mktemp("sim") / "data"
+    generate(root, 60, GenConfig(seed=3, width=64, height=64), workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("vsre-tiny", tiny_overrides(), seed=0)
+
+
+def single_image_items(root, task=None):
+    items = load_items(root, "random_train") + load_items(root, "random_test")
+    return [i for i in items if len(i.images) == 1 and (task is None or i.task == task)]
+
+
+def test_spans_cover_exactly_the_phrase_tokens(model):
+    builder = TargetBuilder(model)
+    question = "Is the red can left of the blue box?"
+    subj, rel, missing = builder.spans(question, ["red can", "left of", "green ball"])
+    suffix = model.suffix_ids(question)
+    assert model.tokenizer.decode([suffix[t] for t in subj]).strip() == "red can"
+    assert model.tokenizer.decode([suffix[t] for t in rel]).strip() == "left of"
+    assert missing == []
+
+
+def test_dense_targets_follow_the_mask_and_the_scene(sim_data, model):
+    builder = TargetBuilder(model)
+    item = next(i for i in single_image_items(sim_data, "localization"))
+    target = builder.image(ask(item), 0)
+    assert target is not None
+    mask_id = item.extra["mask_ids"][0]
+    colour = item.subj.split()[0]
+    mostly_it = target.coverage[mask_id] > 0.5
+    assert mostly_it.any(), "the localized object covers at least one patch"
+    assert (target.colour[mostly_it] == COLOUR_IDS[colour]).all()
+    assert target.colour.shape == (model.num_image_tokens,)
+    assert torch.isfinite(torch.from_numpy(target.log_depth)).all()
+
+
+def test_sequence_fusion_targets_cover_every_encoder_block(sim_data):
+    seq = build_model("vsre-tiny", tiny_overrides("sequence"), seed=0)
+    builder = TargetBuilder(seq)
+    assert len(token_grids(seq)) == 4
+    item = single_image_items(sim_data, "relation")[0]
+    target = builder.image(ask(item), 0)
+    assert target.category.shape == (seq.num_image_tokens,)
+
+
+def test_batch_targets_point_at_image_tokens_and_phrases(sim_data, model):
+    builder = TargetBuilder(model)
+    examples = [ask(i) for i in single_image_items(sim_data, "relation")[:6]]
+    batch = collate(model, examples, image_cache(model))
+    targets = batch_targets(builder, examples, batch)
+    rows, query, keys, weights = targets["hop1"]
+    assert torch.allclose(weights.sum(-1), torch.ones(len(rows)))
+    ids = batch["input_ids"]
+    assert (ids[rows[:, None], keys] == model.image_token_id).all()
+    assert (query < batch["answer_start"][rows]).all(), "phrases are inside the question"
+    h_rows, heads, h_query, key_mask = targets["hop2"]
+    assert (h_query == batch["answer_start"][h_rows] - 1).all()
+    assert key_mask.any(-1).all()
+    assert targets["colour"].shape == (len(examples), model.num_image_tokens)
+
+
+def test_first_stage_asks_one_polarity_only(sim_data):
+    items = load_items(sim_data, "random_train")
+    first = stage_items(items, default_stages(5, 5)[0])
+    relations = {i.relation for i in first if i.task == "relation"}
+    assert relations <= set(ONE_POLARITY)
+    assert not relations & {"right of", "behind", "below", "far from"}
+
+
+def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
+    from vsre_ros.training.recipes.curriculum import RecipeConfig
+
+    stages = default_stages(2, 2, batch_size=4)
+    for stage in stages:
+        stage.split = "random_train"
+    recipe = RecipeConfig(model_overrides=tiny_overrides(), stages=stages, val_every=0)
+    items = {"random_train": load_items(sim_data, "random_train")}
+    model, rows = train_recipe(recipe, items, [], tmp_path, progress=False)
+    assert rows[-1]["step"] == 4
+    assert all(k in rows[-1] for k in ("lm", "dense", "hop1", "hop2"))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert (tmp_path / "learning_curve.png").stat().st_size > 0

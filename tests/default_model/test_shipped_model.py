@@ -1,0 +1,69 @@
+"""The embedded default model `vsre_ros/models/vsre-tiny/`: loads, is fused, small, answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from vsre_ros.training.data import ask
+from vsre_ros.training.default_model import EXPORT_DIR, MAX_EXPORT_MB
+from vsre_ros.training.items import load_items
+from vsre_ros.training.model_api import answer_examples
+
+from vsre_ros.core.answers import AnswerKind
+from vsre_ros.core.config import EngineConfig
+from vsre_ros.core.engine import Engine
+from vsre_ros.core.model import VSREModel
+
+pytestmark = pytest.mark.skipif(
+    not (EXPORT_DIR / "vsre_config.json").is_file(), reason="no embedded model exported yet"
+)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> VSREModel:
+    return VSREModel.from_pretrained(EXPORT_DIR)
+
+
+@pytest.fixture(scope="module")
+def fresh_items(tmp_path_factory):
+    """Questions from scenes the model never saw (another seed than its training data)."""
+    from vsre_ros.sim_data.dataset import GenConfig, generate
+
+    root = tmp_path_factory.mktemp("fresh") / "data"
+    generate(root, 120, GenConfig(seed=987, width=64, height=64), workers=1, progress=False)
+    items = []
+    for split in ("random_train", "random_val", "random_test"):
+        items += [i for i in load_items(root, split) if len(i.images) == 1]
+    return items
+
+
+def test_checkpoint_is_small_and_fuses_all_four_families(shipped):
+    size = sum(p.stat().st_size for p in Path(EXPORT_DIR).rglob("*") if p.is_file()) / 1e6
+    assert size <= MAX_EXPORT_MB
+    assert set(shipped.encoders) == {"clip", "siglip", "sam", "dinov2"}
+    assert shipped.model_id == "vsre-tiny"
+    payload = json.loads((EXPORT_DIR / "vsre_config.json").read_text())
+    assert payload["config"]["lm"]["attn_implementation"] == "sdpa"
+
+
+def test_card_curve_and_reports_ship_beside_the_weights():
+    assert (EXPORT_DIR / "learning_curve.png").stat().st_size > 0
+    card = (EXPORT_DIR / "MODEL_CARD.md").read_text()
+    assert "vsre train-default" in card
+    for name in ("random_test", "zeroshot_test"):
+        report = json.loads((EXPORT_DIR / "eval" / name / "report.json").read_text())
+        assert report["n_predictions"] > 0
+
+
+def test_engine_answers_fresh_questions_in_their_own_form(shipped, fresh_items):
+    engine = Engine(shipped, EngineConfig(device="cpu"))
+    assert engine.model_id == "vsre-tiny"
+    examples = [ask(i) for i in fresh_items[:24]]
+    predictions = answer_examples(shipped, examples, batch_size=8, progress=False)
+    for ex, pred in zip(examples, predictions, strict=True):
+        if ex.kind is AnswerKind.CHOICE:
+            assert pred.text in ex.options
+        elif ex.kind is AnswerKind.YES_NO:
+            assert pred.probability is not None and 0.0 <= pred.probability <= 1.0
