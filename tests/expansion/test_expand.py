@@ -261,3 +261,24 @@ def test_two_image_items_are_left_alone_and_choice_wording_is_replaced(
     (item,) = read_vsre(tmp_path / "out", "train")
     assert item.id.startswith("choice") and item.template_id == "t00"
     assert item.answer == "yes" and item.question.endswith("?")
+
+
+def test_without_masks_the_sim_scene_files_boxes_are_used(
+    source, source_boxes, tmp_path, tiny_sdxl
+):
+    rows = [json.loads(line) for line in (source / "random_train.jsonl").read_text().splitlines()]
+    (source / "random_train.jsonl").write_text(
+        "".join(json.dumps(dict(r, masks=[None])) + "\n" for r in rows)
+    )
+    scene = json.loads((source / "scenes" / "s0.json").read_text())
+    boxes = [{"mask_id": k, "bbox": list(source_boxes[o["name"]])}
+             for k, o in enumerate(scene["objects"], start=1)]  # fmt: skip
+    scene["renders"] = [{"image": "images/s0.png", "objects": boxes}]
+    (source / "scenes" / "s0.json").write_text(json.dumps(scene))
+    _run(source, tmp_path / "out", "inpaint", tiny_sdxl, mask_dilate=0)
+    rows = _by_source(_manifest(tmp_path / "out"))
+    assert rows["left-true"]["verdict"] == "accepted"
+    assert rows["right-wrong"]["relation_check"] == "contradicted"
+    item = {i.id: i for i in read_vsre(tmp_path / "out", "train")}["left-true~inpaint~0"]
+    assert item.extra["boxes"][1] == list(source_boxes["blue box"])
+    assert item.masks == [None]  # boxes are not instance masks

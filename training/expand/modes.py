@@ -126,9 +126,11 @@ class Img2Img(DiffusionMode):
         new.extra = object_extra(geometry, [item.subj, item.obj])
         out = Output(unit, image, [new], self.decide(status, reasons, checks, ok), request.prompt)
         if geometry:
-            # Restyling keeps the layout: the source's instances, numbered like the scene file.
-            out.masks = _instance_mask(source.shape[:2], geometry)
             out.scene = _scene_file(unit, geometry)
+        if geometry and all(g.mask is not None for g in geometry.values()):
+            # Restyling keeps the layout: the source's instances, numbered like the scene file
+            # (only real masks: a box is not an instance mask).
+            out.masks = _instance_mask(source.shape[:2], geometry)
         return out
 
 
@@ -197,7 +199,8 @@ class Inpaint(DiffusionMode):
         swapped = {n: g for n, g in geometry.items() if n != item.subj}
         swapped[new_name] = subj
         new.extra = object_extra(swapped, [new_name, item.obj])
-        masks = _instance_mask(source.shape[:2], swapped)
+        real_masks = all(g.mask is not None for n, g in geometry.items() if n != item.subj)
+        masks = _instance_mask(source.shape[:2], swapped) if real_masks else None
         out = Output(
             unit, composite, [new], self.decide(status, reasons, checks, ok), request.prompt
         )

@@ -130,18 +130,21 @@ def load_rgb(path: Path) -> np.ndarray:
 
 
 def source_geometry(item: Item) -> dict[str, ObjectGeometry]:
-    """Objects of the item's first image by name, from its instance mask and scene file."""
+    """Objects of the item's first image by name: from its instance mask and scene file, or,
+    without a mask, from the boxes the simulator's scene file measured for that image."""
     root = Path(item.root)
-    mask_name = item.masks[0] if item.masks else None
     scene_path = root / "scenes" / f"{item.scene_id}.json" if item.scene_id else None
-    if not mask_name or scene_path is None or not scene_path.is_file():
+    if scene_path is None or not scene_path.is_file():
         return {}
+    scene = json.loads(scene_path.read_text())
+    mask_name = item.masks[0] if item.masks else None
+    if not mask_name:
+        return _render_boxes(scene, item)
     with Image.open(root / mask_name) as image:
         mask = np.asarray(image)
     depth = None
     if item.depth and item.depth[0]:
         depth = np.load(root / item.depth[0], allow_pickle=False)
-    scene = json.loads(scene_path.read_text())
     found = {}
     for index, obj in enumerate(scene.get("objects", [])):
         name = obj.get("name")
@@ -152,6 +155,24 @@ def source_geometry(item: Item) -> dict[str, ObjectGeometry]:
             continue
         median = float(np.median(depth[instance])) if depth is not None else None
         found[name] = ObjectGeometry(name, box, instance, median)
+    return found
+
+
+def _render_boxes(scene: dict, item: Item) -> dict[str, ObjectGeometry]:
+    """Boxes from the scene file's measurement of the item's image (a sim scene file lists per
+    render each object's bbox); the render that names the image, else the only one."""
+    renders = scene.get("renders") or []
+    named = [r for r in renders if r.get("image") == item.image]
+    render = named[0] if named else (renders[0] if len(renders) == 1 else None)
+    if render is None:
+        return {}
+    objects = scene.get("objects", [])
+    by_id = {int(o.get("mask_id", k + 1)): o.get("name") for k, o in enumerate(objects)}
+    found = {}
+    for measured in render.get("objects", []):
+        name, bbox = by_id.get(int(measured.get("mask_id", 0))), measured.get("bbox")
+        if name and bbox:
+            found[name] = ObjectGeometry(name, Box(*(float(v) for v in bbox)))
     return found
 
 
