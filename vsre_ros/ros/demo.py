@@ -204,6 +204,7 @@ class DemoClient(Node):
                 kind: _accuracy([o for o in answered if o.kind == kind])
                 for kind in sorted({o.kind for o in answered})
             },
+            "answered_by_kind": dict(sorted(Counter(o.kind for o in answered).items())),
         }
         for name, values in (
             ("latency_ms", [o.latency_ms for o in answered]),
@@ -373,7 +374,7 @@ def _print_summary(summary: dict, finished: bool) -> None:
     print("statuses " + ", ".join(f"{k}={v}" for k, v in sorted(summary["statuses"].items())))
     print(f"accuracy: {summary['accuracy']:.3f}", end="")
     for kind, acc in summary["accuracy_by_kind"].items():
-        print(f"  {kind}={acc:.3f}", end="")
+        print(f"  {kind}={acc:.3f} (n={summary['answered_by_kind'][kind]})", end="")
     print()
     for name in ("latency_ms", "model_ms"):
         if name in summary:
