@@ -300,3 +300,33 @@ def test_corrections_from_another_bag_apply_and_like_named_bags_stay_apart(build
     report = bags.ingest([robot, robot, station], tmp_path / "ds2")
     ids = [json.loads(line)["id"] for line in (tmp_path / "ds2" / "provenance.jsonl").open()]
     assert len(ids) == 2 and len(set(ids)) == 2 and report.frames == 2
+
+
+def test_sim_truth_questions_label_queries_without_an_operator(builder, tmp_path):
+    question = "Is the red cup left of the blue box?"
+    known = {
+        "question": question,
+        "answer_kind": "yes_no",
+        "answer": "no",
+        "label": 0,
+        "relation": "left of",
+        "caption": "The red cup is left of the blue box.",
+        "template_id": "t00",
+        "task": "relation",
+        "boxes": [[1, 2, 3, 4], [5, 6, 7, 8]],
+    }
+    scene = {"scene_id": "s", "objects": [], "questions": [known]}
+    builder.add("/cam/color", SEC, builder.image(_frames(1)[0], SEC))
+    builder.add("/sim/truth", SEC + 1, builder.truth("s", SEC, json.dumps(scene)))
+    for query_id in ("asked", "corrected"):
+        query = builder.query(query_id, ns=SEC, question=question, subj="red cup",
+                              relation="left of", obj="blue box")  # fmt: skip
+        builder.add("/vsre/query", SEC + 2, query)
+        builder.add("/vsre/answer", SEC + 3, builder.answer(query_id, SEC, verdict=True))
+    builder.add("vsre/corrections", SEC + 4, builder.correction("corrected", SEC, verdict=True))
+    bags.ingest([builder.write(tmp_path / "sim")], tmp_path / "ds")
+    items = _items(tmp_path / "ds")
+    asked, corrected = items["asked"], items["corrected"]
+    assert (asked["label"], asked["answer"], asked["label_source"]) == (0, "no", "sim_truth")
+    assert asked["boxes"] == [[1, 2, 3, 4], [5, 6, 7, 8]] and asked["template_id"] == "t00"
+    assert (corrected["label"], corrected["label_source"]) == (1, "correction")

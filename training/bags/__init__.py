@@ -14,11 +14,13 @@ Which frame a query was about, in order of trust:
    than `max_age`.
 Inline images sent with the query are used as they are.
 
-The label comes from a correction when there is one (`label_source: "correction"`); without
-one, the model's own answer is kept only when asked for (`label_source: "model"`), because
-training on a model's unchecked answers teaches it its own mistakes. Items hold exactly the
-dataset schema's fields; where each came from (query id, label source, camera topic, stamp,
-bag) is in the sidecar `provenance.jsonl`, one line per item.
+The label comes from a correction when there is one (`label_source: "correction"`); else from
+the simulator, when the frame's SceneTruth lists the same question with its exact answer
+(`"sim_truth"`); without either, the model's own answer is kept only when asked for
+(`"model"`), because training on a model's unchecked answers teaches it its own mistakes.
+Items hold the dataset schema's fields (plus the simulator's extras for sim-truth labels);
+where each came from (query id, label source, camera topic, stamp, bag) is in the sidecar
+`provenance.jsonl`, one line per item.
 
 A bag that a crashed recorder left behind (no `metadata.yaml`, an MCAP file without its summary,
 a cut-off sqlite file) still yields every message that can be read; the report says so.

@@ -414,51 +414,67 @@ def _write_frames(source: BagSource, needed: set, store, bag_name: str, out: Pat
     return files
 
 
-def _make_item(query, query_id, log_time, index, bag_name, contents, config, report, out):
-    """The item a query makes, with `_frames` (colour, depth keys) still to be written."""
-    answer = contents.answers.get(query_id)
+def _choose_label(query, query_id, answer, contents, config, report, sim_item):
+    """(source of the label, the message or sim item holding it), or None if there is none."""
     correction = contents.corrections.get(query_id, (0, None))[1]
     if correction is not None:
-        truth, label_source = correction, "correction"
-    elif answer is not None and config.use_model_answers:
-        if int(answer.status) != 0:
-            report.skip("model answer is a failure and nothing corrected it", query_id)
-            return None
-        truth, label_source = answer, "model"
-        if _confidence(query, answer) < config.min_confidence:
-            report.skip("model answer below --min-confidence and not corrected", query_id)
-            return None
-    elif answer is None and config.use_model_answers:
-        report.skip("no answer and no correction", query_id)
-        return None
-    else:
+        return "correction", correction
+    if sim_item is not None:
+        return "sim_truth", sim_item
+    if not config.use_model_answers:
         report.skip(
             "no correction (pass --use-model-answers to keep the model's answer)", query_id
         )
         return None
-    fields = _label_fields(query, truth, label_source)
-    if isinstance(fields, str):
-        report.skip(fields, query_id)
+    if answer is None:
+        report.skip("no answer and no correction", query_id)
         return None
+    if int(answer.status) != 0:
+        report.skip("model answer is a failure and nothing corrected it", query_id)
+        return None
+    if _confidence(query, answer) < config.min_confidence:
+        report.skip("model answer below --min-confidence and not corrected", query_id)
+        return None
+    return "model", answer
+
+
+def _sim_item(scene: dict | None, query) -> dict | None:
+    """The simulator's own item for this question, if the frame's SceneTruth lists it: the sim
+    camera publishes the generated questions of each view with their exact answers."""
+    if not scene:
+        return None
+    wanted = " ".join(str(query.question).split()).lower()
+    kind = KIND_LABELS.get(int(query.answer_kind))
+    for item in scene.get("questions") or []:
+        same_text = " ".join(str(item.get("question", "")).split()).lower() == wanted
+        if same_text and item.get("answer_kind") == kind:
+            if kind != "choice" or list(item.get("options", [])) == [
+                str(o) for o in query.options
+            ]:
+                return item
+    return None
+
+
+def _sim_fields(sim_item: dict) -> dict:
+    """Label fields (and the sim's per-object extras) from a simulator item."""
+    schema = {f for f in Item.__dataclass_fields__} - {"root", "extra"}
+    keep = ("answer_kind", "options", "value", "unit", "label", "answer", "caption", "relation",
+            "meta_category", "template_id", "task")  # fmt: skip
+    fields = {k: sim_item[k] for k in keep if k in sim_item}
+    fields["extra"] = {k: v for k, v in sim_item.items() if k not in schema and k != "view"}
+    fields["extra"].pop("images", None)
+    return fields
+
+
+def _make_item(query, query_id, log_time, index, bag_name, contents, config, report, out):
+    """The item a query makes, with `_frames` (colour, depth keys) still to be written."""
+    answer = contents.answers.get(query_id)
     images: list[str] = []
     depth: list[str | None] = []
-    scene_id, camera, stamp = "", "", 0
+    scene_id, camera, stamp, scene = "", "", 0, None
     if len(query.images):
-        for i, inline in enumerate(query.images):
-            try:
-                pixels = decode_image(inline)
-            except ValueError as err:
-                report.skip(f"inline image does not decode: {err}", query_id)
-                return None
-            if pixels.ndim != 3:
-                report.skip("inline image is a depth image", query_id)
-                return None
-            rel = f"images/{bag_name}_{_safe(query_id)}_{i}.png"
-            PILImage.fromarray(pixels).save(out / rel)
-            images.append(rel)
-            depth.append(None)
-        split_key = f"{bag_name}/{query_id}"
         frames = (None, None)
+        split_key = f"{bag_name}/{query_id}"
     else:
         frame, reason = contents.find_frame(query, answer, log_time, config)
         if frame is None:
@@ -468,9 +484,34 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
         frames = (frame.key, depth_frame.key if depth_frame else None)
         images.append("")  # filled in once the frame is written
         depth.append(None)
-        scene_id = _write_scene(contents.truth.get(frame.stamp, []), frame, out, report)
+        scene_id, scene = _write_scene(contents.truth.get(frame.stamp, []), frame, out, report)
         split_key = f"{bag_name}/{frame.topic}/{frame.stamp}"
         camera, stamp = frame.topic, frame.stamp
+    sim_item = _sim_item(scene, query)
+    chosen = _choose_label(query, query_id, answer, contents, config, report, sim_item)
+    if chosen is None:
+        return None
+    label_source, truth = chosen
+    if label_source == "sim_truth":
+        fields = _sim_fields(truth)
+    else:
+        fields = _label_fields(query, truth, label_source)
+        if isinstance(fields, str):
+            report.skip(fields, query_id)
+            return None
+    for i, inline in enumerate(query.images):
+        try:
+            pixels = decode_image(inline)
+        except ValueError as err:
+            report.skip(f"inline image does not decode: {err}", query_id)
+            return None
+        if pixels.ndim != 3:
+            report.skip("inline image is a depth image", query_id)
+            return None
+        rel = f"images/{bag_name}_{_safe(query_id)}_{i}.png"
+        PILImage.fromarray(pixels).save(out / rel)
+        images.append(rel)
+        depth.append(None)
     subj, relation, obj = str(query.subj), str(query.relation), str(query.obj)
     is_relation = bool(subj and relation and obj) and fields["answer_kind"] == "yes_no"
     if len(images) > 1:
@@ -481,7 +522,7 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
         task = "relation"
     else:
         task = "composite"
-    return {
+    item = {
         "id": f"{bag_name}-{_safe(query_id)}-{index}",
         "image": images[0],
         "images": images,
@@ -493,24 +534,28 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
         "obj": obj,
         "meta_category": meta_category(relation) if is_relation else "",
         "question": str(query.question),
-        **fields,
         "template_id": "",
         "task": task,
         "scene_id": scene_id,
         "seed": config.seed,
         "source": "bag",
-        "_provenance": {
-            "query_id": query_id,
-            "label_source": label_source,
-            "camera": camera,
-            "stamp": stamp,
-        },
-        "_split_key": split_key,
-        "_frames": frames,
     }
+    item.update(fields)
+    item["_provenance"] = {
+        "query_id": query_id,
+        "label_source": label_source,
+        "camera": camera,
+        "stamp": stamp,
+    }
+    item["_split_key"] = split_key
+    item["_frames"] = frames
+    return item
 
 
-def _write_scene(truths: list, frame: Frame, out: Path, report: IngestReport) -> str:
+def _write_scene(
+    truths: list, frame: Frame, out: Path, report: IngestReport
+) -> tuple[str, dict | None]:
+    """Write the frame's SceneTruth as a scene file; (scene id, the parsed scene) or ("", None)."""
     for truth in truths:
         if str(truth.header.frame_id) not in ("", frame.frame_id):
             continue
@@ -519,7 +564,7 @@ def _write_scene(truths: list, frame: Frame, out: Path, report: IngestReport) ->
             scene = json.loads(str(truth.json))
         except json.JSONDecodeError:
             report.skip("scene truth is not valid JSON (item kept without it)", scene_id)
-            return ""
+            return "", None
         (out / "scenes" / f"{scene_id}.json").write_text(json.dumps(scene))
-        return scene_id
-    return ""
+        return scene_id, scene
+    return "", None
