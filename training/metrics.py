@@ -217,7 +217,10 @@ def find_overlap(
 
 @dataclass
 class PriorModel:
-    """Answers from counts over training answers, backing off through a list of keys."""
+    """Answers from counts over training answers, backing off through a list of keys.
+
+    Binary items are answered "yes"/"no" (polarity); `as_asked` words them for a template.
+    """
 
     keys: list[Callable[[Item], tuple]]  # from the most to the least specific
     tables: list[dict[tuple, Counter]]  # answer counts per key value, parallel to keys
@@ -244,8 +247,6 @@ class PriorModel:
             if item.kind is not AnswerKind.NUMBER and table.get(k):
                 # Ties go to the alphabetically first answer, so the baseline is deterministic.
                 best = min(table[k].items(), key=lambda kv: (-kv[1], kv[0]))[0]
-                if item.binary:
-                    best = answer_words(item.template_id)[best == "no"]
                 return Prediction(item.id, best, item.template_id)
         return Prediction(item.id, "", item.template_id)
 
@@ -309,13 +310,34 @@ def baseline_predictions(
     return [predictions[item.id] for item in items]
 
 
-def baseline_rows(items: list[Item], fit_items: list[Item] | None) -> dict[str, dict]:
-    """Accuracy of every baseline on `items`; see `baseline_predictions` for the fitting."""
+def as_asked(prediction: Prediction, item: Item, template_id: str) -> Prediction:
+    """A baseline's answer to an item, in the words of the template a question used."""
+    text = prediction.text
+    if item.binary and text in ("yes", "no"):
+        text = answer_words(template_id or item.template_id)[text == "no"]
+    return Prediction(item.id, text, template_id, value=prediction.value)
+
+
+def baseline_rows(
+    items: list[Item],
+    fit_items: list[Item] | None,
+    asked: list[tuple[str, str]] | None = None,
+) -> dict[str, dict]:
+    """Accuracy of every baseline, on the same questions the model was scored on.
+
+    `asked` lists (item id, template id) of the model's scored answers, so a baseline row
+    weighs items exactly as the model row does (an item asked through 50 templates counts 50
+    times); without it every item counts once. See `baseline_predictions` for the fitting.
+    """
     by_id = {item.id: item for item in items}
+    asked = asked if asked is not None else [(item.id, "") for item in items]
     result = {}
     for name in BASELINES:
-        predictions = baseline_predictions(name, items, fit_items)
-        rows = [score(by_id[p.item_id], p) for p in predictions]
+        answers = {p.item_id: p for p in baseline_predictions(name, items, fit_items)}
+        rows = [
+            score(by_id[i], as_asked(answers[i], by_id[i], template_id))
+            for i, template_id in asked
+        ]
         n = len(rows)
         result[name] = {
             "n": n,
@@ -355,7 +377,8 @@ def evaluate_predictions(
     overlap = find_overlap(train_items, items, overlap_by_content) if train_items else {}
     excluded = set(overlap) if exclude_overlap else set()
     kept_items = [i for i in items if i.id not in excluded]
-    rows = [score(by_id[p.item_id], p) for p in predictions if p.item_id not in excluded]
+    kept_predictions = [p for p in predictions if p.item_id not in excluded]
+    rows = [score(by_id[p.item_id], p) for p in kept_predictions]
     answered = {r.item.id for r in rows}
     n = len(rows)
     return {
@@ -379,6 +402,8 @@ def evaluate_predictions(
         },
         "baselines": {
             "fitted_on": "train" if train_items else "evaluated items, 2-fold cross-fit",
-            **baseline_rows(kept_items, train_items),
+            **baseline_rows(
+                kept_items, train_items, [(p.item_id, p.template_id) for p in kept_predictions]
+            ),
         },
     }

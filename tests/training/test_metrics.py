@@ -234,3 +234,18 @@ def test_relation_asked_as_a_choice_is_scored_by_polarity():
     assert score(item, Prediction("c", "yes", template_id="t00")).correct
     rows = [score(item, Prediction("c", "A")), score(rel("y", 0), Prediction("y", "yes"))]
     assert answer_bias(rows)["n"] == 2
+
+
+def test_baselines_are_scored_on_the_same_questions_as_the_model():
+    train = [rel("t1", 1), rel("t2", 1), rel("t3", 0)]  # majority: yes
+    item = rel("e", 1)
+    preds = [Prediction("e", w, template_id=t) for t, w in [("t00", "no"), ("t20", "false")]]
+    preds.append(Prediction("e", "B", template_id="t35"))
+    report = evaluate_predictions([item], preds, train_items=train)
+    assert report["accuracy"] == 0.0
+    # The majority answer "yes", worded as yes / true / A, is right under every template.
+    assert report["baselines"]["majority"] == {
+        "n": 3,
+        "accuracy": 1.0,
+        "by_task": {"relation": {"n": 3, "correct": 3, "accuracy": 1.0}},
+    }
