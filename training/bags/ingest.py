@@ -461,8 +461,7 @@ def _sim_fields(sim_item: dict) -> dict:
     keep = ("answer_kind", "options", "value", "unit", "label", "answer", "caption", "relation",
             "meta_category", "template_id", "task")  # fmt: skip
     fields = {k: sim_item[k] for k in keep if k in sim_item}
-    fields["extra"] = {k: v for k, v in sim_item.items() if k not in schema and k != "view"}
-    fields["extra"].pop("images", None)
+    fields["extra"] = {k: v for k, v in sim_item.items() if k not in schema}
     return fields
 
 

@@ -163,7 +163,9 @@ def _render_boxes(scene: dict, item: Item) -> dict[str, ObjectGeometry]:
     render each object's bbox); the render that names the image, else the only one."""
     renders = scene.get("renders") or []
     named = [r for r in renders if r.get("image") == item.image]
-    render = named[0] if named else (renders[0] if len(renders) == 1 else None)
+    if not named and "view" in item.extra:  # an ingested frame: the sim item named its view
+        named = [r for r in renders if r.get("view") == item.extra["view"] and not r.get("moved")]
+    render = named[0] if len(named) == 1 else (renders[0] if len(renders) == 1 else None)
     if render is None:
         return {}
     objects = scene.get("objects", [])
