@@ -8,12 +8,15 @@ in this venv stand in for a ROS installation (AMENT_PREFIX_PATH points at the ve
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from vsre_ros.ros.bringup import NODES
 
 ROOT = Path(__file__).resolve().parents[2]
 # What CMakeLists.txt reads or installs; anything else (tests, build/, .git) stays out.
@@ -82,6 +85,12 @@ def test_colcon_builds_the_package_and_install_space_imports(tmp_path):
     install = tmp_path / "ws" / "install" / "vsre_ros"
     site = next(install.glob("lib/python*/site-packages"))
     assert (install / "share" / "vsre_ros" / "package.xml").is_file()
+    console_scripts = dict(re.findall(r'"(\w+) = ([\w.]+:\w+)"', (ROOT / "setup.py").read_text()))
+    for spec in NODES:  # `ros2 run vsre_ros <executable>` runs the same entry point as pip's
+        exe = install / "lib" / "vsre_ros" / spec.executable
+        assert exe.is_file() and os.access(exe, os.X_OK), f"{exe} not installed"
+        module, _, func = console_scripts[spec.executable].partition(":")
+        assert f"from {module} import {func}" in exe.read_text()
     probe = (
         "import vsre_ros.msg, vsre_ros.srv, vsre_ros.action\n"
         "from rclpy.serialization import serialize_message, deserialize_message\n"
