@@ -270,11 +270,19 @@ def run_stage(
     from accelerate import Accelerator
     from tqdm import tqdm
 
-    from .model_api import AUX_LOSSES, MODEL_INPUTS, check_aux, collate, first_token_correct
+    from .model_api import (
+        ATTENTION_LOSSES,
+        AUX_LOSSES,
+        MODEL_INPUTS,
+        check_aux,
+        collate,
+        first_token_correct,
+    )
     from .model_api import image_cache as make_cache
 
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     check_aux(list(stage.aux_losses))
+    needs_attention = bool(ATTENTION_LOSSES & set(stage.aux_losses))
     stage_dir = Path(config.output) / stage.name
     stage_dir.mkdir(parents=True, exist_ok=True)
     if (stage_dir / FINAL / "vsre_config.json").is_file():
@@ -317,8 +325,8 @@ def run_stage(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(stage, step)
         examples = step_examples(items, stage, sampler, config.seed, step, rank, world)
-        batch = collate(model, examples, cache)
-        output = wrapped(**{k: batch[k] for k in MODEL_INPUTS})
+        batch = collate(model, examples, cache, attention_targets=needs_attention)
+        output = wrapped(**{k: batch[k] for k in MODEL_INPUTS}, output_attentions=needs_attention)
         loss = output.loss
         parts = {"lm": float(loss.detach())}
         for name, weight in stage.aux_losses.items():
