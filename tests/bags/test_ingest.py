@@ -330,3 +330,19 @@ def test_sim_truth_questions_label_queries_without_an_operator(builder, tmp_path
     assert (asked["label"], asked["answer"], asked["label_source"]) == (0, "no", "sim_truth")
     assert asked["boxes"] == [[1, 2, 3, 4], [5, 6, 7, 8]] and asked["template_id"] == "t00"
     assert (corrected["label"], corrected["label_source"]) == (1, "correction")
+
+
+def test_neighbouring_frames_and_one_scene_never_straddle_splits(builder, tmp_path):
+    pixels = _frames(1)[0]
+    for k in range(40):  # 40 frames, 0.1 s apart: one 10 s window
+        t = SEC + k * SEC // 10
+        builder.add("/cam/color", t, builder.image(pixels, t))
+        builder.add("/vsre/query", t + 1, builder.query(f"q{k}", ns=t))
+        builder.add("vsre/corrections", t + 2, builder.correction(f"q{k}", t + 2))
+    config = bags.IngestConfig(val_fraction=0.3, test_fraction=0.3)
+    report = bags.ingest([builder.write(tmp_path / "burst")], tmp_path / "ds", config)
+    assert sorted(report.items.values()) == [0, 0, 40]
+    # With a window shorter than the frame gap, frames split on their own.
+    config.split_window = 0.05
+    report = bags.ingest([tmp_path / "burst"], tmp_path / "ds2", config)
+    assert sum(1 for n in report.items.values() if n) > 1

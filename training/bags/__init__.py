@@ -110,13 +110,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="s: oldest frame a 'latest' query accepts",
     )
     parser.add_argument(
-        "--val-fraction", type=float, default=defaults.val_fraction, help="share of frames for val"
+        "--val-fraction",
+        type=float,
+        default=defaults.val_fraction,
+        help="share of split groups for val",
     )
     parser.add_argument(
         "--test-fraction",
         type=float,
         default=defaults.test_fraction,
-        help="share of frames for test",
+        help="share of split groups for test",
+    )
+    parser.add_argument(
+        "--split-window",
+        type=float,
+        default=defaults.split_window,
+        help="s: a camera's frames this close share a split (sim frames: by scene)",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="salt of the split hash")
     parser.add_argument(
@@ -131,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         use_model_answers=args.use_model_answers,
         min_confidence=args.min_confidence,
         val_fraction=args.val_fraction,
+        split_window=args.split_window,
         test_fraction=args.test_fraction,
         seed=args.seed,
         image_topics=tuple(args.image_topic),

@@ -65,9 +65,10 @@ class IngestConfig:
     max_age: float = 1.0  # s: a "latest frame" query accepts frames at most this old
     use_model_answers: bool = False  # keep uncorrected queries, labelled with the model's answer
     min_confidence: float = 0.0  # ... only if the model's confidence reached this (0.5..1)
-    val_fraction: float = 0.1  # share of frames whose items go to val.jsonl
-    test_fraction: float = 0.1  # share of frames whose items go to test.jsonl
-    seed: int = 0  # salt of the frame -> split hash
+    val_fraction: float = 0.1  # share of split groups whose items go to val.jsonl
+    test_fraction: float = 0.1  # share of split groups whose items go to test.jsonl
+    split_window: float = 10.0  # s: frames of one camera this close share a split group
+    seed: int = 0  # salt of the group -> split hash
     image_topics: tuple[str, ...] = ()  # only these camera topics (empty = every image topic)
 
 
@@ -270,6 +271,16 @@ def _label_fields(query, truth, label_source: str) -> dict | str:
             return f"{label_source} has an empty free-text answer"
         fields["answer"] = text
     return fields
+
+
+def _split_group(bag_name: str, frame: Frame, scene_id: str, config: IngestConfig) -> str:
+    """Items that must share a split: the frames of one simulated scene, else the frames of one
+    camera within a `split_window` (neighbouring frames are near-duplicates; splitting them
+    would put the same view in train and test)."""
+    if scene_id:
+        return f"scene/{scene_id}"
+    window = max(1, int(config.split_window * 1e9))
+    return f"{bag_name}/{frame.topic}/{frame.stamp // window}"
 
 
 def _split_of(key: str, config: IngestConfig) -> str:
@@ -484,7 +495,7 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
         images.append("")  # filled in once the frame is written
         depth.append(None)
         scene_id, scene = _write_scene(contents.truth.get(frame.stamp, []), frame, out, report)
-        split_key = f"{bag_name}/{frame.topic}/{frame.stamp}"
+        split_key = _split_group(bag_name, frame, scene_id, config)
         camera, stamp = frame.topic, frame.stamp
     sim_item = _sim_item(scene, query)
     chosen = _choose_label(query, query_id, answer, contents, config, report, sim_item)
