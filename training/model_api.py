@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -357,7 +358,9 @@ def answer_examples(
     from vsre_ros.core.engine import Engine
 
     engine = Engine(model, EngineConfig(device=device, max_batch=batch_size))
-    images: dict[Path, np.ndarray] = {}
+    # Questions about one item come together (every template in a row), so a small LRU of
+    # decoded images is enough and memory stays flat on large splits.
+    images: OrderedDict[Path, np.ndarray] = OrderedDict()
     out = []
     bar = tqdm(total=len(examples), desc="evaluate", unit="q", disable=not progress)
     for start in range(0, len(examples), batch_size):
@@ -370,6 +373,9 @@ def answer_examples(
                     images[path] = load_rgb(path)
                     if blank_images:
                         images[path] = np.full_like(images[path], 128)
+                    if len(images) > 256:
+                        images.popitem(last=False)
+                images.move_to_end(path)
                 pics.append(images[path])
             queries.append(query_for(ex, pics))
         for ex, answer in zip(chunk, engine.answer(queries), strict=True):
