@@ -53,3 +53,35 @@ def test_train_templates_ask_every_relation_item_fifty_times(colour_dataset):
     ]
     with pytest.raises(ValueError, match="unknown template set 'everything'"):
         resolve_templates("everything")
+
+
+def test_vsr_zero_shot_with_planted_overlap_is_detected_and_excluded(tmp_path):
+    def write(path, rows):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def row(image, caption, label, relation="on"):
+        return {"image": image, "caption": caption, "label": label, "relation": relation}
+
+    train = [row("1.jpg", "The cat is on the bed.", 1), row("2.jpg", "The cup is on the box.", 0)]
+    test = [
+        row("1.jpg", "The cat is on the bed.", 1),  # verbatim in training: overlap
+        row("3.jpg", "The dog is on the sofa.", 1),
+        row("2.jpg", "The cup is near the box.", 0, "near"),  # same image, new claim
+    ]
+    write(tmp_path / "random" / "train.jsonl", train)
+    write(tmp_path / "zeroshot" / "test.jsonl", test)
+    items = load_items(tmp_path / "zeroshot", "test", fmt="vsr", image_dir=tmp_path / "coco")
+    write_predictions(tmp_path / "p.jsonl", [Prediction(i.id, "no") for i in items])
+    out = tmp_path / "report"
+    code = main(
+        ["evaluate", "--format", "vsr", "--data", str(tmp_path / "zeroshot"), "--split", "test",
+         "--images", str(tmp_path / "coco"), "--train-data", str(tmp_path / "random"),
+         "--train-split", "train", "--exclude-overlap", "--predictions",
+         str(tmp_path / "p.jsonl"), "--out", str(out), "--no-plots"]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["overlap"]["n_overlapping"] == 1
+    assert list(report["overlap"]["items"]) == [items[0].id]
+    assert report["n_items"] == 2 and report["accuracy"] == 0.5
