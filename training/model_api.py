@@ -346,18 +346,20 @@ def answer_examples(
     device: str = "cpu",
     progress: bool = True,
     blank_images: bool = False,
+    dtype: str = "auto",
 ) -> list[Prediction]:
     """Predictions of a model (object, directory or preset id) through the engine.
 
     `blank_images` replaces every image by a mid-grey one of the same size: the model then
-    answers from the text alone (the "blind model" baseline).
+    answers from the text alone (the "blind model" baseline). The engine moves a model object
+    to `device` and `dtype`; pass the model's own to evaluate it in place during training.
     """
     from tqdm import tqdm
 
     from vsre_ros.core.config import EngineConfig
     from vsre_ros.core.engine import Engine
 
-    engine = Engine(model, EngineConfig(device=device, max_batch=batch_size))
+    engine = Engine(model, EngineConfig(device=device, dtype=dtype, max_batch=batch_size))
     # Questions about one item come together (every template in a row), so a small LRU of
     # decoded images is enough and memory stays flat on large splits.
     images: OrderedDict[Path, np.ndarray] = OrderedDict()

@@ -230,7 +230,15 @@ def val_accuracy(model, items: list[Item], batch_size: int) -> float:
     examples = [ask(item) for item in items]
     was_training = model.training
     try:
-        predictions = answer_examples(model, examples, batch_size=batch_size, progress=False)
+        # The engine moves the model it is given: keep it where and as precise as training has it.
+        predictions = answer_examples(
+            model,
+            examples,
+            batch_size=batch_size,
+            device=str(model.device),
+            dtype=str(model.dtype).removeprefix("torch."),
+            progress=False,
+        )
     finally:
         model.train(was_training)
     rows = [score(ex.item, p) for ex, p in zip(examples, predictions, strict=True)]
