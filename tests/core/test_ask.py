@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import small_config
+from core_helpers import small_config
 from PIL import Image
 
 from vsre_ros.cli import main

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import random_image, small_config
+from core_helpers import random_image, small_config
 
 from vsre_ros.core.answers import AnswerKind, Query, Status, parse_number, parse_yes_no
 from vsre_ros.core.config import EngineConfig

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import random_image, small_config
+from core_helpers import random_image, small_config
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,

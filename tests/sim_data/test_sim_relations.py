@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import ball, box, built
+from sim_helpers import ball, box, built
 from vsre_ros.sim_data.relations import CATALOG, GENERATED, NOT_GENERATED, decide, relation
 
 
@@ -233,7 +233,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def scene_facts(sim):
     import numpy as np
-    from conftest import VIEW
+    from sim_helpers import VIEW
     from vsre_ros.sim_data.relations import Facts
     from vsre_ros.sim_data.scene import Appearance, Scene
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import VIEW, ball, box
+from sim_helpers import VIEW, ball, box
 from vsre_ros.sim_data.render import GAP_CAP, Simulator
 from vsre_ros.sim_data.scene import Appearance, LayoutConfig, Scene, View, sample_scene
 
