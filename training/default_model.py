@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import shutil
 import sys
 import time
@@ -72,7 +73,14 @@ def make_data(out: Path, n: int, seed: int, size: int, workers: int, progress: b
 
 
 def evaluate_split(
-    model, data: Path, split: str, templates: str, limit: int, out: Path, relation_only: bool
+    model,
+    data: Path,
+    split: str,
+    templates: str,
+    limit: int,
+    out: Path,
+    relation_only: bool,
+    seed: int = 0,
 ) -> dict:
     """Evaluate the model on a split through the project's evaluator; writes report files."""
     from .evaluate import build_examples, resolve_templates
@@ -84,8 +92,11 @@ def evaluate_split(
     items = load_items(data, split)
     if relation_only:
         items = [i for i in items if i.task == "relation" and i.truth is not None]
-    if limit:
-        items = _spread(items, limit)
+    if limit and len(items) > limit:
+        # A seeded sample: the split file lists a relation's True and False items in pairs,
+        # so an evenly strided pick could take one polarity only.
+        keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+        items = [items[k] for k in keep]
     examples = build_examples(items, resolve_templates(templates))
     predictions = answer_examples(model, examples, batch_size=32, progress=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,7 +174,9 @@ def model_card(
         "targets from masks/depth (training-only linear head on the image tokens); attention",
         "targets for the two binding hops (object phrase -> its mask in layer 0 head 0; answer",
         "position -> object and relation phrases in layer 1), with word positions from the",
-        "tokenizer's offsets, so all 50 templates are used. AdamW, betas (0.9, 0.98), wd 0.01,",
+        "tokenizer's offsets, so all 50 templates are used; when probe weight > 0, a linear",
+        "probe on layer 0's output at each object phrase predicts its object's place over the",
+        "image tokens and its log depth. AdamW, betas (0.9, 0.98), wd 0.01,",
         "grad clip 1, batch 16; last 30% of the last stage decays the lr linearly to 10%.",
         "",
         "| stage | steps | lr | warm-up | tasks (weights) | relations |",
@@ -178,8 +191,9 @@ def model_card(
     lines += [
         "",
         f"Extra-loss weights: dense {recipe.dense_weight}, hop1 {recipe.hop1_weight}, hop2"
-        f" {recipe.hop2_weight}. Learning curve: `learning_curve.png` (val = {recipe.val_items}"
-        " random_val items asked their own question).",
+        f" {recipe.hop2_weight}, probe {recipe.probe_weight}. Learning curve:"
+        f" `learning_curve.png` (val = {recipe.val_items} random_val items asked their own"
+        " question).",
     ]
     if last:
         lines.append(
@@ -303,11 +317,9 @@ def run(args: argparse.Namespace) -> int:
         recipe = RecipeConfig(
             seed=args.seed, stages=stages, val_every=args.val_every, threads=args.threads
         )
-        t = time.perf_counter()
-        from .recipes.curriculum import train_recipe
-
-        model, rows = train_recipe(recipe, items_by_split, val, out / "train", progress)
-        seconds["train"] = time.perf_counter() - t
+        model, rows, seconds["train"] = trained_model(
+            recipe, items_by_split, val, out / "train", progress
+        )
         t = time.perf_counter()
         reports = {}
         plan = [
@@ -317,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         for name, split, templates, limit, rel in plan:
             reports[name] = evaluate_split(
-                model, data, split, templates, limit, out / "eval" / name, rel
+                model, data, split, templates, limit, out / "eval" / name, rel, args.seed
             )
             print(f"{name}: accuracy {_pct(reports[name]['accuracy'])}")
         seconds["eval"] = time.perf_counter() - t
@@ -346,6 +358,26 @@ def run(args: argparse.Namespace) -> int:
     (export_dir / "MODEL_CARD.md").write_text(card)
     print(f"exported {export_dir} ({size:.1f} MB)")
     return 0
+
+
+def trained_model(recipe, items_by_split, val, train_dir: Path, progress: bool):
+    """Train the recipe, or load the model a previous run of the same --out trained (so a run
+    killed during evaluation or export resumes there). Returns (model, rows, seconds)."""
+    from vsre_ros.core.model import VSREModel
+
+    from .recipes.curriculum import train_recipe
+
+    saved, timing = train_dir / "model", train_dir / "train_seconds.json"
+    if (saved / "vsre_config.json").is_file() and timing.is_file():
+        log.info("reusing the trained model in %s", saved)
+        rows = [json.loads(x) for x in (train_dir / "metrics.jsonl").read_text().splitlines()]
+        return VSREModel.from_pretrained(saved).eval(), rows, json.loads(timing.read_text())
+    t = time.perf_counter()
+    model, rows = train_recipe(recipe, items_by_split, val, train_dir, progress)
+    seconds = time.perf_counter() - t
+    model.save_pretrained(saved)
+    timing.write_text(json.dumps(seconds))
+    return model, rows, seconds
 
 
 def _spread(items: list[Item], n: int) -> list[Item]:

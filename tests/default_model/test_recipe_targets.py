@@ -85,8 +85,9 @@ def test_batch_targets_point_at_image_tokens_and_phrases(sim_data, model):
     examples = [ask(i) for i in single_image_items(sim_data, "relation")[:6]]
     batch = collate(model, examples, image_cache(model))
     targets = batch_targets(builder, examples, batch)
-    rows, query, keys, weights = targets["hop1"]
+    rows, query, keys, weights, depth = targets["hop1"]
     assert torch.allclose(weights.sum(-1), torch.ones(len(rows)))
+    assert torch.isfinite(depth).all() and (depth < 3).all(), "log depth of a tabletop object"
     ids = batch["input_ids"]
     assert (ids[rows[:, None], keys] == model.image_token_id).all()
     assert (query < batch["answer_start"][rows]).all(), "phrases are inside the question"
@@ -114,6 +115,6 @@ def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
     items = {"random_train": load_items(sim_data, "random_train")}
     model, rows = train_recipe(recipe, items, [], tmp_path, progress=False)
     assert rows[-1]["step"] == 4
-    assert all(k in rows[-1] for k in ("lm", "dense", "hop1", "hop2"))
+    assert all(k in rows[-1] for k in ("lm", "dense", "hop1", "hop2", "probe"))
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert (tmp_path / "learning_curve.png").stat().st_size > 0

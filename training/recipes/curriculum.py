@@ -26,7 +26,17 @@ from ..items import Item
 from ..model_api import MODEL_INPUTS, build_model, collate, first_token_correct, freeze
 from ..model_api import image_cache as make_cache
 from ..train import plot_curves, stage_items, stage_sampler, step_examples, val_accuracy
-from .targets import DenseHead, TargetBuilder, batch_targets, dense_loss, hop1_loss, hop2_loss
+from .targets import (
+    DenseHead,
+    LayerOutput,
+    PhraseProbe,
+    TargetBuilder,
+    batch_targets,
+    dense_loss,
+    hop1_loss,
+    hop2_loss,
+    probe_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +106,7 @@ class RecipeConfig:
     dense_weight: float = 1.0  # patch colour/category/depth loss weight
     hop1_weight: float = 1.0  # object phrase -> its mask, layer 0 head 0
     hop2_weight: float = 1.0  # answer position -> object/relation phrases, layer 1
+    probe_weight: float = 1.0  # object phrase after layer 0 -> its object's place and depth
     final_decay: float = 0.3  # last share of the last stage: lr decays linearly to 10%
     log_every: int = 20  # steps between metrics lines
     val_every: int = 400  # steps between val evaluations (0: only at the end)
@@ -141,7 +152,10 @@ def train_recipe(
     torch.manual_seed(recipe.seed)
     head = DenseHead(model.hidden_size)
     builder = TargetBuilder(model)
-    params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+    probe = PhraseProbe(model.hidden_size, model.num_image_tokens)
+    layer0 = LayerOutput(model, 0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    params += list(head.parameters()) + list(probe.parameters())
     first = recipe.stages[0]
     optimizer = torch.optim.AdamW(
         params, lr=first.lr, betas=tuple(first.betas), weight_decay=first.weight_decay
@@ -177,6 +191,10 @@ def train_recipe(
                 term = hop1_loss(output.attentions, targets)
                 parts["hop1"] = float(term.detach())
                 loss = loss + recipe.hop1_weight * term
+            if recipe.probe_weight > 0 and "hop1" in targets:
+                term = probe_loss(probe, layer0.states, targets)
+                parts["probe"] = float(term.detach())
+                loss = loss + recipe.probe_weight * term
             if recipe.hop2_weight > 0 and "hop2" in targets:
                 term = hop2_loss(output.attentions, targets)
                 parts["hop2"] = float(term.detach())
@@ -219,6 +237,7 @@ def train_recipe(
                 with open(metrics_path, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(row) + "\n")
         bar.close()
+    layer0.remove()
     plot_curves(rows, out / "learning_curve.png", "vsre-tiny")
     model.eval()
     return model, rows

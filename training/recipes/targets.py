@@ -9,6 +9,9 @@ those words). These targets supervise the parts directly:
   patch (from the instance mask and the scene file) and the patch's log depth;
 - hop 1: in the LM's first layer, one head of each object phrase's last token is pulled
   towards the image tokens that phrase's object covers (mask coverage per token);
+- phrase probe: from the first layer's output at that phrase token, a training-only linear
+  head predicts where its object is (the same coverage over image tokens) and its log depth,
+  so the phrase token must carry its object's position into the layers that compare;
 - hop 2: in the second layer, head k of the answer position is pulled towards the k-th named
   object's phrase, the last head towards the relation words.
 
@@ -183,7 +186,7 @@ def batch_targets(
     device = batch["input_ids"].device
     t = builder.num_tokens
     colour, category, depth = [], [], []
-    hop1_rows, hop1_query, hop1_keys, hop1_weights = [], [], [], []
+    hop1_rows, hop1_query, hop1_keys, hop1_weights, hop1_depth = [], [], [], [], []
     hop2_rows, hop2_heads, hop2_query, hop2_keys = [], [], [], []
     heads = int(model.base_lm().config.num_attention_heads)
     ids = batch["input_ids"]
@@ -224,6 +227,12 @@ def batch_targets(
             hop1_query.append(offset + span[-1])
             hop1_keys.append(image_pos)
             hop1_weights.append(torch.from_numpy(cover / cover.sum()).float())
+            known = np.isfinite(target.log_depth) & (cover > 0)
+            hop1_depth.append(
+                float((cover * target.log_depth)[known].sum() / cover[known].sum())
+                if known.any()
+                else float("nan")
+            )
             if j < heads - 1:
                 hop2_rows.append(row)
                 hop2_heads.append(j)
@@ -245,6 +254,7 @@ def batch_targets(
             torch.tensor(hop1_query, device=device),
             torch.stack(hop1_keys).to(device),
             torch.stack(hop1_weights).to(device),
+            torch.tensor(hop1_depth, device=device),
         )
     if hop2_rows:
         width = ids.shape[1]
@@ -291,7 +301,7 @@ def dense_loss(head: DenseHead, image_embeds: torch.Tensor, targets: dict) -> to
 def hop1_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 0) -> torch.Tensor:
     """Cross-entropy of the first head's attention (object phrase -> image tokens) against the
     object's mask coverage."""
-    rows, query, keys, weights = targets["hop1"]
+    rows, query, keys, weights, _ = targets["hop1"]
     attn = attentions[layer][rows, 0, query]  # [K, L]
     picked = attn.gather(1, keys).float().clamp_min(1e-6)
     return -(weights * picked.log()).sum(-1).mean()
@@ -303,3 +313,43 @@ def hop2_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 1)
     attn = attentions[layer][rows, heads, query]  # [K, L]
     mass = (attn.float() * key_mask).sum(-1).clamp_min(1e-6)
     return -mass.log().mean()
+
+
+class PhraseProbe(nn.Module):
+    """Where an object phrase's object is (over image tokens) and its log depth, read from the
+    phrase's last token after the LM's first layer."""
+
+    def __init__(self, hidden: int, num_tokens: int):
+        super().__init__()
+        self.where = nn.Linear(hidden, num_tokens)
+        self.depth = nn.Linear(hidden, 1)
+
+    def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states = states.float()
+        return self.where(states), self.depth(states).squeeze(-1)
+
+
+class LayerOutput:
+    """Keeps the output hidden states of one LM decoder layer (a forward hook)."""
+
+    def __init__(self, model: VSREModel, layer: int = 0):
+        self.states: torch.Tensor | None = None
+        block = model.base_lm().model.layers[layer]
+        self.handle = block.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        self.states = output[0] if isinstance(output, tuple) else output
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def probe_loss(probe: PhraseProbe, states: torch.Tensor, targets: dict) -> torch.Tensor:
+    """Soft cross-entropy of the object's place plus its log-depth error, per object phrase."""
+    rows, query, _, weights, depth = targets["hop1"]
+    where, guess = probe(states[rows, query])
+    loss = -(weights * where.log_softmax(-1)).sum(-1).mean()
+    known = torch.isfinite(depth)
+    if bool(known.any()):
+        loss = loss + F.mse_loss(guess[known], depth[known])
+    return loss
