@@ -64,7 +64,9 @@ def make_data(out: Path, n: int, seed: int, size: int, workers: int, progress: b
             moved_share=0.05,
             questions=question_config(),
         )
+        start = time.perf_counter()
         generate(data, n, config, workers=workers, progress=progress)
+        (data / "generate_seconds.json").write_text(json.dumps(time.perf_counter() - start))
     if not (data / f"{TRAIN_SPLIT}.jsonl").is_file():
         zs = {i.id for i in load_items(data, "zeroshot_train")}
         both = [i for i in load_items(data, "random_train") if i.id in zs]
@@ -131,6 +133,7 @@ def model_card(
     """MODEL_CARD.md text: data, recipe, evaluation with baselines, limits, reproduction."""
     cmd = (
         f"vsre train-default --seed {args.seed} --n {args.n} --size {args.size} "
+        f"--curriculum {args.curriculum} "
         f"--steps-a {args.steps_a} --steps-b {args.steps_b} --batch-size {args.batch_size} "
         f"--eval-items {args.eval_items} --consistency-items {args.consistency_items} "
         f"--threads {args.threads} "
@@ -149,8 +152,10 @@ def model_card(
         "",
         f"    {cmd}",
         "",
-        f"Wall time of that run: data {seconds['data']:.0f} s, training {seconds['train']:.0f} s,"
-        f" evaluation {seconds['eval']:.0f} s (2 shared CPU cores).",
+        "Wall time of that run: data "
+        + ("not recorded" if seconds["data"] is None else f"{seconds['data']:.0f} s")
+        + f", training {seconds['train']:.0f} s, evaluation {seconds['eval']:.0f} s"
+        " (2 CPU cores shared with other jobs).",
         "",
         "## Model",
         "",
@@ -277,6 +282,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=40000, help="items generated (40000)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (64)")
     parser.add_argument("--workers", type=int, default=2, help="generator processes (2)")
+    parser.add_argument(
+        "--curriculum",
+        default="basics-first",
+        help="stage plan: basics-first (default) or image-plane-first",
+    )
     parser.add_argument("--steps-a", type=int, default=600, help="stage A steps (600)")
     parser.add_argument("--steps-b", type=int, default=1800, help="stage B steps (1800)")
     parser.add_argument("--batch-size", type=int, default=16, help="examples per step (16)")
@@ -299,7 +309,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .recipes.curriculum import RecipeConfig, default_stages
+    from .recipes.curriculum import RecipeConfig, curriculum
 
     if min(args.n, args.steps_a, args.steps_b, args.batch_size) < 1:
         print("vsre train-default: --n, --steps-a, --steps-b, --batch-size must be >= 1")
@@ -308,12 +318,14 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     seconds = {}
     try:
-        t = time.perf_counter()
         data = make_data(out, args.n, args.seed, args.size, args.workers, progress)
-        seconds["data"] = time.perf_counter() - t
+        timing = data / "generate_seconds.json"
+        seconds["data"] = json.loads(timing.read_text()) if timing.is_file() else None
         items_by_split = {TRAIN_SPLIT: load_items(data, TRAIN_SPLIT)}
         val = _spread(load_items(data, "random_val"), 96)
-        stages: list[StageConfig] = default_stages(args.steps_a, args.steps_b, args.batch_size)
+        stages: list[StageConfig] = curriculum(
+            args.curriculum, args.steps_a, args.steps_b, args.batch_size
+        )
         recipe = RecipeConfig(
             seed=args.seed, stages=stages, val_every=args.val_every, threads=args.threads
         )

@@ -9,7 +9,12 @@ import torch
 from vsre_ros.training.data import ask
 from vsre_ros.training.items import load_items
 from vsre_ros.training.model_api import build_model, collate, image_cache
-from vsre_ros.training.recipes.curriculum import ONE_POLARITY, default_stages, train_recipe
+from vsre_ros.training.recipes.curriculum import (
+    ONE_POLARITY,
+    curriculum,
+    default_stages,
+    train_recipe,
+)
 from vsre_ros.training.recipes.targets import (
     COLOUR_IDS,
     TargetBuilder,
@@ -103,6 +108,14 @@ def test_first_stage_asks_one_polarity_only(sim_data):
     relations = {i.relation for i in first if i.task == "relation"}
     assert relations <= set(ONE_POLARITY)
     assert not relations & {"right of", "behind", "below", "far from"}
+
+
+def test_curricula_are_looked_up_by_id():
+    stages = curriculum("image-plane-first", 10, 10, 16)
+    assert stages[0].relations == ["left of"]
+    assert sum(s.steps for s in stages) == 20
+    with pytest.raises(ValueError, match="known: \\['basics-first'"):
+        curriculum("nope", 1, 1, 1)
 
 
 def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):

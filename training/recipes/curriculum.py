@@ -82,6 +82,46 @@ def default_stages(steps_a: int, steps_b: int, batch_size: int = 16) -> list[Sta
     ]
 
 
+def image_plane_stages(steps_a: int, steps_b: int, batch_size: int = 16) -> list[StageConfig]:
+    """Narrower start: "left of" with localization and direction (all read the image plane),
+    then both left/right polarities, then every task and relation (the last 40% of B)."""
+    base = {"freeze": "all", "batch_size": batch_size, "lr": 2e-3, "templates": "train"}
+    base["split"] = "default_train"
+    lateral = ["left of", "right of", "at the left side of", "at the right side of"]
+    tail = max(1, int(0.4 * steps_b))
+    return [
+        StageConfig(
+            name="A-left-of-localization",
+            steps=steps_a,
+            warmup_steps=100,
+            task_weights={"relation": 1.0, "localization": 1.0, "direction": 0.5},
+            relations=["left of"],
+            **base,
+        ),
+        StageConfig(
+            name="B-left-right",
+            steps=max(1, steps_b - tail),
+            warmup_steps=0,
+            task_weights={"relation": 1.5, "localization": 0.5, "direction": 0.5},
+            relations=lateral,
+            **base,
+        ),
+        StageConfig(
+            name="C-all", steps=tail, warmup_steps=0, task_weights=dict(ALL_TASKS), **base
+        ),
+    ]
+
+
+# curriculum id -> stages(steps_a, steps_b, batch_size)
+CURRICULA = {"basics-first": default_stages, "image-plane-first": image_plane_stages}
+
+
+def curriculum(name: str, steps_a: int, steps_b: int, batch_size: int) -> list[StageConfig]:
+    if name not in CURRICULA:
+        raise ValueError(f"unknown curriculum {name!r}; known: {sorted(CURRICULA)}")
+    return CURRICULA[name](steps_a, steps_b, batch_size)
+
+
 def default_overrides() -> dict[str, Any]:
     """The shipped size: the four families at width 64 x 3 layers, a Llama 128 x 3, channel
     fusion (64 image tokens). About 1.7M parameters, ~1 s a step at batch 16 on one shared
