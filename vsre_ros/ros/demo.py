@@ -236,8 +236,9 @@ class Recorder(Node):
         self.path = path
         self.writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
         self.writer.open()
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.count = 0
+        self.counts: dict[str, int] = dict.fromkeys(topics, 0)  # by the topic name asked for
         group = MutuallyExclusiveCallbackGroup()
         for topic, msg_type in topics.items():
             module = msg_type.__module__.split(".")
@@ -246,7 +247,7 @@ class Recorder(Node):
             sub = self.create_subscription(
                 msg_type,
                 topic,
-                lambda data, slot=slot: self._write(slot[0], data),
+                lambda data, slot=slot, topic=topic: self._write(topic, slot[0], data),
                 QoSProfile(depth=100),
                 raw=True,
                 callback_group=group,
@@ -254,11 +255,23 @@ class Recorder(Node):
             # The bag names topics fully qualified ("/vsre/answers"), as ros2 bag does.
             slot.append(self.writer.add_connection(sub.topic_name, type_name, typestore=store))
 
-    def _write(self, connection, data: bytes) -> None:
+    def _write(self, topic: str, connection, data: bytes) -> None:
         with self.lock:
             if self.writer is not None:
                 self.writer.write(connection, self.get_clock().now().nanoseconds, data)
                 self.count += 1
+                self.counts[topic] += 1
+                self.lock.notify_all()
+
+    def wait_for(self, topic: str, count: int, timeout: float) -> bool:
+        """Wait until `count` messages of `topic` are written; False if the timeout came first.
+
+        The client and the recorder receive each answer on their own subscriptions, so the
+        client can hold its last answer before the recorder has written it; stopping the
+        executor at that moment would drop it from the bag without a word.
+        """
+        with self.lock:
+            return self.lock.wait_for(lambda: self.counts[topic] >= count, timeout)
 
     def close(self) -> None:
         with self.lock:
@@ -328,6 +341,10 @@ def run(args: argparse.Namespace) -> int:
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
         finished = client.done.wait(args.timeout)
+        if recorder is not None:
+            for topic in (server.params.query_topic, server.params.answer_topic):
+                if not recorder.wait_for(topic, client.asked, timeout=5.0):
+                    print(f"vsre demo: the bag holds fewer than {client.asked} on {topic}")
         executor.shutdown()
         spinner.join(timeout=10)
         summary = client.summary()
