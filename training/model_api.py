@@ -104,16 +104,12 @@ def collate(
     answer words) and `truth` [B] (1 positive, 0 negative, -1 not a verdict question). With
     `attention_targets`, `object_targets` (see `object_attention_targets`) as well.
     """
-    rows, labels, starts, pixels = [], [], [], []
+    rows, pixels = [], []
     verdict_ids, truth = [], []
     for ex in examples:
         paths = ex.item.image_paths()
         pixels.extend(cache.get(p) for p in paths)
-        prompt = model.prefix_ids(len(paths)) + model.suffix_ids(ex.question)
-        answer = model.answer_ids(ex.target)
-        rows.append(prompt + answer)
-        labels.append([-100] * len(prompt) + answer)
-        starts.append(len(prompt))
+        rows.append((len(paths), ex.question, ex.target))
         words = _verdict_words(ex)
         if words is None:
             verdict_ids.append([0, 0])
@@ -121,14 +117,7 @@ def collate(
         else:
             verdict_ids.append([model.answer_ids(w, eos=False)[0] for w in words])
             truth.append(int(bool(ex.truth)))
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), model.pad_token_id, dtype=torch.long)
-    label_t = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (row, lab) in enumerate(zip(rows, labels, strict=True)):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        label_t[i, : len(lab)] = torch.tensor(lab)
-        mask[i, : len(row)] = 1
+    tokens = model.tokenize_rows(rows)
     device, dtype = model.device, model.dtype
     extra: dict[str, Any] = {}
     if attention_targets:
@@ -139,10 +128,7 @@ def collate(
     }
     return {
         "pixel_values": pixel_values,
-        "input_ids": input_ids.to(device),
-        "attention_mask": mask.to(device),
-        "labels": label_t.to(device),
-        "answer_start": torch.tensor(starts, device=device),
+        **tokens,
         "verdict_ids": torch.tensor(verdict_ids, device=device),
         "truth": torch.tensor(truth, device=device),
         **extra,

@@ -483,27 +483,39 @@ class VSREModel(nn.Module):
         Returns pixel_values, input_ids, attention_mask, labels (see the module docstring)
         and answer_start [B]: the index of each row's first answer token.
         """
-        rows, labels, starts, images = [], [], [], []
+        images = []
         for i, ex in enumerate(examples):
             if not ex.get("images"):
                 raise ValueError(f"example {i} has no images")
             images.extend(ex["images"])
-            prompt = self.prefix_ids(len(ex["images"])) + self.suffix_ids(ex["question"])
-            answer = self.answer_ids(ex["answer"])
-            rows.append(prompt + answer)
-            labels.append([-100] * len(prompt) + answer)
+        tokens = self.tokenize_rows(
+            [(len(ex["images"]), ex["question"], ex["answer"]) for ex in examples]
+        )
+        return {"pixel_values": self.preprocess(images), **tokens}
+
+    def tokenize_rows(self, rows: Sequence[tuple[int, str, str]]) -> dict[str, torch.Tensor]:
+        """Token tensors for (number of images, question, answer) rows, right-padded.
+
+        Returns input_ids, attention_mask, labels (-100 outside the answer tokens) and
+        answer_start [B], all on the model's device.
+        """
+        ids, labels, starts = [], [], []
+        for n_images, question, answer in rows:
+            prompt = self.prefix_ids(n_images) + self.suffix_ids(question)
+            answer_ids = self.answer_ids(answer)
+            ids.append(prompt + answer_ids)
+            labels.append([-100] * len(prompt) + answer_ids)
             starts.append(len(prompt))
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        label_t = torch.full((len(rows), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (row, lab) in enumerate(zip(rows, labels, strict=True)):
+        width = max(len(r) for r in ids)
+        input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
+        label_t = torch.full((len(ids), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, (row, lab) in enumerate(zip(ids, labels, strict=True)):
             input_ids[i, : len(row)] = torch.tensor(row)
             label_t[i, : len(lab)] = torch.tensor(lab)
             mask[i, : len(row)] = 1
         device = self.device
         return {
-            "pixel_values": self.preprocess(images),
             "input_ids": input_ids.to(device),
             "attention_mask": mask.to(device),
             "labels": label_t.to(device),
