@@ -52,3 +52,27 @@ def test_engine_config_takes_the_model_side_parameters():
         4,
         50,
     )
+
+
+def test_node_command_line_becomes_ros_args_in_order():
+    import argparse
+
+    from vsre_ros.ros.params import add_ros_cli_arguments, ros_cli_args
+
+    parser = argparse.ArgumentParser()
+    add_ros_cli_arguments(parser)
+    args = parser.parse_args(
+        ["--params-file", "a.yaml", "--ros-args", "-p", "queue_size:=3", "-r", "x:=y"]
+    )
+    assert ros_cli_args(args, model="/ckpt", lora="") == [
+        "--ros-args",
+        "--params-file",
+        "a.yaml",
+        "-p",
+        "model:=/ckpt",
+        "-p",
+        "queue_size:=3",
+        "-r",
+        "x:=y",
+    ]
+    assert ros_cli_args(parser.parse_args([])) == ["--ros-args"]

@@ -10,6 +10,7 @@ The per-preset YAML files in `config/` set these names under each node's name.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -241,3 +242,30 @@ def read(node, cls: type = ServerParams):
     params = cls(**values)
     params.validate()
     return params
+
+
+# ---- command lines of the node executables -------------------------------------------------
+
+
+def add_ros_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every node executable shares: a params YAML and raw ROS arguments."""
+    parser.add_argument("--params-file", default="", help="ROS parameters YAML (config/*.yaml)")
+    parser.add_argument(
+        "--ros-args",
+        dest="ros_args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="everything after it goes to ROS (-p name:=value, -r remaps, --log-level ...)",
+    )
+
+
+def ros_cli_args(args: argparse.Namespace, **overrides: str) -> list[str]:
+    """The node's `cli_args`: the params file, then `overrides` as -p, then raw ROS arguments.
+
+    Empty override values are left out, so an unset command-line option keeps the YAML's value.
+    """
+    cli = ["--ros-args"] + (["--params-file", args.params_file] if args.params_file else [])
+    for name, value in overrides.items():
+        if value:
+            cli += ["-p", f"{name}:={value}"]
+    return cli + [a for a in args.ros_args if a != "--ros-args"]

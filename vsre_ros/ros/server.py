@@ -642,34 +642,19 @@ def executor_threads(params) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--params-file", default="", help="ROS parameters YAML (config/<preset>.yaml)"
-    )
     parser.add_argument("--model", default="", help="override the `model` parameter")
     parser.add_argument(
         "--no-activate",
         action="store_true",
         help="stay unconfigured; a lifecycle manager configures and activates the node",
     )
-    parser.add_argument(
-        "--ros-args",
-        dest="ros_args",
-        nargs=argparse.REMAINDER,
-        default=[],
-        help="everything after it goes to ROS (-p name:=value, -r remaps, --log-level ...)",
-    )
+    server_params.add_ros_cli_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    ros_args: list[str] = ["--ros-args"]
-    if args.params_file:
-        ros_args += ["--params-file", args.params_file]
-    if args.model:
-        ros_args += ["-p", f"model:={args.model}"]
-    extra = [a for a in args.ros_args if a != "--ros-args"]
     rclpy.init(args=None)
     try:
-        node = VsreServer(cli_args=ros_args + extra)
+        node = VsreServer(cli_args=server_params.ros_cli_args(args, model=args.model))
         executor = MultiThreadedExecutor(num_threads=executor_threads(node.params))
         executor.add_node(node)
         if not args.no_activate:

@@ -176,21 +176,12 @@ class SimCameraNode(Node):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params-file", default="", help="ROS parameters YAML")
-    parser.add_argument(
-        "--ros-args",
-        dest="ros_args",
-        nargs=argparse.REMAINDER,
-        default=[],
-        help="everything after it goes to ROS (-p name:=value, -r remaps, --log-level ...)",
-    )
+    node_params.add_ros_cli_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    ros_args = ["--ros-args"] + (["--params-file", args.params_file] if args.params_file else [])
-    ros_args += [a for a in args.ros_args if a != "--ros-args"]
     rclpy.init()
-    node = SimCameraNode(cli_args=ros_args)
+    node = SimCameraNode(cli_args=node_params.ros_cli_args(args))
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
