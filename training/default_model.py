@@ -135,7 +135,8 @@ def model_card(
         f"vsre train-default --seed {args.seed} --n {args.n} --size {args.size} "
         f"--curriculum {args.curriculum} "
         f"--steps-a {args.steps_a} --steps-b {args.steps_b} --batch-size {args.batch_size} "
-        f"--eval-items {args.eval_items} --consistency-items {args.consistency_items} "
+        f"--val-every {args.val_every} --eval-items {args.eval_items} "
+        f"--consistency-items {args.consistency_items} "
         f"--threads {args.threads} "
         f"--out {args.out}"
     )
