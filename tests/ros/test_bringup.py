@@ -158,3 +158,18 @@ def test_readme_documents_every_parameter_and_interface_field():
             assert f"| `{name}` |" in readme, f"parameter {name} missing from README"
     for path in sorted(ROOT.glob("msg/*.msg")) + sorted(ROOT.glob("srv/*.srv")):
         assert f"`{path.parent.name}/{path.name}`" in readme, path.name
+
+
+def test_spin_alone_stops_when_done_and_tears_down():
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from vsre_ros.ros.bringup import spin_alone
+
+    rclpy.init()
+    node = rclpy.create_node("spin_alone_probe")
+    ticks = []
+    node.create_timer(0.01, lambda: ticks.append(1))
+    assert spin_alone(node, SingleThreadedExecutor(), until=lambda: len(ticks) >= 3, period=0.05)
+    assert len(ticks) >= 3
+    assert not rclpy.ok()  # rclpy was shut down with the node

@@ -123,3 +123,25 @@ def make_launch_description(launch_file: str):
             OpaqueFunction(function=nodes),
         ]
     )
+
+
+def spin_alone(node, executor, until=lambda: False, period: float = 0.1) -> bool:
+    """Spin one node until `until()` holds, Ctrl-C or rclpy shutdown; then tear everything down.
+
+    Used by the single-node console scripts. Returns True when `until()` ended the spin.
+    rclpy is imported here, not at module level: launch files import this module too.
+    """
+    import rclpy
+
+    executor.add_node(node)
+    reached = False
+    try:
+        while rclpy.ok() and not (reached := until()):
+            executor.spin_once(timeout_sec=period)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return reached

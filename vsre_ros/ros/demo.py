@@ -403,16 +403,6 @@ def client_main(argv: list[str] | None = None) -> int:
     """Console script `vsre_demo_client`: the demo client alone (for launch files)."""
     rclpy.init(args=argv)
     node = DemoClient()
-    executor = MultiThreadedExecutor()
-    executor.add_node(node)
-    try:
-        while rclpy.ok() and not node.done.is_set():
-            executor.spin_once(timeout_sec=0.2)
+    if bringup.spin_alone(node, MultiThreadedExecutor(), until=node.done.is_set, period=0.2):
         _print_summary({**node.summary(), "model": "(see the server's log)"}, True)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
     return 0

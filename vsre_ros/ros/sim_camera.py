@@ -30,6 +30,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from vsre_ros.msg import SceneTruth
+from vsre_ros.ros import bringup
 from vsre_ros.ros import params as node_params
 from vsre_ros.ros.conversions import numpy_to_imgmsg
 
@@ -182,17 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     rclpy.init()
     node = SimCameraNode(cli_args=node_params.ros_cli_args(args))
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        while rclpy.ok() and not node.finished:
-            executor.spin_once(timeout_sec=0.1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    bringup.spin_alone(node, SingleThreadedExecutor(), until=lambda: node.finished)
     return 0
 
 
