@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from vsre_ros.core.config import ENCODER_FAMILIES
+
 from .config import StageConfig
 from .items import Item, load_items, write_items
 
@@ -50,11 +52,10 @@ def question_config():
     )
 
 
-def make_data(out: Path, n: int, seed: int, size: int, workers: int, progress: bool) -> Path:
-    """Generate the dataset (unless present) and write the combined training split."""
+def make_data(data: Path, n: int, seed: int, size: int, workers: int, progress: bool) -> Path:
+    """Generate the dataset in `data` (unless present) and write the combined training split."""
     from vsre_ros.sim_data.dataset import GenConfig, generate
 
-    data = out / "data"
     if not (data / "dataset.json").is_file():
         config = GenConfig(
             seed=seed,
@@ -109,6 +110,46 @@ def evaluate_split(
     return report
 
 
+ABLATION_TASKS = ("relation", "localization", "direction", "distance")
+
+
+def ablation_rows(run_dirs: list[str]) -> list[dict]:
+    """One row per ablation run (a `vsre train-default --export none` run directory)."""
+    rows = []
+    for run in run_dirs:
+        summary = Path(run) / "summary.json"
+        if not summary.is_file():
+            raise FileNotFoundError(
+                f"ablation run {run} has no summary.json; run `vsre train-default --out {run} "
+                "--families ... --export none` first"
+            )
+        data = json.loads(summary.read_text())
+        if "families" not in data:
+            raise ValueError(f"{summary} predates --families; rerun that ablation")
+        rows.append({"run": str(run), **data})
+    return rows
+
+
+def ablation_table(rows: list[dict]) -> list[str]:
+    """Markdown: per run, the families kept and the held-out accuracies."""
+    head = " | ".join(f"{t} (random)" for t in ABLATION_TASKS)
+    lines = [
+        f"| encoder families | removed | steps | random_test | zeroshot_test | {head} | train s |",
+        "|---|---|---:|---:|---:|" + "---:|" * len(ABLATION_TASKS) + "---:|",
+    ]
+    for row in rows:
+        removed = [f for f in ENCODER_FAMILIES if f not in row["families"]]
+        tasks = row.get("by_task", {}).get("random_test", {})
+        acc = row["accuracy"]
+        lines.append(
+            f"| {', '.join(row['families'])} | {', '.join(removed) or 'none'} | {row['steps']}"
+            f" | {_pct(acc.get('random_test'))} | {_pct(acc.get('zeroshot_test'))} | "
+            + " | ".join(_pct(tasks.get(t)) for t in ABLATION_TASKS)
+            + f" | {row['seconds']['train']:.0f} |"
+        )
+    return lines
+
+
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -129,6 +170,7 @@ def model_card(
     counts: dict,
     size_mb: float,
     params: dict,
+    ablation: list[dict] | None = None,
 ) -> str:
     """MODEL_CARD.md text: data, recipe, evaluation with baselines, limits, reproduction."""
     cmd = (
@@ -138,8 +180,13 @@ def model_card(
         f"--val-every {args.val_every} --eval-items {args.eval_items} "
         f"--consistency-items {args.consistency_items} "
         f"--threads {args.threads} "
-        f"--out {args.out}"
+        + (f"--families {args.families} " if args.families != ",".join(ENCODER_FAMILIES) else "")
+        + (f"--data {args.data} " if args.data else "")
+        + f"--out {args.out}"
     )
+    lm = recipe.model_overrides["lm"]["hf_config"]
+    families = [e["family"] for e in recipe.model_overrides["encoders"]]
+    hop0, hop1, hop2 = recipe.hop_layers
     last = [r for r in rows if r.get("val_acc") is not None]
     lines = [
         "# vsre-tiny: the embedded default model",
@@ -156,14 +203,15 @@ def model_card(
         "Wall time of that run: data "
         + ("not recorded" if seconds["data"] is None else f"{seconds['data']:.0f} s")
         + f", training {seconds['train']:.0f} s, evaluation {seconds['eval']:.0f} s"
-        " (2 CPU cores shared with other jobs).",
+        f" ({args.threads} torch thread(s) on a 2-core machine).",
         "",
         "## Model",
         "",
         f"- Preset `{recipe.preset}` with overrides `{json.dumps(recipe.model_overrides)}`"
-        " (all four encoder families CLIP, SigLIP, SAM, DINOv2 as small random-init ViTs at",
-        "  64 px, width 64 x 3 layers, channel fusion to 8x8 = 64 image tokens, Llama LM",
-        "  hidden 128 x 3 layers, 4 heads, initializer_range 1/sqrt(128)).",
+        f" (encoder families {', '.join(families)} as small random-init ViTs at"
+        f" {args.size} px, width 64 x 3 layers, channel fusion to 8x8 = 64 image tokens,"
+        f" Llama LM hidden {lm['hidden_size']} x {lm['num_hidden_layers']} layers,"
+        f" {lm['num_attention_heads']} heads, initializer_range 1/sqrt(hidden)).",
         f"- Parameters: {json.dumps(params)}; checkpoint {size_mb:.1f} MB (safetensors).",
         "- Saved with sdpa attention; training used eager attention to read attention maps.",
         "",
@@ -178,11 +226,13 @@ def model_card(
         "",
         "Losses: answer-token cross-entropy; dense per-patch colour, category and log-depth",
         "targets from masks/depth (training-only linear head on the image tokens); attention",
-        "targets for the two binding hops (object phrase -> its mask in layer 0 head 0; answer",
-        "position -> object and relation phrases in layer 1), with word positions from the",
+        f"targets for the binding hops (layer {hop0} head 0: an object phrase's last token ->"
+        " the phrase's other words, since a colour or a category alone is ambiguous in half",
+        f" the scenes; layer {hop1} head 0: that token -> its object's mask; layer {hop2}:"
+        " answer position -> object and relation phrases), with word positions from the",
         "tokenizer's offsets, so all 50 templates are used; when probe weight > 0, a linear",
-        "probe on layer 0's output at each object phrase predicts its object's place over the",
-        "image tokens and its log depth. AdamW, betas (0.9, 0.98), wd 0.01,",
+        f"probe on layer {hop1}'s output at each object phrase predicts its object's place"
+        " over the image tokens and its log depth. AdamW, betas (0.9, 0.98), wd 0.01,",
         "grad clip 1, batch 16; last 30% of the last stage decays the lr linearly to 10%.",
         "",
         "| stage | steps | lr | warm-up | tasks (weights) | relations |",
@@ -196,7 +246,8 @@ def model_card(
         )
     lines += [
         "",
-        f"Extra-loss weights: dense {recipe.dense_weight}, hop1 {recipe.hop1_weight}, hop2"
+        f"Extra-loss weights: dense {recipe.dense_weight}, hop0 {recipe.hop0_weight},"
+        f" hop1 {recipe.hop1_weight}, hop2"
         f" {recipe.hop2_weight}, probe {recipe.probe_weight}. Learning curve:"
         f" `learning_curve.png` (val = {recipe.val_items} random_val items asked their own"
         " question).",
@@ -214,7 +265,8 @@ def model_card(
         lines += [
             f"### {name}",
             "",
-            f"Command equivalent: `vsre evaluate --data {args.out}/data --split {rep['split']} "
+            f"Command equivalent: `vsre evaluate --data {args.data or args.out + '/data'}"
+            f" --split {rep['split']} "
             f"--model {args.export or EXPORT_DIR} --templates {rep['templates']}` "
             f"(first {rep['n_items']} items"
             + (", relation items only" if name.startswith("consistency") else "")
@@ -244,9 +296,20 @@ def model_card(
         "  nothing here says how it does on real photographs.",
         "- Tiny (a few M parameters, 64 px): far below the issue's targets (see the figures",
         "  above and the recipes table); treat answers as a demo of the pipeline, not facts.",
-        "- No ablation of encoder families was run (did not fit in the time).",
         "",
     ]
+    lines += ["## Ablation: each encoder family removed in turn", ""]
+    if ablation:
+        lines += [
+            "Each row is one `vsre train-default --families ... --export none` run of the"
+            " same recipe and data, evaluated on the same held-out items (its `--out`"
+            " directory is named in the run column of `summary.json`).",
+            "",
+            *ablation_table(ablation),
+            "",
+        ]
+    else:
+        lines += ["Not run for this export (pass `--ablation-runs`).", ""]
     if RECIPES_TRIED.is_file():
         lines += [RECIPES_TRIED.read_text().strip(), ""]
     return "\n".join(lines)
@@ -279,6 +342,11 @@ def export(model, out: Path, export_dir: Path, card: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/vsre-tiny-default", help="run directory")
+    parser.add_argument(
+        "--data",
+        default="",
+        help="dataset directory (default OUT/data; generated there when missing)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of data, init and order")
     parser.add_argument("--n", type=int, default=40000, help="items generated (40000)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (64)")
@@ -286,7 +354,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--curriculum",
         default="basics-first",
-        help="stage plan: basics-first (default) or image-plane-first",
+        help="stage plan: basics-first (default), binding-first or image-plane-first",
+    )
+    parser.add_argument(
+        "--families",
+        default=",".join(ENCODER_FAMILIES),
+        help="encoder families, comma-separated (all four; the ablation drops one)",
+    )
+    parser.add_argument(
+        "--ablation-runs",
+        nargs="*",
+        default=[],
+        metavar="RUN_DIR",
+        help="--out directories of ablation runs (--export none) tabled in the model card",
     )
     parser.add_argument("--steps-a", type=int, default=600, help="stage A steps (600)")
     parser.add_argument("--steps-b", type=int, default=1800, help="stage B steps (1800)")
@@ -310,7 +390,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .recipes.curriculum import RecipeConfig, curriculum
+    from .recipes.curriculum import RecipeConfig, curriculum, default_overrides
 
     if min(args.n, args.steps_a, args.steps_b, args.batch_size) < 1:
         print("vsre train-default: --n, --steps-a, --steps-b, --batch-size must be >= 1")
@@ -319,7 +399,8 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     seconds = {}
     try:
-        data = make_data(out, args.n, args.seed, args.size, args.workers, progress)
+        data = Path(args.data) if args.data else out / "data"
+        make_data(data, args.n, args.seed, args.size, args.workers, progress)
         timing = data / "generate_seconds.json"
         seconds["data"] = json.loads(timing.read_text()) if timing.is_file() else None
         items_by_split = {TRAIN_SPLIT: load_items(data, TRAIN_SPLIT)}
@@ -327,9 +408,15 @@ def run(args: argparse.Namespace) -> int:
         stages: list[StageConfig] = curriculum(
             args.curriculum, args.steps_a, args.steps_b, args.batch_size
         )
+        families = [f.strip() for f in args.families.split(",") if f.strip()]
         recipe = RecipeConfig(
-            seed=args.seed, stages=stages, val_every=args.val_every, threads=args.threads
+            seed=args.seed,
+            stages=stages,
+            val_every=args.val_every,
+            threads=args.threads,
+            model_overrides=default_overrides(families),
         )
+        ablation = ablation_rows(args.ablation_runs)
         model, rows, seconds["train"] = trained_model(
             recipe, items_by_split, val, out / "train", progress
         )
@@ -357,6 +444,12 @@ def run(args: argparse.Namespace) -> int:
             {
                 "seconds": seconds,
                 "accuracy": {k: r["accuracy"] for k, r in reports.items()},
+                "by_task": {
+                    k: {t: v["accuracy"] for t, v in r["by"]["task"].items()}
+                    for k, r in reports.items()
+                },
+                "families": families,
+                "steps": sum(s.steps for s in stages),
                 "counts": counts,
             },
             indent=2,
@@ -365,9 +458,9 @@ def run(args: argparse.Namespace) -> int:
     if args.export == "none":
         return 0
     export_dir = Path(args.export) if args.export else EXPORT_DIR
-    card = model_card(args, recipe, reports, rows, seconds, counts, 0.0, params)
+    card = model_card(args, recipe, reports, rows, seconds, counts, 0.0, params, ablation)
     size = export(model, out, export_dir, card)
-    card = model_card(args, recipe, reports, rows, seconds, counts, size, params)
+    card = model_card(args, recipe, reports, rows, seconds, counts, size, params, ablation)
     (export_dir / "MODEL_CARD.md").write_text(card)
     print(f"exported {export_dir} ({size:.1f} MB)")
     return 0

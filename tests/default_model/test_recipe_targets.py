@@ -28,7 +28,7 @@ from vsre_ros.core.config import tiny_encoders, tiny_lm
 
 def tiny_overrides(fusion: str = "channel") -> dict:
     encoders = [dataclasses.asdict(e) for e in tiny_encoders(hidden=32, layers=1, heads=2)]
-    lm = dataclasses.asdict(tiny_lm(hidden=64, layers=2, heads=4, ffn=128))
+    lm = dataclasses.asdict(tiny_lm(hidden=64, layers=3, heads=4, ffn=128))
     lm["attn_implementation"] = "eager"
     return {"fusion": fusion, "fusion_grid": 8, "encoders": encoders, "lm": lm}
 
@@ -102,6 +102,43 @@ def test_batch_targets_point_at_image_tokens_and_phrases(sim_data, model):
     assert targets["colour"].shape == (len(examples), model.num_image_tokens)
 
 
+def test_hop0_points_from_the_phrase_end_to_its_other_words(sim_data, model):
+    builder = TargetBuilder(model)
+    examples = [ask(i) for i in single_image_items(sim_data, "relation")[:6]]
+    batch = collate(model, examples, image_cache(model))
+    rows, heads, query, key_mask = batch_targets(builder, examples, batch)["hop0"]
+    assert (heads == 0).all()
+    ids = batch["input_ids"]
+    for r, q, keys in zip(rows.tolist(), query.tolist(), key_mask, strict=True):
+        positions = keys.nonzero().flatten().tolist()
+        assert positions == list(range(positions[0], q)), "the tokens just before the query"
+        phrase = model.tokenizer.decode(ids[r, positions[0] : q + 1].tolist()).strip()
+        assert phrase in examples[r].item.extra["objects"], "together they spell one object"
+
+
+def test_default_overrides_keep_the_named_families():
+    from vsre_ros.training.recipes.curriculum import default_overrides
+
+    full = [e["family"] for e in default_overrides()["encoders"]]
+    assert full == ["clip", "siglip", "sam", "dinov2"]
+    ablated = default_overrides(["clip", "sam", "dinov2"])
+    assert [e["family"] for e in ablated["encoders"]] == ["clip", "sam", "dinov2"]
+    assert ablated["lm"]["hf_config"]["num_hidden_layers"] == 4, "a layer per hop and one more"
+    with pytest.raises(ValueError, match="unknown or no encoder families \\['vit'\\]"):
+        default_overrides(["clip", "vit"])
+    with pytest.raises(ValueError, match="known"):
+        default_overrides([])
+
+
+def test_hop_layers_must_exist_in_the_lm(sim_data, tmp_path):
+    from vsre_ros.training.recipes.curriculum import RecipeConfig
+
+    stages = default_stages(1, 1, batch_size=2)
+    recipe = RecipeConfig(model_overrides=tiny_overrides(), stages=stages, hop_layers=[0, 1, 3])
+    with pytest.raises(ValueError, match="below the LM's 3"):
+        train_recipe(recipe, {}, [], tmp_path, progress=False)
+
+
 def test_first_stage_asks_one_polarity_only(sim_data):
     items = load_items(sim_data, "random_train")
     first = stage_items(items, default_stages(5, 5)[0])
@@ -114,6 +151,10 @@ def test_curricula_are_looked_up_by_id():
     stages = curriculum("image-plane-first", 10, 10, 16)
     assert stages[0].relations == ["left of"]
     assert sum(s.steps for s in stages) == 20
+    skills, one_polarity, every = curriculum("binding-first", 10, 10, 16)
+    assert "relation" not in skills.task_weights, "basic skills before any relation"
+    assert one_polarity.relations == ONE_POLARITY and not every.relations
+    assert skills.steps + one_polarity.steps == 10
     with pytest.raises(ValueError, match="known: \\['basics-first'"):
         curriculum("nope", 1, 1, 1)
 
@@ -128,6 +169,6 @@ def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
     items = {"random_train": load_items(sim_data, "random_train")}
     model, rows = train_recipe(recipe, items, [], tmp_path, progress=False)
     assert rows[-1]["step"] == 4
-    assert all(k in rows[-1] for k in ("lm", "dense", "hop1", "hop2", "probe"))
+    assert all(k in rows[-1] for k in ("lm", "dense", "hop0", "hop1", "hop2", "probe"))
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert (tmp_path / "learning_curve.png").stat().st_size > 0

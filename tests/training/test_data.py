@@ -203,3 +203,27 @@ def test_questions_with_more_context_than_a_template_are_not_reworded():
     item.template_id = "mi1"  # a multi-image question: "In the second image, is ..."
     example = TemplateSampler(seed=0).example(item, 0, 0)
     assert example.question == item.question and example.template_id == ""
+
+
+def test_step_examples_compute_an_epoch_order_once(monkeypatch):
+    from vsre_ros.training import train as train_module
+    from vsre_ros.training.config import StageConfig
+
+    items = skewed_items()
+    stage = StageConfig(name="s", steps=10, batch_size=3)
+    sampler = train_module.stage_sampler(stage, 0)
+    expected = epoch_order(items, 0, 0, stage.balanced, None)
+    calls = []
+    real = train_module.epoch_order
+    monkeypatch.setattr(
+        train_module, "epoch_order", lambda *a, **k: calls.append(a[1]) or real(*a, **k)
+    )
+    train_module._ORDERS.clear()
+    steps = len(items) // 3
+    got = [
+        example.item.id
+        for step in range(steps)
+        for example in train_module.step_examples(items, stage, sampler, 0, step)
+    ]
+    assert got == [items[k].id for k in expected[: 3 * steps]]
+    assert calls == [0], "one order per epoch, not one per step"

@@ -13,13 +13,14 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vsre_ros.core.config import tiny_encoders, tiny_lm
+from vsre_ros.core.config import ENCODER_FAMILIES, tiny_encoders, tiny_lm
 
 from ..config import StageConfig
 from ..items import Item
@@ -33,6 +34,7 @@ from .targets import (
     TargetBuilder,
     batch_targets,
     dense_loss,
+    hop0_loss,
     hop1_loss,
     hop2_loss,
     probe_loss,
@@ -112,8 +114,32 @@ def image_plane_stages(steps_a: int, steps_b: int, batch_size: int = 16) -> list
     ]
 
 
+def binding_first_stages(steps_a: int, steps_b: int, batch_size: int = 16) -> list[StageConfig]:
+    """Sparkle's order: the basic skills alone (localization, direction, distance: each needs
+    only "find the named object(s), read where they are") for the first half of A, then
+    basics-first's A and B."""
+    plain = default_stages(steps_a - steps_a // 2, steps_b, batch_size)
+    skills = StageConfig(
+        name="A0-skills",
+        freeze="all",
+        steps=max(1, steps_a // 2),
+        batch_size=batch_size,
+        lr=2e-3,
+        warmup_steps=100,
+        templates="train",
+        task_weights={"localization": 1.0, "direction": 1.0, "distance": 0.5},
+        split="default_train",
+    )
+    plain[0].warmup_steps = 0
+    return [skills, *plain]
+
+
 # curriculum id -> stages(steps_a, steps_b, batch_size)
-CURRICULA = {"basics-first": default_stages, "image-plane-first": image_plane_stages}
+CURRICULA = {
+    "basics-first": default_stages,
+    "image-plane-first": image_plane_stages,
+    "binding-first": binding_first_stages,
+}
 
 
 def curriculum(name: str, steps_a: int, steps_b: int, batch_size: int) -> list[StageConfig]:
@@ -122,12 +148,23 @@ def curriculum(name: str, steps_a: int, steps_b: int, batch_size: int) -> list[S
     return CURRICULA[name](steps_a, steps_b, batch_size)
 
 
-def default_overrides() -> dict[str, Any]:
-    """The shipped size: the four families at width 64 x 3 layers, a Llama 128 x 3, channel
-    fusion (64 image tokens). About 1.7M parameters, ~1 s a step at batch 16 on one shared
-    core; the preset's own widths (8.3M) were 2.5x slower a step."""
-    encoders = [dataclasses.asdict(e) for e in tiny_encoders(hidden=64, layers=3, heads=4)]
-    lm = dataclasses.asdict(tiny_lm(hidden=128, layers=3, heads=4, ffn=512))
+def default_overrides(families: Sequence[str] = ENCODER_FAMILIES) -> dict[str, Any]:
+    """The shipped size: the encoder families at width 64 x 3 layers, a Llama 128 x 4, channel
+    fusion (64 image tokens). About 2M parameters with all four families.
+
+    `families` keeps a subset (the ablation drops one at a time). The LM has four layers so
+    that each binding hop gets its own layer (hop 0, hop 1, hop 2) and one is left to compare.
+    """
+    unknown = sorted(set(families) - set(ENCODER_FAMILIES))
+    if unknown or not families:
+        known = list(ENCODER_FAMILIES)
+        raise ValueError(f"unknown or no encoder families {unknown}; known: {known}")
+    encoders = [
+        dataclasses.asdict(e)
+        for e in tiny_encoders(hidden=64, layers=3, heads=4)
+        if e.family in families
+    ]
+    lm = dataclasses.asdict(tiny_lm(hidden=128, layers=4, heads=4, ffn=512))
     # Eager attention returns the maps the hop targets need; the export switches to sdpa.
     lm["attn_implementation"] = "eager"
     return {"fusion": "channel", "fusion_grid": 8, "encoders": encoders, "lm": lm}
@@ -144,9 +181,13 @@ class RecipeConfig:
     seed: int = 0  # model init, data order, template draws
     stages: list[StageConfig] = field(default_factory=lambda: default_stages(600, 1800))
     dense_weight: float = 1.0  # patch colour/category/depth loss weight
-    hop1_weight: float = 1.0  # object phrase -> its mask, layer 0 head 0
-    hop2_weight: float = 1.0  # answer position -> object/relation phrases, layer 1
-    probe_weight: float = 1.0  # object phrase after layer 0 -> its object's place and depth
+    hop0_weight: float = 1.0  # object phrase's last token -> the phrase's other words, head 0
+    hop1_weight: float = 1.0  # object phrase -> its object's mask, head 0
+    hop2_weight: float = 1.0  # answer position -> object/relation phrases
+    probe_weight: float = 1.0  # object phrase after the hop-1 layer -> its object's place, depth
+    hop_layers: list[int] = field(
+        default_factory=lambda: [0, 1, 2]
+    )  # LM layers of hop 0, hop 1 (and the probe's output), hop 2
     final_decay: float = 0.3  # last share of the last stage: lr decays linearly to 10%
     log_every: int = 20  # steps between metrics lines
     val_every: int = 400  # steps between val evaluations (0: only at the end)
@@ -187,13 +228,20 @@ def train_recipe(
         torch.set_num_threads(recipe.threads)
     (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
     model = build_model(recipe.preset, recipe.model_overrides, recipe.seed)
+    depth = int(model.base_lm().config.num_hidden_layers)
+    if len(recipe.hop_layers) != 3 or not all(0 <= k < depth for k in recipe.hop_layers):
+        raise ValueError(
+            f"hop_layers {recipe.hop_layers} must be three LM layers (hop 0, hop 1, hop 2) "
+            f"below the LM's {depth}"
+        )
     freeze(model, "all")
     model.train()
     torch.manual_seed(recipe.seed)
     head = DenseHead(model.hidden_size)
     builder = TargetBuilder(model)
     probe = PhraseProbe(model.hidden_size, model.num_image_tokens)
-    layer0 = LayerOutput(model, 0)
+    hop0_layer, hop1_layer, hop2_layer = recipe.hop_layers
+    bound = LayerOutput(model, hop1_layer)
     params = [p for p in model.parameters() if p.requires_grad]
     params += list(head.parameters()) + list(probe.parameters())
     first = recipe.stages[0]
@@ -206,7 +254,7 @@ def train_recipe(
     rows: list[dict] = []
     global_step = 0
     t0 = time.perf_counter()
-    need_attn = recipe.hop1_weight > 0 or recipe.hop2_weight > 0
+    need_attn = max(recipe.hop0_weight, recipe.hop1_weight, recipe.hop2_weight) > 0
     for s, stage in enumerate(recipe.stages):
         last = s == len(recipe.stages) - 1
         items = stage_items(items_by_split[stage.split], stage)
@@ -227,16 +275,20 @@ def train_recipe(
                 term = dense_loss(head, output.image_embeds, targets)
                 parts["dense"] = float(term.detach())
                 loss = loss + recipe.dense_weight * term
+            if recipe.hop0_weight > 0 and "hop0" in targets:
+                term = hop0_loss(output.attentions, targets, hop0_layer)
+                parts["hop0"] = float(term.detach())
+                loss = loss + recipe.hop0_weight * term
             if recipe.hop1_weight > 0 and "hop1" in targets:
-                term = hop1_loss(output.attentions, targets)
+                term = hop1_loss(output.attentions, targets, hop1_layer)
                 parts["hop1"] = float(term.detach())
                 loss = loss + recipe.hop1_weight * term
             if recipe.probe_weight > 0 and "hop1" in targets:
-                term = probe_loss(probe, layer0.states, targets)
+                term = probe_loss(probe, bound.states, targets)
                 parts["probe"] = float(term.detach())
                 loss = loss + recipe.probe_weight * term
             if recipe.hop2_weight > 0 and "hop2" in targets:
-                term = hop2_loss(output.attentions, targets)
+                term = hop2_loss(output.attentions, targets, hop2_layer)
                 parts["hop2"] = float(term.detach())
                 loss = loss + recipe.hop2_weight * term
             optimizer.zero_grad(set_to_none=True)
@@ -277,7 +329,7 @@ def train_recipe(
                 with open(metrics_path, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(row) + "\n")
         bar.close()
-    layer0.remove()
+    bound.remove()
     plot_curves(rows, out / "learning_curve.png", "vsre-tiny")
     model.eval()
     return model, rows

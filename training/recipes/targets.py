@@ -7,12 +7,16 @@ those words). These targets supervise the parts directly:
 
 - dense: for every image token, the colour and category of the object covering most of its
   patch (from the instance mask and the scene file) and the patch's log depth;
-- hop 1: in the LM's first layer, one head of each object phrase's last token is pulled
-  towards the image tokens that phrase's object covers (mask coverage per token);
-- phrase probe: from the first layer's output at that phrase token, a training-only linear
-  head predicts where its object is (the same coverage over image tokens) and its log depth,
-  so the phrase token must carry its object's position into the layers that compare;
-- hop 2: in the second layer, head k of the answer position is pulled towards the k-th named
+- hop 0: in the LM's first layer, one head of each object phrase's last token is pulled
+  towards the phrase's other words ("crate" reads "yellow"). Half of the simulator's scenes
+  repeat a colour and half repeat a category, so only the whole phrase names one object; a
+  first-layer query is a function of its own token alone and cannot find the object;
+- hop 1: in the next layer, one head of that token is pulled towards the image tokens its
+  object covers (mask coverage per token);
+- phrase probe: from that layer's output at the phrase token, a training-only linear head
+  predicts where its object is (the same coverage over image tokens) and its log depth, so
+  the phrase token must carry its object's position into the layers that compare;
+- hop 2: in the layer after, head k of the answer position is pulled towards the k-th named
   object's phrase, the last head towards the relation words.
 
 Word positions come from the tokenizer's character offsets of the question as asked, so any
@@ -188,6 +192,7 @@ def batch_targets(
     colour, category, depth = [], [], []
     hop1_rows, hop1_query, hop1_keys, hop1_weights, hop1_depth = [], [], [], [], []
     hop2_rows, hop2_heads, hop2_query, hop2_keys = [], [], [], []
+    hop0_rows, hop0_query, hop0_keys = [], [], []
     heads = int(model.base_lm().config.num_attention_heads)
     ids = batch["input_ids"]
     for row, ex in enumerate(examples):
@@ -223,6 +228,10 @@ def batch_targets(
             cover = target.coverage.get(int(mask_id))
             if not span or cover is None or cover.sum() <= 0:
                 continue
+            if len(span) > 1:
+                hop0_rows.append(row)
+                hop0_query.append(offset + span[-1])
+                hop0_keys.append([offset + s for s in span[:-1]])
             hop1_rows.append(row)
             hop1_query.append(offset + span[-1])
             hop1_keys.append(image_pos)
@@ -257,17 +266,27 @@ def batch_targets(
             torch.tensor(hop1_depth, device=device),
         )
     if hop2_rows:
-        width = ids.shape[1]
-        key_mask = torch.zeros(len(hop2_rows), width, dtype=torch.bool)
-        for r, keys in enumerate(hop2_keys):
-            key_mask[r, keys] = True
         out["hop2"] = (
             torch.tensor(hop2_rows, device=device),
             torch.tensor(hop2_heads, device=device),
             torch.tensor(hop2_query, device=device),
-            key_mask.to(device),
+            _key_mask(hop2_keys, ids.shape[1]).to(device),
+        )
+    if hop0_rows:
+        out["hop0"] = (
+            torch.tensor(hop0_rows, device=device),
+            torch.zeros(len(hop0_rows), dtype=torch.long, device=device),
+            torch.tensor(hop0_query, device=device),
+            _key_mask(hop0_keys, ids.shape[1]).to(device),
         )
     return out
+
+
+def _key_mask(keys: Sequence[Sequence[int]], width: int) -> torch.Tensor:
+    mask = torch.zeros(len(keys), width, dtype=torch.bool)
+    for r, positions in enumerate(keys):
+        mask[r, list(positions)] = True
+    return mask
 
 
 class DenseHead(nn.Module):
@@ -298,7 +317,7 @@ def dense_loss(head: DenseHead, image_embeds: torch.Tensor, targets: dict) -> to
     return loss
 
 
-def hop1_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 0) -> torch.Tensor:
+def hop1_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 1) -> torch.Tensor:
     """Cross-entropy of the first head's attention (object phrase -> image tokens) against the
     object's mask coverage."""
     rows, query, keys, weights, _ = targets["hop1"]
@@ -307,10 +326,20 @@ def hop1_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 0)
     return -(weights * picked.log()).sum(-1).mean()
 
 
-def hop2_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 1) -> torch.Tensor:
+def hop2_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 2) -> torch.Tensor:
     """-log of the attention mass head k of the answer position puts on its phrase's tokens."""
-    rows, heads, query, key_mask = targets["hop2"]
-    attn = attentions[layer][rows, heads, query]  # [K, L]
+    return _mass_loss(attentions[layer], targets["hop2"])
+
+
+def hop0_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 0) -> torch.Tensor:
+    """-log of the attention mass an object phrase's last token puts on the phrase's other
+    words (head 0)."""
+    return _mass_loss(attentions[layer], targets["hop0"])
+
+
+def _mass_loss(attention: torch.Tensor, target: tuple) -> torch.Tensor:
+    rows, heads, query, key_mask = target
+    attn = attention[rows, heads, query]  # [K, L]
     mass = (attn.float() * key_mask).sum(-1).clamp_min(1e-6)
     return -mass.log().mean()
 

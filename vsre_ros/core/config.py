@@ -135,6 +135,10 @@ def _vit(hidden: int, layers: int, heads: int, image: int, patch: int) -> dict[s
     }
 
 
+# The four encoder families of the fused vision side, in token order.
+ENCODER_FAMILIES = ("clip", "siglip", "sam", "dinov2")
+
+
 def tiny_encoders(
     hidden: int = 128, layers: int = 4, heads: int = 4, image: int = 64, patch: int = 8
 ) -> list[EncoderConfig]:
