@@ -353,8 +353,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="generator processes (2)")
     parser.add_argument(
         "--curriculum",
-        default="basics-first",
-        help="stage plan: basics-first (default), binding-first or image-plane-first",
+        default="relations-grow",
+        help="stage plan: relations-grow (default), localization-first, binding-first, "
+        "basics-first or image-plane-first (training/recipes/curriculum.py)",
     )
     parser.add_argument(
         "--families",

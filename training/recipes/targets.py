@@ -17,7 +17,8 @@ those words). These targets supervise the parts directly:
   predicts where its object is (the same coverage over image tokens) and its log depth, so
   the phrase token must carry its object's position into the layers that compare;
 - hop 2: in the layer after, head k of the answer position is pulled towards the k-th named
-  object's phrase, the last head towards the relation words.
+  object's phrase (its last token, the one hops 0 and 1 bound to the object), the last head
+  towards the relation words.
 
 Word positions come from the tokenizer's character offsets of the question as asked, so any
 template's wording works. Items without masks (bags, VSR) simply get no targets.
@@ -246,7 +247,7 @@ def batch_targets(
                 hop2_rows.append(row)
                 hop2_heads.append(j)
                 hop2_query.append(answer_pos)
-                hop2_keys.append([offset + s for s in span])
+                hop2_keys.append([offset + span[-1]])  # the token hop 1 bound to its object
         if relation and spans[-1]:
             hop2_rows.append(row)
             hop2_heads.append(heads - 1)
