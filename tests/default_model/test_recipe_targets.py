@@ -159,6 +159,25 @@ def test_curricula_are_looked_up_by_id():
         curriculum("nope", 1, 1, 1)
 
 
+def test_relations_grow_binds_first_and_adds_each_opposite_after_its_polarity():
+    from vsre_ros.training.recipes.curriculum import VERTICAL_DEPTH_OTHER
+
+    stages = curriculum("relations-grow", 100, 200, 16)
+    assert sum(s.steps for s in stages) == 300
+    assert stages[0].task_weights == {"localization": 1.0}, "binding alone first"
+    assert stages[1].relations == ["left of"]
+    assert all("localization" in s.task_weights for s in stages), "binding kept alive"
+    seen: set[str] = set()
+    for stage in stages[1:-1]:
+        new = set(stage.relations) - seen
+        assert new, f"{stage.name} adds relations"
+        assert not any(r in VERTICAL_DEPTH_OTHER for r in new) or "above" in seen, (
+            "an opposite polarity only after its first polarity"
+        )
+        seen |= set(stage.relations)
+    assert stages[-1].relations == [], "the last stage asks every relation"
+
+
 def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
     from vsre_ros.training.recipes.curriculum import RecipeConfig
 

@@ -7,6 +7,9 @@ import json
 
 import pytest
 from vsre_ros.training import default_model
+from vsre_ros.training.recipes.curriculum import curriculum
+
+STEPS = sum(s.steps for s in curriculum("relations-grow", 2, 2, 2))  # the default curriculum
 
 
 def args_for(tmp_path, out: str, **extra) -> argparse.Namespace:
@@ -34,7 +37,7 @@ def ablated(tmp_path_factory):
 def test_an_ablation_run_records_its_families_and_task_figures(ablated):
     summary = json.loads((ablated / "no-siglip" / "summary.json").read_text())
     assert summary["families"] == ["clip", "sam", "dinov2"]
-    assert summary["steps"] == 4
+    assert summary["steps"] == STEPS
     assert set(summary["by_task"]) == {"random_test", "zeroshot_test", "consistency_random_test"}
     assert not (ablated / "no-siglip" / "export").exists()
 
@@ -47,7 +50,7 @@ def test_the_export_tables_the_ablation_runs(ablated):
     card = (export / "MODEL_CARD.md").read_text()
     table = card.split("## Ablation: each encoder family removed in turn")[1]
     row = next(line for line in table.splitlines() if line.startswith("| clip, sam, dinov2 |"))
-    assert "| siglip | 4 |" in row
+    assert f"| siglip | {STEPS} |" in row
     assert "--data " in card, "the reproduce command names the shared dataset"
     assert (export / "model.safetensors").stat().st_size > 0
 
@@ -58,3 +61,22 @@ def test_bad_families_and_missing_ablation_runs_are_named(tmp_path, capsys):
     missing = args_for(tmp_path, "y", export="none", ablation_runs=[str(tmp_path / "nope")])
     assert default_model.run(missing) == 2
     assert "has no summary.json" in capsys.readouterr().err
+
+
+def test_an_experiment_narrows_tasks_and_continues_from_a_saved_model(ablated, capsys):
+    from vsre_ros.training.recipes import experiment
+
+    first = ablated / "exp-loc"
+    common = ["--data", str(ablated / "data"), "--steps-a", "2", "--eval", "8", "--warmup", "1"]
+    common += ["--split", "random_train"]  # the toy dataset's val split may be empty
+    assert experiment.main([*common, "--out", str(first), "--tasks", "localization"]) == 0
+    recipe = json.loads((first / "recipe.json").read_text())
+    assert [s["task_weights"] for s in recipe["stages"]] == [{"localization": 1.0}]
+    val = json.loads((first / "val.json").read_text())
+    assert 0.0 <= val["accuracy"] <= 1.0 and val["by_task"]
+    second = ablated / "exp-left"
+    argv = [*common, "--out", str(second), "--init", str(first / "model")]
+    assert experiment.main([*argv, "--relations", "left of"]) == 0
+    recipe = json.loads((second / "recipe.json").read_text())
+    assert recipe["init"] == str(first / "model")
+    assert recipe["stages"][0]["relations"] == ["left of"]

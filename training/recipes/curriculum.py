@@ -242,6 +242,7 @@ class RecipeConfig:
     """The whole recipe: model, stages, extra-loss weights, bookkeeping."""
 
     preset: str = "vsre-tiny"  # preset the model is built from (random init)
+    init: str = ""  # or a saved model directory to continue from (its config wins)
     model_overrides: dict[str, Any] = field(
         default_factory=default_overrides
     )  # ModelConfig fields replaced in the preset (see default_overrides)
@@ -294,7 +295,15 @@ def train_recipe(
     if recipe.threads > 0:
         torch.set_num_threads(recipe.threads)
     (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
-    model = build_model(recipe.preset, recipe.model_overrides, recipe.seed)
+    if recipe.init:
+        from vsre_ros.core.model import VSREModel
+
+        model = VSREModel.from_pretrained(recipe.init)
+        # The hop targets read attention maps, which only eager attention returns.
+        model.config.lm.attn_implementation = "eager"
+        model.base_lm().config._attn_implementation = "eager"
+    else:
+        model = build_model(recipe.preset, recipe.model_overrides, recipe.seed)
     depth = int(model.base_lm().config.num_hidden_layers)
     if len(recipe.hop_layers) != 3 or not all(0 <= k < depth for k in recipe.hop_layers):
         raise ValueError(
