@@ -93,12 +93,10 @@ def step_examples(
     n = len(items)
     per_step = stage.batch_size * world
     start = step * per_step + rank * stage.batch_size
-    out, orders = [], {}
+    out = []
     for position in range(start, start + stage.batch_size):
         epoch, offset = divmod(position, n)
-        if epoch not in orders:
-            orders[epoch] = _epoch_order(items, epoch, seed, stage)
-        index = orders[epoch][offset]
+        index = _epoch_order(items, epoch, seed, stage)[offset]
         out.append(sampler.example(items[index], index, epoch))
     return out
 
