@@ -248,7 +248,8 @@ def model_card(
         "",
         f"Extra-loss weights: dense {recipe.dense_weight}, hop0 {recipe.hop0_weight},"
         f" hop1 {recipe.hop1_weight}, hop2"
-        f" {recipe.hop2_weight}, probe {recipe.probe_weight}. Learning curve:"
+        f" {recipe.hop2_weight}, probe {recipe.probe_weight}, relation bank"
+        f" {recipe.bank_weight}. Learning curve:"
         f" `learning_curve.png` (val = {recipe.val_items} random_val items asked their own"
         " question).",
     ]

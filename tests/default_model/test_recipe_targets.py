@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from vsre_ros.training.data import ask
@@ -16,6 +17,7 @@ from vsre_ros.training.recipes.curriculum import (
     train_recipe,
 )
 from vsre_ros.training.recipes.targets import (
+    BANK,
     COLOUR_IDS,
     TargetBuilder,
     batch_targets,
@@ -116,6 +118,33 @@ def test_hop0_points_from_the_phrase_end_to_its_other_words(sim_data, model):
         assert phrase in examples[r].item.extra["objects"], "together they spell one object"
 
 
+def test_relation_bank_agrees_with_every_asked_relation(sim_data, model):
+    builder = TargetBuilder(model)
+    items = [i for i in single_image_items(sim_data, "relation") if i.relation in BANK]
+    assert len(items) >= 20
+    for item in items:
+        truth = builder.bank(ask(item))
+        assert truth is not None and truth.shape == (len(BANK),)
+        assert truth[BANK.index(item.relation)] == item.label, (item.id, item.relation)
+    # Opposites are opposite wherever both are decided.
+    left, right = BANK.index("left of"), BANK.index("right of")
+    lateral = np.stack([builder.bank(ask(i))[[left, right]] for i in items])
+    decided = lateral[np.isfinite(lateral).all(1)]
+    assert len(decided) > 0 and (decided.sum(1) == 1.0).all()
+
+
+def test_relation_bank_targets_sit_at_the_answer_position(sim_data, model):
+    builder = TargetBuilder(model)
+    examples = [ask(i) for i in single_image_items(sim_data, "relation")[:6]]
+    examples += [ask(i) for i in single_image_items(sim_data, "localization")[:2]]
+    batch = collate(model, examples, image_cache(model))
+    rows, query, truth = batch_targets(builder, examples, batch)["bank"]
+    assert rows.tolist() == list(range(6)), "one-object questions have no pair to describe"
+    assert (query == batch["answer_start"][rows] - 1).all()
+    assert truth.shape == (6, len(BANK))
+    assert set(truth[torch.isfinite(truth)].unique().tolist()) <= {0.0, 1.0}
+
+
 def test_default_overrides_keep_the_named_families():
     from vsre_ros.training.recipes.curriculum import default_overrides
 
@@ -188,6 +217,7 @@ def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
     items = {"random_train": load_items(sim_data, "random_train")}
     model, rows = train_recipe(recipe, items, [], tmp_path, progress=False)
     assert rows[-1]["step"] == 4
-    assert all(k in rows[-1] for k in ("lm", "dense", "hop0", "hop1", "hop2", "probe"))
+    parts = ("lm", "dense", "hop0", "hop1", "hop2", "probe", "bank")
+    assert all(k in rows[-1] for k in parts)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert (tmp_path / "learning_curve.png").stat().st_size > 0

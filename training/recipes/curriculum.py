@@ -28,10 +28,12 @@ from ..model_api import MODEL_INPUTS, build_model, collate, first_token_correct,
 from ..model_api import image_cache as make_cache
 from ..train import plot_curves, stage_items, stage_sampler, step_examples, val_accuracy
 from .targets import (
+    BankProbe,
     DenseHead,
     LayerOutput,
     PhraseProbe,
     TargetBuilder,
+    bank_loss,
     batch_targets,
     dense_loss,
     hop0_loss,
@@ -253,6 +255,7 @@ class RecipeConfig:
     hop1_weight: float = 1.0  # object phrase -> its object's mask, head 0
     hop2_weight: float = 1.0  # answer position -> object/relation phrases
     probe_weight: float = 1.0  # object phrase after the hop-1 layer -> its object's place, depth
+    bank_weight: float = 1.0  # answer position after the hop-2 layer -> every BANK relation
     hop_layers: list[int] = field(
         default_factory=lambda: [0, 1, 2]
     )  # LM layers of hop 0, hop 1 (and the probe's output), hop 2
@@ -318,8 +321,10 @@ def train_recipe(
     probe = PhraseProbe(model.hidden_size, model.num_image_tokens)
     hop0_layer, hop1_layer, hop2_layer = recipe.hop_layers
     bound = LayerOutput(model, hop1_layer)
+    gathered = LayerOutput(model, hop2_layer)
+    bank = BankProbe(model.hidden_size)
     params = [p for p in model.parameters() if p.requires_grad]
-    params += list(head.parameters()) + list(probe.parameters())
+    params += list(head.parameters()) + list(probe.parameters()) + list(bank.parameters())
     first = recipe.stages[0]
     optimizer = torch.optim.AdamW(
         params, lr=first.lr, betas=tuple(first.betas), weight_decay=first.weight_decay
@@ -363,6 +368,10 @@ def train_recipe(
                 term = probe_loss(probe, bound.states, targets)
                 parts["probe"] = float(term.detach())
                 loss = loss + recipe.probe_weight * term
+            if recipe.bank_weight > 0 and "bank" in targets:
+                term = bank_loss(bank, gathered.states, targets)
+                parts["bank"] = float(term.detach())
+                loss = loss + recipe.bank_weight * term
             if recipe.hop2_weight > 0 and "hop2" in targets:
                 term = hop2_loss(output.attentions, targets, hop2_layer)
                 parts["hop2"] = float(term.detach())
@@ -406,6 +415,7 @@ def train_recipe(
                     handle.write(json.dumps(row) + "\n")
         bar.close()
     bound.remove()
+    gathered.remove()
     plot_curves(rows, out / "learning_curve.png", "vsre-tiny")
     model.eval()
     return model, rows

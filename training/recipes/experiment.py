@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="random_val", help="split evaluated (random_val)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
     parser.add_argument("--seed", type=int, default=0, help="init and order seed (0)")
+    parser.add_argument(
+        "--bank-weight", type=float, default=1.0, help="relation-bank loss weight (1.0; 0: off)"
+    )
     return parser.parse_args(argv)
 
 
@@ -59,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.relations is not None:
             stage.relations = [r.strip() for r in args.relations.split(",") if r.strip()]
     recipe = RecipeConfig(
-        seed=args.seed, stages=stages, val_every=0, threads=args.threads, init=args.init
+        seed=args.seed,
+        stages=stages,
+        val_every=0,
+        threads=args.threads,
+        init=args.init,
+        bank_weight=args.bank_weight,
     )
     items = {TRAIN_SPLIT: load_items(data, TRAIN_SPLIT)}
     model, _ = train_recipe(recipe, items, [], out, progress=True)

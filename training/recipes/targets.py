@@ -18,7 +18,12 @@ those words). These targets supervise the parts directly:
   the phrase token must carry its object's position into the layers that compare;
 - hop 2: in the layer after, head k of the answer position is pulled towards the k-th named
   object's phrase (its last token, the one hops 0 and 1 bound to the object), the last head
-  towards the relation words.
+  towards the relation words;
+- relation bank: from that layer's output at the answer position, a training-only linear head
+  predicts the truth of every generated binary relation (`BANK`, decided by the simulator's
+  own predicates) between the first two named objects. One question then teaches about 40
+  bits of the pair's geometry instead of one, and the answer's last layer only has to pick the
+  bit its relation word names. Borderline pairs (a predicate's None) are left out.
 
 Word positions come from the tokenizer's character offsets of the question as asked, so any
 template's wording works. Items without masks (bags, VSR) simply get no targets.
@@ -38,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from vsre_ros.sim_data.catalog import CATEGORIES, COLOURS
+from vsre_ros.sim_data.relations import GENERATED, Facts, decide, relation
+from vsre_ros.sim_data.scene import Scene
 
 from vsre_ros.core.model import VSREModel
 
@@ -46,6 +53,8 @@ from ..data import Example
 COLOUR_IDS = {name: k + 1 for k, name in enumerate(COLOURS)}  # 0 = background
 CATEGORY_IDS = {name: k + 1 for k, name in enumerate(CATEGORIES)}  # 0 = background
 IGNORE = -100
+# The relation bank: every generated relation between a subject and one reference object.
+BANK = [name for name in GENERATED if relation(name).arity == 2]
 
 
 def token_grids(model: VSREModel) -> list[tuple[int, int]]:
@@ -89,6 +98,8 @@ class TargetBuilder:
         self._images: dict[tuple[str, str], ImageTargets | None] = {}
         self._scenes: dict[Path, dict[int, tuple[str, str]]] = {}
         self._spans: dict[tuple[str, tuple[str, ...]], list[list[int]] | None] = {}
+        self._facts: dict[tuple[str, str], Facts | None] = {}
+        self._bank: dict[tuple[str, str, int, int], np.ndarray | None] = {}
 
     # -- dense ---------------------------------------------------------------------------
     def _scene(self, path: Path) -> dict[int, tuple[str, str]]:
@@ -150,6 +161,44 @@ class TargetBuilder:
             {m: np.concatenate(parts) for m, parts in coverage.items()},
         )
 
+    # -- relation bank -------------------------------------------------------------------
+    def bank(self, example: Example) -> np.ndarray | None:
+        """Truth of every `BANK` relation between the item's first two named objects in its
+        (single) image: 1.0, 0.0, or nan where borderline. None without a scene file, for
+        renders of a moved scene, or with fewer than two named objects."""
+        item = example.item
+        ids = list(item.extra.get("mask_ids", []))
+        paths = item.image_paths()
+        if len(ids) < 2 or len(paths) != 1 or not item.scene_id:
+            return None
+        key = (item.root, item.images[0], int(ids[0]), int(ids[1]))
+        if key not in self._bank:
+            facts = self._view_facts(item)
+            i, j = int(ids[0]) - 1, int(ids[1]) - 1
+            if facts is None or not (0 <= i < len(facts.objects) and 0 <= j < len(facts.objects)):
+                self._bank[key] = None
+            else:
+                truth = [decide(facts, name, i, j) for name in BANK]
+                self._bank[key] = np.array(
+                    [np.nan if v is None else float(v) for v in truth], dtype=np.float32
+                )
+        return self._bank[key]
+
+    def _view_facts(self, item: Any) -> Facts | None:
+        key = (item.root, item.images[0])
+        if key not in self._facts:
+            self._facts[key] = None
+            scene_file = Path(item.root) / "scenes" / f"{item.scene_id}.json"
+            if scene_file.is_file():
+                data = json.loads(scene_file.read_text())
+                render = next(
+                    (r for r in data.get("renders", []) if r["image"] == item.images[0]), None
+                )
+                if render is not None and not render.get("moved") and "gaps" in data:
+                    cam = np.array([o["center_cam"] for o in render["objects"]], dtype=float)
+                    self._facts[key] = Facts(Scene.from_dict(data), np.array(data["gaps"]), cam)
+        return self._facts[key]
+
     # -- word spans ----------------------------------------------------------------------
     def spans(self, question: str, phrases: Sequence[str]) -> list[list[int]] | None:
         """Token indices (within the question suffix) of each phrase; [] where absent.
@@ -194,6 +243,7 @@ def batch_targets(
     hop1_rows, hop1_query, hop1_keys, hop1_weights, hop1_depth = [], [], [], [], []
     hop2_rows, hop2_heads, hop2_query, hop2_keys = [], [], [], []
     hop0_rows, hop0_query, hop0_keys = [], [], []
+    bank_rows, bank_query, bank_truth = [], [], []
     heads = int(model.base_lm().config.num_attention_heads)
     ids = batch["input_ids"]
     for row, ex in enumerate(examples):
@@ -224,6 +274,11 @@ def batch_targets(
             continue
         offset = int(batch["answer_start"][row]) - len(model.suffix_ids(ex.question))
         answer_pos = int(batch["answer_start"][row]) - 1
+        truth = builder.bank(ex)
+        if truth is not None and np.isfinite(truth).any():
+            bank_rows.append(row)
+            bank_query.append(answer_pos)
+            bank_truth.append(truth)
         for j, mask_id in enumerate(mask_ids):
             span = spans[j]
             cover = target.coverage.get(int(mask_id))
@@ -272,6 +327,12 @@ def batch_targets(
             torch.tensor(hop2_heads, device=device),
             torch.tensor(hop2_query, device=device),
             _key_mask(hop2_keys, ids.shape[1]).to(device),
+        )
+    if bank_rows:
+        out["bank"] = (
+            torch.tensor(bank_rows, device=device),
+            torch.tensor(bank_query, device=device),
+            torch.from_numpy(np.stack(bank_truth)).to(device),
         )
     if hop0_rows:
         out["hop0"] = (
@@ -383,3 +444,23 @@ def probe_loss(probe: PhraseProbe, states: torch.Tensor, targets: dict) -> torch
     if bool(known.any()):
         loss = loss + F.mse_loss(guess[known], depth[known])
     return loss
+
+
+class BankProbe(nn.Module):
+    """Truth logits of every `BANK` relation between the two named objects, read from the
+    answer position after the hop-2 layer."""
+
+    def __init__(self, hidden: int, n_relations: int = len(BANK)):
+        super().__init__()
+        self.proj = nn.Linear(hidden, n_relations)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.proj(states.float())
+
+
+def bank_loss(probe: BankProbe, states: torch.Tensor, targets: dict) -> torch.Tensor:
+    """Binary cross-entropy over the decided (not borderline) relations of each pair."""
+    rows, query, truth = targets["bank"]
+    logits = probe(states[rows, query])
+    known = torch.isfinite(truth)
+    return F.binary_cross_entropy_with_logits(logits[known], truth[known])
