@@ -395,6 +395,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--export", default="", help=f"export directory (default {EXPORT_DIR}); 'none' skips"
     )
+    parser.add_argument(
+        "--bank-weight",
+        type=float,
+        default=1.0,
+        help="relation-bank loss weight (1.0; 0 turns the bank off)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -425,6 +431,7 @@ def run(args: argparse.Namespace) -> int:
             val_every=args.val_every,
             threads=args.threads,
             model_overrides=default_overrides(families),
+            bank_weight=args.bank_weight,
         )
         ablation = ablation_rows(args.ablation_runs)
         model, rows, seconds["train"] = trained_model(
