@@ -103,6 +103,28 @@ def test_choice_answer_is_one_of_the_options(engines, rng):
     assert 0.0 < ans.probability <= 1.0
 
 
+def test_choice_scores_each_option_as_a_whole_answer(tiny_model, engines, rng):
+    """An option that is a prefix of another ("up" of "up and left") must pay for ending there:
+    each option's score is the log-likelihood of the full answer, end token included."""
+    options = ["up", "up and left", "left"]
+    image = random_image(rng)
+    question = "In which direction is the cup from the box?"
+    q = Query(question, [image], AnswerKind.CHOICE, options)
+    (ans,) = engines[0].answer([q])
+    batch = tiny_model.build_batch(
+        [{"images": [image], "question": question, "answer": o} for o in options]
+    )
+    with torch.no_grad():
+        inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}
+        logp = tiny_model(**inputs).logits.float().log_softmax(-1)
+    labels = batch["labels"]
+    known = labels[:, 1:] != -100
+    picked = logp[:, :-1].gather(-1, labels[:, 1:].clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    scores = (picked * known).sum(-1)
+    assert ans.choice_index == int(scores.argmax())
+    assert ans.probability == pytest.approx(float(scores.softmax(0).max()), abs=1e-4)
+
+
 def test_answers_are_deterministic(engines, rng):
     image = random_image(rng)
     q = [Query("What is it?", [image], AnswerKind.FREE_TEXT), Query("Is it?", [image])]

@@ -545,7 +545,10 @@ class Engine:
 
     def _choice(self, keys: tuple, query: Query) -> Answer:
         suffix = self.model.suffix_ids(query.question)
-        options = [self.model.answer_ids(o, eos=False) for o in query.options]
+        # Each option is scored as the whole answer the model was trained to emit, end-of-answer
+        # token included. Without it an option that is a prefix of another ("up" of "up and
+        # left") could never lose: the longer one only adds log-probabilities below zero.
+        options = [self.model.answer_ids(o, eos=True) for o in query.options]
         logits = self._run_rows(keys, [suffix + o for o in options])
         logp = logits.log_softmax(-1)
         scores = []
