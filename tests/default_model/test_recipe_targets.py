@@ -92,8 +92,18 @@ def test_batch_targets_point_at_image_tokens_and_phrases(sim_data, model):
     examples = [ask(i) for i in single_image_items(sim_data, "relation")[:6]]
     batch = collate(model, examples, image_cache(model))
     targets = batch_targets(builder, examples, batch)
-    rows, query, keys, weights, depth = targets["hop1"]
+    rows, query, keys, weights, depth, shape = targets["hop1"]
     assert torch.allclose(weights.sum(-1), torch.ones(len(rows)))
+    # The shape: a box inside the image around the object's patches, a visible area, depths
+    # that bracket the mean.
+    assert torch.isfinite(shape).all()
+    x0, y0, x1, y1, area, d_min, d_max = shape.unbind(-1)
+    assert ((0 <= x0) & (x0 < x1) & (x1 <= 1) & (0 <= y0) & (y0 < y1) & (y1 <= 1)).all()
+    assert ((area > 0) & (area**2 <= (x1 - x0) * (y1 - y0) + 1e-6)).all(), "sqrt of the area"
+    assert ((d_min <= depth + 1e-4) & (depth <= d_max + 1e-4)).all()
+    cols = (torch.arange(model.num_image_tokens) % 8 + 0.5) / 8
+    centre_x = (weights * cols).sum(-1)
+    assert ((centre_x > x0 - 1 / 8) & (centre_x < x1 + 1 / 8)).all()
     assert torch.isfinite(depth).all() and (depth < 3).all(), "log depth of a tabletop object"
     ids = batch["input_ids"]
     assert (ids[rows[:, None], keys] == model.image_token_id).all()
