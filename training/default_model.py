@@ -126,7 +126,10 @@ def ablation_rows(run_dirs: list[str]) -> list[dict]:
         data = json.loads(summary.read_text())
         if "families" not in data:
             raise ValueError(f"{summary} predates --families; rerun that ablation")
-        rows.append({"run": str(run), **data})
+        recipe = Path(run) / "train" / "recipe.json"
+        # A recipe without the key predates the relation bank, so it trained without one.
+        bank = json.loads(recipe.read_text()).get("bank_weight", 0.0) if recipe.is_file() else None
+        rows.append({"run": str(run), "bank_weight": bank, **data})
     return rows
 
 
@@ -134,8 +137,9 @@ def ablation_table(rows: list[dict]) -> list[str]:
     """Markdown: per run, the families kept and the held-out accuracies."""
     head = " | ".join(f"{t} (random)" for t in ABLATION_TASKS)
     lines = [
-        f"| encoder families | removed | steps | random_test | zeroshot_test | {head} | train s |",
-        "|---|---|---:|---:|---:|" + "---:|" * len(ABLATION_TASKS) + "---:|",
+        "| encoder families | removed | steps | bank weight | random_test | zeroshot_test"
+        f" | {head} | train s |",
+        "|---|---|---:|---:|---:|---:|" + "---:|" * len(ABLATION_TASKS) + "---:|",
     ]
     for row in rows:
         removed = [f for f in ENCODER_FAMILIES if f not in row["families"]]
@@ -143,6 +147,7 @@ def ablation_table(rows: list[dict]) -> list[str]:
         acc = row["accuracy"]
         lines.append(
             f"| {', '.join(row['families'])} | {', '.join(removed) or 'none'} | {row['steps']}"
+            f" | {'-' if row.get('bank_weight') is None else row['bank_weight']}"
             f" | {_pct(acc.get('random_test'))} | {_pct(acc.get('zeroshot_test'))} | "
             + " | ".join(_pct(tasks.get(t)) for t in ABLATION_TASKS)
             + f" | {row['seconds']['train']:.0f} |"
@@ -309,10 +314,10 @@ def model_card(
         noise = 2 * (0.25 / max(1, n)) ** 0.5
         lines += [
             "Each row is one `vsre train-default --families ... --export none` run: the same"
-            " curriculum, data and seed, with the steps shown, evaluated on the same held-out"
-            f" items ({n} per split) as the model above. Two standard errors of an accuracy"
-            f" over {n} items are up to {noise:.1%}, and several times that for one task's"
-            " few dozen items, so smaller differences are noise.",
+            " curriculum, data and seed, with the steps and relation-bank weight shown,"
+            f" evaluated on the same held-out items ({n} per split) as the model above. Two"
+            f" standard errors of an accuracy over {n} items are up to {noise:.1%}, and several"
+            " times that for one task's few dozen items, so smaller differences are noise.",
             "",
             *ablation_table(ablation),
             "",

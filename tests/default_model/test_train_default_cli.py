@@ -29,7 +29,7 @@ def args_for(tmp_path, out: str, **extra) -> argparse.Namespace:
 def ablated(tmp_path_factory):
     """An ablation run without SigLIP (it also generates the shared dataset)."""
     tmp = tmp_path_factory.mktemp("ablation")
-    args = args_for(tmp, "no-siglip", families="clip,sam,dinov2", export="none")
+    args = args_for(tmp, "no-siglip", families="clip,sam,dinov2", export="none", bank_weight="0.5")
     assert default_model.run(args) == 0
     return tmp
 
@@ -50,7 +50,7 @@ def test_the_export_tables_the_ablation_runs(ablated):
     card = (export / "MODEL_CARD.md").read_text()
     table = card.split("## Ablation: each encoder family removed in turn")[1]
     row = next(line for line in table.splitlines() if line.startswith("| clip, sam, dinov2 |"))
-    assert f"| siglip | {STEPS} |" in row
+    assert f"| siglip | {STEPS} | 0.5 |" in row, "steps and relation-bank weight of that run"
     assert "--data " in card, "the reproduce command names the shared dataset"
     assert (export / "model.safetensors").stat().st_size > 0
 
