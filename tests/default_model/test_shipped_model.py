@@ -77,17 +77,17 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     return sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
 
 
-def test_localizes_fresh_objects_better_than_the_majority_answer(shipped, fresh_items):
-    """Localization is the skill the model clearly learned (MODEL_CARD.md: about 80% held out
-    against a 45% majority answer). Direction (46% held out, but 8/34 on these scenes) and
-    binary relations (chance) are not asserted here. The bar is the share of the most common
-    answer among these items, with a one-sided binomial test."""
-    items = [i for i in fresh_items if i.task == "localization"]
+@pytest.mark.parametrize("task", ["localization", "direction"])
+def test_fresh_questions_beat_the_majority_answer(shipped, fresh_items, task):
+    """Localization and direction are the skills the model clearly learned (MODEL_CARD.md).
+    Binary relations are not asserted here. The bar is the share of the most common answer
+    among these items, with a one-sided binomial test."""
+    items = [i for i in fresh_items if i.task == task]
     assert len(items) >= 20
     majority = Counter(normalize(i.answer) for i in items).most_common(1)[0][1] / len(items)
     examples = [ask(i) for i in items]
     predictions = answer_examples(shipped, examples, batch_size=16, progress=False)
     correct = sum(score(i, p).correct for i, p in zip(items, predictions, strict=True))
     p_value = binomial_tail(correct, len(items), majority)
-    print(f"localization {correct}/{len(items)}, majority {majority:.2f}, p={p_value:.2g}")
+    print(f"{task} {correct}/{len(items)}, majority {majority:.2f}, p={p_value:.2g}")
     assert p_value < 0.01, f"{correct}/{len(items)} vs majority {majority:.2f}: p={p_value:.3f}"
