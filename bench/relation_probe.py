@@ -138,7 +138,8 @@ def main() -> None:
         if answered[r][1] and np.isfinite(probe[BANK.index(r)])
     )
     answers = sum(v[0] for v in answered.values()) / max(1, total)
-    print(f"| all (weighted by asked) | {total} | {answers:.1%} | {weighted / max(1, total):.1%} |")
+    probed = weighted / max(1, total)
+    print(f"| all (weighted by asked) | {total} | {answers:.1%} | {probed:.1%} |")
 
 
 if __name__ == "__main__":
