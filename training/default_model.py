@@ -253,8 +253,8 @@ def model_card(
         "",
         f"Extra-loss weights: dense {recipe.dense_weight}, hop0 {recipe.hop0_weight},"
         f" hop1 {recipe.hop1_weight}, hop2"
-        f" {recipe.hop2_weight}, probe {recipe.probe_weight}, relation bank"
-        f" {recipe.bank_weight}. Learning curve:"
+        f" {recipe.hop2_weight}, probe {recipe.probe_weight} (shape term {recipe.shape_weight}),"
+        f" relation bank {recipe.bank_weight}. Learning curve:"
         f" `learning_curve.png` (val = {recipe.val_items} random_val items asked their own"
         " question).",
     ]
@@ -406,6 +406,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="relation-bank loss weight (1.0; 0 turns the bank off)",
     )
+    parser.add_argument(
+        "--shape-weight",
+        type=float,
+        default=1.0,
+        help="weight of the phrase probe's object-shape term (1.0; 0 turns it off)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -437,6 +443,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             model_overrides=default_overrides(families),
             bank_weight=args.bank_weight,
+            shape_weight=args.shape_weight,
         )
         ablation = ablation_rows(args.ablation_runs)
         model, rows, seconds["train"] = trained_model(

@@ -114,6 +114,21 @@ def test_batch_targets_point_at_image_tokens_and_phrases(sim_data, model):
     assert targets["colour"].shape == (len(examples), model.num_image_tokens)
 
 
+def test_shape_term_of_the_probe_has_its_own_weight(sim_data, model):
+    from vsre_ros.training.recipes.targets import PhraseProbe, probe_loss
+
+    builder = TargetBuilder(model)
+    examples = [ask(i) for i in single_image_items(sim_data, "relation")[:4]]
+    batch = collate(model, examples, image_cache(model))
+    targets = batch_targets(builder, examples, batch)
+    torch.manual_seed(0)
+    probe = PhraseProbe(model.hidden_size, model.num_image_tokens)
+    states = torch.randn(batch["input_ids"].shape + (model.hidden_size,))
+    losses = [float(probe_loss(probe, states, targets, w)) for w in (0.0, 1.0, 2.0)]
+    assert losses[0] < losses[1] < losses[2]
+    assert losses[2] - losses[1] == pytest.approx(losses[1] - losses[0], rel=1e-4)
+
+
 def test_hop0_points_from_the_phrase_end_to_its_other_words(sim_data, model):
     builder = TargetBuilder(model)
     examples = [ask(i) for i in single_image_items(sim_data, "relation")[:6]]

@@ -255,6 +255,7 @@ class RecipeConfig:
     hop1_weight: float = 1.0  # object phrase -> its object's mask, head 0
     hop2_weight: float = 1.0  # answer position -> object/relation phrases
     probe_weight: float = 1.0  # object phrase after the hop-1 layer -> its object's place, depth
+    shape_weight: float = 1.0  # the probe's object shape (box, area, depth range) term
     bank_weight: float = 1.0  # answer position after the hop-2 layer -> every BANK relation
     hop_layers: list[int] = field(
         default_factory=lambda: [0, 1, 2]
@@ -365,7 +366,7 @@ def train_recipe(
                 parts["hop1"] = float(term.detach())
                 loss = loss + recipe.hop1_weight * term
             if recipe.probe_weight > 0 and "hop1" in targets:
-                term = probe_loss(probe, bound.states, targets)
+                term = probe_loss(probe, bound.states, targets, recipe.shape_weight)
                 parts["probe"] = float(term.detach())
                 loss = loss + recipe.probe_weight * term
             if recipe.bank_weight > 0 and "bank" in targets:

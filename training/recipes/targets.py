@@ -464,8 +464,11 @@ class LayerOutput:
         self.handle.remove()
 
 
-def probe_loss(probe: PhraseProbe, states: torch.Tensor, targets: dict) -> torch.Tensor:
-    """Soft cross-entropy of the object's place plus its log-depth error, per object phrase."""
+def probe_loss(
+    probe: PhraseProbe, states: torch.Tensor, targets: dict, shape_weight: float = 1.0
+) -> torch.Tensor:
+    """Soft cross-entropy of the object's place plus its log-depth error, per object phrase,
+    plus `shape_weight` times the error on its shape."""
     rows, query, _, weights, depth, shape = targets["hop1"]
     where, guess, shape_guess = probe(states[rows, query])
     loss = -(weights * where.log_softmax(-1)).sum(-1).mean()
@@ -473,9 +476,9 @@ def probe_loss(probe: PhraseProbe, states: torch.Tensor, targets: dict) -> torch
     if bool(known.any()):
         loss = loss + F.mse_loss(guess[known], depth[known])
     known = torch.isfinite(shape)
-    if bool(known.any()):
+    if shape_weight > 0 and bool(known.any()):
         # Summed over the shape's entries (each about 0.1 in size) so they weigh like the depth.
-        loss = loss + SHAPE_SIZE * F.mse_loss(shape_guess[known], shape[known])
+        loss = loss + shape_weight * SHAPE_SIZE * F.mse_loss(shape_guess[known], shape[known])
     return loss
 
 
