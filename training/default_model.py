@@ -128,8 +128,9 @@ def ablation_rows(run_dirs: list[str]) -> list[dict]:
             raise ValueError(f"{summary} predates --families; rerun that ablation")
         recipe = Path(run) / "train" / "recipe.json"
         # A recipe without the key predates the relation bank, so it trained without one.
-        bank = json.loads(recipe.read_text()).get("bank_weight", 0.0) if recipe.is_file() else None
-        rows.append({"run": str(run), "bank_weight": bank, **data})
+        settings = json.loads(recipe.read_text()) if recipe.is_file() else {}
+        bank = settings.get("bank_weight", 0.0) if settings else None
+        rows.append({"run": str(run), "bank_weight": bank, "seed": settings.get("seed"), **data})
     return rows
 
 
@@ -137,9 +138,9 @@ def ablation_table(rows: list[dict]) -> list[str]:
     """Markdown: per run, the families kept and the held-out accuracies."""
     head = " | ".join(f"{t} (random)" for t in ABLATION_TASKS)
     lines = [
-        "| encoder families | removed | steps | bank weight | random_test | zeroshot_test"
+        "| encoder families | removed | steps | bank weight | seed | random_test | zeroshot_test"
         f" | {head} | train s |",
-        "|---|---|---:|---:|---:|---:|" + "---:|" * len(ABLATION_TASKS) + "---:|",
+        "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(ABLATION_TASKS) + "---:|",
     ]
     for row in rows:
         removed = [f for f in ENCODER_FAMILIES if f not in row["families"]]
@@ -148,6 +149,7 @@ def ablation_table(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {', '.join(row['families'])} | {', '.join(removed) or 'none'} | {row['steps']}"
             f" | {'-' if row.get('bank_weight') is None else row['bank_weight']}"
+            f" | {'-' if row.get('seed') is None else row['seed']}"
             f" | {_pct(acc.get('random_test'))} | {_pct(acc.get('zeroshot_test'))} | "
             + " | ".join(_pct(tasks.get(t)) for t in ABLATION_TASKS)
             + f" | {row['seconds']['train']:.0f} |"
@@ -319,10 +321,11 @@ def model_card(
         noise = 2 * (0.25 / max(1, n)) ** 0.5
         lines += [
             "Each row is one `vsre train-default --families ... --export none` run: the same"
-            " curriculum, data and seed, with the steps and relation-bank weight shown,"
+            " curriculum and data, with the steps, relation-bank weight and seed shown,"
             f" evaluated on the same held-out items ({n} per split) as the model above. Two"
             f" standard errors of an accuracy over {n} items are up to {noise:.1%}, and several"
-            " times that for one task's few dozen items, so smaller differences are noise.",
+            " times that for one task's few dozen items, so smaller differences are noise."
+            " Rows that differ only in the seed show how much training itself varies.",
             "",
             *ablation_table(ablation),
             "",
