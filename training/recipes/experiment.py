@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--bank-weight", type=float, default=1.0, help="relation-bank loss weight (1.0; 0: off)"
     )
+    parser.add_argument(
+        "--shape-weight", type=float, default=1.0, help="probe's shape-term weight (1.0; 0: off)"
+    )
     return parser.parse_args(argv)
 
 
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         init=args.init,
         bank_weight=args.bank_weight,
+        shape_weight=args.shape_weight,
     )
     items = {TRAIN_SPLIT: load_items(data, TRAIN_SPLIT)}
     model, _ = train_recipe(recipe, items, [], out, progress=True)

@@ -23,9 +23,10 @@ those words). These targets supervise the parts directly:
   towards the relation words;
 - relation bank: from that layer's output at the answer position, a training-only linear head
   predicts the truth of every generated binary relation (`BANK`, decided by the simulator's
-  own predicates) between the first two named objects. One question then teaches about 40
-  bits of the pair's geometry instead of one, and the answer's last layer only has to pick the
-  bit its relation word names. Borderline pairs (a predicate's None) are left out.
+  own predicates) between the first two named objects. Borderline pairs (a predicate's None)
+  are left out, which leaves about 23 of the 42 decided for a typical pair: one question then
+  teaches that many bits of the pair's geometry instead of one, and the answer's last layer
+  only has to pick the bit its relation word names.
 
 Word positions come from the tokenizer's character offsets of the question as asked, so any
 template's wording works. Items without masks (bags, VSR) simply get no targets.
