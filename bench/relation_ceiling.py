@@ -32,30 +32,32 @@ from tqdm import tqdm
 from vsre_ros.sim_data.catalog import CATEGORIES
 from vsre_ros.sim_data.relations import GENERATED, relation
 from vsre_ros.training.items import load_items
+from vsre_ros.training.recipes.targets import object_shapes
 
 RELATIONS = {name: k for k, name in enumerate(GENERATED)}
 CATEGORY_IDS = {name: k for k, name in enumerate(CATEGORIES)}
 
 
 def image_features(root: Path, item, cache: dict) -> np.ndarray | None:
-    """Mask box, area and log-depth statistics of the item's first two objects."""
+    """Mask box, area and log-depth statistics of the item's first two objects (the probe's
+    `object_shapes`, with the mean log depth beside the min and max)."""
     key = item.masks[0]
     if key not in cache:
         with Image.open(root / item.masks[0]) as im:
             mask = np.asarray(im).astype(np.int64)
         depth = np.load(root / item.depth[0], allow_pickle=False).astype(np.float64)
+        logd = np.log(np.clip(depth, 1e-3, None))
+        sums = np.bincount(mask.ravel(), weights=logd.ravel())
+        means = sums / np.bincount(mask.ravel()).clip(min=1)
         cache.clear()  # items come in scene order: one image's items are together
-        cache[key] = (mask, np.log(np.clip(depth, 1e-3, None)))
-    mask, logd = cache[key]
-    h, w = mask.shape
+        cache[key] = (object_shapes(mask, depth), means)
+    shapes, means = cache[key]
     out = []
     for mask_id in item.extra["mask_ids"][:2]:
-        ys, xs = np.nonzero(mask == int(mask_id))
-        if len(xs) == 0:
+        if int(mask_id) not in shapes:
             return None
-        d = logd[ys, xs]
-        out += [xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h]
-        out += [len(xs) / (h * w), d.min(), d.mean(), d.max()]
+        x0, y0, x1, y1, root_area, d_min, d_max = shapes[int(mask_id)]
+        out += [x0, y0, x1, y1, root_area**2, d_min, means[int(mask_id)], d_max]
     return np.array(out, dtype=np.float32)
 
 

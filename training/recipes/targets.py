@@ -39,7 +39,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -165,7 +165,7 @@ class TargetBuilder:
             np.concatenate(categories),
             np.concatenate(depths),
             {m: np.concatenate(parts) for m, parts in coverage.items()},
-            _object_shapes(mask, depth),
+            object_shapes(mask, depth),
         )
 
     # -- relation bank -------------------------------------------------------------------
@@ -175,8 +175,7 @@ class TargetBuilder:
         renders of a moved scene, or with fewer than two named objects."""
         item = example.item
         ids = list(item.extra.get("mask_ids", []))
-        paths = item.image_paths()
-        if len(ids) < 2 or len(paths) != 1 or not item.scene_id:
+        if len(ids) < 2 or len(item.images) != 1 or not item.scene_id:
             return None
         key = (item.root, item.images[0], int(ids[0]), int(ids[1]))
         if key not in self._bank:
@@ -236,7 +235,7 @@ class TargetBuilder:
         return out
 
 
-def _object_shapes(mask: np.ndarray, depth: np.ndarray | None) -> dict[int, np.ndarray]:
+def object_shapes(mask: np.ndarray, depth: np.ndarray | None) -> dict[int, np.ndarray]:
     """Box (as a share of the image side), square root of the area share, and the min and max
     log depth of each mask id's visible pixels (nan without a depth map)."""
     h, w = mask.shape
@@ -252,6 +251,17 @@ def _object_shapes(mask: np.ndarray, depth: np.ndarray | None) -> dict[int, np.n
         box = [xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h]
         out[int(mask_id)] = np.array([*box, np.sqrt(len(xs) / (h * w)), *d], dtype=np.float32)
     return out
+
+
+class PhraseTargets(NamedTuple):
+    """Per object phrase of a batch: hop 1's attention target and the phrase probe's."""
+
+    rows: torch.Tensor  # [K] batch row
+    query: torch.Tensor  # [K] position of the phrase's last token
+    keys: torch.Tensor  # [K, T] positions of the row's image tokens
+    weights: torch.Tensor  # [K, T] the object's mask coverage over them, summing to 1
+    depth: torch.Tensor  # [K] mean log depth of the object (nan: unknown)
+    shape: torch.Tensor  # [K, SHAPE_SIZE] `ImageTargets.shape` of the object
 
 
 # -- the batch's targets -------------------------------------------------------------------
@@ -341,7 +351,7 @@ def batch_targets(
         "log_depth": torch.from_numpy(np.stack(depth)).float().to(device),
     }
     if hop1_rows:
-        out["hop1"] = (
+        out["hop1"] = PhraseTargets(
             torch.tensor(hop1_rows, device=device),
             torch.tensor(hop1_query, device=device),
             torch.stack(hop1_keys).to(device),
@@ -410,10 +420,10 @@ def dense_loss(head: DenseHead, image_embeds: torch.Tensor, targets: dict) -> to
 def hop1_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 1) -> torch.Tensor:
     """Cross-entropy of the first head's attention (object phrase -> image tokens) against the
     object's mask coverage."""
-    rows, query, keys, weights = targets["hop1"][:4]
-    attn = attentions[layer][rows, 0, query]  # [K, L]
-    picked = attn.gather(1, keys).float().clamp_min(1e-6)
-    return -(weights * picked.log()).sum(-1).mean()
+    t = targets["hop1"]
+    attn = attentions[layer][t.rows, 0, t.query]  # [K, L]
+    picked = attn.gather(1, t.keys).float().clamp_min(1e-6)
+    return -(t.weights * picked.log()).sum(-1).mean()
 
 
 def hop2_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 2) -> torch.Tensor:
@@ -470,9 +480,10 @@ def probe_loss(
 ) -> torch.Tensor:
     """Soft cross-entropy of the object's place plus its log-depth error, per object phrase,
     plus `shape_weight` times the error on its shape."""
-    rows, query, _, weights, depth, shape = targets["hop1"]
-    where, guess, shape_guess = probe(states[rows, query])
-    loss = -(weights * where.log_softmax(-1)).sum(-1).mean()
+    t = targets["hop1"]
+    depth, shape = t.depth, t.shape
+    where, guess, shape_guess = probe(states[t.rows, t.query])
+    loss = -(t.weights * where.log_softmax(-1)).sum(-1).mean()
     known = torch.isfinite(depth)
     if bool(known.any()):
         loss = loss + F.mse_loss(guess[known], depth[known])
