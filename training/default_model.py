@@ -180,7 +180,7 @@ def model_card(
     ablation: list[dict] | None = None,
 ) -> str:
     """MODEL_CARD.md text: data, recipe, evaluation with baselines, limits, reproduction."""
-    cmd = (
+    flags = (
         f"vsre train-default --seed {args.seed} --n {args.n} --size {args.size} "
         f"--curriculum {args.curriculum} "
         f"--steps-a {args.steps_a} --steps-b {args.steps_b} --batch-size {args.batch_size} "
@@ -188,9 +188,13 @@ def model_card(
         f"--consistency-items {args.consistency_items} "
         f"--threads {args.threads} "
         + (f"--families {args.families} " if args.families != ",".join(ENCODER_FAMILIES) else "")
-        + (f"--data {args.data} " if args.data else "")
-        + f"--out {args.out}"
+        + (f"--lm-layers {args.lm_layers} " if args.lm_layers != 4 else "")
+        + (f"--bank-weight {args.bank_weight:g} " if args.bank_weight != 1.0 else "")
+        + (f"--shape-weight {args.shape_weight:g} " if args.shape_weight != 1.0 else "")
     )
+    # The portable command generates its data into --out; the run's own names its paths.
+    cmd = flags + "--out runs/vsre-tiny"
+    this_run = flags + (f"--data {args.data} " if args.data else "") + f"--out {args.out}"
     lm = recipe.model_overrides["lm"]["hf_config"]
     families = [e["family"] for e in recipe.model_overrides["encoders"]]
     hop0, hop1, hop2 = recipe.hop_layers
@@ -206,6 +210,10 @@ def model_card(
         "## Reproduce",
         "",
         f"    {cmd}",
+        "",
+        "This export's run (the same dataset: generation is a function of seed, n and size):",
+        "",
+        f"    {this_run}",
         "",
         "Wall time of that run: data "
         + ("not recorded" if seconds["data"] is None else f"{seconds['data']:.0f} s")
@@ -391,6 +399,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="--out directories of ablation runs (--export none) tabled in the model card",
     )
+    parser.add_argument(
+        "--lm-layers",
+        type=int,
+        default=4,
+        help="language-model layers (4: one per binding hop and one to answer)",
+    )
     parser.add_argument("--steps-a", type=int, default=600, help="stage A steps (600)")
     parser.add_argument("--steps-b", type=int, default=1800, help="stage B steps (1800)")
     parser.add_argument("--batch-size", type=int, default=16, help="examples per step (16)")
@@ -449,7 +463,7 @@ def run(args: argparse.Namespace) -> int:
             stages=stages,
             val_every=args.val_every,
             threads=args.threads,
-            model_overrides=default_overrides(families),
+            model_overrides=default_overrides(families, args.lm_layers),
             bank_weight=args.bank_weight,
             shape_weight=args.shape_weight,
         )

@@ -184,6 +184,14 @@ def test_default_overrides_keep_the_named_families():
         default_overrides([])
 
 
+def test_more_lm_layers_are_added_after_the_hops():
+    from vsre_ros.training.recipes.curriculum import default_overrides
+
+    assert default_overrides(lm_layers=6)["lm"]["hf_config"]["num_hidden_layers"] == 6
+    with pytest.raises(ValueError, match="at least 4"):
+        default_overrides(lm_layers=3)
+
+
 def test_hop_layers_must_exist_in_the_lm(sim_data, tmp_path):
     from vsre_ros.training.recipes.curriculum import RecipeConfig
 

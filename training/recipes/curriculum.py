@@ -217,13 +217,20 @@ def curriculum(name: str, steps_a: int, steps_b: int, batch_size: int) -> list[S
     return CURRICULA[name](steps_a, steps_b, batch_size)
 
 
-def default_overrides(families: Sequence[str] = ENCODER_FAMILIES) -> dict[str, Any]:
+def default_overrides(
+    families: Sequence[str] = ENCODER_FAMILIES, lm_layers: int = 4
+) -> dict[str, Any]:
     """The shipped size: the encoder families at width 64 x 3 layers, a Llama 128 x 4, channel
     fusion (64 image tokens). About 2M parameters with all four families.
 
     `families` keeps a subset (the ablation drops one at a time). The LM has four layers so
-    that each binding hop gets its own layer (hop 0, hop 1, hop 2) and one is left to compare.
+    that each binding hop gets its own layer (hop 0, hop 1, hop 2) and one is left to compare;
+    `lm_layers` above 4 leaves more layers after hop 2 to pick the answer.
     """
+    if lm_layers < 4:
+        raise ValueError(
+            f"lm_layers must be at least 4 (three hops and one to answer), got {lm_layers}"
+        )
     unknown = sorted(set(families) - set(ENCODER_FAMILIES))
     if unknown or not families:
         known = list(ENCODER_FAMILIES)
@@ -233,7 +240,7 @@ def default_overrides(families: Sequence[str] = ENCODER_FAMILIES) -> dict[str, A
         for e in tiny_encoders(hidden=64, layers=3, heads=4)
         if e.family in families
     ]
-    lm = dataclasses.asdict(tiny_lm(hidden=128, layers=4, heads=4, ffn=512))
+    lm = dataclasses.asdict(tiny_lm(hidden=128, layers=lm_layers, heads=4, ffn=512))
     # Eager attention returns the maps the hop targets need; the export switches to sdpa.
     lm["attn_implementation"] = "eager"
     return {"fusion": "channel", "fusion_grid": 8, "encoders": encoders, "lm": lm}
