@@ -191,6 +191,7 @@ def model_card(
         + (f"--lm-layers {args.lm_layers} " if args.lm_layers != 4 else "")
         + (f"--bank-weight {args.bank_weight:g} " if args.bank_weight != 1.0 else "")
         + (f"--shape-weight {args.shape_weight:g} " if args.shape_weight != 1.0 else "")
+        + (f"--verdict-weight {args.verdict_weight:g} " if args.verdict_weight != 0.0 else "")
     )
     # The portable command generates its data into --out; the run's own names its paths.
     cmd = flags + "--out runs/vsre-tiny"
@@ -429,6 +430,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="relation-bank loss weight (1.0; 0 turns the bank off)",
     )
     parser.add_argument(
+        "--verdict-weight",
+        type=float,
+        default=0.0,
+        help="weight of the verdict target (statement's truth, its option listed second; "
+        "0 turns it off)",
+    )
+    parser.add_argument(
         "--shape-weight",
         type=float,
         default=1.0,
@@ -466,6 +474,7 @@ def run(args: argparse.Namespace) -> int:
             model_overrides=default_overrides(families, args.lm_layers),
             bank_weight=args.bank_weight,
             shape_weight=args.shape_weight,
+            verdict_weight=args.verdict_weight,
         )
         ablation = ablation_rows(args.ablation_runs)
         model, rows, seconds["train"] = trained_model(

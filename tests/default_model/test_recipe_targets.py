@@ -22,6 +22,7 @@ from vsre_ros.training.recipes.targets import (
     TargetBuilder,
     batch_targets,
     token_grids,
+    verdict_bits,
 )
 from vsre_ros.training.train import stage_items
 
@@ -170,6 +171,26 @@ def test_relation_bank_targets_sit_at_the_answer_position(sim_data, model):
     assert set(truth[torch.isfinite(truth)].unique().tolist()) <= {0.0, 1.0}
 
 
+def test_verdict_bits_name_the_truth_and_where_the_letters_put_it(sim_data, model):
+    from vsre_ros.training.items import ALL_TEMPLATES
+
+    items = single_image_items(sim_data, "relation")
+    held, not_held = (next(i for i in items if i.label == v) for v in (1, 0))
+    yes_first, yes_second = ALL_TEMPLATES["t35"], ALL_TEMPLATES["t36"]
+    assert (yes_first.yes, yes_second.yes) == ("A", "B")
+    assert verdict_bits(ask(held, yes_first)).tolist() == [1.0, 0.0]
+    assert verdict_bits(ask(not_held, yes_second)).tolist() == [0.0, 1.0]
+    truth, second = verdict_bits(ask(held, ALL_TEMPLATES["t00"]))
+    assert truth == 1.0 and np.isnan(second), "a yes/no question lists no options"
+    localization = single_image_items(sim_data, "localization")[0]
+    assert verdict_bits(ask(localization)) is None
+    examples = [ask(held, yes_second), ask(localization), ask(not_held, yes_first)]
+    batch = collate(model, examples, image_cache(model))
+    rows, query, bits = batch_targets(TargetBuilder(model), examples, batch)["verdict"]
+    assert rows.tolist() == [0, 2] and (query == batch["answer_start"][rows] - 1).all()
+    assert bits.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+
+
 def test_default_overrides_keep_the_named_families():
     from vsre_ros.training.recipes.curriculum import default_overrides
 
@@ -246,11 +267,13 @@ def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
     stages = default_stages(2, 2, batch_size=4)
     for stage in stages:
         stage.split = "random_train"
-    recipe = RecipeConfig(model_overrides=tiny_overrides(), stages=stages, val_every=0)
+    recipe = RecipeConfig(
+        model_overrides=tiny_overrides(), stages=stages, val_every=0, verdict_weight=1.0
+    )
     items = {"random_train": load_items(sim_data, "random_train")}
     model, rows = train_recipe(recipe, items, [], tmp_path, progress=False)
     assert rows[-1]["step"] == 4
-    parts = ("lm", "dense", "hop0", "hop1", "hop2", "probe", "bank")
+    parts = ("lm", "dense", "hop0", "hop1", "hop2", "probe", "bank", "verdict")
     assert all(k in rows[-1] for k in parts)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert (tmp_path / "learning_curve.png").stat().st_size > 0

@@ -264,6 +264,7 @@ class RecipeConfig:
     probe_weight: float = 1.0  # object phrase after the hop-1 layer -> its object's place, depth
     shape_weight: float = 1.0  # the probe's object shape (box, area, depth range) term
     bank_weight: float = 1.0  # answer position after the hop-2 layer -> every BANK relation
+    verdict_weight: float = 0.0  # the same -> statement's truth, its option listed second
     hop_layers: list[int] = field(
         default_factory=lambda: [0, 1, 2]
     )  # LM layers of hop 0, hop 1 (and the probe's output), hop 2
@@ -331,8 +332,10 @@ def train_recipe(
     bound = LayerOutput(model, hop1_layer)
     gathered = LayerOutput(model, hop2_layer)
     bank = BankProbe(model.hidden_size)
+    verdict = BankProbe(model.hidden_size, 2)
     params = [p for p in model.parameters() if p.requires_grad]
-    params += list(head.parameters()) + list(probe.parameters()) + list(bank.parameters())
+    for extra in (head, probe, bank, verdict):
+        params += list(extra.parameters())
     first = recipe.stages[0]
     optimizer = torch.optim.AdamW(
         params, lr=first.lr, betas=tuple(first.betas), weight_decay=first.weight_decay
@@ -380,6 +383,10 @@ def train_recipe(
                 term = bank_loss(bank, gathered.states, targets)
                 parts["bank"] = float(term.detach())
                 loss = loss + recipe.bank_weight * term
+            if recipe.verdict_weight > 0 and "verdict" in targets:
+                term = bank_loss(verdict, gathered.states, targets, "verdict")
+                parts["verdict"] = float(term.detach())
+                loss = loss + recipe.verdict_weight * term
             if recipe.hop2_weight > 0 and "hop2" in targets:
                 term = hop2_loss(output.attentions, targets, hop2_layer)
                 parts["hop2"] = float(term.detach())

@@ -26,7 +26,12 @@ those words). These targets supervise the parts directly:
   own predicates) between the first two named objects. Borderline pairs (a predicate's None)
   are left out, which leaves about 23 of the 42 decided for a typical pair: one question then
   teaches that many bits of the pair's geometry instead of one, and the answer's last layer
-  only has to pick the bit its relation word names.
+  only has to pick the bit its relation word names;
+- verdict: from the same output, a second training-only head predicts the truth of the
+  statement asked and, for the two-option templates, whether the option stating it is listed
+  second. A lettered answer is the exclusive or of the two: the final layer combines two bits
+  already present, rather than finding a bit whose correlation with the letter is zero (the
+  XOR trap once more: models without this target answer "A" to nine in ten such questions).
 
 Word positions come from the tokenizer's character offsets of the question as asked, so any
 template's wording works. Items without masks (bags, VSR) simply get no targets.
@@ -52,6 +57,7 @@ from vsre_ros.sim_data.scene import Scene
 from vsre_ros.core.model import VSREModel
 
 from ..data import Example
+from ..items import ALL_TEMPLATES
 
 COLOUR_IDS = {name: k + 1 for k, name in enumerate(COLOURS)}  # 0 = background
 CATEGORY_IDS = {name: k + 1 for k, name in enumerate(CATEGORIES)}  # 0 = background
@@ -280,6 +286,7 @@ def batch_targets(
     hop2_rows, hop2_heads, hop2_query, hop2_keys = [], [], [], []
     hop0_rows, hop0_query, hop0_keys = [], [], []
     bank_rows, bank_query, bank_truth = [], [], []
+    verdict_rows, verdict_query, verdict_truth = [], [], []
     heads = int(model.base_lm().config.num_attention_heads)
     ids = batch["input_ids"]
     for row, ex in enumerate(examples):
@@ -310,6 +317,11 @@ def batch_targets(
             continue
         offset = int(batch["answer_start"][row]) - len(model.suffix_ids(ex.question))
         answer_pos = int(batch["answer_start"][row]) - 1
+        verdict = verdict_bits(ex)
+        if verdict is not None:
+            verdict_rows.append(row)
+            verdict_query.append(answer_pos)
+            verdict_truth.append(verdict)
         truth = builder.bank(ex)
         if truth is not None and np.isfinite(truth).any():
             bank_rows.append(row)
@@ -372,6 +384,12 @@ def batch_targets(
             torch.tensor(bank_query, device=device),
             torch.from_numpy(np.stack(bank_truth)).to(device),
         )
+    if verdict_rows:
+        out["verdict"] = (
+            torch.tensor(verdict_rows, device=device),
+            torch.tensor(verdict_query, device=device),
+            torch.from_numpy(np.stack(verdict_truth)).to(device),
+        )
     if hop0_rows:
         out["hop0"] = (
             torch.tensor(hop0_rows, device=device),
@@ -380,6 +398,18 @@ def batch_targets(
             _key_mask(hop0_keys, ids.shape[1]).to(device),
         )
     return out
+
+
+def verdict_bits(example: Example) -> np.ndarray | None:
+    """[truth of the statement asked, its option listed second] (nan: not applicable), or None
+    for questions without a yes/no truth."""
+    if example.truth is None:
+        return None
+    template = ALL_TEMPLATES.get(example.template_id or example.item.template_id)
+    second = float("nan")
+    if template is not None and template.kind == "choice" and template.options:
+        second = float(template.yes != template.options[0])
+    return np.array([float(example.truth), second], dtype=np.float32)
 
 
 def _key_mask(keys: Sequence[Sequence[int]], width: int) -> torch.Tensor:
@@ -506,9 +536,12 @@ class BankProbe(nn.Module):
         return self.proj(states.float())
 
 
-def bank_loss(probe: BankProbe, states: torch.Tensor, targets: dict) -> torch.Tensor:
-    """Binary cross-entropy over the decided (not borderline) relations of each pair."""
-    rows, query, truth = targets["bank"]
+def bank_loss(
+    probe: BankProbe, states: torch.Tensor, targets: dict, key: str = "bank"
+) -> torch.Tensor:
+    """Binary cross-entropy over the decided (not borderline) bits of each row: the relation
+    bank's (`key` "bank") or the verdict's (`key` "verdict", with a `BankProbe` of 2)."""
+    rows, query, truth = targets[key]
     logits = probe(states[rows, query])
     known = torch.isfinite(truth)
     return F.binary_cross_entropy_with_logits(logits[known], truth[known])
