@@ -15,6 +15,10 @@ Both are balanced over True and False (the asked items are balanced by construct
 - probe accuracy high, answer accuracy low: the pair's geometry reaches the answer position,
   and the last layers fail to pick the bit the relation word names;
 - both low: the geometry never gets there (perception or binding).
+
+The last line splits the answers by the form the question asks for: a yes/no word, or a
+letter (two options, the statement or its negation first). A letter is the statement's truth
+exclusive-or its option's place, so a model that knows the truth can still be at chance there.
 """
 
 from __future__ import annotations
@@ -120,9 +124,14 @@ def main() -> None:
     test = items[n_fit:]
     predictions = answer_examples(model, [ask(i) for i in test], batch_size=32, progress=False)
     answered: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    forms: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for item, pred in zip(test, predictions, strict=True):
-        answered[item.relation][0] += int(score(item, pred).correct)
+        right = int(score(item, pred).correct)
+        answered[item.relation][0] += right
         answered[item.relation][1] += 1
+        form = "letter" if item.options else "yes/no word"
+        forms[form][0] += right
+        forms[form][1] += 1
     print(f"{len(items)} items ({n_fit} fit the probes); layer {args.layer}\n")
     print("| relation | asked (n) | answer accuracy | probe balanced accuracy |")
     print("|---|---:|---:|---:|")
@@ -140,6 +149,10 @@ def main() -> None:
     answers = sum(v[0] for v in answered.values()) / max(1, total)
     probed = weighted / max(1, total)
     print(f"| all (weighted by asked) | {total} | {answers:.1%} | {probed:.1%} |")
+    print(
+        "\nanswer accuracy by answer form: "
+        + ", ".join(f"{form} {ok / n:.1%} of {n}" for form, (ok, n) in sorted(forms.items()))
+    )
 
 
 if __name__ == "__main__":
