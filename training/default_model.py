@@ -130,7 +130,16 @@ def ablation_rows(run_dirs: list[str]) -> list[dict]:
         # A recipe without the key predates the relation bank, so it trained without one.
         settings = json.loads(recipe.read_text()) if recipe.is_file() else {}
         bank = settings.get("bank_weight", 0.0) if settings else None
-        rows.append({"run": str(run), "bank_weight": bank, "seed": settings.get("seed"), **data})
+        verdict = settings.get("verdict_weight", 0.0) if settings else None
+        rows.append(
+            {
+                "run": str(run),
+                "bank_weight": bank,
+                "verdict_weight": verdict,
+                "seed": settings.get("seed"),
+                **data,
+            }
+        )
     return rows
 
 
@@ -138,9 +147,9 @@ def ablation_table(rows: list[dict]) -> list[str]:
     """Markdown: per run, the families kept and the held-out accuracies."""
     head = " | ".join(f"{t} (random)" for t in ABLATION_TASKS)
     lines = [
-        "| encoder families | removed | steps | bank weight | seed | random_test | zeroshot_test"
-        f" | {head} | train s |",
-        "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(ABLATION_TASKS) + "---:|",
+        "| encoder families | removed | steps | bank weight | verdict weight | seed | random_test"
+        f" | zeroshot_test | {head} | train s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(ABLATION_TASKS) + "---:|",
     ]
     for row in rows:
         removed = [f for f in ENCODER_FAMILIES if f not in row["families"]]
@@ -149,6 +158,7 @@ def ablation_table(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {', '.join(row['families'])} | {', '.join(removed) or 'none'} | {row['steps']}"
             f" | {'-' if row.get('bank_weight') is None else row['bank_weight']}"
+            f" | {'-' if row.get('verdict_weight') is None else row['verdict_weight']}"
             f" | {'-' if row.get('seed') is None else row['seed']}"
             f" | {_pct(acc.get('random_test'))} | {_pct(acc.get('zeroshot_test'))} | "
             + " | ".join(_pct(tasks.get(t)) for t in ABLATION_TASKS)
@@ -251,7 +261,10 @@ def model_card(
         " over the image tokens, its log depth and (shape term) its mask box, area and depth"
         f" range; when the relation-bank weight > 0, a linear head on layer {hop2}'s output"
         " at the answer position predicts the truth of every generated binary relation"
-        " between the first two named objects. AdamW, betas (0.9, 0.98), wd 0.01,",
+        " between the first two named objects; when the verdict weight > 0, a second head"
+        " there predicts the asked statement's truth and, for lettered two-option templates,"
+        " whether the option stating it is listed second (the letter is their exclusive or)."
+        " AdamW, betas (0.9, 0.98), wd 0.01,",
         "grad clip 1, batch 16; last 30% of the last stage decays the lr linearly to 10%.",
         "",
         "| stage | steps | lr | warm-up | tasks (weights) | relations |",
@@ -268,7 +281,7 @@ def model_card(
         f"Extra-loss weights: dense {recipe.dense_weight}, hop0 {recipe.hop0_weight},"
         f" hop1 {recipe.hop1_weight}, hop2"
         f" {recipe.hop2_weight}, probe {recipe.probe_weight} (shape term {recipe.shape_weight}),"
-        f" relation bank {recipe.bank_weight}. Learning curve:"
+        f" relation bank {recipe.bank_weight}, verdict {recipe.verdict_weight}. Learning curve:"
         f" `learning_curve.png` (val = {recipe.val_items} random_val items asked their own"
         " question).",
     ]
@@ -330,7 +343,8 @@ def model_card(
         noise = 2 * (0.25 / max(1, n)) ** 0.5
         lines += [
             "Each row is one `vsre train-default --families ... --export none` run: the same"
-            " curriculum and data, with the steps, relation-bank weight and seed shown,"
+            " curriculum and data, with the steps, relation-bank and verdict weights and seed"
+            " shown,"
             f" evaluated on the same held-out items ({n} per split) as the model above. Two"
             f" standard errors of an accuracy over {n} items are up to {noise:.1%}, and several"
             " times that for one task's few dozen items, so smaller differences are noise."

@@ -50,7 +50,7 @@ def test_the_export_tables_the_ablation_runs(ablated):
     card = (export / "MODEL_CARD.md").read_text()
     table = card.split("## Ablation: each encoder family removed in turn")[1]
     row = next(line for line in table.splitlines() if line.startswith("| clip, sam, dinov2 |"))
-    assert f"| siglip | {STEPS} | 0.5 | 0 |" in row, "steps, bank weight and seed of that run"
+    assert f"| siglip | {STEPS} | 0.5 | 0.0 | 0 |" in row, "steps, weights and seed of that run"
     assert "--data " in card, "the reproduce command names the shared dataset"
     assert (export / "model.safetensors").stat().st_size > 0
 
