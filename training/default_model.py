@@ -201,7 +201,7 @@ def model_card(
         + (f"--lm-layers {args.lm_layers} " if args.lm_layers != 4 else "")
         + (f"--bank-weight {args.bank_weight:g} " if args.bank_weight != 1.0 else "")
         + (f"--shape-weight {args.shape_weight:g} " if args.shape_weight != 1.0 else "")
-        + (f"--verdict-weight {args.verdict_weight:g} " if args.verdict_weight != 0.0 else "")
+        + (f"--verdict-weight {args.verdict_weight:g} " if args.verdict_weight != 1.0 else "")
     )
     # The portable command generates its data into --out; the run's own names its paths.
     cmd = flags + "--out runs/vsre-tiny"
@@ -446,9 +446,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verdict-weight",
         type=float,
-        default=0.0,
+        default=1.0,
         help="weight of the verdict target (statement's truth, its option listed second; "
-        "0 turns it off)",
+        "1.0; 0 turns it off)",
     )
     parser.add_argument(
         "--shape-weight",

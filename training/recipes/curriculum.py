@@ -264,7 +264,7 @@ class RecipeConfig:
     probe_weight: float = 1.0  # object phrase after the hop-1 layer -> its object's place, depth
     shape_weight: float = 1.0  # the probe's object shape (box, area, depth range) term
     bank_weight: float = 1.0  # answer position after the hop-2 layer -> every BANK relation
-    verdict_weight: float = 0.0  # the same -> statement's truth, its option listed second
+    verdict_weight: float = 1.0  # the same -> statement's truth, its option listed second
     hop_layers: list[int] = field(
         default_factory=lambda: [0, 1, 2]
     )  # LM layers of hop 0, hop 1 (and the probe's output), hop 2

@@ -46,11 +46,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--shape-weight", type=float, default=1.0, help="probe's shape-term weight (1.0; 0: off)"
     )
+    parser.add_argument(
+        "--verdict-weight", type=float, default=1.0, help="verdict target weight (1.0; 0: off)"
+    )
+    parser.add_argument("--lm-layers", type=int, default=4, help="LM layers (4)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .curriculum import RecipeConfig, curriculum, train_recipe
+    from .curriculum import RecipeConfig, curriculum, default_overrides, train_recipe
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -72,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         init=args.init,
         bank_weight=args.bank_weight,
         shape_weight=args.shape_weight,
+        verdict_weight=args.verdict_weight,
+        model_overrides=default_overrides(lm_layers=args.lm_layers),
     )
     items = {TRAIN_SPLIT: load_items(data, TRAIN_SPLIT)}
     model, _ = train_recipe(recipe, items, [], out, progress=True)
