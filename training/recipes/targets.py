@@ -31,7 +31,8 @@ those words). These targets supervise the parts directly:
   statement asked and, for the two-option templates, whether the option stating it is listed
   second. A lettered answer is the exclusive or of the two: the final layer combines two bits
   already present, rather than finding a bit whose correlation with the letter is zero (the
-  XOR trap once more: models without this target answer "A" to nine in ten such questions).
+  XOR trap once more: run 17, trained without it, answered "A" to 185 of 199 such test
+  questions and got 44% of them right).
 
 Word positions come from the tokenizer's character offsets of the question as asked, so any
 template's wording works. Items without masks (bags, VSR) simply get no targets.
