@@ -29,7 +29,10 @@ def args_for(tmp_path, out: str, **extra) -> argparse.Namespace:
 def ablated(tmp_path_factory):
     """An ablation run without SigLIP (it also generates the shared dataset)."""
     tmp = tmp_path_factory.mktemp("ablation")
-    args = args_for(tmp, "no-siglip", families="clip,sam,dinov2", export="none", bank_weight="0.5")
+    args = args_for(
+        tmp, "no-siglip", families="clip,sam,dinov2", export="none", bank_weight="0.5",
+        verdict_weight="0",
+    )  # fmt: skip
     assert default_model.run(args) == 0
     return tmp
 
