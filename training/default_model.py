@@ -20,6 +20,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from vsre_ros.core.config import ENCODER_FAMILIES
@@ -111,6 +112,7 @@ def evaluate_split(
 
 
 ABLATION_TASKS = ("relation", "localization", "direction", "distance")
+ABLATION_WEIGHTS = ("bank_weight", "verdict_weight")  # recipe weights the table shows per run
 
 
 def ablation_rows(run_dirs: list[str]) -> list[dict]:
@@ -127,29 +129,21 @@ def ablation_rows(run_dirs: list[str]) -> list[dict]:
         if "families" not in data:
             raise ValueError(f"{summary} predates --families; rerun that ablation")
         recipe = Path(run) / "train" / "recipe.json"
-        # A recipe without the key predates the relation bank, so it trained without one.
+        # A recipe without a weight's key predates that target, so it trained without it.
         settings = json.loads(recipe.read_text()) if recipe.is_file() else {}
-        bank = settings.get("bank_weight", 0.0) if settings else None
-        verdict = settings.get("verdict_weight", 0.0) if settings else None
-        rows.append(
-            {
-                "run": str(run),
-                "bank_weight": bank,
-                "verdict_weight": verdict,
-                "seed": settings.get("seed"),
-                **data,
-            }
-        )
+        weights = {k: settings.get(k, 0.0) if settings else None for k in ABLATION_WEIGHTS}
+        rows.append({"run": str(run), **weights, "seed": settings.get("seed"), **data})
     return rows
 
 
 def ablation_table(rows: list[dict]) -> list[str]:
     """Markdown: per run, the families kept and the held-out accuracies."""
+    weights = " | ".join(k.replace("_", " ") for k in ABLATION_WEIGHTS)
     head = " | ".join(f"{t} (random)" for t in ABLATION_TASKS)
     lines = [
-        "| encoder families | removed | steps | bank weight | verdict weight | seed | random_test"
-        f" | zeroshot_test | {head} | train s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(ABLATION_TASKS) + "---:|",
+        f"| encoder families | removed | steps | {weights} | seed | random_test | zeroshot_test"
+        f" | {head} | train s |",
+        "|---|---|" + "---:|" * (5 + len(ABLATION_WEIGHTS) + len(ABLATION_TASKS)),
     ]
     for row in rows:
         removed = [f for f in ENCODER_FAMILIES if f not in row["families"]]
@@ -157,14 +151,16 @@ def ablation_table(rows: list[dict]) -> list[str]:
         acc = row["accuracy"]
         lines.append(
             f"| {', '.join(row['families'])} | {', '.join(removed) or 'none'} | {row['steps']}"
-            f" | {'-' if row.get('bank_weight') is None else row['bank_weight']}"
-            f" | {'-' if row.get('verdict_weight') is None else row['verdict_weight']}"
-            f" | {'-' if row.get('seed') is None else row['seed']}"
-            f" | {_pct(acc.get('random_test'))} | {_pct(acc.get('zeroshot_test'))} | "
+            + "".join(f" | {_or_dash(row.get(k))}" for k in (*ABLATION_WEIGHTS, "seed"))
+            + f" | {_pct(acc.get('random_test'))} | {_pct(acc.get('zeroshot_test'))} | "
             + " | ".join(_pct(tasks.get(t)) for t in ABLATION_TASKS)
             + f" | {row['seconds']['train']:.0f} |"
         )
     return lines
+
+
+def _or_dash(value) -> str:
+    return "-" if value is None else str(value)
 
 
 def _pct(value) -> str:
@@ -176,6 +172,23 @@ def _table(by: dict, limit: int = 80) -> list[str]:
     for key, cell in list(by.items())[:limit]:
         lines.append(f"| {key} | {cell['n']} | {_pct(cell['accuracy'])} |")
     return lines
+
+
+# Flags of a recipe that the model card's commands name only when they differ from the default.
+RECIPE_FLAGS = ("families", "lm_layers", "bank_weight", "shape_weight", "verdict_weight")
+
+
+def _changed_flags(args: argparse.Namespace, names: Sequence[str]) -> str:
+    """`--name value ` for each of `names` whose value differs from its CLI default."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = ""
+    for name in names:
+        value = getattr(args, name)
+        if value != parser.get_default(name):
+            shown = f"{value:g}" if isinstance(value, float) else value
+            out += f"--{name.replace('_', '-')} {shown} "
+    return out
 
 
 def model_card(
@@ -196,12 +209,7 @@ def model_card(
         f"--steps-a {args.steps_a} --steps-b {args.steps_b} --batch-size {args.batch_size} "
         f"--val-every {args.val_every} --eval-items {args.eval_items} "
         f"--consistency-items {args.consistency_items} "
-        f"--threads {args.threads} "
-        + (f"--families {args.families} " if args.families != ",".join(ENCODER_FAMILIES) else "")
-        + (f"--lm-layers {args.lm_layers} " if args.lm_layers != 4 else "")
-        + (f"--bank-weight {args.bank_weight:g} " if args.bank_weight != 1.0 else "")
-        + (f"--shape-weight {args.shape_weight:g} " if args.shape_weight != 1.0 else "")
-        + (f"--verdict-weight {args.verdict_weight:g} " if args.verdict_weight != 1.0 else "")
+        f"--threads {args.threads} " + _changed_flags(args, RECIPE_FLAGS)
     )
     # The portable command generates its data into --out; the run's own names its paths.
     cmd = flags + "--out runs/vsre-tiny"

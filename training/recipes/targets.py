@@ -286,8 +286,11 @@ def batch_targets(
     hop1_shape = []
     hop2_rows, hop2_heads, hop2_query, hop2_keys = [], [], [], []
     hop0_rows, hop0_query, hop0_keys = [], [], []
-    bank_rows, bank_query, bank_truth = [], [], []
-    verdict_rows, verdict_query, verdict_truth = [], [], []
+    # Bits read at the answer position: name -> (batch rows, positions, [N, bits] truths)
+    answer_bits: dict[str, tuple[list, list, list]] = {
+        "bank": ([], [], []),
+        "verdict": ([], [], []),
+    }
     heads = int(model.base_lm().config.num_attention_heads)
     ids = batch["input_ids"]
     for row, ex in enumerate(examples):
@@ -318,16 +321,12 @@ def batch_targets(
             continue
         offset = int(batch["answer_start"][row]) - len(model.suffix_ids(ex.question))
         answer_pos = int(batch["answer_start"][row]) - 1
-        verdict = verdict_bits(ex)
-        if verdict is not None:
-            verdict_rows.append(row)
-            verdict_query.append(answer_pos)
-            verdict_truth.append(verdict)
-        truth = builder.bank(ex)
-        if truth is not None and np.isfinite(truth).any():
-            bank_rows.append(row)
-            bank_query.append(answer_pos)
-            bank_truth.append(truth)
+        for name, truth in (("bank", builder.bank(ex)), ("verdict", verdict_bits(ex))):
+            if truth is not None and np.isfinite(truth).any():
+                rows, query, truths = answer_bits[name]
+                rows.append(row)
+                query.append(answer_pos)
+                truths.append(truth)
         for j, mask_id in enumerate(mask_ids):
             span = spans[j]
             cover = target.coverage.get(int(mask_id))
@@ -379,18 +378,13 @@ def batch_targets(
             torch.tensor(hop2_query, device=device),
             _key_mask(hop2_keys, ids.shape[1]).to(device),
         )
-    if bank_rows:
-        out["bank"] = (
-            torch.tensor(bank_rows, device=device),
-            torch.tensor(bank_query, device=device),
-            torch.from_numpy(np.stack(bank_truth)).to(device),
-        )
-    if verdict_rows:
-        out["verdict"] = (
-            torch.tensor(verdict_rows, device=device),
-            torch.tensor(verdict_query, device=device),
-            torch.from_numpy(np.stack(verdict_truth)).to(device),
-        )
+    for name, (rows, query, truth) in answer_bits.items():
+        if rows:
+            out[name] = (
+                torch.tensor(rows, device=device),
+                torch.tensor(query, device=device),
+                torch.from_numpy(np.stack(truth)).to(device),
+            )
     if hop0_rows:
         out["hop0"] = (
             torch.tensor(hop0_rows, device=device),
