@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import random
 import shutil
 import sys
@@ -96,11 +97,7 @@ def evaluate_split(
     items = load_items(data, split)
     if relation_only:
         items = [i for i in items if i.task == "relation" and i.truth is not None]
-    if limit and len(items) > limit:
-        # A seeded sample: the split file lists a relation's True and False items in pairs,
-        # so an evenly strided pick could take one polarity only.
-        keep = sorted(random.Random(seed).sample(range(len(items)), limit))
-        items = [items[k] for k in keep]
+    items = _sample(items, limit, seed)
     examples = build_examples(items, resolve_templates(templates))
     predictions = answer_examples(model, examples, batch_size=32, progress=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,6 +106,77 @@ def evaluate_split(
     report.update(model="vsre-tiny", data=str(data), split=split, templates=templates)
     write_report(report, out, plots=False)
     return report
+
+
+def _sample(items: list[Item], limit: int, seed: int) -> list[Item]:
+    """A seeded sample of at most `limit` items, in split order (0 keeps all). Seeded rather
+    than strided: the split file lists a relation's True and False items in pairs, so an evenly
+    strided pick could take one polarity only."""
+    if not limit or len(items) <= limit:
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[k] for k in keep]
+
+
+def fit_verdict_bias(p_yes: Sequence[float], truth: Sequence[bool]) -> float:
+    """The log-odds shift that makes the share of yes answers equal the share of true labels.
+
+    Items are ranked by their yes log-odds; the shift puts the decision boundary halfway between
+    the last item that should answer yes and the first that should not, so ties aside exactly
+    round(rate * n) answers become yes. Only the rate is fitted (one number), never which items.
+    """
+    if not p_yes or len(p_yes) != len(truth):
+        raise ValueError("fit_verdict_bias needs one label per probability, and at least one")
+    eps = 1e-6
+    z = sorted((math.log(max(p, eps) / max(1.0 - p, eps)) for p in p_yes), reverse=True)
+    k = round(sum(map(bool, truth)) / len(truth) * len(z))
+    if k == 0:
+        return -(z[0] + 1.0)
+    if k == len(z):
+        return -(z[-1] - 1.0)
+    return -(z[k - 1] + z[k]) / 2.0
+
+
+def calibrate_verdict(model, data: Path, limit: int, out: Path, seed: int) -> dict | None:
+    """Fit `model.config.verdict_bias` on the yes/no items of a seeded `random_val` sample and
+    set it. Returns the fitted bias with the predicted-yes rate before and after, and the labels'
+    true rate; None (bias left at 0) when the split has no labelled yes/no item. The test splits
+    are never looked at."""
+    from vsre_ros.core.answers import AnswerKind
+
+    from .evaluate import build_examples, resolve_templates
+    from .model_api import answer_examples
+
+    items = [
+        i
+        for i in load_items(data, "random_val")
+        if i.kind is AnswerKind.YES_NO and i.truth is not None
+    ]
+    items = _sample(items, limit, seed)
+    model.config.verdict_bias = 0.0
+    if not items:
+        log.warning("no labelled yes/no item in %s/random_val.jsonl: verdict bias left at 0", data)
+        return None
+    examples = build_examples(items, resolve_templates("item"))
+    predictions = answer_examples(model, examples, batch_size=32, progress=False)
+    p_yes = [p.probability for p in predictions]
+    truth = [bool(ex.truth) for ex in examples]
+    bias = fit_verdict_bias(p_yes, truth)
+    model.config.verdict_bias = bias
+    z = [math.log(max(p, 1e-6) / max(1.0 - p, 1e-6)) for p in p_yes]
+    result = {
+        "items": len(items),
+        "bias": bias,
+        "true_rate": sum(truth) / len(truth),
+        "predicted_yes_rate_before": sum(v >= 0 for v in z) / len(z),
+        "predicted_yes_rate_after": sum(v + bias >= 0 for v in z) / len(z),
+        "accuracy_before": sum((v >= 0) == t for v, t in zip(z, truth, strict=True)) / len(z),
+        "accuracy_after": sum((v + bias >= 0) == t for v, t in zip(z, truth, strict=True))
+        / len(z),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 ABLATION_TASKS = ("relation", "localization", "direction", "distance")
@@ -175,7 +243,14 @@ def _table(by: dict, limit: int = 80) -> list[str]:
 
 
 # Flags of a recipe that the model card's commands name only when they differ from the default.
-RECIPE_FLAGS = ("families", "lm_layers", "bank_weight", "shape_weight", "verdict_weight")
+RECIPE_FLAGS = (
+    "families",
+    "lm_layers",
+    "bank_weight",
+    "shape_weight",
+    "verdict_weight",
+    "calibration_items",
+)
 
 
 def _changed_flags(args: argparse.Namespace, names: Sequence[str]) -> str:
@@ -201,6 +276,7 @@ def model_card(
     size_mb: float,
     params: dict,
     ablation: list[dict] | None = None,
+    calibration: dict | None = None,
 ) -> str:
     """MODEL_CARD.md text: data, recipe, evaluation with baselines, limits, reproduction."""
     flags = (
@@ -298,6 +374,23 @@ def model_card(
             "Val accuracy along training: "
             + ", ".join(f"step {r['step']}: {_pct(r['val_acc'])}" for r in last)
             + "."
+        )
+    lines += ["", "## Calibration", ""]
+    if calibration:
+        c = calibration
+        lines.append(
+            f"Verdict bias {c['bias']:+.3f} (added to the yes/no log-odds; `verdict_bias` in"
+            f" `vsre_config.json`), fitted on {c['items']} seeded random_val yes/no items so the"
+            f" share of yes answers matches the share of true labels ({_pct(c['true_rate'])}):"
+            f" yes rate {_pct(c['predicted_yes_rate_before'])} ->"
+            f" {_pct(c['predicted_yes_rate_after'])}, their accuracy"
+            f" {_pct(c['accuracy_before'])} -> {_pct(c['accuracy_after'])}. Two-option (lettered)"
+            " answers are not shifted. The figures below are with the bias."
+        )
+    else:
+        lines.append(
+            "None: the verdict bias is 0 (`--calibration-items 0`, or random_val has no"
+            " labelled yes/no item)."
         )
     lines += ["", "## Evaluation (held out)", ""]
     for name, rep in reports.items():
@@ -440,6 +533,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="relation test items asked through all 50 templates (40)",
     )
     parser.add_argument(
+        "--calibration-items",
+        type=int,
+        default=2000,
+        help="random_val yes/no items the verdict bias is fitted on (2000; 0 leaves it at 0)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: least slowed by other load)"
     )
     parser.add_argument(
@@ -503,6 +602,18 @@ def run(args: argparse.Namespace) -> int:
             recipe, items_by_split, val, out / "train", progress
         )
         t = time.perf_counter()
+        calibration = None
+        if args.calibration_items > 0:
+            calibration = calibrate_verdict(
+                model, data, args.calibration_items, out / "eval" / "calibration_val", args.seed
+            )
+        if calibration:
+            print(
+                f"verdict bias {calibration['bias']:+.3f}: val yes rate"
+                f" {_pct(calibration['predicted_yes_rate_before'])} ->"
+                f" {_pct(calibration['predicted_yes_rate_after'])}"
+                f" (labels {_pct(calibration['true_rate'])})"
+            )
         reports = {}
         plan = [
             ("random_test", "random_test", "item", args.eval_items, False),
@@ -532,6 +643,7 @@ def run(args: argparse.Namespace) -> int:
                 },
                 "families": families,
                 "steps": sum(s.steps for s in stages),
+                "calibration": calibration,
                 "counts": counts,
             },
             indent=2,
@@ -540,9 +652,10 @@ def run(args: argparse.Namespace) -> int:
     if args.export == "none":
         return 0
     export_dir = Path(args.export) if args.export else EXPORT_DIR
-    card = model_card(args, recipe, reports, rows, seconds, counts, 0.0, params, ablation)
+    facts = (args, recipe, reports, rows, seconds, counts)
+    card = model_card(*facts, 0.0, params, ablation, calibration)
     size = export(model, out, export_dir, card)
-    card = model_card(args, recipe, reports, rows, seconds, counts, size, params, ablation)
+    card = model_card(*facts, size, params, ablation, calibration)
     (export_dir / "MODEL_CARD.md").write_text(card)
     print(f"exported {export_dir} ({size:.1f} MB)")
     return 0

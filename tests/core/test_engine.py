@@ -349,3 +349,19 @@ def test_structured_yes_no_query_is_worded_by_the_first_template(engines, rng):
     assert structured.question == ""
     (missing,) = engines[0].answer([Query("", [image], subj="cup", relation="left of")])
     assert missing.status == Status.BAD_QUESTION
+
+
+def test_verdict_bias_shifts_the_yes_log_odds(tiny_model, rng):
+    engine = Engine(tiny_model)
+    queries = _queries(rng, 4)
+    raw = [a.probability for a in engine.answer(queries)]
+    tiny_model.config.verdict_bias = 1.5
+    try:
+        shifted = engine.answer(queries)
+    finally:
+        tiny_model.config.verdict_bias = 0.0
+    for p, a in zip(raw, shifted, strict=True):
+        assert math.log(a.probability / (1 - a.probability)) == pytest.approx(
+            math.log(p / (1 - p)) + 1.5, abs=1e-3
+        )
+        assert a.verdict == (a.probability >= 0.5)

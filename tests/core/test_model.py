@@ -189,6 +189,13 @@ def test_save_load_round_trip_is_exact(tiny_model, rng, tmp_path):
     assert loaded.model_id == "test-tiny"
 
 
+def test_the_calibrated_verdict_bias_is_saved_with_the_model(rng, tmp_path):
+    model = VSREModel(small_config())
+    model.config.verdict_bias = -0.75
+    model.save_pretrained(tmp_path / "m")
+    assert VSREModel.from_pretrained(tmp_path / "m").config.verdict_bias == -0.75
+
+
 def test_save_load_with_lora_adapter_is_exact(rng, tmp_path):
     model = VSREModel(small_config())
     model.freeze(2)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 
 import pytest
 from vsre_ros.training import default_model
@@ -56,6 +58,30 @@ def test_the_export_tables_the_ablation_runs(ablated):
     assert f"| siglip | {STEPS} | 0.5 | 0.0 | 0 |" in row, "steps, weights and seed of that run"
     assert "--data " in card, "the reproduce command names the shared dataset"
     assert (export / "model.safetensors").stat().st_size > 0
+    # The toy dataset's random_val has no labelled yes/no item: no bias, and the card says so.
+    assert json.loads((ablated / "full" / "summary.json").read_text())["calibration"] is None
+    assert "None: the verdict bias is 0" in card
+
+
+def test_the_verdict_bias_is_fitted_on_val_and_matches_its_true_rate(ablated, tmp_path):
+    from vsre_ros.core.model import VSREModel
+
+    # A dataset whose random_val is the toy zeroshot_train split (it has yes/no items).
+    data = tmp_path / "data"
+    data.mkdir()
+    for entry in (ablated / "data").iterdir():
+        (data / entry.name).symlink_to(entry)
+    (data / "random_val.jsonl").unlink()
+    (data / "random_val.jsonl").symlink_to(ablated / "data" / "zeroshot_train.jsonl")
+    model = VSREModel.from_pretrained(ablated / "export").eval()
+    result = default_model.calibrate_verdict(model, data, 60, tmp_path / "cal", seed=0)
+    assert result["items"] >= 5
+    assert model.config.verdict_bias == result["bias"] != 0.0
+    assert abs(result["predicted_yes_rate_after"] - result["true_rate"]) <= 1 / result["items"]
+    # The engine answers with the fitted bias: re-asking gives the fitted yes rate.
+    again = default_model.calibrate_verdict(model, data, 60, tmp_path / "cal2", seed=0)
+    assert again == result, "refitting starts from bias 0, so it finds the same bias"
+    assert json.loads((tmp_path / "cal" / "calibration.json").read_text()) == result
 
 
 def test_bad_families_and_missing_ablation_runs_are_named(tmp_path, capsys):
@@ -83,3 +109,18 @@ def test_an_experiment_narrows_tasks_and_continues_from_a_saved_model(ablated, c
     recipe = json.loads((second / "recipe.json").read_text())
     assert recipe["init"] == str(first / "model")
     assert recipe["stages"][0]["relations"] == ["left of"]
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3, 0.5, 1.0])
+def test_the_fitted_verdict_bias_matches_the_true_rate(rate):
+    rng = random.Random(3)
+    p_yes = [rng.random() for _ in range(200)]
+    truth = [k < rate * 200 for k in range(200)]
+    bias = default_model.fit_verdict_bias(p_yes, truth)
+    yes = sum(math.log(p / (1 - p)) + bias >= 0 for p in p_yes)
+    assert yes == round(rate * 200)
+
+
+def test_the_verdict_bias_fit_refuses_mismatched_input():
+    with pytest.raises(ValueError, match="one label per probability"):
+        default_model.fit_verdict_bias([0.2, 0.9], [True])

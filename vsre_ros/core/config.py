@@ -73,6 +73,7 @@ class ModelConfig:
     prompt: str = "vsre"  # prompt format registry id (see prompts.py)
     lora: LoraSettings = field(default_factory=LoraSettings)  # stage-2 LoRA settings
     source_llava: str = ""  # LLaVA checkpoint whose CLIP tower, projector and LM are reused
+    verdict_bias: float = 0.0  # added to the yes/no log-odds when answering; fitted on val
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

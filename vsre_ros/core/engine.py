@@ -527,10 +527,11 @@ class Engine:
         logits = self._run_rows(keys, rows)
         last = torch.tensor([len(r) - 1 for r in rows], device=logits.device)
         final = logits[torch.arange(len(rows), device=logits.device), last]
-        probs = final.softmax(-1)
-        p_yes = probs[:, self._yes_ids].sum(-1)
-        p_no = probs[:, self._no_ids].sum(-1)
-        share = (p_yes / (p_yes + p_no).clamp_min(1e-30)).tolist()
+        logp = final.log_softmax(-1)
+        # P(yes) among the verdict words, as log-odds, shifted by the model's calibrated bias
+        # (ModelConfig.verdict_bias, 0 for an uncalibrated model).
+        log_odds = logp[:, self._yes_ids].logsumexp(-1) - logp[:, self._no_ids].logsumexp(-1)
+        share = torch.sigmoid(log_odds + self.model.config.verdict_bias).tolist()
         out = []
         for p in share:
             verdict = p >= 0.5
