@@ -118,6 +118,10 @@ def _sample(items: list[Item], limit: int, seed: int) -> list[Item]:
     return [items[k] for k in keep]
 
 
+def _log_odds(p: float, eps: float = 1e-6) -> float:
+    return math.log(max(p, eps) / max(1.0 - p, eps))
+
+
 def fit_verdict_bias(p_yes: Sequence[float], truth: Sequence[bool]) -> float:
     """The log-odds shift that makes the share of yes answers equal the share of true labels.
 
@@ -127,8 +131,7 @@ def fit_verdict_bias(p_yes: Sequence[float], truth: Sequence[bool]) -> float:
     """
     if not p_yes or len(p_yes) != len(truth):
         raise ValueError("fit_verdict_bias needs one label per probability, and at least one")
-    eps = 1e-6
-    z = sorted((math.log(max(p, eps) / max(1.0 - p, eps)) for p in p_yes), reverse=True)
+    z = sorted(map(_log_odds, p_yes), reverse=True)
     k = round(sum(map(bool, truth)) / len(truth) * len(z))
     if k == 0:
         return -(z[0] + 1.0)
@@ -163,7 +166,7 @@ def calibrate_verdict(model, data: Path, limit: int, out: Path, seed: int) -> di
     truth = [bool(ex.truth) for ex in examples]
     bias = fit_verdict_bias(p_yes, truth)
     model.config.verdict_bias = bias
-    z = [math.log(max(p, 1e-6) / max(1.0 - p, 1e-6)) for p in p_yes]
+    z = [_log_odds(p) for p in p_yes]
     result = {
         "items": len(items),
         "bias": bias,
