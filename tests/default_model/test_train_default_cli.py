@@ -73,7 +73,7 @@ def test_the_verdict_bias_is_fitted_on_val_and_matches_its_true_rate(ablated, tm
         (data / entry.name).symlink_to(entry)
     (data / "random_val.jsonl").unlink()
     (data / "random_val.jsonl").symlink_to(ablated / "data" / "zeroshot_train.jsonl")
-    model = VSREModel.from_pretrained(ablated / "export").eval()
+    model = VSREModel.from_pretrained(ablated / "no-siglip" / "train" / "model").eval()
     result = default_model.calibrate_verdict(model, data, 60, tmp_path / "cal", seed=0)
     assert result["items"] >= 5
     assert model.config.verdict_bias == result["bias"] != 0.0
