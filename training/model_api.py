@@ -49,6 +49,14 @@ def model_config(ref: str, overrides: dict[str, Any] | None = None) -> ModelConf
     return ModelConfig.from_dict(data)
 
 
+def uncalibrated(model: VSREModel) -> VSREModel:
+    """The model with its verdict bias at 0. A bias is fitted for the weights it was saved with
+    (`training.default_model.calibrate_verdict`); training changes them, so a model that is
+    about to train starts uncalibrated rather than carrying a stale shift."""
+    model.config.verdict_bias = 0.0
+    return model
+
+
 def build_model(ref: str | Path, overrides: dict[str, Any] | None = None, seed: int = 0):
     """A saved model directory, or a preset built with seeded random initialisation."""
     path = Path(ref)

@@ -271,10 +271,10 @@ def learning_rate(stage: StageConfig, step: int) -> float:
 
 def prepare_model(init: str | Path, config: TrainConfig, stage: StageConfig):
     """Build or load the stage's starting model and apply its freeze mode."""
-    from .model_api import build_model, freeze
+    from .model_api import build_model, freeze, uncalibrated
 
     overrides = config.model_overrides if not Path(init).is_dir() else None
-    model = build_model(init, overrides, config.seed)
+    model = uncalibrated(build_model(init, overrides, config.seed))
     summary = freeze(model, stage.freeze)
     return model, summary
 

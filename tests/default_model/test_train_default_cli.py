@@ -78,10 +78,26 @@ def test_the_verdict_bias_is_fitted_on_val_and_matches_its_true_rate(ablated, tm
     assert result["items"] >= 5
     assert model.config.verdict_bias == result["bias"] != 0.0
     assert abs(result["predicted_yes_rate_after"] - result["true_rate"]) <= 1 / result["items"]
-    # The engine answers with the fitted bias: re-asking gives the fitted yes rate.
+    assert json.loads((tmp_path / "cal" / "calibration.json").read_text()) == result
+    # The engine answers with the fitted bias: asked again, the same items say yes at the
+    # fitted rate.
+    from vsre_ros.training.evaluate import build_examples, resolve_templates
+    from vsre_ros.training.items import load_items
+    from vsre_ros.training.model_api import answer_examples
+
+    items = [
+        i
+        for i in load_items(data, "random_val")
+        if i.kind.label == "yes_no" and i.truth is not None
+    ]
+    assert len(items) == result["items"]
+    answers = answer_examples(
+        model, build_examples(items, resolve_templates("item")), progress=False
+    )
+    yes_rate = sum(p.probability >= 0.5 for p in answers) / len(answers)
+    assert yes_rate == pytest.approx(result["predicted_yes_rate_after"])
     again = default_model.calibrate_verdict(model, data, 60, tmp_path / "cal2", seed=0)
     assert again == result, "refitting starts from bias 0, so it finds the same bias"
-    assert json.loads((tmp_path / "cal" / "calibration.json").read_text()) == result
 
 
 def test_bad_families_and_missing_ablation_runs_are_named(tmp_path, capsys):

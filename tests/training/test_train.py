@@ -177,3 +177,16 @@ def test_resume_after_sigkill_gives_the_same_next_step_loss(colour_dataset, tmp_
     # The metrics file holds each step once: lines logged after the checkpoint were dropped.
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 401))
+
+
+def test_a_saved_model_starts_training_without_its_fitted_verdict_bias(tmp_path):
+    from vsre_ros.training.train import prepare_model
+
+    saved = build_model("vsre-tiny", TINY, seed=0)
+    saved.config.verdict_bias = 0.4  # fitted for these weights; training will change them
+    saved.save_pretrained(tmp_path / "m")
+    stage = StageConfig(name="s", freeze="all", steps=1)
+    model, _ = prepare_model(
+        tmp_path / "m", tiny_config(tmp_path, tmp_path / "run", [stage]), stage
+    )
+    assert model.config.verdict_bias == 0.0

@@ -24,7 +24,14 @@ from vsre_ros.core.config import ENCODER_FAMILIES, tiny_encoders, tiny_lm
 
 from ..config import StageConfig
 from ..items import Item
-from ..model_api import MODEL_INPUTS, build_model, collate, first_token_correct, freeze
+from ..model_api import (
+    MODEL_INPUTS,
+    build_model,
+    collate,
+    first_token_correct,
+    freeze,
+    uncalibrated,
+)
 from ..model_api import image_cache as make_cache
 from ..train import plot_curves, stage_items, stage_sampler, step_examples, val_accuracy
 from .targets import (
@@ -310,7 +317,7 @@ def train_recipe(
     if recipe.init:
         from vsre_ros.core.model import VSREModel
 
-        model = VSREModel.from_pretrained(recipe.init)
+        model = uncalibrated(VSREModel.from_pretrained(recipe.init))
         # The hop targets read attention maps, which only eager attention returns.
         model.config.lm.attn_implementation = "eager"
         model.base_lm().config._attn_implementation = "eager"
