@@ -166,17 +166,13 @@ def calibrate_verdict(model, data: Path, limit: int, out: Path, seed: int) -> di
     truth = [bool(ex.truth) for ex in examples]
     bias = fit_verdict_bias(p_yes, truth)
     model.config.verdict_bias = bias
-    z = [_log_odds(p) for p in p_yes]
-    result = {
-        "items": len(items),
-        "bias": bias,
-        "true_rate": sum(truth) / len(truth),
-        "predicted_yes_rate_before": sum(v >= 0 for v in z) / len(z),
-        "predicted_yes_rate_after": sum(v + bias >= 0 for v in z) / len(z),
-        "accuracy_before": sum((v >= 0) == t for v, t in zip(z, truth, strict=True)) / len(z),
-        "accuracy_after": sum((v + bias >= 0) == t for v, t in zip(z, truth, strict=True))
-        / len(z),
-    }
+    result = {"items": len(items), "bias": bias, "true_rate": sum(truth) / len(truth)}
+    for when, shift in (("before", 0.0), ("after", bias)):
+        yes = [_log_odds(p) + shift >= 0 for p in p_yes]
+        result[f"predicted_yes_rate_{when}"] = sum(yes) / len(yes)
+        result[f"accuracy_{when}"] = sum(y == t for y, t in zip(yes, truth, strict=True)) / len(
+            yes
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(result, indent=2))
     return result
@@ -245,15 +241,9 @@ def _table(by: dict, limit: int = 80) -> list[str]:
     return lines
 
 
+RECIPE_WEIGHTS = ("bank_weight", "shape_weight", "verdict_weight")  # RecipeConfig loss weights
 # Flags of a recipe that the model card's commands name only when they differ from the default.
-RECIPE_FLAGS = (
-    "families",
-    "lm_layers",
-    "bank_weight",
-    "shape_weight",
-    "verdict_weight",
-    "calibration_items",
-)
+RECIPE_FLAGS = ("families", "lm_layers", *RECIPE_WEIGHTS, "calibration_items")
 
 
 def _changed_flags(args: argparse.Namespace, names: Sequence[str]) -> str:
@@ -518,12 +508,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="--out directories of ablation runs (--export none) tabled in the model card",
     )
-    parser.add_argument(
-        "--lm-layers",
-        type=int,
-        default=4,
-        help="language-model layers (4: one per binding hop and one to answer)",
-    )
     parser.add_argument("--steps-a", type=int, default=600, help="stage A steps (600)")
     parser.add_argument("--steps-b", type=int, default=1800, help="stage B steps (1800)")
     parser.add_argument("--batch-size", type=int, default=16, help="examples per step (16)")
@@ -547,6 +531,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--export", default="", help=f"export directory (default {EXPORT_DIR}); 'none' skips"
     )
+    add_recipe_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model-size and loss-weight flags shared with the experiment tool."""
+    parser.add_argument(
+        "--lm-layers",
+        type=int,
+        default=4,
+        help="language-model layers (4: one per binding hop and one to answer)",
+    )
     parser.add_argument(
         "--bank-weight",
         type=float,
@@ -566,7 +562,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="weight of the phrase probe's object-shape term (1.0; 0 turns it off)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def recipe_weights(args: argparse.Namespace) -> dict[str, float]:
+    """RecipeConfig's loss-weight fields, as given by `add_recipe_arguments` flags."""
+    return {name: getattr(args, name) for name in RECIPE_WEIGHTS}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -596,9 +596,7 @@ def run(args: argparse.Namespace) -> int:
             val_every=args.val_every,
             threads=args.threads,
             model_overrides=default_overrides(families, args.lm_layers),
-            bank_weight=args.bank_weight,
-            shape_weight=args.shape_weight,
-            verdict_weight=args.verdict_weight,
+            **recipe_weights(args),
         )
         ablation = ablation_rows(args.ablation_runs)
         model, rows, seconds["train"] = trained_model(

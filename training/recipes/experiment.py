@@ -15,7 +15,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..default_model import TRAIN_SPLIT, evaluate_split
+from ..default_model import TRAIN_SPLIT, add_recipe_arguments, evaluate_split, recipe_weights
 from ..items import load_items
 
 
@@ -40,16 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="random_val", help="split evaluated (random_val)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
     parser.add_argument("--seed", type=int, default=0, help="init and order seed (0)")
-    parser.add_argument(
-        "--bank-weight", type=float, default=1.0, help="relation-bank loss weight (1.0; 0: off)"
-    )
-    parser.add_argument(
-        "--shape-weight", type=float, default=1.0, help="probe's shape-term weight (1.0; 0: off)"
-    )
-    parser.add_argument(
-        "--verdict-weight", type=float, default=1.0, help="verdict target weight (1.0; 0: off)"
-    )
-    parser.add_argument("--lm-layers", type=int, default=4, help="LM layers (4)")
+    add_recipe_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -74,10 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         val_every=0,
         threads=args.threads,
         init=args.init,
-        bank_weight=args.bank_weight,
-        shape_weight=args.shape_weight,
-        verdict_weight=args.verdict_weight,
         model_overrides=default_overrides(lm_layers=args.lm_layers),
+        **recipe_weights(args),
     )
     items = {TRAIN_SPLIT: load_items(data, TRAIN_SPLIT)}
     model, _ = train_recipe(recipe, items, [], out, progress=True)
