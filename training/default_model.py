@@ -243,7 +243,7 @@ def _table(by: dict, limit: int = 80) -> list[str]:
 
 RECIPE_WEIGHTS = ("bank_weight", "shape_weight", "verdict_weight")  # RecipeConfig loss weights
 # Flags of a recipe that the model card's commands name only when they differ from the default.
-RECIPE_FLAGS = ("families", "lm_layers", *RECIPE_WEIGHTS, "calibration_items")
+RECIPE_FLAGS = ("families", "lm_layers", "fusion_grid", *RECIPE_WEIGHTS, "calibration_items")
 
 
 def _changed_flags(args: argparse.Namespace, names: Sequence[str]) -> str:
@@ -493,8 +493,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--curriculum",
         default="relations-grow",
-        help="stage plan: relations-grow (default), localization-first, binding-first, "
-        "basics-first or image-plane-first (training/recipes/curriculum.py)",
+        help="stage plan: relations-grow (default), relations-grow-all, localization-first, "
+        "binding-first, basics-first or image-plane-first (training/recipes/curriculum.py)",
     )
     parser.add_argument(
         "--families",
@@ -542,6 +542,12 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=4,
         help="language-model layers (4: one per binding hop and one to answer)",
+    )
+    parser.add_argument(
+        "--fusion-grid",
+        type=int,
+        default=8,
+        help="side of the fused image-token grid (8: 64 tokens; 4: 16, a cheaper step)",
     )
     parser.add_argument(
         "--bank-weight",
@@ -595,7 +601,7 @@ def run(args: argparse.Namespace) -> int:
             stages=stages,
             val_every=args.val_every,
             threads=args.threads,
-            model_overrides=default_overrides(families, args.lm_layers),
+            model_overrides=default_overrides(families, args.lm_layers, args.fusion_grid),
             **recipe_weights(args),
         )
         ablation = ablation_rows(args.ablation_runs)

@@ -261,6 +261,37 @@ def test_relations_grow_binds_first_and_adds_each_opposite_after_its_polarity():
     assert stages[-1].relations == [], "the last stage asks every relation"
 
 
+def test_relations_grow_all_grows_every_generated_relation_one_polarity_first():
+    from vsre_ros.sim_data.relations import GENERATED
+
+    stages = curriculum("relations-grow-all", 100, 200, 16)
+    assert sum(s.steps for s in stages) == 300
+    assert [s.name for s in stages[:5]] == [
+        s.name for s in curriculum("relations-grow", 100, 200, 16)[:5]
+    ], "the projective stages of relations-grow come first"
+    first_seen: dict[str, int] = {}
+    for k, stage in enumerate(stages[:-1]):
+        for r in stage.relations:
+            first_seen.setdefault(r, k)
+    assert set(first_seen) == set(GENERATED), "every generated relation is grown before the end"
+    for polarity, opposite in [
+        ("near", "far from"), ("inside", "outside"), ("inside", "contains"),
+        ("facing", "facing away from"), ("parallel to", "perpendicular to"),
+    ]:  # fmt: skip
+        assert first_seen[polarity] < first_seen[opposite], f"{opposite} before {polarity}"
+    assert stages[-1].relations == [] and "composite" in stages[-1].task_weights
+
+
+def test_fusion_grid_sizes_the_image_tokens():
+    from vsre_ros.training.recipes.curriculum import default_overrides
+
+    assert default_overrides()["fusion_grid"] == 8
+    model = build_model("vsre-tiny", default_overrides(fusion_grid=4), 0)
+    assert model.num_image_tokens == 16
+    with pytest.raises(ValueError, match="fusion_grid must be at least 1"):
+        default_overrides(fusion_grid=0)
+
+
 def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
     from vsre_ros.training.recipes.curriculum import RecipeConfig
 

@@ -162,6 +162,41 @@ VERTICAL_DEPTH_OTHER = [
 ]  # fmt: skip
 
 
+def _grown(plan, steps_a, steps_b, batch_size) -> list[StageConfig]:
+    """Stages from a plan of (name, share of its half, tasks, relations); each half's last
+    stage takes what the others' rounded shares leave."""
+    base = {"freeze": "all", "batch_size": batch_size, "lr": 2e-3, "templates": "train"}
+    base["split"] = "default_train"
+    stages = []
+    for half, total in (("A", steps_a), ("B", steps_b)):
+        part = [p for p in plan if p[0].startswith(half)]
+        steps = [max(1, round(share * total)) for _, share, _, _ in part[:-1]]
+        steps.append(max(1, total - sum(steps)))
+        for (name, _, tasks, relations), n in zip(part, steps, strict=True):
+            stages.append(
+                StageConfig(
+                    name=name,
+                    steps=n,
+                    warmup_steps=100 if not stages else 0,
+                    task_weights=dict(tasks),
+                    relations=list(relations),
+                    **base,
+                )
+            )
+    return stages
+
+
+LOCALIZE = {"localization": 1.0}
+RELATE = {"relation": 2.0, "localization": 0.5}
+RELATE_BASICS = {**RELATE, "direction": 0.5, "distance": 0.5}
+# Stage A of both relation-growing curricula: binding alone, then "left of".
+GROW_A = [
+    ("A0-localization", 0.6, LOCALIZE, []),
+    ("A1-left-of", None, {"relation": 1.0, "localization": 0.5}, ["left of"]),
+]
+PROJECTIVE = LATERAL + VERTICAL_DEPTH_ONE + VERTICAL_DEPTH_OTHER
+
+
 def relations_grow_stages(steps_a: int, steps_b: int, batch_size: int = 16) -> list[StageConfig]:
     """Binding first, then relations added a few at a time, each new comparison one polarity
     before the other.
@@ -173,39 +208,58 @@ def relations_grow_stages(steps_a: int, steps_b: int, batch_size: int = 16) -> l
     opposites with direction and distance (20%); then every task and relation (40%).
     Localization stays in every stage, so binding is not forgotten.
     """
-    base = {"freeze": "all", "batch_size": batch_size, "lr": 2e-3, "templates": "train"}
-    base["split"] = "default_train"
-    a0 = max(1, round(0.6 * steps_a))
-    b = [max(1, round(0.2 * steps_b))] * 3
     plan = [
-        ("A0-localization", a0, {"localization": 1.0}, []),
-        ("A1-left-of", max(1, steps_a - a0), {"relation": 1.0, "localization": 0.5}, ["left of"]),
-        ("B1-lateral", b[0], {"relation": 2.0, "localization": 0.5}, LATERAL),
-        (
-            "B2-vertical-depth-one-polarity",
-            b[1],
-            {"relation": 2.0, "localization": 0.5},
-            LATERAL + VERTICAL_DEPTH_ONE,
-        ),
-        (
-            "B3-projective",
-            b[2],
-            {"relation": 2.0, "localization": 0.5, "direction": 0.5, "distance": 0.5},
-            LATERAL + VERTICAL_DEPTH_ONE + VERTICAL_DEPTH_OTHER,
-        ),
-        ("B4-all", max(1, steps_b - sum(b)), dict(ALL_TASKS), []),
+        *GROW_A,
+        ("B1-lateral", 0.2, RELATE, LATERAL),
+        ("B2-vertical-depth-one-polarity", 0.2, RELATE, LATERAL + VERTICAL_DEPTH_ONE),
+        ("B3-projective", 0.2, RELATE_BASICS, PROJECTIVE),
+        ("B4-all", None, ALL_TASKS, []),
     ]
-    return [
-        StageConfig(
-            name=name,
-            steps=steps,
-            warmup_steps=100 if k == 0 else 0,
-            task_weights=tasks,
-            relations=list(relations),
-            **base,
-        )
-        for k, (name, steps, tasks, relations) in enumerate(plan)
+    return _grown(plan, steps_a, steps_b, batch_size)
+
+
+# The relations relations-grow leaves to its last, everything-at-once stage, split the same way:
+# one polarity of proximity, contact, containment and orientation first, then the opposites
+# (far against near, outside and contains against inside, facing away against facing).
+OTHERS_ONE = [
+    "near", "close to", "by", "next to", "beside", "adjacent to", "alongside", "at the side of",
+    "touching", "against", "on", "inside", "in", "within", "enclosed by", "facing",
+    "parallel to", "between",
+]  # fmt: skip
+OTHERS_OPPOSITE = [
+    "far from", "far away from", "outside", "contains", "around", "surrounding",
+    "facing away from", "perpendicular to", "at the edge of", "in the middle of",
+]  # fmt: skip
+
+
+def relations_grow_all_stages(
+    steps_a: int, steps_b: int, batch_size: int = 16
+) -> list[StageConfig]:
+    """relations-grow with every generated relation grown, not only the projective ones.
+
+    In run 20 (relations-grow) the relations its B stages grew one polarity at a time scored
+    86-100% on random_test (left of, right of, behind, beyond, under, in front of), while most
+    of those met only in its last, all-relations stage scored 33-67% (facing, touching,
+    between, beside, by, near). Here two more stages grow them the same way before the last:
+    B1-B3 as relations-grow (16% of B each), B4 one polarity of the rest (14%), B5 their
+    opposites with the comparison and metric tasks (14%), B6 every task and relation (24%).
+    """
+    grown = PROJECTIVE + OTHERS_ONE
+    plan = [
+        *GROW_A,
+        ("B1-lateral", 0.16, RELATE, LATERAL),
+        ("B2-vertical-depth-one-polarity", 0.16, RELATE, LATERAL + VERTICAL_DEPTH_ONE),
+        ("B3-projective", 0.16, RELATE_BASICS, PROJECTIVE),
+        ("B4-others-one-polarity", 0.14, RELATE_BASICS, grown),
+        (
+            "B5-others-opposites",
+            0.14,
+            {**RELATE_BASICS, "compare": 0.25, "metric": 0.25},
+            grown + OTHERS_OPPOSITE,
+        ),
+        ("B6-all", None, ALL_TASKS, []),
     ]
+    return _grown(plan, steps_a, steps_b, batch_size)
 
 
 # curriculum id -> stages(steps_a, steps_b, batch_size)
@@ -215,6 +269,7 @@ CURRICULA = {
     "binding-first": binding_first_stages,
     "localization-first": localization_first_stages,
     "relations-grow": relations_grow_stages,
+    "relations-grow-all": relations_grow_all_stages,
 }
 
 
@@ -225,14 +280,16 @@ def curriculum(name: str, steps_a: int, steps_b: int, batch_size: int) -> list[S
 
 
 def default_overrides(
-    families: Sequence[str] = ENCODER_FAMILIES, lm_layers: int = 4
+    families: Sequence[str] = ENCODER_FAMILIES, lm_layers: int = 4, fusion_grid: int = 8
 ) -> dict[str, Any]:
     """The shipped size: the encoder families at width 64 x 3 layers, a Llama 128 x 4, channel
     fusion (64 image tokens). About 2M parameters with all four families.
 
     `families` keeps a subset (the ablation drops one at a time). The LM has four layers so
     that each binding hop gets its own layer (hop 0, hop 1, hop 2) and one is left to compare;
-    `lm_layers` above 4 leaves more layers after hop 2 to pick the answer.
+    `lm_layers` above 4 leaves more layers after hop 2 to pick the answer. `fusion_grid` is
+    the side of the fused token grid (8: 64 image tokens; 4: 16, about 0.75x a step's cost,
+    `bench/recipe_step_cost.py`).
     """
     if lm_layers < 4:
         raise ValueError(
@@ -250,7 +307,9 @@ def default_overrides(
     lm = dataclasses.asdict(tiny_lm(hidden=128, layers=lm_layers, heads=4, ffn=512))
     # Eager attention returns the maps the hop targets need; the export switches to sdpa.
     lm["attn_implementation"] = "eager"
-    return {"fusion": "channel", "fusion_grid": 8, "encoders": encoders, "lm": lm}
+    if fusion_grid < 1:
+        raise ValueError(f"fusion_grid must be at least 1, got {fusion_grid}")
+    return {"fusion": "channel", "fusion_grid": fusion_grid, "encoders": encoders, "lm": lm}
 
 
 @dataclass

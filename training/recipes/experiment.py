@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         val_every=0,
         threads=args.threads,
         init=args.init,
-        model_overrides=default_overrides(lm_layers=args.lm_layers),
+        model_overrides=default_overrides(lm_layers=args.lm_layers, fusion_grid=args.fusion_grid),
         **recipe_weights(args),
     )
     items = {TRAIN_SPLIT: load_items(data, TRAIN_SPLIT)}
