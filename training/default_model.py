@@ -182,9 +182,22 @@ ABLATION_TASKS = ("relation", "localization", "direction", "distance")
 ABLATION_WEIGHTS = ("bank_weight", "verdict_weight")  # recipe weights the table shows per run
 
 
-def ablation_rows(run_dirs: list[str]) -> list[dict]:
-    """One row per ablation run (a `vsre train-default --export none` run directory)."""
+def ablation_rows(run_dirs: list[str], saved: str = "") -> list[dict]:
+    """The rows of an earlier export's `ablation.json` (`saved`), then one row per ablation run
+    (a `vsre train-default --export none` run directory)."""
     rows = []
+    if saved:
+        try:
+            rows = json.loads(Path(saved).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"--ablation-json {saved}: not a readable JSON file ({err})") from err
+        if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and {"families", "accuracy", "steps"} <= set(r) for r in rows
+        ):
+            raise ValueError(
+                f"--ablation-json {saved}: expected the list of rows an export writes as "
+                "ablation.json (each with families, steps and accuracy)"
+            )
     for run in run_dirs:
         summary = Path(run) / "summary.json"
         if not summary.is_file():
@@ -208,16 +221,17 @@ def ablation_table(rows: list[dict]) -> list[str]:
     weights = " | ".join(k.replace("_", " ") for k in ABLATION_WEIGHTS)
     head = " | ".join(f"{t} (random)" for t in ABLATION_TASKS)
     lines = [
-        f"| encoder families | removed | steps | {weights} | seed | random_test | zeroshot_test"
-        f" | {head} | train s |",
-        "|---|---|" + "---:|" * (5 + len(ABLATION_WEIGHTS) + len(ABLATION_TASKS)),
+        f"| encoder families | removed | curriculum | steps | {weights} | seed | random_test"
+        f" | zeroshot_test | {head} | train s |",
+        "|---|---|---|" + "---:|" * (5 + len(ABLATION_WEIGHTS) + len(ABLATION_TASKS)),
     ]
     for row in rows:
         removed = [f for f in ENCODER_FAMILIES if f not in row["families"]]
         tasks = row.get("by_task", {}).get("random_test", {})
         acc = row["accuracy"]
         lines.append(
-            f"| {', '.join(row['families'])} | {', '.join(removed) or 'none'} | {row['steps']}"
+            f"| {', '.join(row['families'])} | {', '.join(removed) or 'none'}"
+            f" | {_or_dash(row.get('curriculum'))} | {row['steps']}"
             + "".join(f" | {_or_dash(row.get(k))}" for k in (*ABLATION_WEIGHTS, "seed"))
             + f" | {_pct(acc.get('random_test'))} | {_pct(acc.get('zeroshot_test'))} | "
             + " | ".join(_pct(tasks.get(t)) for t in ABLATION_TASKS)
@@ -436,8 +450,8 @@ def model_card(
         n = reports["random_test"]["n_items"]
         noise = 2 * (0.25 / max(1, n)) ** 0.5
         lines += [
-            "Each row is one `vsre train-default --families ... --export none` run: the same"
-            " curriculum and data, with the steps, relation-bank and verdict weights and seed"
+            "Each row is one `vsre train-default --families ... --export none` run on the same"
+            " data, with the curriculum, steps, relation-bank and verdict weights and seed"
             " shown,"
             f" evaluated on the same held-out items ({n} per split) as the model above. Two"
             f" standard errors of an accuracy over {n} items are up to {noise:.1%}, and several"
@@ -454,8 +468,9 @@ def model_card(
     return "\n".join(lines)
 
 
-def export(model, out: Path, export_dir: Path, card: str) -> float:
-    """save_pretrained into export_dir (replaced whole) with card, curve and reports."""
+def export(model, out: Path, export_dir: Path, card: str, ablation: list[dict]) -> float:
+    """save_pretrained into export_dir (replaced whole) with card, curve, reports and the
+    ablation rows (`ablation.json`, so a later export can table them again)."""
     tmp = export_dir.with_name(export_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -468,6 +483,7 @@ def export(model, out: Path, export_dir: Path, card: str) -> float:
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(report, target / report.name)
     (tmp / "MODEL_CARD.md").write_text(card)
+    (tmp / "ablation.json").write_text(json.dumps(ablation, indent=1) + "\n")
     for path in tmp.rglob("*"):  # atomic writers create 0600 files; the package is shared
         path.chmod(0o755 if path.is_dir() else 0o644)
     size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) / 1e6
@@ -507,6 +523,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="RUN_DIR",
         help="--out directories of ablation runs (--export none) tabled in the model card",
+    )
+    parser.add_argument(
+        "--ablation-json",
+        default="",
+        metavar="FILE",
+        help="ablation rows an earlier export saved (its ablation.json), tabled before "
+        "--ablation-runs",
     )
     parser.add_argument("--steps-a", type=int, default=600, help="stage A steps (600)")
     parser.add_argument("--steps-b", type=int, default=1800, help="stage B steps (1800)")
@@ -604,7 +627,7 @@ def run(args: argparse.Namespace) -> int:
             model_overrides=default_overrides(families, args.lm_layers, args.fusion_grid),
             **recipe_weights(args),
         )
-        ablation = ablation_rows(args.ablation_runs)
+        ablation = ablation_rows(args.ablation_runs, args.ablation_json)
         model, rows, seconds["train"] = trained_model(
             recipe, items_by_split, val, out / "train", progress
         )
@@ -649,6 +672,7 @@ def run(args: argparse.Namespace) -> int:
                     for k, r in reports.items()
                 },
                 "families": families,
+                "curriculum": args.curriculum,
                 "steps": sum(s.steps for s in stages),
                 "calibration": calibration,
                 "counts": counts,
@@ -661,7 +685,7 @@ def run(args: argparse.Namespace) -> int:
     export_dir = Path(args.export) if args.export else EXPORT_DIR
     facts = (args, recipe, reports, rows, seconds, counts)
     card = model_card(*facts, 0.0, params, ablation, calibration)
-    size = export(model, out, export_dir, card)
+    size = export(model, out, export_dir, card, ablation)
     card = model_card(*facts, size, params, ablation, calibration)
     (export_dir / "MODEL_CARD.md").write_text(card)
     print(f"exported {export_dir} ({size:.1f} MB)")

@@ -55,12 +55,36 @@ def test_the_export_tables_the_ablation_runs(ablated):
     card = (export / "MODEL_CARD.md").read_text()
     table = card.split("## Ablation: each encoder family removed in turn")[1]
     row = next(line for line in table.splitlines() if line.startswith("| clip, sam, dinov2 |"))
-    assert f"| siglip | {STEPS} | 0.5 | 0.0 | 0 |" in row, "steps, weights and seed of that run"
+    assert f"| siglip | relations-grow | {STEPS} | 0.5 | 0.0 | 0 |" in row, (
+        "curriculum, steps, weights and seed of that run"
+    )
     assert "--data " in card, "the reproduce command names the shared dataset"
     assert (export / "model.safetensors").stat().st_size > 0
     # The toy dataset's random_val has no labelled yes/no item: no bias, and the card says so.
     assert json.loads((ablated / "full" / "summary.json").read_text())["calibration"] is None
     assert "None: the verdict bias is 0" in card
+
+
+def test_a_later_export_tables_the_ablation_rows_an_earlier_one_saved(ablated, tmp_path):
+    saved = ablated / "export" / "ablation.json"
+    if not saved.is_file():
+        assert default_model.run(
+            args_for(ablated, "full", export=str(ablated / "export"),
+                     ablation_runs=[str(ablated / "no-siglip")])
+        ) == 0  # fmt: skip
+    rows = json.loads(saved.read_text())
+    assert [r["families"] for r in rows] == [["clip", "sam", "dinov2"]]
+    again = tmp_path / "again"
+    args = args_for(ablated, "full", export=str(again), ablation_json=str(saved))
+    assert default_model.run(args) == 0
+    assert json.loads((again / "ablation.json").read_text()) == rows
+    card = (again / "MODEL_CARD.md").read_text()
+    assert f"| clip, sam, dinov2 | siglip | relations-grow | {STEPS} |" in card
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"families": []}')
+    args = args_for(ablated, "full", export=str(tmp_path / "x"), ablation_json=str(bad))
+    assert default_model.run(args) == 2
+    assert not (tmp_path / "x").exists(), "a bad ablation file stops the run before the export"
 
 
 def test_the_verdict_bias_is_fitted_on_val_and_matches_its_true_rate(ablated, tmp_path):
