@@ -162,17 +162,16 @@ VERTICAL_DEPTH_OTHER = [
 ]  # fmt: skip
 
 
-def _grown(plan, steps_a, steps_b, batch_size) -> list[StageConfig]:
-    """Stages from a plan of (name, share of its half, tasks, relations); each half's last
-    stage takes what the others' rounded shares leave."""
+def _grown(halves, batch_size) -> list[StageConfig]:
+    """Stages from (steps, plan) halves, each plan a list of (name, share of its half's steps,
+    tasks, relations); a half's last stage takes what the others' rounded shares leave."""
     base = {"freeze": "all", "batch_size": batch_size, "lr": 2e-3, "templates": "train"}
     base["split"] = "default_train"
     stages = []
-    for half, total in (("A", steps_a), ("B", steps_b)):
-        part = [p for p in plan if p[0].startswith(half)]
-        steps = [max(1, round(share * total)) for _, share, _, _ in part[:-1]]
+    for total, plan in halves:
+        steps = [max(1, round(share * total)) for _, share, _, _ in plan[:-1]]
         steps.append(max(1, total - sum(steps)))
-        for (name, _, tasks, relations), n in zip(part, steps, strict=True):
+        for (name, _, tasks, relations), n in zip(plan, steps, strict=True):
             stages.append(
                 StageConfig(
                     name=name,
@@ -208,14 +207,13 @@ def relations_grow_stages(steps_a: int, steps_b: int, batch_size: int = 16) -> l
     opposites with direction and distance (20%); then every task and relation (40%).
     Localization stays in every stage, so binding is not forgotten.
     """
-    plan = [
-        *GROW_A,
+    plan_b = [
         ("B1-lateral", 0.2, RELATE, LATERAL),
         ("B2-vertical-depth-one-polarity", 0.2, RELATE, LATERAL + VERTICAL_DEPTH_ONE),
         ("B3-projective", 0.2, RELATE_BASICS, PROJECTIVE),
         ("B4-all", None, ALL_TASKS, []),
     ]
-    return _grown(plan, steps_a, steps_b, batch_size)
+    return _grown([(steps_a, GROW_A), (steps_b, plan_b)], batch_size)
 
 
 # The relations relations-grow leaves to its last, everything-at-once stage, split the same way:
@@ -245,8 +243,7 @@ def relations_grow_all_stages(
     opposites with the comparison and metric tasks (14%), B6 every task and relation (24%).
     """
     grown = PROJECTIVE + OTHERS_ONE
-    plan = [
-        *GROW_A,
+    plan_b = [
         ("B1-lateral", 0.16, RELATE, LATERAL),
         ("B2-vertical-depth-one-polarity", 0.16, RELATE, LATERAL + VERTICAL_DEPTH_ONE),
         ("B3-projective", 0.16, RELATE_BASICS, PROJECTIVE),
@@ -259,7 +256,7 @@ def relations_grow_all_stages(
         ),
         ("B6-all", None, ALL_TASKS, []),
     ]
-    return _grown(plan, steps_a, steps_b, batch_size)
+    return _grown([(steps_a, GROW_A), (steps_b, plan_b)], batch_size)
 
 
 # curriculum id -> stages(steps_a, steps_b, batch_size)
@@ -295,6 +292,8 @@ def default_overrides(
         raise ValueError(
             f"lm_layers must be at least 4 (three hops and one to answer), got {lm_layers}"
         )
+    if fusion_grid < 1:
+        raise ValueError(f"fusion_grid must be at least 1, got {fusion_grid}")
     unknown = sorted(set(families) - set(ENCODER_FAMILIES))
     if unknown or not families:
         known = list(ENCODER_FAMILIES)
@@ -307,8 +306,6 @@ def default_overrides(
     lm = dataclasses.asdict(tiny_lm(hidden=128, layers=lm_layers, heads=4, ffn=512))
     # Eager attention returns the maps the hop targets need; the export switches to sdpa.
     lm["attn_implementation"] = "eager"
-    if fusion_grid < 1:
-        raise ValueError(f"fusion_grid must be at least 1, got {fusion_grid}")
     return {"fusion": "channel", "fusion_grid": fusion_grid, "encoders": encoders, "lm": lm}
 
 
