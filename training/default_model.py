@@ -255,7 +255,8 @@ def _table(by: dict, limit: int = 80) -> list[str]:
     return lines
 
 
-RECIPE_WEIGHTS = ("bank_weight", "shape_weight", "verdict_weight")  # RecipeConfig loss weights
+# RecipeConfig loss weights
+RECIPE_WEIGHTS = ("bank_weight", "shape_weight", "pose_weight", "verdict_weight")
 # Flags of a recipe that the model card's commands name only when they differ from the default.
 RECIPE_FLAGS = ("families", "lm_layers", "fusion_grid", *RECIPE_WEIGHTS, "calibration_items")
 
@@ -350,7 +351,9 @@ def model_card(
         "tokenizer's offsets, so all 50 templates are used; when probe weight > 0, a linear",
         f"probe on layer {hop1}'s output at each object phrase predicts its object's place"
         " over the image tokens, its log depth and (shape term) its mask box, area and depth"
-        f" range; when the relation-bank weight > 0, a linear head on layer {hop2}'s output"
+        " range; when the pose weight > 0, a second head there predicts its centre in the"
+        " camera frame, its front's and long axis's headings from the camera's and its"
+        f" extents; when the relation-bank weight > 0, a linear head on layer {hop2}'s output"
         " at the answer position predicts the truth of every generated binary relation"
         " between the first two named objects; when the verdict weight > 0, a second head"
         " there predicts the asked statement's truth and, for lettered two-option templates,"
@@ -372,6 +375,7 @@ def model_card(
         f"Extra-loss weights: dense {recipe.dense_weight}, hop0 {recipe.hop0_weight},"
         f" hop1 {recipe.hop1_weight}, hop2"
         f" {recipe.hop2_weight}, probe {recipe.probe_weight} (shape term {recipe.shape_weight}),"
+        f" pose {recipe.pose_weight},"
         f" relation bank {recipe.bank_weight}, verdict {recipe.verdict_weight}. Learning curve:"
         f" `learning_curve.png` (val = {recipe.val_items} random_val items asked their own"
         " question).",
@@ -590,6 +594,13 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         help="weight of the phrase probe's object-shape term (1.0; 0 turns it off)",
+    )
+    parser.add_argument(
+        "--pose-weight",
+        type=float,
+        default=0.0,
+        help="weight of the pose probe: each object phrase's object's centre in the camera "
+        "frame, front and long-axis headings and extents (0.0: off)",
     )
 
 

@@ -93,7 +93,7 @@ def test_batch_targets_point_at_image_tokens_and_phrases(sim_data, model):
     examples = [ask(i) for i in single_image_items(sim_data, "relation")[:6]]
     batch = collate(model, examples, image_cache(model))
     targets = batch_targets(builder, examples, batch)
-    rows, query, keys, weights, depth, shape = targets["hop1"]
+    rows, query, keys, weights, depth, shape, pose = targets["hop1"]
     assert torch.allclose(weights.sum(-1), torch.ones(len(rows)))
     # The shape: a box inside the image around the object's patches, a visible area, depths
     # that bracket the mean.
@@ -128,6 +128,77 @@ def test_shape_term_of_the_probe_has_its_own_weight(sim_data, model):
     losses = [float(probe_loss(probe, states, targets, w)) for w in (0.0, 1.0, 2.0)]
     assert losses[0] < losses[1] < losses[2]
     assert losses[2] - losses[1] == pytest.approx(losses[1] - losses[0], rel=1e-4)
+
+
+def _render(heading: float, moved: bool = False) -> dict:
+    """A render whose camera looks horizontally along world heading `heading`."""
+    forward = np.array([np.cos(heading), np.sin(heading), 0.0])
+    right = np.array([np.sin(heading), -np.cos(heading), 0.0])
+    down = np.array([0.0, 0.0, -1.0])
+    return {
+        "camera": {"cam_rot": np.stack([right, down, forward], axis=1).tolist()},
+        "objects": [{"mask_id": 1, "center_cam": [0.1, 0.2, 1.5]}],
+        "moved": moved,
+    }
+
+
+def _object(category: str, yaw: float, size: list[float], has_front: bool) -> dict:
+    return {"mask_id": 1, "category": category, "yaw": yaw, "size": size, "has_front": has_front}
+
+
+def test_object_poses_measure_headings_from_the_camera():
+    from vsre_ros.training.recipes.targets import POSE_SIZE, object_poses
+
+    # A chair whose front points 90 degrees left of where the camera looks, seen from two
+    # cameras: the pose turns with the camera, not with the world.
+    chair = {"objects": [_object("chair", np.pi / 2, [0.4, 0.4, 0.8], True)]}
+    (pose,) = object_poses(chair, _render(0.0)).values()
+    assert pose.shape == (POSE_SIZE,)
+    np.testing.assert_allclose(pose[:3], [0.1, 0.2, 1.5])
+    np.testing.assert_allclose(pose[3:5], [0.0, 1.0], atol=1e-6)
+    (turned,) = object_poses(chair, _render(np.pi / 2)).values()
+    np.testing.assert_allclose(turned[3:5], [1.0, 0.0], atol=1e-6)
+    assert np.isnan(pose[5:7]).all(), "a square chair has no long axis"
+    np.testing.assert_allclose(pose[7:], [0.4, 0.4, 0.8])
+    # A book lying across the view: its long side is its y, so its axis is 90 degrees from
+    # its yaw; an axis has no sign, so yaw and yaw + 180 degrees give the same pose.
+    book = {"objects": [_object("book", 0.0, [0.1, 0.3, 0.03], False)]}
+    (across,) = object_poses(book, _render(0.0)).values()
+    assert np.isnan(across[3:5]).all(), "a book has no front"
+    np.testing.assert_allclose(across[5:7], [-1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(across[7:], [0.3, 0.1, 0.03], rtol=1e-6)
+    book["objects"][0]["yaw"] = np.pi
+    (flipped,) = object_poses(book, _render(0.0)).values()
+    np.testing.assert_allclose(flipped[5:7], across[5:7], atol=1e-6)
+    assert object_poses(book, _render(0.0, moved=True)) == {}
+
+
+def test_pose_targets_follow_the_scene_and_the_pose_term_learns(sim_data, model):
+    from vsre_ros.training.recipes.targets import PoseProbe, pose_loss
+
+    builder = TargetBuilder(model)
+    examples = [ask(i) for i in single_image_items(sim_data, "relation")[:8]]
+    batch = collate(model, examples, image_cache(model))
+    t = batch_targets(builder, examples, batch)["hop1"]
+    assert torch.isfinite(t.pose[:, :3]).all() and (t.pose[:, 2] > 0).all(), "in front of the lens"
+    assert torch.isfinite(t.pose[:, 7:]).all() and (t.pose[:, 7:] > 0).all()
+    front = t.pose[:, 3:5]
+    known = torch.isfinite(front).all(-1)
+    assert torch.allclose(front[known].norm(dim=-1), torch.ones(int(known.sum())), atol=1e-5)
+    assert (torch.isnan(front).all(-1) | known).all(), "both entries known or neither"
+    # The term ignores unknown entries and a few steps fit it from fixed states.
+    torch.manual_seed(0)
+    probe = PoseProbe(model.hidden_size)
+    states = torch.randn(batch["input_ids"].shape + (model.hidden_size,))
+    optimizer = torch.optim.Adam(probe.parameters(), lr=0.05)
+    losses = []
+    for _ in range(60):
+        loss = pose_loss(probe, states, {"hop1": t})
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert np.isfinite(losses).all() and losses[-1] < 0.2 * losses[0]
 
 
 def test_hop0_points_from_the_phrase_end_to_its_other_words(sim_data, model):
@@ -299,12 +370,16 @@ def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
     for stage in stages:
         stage.split = "random_train"
     recipe = RecipeConfig(
-        model_overrides=tiny_overrides(), stages=stages, val_every=0, verdict_weight=1.0
+        model_overrides=tiny_overrides(),
+        stages=stages,
+        val_every=0,
+        verdict_weight=1.0,
+        pose_weight=1.0,
     )
     items = {"random_train": load_items(sim_data, "random_train")}
     model, rows = train_recipe(recipe, items, [], tmp_path, progress=False)
     assert rows[-1]["step"] == 4
-    parts = ("lm", "dense", "hop0", "hop1", "hop2", "probe", "bank", "verdict")
+    parts = ("lm", "dense", "hop0", "hop1", "hop2", "probe", "pose", "bank", "verdict")
     assert all(k in rows[-1] for k in parts)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert (tmp_path / "learning_curve.png").stat().st_size > 0

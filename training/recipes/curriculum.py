@@ -39,6 +39,7 @@ from .targets import (
     DenseHead,
     LayerOutput,
     PhraseProbe,
+    PoseProbe,
     TargetBuilder,
     bank_loss,
     batch_targets,
@@ -46,6 +47,7 @@ from .targets import (
     hop0_loss,
     hop1_loss,
     hop2_loss,
+    pose_loss,
     probe_loss,
 )
 
@@ -326,6 +328,7 @@ class RecipeConfig:
     hop2_weight: float = 1.0  # answer position -> object/relation phrases
     probe_weight: float = 1.0  # object phrase after the hop-1 layer -> its object's place, depth
     shape_weight: float = 1.0  # the probe's object shape (box, area, depth range) term
+    pose_weight: float = 0.0  # the pose probe: object phrase -> its 3D pose (off by default)
     bank_weight: float = 1.0  # answer position after the hop-2 layer -> every BANK relation
     verdict_weight: float = 1.0  # the same -> statement's truth, its option listed second
     hop_layers: list[int] = field(
@@ -396,8 +399,12 @@ def train_recipe(
     gathered = LayerOutput(model, hop2_layer)
     bank = BankProbe(model.hidden_size)
     verdict = BankProbe(model.hidden_size, 2)
+    # Built only when used, after the others, so a recipe without it draws the same init.
+    pose = PoseProbe(model.hidden_size) if recipe.pose_weight > 0 else None
     params = [p for p in model.parameters() if p.requires_grad]
-    for extra in (head, probe, bank, verdict):
+    for extra in (head, probe, bank, verdict, pose):
+        if extra is None:
+            continue
         params += list(extra.parameters())
     first = recipe.stages[0]
     optimizer = torch.optim.AdamW(
@@ -442,6 +449,10 @@ def train_recipe(
                 term = probe_loss(probe, bound.states, targets, recipe.shape_weight)
                 parts["probe"] = float(term.detach())
                 loss = loss + recipe.probe_weight * term
+            if pose is not None and "hop1" in targets:
+                term = pose_loss(pose, bound.states, targets)
+                parts["pose"] = float(term.detach())
+                loss = loss + recipe.pose_weight * term
             if recipe.bank_weight > 0 and "bank" in targets:
                 term = bank_loss(bank, gathered.states, targets)
                 parts["bank"] = float(term.detach())

@@ -18,6 +18,11 @@ those words). These targets supervise the parts directly:
   shape (mask box, area, min and max log depth), so the phrase token must carry what the
   comparisons need into the layers that compare. These are the features with which a small
   MLP answers 93% of the relations (`bench/relation_ceiling.py`);
+- pose probe (optional): from the same output, a second head predicts the object's 3D pose
+  relative to the camera: its centre in the camera frame, which way its front points and
+  how its long axis lies (both as angles from the camera's heading, unknown for objects
+  without a front or a long axis) and its extents. These are what the same MLP needs to
+  reach 98%: orientation relations (facing, parallel to) cannot be read from a box;
 - hop 2: in the layer after, head k of the answer position is pulled towards the k-th named
   object's phrase (its last token, the one hops 0 and 1 bound to the object), the last head
   towards the relation words;
@@ -41,6 +46,7 @@ template's wording works. Items without masks (bags, VSR) simply get no targets.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from vsre_ros.sim_data.catalog import CATEGORIES, COLOURS
-from vsre_ros.sim_data.relations import GENERATED, Facts, decide, relation
+from vsre_ros.sim_data.relations import ELONGATION, GENERATED, Facts, decide, relation
 from vsre_ros.sim_data.scene import Scene
 
 from vsre_ros.core.model import VSREModel
@@ -63,7 +69,9 @@ from ..items import ALL_TEMPLATES
 COLOUR_IDS = {name: k + 1 for k, name in enumerate(COLOURS)}  # 0 = background
 CATEGORY_IDS = {name: k + 1 for k, name in enumerate(CATEGORIES)}  # 0 = background
 IGNORE = -100
+nan = float("nan")
 SHAPE_SIZE = 7  # ImageTargets.shape entries per object
+POSE_SIZE = 10  # ImageTargets.pose entries per object (see `object_poses`)
 # The relation bank: every generated relation between a subject and one reference object.
 BANK = [name for name in GENERATED if relation(name).arity == 2]
 
@@ -94,6 +102,7 @@ class ImageTargets:
     coverage: dict[int, np.ndarray] = field(default_factory=dict)  # mask id -> [T] share
     # mask id -> [x0, y0, x1, y1, sqrt(area), min, max log depth] of its visible pixels
     shape: dict[int, np.ndarray] = field(default_factory=dict)
+    pose: dict[int, np.ndarray] = field(default_factory=dict)  # mask id -> `object_poses` row
 
 
 class TargetBuilder:
@@ -109,18 +118,18 @@ class TargetBuilder:
                 f"{model.num_image_tokens}"
             )
         self._images: dict[tuple[str, str], ImageTargets | None] = {}
-        self._scenes: dict[Path, dict[int, tuple[str, str]]] = {}
+        self._scenes: dict[Path, SceneTargets] = {}
         self._spans: dict[tuple[str, tuple[str, ...]], list[list[int]] | None] = {}
         self._facts: dict[tuple[str, str], Facts | None] = {}
         self._bank: dict[tuple[str, str, int, int], np.ndarray | None] = {}
 
     # -- dense ---------------------------------------------------------------------------
-    def _scene(self, path: Path) -> dict[int, tuple[str, str]]:
+    def _scene(self, path: Path) -> SceneTargets:
         if path not in self._scenes:
             data = json.loads(path.read_text())
-            self._scenes[path] = {
-                int(o["mask_id"]): (o["colour"], o["category"]) for o in data["objects"]
-            }
+            owners = {int(o["mask_id"]): (o["colour"], o["category"]) for o in data["objects"]}
+            poses = {r["image"]: object_poses(data, r) for r in data.get("renders", [])}
+            self._scenes[path] = SceneTargets(owners, poses)
         return self._scenes[path]
 
     def image(self, example: Example, k: int) -> ImageTargets | None:
@@ -141,7 +150,7 @@ class TargetBuilder:
         scene_file = root / "scenes" / f"{item.scene_id}.json"
         if not scene_file.is_file():
             return None
-        owners = self._scene(scene_file)
+        owners, poses = self._scene(scene_file)
         with Image.open(root / item.masks[k]) as im:
             mask = np.asarray(im).astype(np.int64)
         depth = None
@@ -173,6 +182,7 @@ class TargetBuilder:
             np.concatenate(depths),
             {m: np.concatenate(parts) for m, parts in coverage.items()},
             object_shapes(mask, depth),
+            poses.get(item.images[k], {}) if k < len(item.images) else {},
         )
 
     # -- relation bank -------------------------------------------------------------------
@@ -260,6 +270,50 @@ def object_shapes(mask: np.ndarray, depth: np.ndarray | None) -> dict[int, np.nd
     return out
 
 
+class SceneTargets(NamedTuple):
+    """What a scene file gives every image of the scene."""
+
+    owners: dict[int, tuple[str, str]]  # mask id -> (colour, category)
+    poses: dict[str, dict[int, np.ndarray]]  # render image -> mask id -> `object_poses` row
+
+
+def object_poses(scene: dict, render: dict) -> dict[int, np.ndarray]:
+    """Each object's pose relative to one render's camera, `POSE_SIZE` entries:
+
+    - its centre in the camera frame (x right, y down, z forward; metres);
+    - cos and sin of its front's heading minus the camera's (nan without a front);
+    - cos and sin of twice its long axis's heading minus the camera's (an axis has no sign;
+      nan when the object is not elongated or nearly square, as `parallel to` decides);
+    - its footprint's long and short side and its height (metres).
+
+    Headings are about the world's vertical axis. Empty for a render of a moved scene, whose
+    objects no longer stand where the scene file says.
+    """
+    if render.get("moved"):
+        return {}
+    forward = np.asarray(render["camera"]["cam_rot"], dtype=float)[:, 2]  # camera z in world
+    heading = math.atan2(forward[1], forward[0])
+    centres = {int(o["mask_id"]): o["center_cam"] for o in render["objects"]}
+    out = {}
+    for o in scene["objects"]:
+        mask_id = int(o["mask_id"])
+        if mask_id not in centres:
+            continue
+        length, width, height = (float(v) for v in o["size"])
+        front = o["yaw"] - heading
+        cos_f, sin_f = (math.cos(front), math.sin(front)) if o.get("has_front") else (nan, nan)
+        category = CATEGORIES.get(o["category"])
+        long_side, short_side = max(length, width), min(length, width)
+        if category is not None and category.elongated and long_side >= ELONGATION * short_side:
+            axis = front + (0.0 if length >= width else math.pi / 2)
+            cos_a, sin_a = math.cos(2 * axis), math.sin(2 * axis)
+        else:
+            cos_a = sin_a = nan
+        row = [*centres[mask_id], cos_f, sin_f, cos_a, sin_a, long_side, short_side, height]
+        out[mask_id] = np.array(row, dtype=np.float32)
+    return out
+
+
 class PhraseTargets(NamedTuple):
     """Per object phrase of a batch: hop 1's attention target and the phrase probe's."""
 
@@ -269,6 +323,7 @@ class PhraseTargets(NamedTuple):
     weights: torch.Tensor  # [K, T] the object's mask coverage over them, summing to 1
     depth: torch.Tensor  # [K] mean log depth of the object (nan: unknown)
     shape: torch.Tensor  # [K, SHAPE_SIZE] `ImageTargets.shape` of the object
+    pose: torch.Tensor  # [K, POSE_SIZE] `ImageTargets.pose` of the object (nan: unknown)
 
 
 # -- the batch's targets -------------------------------------------------------------------
@@ -283,7 +338,7 @@ def batch_targets(
     t = builder.num_tokens
     colour, category, depth = [], [], []
     hop1_rows, hop1_query, hop1_keys, hop1_weights, hop1_depth = [], [], [], [], []
-    hop1_shape = []
+    hop1_shape, hop1_pose = [], []
     hop2_rows, hop2_heads, hop2_query, hop2_keys = [], [], [], []
     hop0_rows, hop0_query, hop0_keys = [], [], []
     # Bits read at the answer position: name -> (batch rows, positions, [N, bits] truths)
@@ -347,6 +402,7 @@ def batch_targets(
                 else float("nan")
             )
             hop1_shape.append(target.shape.get(int(mask_id), np.full(SHAPE_SIZE, np.nan)))
+            hop1_pose.append(target.pose.get(int(mask_id), np.full(POSE_SIZE, np.nan)))
             if j < heads - 1:
                 hop2_rows.append(row)
                 hop2_heads.append(j)
@@ -370,6 +426,7 @@ def batch_targets(
             torch.stack(hop1_weights).to(device),
             torch.tensor(hop1_depth, device=device),
             torch.from_numpy(np.stack(hop1_shape)).float().to(device),
+            torch.from_numpy(np.stack(hop1_pose)).float().to(device),
         )
     if hop2_rows:
         out["hop2"] = (
@@ -517,6 +574,29 @@ def probe_loss(
         # Summed over the shape's entries (each about 0.1 in size) so they weigh like the depth.
         loss = loss + shape_weight * SHAPE_SIZE * F.mse_loss(shape_guess[known], shape[known])
     return loss
+
+
+class PoseProbe(nn.Module):
+    """An object phrase's object's pose (`object_poses`), read from the phrase's last token
+    after the hop-1 layer, beside `PhraseProbe`."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(hidden, POSE_SIZE)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.proj(states.float())
+
+
+def pose_loss(probe: PoseProbe, states: torch.Tensor, targets: dict) -> torch.Tensor:
+    """Squared error on the known pose entries of each object phrase, summed over a row's
+    entries as the shape term is; 0 when no entry is known."""
+    t = targets["hop1"]
+    guess = probe(states[t.rows, t.query])
+    known = torch.isfinite(t.pose)
+    if not bool(known.any()):
+        return guess.sum() * 0.0
+    return POSE_SIZE * F.mse_loss(guess[known], t.pose[known])
 
 
 class BankProbe(nn.Module):
