@@ -214,6 +214,32 @@ def test_save_load_with_lora_adapter_is_exact(rng, tmp_path):
     assert not torch.allclose(_logits(model, batch), _logits(loaded, batch), atol=1e-3)
 
 
+def test_a_loaded_adapter_answers_with_its_own_verdict_bias(rng, tmp_path, caplog):
+    from vsre_ros.core.model import ADAPTER_META, ModelLoadError
+
+    tuned = VSREModel(small_config())
+    tuned.freeze(2)
+    tuned.config.verdict_bias = 0.25  # fitted after stage 2, for base + adapter
+    tuned.save_pretrained(tmp_path / "tuned")
+    adapter = tmp_path / "tuned" / "adapter"
+    base = VSREModel(small_config())
+    base.config.verdict_bias = -0.75  # fitted for the base weights alone
+    base.load_adapter(adapter)
+    assert base.config.verdict_bias == 0.25
+    base.drop_adapter()
+    assert base.config.verdict_bias == -0.75
+    # Without the record (an adapter saved by peft alone) the answers are uncalibrated.
+    (adapter / ADAPTER_META).unlink()
+    base.load_adapter(adapter)
+    assert base.config.verdict_bias == 0.0
+    assert ADAPTER_META in caplog.text
+    base.drop_adapter()
+    (adapter / ADAPTER_META).write_text("{not json")
+    with pytest.raises(ModelLoadError, match="vsre_adapter.json is corrupt.*save the adapter"):
+        base.load_adapter(adapter)
+    assert not base.has_lora and base.config.verdict_bias == -0.75, "nothing changed"
+
+
 @pytest.fixture
 def saved(tiny_model, tmp_path):
     return tiny_model.save_pretrained(tmp_path / "m")

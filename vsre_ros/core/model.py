@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ CONFIG_FILE = "vsre_config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 ADAPTER_DIR = "adapter"
+ADAPTER_META = "vsre_adapter.json"  # beside the peft files: the verdict bias they answer with
 
 
 class ModelLoadError(ValueError):
@@ -88,6 +90,7 @@ class VSREModel(nn.Module):
         if len(set(families)) != len(families):
             raise ValueError(f"each encoder family may appear once, got {families}")
         self.config = copy.deepcopy(config)
+        self._base_verdict_bias: float | None = None  # set while an adapter is loaded
         self.prompt = prompt_format(config.prompt)
         llava = _load_llava(config.source_llava) if config.source_llava else None
 
@@ -204,6 +207,8 @@ class VSREModel(nn.Module):
         self.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
         if self.has_lora:
             self.lm.save_pretrained(str(out / ADAPTER_DIR))
+            meta = {"format": FORMAT, "verdict_bias": float(self.config.verdict_bias)}
+            (out / ADAPTER_DIR / ADAPTER_META).write_text(json.dumps(meta, indent=2))
         return out
 
     @classmethod
@@ -305,22 +310,34 @@ class VSREModel(nn.Module):
         self.lm = get_peft_model(self.lm, lora)
 
     def load_adapter(self, directory: str | Path) -> None:
-        """Replace any LoRA adapter by the one saved in `directory` (peft layout)."""
+        """Replace any LoRA adapter by the one saved in `directory` (peft layout).
+
+        The verdict bias becomes the adapter's own (`ADAPTER_META`, written by
+        `save_pretrained`): a bias fitted for the base weights does not hold once an adapter
+        changes them. An adapter saved without that file answers uncalibrated (bias 0).
+        `drop_adapter` gives the model back the bias it had before.
+        """
         from peft import PeftModel
 
         path = Path(directory)
         if not (path / "adapter_config.json").is_file():
             raise ModelLoadError(f"{path / 'adapter_config.json'} is missing; not a LoRA adapter")
+        bias = _adapter_bias(path)
         self.drop_adapter()
         try:
             self.lm = PeftModel.from_pretrained(self.lm, str(path))
         except Exception as err:  # peft raises several types for bad files
             raise ModelLoadError(f"LoRA adapter in {path} does not load: {err}") from None
         self.lm.to(self.device)
+        self._base_verdict_bias = self.config.verdict_bias
+        self.config.verdict_bias = bias
 
     def drop_adapter(self) -> None:
         if self.has_lora:
             self.lm = self.lm.unload()
+        if self._base_verdict_bias is not None:
+            self.config.verdict_bias = self._base_verdict_bias
+            self._base_verdict_bias = None
 
     # ----------------------------------------------------------------------------- freezing
 
@@ -548,6 +565,24 @@ def _unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         seen.add(ident)
         out[key] = value
     return out
+
+
+def _adapter_bias(path: Path) -> float:
+    """The verdict bias saved beside a LoRA adapter; 0 (with a warning) when none was."""
+    meta = path / ADAPTER_META
+    if not meta.is_file():
+        log.warning("%s is missing: the adapter answers uncalibrated (verdict bias 0)", meta)
+        return 0.0
+    try:
+        bias = float(json.loads(meta.read_text())["verdict_bias"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ModelLoadError(
+            f"{meta} is corrupt ({err}); save the adapter again or delete the file to answer "
+            "uncalibrated"
+        ) from None
+    if not math.isfinite(bias):
+        raise ModelLoadError(f"{meta}: verdict_bias {bias} is not a finite number")
+    return bias
 
 
 def _lm_family(lm: nn.Module) -> str:
