@@ -383,3 +383,43 @@ def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
     assert all(k in rows[-1] for k in parts)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
+
+
+def test_prefetched_batches_train_exactly_as_inline_ones(sim_data, tmp_path):
+    from vsre_ros.training.recipes.curriculum import RecipeConfig
+
+    items = {"random_train": load_items(sim_data, "random_train")}
+    runs = {}
+    for prefetch in (False, True):
+        stages = default_stages(2, 3, batch_size=4)
+        for stage in stages:
+            stage.split = "random_train"
+        recipe = RecipeConfig(
+            model_overrides=tiny_overrides(), stages=stages, val_every=0, prefetch=prefetch
+        )
+        recipe.log_every = 1
+        runs[prefetch] = train_recipe(recipe, items, [], tmp_path / str(prefetch), progress=False)
+    (inline, inline_rows), (ahead, ahead_rows) = runs[False], runs[True]
+    assert [r["loss"] for r in inline_rows] == [r["loss"] for r in ahead_rows]
+    assert len(ahead_rows) == 5
+    for (name, a), b in zip(inline.state_dict().items(), ahead.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_batches_come_in_step_order_and_carry_the_workers_errors():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vsre_ros.training.recipes.curriculum import _Batches
+
+    def prepare(step):
+        if step == 3:
+            raise ValueError("bad item at step 3")
+        return (step,)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        batches = _Batches(prepare, 5, pool)
+        assert [batches.get(k) for k in range(3)] == [(0,), (1,), (2,)]
+        with pytest.raises(ValueError, match="bad item at step 3"):
+            batches.get(3)
+        assert batches.get(4) == (4,)
+        assert batches.get(1) == (1,), "a step asked out of order is built inline"

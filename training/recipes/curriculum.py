@@ -13,7 +13,8 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -339,6 +340,7 @@ class RecipeConfig:
     val_every: int = 400  # steps between val evaluations (0: only at the end)
     val_items: int = 96  # val items asked (their own question) each time
     threads: int = 0  # torch threads; 0 leaves torch's default
+    prefetch: bool = True  # build the next step's batch and targets while this step trains
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -355,6 +357,33 @@ def _lr(stage: StageConfig, step: int, last: bool, decay: float) -> float:
         left = (step - start) / max(1, stage.steps - start)
         return stage.lr * (1.0 - 0.9 * left)
     return stage.lr
+
+
+class _Batches:
+    """A stage's batches in step order, the next one built ahead on `pool` (None: inline)."""
+
+    def __init__(self, prepare: Callable[[int], tuple], steps: int, pool: Executor | None):
+        self.prepare, self.steps, self.pool = prepare, steps, pool
+        self.pending: tuple[int, Future] | None = None
+
+    def _submit(self, step: int) -> None:
+        if self.pool is not None and step < self.steps:
+            self.pending = (step, self.pool.submit(self.prepare, step))
+
+    def get(self, step: int) -> tuple:
+        if self.pending is not None and self.pending[0] == step:
+            out = self.pending[1].result()  # re-raises what the worker raised
+        else:
+            self.settle()
+            out = self.prepare(step)
+        self.pending = None
+        self._submit(step + 1)
+        return out
+
+    def settle(self) -> None:
+        """Wait for the batch being built, so nothing else runs beside the caller."""
+        if self.pending is not None:
+            wait([self.pending[1]])
 
 
 def train_recipe(
@@ -417,6 +446,9 @@ def train_recipe(
     global_step = 0
     t0 = time.perf_counter()
     need_attn = max(recipe.hop0_weight, recipe.hop1_weight, recipe.hop2_weight) > 0
+    # Batches are a pure function of (stage, step), so the one ahead can be built on a second
+    # thread (reading images, masks and scene files is a fifth of a step) with the same result.
+    pool = ThreadPoolExecutor(max_workers=1) if recipe.prefetch else None
     for s, stage in enumerate(recipe.stages):
         last = s == len(recipe.stages) - 1
         items = stage_items(items_by_split[stage.split], stage)
@@ -424,12 +456,17 @@ def train_recipe(
         log.info("stage %s: %d items, %d steps", stage.name, len(items), stage.steps)
         window: list[dict[str, float]] = []
         bar = tqdm(total=stage.steps, desc=stage.name, unit="step", disable=not progress)
+
+        def prepare(step: int, items=items, stage=stage, sampler=sampler) -> tuple:
+            examples = step_examples(items, stage, sampler, recipe.seed, step)
+            batch = collate(model, examples, cache)
+            return examples, batch, batch_targets(builder, examples, batch)
+
+        batches = _Batches(prepare, stage.steps, pool)
         for step in range(stage.steps):
             for group in optimizer.param_groups:
                 group["lr"] = _lr(stage, step, last, recipe.final_decay)
-            examples = step_examples(items, stage, sampler, recipe.seed, step)
-            batch = collate(model, examples, cache)
-            targets = batch_targets(builder, examples, batch)
+            examples, batch, targets = batches.get(step)
             output = model(**{k: batch[k] for k in MODEL_INPUTS}, output_attentions=need_attn)
             loss = output.loss
             parts = {"lm": float(loss.detach())}
@@ -495,6 +532,7 @@ def train_recipe(
                 done == stage.steps or (recipe.val_every and global_step % recipe.val_every == 0)
             )
             if is_val:
+                batches.settle()  # the engine shares the tokenizer, which is not thread-safe
                 row = row or {"step": global_step, "stage": stage.name}
                 row["val_acc"] = val_accuracy(model, val_items, 32)
                 log.info("step %d: val accuracy %.3f", global_step, row["val_acc"])
@@ -503,6 +541,8 @@ def train_recipe(
                 with open(metrics_path, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(row) + "\n")
         bar.close()
+    if pool is not None:
+        pool.shutdown()
     bound.remove()
     gathered.remove()
     plot_curves(rows, out / "learning_curve.png", "vsre-tiny")
