@@ -1,11 +1,14 @@
-"""What one step of the default recipe costs at each channel-fusion grid (image tokens per image).
+"""What one step of the default recipe costs at each channel-fusion grid (image tokens per image)
+and with or without the batch built ahead on a second thread.
 
     PYTHONPATH=. python bench/recipe_step_cost.py --data runs/vsre-tiny/data --grids 8 4
+    PYTHONPATH=. python bench/recipe_step_cost.py --data runs/vsre-tiny/data --grids 8 \
+        --prefetch off on
 
-For each grid, the shipped model's size (`default_overrides`) is built with that
-`fusion_grid` and trained for `--steps-a` + `--steps-b` steps of the `relations-grow`
+For each grid and prefetch setting, the shipped model's size (`default_overrides`) is built
+with that `fusion_grid` and trained for `--steps-a` + `--steps-b` steps of the `relations-grow`
 curriculum with every training-only target on. It prints the median seconds per step over the
-B half (relation questions, the long part of a real run), and the ratio to the first grid.
+B half (relation questions, the long part of a real run), and the ratio to the first setting.
 Nothing is evaluated: this answers "how many more steps would fewer image tokens buy", not
 whether they would learn as well.
 """
@@ -40,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-a", type=int, default=50, help="stage A steps (50)")
     parser.add_argument("--steps-b", type=int, default=100, help="stage B steps, timed (100)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2)")
+    parser.add_argument(
+        "--prefetch",
+        nargs="+",
+        choices=("on", "off"),
+        default=["on"],
+        help="build the next batch on a second thread (RecipeConfig.prefetch; on)",
+    )
     args = parser.parse_args(argv)
 
     from vsre_ros.training.default_model import TRAIN_SPLIT
@@ -53,12 +63,17 @@ def main(argv: list[str] | None = None) -> int:
 
     items = {TRAIN_SPLIT: load_items(Path(args.data), TRAIN_SPLIT)}
     first = None
-    for grid in args.grids:
+    for grid, prefetch in [(g, p) for g in args.grids for p in args.prefetch]:
         overrides = default_overrides()
         overrides["fusion_grid"] = grid
         stages = curriculum("relations-grow", args.steps_a, args.steps_b, 16)
         recipe = RecipeConfig(
-            seed=0, stages=stages, val_every=0, threads=args.threads, model_overrides=overrides
+            seed=0,
+            stages=stages,
+            val_every=0,
+            threads=args.threads,
+            model_overrides=overrides,
+            prefetch=prefetch == "on",
         )
         with tempfile.TemporaryDirectory() as out:
             t = time.perf_counter()
@@ -68,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         per_step = step_seconds([json.loads(x) for x in lines], args.steps_a)
         first = first or per_step
         print(
-            f"grid {grid} ({grid * grid} image tokens): {per_step:.3f} s/step median over the"
-            f" B steps, {per_step / first:.2f}x grid {args.grids[0]}; {wall:.0f} s in all",
+            f"grid {grid} ({grid * grid} image tokens), prefetch {prefetch}: {per_step:.3f}"
+            f" s/step median over the B steps, {per_step / first:.2f}x the first setting;"
+            f" {wall:.0f} s in all",
             flush=True,
         )
     return 0
