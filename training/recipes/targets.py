@@ -21,8 +21,9 @@ those words). These targets supervise the parts directly:
 - pose probe (optional): from the same output, a second head predicts the object's 3D pose
   relative to the camera: its centre in the camera frame, which way its front points and
   how its long axis lies (both as angles from the camera's heading, unknown for objects
-  without a front or a long axis) and its extents. These are what the same MLP needs to
-  reach 98%: orientation relations (facing, parallel to) cannot be read from a box;
+  without a front or a long axis) and its extents: the per-object part of the 3D features
+  with which the same MLP answers 98%. Orientation relations (facing, parallel to) cannot be
+  read from a box;
 - hop 2: in the layer after, head k of the answer position is pulled towards the k-th named
   object's phrase (its last token, the one hops 0 and 1 bound to the object), the last head
   towards the relation words;
