@@ -127,7 +127,9 @@ def test_unknown_extra_loss_and_stage_are_refused(colour_dataset, tmp_path):
 
 
 def _step_losses(metrics_file: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line]
+    # Complete lines only: the file may be read while a training process appends to it.
+    lines = metrics_file.read_text().split("\n")[:-1]
+    rows = [json.loads(line) for line in lines if line]
     return {r["step"]: r["step_loss"] for r in rows if "step_loss" in r}
 
 
