@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         "--prefetch",
         nargs="+",
         choices=("on", "off"),
-        default=["on"],
-        help="build the next batch on a second thread (RecipeConfig.prefetch; on)",
+        default=["off"],
+        help="build the next batch on a second thread (RecipeConfig.prefetch; off)",
     )
     args = parser.parse_args(argv)
 

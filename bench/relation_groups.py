@@ -2,7 +2,7 @@
 VSR meta-category.
 
     PYTHONPATH=. python bench/relation_groups.py vsre_ros/models/vsre-tiny/eval runs/22/eval
-    PYTHONPATH=. python bench/relation_groups.py --by meta --splits valrel2000 runs/24/val
+    PYTHONPATH=. python bench/relation_groups.py --by meta runs/24/val --splits valrel2000
 
 Each argument is an evaluation directory holding `SPLIT/report.json` for each of `--splits`:
 `vsre train-default`'s `eval/` or the one shipped beside the weights (random_test and

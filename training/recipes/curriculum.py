@@ -340,7 +340,10 @@ class RecipeConfig:
     val_every: int = 400  # steps between val evaluations (0: only at the end)
     val_items: int = 96  # val items asked (their own question) each time
     threads: int = 0  # torch threads; 0 leaves torch's default
-    prefetch: bool = True  # build the next step's batch and targets while this step trains
+    # Build the next step's batch and targets on a second thread while this step trains. Off:
+    # on 2 CPU cores the thread's Python competes with the step's for the GIL, 1.23x slower
+    # (bench/recipe_step_cost.py --prefetch off on); it pays where a GPU does the step.
+    prefetch: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -447,7 +450,7 @@ def train_recipe(
     t0 = time.perf_counter()
     need_attn = max(recipe.hop0_weight, recipe.hop1_weight, recipe.hop2_weight) > 0
     # Batches are a pure function of (stage, step), so the one ahead can be built on a second
-    # thread (reading images, masks and scene files is a fifth of a step) with the same result.
+    # thread (reading images, masks and scene files is a fifth of a CPU step), same result.
     pool = ThreadPoolExecutor(max_workers=1) if recipe.prefetch else None
     for s, stage in enumerate(recipe.stages):
         last = s == len(recipe.stages) - 1
