@@ -70,7 +70,6 @@ from ..items import ALL_TEMPLATES
 COLOUR_IDS = {name: k + 1 for k, name in enumerate(COLOURS)}  # 0 = background
 CATEGORY_IDS = {name: k + 1 for k, name in enumerate(CATEGORIES)}  # 0 = background
 IGNORE = -100
-nan = float("nan")
 SHAPE_SIZE = 7  # ImageTargets.shape entries per object
 POSE_SIZE = 10  # ImageTargets.pose entries per object (see `object_poses`)
 # The relation bank: every generated relation between a subject and one reference object.
@@ -302,14 +301,16 @@ def object_poses(scene: dict, render: dict) -> dict[int, np.ndarray]:
             continue
         length, width, height = (float(v) for v in o["size"])
         front = o["yaw"] - heading
-        cos_f, sin_f = (math.cos(front), math.sin(front)) if o.get("has_front") else (nan, nan)
+        cos_f, sin_f = (
+            (math.cos(front), math.sin(front)) if o.get("has_front") else (math.nan, math.nan)
+        )
         category = CATEGORIES.get(o["category"])
         long_side, short_side = max(length, width), min(length, width)
         if category is not None and category.elongated and long_side >= ELONGATION * short_side:
             axis = front + (0.0 if length >= width else math.pi / 2)
             cos_a, sin_a = math.cos(2 * axis), math.sin(2 * axis)
         else:
-            cos_a = sin_a = nan
+            cos_a = sin_a = math.nan
         row = [*centres[mask_id], cos_f, sin_f, cos_a, sin_a, long_side, short_side, height]
         out[mask_id] = np.array(row, dtype=np.float32)
     return out
