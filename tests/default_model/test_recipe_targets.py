@@ -174,7 +174,7 @@ def test_object_poses_measure_headings_from_the_camera():
 
 
 def test_pose_targets_follow_the_scene_and_the_pose_term_learns(sim_data, model):
-    from vsre_ros.training.recipes.targets import PoseProbe, pose_loss
+    from vsre_ros.training.recipes.targets import POSE_SIZE, BankProbe, pose_loss
 
     builder = TargetBuilder(model)
     examples = [ask(i) for i in single_image_items(sim_data, "relation")[:8]]
@@ -188,7 +188,7 @@ def test_pose_targets_follow_the_scene_and_the_pose_term_learns(sim_data, model)
     assert (torch.isnan(front).all(-1) | known).all(), "both entries known or neither"
     # The term ignores unknown entries and a few steps fit it from fixed states.
     torch.manual_seed(0)
-    probe = PoseProbe(model.hidden_size)
+    probe = BankProbe(model.hidden_size, POSE_SIZE)
     states = torch.randn(batch["input_ids"].shape + (model.hidden_size,))
     optimizer = torch.optim.Adam(probe.parameters(), lr=0.05)
     losses = []

@@ -36,11 +36,11 @@ from ..model_api import (
 from ..model_api import image_cache as make_cache
 from ..train import plot_curves, stage_items, stage_sampler, step_examples, val_accuracy
 from .targets import (
+    POSE_SIZE,
     BankProbe,
     DenseHead,
     LayerOutput,
     PhraseProbe,
-    PoseProbe,
     TargetBuilder,
     bank_loss,
     batch_targets,
@@ -432,7 +432,7 @@ def train_recipe(
     bank = BankProbe(model.hidden_size)
     verdict = BankProbe(model.hidden_size, 2)
     # Built only when used, after the others, so a recipe without it draws the same init.
-    pose = PoseProbe(model.hidden_size) if recipe.pose_weight > 0 else None
+    pose = BankProbe(model.hidden_size, POSE_SIZE) if recipe.pose_weight > 0 else None
     params = [p for p in model.parameters() if p.requires_grad]
     for extra in (head, probe, bank, verdict, pose):
         if extra is None:

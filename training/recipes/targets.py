@@ -578,32 +578,10 @@ def probe_loss(
     return loss
 
 
-class PoseProbe(nn.Module):
-    """An object phrase's object's pose (`object_poses`), read from the phrase's last token
-    after the hop-1 layer, beside `PhraseProbe`."""
-
-    def __init__(self, hidden: int):
-        super().__init__()
-        self.proj = nn.Linear(hidden, POSE_SIZE)
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return self.proj(states.float())
-
-
-def pose_loss(probe: PoseProbe, states: torch.Tensor, targets: dict) -> torch.Tensor:
-    """Squared error on the known pose entries of each object phrase, summed over a row's
-    entries as the shape term is; 0 when no entry is known."""
-    t = targets["hop1"]
-    guess = probe(states[t.rows, t.query])
-    known = torch.isfinite(t.pose)
-    if not bool(known.any()):
-        return guess.sum() * 0.0
-    return POSE_SIZE * F.mse_loss(guess[known], t.pose[known])
-
-
 class BankProbe(nn.Module):
-    """Truth logits of every `BANK` relation between the two named objects, read from the
-    answer position after the hop-2 layer."""
+    """A linear readout of chosen positions' states: by default the truth logits of every
+    `BANK` relation between the two named objects, read from the answer position after the
+    hop-2 layer; with 2 outputs the verdict's, with `POSE_SIZE` the pose probe's."""
 
     def __init__(self, hidden: int, n_relations: int = len(BANK)):
         super().__init__()
@@ -622,3 +600,15 @@ def bank_loss(
     logits = probe(states[rows, query])
     known = torch.isfinite(truth)
     return F.binary_cross_entropy_with_logits(logits[known], truth[known])
+
+
+def pose_loss(probe: BankProbe, states: torch.Tensor, targets: dict) -> torch.Tensor:
+    """Squared error of a `BankProbe(hidden, POSE_SIZE)` on the known pose entries
+    (`object_poses`) of each object phrase, read from its last token after the hop-1 layer;
+    summed over a row's entries as the shape term is; 0 when no entry is known."""
+    t = targets["hop1"]
+    guess = probe(states[t.rows, t.query])
+    known = torch.isfinite(t.pose)
+    if not bool(known.any()):
+        return guess.sum() * 0.0
+    return POSE_SIZE * F.mse_loss(guess[known], t.pose[known])
