@@ -7,7 +7,8 @@ asked its own question: 600 items (seed 0), 3000 items (seed 2) and 2000 relatio
 (seed 1). The verdict bias is set to 0 first, so models trained with and without calibration
 compare on their raw answers (`training/recipes/recipes_tried.md` quotes these columns).
 Prints accuracy, accuracy by task and the predicted-True rate per sample; `--out` keeps the
-report files.
+report files. `--weights` first puts other weights in the model, e.g. the last step's that a
+run with `--ema-decay` kept beside its averages (`train/last_weights.safetensors`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from vsre_ros.training.default_model import evaluate_split
+from vsre_ros.training.recipes.curriculum import load_weights
 
 from vsre_ros.core.model import VSREModel
 
@@ -29,9 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="saved model directory")
     parser.add_argument("--data", required=True, help="dataset directory (vsre train-default's)")
     parser.add_argument("--out", default="", help="directory for the report files (temporary)")
+    parser.add_argument(
+        "--weights", default="", help="safetensors file of parameters to load into the model"
+    )
     parser.add_argument("--samples", nargs="+", default=list(SAMPLES), choices=list(SAMPLES))
     args = parser.parse_args(argv)
     model = VSREModel.from_pretrained(args.model).eval()
+    if args.weights:
+        load_weights(model, args.weights)
     model.config.verdict_bias = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)

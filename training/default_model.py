@@ -255,10 +255,10 @@ def _table(by: dict, limit: int = 80) -> list[str]:
     return lines
 
 
-# RecipeConfig loss weights
-RECIPE_WEIGHTS = ("bank_weight", "shape_weight", "pose_weight", "verdict_weight")
+# RecipeConfig fields set by `add_recipe_arguments` flags: loss weights, weight averaging
+RECIPE_FIELDS = ("bank_weight", "shape_weight", "pose_weight", "verdict_weight", "ema_decay")
 # Flags of a recipe that the model card's commands name only when they differ from the default.
-RECIPE_FLAGS = ("families", "lm_layers", "fusion_grid", *RECIPE_WEIGHTS, "calibration_items")
+RECIPE_FLAGS = ("families", "lm_layers", "fusion_grid", *RECIPE_FIELDS, "calibration_items")
 
 
 def _changed_flags(args: argparse.Namespace, names: Sequence[str]) -> str:
@@ -380,10 +380,19 @@ def model_card(
         f" `learning_curve.png` (val = {recipe.val_items} random_val items asked their own"
         " question).",
     ]
+    if recipe.ema_decay:
+        lines.append(
+            f"Weights averaged over steps (exponential, decay {recipe.ema_decay:g}): the shipped"
+            " weights are the averages; the val figures are given for both."
+        )
     if last:
         lines.append(
             "Val accuracy along training: "
-            + ", ".join(f"step {r['step']}: {_pct(r['val_acc'])}" for r in last)
+            + ", ".join(
+                f"step {r['step']}: {_pct(r['val_acc'])}"
+                + (f" (averaged {_pct(r['val_acc_ema'])})" if "val_acc_ema" in r else "")
+                for r in last
+            )
             + "."
         )
     lines += ["", "## Calibration", ""]
@@ -602,11 +611,19 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight of the pose probe: each object phrase's object's centre in the camera "
         "frame, front and long-axis headings and extents (0.0: off)",
     )
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="average the weights over steps with this decay (e.g. 0.999: about the last 1000 "
+        "steps) and ship the averages; the last step's weights are kept beside them "
+        "(0.0: off)",
+    )
 
 
-def recipe_weights(args: argparse.Namespace) -> dict[str, float]:
-    """RecipeConfig's loss-weight fields, as given by `add_recipe_arguments` flags."""
-    return {name: getattr(args, name) for name in RECIPE_WEIGHTS}
+def recipe_fields(args: argparse.Namespace) -> dict[str, float]:
+    """RecipeConfig's loss-weight and averaging fields, as given by `add_recipe_arguments`."""
+    return {name: getattr(args, name) for name in RECIPE_FIELDS}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -636,7 +653,7 @@ def run(args: argparse.Namespace) -> int:
             val_every=args.val_every,
             threads=args.threads,
             model_overrides=default_overrides(families, args.lm_layers, args.fusion_grid),
-            **recipe_weights(args),
+            **recipe_fields(args),
         )
         ablation = ablation_rows(args.ablation_runs, args.ablation_json)
         model, rows, seconds["train"] = trained_model(

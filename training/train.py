@@ -227,6 +227,10 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     val = [r for r in rows if r.get("val_acc") is not None]
     if val:
         ax_acc.plot([r["step"] for r in val], [r["val_acc"] for r in val], "o-", label="val")
+    averaged = [r for r in rows if r.get("val_acc_ema") is not None]
+    if averaged:
+        steps, accs = [r["step"] for r in averaged], [r["val_acc_ema"] for r in averaged]
+        ax_acc.plot(steps, accs, "s--", label="val, averaged weights")
     ax_acc.set_ylim(0, 1)
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel("accuracy")

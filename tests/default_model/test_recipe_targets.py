@@ -406,6 +406,72 @@ def test_prefetched_batches_train_exactly_as_inline_ones(sim_data, tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_weight_average_follows_its_formula_and_swaps_back():
+    from vsre_ros.training.recipes.curriculum import WeightAverage
+
+    layer = torch.nn.Linear(2, 1, bias=False)
+    frozen = torch.nn.Linear(1, 1)
+    frozen.requires_grad_(False)
+    model = torch.nn.Sequential(layer, frozen)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    average = WeightAverage(model, 0.5)
+    assert average.names == ["0.weight"]
+    expected = 1.0
+    for n, value in enumerate([3.0, 5.0, -1.0, 2.0]):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        average.update()
+        d = min(0.5, (1 + n) / (10 + n))  # 0.1, 0.18..., 0.25, 0.3...: the warm-up
+        expected = d * expected + (1 - d) * value
+    assert torch.allclose(average.average[0], torch.full((1, 2), expected))
+    with average.swapped():
+        assert torch.allclose(layer.weight, torch.full((1, 2), expected))
+    assert torch.equal(layer.weight, torch.full((1, 2), 2.0))
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="ema_decay must be in"):
+            WeightAverage(model, bad)
+
+
+def test_averaged_run_trains_the_same_and_keeps_its_last_weights(sim_data, tmp_path):
+    from safetensors.torch import save_file
+    from vsre_ros.training.recipes.curriculum import LAST_WEIGHTS, RecipeConfig, load_weights
+
+    items = {"random_train": load_items(sim_data, "random_train")}
+    val = items["random_train"][:4]
+    runs = {}
+    for decay in (0.0, 0.9):
+        stages = default_stages(2, 3, batch_size=4)
+        for stage in stages:
+            stage.split = "random_train"
+        recipe = RecipeConfig(
+            model_overrides=tiny_overrides(), stages=stages, val_every=0, ema_decay=decay
+        )
+        recipe.log_every = 1
+        runs[decay] = train_recipe(recipe, items, val, tmp_path / str(decay), progress=False)
+    (plain, plain_rows), (averaged, averaged_rows) = runs[0.0], runs[0.9]
+    # Averaging only watches: the same losses, and the last step's weights kept beside.
+    assert [r["loss"] for r in plain_rows] == [r["loss"] for r in averaged_rows]
+    assert not (tmp_path / "0.0" / LAST_WEIGHTS).exists()
+    vals = [r for r in averaged_rows if "val_acc" in r]
+    assert len(vals) == 2 and all(0.0 <= r["val_acc_ema"] <= 1.0 for r in vals)
+    assert not any("val_acc_ema" in r for r in plain_rows)
+    plain_state = plain.state_dict()
+    moved = [k for k, v in averaged.state_dict().items() if not torch.equal(v, plain_state[k])]
+    assert moved, "the returned model should carry the averages, not the last weights"
+    load_weights(averaged, tmp_path / "0.9" / LAST_WEIGHTS)
+    for name, tensor in averaged.state_dict().items():
+        assert torch.equal(tensor, plain_state[name]), name
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"no.such.weight": torch.zeros(1)}, str(wrong))
+    with pytest.raises(ValueError, match="tensors this model does not have"):
+        load_weights(averaged, wrong)
+    name = next(iter(dict(averaged.named_parameters())))
+    save_file({name: torch.zeros(3, 1, 2)}, str(wrong))
+    with pytest.raises(ValueError, match="has shape"):
+        load_weights(averaged, wrong)
+
+
 def test_batches_come_in_step_order_and_carry_the_workers_errors():
     from concurrent.futures import ThreadPoolExecutor
 

@@ -13,8 +13,9 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,6 +345,10 @@ class RecipeConfig:
     # on 2 CPU cores the thread's Python competes with the step's for the GIL, 1.23x slower
     # (bench/recipe_step_cost.py --prefetch off on); it pays where a GPU does the step.
     prefetch: bool = False
+    # Average the weights over steps (Polyak): after each step every average moves toward its
+    # weight by 1 - ema_decay. 0: off. On, the val figures are taken for both, the trained
+    # model carries the averages and the last step's weights go to last_weights.safetensors.
+    ema_decay: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -387,6 +392,74 @@ class _Batches:
         """Wait for the batch being built, so nothing else runs beside the caller."""
         if self.pending is not None:
             wait([self.pending[1]])
+
+
+class WeightAverage:
+    """An exponential moving average of a model's trainable weights.
+
+    `update()` after each optimizer step moves each average toward its weight by 1 - d, with
+    d = min(decay, (1 + n) / (10 + n)) after n updates, so the random init is forgotten within
+    the first steps rather than over 1 / (1 - decay) of them. `swapped()` puts the averages in
+    the model for a while (a val pass); `swap()` exchanges them for good.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) (0 turns it off), got {decay}")
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.live = [p for _, p in named]
+        self.average = [p.detach().clone() for p in self.live]
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for mean, weight in zip(self.average, self.live, strict=True):
+            mean.lerp_(weight, 1.0 - d)
+        self.updates += 1
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        for mean, weight in zip(self.average, self.live, strict=True):
+            held = weight.detach().clone()
+            weight.copy_(mean)
+            mean.copy_(held)
+
+    @contextmanager
+    def swapped(self) -> Iterator[None]:
+        self.swap()
+        try:
+            yield
+        finally:
+            self.swap()
+
+    def held(self) -> dict[str, torch.Tensor]:
+        """The weights not in the model (the last step's once swapped), by parameter name."""
+        return {n: t.contiguous() for n, t in zip(self.names, self.average, strict=True)}
+
+
+LAST_WEIGHTS = "last_weights.safetensors"
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Put the parameters a safetensors file names (e.g. LAST_WEIGHTS) into `model`."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    own = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(own))
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} tensors this model does not have: {unknown[:3]}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if own[name].shape != tensor.shape:
+                raise ValueError(
+                    f"{path}: {name} has shape {tuple(tensor.shape)}, the model's is"
+                    f" {tuple(own[name].shape)}"
+                )
+            own[name].copy_(tensor)
 
 
 def train_recipe(
@@ -442,6 +515,7 @@ def train_recipe(
     optimizer = torch.optim.AdamW(
         params, lr=first.lr, betas=tuple(first.betas), weight_decay=first.weight_decay
     )
+    average = WeightAverage(model, recipe.ema_decay) if recipe.ema_decay != 0 else None
     cache = make_cache(model)
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
@@ -510,6 +584,8 @@ def train_recipe(
             if stage.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
             optimizer.step()
+            if average is not None:
+                average.update()
             acc = float(first_token_correct(output.logits.detach(), batch).float().mean())
             window.append({"loss": float(loss.detach()), "acc": acc, **parts})
             global_step += 1
@@ -539,6 +615,10 @@ def train_recipe(
                 row = row or {"step": global_step, "stage": stage.name}
                 row["val_acc"] = val_accuracy(model, val_items, 32)
                 log.info("step %d: val accuracy %.3f", global_step, row["val_acc"])
+                if average is not None:
+                    with average.swapped():
+                        row["val_acc_ema"] = val_accuracy(model, val_items, 32)
+                    log.info("step %d: averaged weights %.3f", global_step, row["val_acc_ema"])
             if row is not None:
                 rows.append(row)
                 with open(metrics_path, "a", encoding="utf-8") as handle:
@@ -548,6 +628,11 @@ def train_recipe(
         pool.shutdown()
     bound.remove()
     gathered.remove()
+    if average is not None:
+        from safetensors.torch import save_file
+
+        average.swap()
+        save_file(average.held(), str(out / LAST_WEIGHTS))
     plot_curves(rows, out / "learning_curve.png", "vsre-tiny")
     model.eval()
     return model, rows

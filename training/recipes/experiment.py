@@ -15,7 +15,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..default_model import TRAIN_SPLIT, add_recipe_arguments, evaluate_split, recipe_weights
+from ..default_model import TRAIN_SPLIT, add_recipe_arguments, evaluate_split, recipe_fields
 from ..items import load_items
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         init=args.init,
         model_overrides=default_overrides(lm_layers=args.lm_layers, fusion_grid=args.fusion_grid),
-        **recipe_weights(args),
+        **recipe_fields(args),
     )
     items = {TRAIN_SPLIT: load_items(data, TRAIN_SPLIT)}
     model, _ = train_recipe(recipe, items, [], out, progress=True)
