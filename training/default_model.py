@@ -58,7 +58,9 @@ def make_data(data: Path, n: int, seed: int, size: int, workers: int, progress: 
     """Generate the dataset in `data` (unless present) and write the combined training split."""
     from vsre_ros.sim_data.dataset import GenConfig, generate
 
-    if not (data / "dataset.json").is_file():
+    if (data / "dataset.json").is_file():
+        _check_dataset(data, n, seed, size)
+    else:
         config = GenConfig(
             seed=seed,
             width=size,
@@ -75,6 +77,20 @@ def make_data(data: Path, n: int, seed: int, size: int, workers: int, progress: 
         both = [i for i in load_items(data, "random_train") if i.id in zs]
         write_items(data / f"{TRAIN_SPLIT}.jsonl", both)
     return data
+
+
+def _check_dataset(data: Path, n: int, seed: int, size: int) -> None:
+    """A dataset reused through --data must be the one the flags describe: the model card's
+    reproduction command regenerates from them."""
+    meta = json.loads((data / "dataset.json").read_text())
+    config = meta.get("config", {})
+    have = (meta.get("seed"), meta.get("counts", {}).get("items"), config.get("width"))
+    if have != (seed, n, size):
+        raise ValueError(
+            f"{data} holds the dataset of data seed {have[0]}, {have[1]} items, {have[2]} px;"
+            f" this run asks for data seed {seed}, {n} items, {size} px. Pass the dataset's"
+            " --data-seed, --n and --size, or another --data directory to generate into"
+        )
 
 
 def evaluate_split(
@@ -258,7 +274,9 @@ def _table(by: dict, limit: int = 80) -> list[str]:
 # RecipeConfig fields set by `add_recipe_arguments` flags: loss weights, weight averaging
 RECIPE_FIELDS = ("bank_weight", "shape_weight", "pose_weight", "verdict_weight", "ema_decay")
 # Flags of a recipe that the model card's commands name only when they differ from the default.
-RECIPE_FLAGS = ("families", "lm_layers", "fusion_grid", *RECIPE_FIELDS, "calibration_items")
+RECIPE_FLAGS = (
+    "data_seed", "families", "lm_layers", "fusion_grid", *RECIPE_FIELDS, "calibration_items"
+)  # fmt: skip
 
 
 def _changed_flags(args: argparse.Namespace, names: Sequence[str]) -> str:
@@ -335,7 +353,7 @@ def model_card(
         "",
         "## Training data",
         "",
-        f"`vsre generate`-style simulated scenes (MuJoCo), seed {args.seed}, {args.n} items,"
+        f"`vsre generate`-style simulated scenes (MuJoCo), seed {data_seed(args)}, {args.n} items,"
         f" {args.size} px: {json.dumps(counts)}.",
         f"Training split `{TRAIN_SPLIT}` = random_train and zeroshot_train intersected, so no",
         "scene of random_test and no scene or category-colour concept of zeroshot_test is seen.",
@@ -515,7 +533,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         help="dataset directory (default OUT/data; generated there when missing)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of data, init and order")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the init, batch order and template draws (0)"
+    )
+    parser.add_argument(
+        "--data-seed",
+        type=int,
+        default=None,
+        help="seed of the generated data and of the held-out items evaluated (default: --seed),"
+        " so several training seeds can share one dataset and one test sample",
+    )
     parser.add_argument("--n", type=int, default=40000, help="items generated (40000)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (64)")
     parser.add_argument("--workers", type=int, default=2, help="generator processes (2)")
@@ -626,6 +653,10 @@ def recipe_fields(args: argparse.Namespace) -> dict[str, float]:
     return {name: getattr(args, name) for name in RECIPE_FIELDS}
 
 
+def data_seed(args: argparse.Namespace) -> int:
+    return args.seed if args.data_seed is None else args.data_seed
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .recipes.curriculum import RecipeConfig, curriculum, default_overrides
@@ -638,7 +669,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = {}
     try:
         data = Path(args.data) if args.data else out / "data"
-        make_data(data, args.n, args.seed, args.size, args.workers, progress)
+        make_data(data, args.n, data_seed(args), args.size, args.workers, progress)
         timing = data / "generate_seconds.json"
         seconds["data"] = json.loads(timing.read_text()) if timing.is_file() else None
         items_by_split = {TRAIN_SPLIT: load_items(data, TRAIN_SPLIT)}
@@ -663,7 +694,11 @@ def run(args: argparse.Namespace) -> int:
         calibration = None
         if args.calibration_items > 0:
             calibration = calibrate_verdict(
-                model, data, args.calibration_items, out / "eval" / "calibration_val", args.seed
+                model,
+                data,
+                args.calibration_items,
+                out / "eval" / "calibration_val",
+                data_seed(args),
             )
         if calibration:
             print(
@@ -680,7 +715,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         for name, split, templates, limit, rel in plan:
             reports[name] = evaluate_split(
-                model, data, split, templates, limit, out / "eval" / name, rel, args.seed
+                model, data, split, templates, limit, out / "eval" / name, rel, data_seed(args)
             )
             print(f"{name}: accuracy {_pct(reports[name]['accuracy'])}")
         seconds["eval"] = time.perf_counter() - t

@@ -126,6 +126,32 @@ def test_the_verdict_bias_is_fitted_on_val_and_matches_its_true_rate(ablated, tm
     assert again == result, "refitting starts from bias 0, so it finds the same bias"
 
 
+def test_a_shared_dataset_must_match_the_data_seed_and_a_training_seed_is_apart(
+    ablated, tmp_path, capsys
+):
+    # The toy dataset is seed 0's: a run asking for seed 1's data stops before training.
+    args = args_for(ablated, "seed1", export="none", seed="1")
+    assert default_model.run(args) == 2
+    err = capsys.readouterr().err
+    assert "holds the dataset of data seed 0, 40 items, 64 px" in err
+    assert "data seed 1, 40 items, 64 px" in err and "--data-seed" in err
+    assert not (ablated / "seed1" / "train").exists()
+    # Training seed 1 on data seed 0, with averaged weights: the card names both seeds.
+    export = tmp_path / "export"
+    args = args_for(
+        ablated, "seed1", export=str(export), seed="1", data_seed="0", ema_decay="0.9"
+    )
+    assert default_model.run(args) == 0
+    card = (export / "MODEL_CARD.md").read_text()
+    assert "vsre train-default --seed 1 --n 40" in card
+    assert "--data-seed 0 " in card and "--ema-decay 0.9 " in card
+    assert "simulated scenes (MuJoCo), seed 0, 40 items" in card
+    assert "Weights averaged over steps (exponential, decay 0.9)" in card
+    assert (ablated / "seed1" / "train" / "last_weights.safetensors").stat().st_size > 0
+    recipe = json.loads((ablated / "seed1" / "train" / "recipe.json").read_text())
+    assert recipe["seed"] == 1 and recipe["ema_decay"] == 0.9
+
+
 def test_bad_families_and_missing_ablation_runs_are_named(tmp_path, capsys):
     assert default_model.run(args_for(tmp_path, "x", families="clip,vit", export="none")) == 2
     assert "unknown or no encoder families ['vit']" in capsys.readouterr().err
