@@ -120,7 +120,6 @@ class TargetBuilder:
         self._images: dict[tuple[str, str], ImageTargets | None] = {}
         self._scenes: dict[Path, SceneTargets] = {}
         self._spans: dict[tuple[str, tuple[str, ...]], list[list[int]] | None] = {}
-        self._facts: dict[tuple[str, str], Facts | None] = {}
         self._bank: dict[tuple[str, str, int, int], np.ndarray | None] = {}
 
     # -- dense ---------------------------------------------------------------------------
@@ -128,8 +127,16 @@ class TargetBuilder:
         if path not in self._scenes:
             data = json.loads(path.read_text())
             owners = {int(o["mask_id"]): (o["colour"], o["category"]) for o in data["objects"]}
-            poses = {r["image"]: object_poses(data, r) for r in data.get("renders", [])}
-            self._scenes[path] = SceneTargets(owners, poses)
+            renders = data.get("renders", [])
+            poses = {r["image"]: object_poses(data, r) for r in renders}
+            facts = {}
+            if "gaps" in data:
+                scene, gaps = Scene.from_dict(data), np.array(data["gaps"])
+                for r in renders:
+                    if not r.get("moved"):
+                        cam = np.array([o["center_cam"] for o in r["objects"]], dtype=float)
+                        facts[r["image"]] = Facts(scene, gaps, cam)
+            self._scenes[path] = SceneTargets(owners, poses, facts)
         return self._scenes[path]
 
     def image(self, example: Example, k: int) -> ImageTargets | None:
@@ -150,7 +157,8 @@ class TargetBuilder:
         scene_file = root / "scenes" / f"{item.scene_id}.json"
         if not scene_file.is_file():
             return None
-        owners, poses = self._scene(scene_file)
+        scene = self._scene(scene_file)
+        owners, poses = scene.owners, scene.poses
         with Image.open(root / item.masks[k]) as im:
             mask = np.asarray(im).astype(np.int64)
         depth = None
@@ -208,19 +216,12 @@ class TargetBuilder:
         return self._bank[key]
 
     def _view_facts(self, item: Any) -> Facts | None:
-        key = (item.root, item.images[0])
-        if key not in self._facts:
-            self._facts[key] = None
-            scene_file = Path(item.root) / "scenes" / f"{item.scene_id}.json"
-            if scene_file.is_file():
-                data = json.loads(scene_file.read_text())
-                render = next(
-                    (r for r in data.get("renders", []) if r["image"] == item.images[0]), None
-                )
-                if render is not None and not render.get("moved") and "gaps" in data:
-                    cam = np.array([o["center_cam"] for o in render["objects"]], dtype=float)
-                    self._facts[key] = Facts(Scene.from_dict(data), np.array(data["gaps"]), cam)
-        return self._facts[key]
+        """The relation facts of the item's first image; None for a moved render or a scene
+        file without gaps."""
+        scene_file = Path(item.root) / "scenes" / f"{item.scene_id}.json"
+        if not scene_file.is_file():
+            return None
+        return self._scene(scene_file).facts.get(item.images[0])
 
     # -- word spans ----------------------------------------------------------------------
     def spans(self, question: str, phrases: Sequence[str]) -> list[list[int]] | None:
@@ -275,6 +276,7 @@ class SceneTargets(NamedTuple):
 
     owners: dict[int, tuple[str, str]]  # mask id -> (colour, category)
     poses: dict[str, dict[int, np.ndarray]]  # render image -> mask id -> `object_poses` row
+    facts: dict[str, Facts]  # render image -> the relations' inputs (not for moved renders)
 
 
 def object_poses(scene: dict, render: dict) -> dict[int, np.ndarray]:
