@@ -385,19 +385,23 @@ def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
 
 
-def test_prefetched_batches_train_exactly_as_inline_ones(sim_data, tmp_path):
+def five_step_recipe(**fields):
+    """The tiny model through 2 + 3 steps on random_train, a metrics row each step."""
     from vsre_ros.training.recipes.curriculum import RecipeConfig
 
+    stages = default_stages(2, 3, batch_size=4)
+    for stage in stages:
+        stage.split = "random_train"
+    recipe = RecipeConfig(model_overrides=tiny_overrides(), stages=stages, val_every=0, **fields)
+    recipe.log_every = 1
+    return recipe
+
+
+def test_prefetched_batches_train_exactly_as_inline_ones(sim_data, tmp_path):
     items = {"random_train": load_items(sim_data, "random_train")}
     runs = {}
     for prefetch in (False, True):
-        stages = default_stages(2, 3, batch_size=4)
-        for stage in stages:
-            stage.split = "random_train"
-        recipe = RecipeConfig(
-            model_overrides=tiny_overrides(), stages=stages, val_every=0, prefetch=prefetch
-        )
-        recipe.log_every = 1
+        recipe = five_step_recipe(prefetch=prefetch)
         runs[prefetch] = train_recipe(recipe, items, [], tmp_path / str(prefetch), progress=False)
     (inline, inline_rows), (ahead, ahead_rows) = runs[False], runs[True]
     assert [r["loss"] for r in inline_rows] == [r["loss"] for r in ahead_rows]
@@ -435,19 +439,13 @@ def test_weight_average_follows_its_formula_and_swaps_back():
 
 def test_averaged_run_trains_the_same_and_keeps_its_last_weights(sim_data, tmp_path):
     from safetensors.torch import save_file
-    from vsre_ros.training.recipes.curriculum import LAST_WEIGHTS, RecipeConfig, load_weights
+    from vsre_ros.training.recipes.curriculum import LAST_WEIGHTS, load_weights
 
     items = {"random_train": load_items(sim_data, "random_train")}
     val = items["random_train"][:4]
     runs = {}
     for decay in (0.0, 0.9):
-        stages = default_stages(2, 3, batch_size=4)
-        for stage in stages:
-            stage.split = "random_train"
-        recipe = RecipeConfig(
-            model_overrides=tiny_overrides(), stages=stages, val_every=0, ema_decay=decay
-        )
-        recipe.log_every = 1
+        recipe = five_step_recipe(ema_decay=decay)
         runs[decay] = train_recipe(recipe, items, val, tmp_path / str(decay), progress=False)
     (plain, plain_rows), (averaged, averaged_rows) = runs[0.0], runs[0.9]
     # Averaging only watches: the same losses, and the last step's weights kept beside.

@@ -138,9 +138,7 @@ def test_a_shared_dataset_must_match_the_data_seed_and_a_training_seed_is_apart(
     assert not (ablated / "seed1" / "train").exists()
     # Training seed 1 on data seed 0, with averaged weights: the card names both seeds.
     export = tmp_path / "export"
-    args = args_for(
-        ablated, "seed1", export=str(export), seed="1", data_seed="0", ema_decay="0.9"
-    )
+    args = args_for(ablated, "seed1", export=str(export), seed="1", data_seed="0", ema_decay="0.9")
     assert default_model.run(args) == 0
     card = (export / "MODEL_CARD.md").read_text()
     assert "vsre train-default --seed 1 --n 40" in card
