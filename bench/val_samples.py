@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 from vsre_ros.training.default_model import evaluate_split
-from vsre_ros.training.recipes.curriculum import load_weights
 
 from vsre_ros.core.model import VSREModel
 
@@ -32,13 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="dataset directory (vsre train-default's)")
     parser.add_argument("--out", default="", help="directory for the report files (temporary)")
     parser.add_argument(
-        "--weights", default="", help="safetensors file of parameters to load into the model"
+        "--weights",
+        default="",
+        help="weights file to load into the model (VSREModel.load_weights reads it)",
     )
     parser.add_argument("--samples", nargs="+", default=list(SAMPLES), choices=list(SAMPLES))
     args = parser.parse_args(argv)
     model = VSREModel.from_pretrained(args.model).eval()
     if args.weights:
-        load_weights(model, args.weights)
+        model.load_weights(args.weights)
     model.config.verdict_bias = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)

@@ -420,7 +420,7 @@ def test_weight_average_follows_its_formula_and_swaps_back():
     with torch.no_grad():
         layer.weight.fill_(1.0)
     average = WeightAverage(model, 0.5)
-    assert average.names == ["0.weight"]
+    assert len(average.live) == 1 and average.live[0] is layer.weight
     expected = 1.0
     for n, value in enumerate([3.0, 5.0, -1.0, 2.0]):
         with torch.no_grad():
@@ -438,8 +438,10 @@ def test_weight_average_follows_its_formula_and_swaps_back():
 
 
 def test_averaged_run_trains_the_same_and_keeps_its_last_weights(sim_data, tmp_path):
-    from safetensors.torch import save_file
-    from vsre_ros.training.recipes.curriculum import LAST_WEIGHTS, load_weights
+    from safetensors.torch import load_file, save_file
+    from vsre_ros.training.recipes.curriculum import LAST_WEIGHTS
+
+    from vsre_ros.core.model import ModelLoadError
 
     items = {"random_train": load_items(sim_data, "random_train")}
     val = items["random_train"][:4]
@@ -457,17 +459,19 @@ def test_averaged_run_trains_the_same_and_keeps_its_last_weights(sim_data, tmp_p
     plain_state = plain.state_dict()
     moved = [k for k, v in averaged.state_dict().items() if not torch.equal(v, plain_state[k])]
     assert moved, "the returned model should carry the averages, not the last weights"
-    load_weights(averaged, tmp_path / "0.9" / LAST_WEIGHTS)
+    last = tmp_path / "0.9" / LAST_WEIGHTS
+    averaged.load_weights(last)
     for name, tensor in averaged.state_dict().items():
         assert torch.equal(tensor, plain_state[name]), name
     wrong = tmp_path / "wrong.safetensors"
-    save_file({"no.such.weight": torch.zeros(1)}, str(wrong))
-    with pytest.raises(ValueError, match="tensors this model does not have"):
-        load_weights(averaged, wrong)
-    name = next(iter(dict(averaged.named_parameters())))
-    save_file({name: torch.zeros(3, 1, 2)}, str(wrong))
-    with pytest.raises(ValueError, match="has shape"):
-        load_weights(averaged, wrong)
+    save_file({**load_file(str(last)), "no.such.weight": torch.zeros(1)}, str(wrong))
+    with pytest.raises(ModelLoadError, match="unexpected"):
+        averaged.load_weights(wrong)
+    state = load_file(str(last))
+    name = next(iter(state))
+    save_file({**state, name: torch.zeros(3, 1, 2)}, str(wrong))
+    with pytest.raises(ModelLoadError, match="has shape"):
+        averaged.load_weights(wrong)
 
 
 def test_batches_come_in_step_order_and_carry_the_workers_errors():

@@ -406,9 +406,7 @@ class WeightAverage:
     def __init__(self, model: torch.nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) (0 turns it off), got {decay}")
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.names = [n for n, _ in named]
-        self.live = [p for _, p in named]
+        self.live = [p for p in model.parameters() if p.requires_grad]
         self.average = [p.detach().clone() for p in self.live]
         self.decay = decay
         self.updates = 0
@@ -435,31 +433,10 @@ class WeightAverage:
         finally:
             self.swap()
 
-    def held(self) -> dict[str, torch.Tensor]:
-        """The weights not in the model (the last step's once swapped), by parameter name."""
-        return {n: t.contiguous() for n, t in zip(self.names, self.average, strict=True)}
 
-
+# The last step's weights of a run with weight averaging, in the model's own weight format
+# (`VSREModel.load_weights` reads them back).
 LAST_WEIGHTS = "last_weights.safetensors"
-
-
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Put the parameters a safetensors file names (e.g. LAST_WEIGHTS) into `model`."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
-    own = dict(model.named_parameters())
-    unknown = sorted(set(tensors) - set(own))
-    if unknown:
-        raise ValueError(f"{path}: {len(unknown)} tensors this model does not have: {unknown[:3]}")
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            if own[name].shape != tensor.shape:
-                raise ValueError(
-                    f"{path}: {name} has shape {tuple(tensor.shape)}, the model's is"
-                    f" {tuple(own[name].shape)}"
-                )
-            own[name].copy_(tensor)
 
 
 def train_recipe(
@@ -629,10 +606,8 @@ def train_recipe(
     bound.remove()
     gathered.remove()
     if average is not None:
-        from safetensors.torch import save_file
-
+        model.save_weights(out / LAST_WEIGHTS)
         average.swap()
-        save_file(average.held(), str(out / LAST_WEIGHTS))
     plot_curves(rows, out / "learning_curve.png", "vsre-tiny")
     model.eval()
     return model, rows

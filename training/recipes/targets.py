@@ -139,6 +139,11 @@ class TargetBuilder:
             self._scenes[path] = SceneTargets(owners, poses, facts)
         return self._scenes[path]
 
+    def _scene_of(self, item: Any) -> SceneTargets | None:
+        """The targets of the item's scene file, None when it has none."""
+        scene_file = Path(item.root) / "scenes" / f"{item.scene_id}.json"
+        return self._scene(scene_file) if scene_file.is_file() else None
+
     def image(self, example: Example, k: int) -> ImageTargets | None:
         """Targets of image `k` of an example's item, None when it has no mask."""
         item = example.item
@@ -154,10 +159,9 @@ class TargetBuilder:
         from PIL import Image
 
         root = Path(item.root)
-        scene_file = root / "scenes" / f"{item.scene_id}.json"
-        if not scene_file.is_file():
+        scene = self._scene_of(item)
+        if scene is None:
             return None
-        scene = self._scene(scene_file)
         owners, poses = scene.owners, scene.poses
         with Image.open(root / item.masks[k]) as im:
             mask = np.asarray(im).astype(np.int64)
@@ -218,10 +222,8 @@ class TargetBuilder:
     def _view_facts(self, item: Any) -> Facts | None:
         """The relation facts of the item's first image; None for a moved render or a scene
         file without gaps."""
-        scene_file = Path(item.root) / "scenes" / f"{item.scene_id}.json"
-        if not scene_file.is_file():
-            return None
-        return self._scene(scene_file).facts.get(item.images[0])
+        scene = self._scene_of(item)
+        return None if scene is None else scene.facts.get(item.images[0])
 
     # -- word spans ----------------------------------------------------------------------
     def spans(self, question: str, phrases: Sequence[str]) -> list[list[int]] | None:

@@ -202,8 +202,7 @@ class VSREModel(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         payload = {"format": FORMAT, "config": self.resolved_config().to_dict()}
         (out / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
-        state = _unique_tensors(self.base_state_dict())
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, out / WEIGHTS_FILE)
+        self.save_weights(out / WEIGHTS_FILE)
         self.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
         if self.has_lora:
             self.lm.save_pretrained(str(out / ADAPTER_DIR))
@@ -240,6 +239,12 @@ class VSREModel(nn.Module):
         if (root / ADAPTER_DIR).is_dir():
             model.load_adapter(root / ADAPTER_DIR)
         return model
+
+    def save_weights(self, path: str | Path) -> None:
+        """Write the base weights (tied tensors once) as the safetensors file `load_weights`
+        reads."""
+        state = _unique_tensors(self.base_state_dict())
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
 
     def load_weights(self, path: str | Path) -> None:
         """Load a safetensors file, checking names and shapes against this model."""
