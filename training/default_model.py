@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vsre_ros.core.config import ENCODER_FAMILIES
 
@@ -272,10 +273,13 @@ def _table(by: dict, limit: int = 80) -> list[str]:
 
 
 # RecipeConfig fields set by `add_recipe_arguments` flags: loss weights, weight averaging
-RECIPE_FIELDS = ("bank_weight", "shape_weight", "pose_weight", "verdict_weight", "ema_decay")
+RECIPE_FIELDS = (
+    "bank_weight", "shape_weight", "pose_weight", "verdict_weight", "object_weight", "ema_decay"
+)  # fmt: skip
 # Flags of a recipe that the model card's commands name only when they differ from the default.
 RECIPE_FLAGS = (
-    "data_seed", "families", "lm_layers", "fusion_grid", *RECIPE_FIELDS, "calibration_items"
+    "data_seed", "families", "lm_layers", "fusion_grid", "object_tokens", *RECIPE_FIELDS,
+    "calibration_items",
 )  # fmt: skip
 
 
@@ -345,7 +349,14 @@ def model_card(
         "",
         f"- Preset `{recipe.preset}` with overrides `{json.dumps(recipe.model_overrides)}`"
         f" (encoder families {', '.join(families)} as small random-init ViTs at"
-        f" {args.size} px, width 64 x 3 layers, channel fusion to 8x8 = 64 image tokens,"
+        f" {args.size} px, width 64 x 3 layers, channel fusion to"
+        f" {args.fusion_grid}x{args.fusion_grid} = {args.fusion_grid**2} image tokens"
+        + (
+            f" and {args.object_tokens} object tokens from the SAM map"
+            if recipe.model_overrides.get("object_tokens")
+            else ""
+        )
+        + ","
         f" Llama LM hidden {lm['hidden_size']} x {lm['num_hidden_layers']} layers,"
         f" {lm['num_attention_heads']} heads, initializer_range 1/sqrt(hidden)).",
         f"- Parameters: {json.dumps(params)}; checkpoint {size_mb:.1f} MB (safetensors).",
@@ -393,7 +404,7 @@ def model_card(
         f"Extra-loss weights: dense {recipe.dense_weight}, hop0 {recipe.hop0_weight},"
         f" hop1 {recipe.hop1_weight}, hop2"
         f" {recipe.hop2_weight}, probe {recipe.probe_weight} (shape term {recipe.shape_weight}),"
-        f" pose {recipe.pose_weight},"
+        f" pose {recipe.pose_weight}, object tokens {recipe.object_weight},"
         f" relation bank {recipe.bank_weight}, verdict {recipe.verdict_weight}. Learning curve:"
         f" `learning_curve.png` (val = {recipe.val_items} random_val items asked their own"
         " question).",
@@ -613,6 +624,21 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         help="side of the fused image-token grid (8: 64 tokens; 4: 16, a cheaper step)",
     )
     parser.add_argument(
+        "--object-tokens",
+        type=int,
+        default=0,
+        help="object tokens per image read from the SAM map by learned queries, after the "
+        "grid tokens (0: none; needs the sam family)",
+    )
+    parser.add_argument(
+        "--object-weight",
+        type=float,
+        default=1.0,
+        help="weight of the object tokens' targets: each image's objects matched to them "
+        "(box, depth range, colour, category, pose) and each object phrase's second hop-1 "
+        "head pulled to its object's token (1.0; used only with --object-tokens)",
+    )
+    parser.add_argument(
         "--bank-weight",
         type=float,
         default=1.0,
@@ -653,13 +679,22 @@ def recipe_fields(args: argparse.Namespace) -> dict[str, float]:
     return {name: getattr(args, name) for name in RECIPE_FIELDS}
 
 
+def recipe_overrides(
+    args: argparse.Namespace, families: Sequence[str] = ENCODER_FAMILIES
+) -> dict[str, Any]:
+    """The model size `add_recipe_arguments` gives (`default_overrides`)."""
+    from .recipes.curriculum import default_overrides
+
+    return default_overrides(families, args.lm_layers, args.fusion_grid, args.object_tokens)
+
+
 def data_seed(args: argparse.Namespace) -> int:
     return args.seed if args.data_seed is None else args.data_seed
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .recipes.curriculum import RecipeConfig, curriculum, default_overrides
+    from .recipes.curriculum import RecipeConfig, curriculum
 
     if min(args.n, args.steps_a, args.steps_b, args.batch_size) < 1:
         print("vsre train-default: --n, --steps-a, --steps-b, --batch-size must be >= 1")
@@ -683,7 +718,7 @@ def run(args: argparse.Namespace) -> int:
             stages=stages,
             val_every=args.val_every,
             threads=args.threads,
-            model_overrides=default_overrides(families, args.lm_layers, args.fusion_grid),
+            model_overrides=recipe_overrides(args, families),
             **recipe_fields(args),
         )
         ablation = ablation_rows(args.ablation_runs, args.ablation_json)

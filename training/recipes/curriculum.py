@@ -41,6 +41,7 @@ from .targets import (
     BankProbe,
     DenseHead,
     LayerOutput,
+    ObjectHead,
     PhraseProbe,
     TargetBuilder,
     bank_loss,
@@ -49,6 +50,8 @@ from .targets import (
     hop0_loss,
     hop1_loss,
     hop2_loss,
+    object_hop_loss,
+    object_loss,
     pose_loss,
     probe_loss,
 )
@@ -281,7 +284,10 @@ def curriculum(name: str, steps_a: int, steps_b: int, batch_size: int) -> list[S
 
 
 def default_overrides(
-    families: Sequence[str] = ENCODER_FAMILIES, lm_layers: int = 4, fusion_grid: int = 8
+    families: Sequence[str] = ENCODER_FAMILIES,
+    lm_layers: int = 4,
+    fusion_grid: int = 8,
+    object_tokens: int = 0,
 ) -> dict[str, Any]:
     """The shipped size: the encoder families at width 64 x 3 layers, a Llama 128 x 4, channel
     fusion (64 image tokens). About 2M parameters with all four families.
@@ -290,7 +296,8 @@ def default_overrides(
     that each binding hop gets its own layer (hop 0, hop 1, hop 2) and one is left to compare;
     `lm_layers` above 4 leaves more layers after hop 2 to pick the answer. `fusion_grid` is
     the side of the fused token grid (8: 64 image tokens; 4: 16, about 0.75x a step's cost,
-    `bench/recipe_step_cost.py`).
+    `bench/recipe_step_cost.py`). `object_tokens` adds that many object tokens read from
+    the SAM map (`encoders/objects.py`); a family list without sam has none.
     """
     if lm_layers < 4:
         raise ValueError(
@@ -298,6 +305,8 @@ def default_overrides(
         )
     if fusion_grid < 1:
         raise ValueError(f"fusion_grid must be at least 1, got {fusion_grid}")
+    if object_tokens < 0:
+        raise ValueError(f"object_tokens must be at least 0, got {object_tokens}")
     unknown = sorted(set(families) - set(ENCODER_FAMILIES))
     if unknown or not families:
         known = list(ENCODER_FAMILIES)
@@ -310,7 +319,10 @@ def default_overrides(
     lm = dataclasses.asdict(tiny_lm(hidden=128, layers=lm_layers, heads=4, ffn=512))
     # Eager attention returns the maps the hop targets need; the export switches to sdpa.
     lm["attn_implementation"] = "eager"
-    return {"fusion": "channel", "fusion_grid": fusion_grid, "encoders": encoders, "lm": lm}
+    overrides = {"fusion": "channel", "fusion_grid": fusion_grid, "encoders": encoders, "lm": lm}
+    if object_tokens and "sam" in families:
+        overrides["object_tokens"] = object_tokens
+    return overrides
 
 
 @dataclass
@@ -333,6 +345,10 @@ class RecipeConfig:
     pose_weight: float = 0.0  # the pose probe: object phrase -> its 3D pose (off by default)
     bank_weight: float = 1.0  # answer position after the hop-2 layer -> every BANK relation
     verdict_weight: float = 1.0  # the same -> statement's truth, its option listed second
+    # Object tokens (a model with them only): each image's objects matched to the tokens and
+    # read back by a training-only head, and each object phrase's second hop-1 head pulled
+    # to its object's token.
+    object_weight: float = 1.0
     hop_layers: list[int] = field(
         default_factory=lambda: [0, 1, 2]
     )  # LM layers of hop 0, hop 1 (and the probe's output), hop 2
@@ -483,8 +499,10 @@ def train_recipe(
     verdict = BankProbe(model.hidden_size, 2)
     # Built only when used, after the others, so a recipe without it draws the same init.
     pose = BankProbe(model.hidden_size, POSE_SIZE) if recipe.pose_weight > 0 else None
+    use_objects = builder.object_tokens > 0 and recipe.object_weight > 0
+    objects = ObjectHead(model.hidden_size) if use_objects else None
     params = [p for p in model.parameters() if p.requires_grad]
-    for extra in (head, probe, bank, verdict, pose):
+    for extra in (head, probe, bank, verdict, pose, objects):
         if extra is None:
             continue
         params += list(extra.parameters())
@@ -532,6 +550,13 @@ def train_recipe(
                 term = hop0_loss(output.attentions, targets, hop0_layer)
                 parts["hop0"] = float(term.detach())
                 loss = loss + recipe.hop0_weight * term
+            if objects is not None and "objects" in targets:
+                embeds, grid = output.image_embeds, builder.grid_tokens
+                term, slot = object_loss(objects, embeds, targets, grid)
+                if output.attentions is not None and len(targets["objects"].link_rows):
+                    term = term + object_hop_loss(output.attentions, targets, slot, hop1_layer)
+                parts["objects"] = float(term.detach())
+                loss = loss + recipe.object_weight * term
             if recipe.hop1_weight > 0 and "hop1" in targets:
                 term = hop1_loss(output.attentions, targets, hop1_layer)
                 parts["hop1"] = float(term.detach())

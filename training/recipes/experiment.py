@@ -15,7 +15,13 @@ import json
 import logging
 from pathlib import Path
 
-from ..default_model import TRAIN_SPLIT, add_recipe_arguments, evaluate_split, recipe_fields
+from ..default_model import (
+    TRAIN_SPLIT,
+    add_recipe_arguments,
+    evaluate_split,
+    recipe_fields,
+    recipe_overrides,
+)
 from ..items import load_items
 
 
@@ -45,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .curriculum import RecipeConfig, curriculum, default_overrides, train_recipe
+    from .curriculum import RecipeConfig, curriculum, train_recipe
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         val_every=0,
         threads=args.threads,
         init=args.init,
-        model_overrides=default_overrides(lm_layers=args.lm_layers, fusion_grid=args.fusion_grid),
+        model_overrides=recipe_overrides(args),
         **recipe_fields(args),
     )
     items = {TRAIN_SPLIT: load_items(data, TRAIN_SPLIT)}

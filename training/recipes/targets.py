@@ -103,6 +103,8 @@ class ImageTargets:
     # mask id -> [x0, y0, x1, y1, sqrt(area), min, max log depth] of its visible pixels
     shape: dict[int, np.ndarray] = field(default_factory=dict)
     pose: dict[int, np.ndarray] = field(default_factory=dict)  # mask id -> `object_poses` row
+    # mask id -> (colour id, category id) of each object with visible pixels
+    labels: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 class TargetBuilder:
@@ -111,11 +113,13 @@ class TargetBuilder:
     def __init__(self, model: VSREModel):
         self.model = model
         self.grids = token_grids(model)
-        self.num_tokens = sum(h * w for h, w in self.grids)
+        self.grid_tokens = sum(h * w for h, w in self.grids)
+        self.object_tokens = int(model.num_object_tokens)  # they follow the grid tokens
+        self.num_tokens = self.grid_tokens + self.object_tokens
         if self.num_tokens != model.num_image_tokens:
             raise ValueError(
-                f"token grids {self.grids} give {self.num_tokens} tokens, the model has "
-                f"{model.num_image_tokens}"
+                f"token grids {self.grids} and {self.object_tokens} object tokens give "
+                f"{self.num_tokens} tokens, the model has {model.num_image_tokens}"
             )
         self._images: dict[tuple[str, str], ImageTargets | None] = {}
         self._scenes: dict[Path, SceneTargets] = {}
@@ -188,13 +192,24 @@ class TargetBuilder:
                 depths.append(sums / np.bincount(cells.ravel(), minlength=n).clip(min=1))
             else:
                 depths.append(np.full(n, np.nan))
+        # Object tokens have no patch: no dense label, no mask coverage.
+        k_obj = self.object_tokens
+        colours.append(np.full(k_obj, IGNORE))
+        categories.append(np.full(k_obj, IGNORE))
+        depths.append(np.full(k_obj, np.nan))
+        shapes = object_shapes(mask, depth)
+        labels = {}
+        for mask_id in shapes:
+            colour, category = owners.get(mask_id, ("", ""))
+            labels[mask_id] = (COLOUR_IDS.get(colour, 0), CATEGORY_IDS.get(category, 0))
         return ImageTargets(
             np.concatenate(colours),
             np.concatenate(categories),
             np.concatenate(depths),
-            {m: np.concatenate(parts) for m, parts in coverage.items()},
-            object_shapes(mask, depth),
+            {m: np.concatenate([*parts, np.zeros(k_obj)]) for m, parts in coverage.items()},
+            shapes,
             poses.get(item.images[k], {}) if k < len(item.images) else {},
+            labels,
         )
 
     # -- relation bank -------------------------------------------------------------------
@@ -332,6 +347,61 @@ class PhraseTargets(NamedTuple):
     pose: torch.Tensor  # [K, POSE_SIZE] `ImageTargets.pose` of the object (nan: unknown)
 
 
+class ObjectTargets(NamedTuple):
+    """The visible objects of a batch's images, for the object tokens, and the object phrases
+    that name them (single-image rows)."""
+
+    image: torch.Tensor  # [O] index of the object's image among the batch's images
+    colour: torch.Tensor  # [O] colour id (0: unknown)
+    category: torch.Tensor  # [O] category id (0: unknown)
+    shape: torch.Tensor  # [O, SHAPE_SIZE] `ImageTargets.shape`
+    pose: torch.Tensor  # [O, POSE_SIZE] `object_poses` row (nan: unknown)
+    link_rows: torch.Tensor  # [P] batch row of an object phrase
+    link_query: torch.Tensor  # [P] position of the phrase's last token
+    link_object: torch.Tensor  # [P] the object it names, an index into the O objects
+    link_start: torch.Tensor  # [P] position of the row's first object token
+
+
+class _ObjectLists:
+    """What `batch_targets` gathers for `ObjectTargets`, one object and one phrase at a time."""
+
+    def __init__(self) -> None:
+        self.image: list[int] = []
+        self.colour: list[int] = []
+        self.category: list[int] = []
+        self.shape: list[np.ndarray] = []
+        self.pose: list[np.ndarray] = []
+        self.index: dict[tuple[int, int], int] = {}  # (image, mask id) -> object index
+        self.links: list[tuple[int, int, int, int]] = []  # row, query, object, start
+
+    def add_image(self, n: int, target: ImageTargets) -> None:
+        for mask_id, (colour, category) in sorted(target.labels.items()):
+            self.index[(n, mask_id)] = len(self.image)
+            self.image.append(n)
+            self.colour.append(colour)
+            self.category.append(category)
+            self.shape.append(target.shape[mask_id])
+            self.pose.append(target.pose.get(mask_id, np.full(POSE_SIZE, np.nan)))
+
+    def link(self, row: int, query: int, n: int, mask_id: int, start: int) -> None:
+        if (n, mask_id) in self.index:
+            self.links.append((row, query, self.index[(n, mask_id)], start))
+
+    def tensors(self, device: torch.device) -> ObjectTargets:
+        def longs(values: Sequence[int]) -> torch.Tensor:
+            return torch.tensor(list(values), dtype=torch.long, device=device)
+
+        links = list(zip(*self.links, strict=True)) if self.links else [(), (), (), ()]
+        return ObjectTargets(
+            longs(self.image),
+            longs(self.colour),
+            longs(self.category),
+            torch.from_numpy(np.stack(self.shape)).float().to(device),
+            torch.from_numpy(np.stack(self.pose)).float().to(device),
+            *(longs(column) for column in links),
+        )
+
+
 # -- the batch's targets -------------------------------------------------------------------
 
 
@@ -352,10 +422,13 @@ def batch_targets(
         "bank": ([], [], []),
         "verdict": ([], [], []),
     }
+    objects = _ObjectLists() if builder.object_tokens else None
     heads = int(model.base_lm().config.num_attention_heads)
     ids = batch["input_ids"]
+    first_image = 0  # index of the row's first image among the batch's images
     for row, ex in enumerate(examples):
         n_images = len(ex.item.image_paths())
+        first_image += n_images
         for k in range(n_images):
             target = builder.image(ex, k)
             if target is None:
@@ -366,6 +439,8 @@ def batch_targets(
                 colour.append(target.colour)
                 category.append(target.category)
                 depth.append(target.log_depth)
+                if objects is not None:
+                    objects.add_image(first_image - n_images + k, target)
         if n_images != 1:
             continue  # which image a phrase's object is in is the question's point
         target = builder.image(ex, 0)
@@ -409,6 +484,9 @@ def batch_targets(
             )
             hop1_shape.append(target.shape.get(int(mask_id), np.full(SHAPE_SIZE, np.nan)))
             hop1_pose.append(target.pose.get(int(mask_id), np.full(POSE_SIZE, np.nan)))
+            if objects is not None:
+                start = int(image_pos[builder.grid_tokens])
+                objects.link(row, offset + span[-1], first_image - 1, int(mask_id), start)
             if j < heads - 1:
                 hop2_rows.append(row)
                 hop2_heads.append(j)
@@ -424,6 +502,8 @@ def batch_targets(
         "category": torch.from_numpy(np.stack(category)).long().to(device),
         "log_depth": torch.from_numpy(np.stack(depth)).float().to(device),
     }
+    if objects is not None and objects.image:
+        out["objects"] = objects.tensors(device)
     if hop1_rows:
         out["hop1"] = PhraseTargets(
             torch.tensor(hop1_rows, device=device),
@@ -503,6 +583,93 @@ def dense_loss(head: DenseHead, image_embeds: torch.Tensor, targets: dict) -> to
     if bool(known.any()):
         loss = loss + F.mse_loss(depth[known], targets["log_depth"][known])
     return loss
+
+
+class ObjectHead(nn.Module):
+    """Training-only readout of each object token: whether it holds an object, and that
+    object's colour, category, shape (`ImageTargets.shape`) and pose (`object_poses`)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.sizes = [1, len(COLOUR_IDS) + 1, len(CATEGORY_IDS) + 1, SHAPE_SIZE, POSE_SIZE]
+        self.proj = nn.Linear(hidden, sum(self.sizes))
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(objectness [..], colour logits, category logits, shape, pose) per token."""
+        objectness, colour, category, shape, pose = self.proj(tokens.float()).split(self.sizes, -1)
+        return objectness.squeeze(-1), colour, category, shape, pose
+
+
+BOX_COST = 5.0  # weight of the box's L1 distance against the label costs when matching
+
+
+def match_objects(predictions: tuple[torch.Tensor, ...], objects: ObjectTargets) -> torch.Tensor:
+    """The object token each object is matched to ([O], -1 where its image has more objects
+    than tokens): per image, the assignment of least total cost (Hungarian), the cost being
+    BOX_COST x the L1 distance of the predicted box plus the colour's and the category's
+    negative log-likelihood."""
+    from scipy.optimize import linear_sum_assignment
+
+    _, colour, category, shape, _ = (p.detach() for p in predictions)
+    slot = torch.full_like(objects.image, -1)
+    for n in objects.image.unique().tolist():
+        which = (objects.image == n).nonzero().flatten()
+        box = torch.cdist(shape[n, :, :4], objects.shape[which, :4], p=1)  # [K, M]
+        cost = (
+            BOX_COST * box
+            - colour[n].log_softmax(-1)[:, objects.colour[which]]
+            - category[n].log_softmax(-1)[:, objects.category[which]]
+        )
+        tokens, chosen = linear_sum_assignment(cost.cpu().numpy())
+        slot[which[torch.as_tensor(chosen, device=slot.device)]] = torch.as_tensor(
+            tokens, device=slot.device
+        )
+    return slot
+
+
+def object_loss(
+    head: ObjectHead, image_embeds: torch.Tensor, targets: dict, grid_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set loss of the object tokens (those after `grid_tokens`) against each image's visible
+    objects, after `match_objects`: objectness (binary cross-entropy over every token of the
+    images with targets), colour and category cross-entropy and the shape and pose errors
+    (summed over their entries, as the phrase probe's) of the matched tokens. Returns the
+    loss and the match."""
+    t: ObjectTargets = targets["objects"]
+    predictions = head(image_embeds[:, grid_tokens:])
+    slot = match_objects(predictions, t)
+    objectness, colour, category, shape, pose = predictions
+    images = t.image.unique()
+    held = torch.zeros_like(objectness)
+    matched = slot >= 0
+    held[t.image[matched], slot[matched]] = 1.0
+    loss = F.binary_cross_entropy_with_logits(objectness[images], held[images])
+    img, tok = t.image[matched], slot[matched]
+    for logits, labels in ((colour, t.colour), (category, t.category)):
+        known = labels[matched] > 0
+        if bool(known.any()):
+            loss = loss + F.cross_entropy(logits[img, tok][known], labels[matched][known])
+    for guess, truth, size in ((shape, t.shape, SHAPE_SIZE), (pose, t.pose, POSE_SIZE)):
+        truth = truth[matched]
+        known = torch.isfinite(truth)
+        if bool(known.any()):
+            loss = loss + size * F.mse_loss(guess[img, tok][known], truth[known])
+    return loss, slot
+
+
+def object_hop_loss(
+    attentions: Sequence[torch.Tensor], targets: dict, slot: torch.Tensor, layer: int = 1
+) -> torch.Tensor:
+    """-log of the attention the second head of an object phrase's last token puts on the
+    object token matched to its object (hop 1's first head reads the object's grid cells)."""
+    t: ObjectTargets = targets["objects"]
+    picked = slot[t.link_object]
+    ok = picked >= 0
+    if not bool(ok.any()):
+        return attentions[layer].sum() * 0.0
+    attn = attentions[layer][t.link_rows[ok], 1, t.link_query[ok]]  # [P, L]
+    mass = attn.gather(1, (t.link_start[ok] + picked[ok])[:, None]).squeeze(1)
+    return -mass.float().clamp_min(1e-6).log().mean()
 
 
 def hop1_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 1) -> torch.Tensor:

@@ -66,6 +66,9 @@ class ModelConfig:
     projector_depth: int = 3  # Linear layers per projector (VSRE 3, LLaVA 2), GELU between
     projector_hidden: int = 0  # width of the projector's hidden layers; 0 = LM hidden size
     image_pos_embed: bool = True  # learned row/col + fixed 2D sincos added to image tokens
+    # Object tokens read from the SAM map by learned queries, after each image's grid tokens
+    # (encoders/objects.py); 0: none. Needs the sam family.
+    object_tokens: int = 0
     lm: LMConfig = field(default_factory=LMConfig)  # the language model
     tokenizer: str = "bpe"  # "bpe": local byte-level BPE; "lm": the LM directory's tokenizer
     tokenizer_vocab: int = 1024  # vocabulary size of the local BPE tokenizer
@@ -157,6 +160,9 @@ def tiny_encoders(
         "global_attn_indexes": list(range(1, layers, 2)),
         "window_size": max(2, image // patch // 2),
         "num_pos_feats": hidden // 2,
+        # SamVisionConfig's default is 1e-10, fit only for loading weights: from scratch it
+        # leaves the map at ~1e-21 and the branch dead until the optimiser has grown it.
+        "initializer_range": 0.02,
     }
     return [
         EncoderConfig("clip", hf_config=dict(vit)),

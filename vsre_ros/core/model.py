@@ -39,6 +39,7 @@ from vsre_ros.core.config import FORMAT, ModelConfig, preset_config
 from vsre_ros.core.encoders import VisionEncoder, build_encoder, encoder_spec
 from vsre_ros.core.encoders import resolved_hf_config as encoder_hf_config
 from vsre_ros.core.encoders.fused import build_fusion
+from vsre_ros.core.encoders.objects import ObjectTokens
 from vsre_ros.core.lm import build_lm, lm_spec
 from vsre_ros.core.lm import resolved_hf_config as lm_hf_config
 from vsre_ros.core.prompts import IMAGE, prompt_format
@@ -133,7 +134,9 @@ class VSREModel(nn.Module):
         )
         if llava is not None:
             _copy_llava_projector(llava, self.fusion)
-        self.num_image_tokens = int(self.fusion.num_tokens)
+        self.objects = _object_tokens(config, encoders, hidden)
+        self.num_object_tokens = config.object_tokens
+        self.num_image_tokens = int(self.fusion.num_tokens) + self.num_object_tokens
         self.hidden_size = hidden
         self.eos_token_id = int(self.tokenizer.eos_token_id)
         self.pad_token_id = int(self.tokenizer.pad_token_id)
@@ -363,6 +366,8 @@ class VSREModel(nn.Module):
             self.attach_lora()
         self.requires_grad_(False)
         self.fusion.requires_grad_(True)
+        if self.objects is not None:  # the object tokens bridge the SAM map to the LM
+            self.objects.requires_grad_(True)
         if stage == 0 or encoders:
             self.encoders.requires_grad_(True)
         if lm_mode == "full":
@@ -373,6 +378,7 @@ class VSREModel(nn.Module):
         summary = {
             "encoders": _count(self.encoders),
             "fusion": _count(self.fusion),
+            "objects": 0 if self.objects is None else _count(self.objects),
             "lm": _count(self.lm),
         }
         total = sum(p.numel() for p in self.parameters())
@@ -432,7 +438,10 @@ class VSREModel(nn.Module):
     def encode_images(self, pixel_values: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-encoder pixels -> fused visual tokens [N, num_image_tokens, hidden]."""
         maps = {name: enc(pixel_values[name]) for name, enc in self.encoders.items()}
-        return self.fusion(maps)
+        tokens = self.fusion(maps)
+        if self.objects is None:
+            return tokens
+        return torch.cat([tokens, self.objects(maps["sam"])], dim=1)
 
     def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with image placeholders replaced by visual tokens, in order."""
@@ -545,14 +554,34 @@ class VSREModel(nn.Module):
         }
 
     def parameter_counts(self) -> dict[str, int]:
+        def total(module: nn.Module | None) -> int:
+            return 0 if module is None else sum(p.numel() for p in module.parameters())
+
         return {
-            "encoders": sum(p.numel() for p in self.encoders.parameters()),
-            "fusion": sum(p.numel() for p in self.fusion.parameters()),
-            "lm": sum(p.numel() for p in self.lm.parameters()),
+            "encoders": total(self.encoders),
+            "fusion": total(self.fusion),
+            "objects": total(self.objects),
+            "lm": total(self.lm),
         }
 
 
 # --------------------------------------------------------------------------------- helpers
+
+
+def _object_tokens(
+    config: ModelConfig, encoders: dict[str, VisionEncoder], hidden: int
+) -> ObjectTokens | None:
+    if config.object_tokens < 0:
+        raise ValueError(f"object_tokens must be >= 0, got {config.object_tokens}")
+    if config.object_tokens == 0:
+        return None
+    if "sam" not in encoders:
+        raise ValueError(
+            f"object_tokens={config.object_tokens} reads the SAM branch, but the encoders are "
+            f"{sorted(encoders)}; add the sam family or set object_tokens to 0"
+        )
+    sam = encoders["sam"]
+    return ObjectTokens(sam.embed_dim, hidden, config.object_tokens, sam.grid)
 
 
 def _count(module: nn.Module) -> int:
