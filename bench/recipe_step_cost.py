@@ -1,14 +1,17 @@
-"""What one step of the default recipe costs at each channel-fusion grid (image tokens per image)
-and with or without the batch built ahead on a second thread.
+"""What one step of the default recipe costs at each channel-fusion grid (image tokens per image),
+with or without object tokens and with or without the batch built ahead on a second thread.
 
     PYTHONPATH=. python bench/recipe_step_cost.py --data runs/vsre-tiny/data --grids 8 4
     PYTHONPATH=. python bench/recipe_step_cost.py --data runs/vsre-tiny/data --grids 8 \
         --prefetch off on
+    PYTHONPATH=. python bench/recipe_step_cost.py --data runs/vsre-tiny/data --grids 8 \
+        --object-tokens 0 8
 
-For each grid and prefetch setting, the shipped model's size (`default_overrides`) is built
-with that `fusion_grid` and trained for `--steps-a` + `--steps-b` steps of the `relations-grow`
-curriculum with every training-only target on. It prints the median seconds per step over the
-B half (relation questions, the long part of a real run), and the ratio to the first setting.
+For each grid, object-token count and prefetch setting, the shipped model's size
+(`default_overrides`) is built with that `fusion_grid` and `object_tokens` and trained for
+`--steps-a` + `--steps-b` steps of the `relations-grow` curriculum with every training-only
+target on. It prints the median seconds per step over the B half (relation questions, the
+long part of a real run), and the ratio to the first setting.
 Nothing is evaluated: this answers "how many more steps would fewer image tokens buy", not
 whether they would learn as well.
 """
@@ -44,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-b", type=int, default=100, help="stage B steps, timed (100)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2)")
     parser.add_argument(
+        "--object-tokens",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="object tokens per image read from the SAM map (0: none)",
+    )
+    parser.add_argument(
         "--prefetch",
         nargs="+",
         choices=("on", "off"),
@@ -63,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 
     items = {TRAIN_SPLIT: load_items(Path(args.data), TRAIN_SPLIT)}
     first = None
-    for grid, prefetch in [(g, p) for g in args.grids for p in args.prefetch]:
-        overrides = default_overrides()
-        overrides["fusion_grid"] = grid
+    settings = [(g, k, p) for g in args.grids for k in args.object_tokens for p in args.prefetch]
+    for grid, objects, prefetch in settings:
+        overrides = default_overrides(fusion_grid=grid, object_tokens=objects)
         stages = curriculum("relations-grow", args.steps_a, args.steps_b, 16)
         recipe = RecipeConfig(
             seed=0,
@@ -83,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         per_step = step_seconds([json.loads(x) for x in lines], args.steps_a)
         first = first or per_step
         print(
-            f"grid {grid} ({grid * grid} image tokens), prefetch {prefetch}: {per_step:.3f}"
+            f"grid {grid} ({grid * grid} image tokens), {objects} object tokens,"
+            f" prefetch {prefetch}: {per_step:.3f}"
             f" s/step median over the B steps, {per_step / first:.2f}x the first setting;"
             f" {wall:.0f} s in all",
             flush=True,

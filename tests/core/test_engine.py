@@ -52,6 +52,20 @@ def test_cached_and_recomputed_answers_agree_for_every_kind(engines, rng):
         assert math.isclose(a.probability, b.probability, abs_tol=1e-4)
 
 
+def test_object_tokens_are_part_of_every_images_prefix(rng):
+    torch.manual_seed(0)
+    model = VSREModel(small_config("channel", object_tokens=3)).eval()
+    assert model.num_image_tokens == 16 + 3
+    two = [random_image(rng), random_image(rng)]
+    queries = _queries(rng, 3) + [Query("Is the cup in both images?", two)]
+    cached, recomputed = Engine(model), Engine(model, EngineConfig(reuse_prefix=False))
+    assert (
+        cached.next_token_logits(queries) - recomputed.next_token_logits(queries)
+    ).abs().max() <= 1e-4
+    answers = cached.answer(queries)
+    assert [a.status for a in answers] == [Status.OK] * 4
+
+
 def test_packed_greedy_decoding_matches_one_by_one(engines, rng):
     image = random_image(rng)
     questions = ["How far is the cup?", "Describe the scene.", "Where is the box?"]
