@@ -45,17 +45,22 @@ class ConvAdapter(nn.Sequential):
 
 def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
     """Fixed 2D sine-cosine positions [h*w, dim]: half the channels code rows, half columns."""
+    rows = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w).reshape(-1)
+    cols = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w).reshape(-1)
+    return sincos_at(rows, cols, dim)
+
+
+def sincos_at(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
+    """`sincos_2d`'s code [N, dim] of any (fractional) row and column positions [N]: a point
+    in an image gets the code of the grid cells it lies between."""
     quarter = max(1, dim // 4)
     freq = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
-    rows = torch.arange(h, dtype=torch.float32)[:, None] * freq[None]
-    cols = torch.arange(w, dtype=torch.float32)[:, None] * freq[None]
-    row_emb = torch.cat([rows.sin(), rows.cos()], dim=1)  # [h, 2q]
-    col_emb = torch.cat([cols.sin(), cols.cos()], dim=1)  # [w, 2q]
-    grid = torch.cat(
-        [row_emb[:, None].expand(h, w, -1), col_emb[None].expand(h, w, -1)], dim=2
-    ).reshape(h * w, -1)
-    out = torch.zeros(h * w, dim)
-    out[:, : min(dim, grid.shape[1])] = grid[:, :dim]
+    freq = freq.to(rows.device)
+    row = rows.float()[:, None] * freq[None]
+    col = cols.float()[:, None] * freq[None]
+    code = torch.cat([row.sin(), row.cos(), col.sin(), col.cos()], dim=1)
+    out = torch.zeros(len(rows), dim, device=rows.device)
+    out[:, : min(dim, code.shape[1])] = code[:, :dim]
     return out
 
 
