@@ -274,7 +274,8 @@ def _table(by: dict, limit: int = 80) -> list[str]:
 
 # RecipeConfig fields set by `add_recipe_arguments` flags: loss weights, weight averaging
 RECIPE_FIELDS = (
-    "bank_weight", "shape_weight", "pose_weight", "verdict_weight", "object_weight", "ema_decay"
+    "bank_weight", "shape_weight", "pose_weight", "verdict_weight", "object_weight", "ema_decay",
+    "pretrain_steps", "pretrain_batch",
 )  # fmt: skip
 # Flags of a recipe that the model card's commands name only when they differ from the default.
 RECIPE_FLAGS = (
@@ -413,6 +414,12 @@ def model_card(
         lines.append(
             f"Weights averaged over steps (exponential, decay {recipe.ema_decay:g}): the shipped"
             " weights are the averages; the val figures are given for both."
+        )
+    if recipe.pretrain_steps:
+        lines.append(
+            f"Before the stages each encoder was pretrained alone for {recipe.pretrain_steps}"
+            f" steps of {recipe.pretrain_batch} training images with its family's objective"
+            " (`training/recipes/pretrain.py`; figures in the run's `train/pretrain.jsonl`)."
         )
     if last:
         lines.append(
@@ -671,6 +678,20 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         help="average the weights over steps with this decay (e.g. 0.999: about the last 1000 "
         "steps) and ship the averages; the last step's weights are kept beside them "
         "(0.0: off)",
+    )
+    parser.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=0,
+        help="before the curriculum, train each encoder with its family's own objective on "
+        "the training images for this many steps (CLIP and SigLIP: captions of the objects "
+        "left to right; DINOv2: self-distillation; SAM: point-prompted masks) (0: off)",
+    )
+    parser.add_argument(
+        "--pretrain-batch",
+        type=int,
+        default=32,
+        help="images per encoder-pretraining step (32)",
     )
 
 

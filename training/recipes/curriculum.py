@@ -365,6 +365,10 @@ class RecipeConfig:
     # weight by 1 - ema_decay. 0: off. On, the val figures are taken for both, the trained
     # model carries the averages and the last step's weights go to last_weights.safetensors.
     ema_decay: float = 0.0
+    # Before the stages, each encoder trained alone with its family's own objective on the
+    # first stage's split's images (`pretrain.py`): this many steps of this many images.
+    pretrain_steps: int = 0
+    pretrain_batch: int = 32
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -455,6 +459,18 @@ class WeightAverage:
 LAST_WEIGHTS = "last_weights.safetensors"
 
 
+def _pretrain(model, recipe: RecipeConfig, items_by_split, val_items, out: Path, progress) -> None:
+    from .pretrain import PretrainConfig, pretrain_encoders, sim_images
+
+    config = PretrainConfig(
+        steps=recipe.pretrain_steps, batch_size=recipe.pretrain_batch, seed=recipe.seed
+    )
+    config.val_every = max(1, config.steps // 4)
+    images = sim_images(items_by_split[recipe.stages[0].split])
+    log.info("encoder pretraining: %d images, %d steps", len(images), config.steps)
+    pretrain_encoders(model, images, sim_images(val_items), config, out, progress)
+
+
 def train_recipe(
     recipe: RecipeConfig,
     items_by_split: dict[str, list[Item]],
@@ -480,6 +496,8 @@ def train_recipe(
         model.base_lm().config._attn_implementation = "eager"
     else:
         model = build_model(recipe.preset, recipe.model_overrides, recipe.seed)
+    if recipe.pretrain_steps > 0:
+        _pretrain(model, recipe, items_by_split, val_items, out, progress)
     depth = int(model.base_lm().config.num_hidden_layers)
     if len(recipe.hop_layers) != 3 or not all(0 <= k < depth for k in recipe.hop_layers):
         raise ValueError(
