@@ -467,8 +467,12 @@ def _pretrain(model, recipe: RecipeConfig, items_by_split, val_items, out: Path,
     )
     config.val_every = max(1, config.steps // 4)
     images = sim_images(items_by_split[recipe.stages[0].split])
+    held_out = sim_images(val_items)
+    if not held_out:  # no val items: the last training images (up to a quarter) instead
+        keep = len(images) - min(config.val_images, len(images) // 4)
+        images, held_out = images[:keep], images[keep:]
     log.info("encoder pretraining: %d images, %d steps", len(images), config.steps)
-    pretrain_encoders(model, images, sim_images(val_items), config, out, progress)
+    pretrain_encoders(model, images, held_out, config, out, progress)
 
 
 def train_recipe(
