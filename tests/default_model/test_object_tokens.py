@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_recipe_targets import five_step_recipe, single_image_items, tiny_overrides
+from test_recipe_targets import five_step_recipe, generated, single_image_items, tiny_overrides
 from vsre_ros.training.data import ask
 from vsre_ros.training.items import load_items
 from vsre_ros.training.model_api import build_model, collate, image_cache
@@ -34,11 +34,7 @@ def with_objects(fusion: str = "channel", count: int = K) -> dict:
 
 @pytest.fixture(scope="module")
 def sim_data(tmp_path_factory):
-    from vsre_ros.sim_data.dataset import GenConfig, generate
-
-    root = tmp_path_factory.mktemp("sim") / "data"
-    generate(root, 40, GenConfig(seed=5, width=64, height=64), workers=1, progress=False)
-    return root
+    return generated(tmp_path_factory, 40, 5)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_recipe_targets import five_step_recipe, tiny_overrides
+from test_recipe_targets import five_step_recipe, generated, tiny_overrides
 from vsre_ros.training.items import load_items
 from vsre_ros.training.model_api import build_model
 from vsre_ros.training.recipes.curriculum import train_recipe
@@ -30,11 +30,7 @@ from vsre_ros.training.recipes.pretrain import (
 
 @pytest.fixture(scope="module")
 def sim_data(tmp_path_factory):
-    from vsre_ros.sim_data.dataset import GenConfig, generate
-
-    root = tmp_path_factory.mktemp("sim") / "data"
-    generate(root, 400, GenConfig(seed=4, width=64, height=64), workers=1, progress=False)
-    return root
+    return generated(tmp_path_factory, 400, 4)
 
 
 def all_items(root):

@@ -36,13 +36,18 @@ def tiny_overrides(fusion: str = "channel") -> dict:
     return {"fusion": fusion, "fusion_grid": 8, "encoders": encoders, "lm": lm}
 
 
-@pytest.fixture(scope="module")
-def sim_data(tmp_path_factory):
+def generated(tmp_path_factory, n: int, seed: int):
+    """A fresh simulator dataset of `n` items at 64 x 64."""
     from vsre_ros.sim_data.dataset import GenConfig, generate
 
     root = tmp_path_factory.mktemp("sim") / "data"
-    generate(root, 60, GenConfig(seed=3, width=64, height=64), workers=1, progress=False)
+    generate(root, n, GenConfig(seed=seed, width=64, height=64), workers=1, progress=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def sim_data(tmp_path_factory):
+    return generated(tmp_path_factory, 60, 3)
 
 
 @pytest.fixture(scope="module")
