@@ -48,7 +48,7 @@ from vsre_ros.core.model import VSREModel
 from vsre_ros.core.projector import MLPProjector, sincos_2d, sincos_at
 
 from ..items import Item
-from .targets import _cells
+from .targets import _cells, read_mask, scene_file, scene_owners
 
 log = logging.getLogger(__name__)
 
@@ -79,30 +79,21 @@ class SimImage(NamedTuple):
 def sim_images(items: Sequence[Item]) -> list[SimImage]:
     """Every distinct image of `items` that has an instance mask and a scene file, in order."""
     seen: set[Path] = set()
-    scenes: dict[Path, dict[int, tuple[str, str]] | None] = {}
+    owners: dict[Path, dict[int, tuple[str, str]] | None] = {}  # scene file -> its objects
     out = []
     for item in items:
         if not item.scene_id:
             continue
-        root = Path(item.root)
-        scene_file = root / "scenes" / f"{item.scene_id}.json"
-        if scene_file not in scenes:
-            if scene_file.is_file():
-                data = json.loads(scene_file.read_text())
-                scenes[scene_file] = {
-                    int(o["mask_id"]): (o["colour"], o["category"]) for o in data["objects"]
-                }
-            else:
-                scenes[scene_file] = None
-        owners = scenes[scene_file]
-        if owners is None:
+        path = scene_file(item)
+        if path not in owners:
+            owners[path] = scene_owners(json.loads(path.read_text())) if path.is_file() else None
+        if owners[path] is None:
             continue
-        for k, image in enumerate(item.images):
-            masks = item.masks or []
-            if k >= len(masks) or not masks[k] or root / image in seen:
-                continue
-            seen.add(root / image)
-            out.append(SimImage(root / image, root / masks[k], owners))
+        root, masks = Path(item.root), item.masks or []
+        for image, mask in zip(item.images, masks, strict=False):
+            if mask and root / image not in seen:
+                seen.add(root / image)
+                out.append(SimImage(root / image, root / mask, owners[path]))
     return out
 
 
@@ -131,8 +122,7 @@ def load_batch(images: Sequence[SimImage]) -> ImageBatch:
     for image in images:
         with Image.open(image.rgb) as im:
             rgb.append(np.asarray(im.convert("RGB")))
-        with Image.open(image.mask) as im:
-            mask = np.asarray(im).astype(np.int64)
+        mask = read_mask(image.mask)
         masks.append(mask)
         captions.append(caption(mask, image.objects))
     return ImageBatch(rgb, masks, captions)
@@ -293,9 +283,9 @@ class SelfDistillation(nn.Module):
     @torch.no_grad()
     def after_step(self, encoder: VisionEncoder, momentum: float) -> None:
         """The teacher follows the student: an exponential average of its weights."""
-        pairs = [(self.teacher, encoder.model)]
-        pairs.append((self.teacher_heads, nn.ModuleList([self.cls_head, self.patch_head])))
-        for teacher, student in pairs:
+        students = (encoder.model, self.cls_head, self.patch_head)
+        teachers = (self.teacher, *self.teacher_heads)
+        for teacher, student in zip(teachers, students, strict=True):
             for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
                 t.lerp_(s, 1 - momentum)
 
@@ -442,16 +432,11 @@ def pretrain_encoders(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    devices = {p.device for p in model.parameters()}
     torch.manual_seed(config.seed)
-    heads = objectives(model).to(next(iter(devices)))
+    heads = objectives(model).to(model.device)
     encoders = nn.ModuleList(model.encoders.values())
     held = [p.requires_grad for p in encoders.parameters()]
-    encoders.requires_grad_(True)
-    for head in heads.values():  # a teacher is an average, never a gradient's target
-        if isinstance(head, SelfDistillation):
-            head.teacher.requires_grad_(False)
-            head.teacher_heads.requires_grad_(False)
+    encoders.requires_grad_(True)  # the teachers stay frozen: they are averages
     params = [p for p in [*encoders.parameters(), *heads.parameters()] if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.05)
     rng = np.random.default_rng(config.seed)

@@ -92,6 +92,24 @@ def _cells(shape: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
     return rows[:, None] * grid[1] + cols[None, :]
 
 
+def scene_file(item: Any) -> Path:
+    """Where an item's scene file is (it may be missing: bags and VSR items have none)."""
+    return Path(item.root) / "scenes" / f"{item.scene_id}.json"
+
+
+def scene_owners(scene: dict) -> dict[int, tuple[str, str]]:
+    """Mask id -> (colour, category) of every object of a scene file's contents."""
+    return {int(o["mask_id"]): (o["colour"], o["category"]) for o in scene["objects"]}
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """An instance mask PNG as int64 ids [H, W], 0 background."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im).astype(np.int64)
+
+
 @dataclass
 class ImageTargets:
     """Dense targets of one image over its tokens (all blocks concatenated)."""
@@ -130,7 +148,7 @@ class TargetBuilder:
     def _scene(self, path: Path) -> SceneTargets:
         if path not in self._scenes:
             data = json.loads(path.read_text())
-            owners = {int(o["mask_id"]): (o["colour"], o["category"]) for o in data["objects"]}
+            owners = scene_owners(data)
             renders = data.get("renders", [])
             poses = {r["image"]: object_poses(data, r) for r in renders}
             facts = {}
@@ -145,8 +163,8 @@ class TargetBuilder:
 
     def _scene_of(self, item: Any) -> SceneTargets | None:
         """The targets of the item's scene file, None when it has none."""
-        scene_file = Path(item.root) / "scenes" / f"{item.scene_id}.json"
-        return self._scene(scene_file) if scene_file.is_file() else None
+        path = scene_file(item)
+        return self._scene(path) if path.is_file() else None
 
     def image(self, example: Example, k: int) -> ImageTargets | None:
         """Targets of image `k` of an example's item, None when it has no mask."""
@@ -160,15 +178,12 @@ class TargetBuilder:
         return self._images[key]
 
     def _build(self, item: Any, k: int) -> ImageTargets | None:
-        from PIL import Image
-
         root = Path(item.root)
         scene = self._scene_of(item)
         if scene is None:
             return None
         owners, poses = scene.owners, scene.poses
-        with Image.open(root / item.masks[k]) as im:
-            mask = np.asarray(im).astype(np.int64)
+        mask = read_mask(root / item.masks[k])
         depth = None
         if k < len(item.depth or []) and item.depth[k]:
             depth = np.load(root / item.depth[k], allow_pickle=False).astype(np.float64)
