@@ -338,15 +338,24 @@ def run(args: argparse.Namespace) -> int:
         )
         for node in nodes:
             executor.add_node(node)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
+        # The spin loop is stopped and joined before the executor shuts down: shutting it down
+        # while another thread is inside spin() races with that thread's guard condition.
+        stop_spinning = threading.Event()
+
+        def spin() -> None:
+            while not stop_spinning.is_set():
+                executor.spin_once(timeout_sec=0.1)
+
+        spinner = threading.Thread(target=spin, daemon=True)
         spinner.start()
         finished = client.done.wait(args.timeout)
         if recorder is not None:
             for topic in (server.params.query_topic, server.params.answer_topic):
                 if not recorder.wait_for(topic, client.asked, timeout=5.0):
                     print(f"vsre demo: the bag holds fewer than {client.asked} on {topic}")
-        executor.shutdown()
+        stop_spinning.set()
         spinner.join(timeout=10)
+        executor.shutdown()
         summary = client.summary()
         summary["model"] = server.engine.note if server.engine else ""
         _print_summary(summary, finished)
