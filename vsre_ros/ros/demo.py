@@ -339,11 +339,12 @@ def run(args: argparse.Namespace) -> int:
         for node in nodes:
             executor.add_node(node)
         # The spin loop is stopped and joined before the executor shuts down: shutting it down
-        # while another thread is inside spin() races with that thread's guard condition.
+        # while another thread is inside spin() races with that thread's guard condition. Like
+        # spin(), the loop also ends when the context is shut down (Ctrl-C).
         stop_spinning = threading.Event()
 
         def spin() -> None:
-            while not stop_spinning.is_set():
+            while context.ok() and not stop_spinning.is_set():
                 executor.spin_once(timeout_sec=0.1)
 
         spinner = threading.Thread(target=spin, daemon=True)
