@@ -173,3 +173,48 @@ def test_spin_alone_stops_when_done_and_tears_down():
     assert spin_alone(node, SingleThreadedExecutor(), until=lambda: len(ticks) >= 3, period=0.05)
     assert len(ticks) >= 3
     assert not rclpy.ok()  # rclpy was shut down with the node
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_shutdown_executor_runs_every_callback_already_dispatched(drain):
+    """Each `spin_once` hands one ready timer to a pool of two threads; six are handed out.
+
+    Drained, all six callbacks run. With plain `executor.shutdown()` (drain=False) the ones still
+    queued hit the destroyed guard condition and their callbacks never run: the test documents
+    the rclpy behaviour the helper works around, and tells when it can go.
+    """
+    import time
+
+    import rclpy
+    from rclpy.callback_groups import ReentrantCallbackGroup
+    from rclpy.executors import MultiThreadedExecutor
+
+    from vsre_ros.ros.bringup import shutdown_executor
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("shutdown_probe", context=context)
+    finished = []
+
+    def slow():
+        time.sleep(0.05)
+        finished.append(1)
+
+    group = ReentrantCallbackGroup()  # the node's default group would run one at a time
+    for _ in range(6):
+        node.create_timer(0.001, slow, callback_group=group)
+    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor.add_node(node)
+    time.sleep(0.01)  # every timer is ready, so each spin_once dispatches one callback
+    for _ in range(6):
+        executor.spin_once(timeout_sec=1.0)
+    try:
+        if drain:
+            shutdown_executor(executor)
+            assert len(finished) == 6
+        else:
+            executor.shutdown()
+            assert len(finished) < 6
+    finally:
+        node.destroy_node()
+        context.try_shutdown()

@@ -125,6 +125,23 @@ def make_launch_description(launch_file: str):
     )
 
 
+def shutdown_executor(executor, timeout_sec: float = 10.0) -> None:
+    """Shut an executor down after the callbacks it has already handed to its threads.
+
+    A MultiThreadedExecutor's `spin_once` queues each ready callback on a thread pool and
+    returns. `Executor.shutdown` is documented to wait for outstanding callbacks, but the
+    installed rclpy sets its shutdown flag before testing it, so it never waits: it destroys
+    the guard condition while queued callbacks still trigger it, and each raises InvalidHandle
+    on a pool thread ("Future exception was never retrieved" at exit). Draining the pool first
+    lets them finish against a live guard. The pool is a private attribute (`_executor`), read
+    defensively; without it this is plain `shutdown`.
+    """
+    pool = getattr(executor, "_executor", None)
+    if pool is not None and hasattr(pool, "shutdown"):
+        pool.shutdown(wait=True)
+    executor.shutdown(timeout_sec=timeout_sec)
+
+
 def spin_alone(node, executor, until=lambda: False, period: float = 0.1) -> bool:
     """Spin one node until `until()` holds, Ctrl-C or rclpy shutdown; then tear everything down.
 
@@ -141,7 +158,7 @@ def spin_alone(node, executor, until=lambda: False, period: float = 0.1) -> bool
     except KeyboardInterrupt:
         pass
     finally:
-        executor.shutdown()
+        shutdown_executor(executor)
         node.destroy_node()
         rclpy.try_shutdown()
     return reached

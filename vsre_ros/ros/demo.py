@@ -356,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"vsre demo: the bag holds fewer than {client.asked} on {topic}")
         stop_spinning.set()
         spinner.join(timeout=10)
-        executor.shutdown()
+        bringup.shutdown_executor(executor)
         summary = client.summary()
         summary["model"] = server.engine.note if server.engine else ""
         _print_summary(summary, finished)

@@ -41,6 +41,7 @@ from std_msgs.msg import Header
 from vsre_ros.action import AskSpatial as AskSpatialAction
 from vsre_ros.core.answers import Status
 from vsre_ros.msg import SpatialAnswer, SpatialQuery
+from vsre_ros.ros import bringup
 from vsre_ros.ros import params as server_params
 from vsre_ros.ros.conversions import (
     ImageConversionError,
@@ -667,7 +668,7 @@ def run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
         finally:
-            executor.shutdown()
+            bringup.shutdown_executor(executor)
             node.destroy_node()
     finally:
         rclpy.try_shutdown()
