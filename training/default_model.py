@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 TRAIN_SPLIT = "default_train"
 EXPORT_DIR = Path(__file__).resolve().parents[1] / "vsre_ros" / "models" / "vsre-tiny"
 RECIPES_TRIED = Path(__file__).resolve().parent / "recipes" / "recipes_tried.md"
+RECIPES_HEADING = "## Recipes tried"  # recipes_tried.md's first line
 MAX_EXPORT_MB = 50.0
 
 
@@ -512,9 +513,37 @@ def model_card(
         ]
     else:
         lines += ["Not run for this export (pass `--ablation-runs`).", ""]
+    return with_recipes_tried("\n".join(lines))
+
+
+def with_recipes_tried(card: str) -> str:
+    """`card` with its recipe history replaced by the current `recipes_tried.md`.
+
+    The history is the card's tail, from its `## Recipes tried` heading on; a card without one
+    gets it appended. An export embeds the file as it stands then, so a shipped card is
+    refreshed (`vsre train-default --refresh-card DIR`) when later sessions add to the file
+    without shipping a new model; the rest of the card is left as its export wrote it.
+    """
+    head = card
+    at = card.find("\n" + RECIPES_HEADING + "\n")
+    if at >= 0:
+        head = card[:at]
+    parts = [head.rstrip("\n")]
     if RECIPES_TRIED.is_file():
-        lines += [RECIPES_TRIED.read_text().strip(), ""]
-    return "\n".join(lines)
+        parts.append(RECIPES_TRIED.read_text().strip())
+    return "\n\n".join(parts) + "\n"
+
+
+def refresh_card(model_dir: Path) -> str:
+    """Rewrite `model_dir/MODEL_CARD.md`'s recipe history; returns what was wrong, or ''."""
+    path = model_dir / "MODEL_CARD.md"
+    if not path.is_file():
+        return f"{path} does not exist: pass the directory an export wrote (its MODEL_CARD.md)"
+    card = path.read_text()
+    if not card.startswith("# "):
+        return f"{path} does not start with a title: it is not a card an export wrote"
+    path.write_text(with_recipes_tried(card))
+    return ""
 
 
 def export(model, out: Path, export_dir: Path, card: str, ablation: list[dict]) -> float:
@@ -614,6 +643,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_recipe_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--refresh-card",
+        default="",
+        metavar="MODEL_DIR",
+        help="only rewrite MODEL_DIR/MODEL_CARD.md's recipe history from "
+        "training/recipes/recipes_tried.md (nothing is trained), then exit",
+    )
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -715,6 +751,13 @@ def data_seed(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.refresh_card:
+        problem = refresh_card(Path(args.refresh_card))
+        if problem:
+            print(f"vsre train-default: {problem}", file=sys.stderr)
+            return 2
+        print(f"vsre train-default: refreshed {Path(args.refresh_card) / 'MODEL_CARD.md'}")
+        return 0
     from .recipes.curriculum import RecipeConfig, curriculum
 
     if min(args.n, args.steps_a, args.steps_b, args.batch_size) < 1:

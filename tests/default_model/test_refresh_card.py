@@ -1,0 +1,50 @@
+"""`vsre train-default --refresh-card`: a card's recipe history follows recipes_tried.md."""
+
+from __future__ import annotations
+
+from vsre_ros.training import default_model
+
+from vsre_ros.cli import main
+
+CARD = "# vsre-tiny\n\n## Evaluation\n\n| a | b |\n\n## Recipes tried\n\nold history\n"
+
+
+def _history(tmp_path, monkeypatch, text: str) -> None:
+    path = tmp_path / "recipes_tried.md"
+    path.write_text(text)
+    monkeypatch.setattr(default_model, "RECIPES_TRIED", path)
+
+
+def test_refresh_replaces_only_the_history(tmp_path, monkeypatch, capsys):
+    _history(tmp_path, monkeypatch, "## Recipes tried\n\nrun 1\n\nrun 2\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "MODEL_CARD.md").write_text(CARD)
+    assert main(["train-default", "--refresh-card", str(model)]) == 0
+    card = (model / "MODEL_CARD.md").read_text()
+    assert card == CARD.replace("old history", "run 1\n\nrun 2")
+    assert "refreshed" in capsys.readouterr().out
+    # A second refresh changes nothing.
+    assert main(["train-default", "--refresh-card", str(model)]) == 0
+    assert (model / "MODEL_CARD.md").read_text() == card
+
+
+def test_a_card_without_history_gets_it_appended(tmp_path, monkeypatch):
+    _history(tmp_path, monkeypatch, "## Recipes tried\n\nrun 1\n")
+    card = default_model.with_recipes_tried("# t\n\n## Limits\n\nsim only\n")
+    assert card == "# t\n\n## Limits\n\nsim only\n\n## Recipes tried\n\nrun 1\n"
+
+
+def test_refresh_refuses_a_missing_or_foreign_card(tmp_path, capsys):
+    assert main(["train-default", "--refresh-card", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "MODEL_CARD.md").write_text("not a card")
+    assert main(["train-default", "--refresh-card", str(tmp_path)]) == 2
+    assert "not a card an export wrote" in capsys.readouterr().err
+    assert (tmp_path / "MODEL_CARD.md").read_text() == "not a card"
+
+
+def test_shipped_card_carries_the_current_history():
+    card = (default_model.EXPORT_DIR / "MODEL_CARD.md").read_text()
+    history = default_model.RECIPES_TRIED.read_text().strip()
+    assert card.endswith(history + "\n"), "run `vsre train-default --refresh-card` on the export"
