@@ -20,8 +20,8 @@ from ros_helpers import ROOT, overrides
 from sensor_msgs.msg import CameraInfo, Image
 from vsre_ros.msg import SceneTruth, SpatialAnswer
 
+from vsre_ros.core.answers import Answer, Status, agrees_with_item
 from vsre_ros.ros.conversions import imgmsg_to_numpy
-from vsre_ros.ros.demo import is_correct
 
 pytestmark = pytest.mark.dds
 
@@ -93,15 +93,18 @@ def _answer(**fields) -> SpatialAnswer:
 
 def test_demo_scoring_rules():
     yes_item = {"answer_kind": "yes_no", "answer": "true"}
-    assert is_correct(yes_item, _answer(verdict=True))
-    assert not is_correct(yes_item, _answer(verdict=False))
+    assert agrees_with_item(yes_item, _answer(verdict=True))
+    assert not agrees_with_item(yes_item, _answer(verdict=False))
     choice = {"answer_kind": "choice", "answer": "B", "options": ["A", "B"]}
-    assert is_correct(choice, _answer(choice_index=1))
-    assert not is_correct(choice, _answer(choice_index=0))
+    assert agrees_with_item(choice, _answer(choice_index=1))
+    assert not agrees_with_item(choice, _answer(choice_index=0))
     number = {"answer_kind": "number", "answer": "2.0", "value": 2.0}
-    assert is_correct(number, _answer(value=2.4))
-    assert not is_correct(number, _answer(value=2.6))
-    assert not is_correct(yes_item, SpatialAnswer(status=SpatialAnswer.ERROR, verdict=True))
+    assert agrees_with_item(number, _answer(value=2.4))
+    assert not agrees_with_item(number, _answer(value=2.6))
+    assert not agrees_with_item(yes_item, SpatialAnswer(status=SpatialAnswer.ERROR, verdict=True))
+    # The same rules score the core engine's answers (bench/demo_gap.py).
+    assert agrees_with_item(choice, Answer(choice_index=1))
+    assert not agrees_with_item(choice, Answer(status=Status.ERROR, choice_index=1))
 
 
 @pytest.fixture(scope="module")

@@ -135,6 +135,31 @@ def parse_number(text: str) -> tuple[float, str] | None:
     return value * factor, unit
 
 
+NUMBER_TOLERANCE = 0.25  # a number answer counts as right within 25 % (or 0.1 m) of the truth
+
+
+def agrees_with_item(item: dict, answer) -> bool:
+    """Does an answer (a core Answer or a SpatialAnswer message) agree with a dataset item's
+    known answer? The demo's scoring, also used by `bench/demo_gap.py`."""
+    if answer.status != Status.OK:
+        return False
+    kind = item["answer_kind"]
+    if kind == "yes_no":
+        truth = parse_yes_no(item["answer"])  # templates answer yes/no or true/false
+        return truth is not None and answer.verdict == truth
+    if kind == "choice":
+        options = item["options"]
+        return 0 <= answer.choice_index < len(options) and (
+            options[answer.choice_index] == item["answer"]
+        )
+    if kind == "number":
+        truth = float(item["value"])
+        return math.isfinite(answer.value) and abs(answer.value - truth) <= max(
+            0.1, NUMBER_TOLERANCE * abs(truth)
+        )
+    raise ValueError(f"answer kind {kind!r} is not scored")
+
+
 def parse_yes_no(text: str) -> bool | None:
     """VLMEvalKit's rule: yes only if "yes" appears and "no" does not (and vice versa).
 

@@ -67,7 +67,12 @@ def resolve_device(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
 
 
 def load_model(ref: VSREModel | str | Path) -> VSREModel:
-    """A model from itself, a saved directory, or a preset id."""
+    """A model from itself, a saved directory, or a preset id.
+
+    A preset id builds that preset's config with random weights; the package's trained weights
+    for a preset are a directory (`vsre_ros.ros.engines.resolve_model_ref` maps an id to them,
+    as the nodes, the demo and `vsre ask` do).
+    """
     if isinstance(ref, VSREModel):
         return ref
     path = Path(ref)

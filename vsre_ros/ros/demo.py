@@ -30,14 +30,13 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 
-from vsre_ros.core.answers import parse_yes_no
+from vsre_ros.core.answers import agrees_with_item
 from vsre_ros.msg import SceneTruth, SpatialAnswer, SpatialQuery
 from vsre_ros.ros import bringup
 from vsre_ros.ros import params as node_params
 
 NODE_NAME = "vsre_demo_client"
 KIND_IDS = {"yes_no": 0, "choice": 1, "number": 2}
-NUMBER_TOLERANCE = 0.25  # a number answer counts as right within 25 % (or 0.1 m) of the truth
 STATUS_NAMES = {v: k for k, v in vars(SpatialAnswer).items() if k.isupper() and isinstance(v, int)}
 
 
@@ -55,27 +54,6 @@ class Outcome:
     confidence: float = math.nan  # the answer's probability
     latency_ms: float = math.nan  # the server's latency_total_ms
     model_ms: float = math.nan  # the server's latency_model_ms
-
-
-def is_correct(item: dict, answer) -> bool:
-    """Does a SpatialAnswer agree with a dataset item's known answer?"""
-    if answer.status != SpatialAnswer.OK:
-        return False
-    kind = item["answer_kind"]
-    if kind == "yes_no":
-        truth = parse_yes_no(item["answer"])  # templates answer yes/no or true/false
-        return truth is not None and answer.verdict == truth
-    if kind == "choice":
-        options = item["options"]
-        return 0 <= answer.choice_index < len(options) and (
-            options[answer.choice_index] == item["answer"]
-        )
-    if kind == "number":
-        truth = float(item["value"])
-        return math.isfinite(answer.value) and abs(answer.value - truth) <= max(
-            0.1, NUMBER_TOLERANCE * abs(truth)
-        )
-    raise ValueError(f"the demo does not score answer kind {kind!r}")
 
 
 class DemoClient(Node):
@@ -148,7 +126,7 @@ class DemoClient(Node):
         item, _, outcome = entry
         outcome.answer = msg.answer if msg.status == SpatialAnswer.OK else msg.error[:40]
         outcome.status = STATUS_NAMES.get(msg.status, str(msg.status))
-        outcome.correct = is_correct(item, msg)
+        outcome.correct = agrees_with_item(item, msg)
         outcome.confidence = float(msg.probability)
         outcome.latency_ms = float(msg.latency_total_ms)
         outcome.model_ms = float(msg.latency_model_ms)
