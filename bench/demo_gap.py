@@ -1,16 +1,16 @@
-"""Why the demo scores lower than the held-out test: the same scenes, camera sizes compared.
+"""What the camera's frame size costs the model: the demo camera's scenes at several sizes.
 
-    PYTHONPATH=. python bench/demo_gap.py --scenes 60
+    PYTHONPATH=. python bench/demo_gap.py --scenes 30 --sizes 160x120 128x128 64x64
 
-The demo's sim camera renders scene 0, 1, 2, ... of seed 0 at its own size (160x120 in
-`config/vsre-tiny.yaml`) with the generator's default question mix, and the model resizes each
-frame to its encoders' 64x64. The embedded model was trained and tested on 64x64 renders.
-This renders the same scenes at each `--sizes` entry, asks every view-0 question of the kinds
-the demo asks (the demo picks 3 per scene), answers it with the engine the server uses (image
-and depth, as the server passes them) and scores it with the demo's rule
-(`core.answers.agrees_with_item`). Printed per size: accuracy overall and per task. Questions
-are generated from each render, so a few differ between sizes where an object's visibility
-does; `common` scores only the questions asked at every size.
+The demo's sim camera renders scene 0, 1, 2, ... of seed 0 with the generator's default
+question mix, and the model squashes each frame to its encoders' 64x64; the embedded model
+was trained and tested on 64x64 renders. This renders the same scenes at each `--sizes` entry
+(160x120 is what `config/vsre-tiny.yaml` filmed before it went to 128x128), asks every view-0
+question of the kinds the demo asks (the demo picks 3 per scene), answers it with the engine
+the server uses (image and depth, as the server passes them) and scores it with the demo's
+rule (`core.answers.agrees_with_item`). Printed per size: accuracy overall and per task.
+Questions are generated from each render, so a few differ between sizes where an object's
+visibility does; `common` scores only the questions asked at every size.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sizes",
         nargs="+",
-        default=["160x120", "64x64"],
-        help="camera sizes WxH (160x120: the demo's; 64x64: the training data's)",
+        default=["160x120", "128x128", "64x64"],
+        help="camera sizes WxH (128x128: the demo's; 64x64: the training data's)",
     )
     parser.add_argument(
         "--training-questions",
