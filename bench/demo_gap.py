@@ -7,7 +7,7 @@ question mix, and the model squashes each frame to its encoders' 64x64; the embe
 was trained and tested on 64x64 renders. This renders the same scenes at each `--sizes` entry
 (160x120 is what `config/vsre-tiny.yaml` filmed before it went to 128x128), asks every view-0
 question of the kinds the demo asks (the demo picks 3 per scene), answers it with the engine
-the server uses (image and depth, as the server passes them) and scores it with the demo's
+the server uses, asked as the offline evaluation asks it, and scores it with the demo's
 rule (`core.answers.agrees_with_item`). Printed per size: accuracy overall and per task.
 Questions are generated from each render, so a few differ between sizes where an object's
 visibility does; `common` scores only the questions asked at every size.
@@ -21,34 +21,16 @@ import time
 from collections import defaultdict
 
 from tqdm import tqdm
+from vsre_ros.training.data import ask
+from vsre_ros.training.items import Item
+from vsre_ros.training.model_api import query_for
 
-from vsre_ros.core.answers import AnswerKind, Query, agrees_with_item
+from vsre_ros.core.answers import agrees_with_item
 from vsre_ros.core.engine import Engine, load_model
 from vsre_ros.ros.engines import resolve_model_ref
+from vsre_ros.ros.params import DemoClientParams
 
-KINDS = ("yes_no", "choice", "number")  # the demo client's default `kinds`
-
-
-def scene_items(sim, config, index: int) -> tuple[list[dict], object]:
-    from vsre_ros.sim_data.dataset import build_scene
-
-    result = build_scene(sim, config, index)
-    view = result.truth["renders"][0]["name"]
-    items = [it for it in result.items if it["images"] == [view] and it["answer_kind"] in KINDS]
-    return items, result.renders[0]
-
-
-def query(item: dict, render) -> Query:
-    return Query(
-        question=item["question"],
-        images=[render.rgb],
-        answer_kind=AnswerKind.from_label(item["answer_kind"]),
-        options=list(item.get("options", [])),
-        subj=item.get("subj", ""),
-        relation=item.get("relation", ""),
-        obj=item.get("obj", ""),
-        depth=[render.depth],
-    )
+KINDS = DemoClientParams().kinds  # what the demo client asks by default
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    from vsre_ros.sim_data.dataset import GenConfig
+    from vsre_ros.sim_data.dataset import GenConfig, build_scene
     from vsre_ros.sim_data.render import Simulator
 
     extra = {}
@@ -97,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         with Simulator(width, height) as sim:
             for index in tqdm(range(args.scenes), desc=size, disable=args.no_progress):
-                items, render = scene_items(sim, config, index)
-                answers = engine.answer([query(it, render) for it in items])
+                result = build_scene(sim, config, index)
+                items = [it for it in result.view_items(0) if it["answer_kind"] in KINDS]
+                images = [result.renders[0].rgb]
+                answers = engine.answer(
+                    [query_for(ask(Item.from_json(it)), images) for it in items]
+                )
                 for item, answer in zip(items, answers, strict=True):
                     key = f"{index}|{item['question']}|{'|'.join(item.get('options', []))}"
                     right[key] = agrees_with_item(item, answer)

@@ -80,6 +80,11 @@ class SceneResult:
     items: list[dict]
     splits: dict[str, str]  # family -> part
 
+    def view_items(self, view: int = 0) -> list[dict]:
+        """The items asked about render `view` alone (a camera filming that view asks these)."""
+        name = self.truth["renders"][view]["name"]
+        return [it for it in self.items if it["images"] == [name]]
+
 
 def _names(scene_id: str, n_views: int, moved: bool) -> list[str]:
     names = [f"{scene_id}_v{k}" for k in range(n_views)]

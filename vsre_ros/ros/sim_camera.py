@@ -86,9 +86,8 @@ class SceneSource:
     @staticmethod
     def _frame(result) -> SimFrame:
         render = result.renders[0]
-        view_name = result.truth["renders"][0]["name"]
         truth = dict(result.truth)
-        truth["questions"] = [it for it in result.items if it["images"] == [view_name]]
+        truth["questions"] = result.view_items(0)
         return SimFrame(
             result.scene.scene_id, render.rgb, render.depth.astype(np.float32), render.K, truth
         )
