@@ -276,7 +276,7 @@ def _table(by: dict, limit: int = 80) -> list[str]:
 # RecipeConfig fields set by `add_recipe_arguments` flags: loss weights, weight averaging
 RECIPE_FIELDS = (
     "bank_weight", "shape_weight", "pose_weight", "verdict_weight", "object_weight", "ema_decay",
-    "pretrain_steps", "pretrain_batch",
+    "pretrain_steps", "pretrain_batch", "final_decay",
 )  # fmt: skip
 # Flags of a recipe that the model card's commands name only when they differ from the default.
 RECIPE_FLAGS = (
@@ -390,7 +390,8 @@ def model_card(
         " there predicts the asked statement's truth and, for lettered two-option templates,"
         " whether the option stating it is listed second (the letter is their exclusive or)."
         " AdamW, betas (0.9, 0.98), wd 0.01,",
-        "grad clip 1, batch 16; last 30% of the last stage decays the lr linearly to 10%.",
+        f"grad clip 1, batch 16; last {recipe.final_decay:.0%} of the last stage decays the lr"
+        " linearly to 10%.",
         "",
         "| stage | steps | lr | warm-up | tasks (weights) | relations |",
         "|---|---:|---:|---:|---|---|",
@@ -728,6 +729,12 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=32,
         help="images per encoder-pretraining step (32)",
+    )
+    parser.add_argument(
+        "--final-decay",
+        type=float,
+        default=0.3,
+        help="share of the last stage over which the lr decays linearly to 10%% (0.3)",
     )
 
 

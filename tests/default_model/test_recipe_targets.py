@@ -496,3 +496,17 @@ def test_batches_come_in_step_order_and_carry_the_workers_errors():
             batches.get(3)
         assert batches.get(4) == (4,)
         assert batches.get(1) == (1,), "a step asked out of order is built inline"
+
+
+def test_final_decay_sets_where_the_last_stage_lr_starts_falling():
+    from vsre_ros.training.config import StageConfig
+    from vsre_ros.training.recipes.curriculum import RecipeConfig, _lr
+
+    stage = StageConfig(steps=100, lr=1e-3, warmup_steps=0)
+    for decay, start in ((0.3, 70), (0.6, 40)):
+        assert _lr(stage, start - 1, True, decay) == pytest.approx(1e-3)
+        assert _lr(stage, start + 1, True, decay) < 1e-3
+        assert 1e-4 <= _lr(stage, 99, True, decay) < 1.5e-4  # down to 10% at the end
+        assert _lr(stage, 99, False, decay) == pytest.approx(1e-3)  # only the last stage decays
+    with pytest.raises(ValueError, match="final_decay"):
+        RecipeConfig(final_decay=1.5)

@@ -370,6 +370,12 @@ class RecipeConfig:
     pretrain_steps: int = 0
     pretrain_batch: int = 32
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.final_decay <= 1.0:
+            raise ValueError(
+                f"final_decay is a share of the last stage, in [0, 1]; got {self.final_decay}"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for stage in data["stages"]:
