@@ -280,7 +280,8 @@ RECIPE_FIELDS = (
 )  # fmt: skip
 # Flags of a recipe that the model card's commands name only when they differ from the default.
 RECIPE_FLAGS = (
-    "data_seed", "families", "lm_layers", "fusion_grid", "object_tokens", *RECIPE_FIELDS,
+    "data_seed", "families", "lm_layers", "fusion_grid", "object_tokens", "image_size",
+    *RECIPE_FIELDS,
     "calibration_items",
 )  # fmt: skip
 
@@ -351,7 +352,8 @@ def model_card(
         "",
         f"- Preset `{recipe.preset}` with overrides `{json.dumps(recipe.model_overrides)}`"
         f" (encoder families {', '.join(families)} as small random-init ViTs at"
-        f" {args.size} px, width 64 x 3 layers, channel fusion to"
+        f" {args.image_size} px (patch {args.image_size // 8}), width 64 x 3 layers, channel"
+        " fusion to"
         f" {args.fusion_grid}x{args.fusion_grid} = {args.fusion_grid**2} image tokens"
         + (
             f" and {args.object_tokens} object tokens from the SAM map"
@@ -662,6 +664,13 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         help="language-model layers (4: one per binding hop and one to answer)",
     )
     parser.add_argument(
+        "--image-size",
+        type=int,
+        default=64,
+        help="side of the encoders' input in pixels, a multiple of 8; the patch is an eighth of"
+        " it, so every encoder keeps an 8x8 grid (64). Frames of another size are resized to it",
+    )
+    parser.add_argument(
         "--fusion-grid",
         type=int,
         default=8,
@@ -749,7 +758,9 @@ def recipe_overrides(
     """The model size `add_recipe_arguments` gives (`default_overrides`)."""
     from .recipes.curriculum import default_overrides
 
-    return default_overrides(families, args.lm_layers, args.fusion_grid, args.object_tokens)
+    return default_overrides(
+        families, args.lm_layers, args.fusion_grid, args.object_tokens, args.image_size
+    )
 
 
 def data_seed(args: argparse.Namespace) -> int:

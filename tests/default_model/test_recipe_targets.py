@@ -368,6 +368,21 @@ def test_fusion_grid_sizes_the_image_tokens():
         default_overrides(fusion_grid=0)
 
 
+def test_a_larger_input_keeps_the_grid_with_a_larger_patch(sim_data):
+    from vsre_ros.training.recipes.curriculum import default_overrides
+
+    model = build_model("vsre-tiny", default_overrides(image_size=96), 0)
+    small = build_model("vsre-tiny", default_overrides(), 0)
+    assert {(e.image_size, tuple(e.grid)) for e in model.encoders.values()} == {(96, (8, 8))}
+    assert model.num_image_tokens == small.num_image_tokens == 64
+    # The patch embeddings see 12x12 pixels instead of 8x8: the input keeps its detail.
+    item = load_items(sim_data, "random_train")[0]
+    batch = collate(model, [ask(item)], image_cache(model))
+    assert {tuple(p.shape[-2:]) for p in batch["pixel_values"].values()} == {(96, 96)}
+    with pytest.raises(ValueError, match="multiple of 8"):
+        default_overrides(image_size=100)
+
+
 def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
     from vsre_ros.training.recipes.curriculum import RecipeConfig
 

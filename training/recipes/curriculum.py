@@ -288,6 +288,7 @@ def default_overrides(
     lm_layers: int = 4,
     fusion_grid: int = 8,
     object_tokens: int = 0,
+    image_size: int = 64,
 ) -> dict[str, Any]:
     """The shipped size: the encoder families at width 64 x 3 layers, a Llama 128 x 4, channel
     fusion (64 image tokens). About 2M parameters with all four families.
@@ -297,7 +298,9 @@ def default_overrides(
     `lm_layers` above 4 leaves more layers after hop 2 to pick the answer. `fusion_grid` is
     the side of the fused token grid (8: 64 image tokens; 4: 16, about 0.75x a step's cost,
     `bench/recipe_step_cost.py`). `object_tokens` adds that many object tokens read from
-    the SAM map (`encoders/objects.py`); a family list without sam has none.
+    the SAM map (`encoders/objects.py`); a family list without sam has none. `image_size` is
+    the encoders' input side; the patch is an eighth of it, so the encoder grids stay 8x8 and
+    a larger input costs the patch embeddings only (small objects get more pixels each).
     """
     if lm_layers < 4:
         raise ValueError(
@@ -307,13 +310,17 @@ def default_overrides(
         raise ValueError(f"fusion_grid must be at least 1, got {fusion_grid}")
     if object_tokens < 0:
         raise ValueError(f"object_tokens must be at least 0, got {object_tokens}")
+    if image_size < 8 or image_size % 8:
+        raise ValueError(f"image_size must be a positive multiple of 8, got {image_size}")
     unknown = sorted(set(families) - set(ENCODER_FAMILIES))
     if unknown or not families:
         known = list(ENCODER_FAMILIES)
         raise ValueError(f"unknown or no encoder families {unknown}; known: {known}")
     encoders = [
         dataclasses.asdict(e)
-        for e in tiny_encoders(hidden=64, layers=3, heads=4)
+        for e in tiny_encoders(
+            hidden=64, layers=3, heads=4, image=image_size, patch=image_size // 8
+        )
         if e.family in families
     ]
     lm = dataclasses.asdict(tiny_lm(hidden=128, layers=lm_layers, heads=4, ffn=512))
