@@ -1,16 +1,19 @@
-"""Held-out accuracy by task and by the size, in the image, of the smallest object a question
-names.
+"""Held-out accuracy by task and by the share of the image that the smallest object a
+question names covers.
 
     PYTHONPATH=. python bench/val_samples.py --model MODEL --data runs/D200K --out runs/X/val
     PYTHONPATH=. python bench/object_size.py --data runs/D200K runs/X/val/val3000
+    PYTHONPATH=. python bench/object_size.py --data runs/D200K runs/34a/eval \
+        --data runs/D200K96 runs/34b/eval      # one --data per run, in order
 
 Each argument is an evaluation directory with the `predictions.jsonl` and `report.json` that
 `training.default_model.evaluate_split` writes (`bench/val_samples.py --out DIR` keeps one per
 sample; `vsre train-default` leaves them in `OUT/eval/SPLIT`). Every prediction is scored again
-against its item and put in a bucket by the area, in pixels of the (first) image, of the 2D box
-of the smallest object its question names (the item's `boxes`). At the 64 px the default model
-is trained on, a 30 px box is about 5 x 5 pixels: the table shows how much of each skill's
-error sits on such objects, which a larger input would see and the model cannot.
+against its item and put in a bucket by the area of the 2D box of the smallest object its
+question names (the item's `boxes`), as a share of the (first) image's area. The buckets are
+resolution-free, so runs on the same scenes rendered at two sizes compare bucket by bucket; at
+the 64 px the default model is trained on, the first edge (0.75%) is a box of about 30 pixels,
+5 x 5. The table shows how much of each skill's error sits on small objects.
 """
 
 from __future__ import annotations
@@ -23,18 +26,20 @@ from pathlib import Path
 from vsre_ros.training.items import load_items
 from vsre_ros.training.scoring import read_predictions, score
 
-# Upper edges of the box-area buckets, in pixels; the last bucket is open.
-EDGES = (30, 60, 120, 250)
+# Upper edges of the box-area buckets, in % of the image area (at 64 x 64: about 30, 60,
+# 120 and 250 pixels); the last bucket is open.
+EDGES = (0.75, 1.5, 3.0, 6.0)
+LABELS = [f"<{e}%" for e in EDGES] + [f">={EDGES[-1]}%", "none"]
 
 
-def bucket(area: float | None) -> str:
-    """The bucket label of a box area ("<30", ..., ">=250"); "none" without boxes."""
-    if area is None:
+def bucket(share: float | None) -> str:
+    """The bucket label of a box's share of the image in % ("<0.75%", ...); "none" without."""
+    if share is None:
         return "none"
-    for edge in EDGES:
-        if area < edge:
-            return f"<{edge}"
-    return f">={EDGES[-1]}"
+    for edge, label in zip(EDGES, LABELS, strict=False):
+        if share < edge:
+            return label
+    return LABELS[len(EDGES)]
 
 
 def smallest_box_area(boxes: list[list[float]]) -> float | None:
@@ -43,9 +48,16 @@ def smallest_box_area(boxes: list[list[float]]) -> float | None:
     return min(areas) if areas else None
 
 
+def image_area(data: Path) -> int:
+    """Pixels in one of the dataset's images (its generator config's width x height)."""
+    config = json.loads((data / "dataset.json").read_text())["config"]
+    return int(config["width"]) * int(config["height"])
+
+
 def tally(data: Path, run: Path) -> dict[str, dict[str, list[int]]]:
     """task -> bucket -> [right, asked] for one evaluation directory."""
     report = json.loads((run / "report.json").read_text())
+    pixels = image_area(data)
     items = {i.id: i for i in load_items(data, report["split"])}
     out: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for prediction in read_predictions(run / "predictions.jsonl"):
@@ -55,7 +67,8 @@ def tally(data: Path, run: Path) -> dict[str, dict[str, list[int]]]:
                 f"{run}: prediction for {prediction.item_id!r}, which {report['split']} of"
                 f" {data} does not hold: is --data the dataset that run was evaluated on?"
             )
-        cell = out[item.task][bucket(smallest_box_area(item.extra.get("boxes") or []))]
+        area = smallest_box_area(item.extra.get("boxes") or [])
+        cell = out[item.task][bucket(None if area is None else 100.0 * area / pixels)]
         cell[0] += int(score(item, prediction).correct)
         cell[1] += 1
     return out
@@ -63,10 +76,9 @@ def tally(data: Path, run: Path) -> dict[str, dict[str, list[int]]]:
 
 def table(counts: dict[str, dict[str, list[int]]]) -> list[str]:
     """Markdown rows: one per task, one column per bucket ("acc% (n)") and the task's total."""
-    labels = [f"<{e}" for e in EDGES] + [f">={EDGES[-1]}", "none"]
-    used = [b for b in labels if any(b in by for by in counts.values())]
+    used = [b for b in LABELS if any(b in by for by in counts.values())]
     lines = [
-        "| task | " + " | ".join(f"box {b} px" for b in used) + " | all |",
+        "| task | " + " | ".join(f"box {b}" for b in used) + " | all |",
         "|---|" + "---:|" * (len(used) + 1),
     ]
     for task in sorted(counts):
@@ -83,11 +95,19 @@ def table(counts: dict[str, dict[str, list[int]]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="evaluation directories (predictions.jsonl)")
-    parser.add_argument("--data", required=True, help="the dataset they were evaluated on")
+    parser.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        help="the dataset the runs were evaluated on; once for all, or once per run in order",
+    )
     args = parser.parse_args(argv)
-    for run in args.runs:
-        print(f"== {run}")
-        print("\n".join(table(tally(Path(args.data), Path(run)))), flush=True)
+    if len(args.data) not in (1, len(args.runs)):
+        parser.error(f"give --data once or once per run ({len(args.runs)}), not {len(args.data)}")
+    datasets = args.data * len(args.runs) if len(args.data) == 1 else args.data
+    for data, run in zip(datasets, args.runs, strict=True):
+        print(f"== {run} (on {data})")
+        print("\n".join(table(tally(Path(data), Path(run)))), flush=True)
     return 0
 
 
