@@ -6,6 +6,7 @@ with or without object tokens and with or without the batch built ahead on a sec
         --prefetch off on
     PYTHONPATH=. python bench/recipe_step_cost.py --data runs/vsre-tiny/data --grids 8 \
         --object-tokens 0 8
+    PYTHONPATH=. python bench/recipe_step_cost.py --data runs/D200K96 --grids 8 --image-size 96
 
 For each grid, object-token count and prefetch setting, the shipped model's size
 (`default_overrides`) is built with that `fusion_grid` and `object_tokens` and trained for
@@ -47,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-b", type=int, default=100, help="stage B steps, timed (100)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2)")
     parser.add_argument(
+        "--image-size",
+        type=int,
+        default=64,
+        help="encoders' input side (64; patch an eighth of it); give --data rendered at it",
+    )
+    parser.add_argument(
         "--object-tokens",
         type=int,
         nargs="+",
@@ -75,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     first = None
     settings = [(g, k, p) for g in args.grids for k in args.object_tokens for p in args.prefetch]
     for grid, objects, prefetch in settings:
-        overrides = default_overrides(fusion_grid=grid, object_tokens=objects)
+        overrides = default_overrides(
+            fusion_grid=grid, object_tokens=objects, image_size=args.image_size
+        )
         stages = curriculum("relations-grow", args.steps_a, args.steps_b, 16)
         recipe = RecipeConfig(
             seed=0,
@@ -93,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         per_step = step_seconds([json.loads(x) for x in lines], args.steps_a)
         first = first or per_step
         print(
-            f"grid {grid} ({grid * grid} image tokens), {objects} object tokens,"
+            f"{args.image_size} px, grid {grid} ({grid * grid} image tokens),"
+            f" {objects} object tokens,"
             f" prefetch {prefetch}: {per_step:.3f}"
             f" s/step median over the B steps, {per_step / first:.2f}x the first setting;"
             f" {wall:.0f} s in all",
