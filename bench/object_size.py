@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from bisect import bisect_right
 from collections import defaultdict
 from pathlib import Path
 
 from vsre_ros.training.items import load_items
-from vsre_ros.training.scoring import read_predictions, score
+from vsre_ros.training.metrics import accuracy_by
+from vsre_ros.training.scoring import Scored, read_predictions, score
 
 # Upper edges of the box-area buckets, in % of the image area (at 64 x 64: about 30, 60,
 # 120 and 250 pixels); the last bucket is open.
@@ -34,12 +36,7 @@ LABELS = [f"<{e}%" for e in EDGES] + [f">={EDGES[-1]}%", "none"]
 
 def bucket(share: float | None) -> str:
     """The bucket label of a box's share of the image in % ("<0.75%", ...); "none" without."""
-    if share is None:
-        return "none"
-    for edge, label in zip(EDGES, LABELS, strict=False):
-        if share < edge:
-            return label
-    return LABELS[len(EDGES)]
+    return "none" if share is None else LABELS[bisect_right(EDGES, share)]
 
 
 def smallest_box_area(boxes: list[list[float]]) -> float | None:
@@ -54,12 +51,12 @@ def image_area(data: Path) -> int:
     return int(config["width"]) * int(config["height"])
 
 
-def tally(data: Path, run: Path) -> dict[str, dict[str, list[int]]]:
-    """task -> bucket -> [right, asked] for one evaluation directory."""
+def scored_by_bucket(data: Path, run: Path) -> dict[str, list[Scored]]:
+    """One evaluation directory's answers scored again, by bucket of the smallest named box."""
     report = json.loads((run / "report.json").read_text())
     pixels = image_area(data)
     items = {i.id: i for i in load_items(data, report["split"])}
-    out: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    out: dict[str, list[Scored]] = defaultdict(list)
     for prediction in read_predictions(run / "predictions.jsonl"):
         item = items.get(prediction.item_id)
         if item is None:
@@ -68,27 +65,31 @@ def tally(data: Path, run: Path) -> dict[str, dict[str, list[int]]]:
                 f" {data} does not hold: is --data the dataset that run was evaluated on?"
             )
         area = smallest_box_area(item.extra.get("boxes") or [])
-        cell = out[item.task][bucket(None if area is None else 100.0 * area / pixels)]
-        cell[0] += int(score(item, prediction).correct)
-        cell[1] += 1
+        out[bucket(None if area is None else 100.0 * area / pixels)].append(
+            score(item, prediction)
+        )
     return out
 
 
-def table(counts: dict[str, dict[str, list[int]]]) -> list[str]:
+def table(by_bucket: dict[str, list[Scored]]) -> list[str]:
     """Markdown rows: one per task, one column per bucket ("acc% (n)") and the task's total."""
-    used = [b for b in LABELS if any(b in by for by in counts.values())]
+    used = [b for b in LABELS if by_bucket.get(b)]
+    cells = {b: accuracy_by(by_bucket[b], "task") for b in used}
+    total = accuracy_by([row for b in used for row in by_bucket[b]], "task")
     lines = [
         "| task | " + " | ".join(f"box {b}" for b in used) + " | all |",
         "|---|" + "---:|" * (len(used) + 1),
     ]
-    for task in sorted(counts):
-        by = counts[task]
-        cells = [
-            f"{by[b][0] / by[b][1]:.1%} ({by[b][1]})" if by.get(b, [0, 0])[1] else "-"
+    for task, all_of in total.items():
+        row = [
+            f"{cells[b][task]['accuracy']:.1%} ({cells[b][task]['n']})"
+            if task in cells[b]
+            else "-"
             for b in used
         ]
-        right, asked = sum(v[0] for v in by.values()), sum(v[1] for v in by.values())
-        lines.append(f"| {task} | " + " | ".join(cells) + f" | {right / asked:.1%} ({asked}) |")
+        lines.append(
+            f"| {task} | " + " | ".join(row) + f" | {all_of['accuracy']:.1%} ({all_of['n']}) |"
+        )
     return lines
 
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     datasets = args.data * len(args.runs) if len(args.data) == 1 else args.data
     for data, run in zip(datasets, args.runs, strict=True):
         print(f"== {run} (on {data})")
-        print("\n".join(table(tally(Path(data), Path(run)))), flush=True)
+        print("\n".join(table(scored_by_bucket(Path(data), Path(run)))), flush=True)
     return 0
 
 
