@@ -33,13 +33,15 @@ class StageConfig:
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_steps: int = 100  # linear warm-up steps, then constant
+    decay_share: float = 0.0  # last share of the stage over which the lr decays to 10%
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     templates: str = "train"  # template pool: train (50), none, or ids "t00,t20"
     template_share: float = 1.0  # chance a relation item is re-asked through a template
     balanced: bool = True  # balance relation x label (and tasks) in every epoch
     task_weights: dict[str, float] = field(default_factory=dict)  # task mix; {} = equal
     relations: list[str] = field(default_factory=list)  # only these relations; [] = all
-    aux_losses: dict[str, float] = field(default_factory=dict)  # extra loss id -> weight
+    aux_losses: dict[str, float] = field(default_factory=dict)  # extra loss id -> weight,
+    # on top of the run's TrainConfig.aux_losses (training.losses.LOSSES)
     split: str = "train"  # dataset split trained on
 
 
@@ -61,6 +63,18 @@ class TrainConfig:
     eval_every: int = 200  # steps between val evaluations (0 = only at the end)
     log_every: int = 10  # steps between metrics lines
     image_cache_dir: str = ""  # persistent preprocessed-image cache; "" = memory only
+    aux_losses: dict[str, float] = field(default_factory=dict)  # extra loss id -> weight in
+    # every stage (training.losses.LOSSES); a stage's own aux_losses are applied on top
+    carry_optimizer: bool = False  # one optimizer, heads and averages across all stages
+    # (a curriculum), instead of each stage starting afresh from the previous one's model
+    ema_decay: float = 0.0  # average the weights over steps (e.g. 0.999); the last stage's
+    # model is the average, its last step's weights go beside it; 0 = off
+    pretrain_steps: int = 0  # before the stages, each encoder trained alone with its
+    # family's objective on the first stage's images (recipes/pretrain.py); 0 = off
+    pretrain_batch: int = 32  # images per encoder-pretraining step
+    hop_layers: list[int] = field(default_factory=lambda: [0, 1, 2])  # LM layers of the
+    # binding hops 0, 1 (and the phrase probe's input), 2 (the answer's; bank and verdict)
+    shape_weight: float = 1.0  # weight of the object-shape term inside the "probe" loss
     stages: list[StageConfig] = field(
         default_factory=lambda: [
             StageConfig(name="stage1", freeze="stage1", lr=1e-3),
@@ -103,6 +117,15 @@ class TrainConfig:
                 )
             if stage.steps < 1 or stage.batch_size < 1:
                 raise ValueError(f"stage {stage.name!r}: steps and batch_size must be >= 1")
+            if not 0.0 <= stage.decay_share <= 1.0:
+                raise ValueError(
+                    f"stage {stage.name!r}: decay_share is a share of the stage, in [0, 1]; "
+                    f"got {stage.decay_share}"
+                )
+        if self.carry_optimizer and len({s.freeze for s in self.stages}) > 1:
+            raise ValueError("carry_optimizer needs one freeze mode in every stage")
+        if self.ema_decay and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) (0 turns it off), got {self.ema_decay}")
 
     def select(self, names: list[str]) -> list[StageConfig]:
         """The stages named (in run order); an unknown name raises ValueError."""

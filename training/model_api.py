@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -284,22 +284,6 @@ def object_attention(model: VSREModel, batch: dict[str, Any], output: Any) -> to
     image = first.gather(1, index)
     share = image / image.sum(-1, keepdim=True).clamp_min(1e-9)
     return -(t["targets"] * share.clamp_min(1e-9).log()).sum(-1).mean()
-
-
-# extra loss id -> fn(model, batch, output) -> scalar; a stage weights them by id.
-AUX_LOSSES: dict[str, Callable[[VSREModel, dict[str, Any], Any], torch.Tensor]] = {
-    "verdict": verdict_loss,
-    "image_token_norm": image_token_norm,
-    "object_attention": object_attention,
-}
-# Extra losses that need attention maps from the forward (and object targets in the batch).
-ATTENTION_LOSSES = frozenset({"object_attention"})
-
-
-def check_aux(names: Sequence[str]) -> None:
-    unknown = sorted(set(names) - set(AUX_LOSSES))
-    if unknown:
-        raise ValueError(f"unknown extra losses {unknown}; known: {sorted(AUX_LOSSES)}")
 
 
 def query_for(example: Example, images: list[np.ndarray]) -> Query:

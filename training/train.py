@@ -25,14 +25,18 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from .averaging import WeightAverage
 from .config import StageConfig, TrainConfig, dump_config, load_config
 from .data import Example, TemplateSampler, ask, epoch_order, templates_by_ids
 from .items import Item, load_items
+from .losses import LOSSES, Trainee, active, build_heads
 from .scoring import score
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,7 @@ class StageResult:
     steps_run: int  # steps run in this invocation (0 if it was already done)
     last_loss: float | None  # loss of the last step run
     metrics: list[dict] = field(default_factory=list)  # metrics lines of this invocation
+    state: Any = None  # the RunState the next stage continues (carry_optimizer), else None
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -121,31 +126,45 @@ def _epoch_order(items: list[Item], epoch: int, seed: int, stage: StageConfig) -
 
 # -- checkpoints ---------------------------------------------------------------------------
 
+# The last step's weights of a run with weight averaging, beside the averages in the last
+# stage's final/ (`VSREModel.load_weights` reads them back).
+LAST_WEIGHTS = "last_weights.safetensors"
+# A stage's end state (heads, optimizer, averages, RNG) when the next stage continues it.
+CARRY = "carry"
 
-def write_checkpoint(stage_dir: Path, step: int, model, optimizer) -> Path:
-    """Write a resumable checkpoint for `step` (steps done) atomically; returns its directory."""
+
+def write_checkpoint(
+    stage_dir: Path, step: int, trainee, optimizer, average=None, name: str | None = None
+) -> Path:
+    """Write a resumable checkpoint for `step` (steps done) atomically; returns its directory.
+
+    It holds every trainable tensor of the trainee (model and training-only heads), the
+    optimizer, the weight averages and the torch RNG: all a resumed step depends on."""
     from safetensors.torch import save_file
 
     tmp = Path(tempfile.mkdtemp(dir=stage_dir, prefix=".ckpt-"))
     trainable = {
-        name: p.detach().contiguous().cpu()
-        for name, p in model.named_parameters()
-        if p.requires_grad
+        n: p.detach().contiguous().cpu() for n, p in trainee.named_parameters() if p.requires_grad
     }
     save_file(trainable, tmp / "trainable.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     save_file({"torch_rng": torch.get_rng_state()}, tmp / "rng.safetensors")
-    (tmp / "state.json").write_text(json.dumps({"step": step}))
-    target = stage_dir / f"checkpoint-{step:08d}"
+    state = {"step": step}
+    if average is not None:
+        save_file(average.state_tensors(), tmp / "average.safetensors")
+        state["average_updates"] = average.updates
+    (tmp / "state.json").write_text(json.dumps(state))
+    target = stage_dir / (name or f"checkpoint-{step:08d}")
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
-    pointer = stage_dir / f".{LATEST}.tmp"
-    pointer.write_text(target.name)
-    os.replace(pointer, stage_dir / LATEST)
-    for old in stage_dir.glob("checkpoint-*"):
-        if old != target:
-            shutil.rmtree(old, ignore_errors=True)
+    if name is None:
+        pointer = stage_dir / f".{LATEST}.tmp"
+        pointer.write_text(target.name)
+        os.replace(pointer, stage_dir / LATEST)
+        for old in stage_dir.glob("checkpoint-*"):
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
     for stale in stage_dir.glob(".ckpt-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return target
@@ -159,12 +178,12 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
-def load_checkpoint(path: Path, model, optimizer) -> int:
-    """Restore trainable weights, optimizer and RNG; returns the number of steps done."""
+def load_checkpoint(path: Path, trainee, optimizer, average=None) -> int:
+    """Restore trainable weights, optimizer, averages and RNG; returns the steps done."""
     from safetensors.torch import load_file
 
     weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
+    params = dict(trainee.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
     if set(weights) != expected:
         missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
@@ -178,14 +197,23 @@ def load_checkpoint(path: Path, model, optimizer) -> int:
             params[name].copy_(tensor)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
-    return int(json.loads((path / "state.json").read_text())["step"])
+    state = json.loads((path / "state.json").read_text())
+    if average is not None:
+        if "average_updates" not in state:
+            raise ValueError(f"checkpoint {path} has no weight averages; ema_decay was changed")
+        average.load_state_tensors(load_file(str(path / "average.safetensors")))
+        average.updates = int(state["average_updates"])
+    return int(state["step"])
 
 
-def save_final(stage_dir: Path, model) -> Path:
-    """save_pretrained into a temporary directory, then rename it to final/."""
+def save_final(stage_dir: Path, model, extra: Callable[[Path], None] | None = None) -> Path:
+    """save_pretrained into a temporary directory (plus what `extra` writes there), then
+    rename it to final/."""
     final = stage_dir / FINAL
     tmp = Path(tempfile.mkdtemp(dir=stage_dir, prefix=".final-"))
     model.save_pretrained(tmp)
+    if extra is not None:
+        extra(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -267,10 +295,21 @@ def val_accuracy(model, items: list[Item], batch_size: int) -> float:
 
 
 def learning_rate(stage: StageConfig, step: int) -> float:
-    """Linear warm-up to stage.lr, then constant."""
+    """Linear warm-up to stage.lr, constant, then (over the stage's last `decay_share`) a
+    linear decay to 10% of it."""
     if stage.warmup_steps > 0 and step < stage.warmup_steps:
         return stage.lr * (step + 1) / stage.warmup_steps
+    start = int(stage.steps * (1 - stage.decay_share))
+    if stage.decay_share > 0 and step >= start:
+        left = (step - start) / max(1, stage.steps - start)
+        return stage.lr * (1.0 - 0.9 * left)
     return stage.lr
+
+
+def _use_eager_attention(model) -> None:
+    """Attention-map losses read the maps, which only eager attention returns."""
+    model.config.lm.attn_implementation = "eager"
+    model.base_lm().config._attn_implementation = "eager"
 
 
 def prepare_model(init: str | Path, config: TrainConfig, stage: StageConfig):
@@ -283,6 +322,45 @@ def prepare_model(init: str | Path, config: TrainConfig, stage: StageConfig):
     return model, summary
 
 
+def stage_losses(config: TrainConfig, stage: StageConfig) -> dict[str, float]:
+    """The stage's extra loss terms with their weights: the run's, then the stage's on top."""
+    return active({**config.aux_losses, **stage.aux_losses})
+
+
+@dataclass
+class RunState:
+    """What one stage hands the next when they share one optimizer (`carry_optimizer`)."""
+
+    trainee: Trainee  # the model and the training-only heads
+    wrapped: torch.nn.Module  # the trainee as accelerate prepared it
+    optimizer: torch.optim.Optimizer  # prepared as well
+    average: WeightAverage | None  # weight averages of the model, when ema_decay > 0
+    summary: dict  # what trains (freeze summary)
+
+
+def new_state(
+    config: TrainConfig, stage: StageConfig, init: str | Path, losses: list[str], accelerator
+) -> RunState:
+    """A fresh trainee and optimizer: the model from `init` in the stage's freeze mode and the
+    heads `losses` train, drawn right after the run's seed is set."""
+    model, summary = prepare_model(init, config, stage)
+    if any(LOSSES[name].attentions for name in losses):
+        _use_eager_attention(model)
+    model.to(accelerator.device)
+    torch.manual_seed(config.seed)
+    heads = build_heads(model, losses)
+    trainee = Trainee(model, heads, losses, config.hop_layers, config.shape_weight)
+    trainee.to(accelerator.device)
+    trainee.train()
+    params = [p for p in trainee.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=stage.lr, betas=tuple(stage.betas), weight_decay=stage.weight_decay
+    )
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
+    wrapped, optimizer = accelerator.prepare(trainee, optimizer)
+    return RunState(trainee, wrapped, optimizer, average, summary)
+
+
 def run_stage(
     config: TrainConfig,
     stage: StageConfig,
@@ -291,103 +369,123 @@ def run_stage(
     val_items: list[Item],
     accelerator=None,
     progress: bool = True,
+    *,
+    state: RunState | None = None,
+    carry_from: Path | None = None,
+    head_losses: list[str] | None = None,
+    step_offset: int = 0,
+    last: bool = True,
 ) -> StageResult:
-    """Train one stage (resuming if it has a checkpoint); returns where its model went."""
+    """Train one stage (resuming if it has a checkpoint); returns where its model went.
+
+    `state` continues the previous stage's trainee and optimizer in memory; `carry_from` is
+    that stage's directory, read when the state is not in memory (a resumed run). A stage that
+    another continues (`last` False under `carry_optimizer`) keeps its end state in `carry/`.
+    `head_losses` are the loss ids whose heads the run trains (default: this stage's);
+    `step_offset` is the steps of the stages before (metrics' global_step, eval schedule).
+    """
     from accelerate import Accelerator
     from tqdm import tqdm
 
-    from .model_api import (
-        ATTENTION_LOSSES,
-        AUX_LOSSES,
-        MODEL_INPUTS,
-        check_aux,
-        collate,
-        first_token_correct,
-    )
+    from .model_api import MODEL_INPUTS, collate, first_token_correct
     from .model_api import image_cache as make_cache
+    from .recipes.targets import TargetBuilder, batch_targets
 
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    check_aux(list(stage.aux_losses))
-    needs_attention = bool(ATTENTION_LOSSES & set(stage.aux_losses))
+    weights = stage_losses(config, stage)
+    carries = config.carry_optimizer and not last
     stage_dir = Path(config.output) / stage.name
     stage_dir.mkdir(parents=True, exist_ok=True)
-    if (stage_dir / FINAL / "vsre_config.json").is_file():
+    finished = (stage_dir / FINAL / "vsre_config.json").is_file()
+    run_done = (
+        Path(config.output) / config.stages[-1].name / FINAL / "vsre_config.json"
+    ).is_file()
+    if finished and (not carries or run_done or (stage_dir / CARRY / "state.json").is_file()):
         log.info("stage %s already finished: %s", stage.name, stage_dir / FINAL)
         return StageResult(stage.name, stage_dir / FINAL, 0, None)
     dump_config(config, stage_dir / "train_config.yaml")
     items = stage_items(items, stage)
     sampler = stage_sampler(stage, config.seed)
 
-    model, summary = prepare_model(init, config, stage)
-    model.to(accelerator.device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=stage.lr, betas=tuple(stage.betas), weight_decay=stage.weight_decay
+    if state is None:
+        state = new_state(config, stage, init, head_losses or list(weights), accelerator)
+        if carry_from is not None:
+            load_checkpoint(carry_from / CARRY, state.trainee, state.optimizer, state.average)
+    trainee, wrapped, optimizer, average = (
+        state.trainee,
+        state.wrapped,
+        state.optimizer,
+        state.average,
     )
+    model = trainee.model
     start = 0
     checkpoint = latest_checkpoint(stage_dir)
     metrics_path = stage_dir / "metrics.jsonl"
     if checkpoint is not None:
-        start = load_checkpoint(checkpoint, model, optimizer)
+        start = load_checkpoint(checkpoint, trainee, optimizer, average)
         log.info("stage %s: resuming from %s (step %d)", stage.name, checkpoint, start)
     rewrite_metrics(metrics_path, read_metrics(metrics_path, upto_step=start))
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
     cache = make_cache(model, config.image_cache_dir or None)
+    wants = [LOSSES[name] for name in weights]
+    builder = TargetBuilder(model) if any(t.targets for t in wants) else None
+    object_targets = any(t.object_targets for t in wants)
+    params = [p for p in trainee.parameters() if p.requires_grad]
 
     rank, world = accelerator.process_index, accelerator.num_processes
     this_run: list[dict] = []
-    bar = tqdm(
-        total=stage.steps,
-        initial=start,
-        desc=stage.name,
-        unit="step",
-        disable=not (progress and accelerator.is_main_process),
-    )
-    window: list[tuple[float, float, float]] = []
+    bar = tqdm(total=stage.steps, initial=start, desc=stage.name, unit="step",
+               disable=not (progress and accelerator.is_main_process))  # fmt: skip
+    window: list[dict[str, float]] = []
     loss_value = None
     t0 = time.perf_counter()
     for step in range(start, stage.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(stage, step)
         examples = step_examples(items, stage, sampler, config.seed, step, rank, world)
-        batch = collate(model, examples, cache, attention_targets=needs_attention)
-        output = wrapped(**{k: batch[k] for k in MODEL_INPUTS}, output_attentions=needs_attention)
-        loss = output.loss
-        parts = {"lm": float(loss.detach())}
-        for name, weight in stage.aux_losses.items():
-            term = AUX_LOSSES[name](model, batch, output)
-            parts[name] = float(term.detach())
-            loss = loss + weight * term
+        batch = collate(model, examples, cache, attention_targets=object_targets)
+        targets = batch_targets(builder, examples, batch) if builder is not None else {}
+        inputs = {k: batch[k] for k in MODEL_INPUTS}
+        out = wrapped(inputs, batch, targets, weights)
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        accelerator.backward(out.loss)
         if stage.grad_clip > 0:
             accelerator.clip_grad_norm_(params, stage.grad_clip)
         optimizer.step()
-        loss_value = float(loss.detach())
-        acc = float(first_token_correct(output.logits.detach(), batch).float().mean())
-        window.append((loss_value, acc, parts["lm"]))
+        if average is not None:
+            average.update()
+        loss_value = float(out.loss.detach())
+        acc = float(first_token_correct(out.logits, batch).float().mean())
+        window.append(
+            {"loss": loss_value, "acc": acc, **{f"loss_{k}": v for k, v in out.parts.items()}}
+        )
         done = step + 1
+        global_done = step_offset + done
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
         row = None
         if done % config.log_every == 0 or done == stage.steps or done == start + 1:
+            keys = sorted({k for w in window for k in w})
             row = {
                 "step": done,
-                "loss": sum(w[0] for w in window) / len(window),
+                "global_step": global_done,
+                "stage": stage.name,
+                "samples": global_done * stage.batch_size * world,
                 "step_loss": loss_value,
-                "acc": sum(w[1] for w in window) / len(window),
                 "lr": learning_rate(stage, step),
                 "seconds": round(time.perf_counter() - t0, 3),
-                **{f"loss_{k}": v for k, v in parts.items()},
-            }
+                **{k: sum(w[k] for w in window if k in w) / sum(1 for w in window if k in w)
+                   for k in keys},
+            }  # fmt: skip
             window = []
         is_eval = val_items and (
-            done == stage.steps or (config.eval_every and done % config.eval_every == 0)
+            done == stage.steps or (config.eval_every and global_done % config.eval_every == 0)
         )
         if is_eval and accelerator.is_main_process:
-            row = row or {"step": done}
-            row["val_acc"] = val_accuracy(model, val_items, stage.batch_size)
+            row = row or {"step": done, "global_step": global_done, "stage": stage.name}
+            row["val_acc"] = val_accuracy(model, val_items, 32)
+            if average is not None:
+                with average.swapped():
+                    row["val_acc_ema"] = val_accuracy(model, val_items, 32)
         if row is not None and accelerator.is_main_process:
             this_run.append(row)
             with open(metrics_path, "a", encoding="utf-8") as handle:
@@ -395,18 +493,69 @@ def run_stage(
         if done % config.save_every == 0 and done < stage.steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                write_checkpoint(stage_dir, done, accelerator.unwrap_model(wrapped), optimizer)
+                write_checkpoint(stage_dir, done, trainee, optimizer, average)
     bar.close()
     accelerator.wait_for_everyone()
     final = stage_dir / FINAL
     if accelerator.is_main_process:
-        final = save_final(stage_dir, accelerator.unwrap_model(wrapped))
+        if carries:
+            write_checkpoint(stage_dir, stage.steps, trainee, optimizer, average, name=CARRY)
+            final = save_final(stage_dir, model)
+        elif average is not None:
+            # The stage's result is the averaged model; its last step's weights go beside.
+            average.swap()
+            final = save_final(stage_dir, model, lambda d: _save_swapped(model, average, d))
+        else:
+            final = save_final(stage_dir, model)
         plot_curves(read_metrics(metrics_path), stage_dir / "curves.png", stage.name)
-        (stage_dir / "trainable.json").write_text(json.dumps(summary, indent=2))
+        (stage_dir / "trainable.json").write_text(json.dumps(state.summary, indent=2))
         for old in stage_dir.glob("checkpoint-*"):
             shutil.rmtree(old, ignore_errors=True)
         (stage_dir / LATEST).unlink(missing_ok=True)
-    return StageResult(stage.name, final, stage.steps - start, loss_value, this_run)
+    if not carries:
+        trainee.remove_hooks()
+    result = StageResult(stage.name, final, stage.steps - start, loss_value, this_run)
+    result.state = state if carries else None
+    return result
+
+
+def _save_swapped(model, average: WeightAverage, directory: Path) -> None:
+    """Save the weights the averager holds (the live ones, after a swap) as LAST_WEIGHTS."""
+    with average.swapped():
+        model.save_weights(directory / LAST_WEIGHTS)
+
+
+def spread(items: list[Item], n: int) -> list[Item]:
+    """n items spread evenly over a split (a split file is in scene order)."""
+    if n <= 0 or len(items) <= n:
+        return items if n > 0 else []
+    step = len(items) / n
+    return [items[int(k * step)] for k in range(n)]
+
+
+def pretrained_init(config: TrainConfig, init: str | Path, images_from: list[Item],
+                    val_items: list[Item], progress: bool) -> Path:  # fmt: skip
+    """Each encoder trained alone with its family's own objective (`recipes/pretrain.py`) on
+    the first stage's images, once per run: the first stage starts from `<output>/pretrain/`."""
+    from .model_api import build_model, uncalibrated
+    from .recipes.pretrain import PretrainConfig, pretrain_encoders, sim_images
+
+    out = Path(config.output) / "pretrain"
+    if (out / FINAL / "vsre_config.json").is_file():
+        return out / FINAL
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = config.model_overrides if not Path(init).is_dir() else None
+    model = uncalibrated(build_model(init, overrides, config.seed))
+    settings = PretrainConfig(steps=config.pretrain_steps, batch_size=config.pretrain_batch,
+                              seed=config.seed)  # fmt: skip
+    settings.val_every = max(1, settings.steps // 4)
+    images, held_out = sim_images(images_from), sim_images(val_items)
+    if not held_out:  # no val items: the last training images (up to a quarter) instead
+        keep = len(images) - min(settings.val_images, len(images) // 4)
+        images, held_out = images[:keep], images[keep:]
+    log.info("encoder pretraining: %d images, %d steps", len(images), settings.steps)
+    pretrain_encoders(model, images, held_out, settings, out, progress)
+    return save_final(out, model)
 
 
 def train(
@@ -415,7 +564,8 @@ def train(
     init: str | Path | None = None,
     progress: bool = True,
 ) -> list[StageResult]:
-    """Run the chosen stages in order; each starts from the previous stage's final model."""
+    """Run the chosen stages in order; each starts from the previous stage's result (with
+    `carry_optimizer`, the previous stage's trainee and optimizer carry on)."""
     config.validate()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -434,24 +584,41 @@ def train(
             )
         return by_split[split]
 
-    val = split_items(config.val_split)[: config.val_items] if config.val_split else []
+    val = spread(split_items(config.val_split), config.val_items) if config.val_split else []
     names = [s.name for s in config.stages]
-    results = []
+    head_losses = sorted({n for s in config.stages for n in stage_losses(config, s)})
+    if config.pretrain_steps > 0 and init is None:
+        first = config.stages[0]
+        init = pretrained_init(config, config.model, split_items(first.split), val, progress)
+    results: list[StageResult] = []
+    state = None
     for stage in stages:
+        position = names.index(stage.name)
+        previous = out / names[position - 1] if position else None
         start_from = init
-        if start_from is None:
-            position = names.index(stage.name)
-            previous = out / names[position - 1] / FINAL if position else None
-            if previous is not None and (previous / "vsre_config.json").is_file():
-                start_from = previous
-            elif previous is not None and stage.freeze != "all":
-                log.warning("stage %s: %s not found, starting from %s", stage.name, previous,
-                            config.model)  # fmt: skip
+        if start_from is None and previous is not None:
+            if (previous / FINAL / "vsre_config.json").is_file():
+                start_from = previous / FINAL
+            elif stage.freeze != "all":
+                log.warning("stage %s: %s not found, starting from %s", stage.name,
+                            previous / FINAL, config.model)  # fmt: skip
         start_from = start_from or config.model
-        result = run_stage(config, stage, start_from, split_items(stage.split), val,
-                           progress=progress)  # fmt: skip
+        carry_from = previous if config.carry_optimizer and previous is not None else None
+        result = run_stage(
+            config, stage, start_from, split_items(stage.split), val, progress=progress,
+            state=state, carry_from=carry_from if state is None else None,
+            head_losses=head_losses if config.carry_optimizer else None,
+            step_offset=sum(s.steps for s in config.stages[:position]),
+            last=position == len(names) - 1,
+        )  # fmt: skip
         results.append(result)
+        state = result.state
         init = None
+    if len(names) > 1 and stages[-1].name == names[-1]:
+        rows = [r for name in names for r in read_metrics(out / name / "metrics.jsonl")]
+        plot_curves(rows, out / "learning_curve.png", Path(config.output).name)
+        for name in names:  # the carried states are spent once the last stage is done
+            shutil.rmtree(out / name / CARRY, ignore_errors=True)
     return results
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from vsre_ros.training.config import StageConfig, TrainConfig, dump_config, load_config
-from vsre_ros.training.model_api import AUX_LOSSES
+from vsre_ros.training.losses import LOSSES
 from vsre_ros.training.train import add_arguments, config_from_args, stage_items
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "training" / "recipes").glob("*.yaml"))
@@ -36,7 +36,7 @@ def test_shipped_recipes_load_and_name_known_losses(recipe):
     config = load_config(recipe)
     assert config.stages
     for stage in config.stages:
-        assert set(stage.aux_losses) <= set(AUX_LOSSES)
+        assert set(stage.aux_losses) <= set(LOSSES)
 
 
 def test_command_line_overrides_the_chosen_stages_only(tmp_path):
