@@ -27,7 +27,7 @@ from typing import Any
 
 from vsre_ros.core.config import ENCODER_FAMILIES
 
-from .config import StageConfig
+from .config import TrainConfig, load_config
 from .items import Item, load_items, write_items
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,21 @@ def calibrate_verdict(model, data: Path, limit: int, out: Path, seed: int) -> di
 
 ABLATION_TASKS = ("relation", "localization", "direction", "distance")
 ABLATION_WEIGHTS = ("bank_weight", "verdict_weight")  # recipe weights the table shows per run
+# The loss ids behind those columns (training.losses.LOSSES).
+ABLATION_LOSSES = {"bank_weight": "bank", "verdict_weight": "verdict_probe"}
+
+
+def _run_weights(train_dir: Path) -> dict:
+    """Seed and ablation weights of a run's training directory: its `train_config.yaml`, or
+    the `recipe.json` that runs before the one loop wrote ({} when neither is there). A
+    weight missing from an old recipe predates that target, so the run trained without it."""
+    config = train_dir / "train_config.yaml"
+    if config.is_file():
+        loaded = load_config(config)
+        weights = {k: loaded.aux_losses.get(v, 0.0) for k, v in ABLATION_LOSSES.items()}
+        return {"seed": loaded.seed, **weights}
+    old = train_dir / "recipe.json"
+    return json.loads(old.read_text()) if old.is_file() else {}
 
 
 def ablation_rows(run_dirs: list[str], saved: str = "") -> list[dict]:
@@ -226,9 +241,7 @@ def ablation_rows(run_dirs: list[str], saved: str = "") -> list[dict]:
         data = json.loads(summary.read_text())
         if "families" not in data:
             raise ValueError(f"{summary} predates --families; rerun that ablation")
-        recipe = Path(run) / "train" / "recipe.json"
-        # A recipe without a weight's key predates that target, so it trained without it.
-        settings = json.loads(recipe.read_text()) if recipe.is_file() else {}
+        settings = _run_weights(Path(run) / "train")
         weights = {k: settings.get(k, 0.0) if settings else None for k in ABLATION_WEIGHTS}
         rows.append({"run": str(run), **weights, "seed": settings.get("seed"), **data})
     return rows
@@ -273,7 +286,7 @@ def _table(by: dict, limit: int = 80) -> list[str]:
     return lines
 
 
-# RecipeConfig fields set by `add_recipe_arguments` flags: loss weights, weight averaging
+# Recipe flags of `add_recipe_arguments`: loss weights, weight averaging, pretraining
 RECIPE_FIELDS = (
     "bank_weight", "shape_weight", "pose_weight", "verdict_weight", "object_weight", "ema_decay",
     "pretrain_steps", "pretrain_batch", "final_decay",
@@ -350,7 +363,7 @@ def model_card(
         "",
         "## Model",
         "",
-        f"- Preset `{recipe.preset}` with overrides `{json.dumps(recipe.model_overrides)}`"
+        f"- Preset `{recipe.model}` with overrides `{json.dumps(recipe.model_overrides)}`"
         f" (encoder families {', '.join(families)} as small random-init ViTs at"
         f" {args.image_size} px (patch {args.image_size // 8}), width 64 x 3 layers, channel"
         " fusion to"
@@ -392,8 +405,8 @@ def model_card(
         " there predicts the asked statement's truth and, for lettered two-option templates,"
         " whether the option stating it is listed second (the letter is their exclusive or)."
         " AdamW, betas (0.9, 0.98), wd 0.01,",
-        f"grad clip 1, batch 16; last {recipe.final_decay:.0%} of the last stage decays the lr"
-        " linearly to 10%.",
+        f"grad clip 1, batch 16; last {recipe.stages[-1].decay_share:.0%} of the last stage"
+        " decays the lr linearly to 10%.",
         "",
         "| stage | steps | lr | warm-up | tasks (weights) | relations |",
         "|---|---:|---:|---:|---|---|",
@@ -404,13 +417,11 @@ def model_card(
             f"| {s.name} | {s.steps} | {s.lr:g} | {s.warmup_steps} | "
             f"{json.dumps(s.task_weights)} | {rel} |"
         )
+    weights = ", ".join(f"{k} {v:g}" for k, v in recipe.aux_losses.items())
     lines += [
         "",
-        f"Extra-loss weights: dense {recipe.dense_weight}, hop0 {recipe.hop0_weight},"
-        f" hop1 {recipe.hop1_weight}, hop2"
-        f" {recipe.hop2_weight}, probe {recipe.probe_weight} (shape term {recipe.shape_weight}),"
-        f" pose {recipe.pose_weight}, object tokens {recipe.object_weight},"
-        f" relation bank {recipe.bank_weight}, verdict {recipe.verdict_weight}. Learning curve:"
+        f"Extra-loss weights (`training/losses.py`): {weights}; the probe's shape term"
+        f" {recipe.shape_weight:g}. Learning curve:"
         f" `learning_curve.png` (val = {recipe.val_items} random_val items asked their own"
         " question).",
     ]
@@ -576,8 +587,18 @@ def export(model, out: Path, export_dir: Path, card: str, ablation: list[dict]) 
     return size
 
 
+# The shipped model's settings, which are the command's defaults (so that `vsre train-default`
+# with no flags reproduces it); `training/recipes/vsre-tiny.yaml` is the training config they
+# give (a test holds the two together). Research runs (`recipes/experiment.py`) start from the
+# recipe flags' plain defaults instead (no object tokens, averaging or pretraining).
+SHIPPED = {
+    "n": 200000, "steps_a": 2000, "steps_b": 11000, "val_every": 1000, "threads": 2,
+    "object_tokens": 8, "ema_decay": 0.999, "pretrain_steps": 1000,
+}  # fmt: skip
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/vsre-tiny-default", help="run directory")
+    parser.add_argument("--out", default="runs/vsre-tiny", help="run directory")
     parser.add_argument(
         "--data",
         default="",
@@ -593,7 +614,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seed of the generated data and of the held-out items evaluated (default: --seed),"
         " so several training seeds can share one dataset and one test sample",
     )
-    parser.add_argument("--n", type=int, default=40000, help="items generated (40000)")
+    parser.add_argument(
+        "--n", type=int, default=SHIPPED["n"], help=f"items generated ({SHIPPED['n']})"
+    )
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (64)")
     parser.add_argument("--workers", type=int, default=2, help="generator processes (2)")
     parser.add_argument(
@@ -621,10 +644,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ablation rows an earlier export saved (its ablation.json), tabled before "
         "--ablation-runs",
     )
-    parser.add_argument("--steps-a", type=int, default=600, help="stage A steps (600)")
-    parser.add_argument("--steps-b", type=int, default=1800, help="stage B steps (1800)")
+    for name in ("steps_a", "steps_b"):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=SHIPPED[name],
+            help=f"stage {name[-1].upper()} steps ({SHIPPED[name]})",
+        )
     parser.add_argument("--batch-size", type=int, default=16, help="examples per step (16)")
-    parser.add_argument("--val-every", type=int, default=400, help="steps between val evals")
+    parser.add_argument(
+        "--val-every",
+        type=int,
+        default=SHIPPED["val_every"],
+        help=f"steps between val evals ({SHIPPED['val_every']})",
+    )
     parser.add_argument("--eval-items", type=int, default=600, help="test items per split")
     parser.add_argument(
         "--consistency-items",
@@ -639,12 +672,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="random_val yes/no items the verdict bias is fitted on (2000; 0 leaves it at 0)",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: least slowed by other load)"
+        "--threads",
+        type=int,
+        default=SHIPPED["threads"],
+        help=f"torch threads ({SHIPPED['threads']})",
     )
     parser.add_argument(
         "--export", default="", help=f"export directory (default {EXPORT_DIR}); 'none' skips"
     )
-    add_recipe_arguments(parser)
+    add_recipe_arguments(parser, shipped=True)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--refresh-card",
@@ -655,8 +691,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model-size and loss-weight flags shared with the experiment tool."""
+def add_recipe_arguments(parser: argparse.ArgumentParser, shipped: bool = False) -> None:
+    """The model-size and loss-weight flags shared with the experiment tool; with `shipped`,
+    their defaults are the shipped model's (SHIPPED)."""
+
+    def default(name: str, plain):
+        return SHIPPED.get(name, plain) if shipped else plain
+
     parser.add_argument(
         "--lm-layers",
         type=int,
@@ -679,7 +720,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--object-tokens",
         type=int,
-        default=0,
+        default=default("object_tokens", 0),
         help="object tokens per image read from the SAM map by learned queries, after the "
         "grid tokens (0: none; needs the sam family)",
     )
@@ -720,7 +761,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ema-decay",
         type=float,
-        default=0.0,
+        default=default("ema_decay", 0.0),
         help="average the weights over steps with this decay (e.g. 0.999: about the last 1000 "
         "steps) and ship the averages; the last step's weights are kept beside them "
         "(0.0: off)",
@@ -728,7 +769,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pretrain-steps",
         type=int,
-        default=0,
+        default=default("pretrain_steps", 0),
         help="before the curriculum, train each encoder with its family's own objective on "
         "the training images for this many steps (CLIP and SigLIP: captions of the objects "
         "left to right; DINOv2: self-distillation; SAM: point-prompted masks) (0: off)",
@@ -745,11 +786,6 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.3,
         help="share of the last stage over which the lr decays linearly to 10%% (0.3)",
     )
-
-
-def recipe_fields(args: argparse.Namespace) -> dict[str, float]:
-    """RecipeConfig's loss-weight and averaging fields, as given by `add_recipe_arguments`."""
-    return {name: getattr(args, name) for name in RECIPE_FIELDS}
 
 
 def recipe_overrides(
@@ -776,8 +812,6 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print(f"vsre train-default: refreshed {Path(args.refresh_card) / 'MODEL_CARD.md'}")
         return 0
-    from .recipes.curriculum import RecipeConfig, curriculum
-
     if min(args.n, args.steps_a, args.steps_b, args.batch_size) < 1:
         print("vsre train-default: --n, --steps-a, --steps-b, --batch-size must be >= 1")
         return 2
@@ -789,24 +823,11 @@ def run(args: argparse.Namespace) -> int:
         make_data(data, args.n, data_seed(args), args.size, args.workers, progress)
         timing = data / "generate_seconds.json"
         seconds["data"] = json.loads(timing.read_text()) if timing.is_file() else None
-        items_by_split = {TRAIN_SPLIT: load_items(data, TRAIN_SPLIT)}
-        val = _spread(load_items(data, "random_val"), 96)
-        stages: list[StageConfig] = curriculum(
-            args.curriculum, args.steps_a, args.steps_b, args.batch_size
-        )
         families = [f.strip() for f in args.families.split(",") if f.strip()]
-        recipe = RecipeConfig(
-            seed=args.seed,
-            stages=stages,
-            val_every=args.val_every,
-            threads=args.threads,
-            model_overrides=recipe_overrides(args, families),
-            **recipe_fields(args),
-        )
+        recipe = recipe_config(args, data, out / "train", families)
+        stages = recipe.stages
         ablation = ablation_rows(args.ablation_runs, args.ablation_json)
-        model, rows, seconds["train"] = trained_model(
-            recipe, items_by_split, val, out / "train", progress
-        )
+        model, rows, seconds["train"] = trained_model(recipe, progress)
         t = time.perf_counter()
         calibration = None
         if args.calibration_items > 0:
@@ -840,7 +861,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"vsre train-default: {err}", file=sys.stderr)
         return 2
     counts = json.loads((data / "dataset.json").read_text())["counts"]
-    counts[TRAIN_SPLIT] = len(items_by_split[TRAIN_SPLIT])
+    counts[TRAIN_SPLIT] = len(load_items(data, TRAIN_SPLIT))
     params = model.parameter_counts()
     (out / "summary.json").write_text(
         json.dumps(
@@ -872,29 +893,83 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def trained_model(recipe, items_by_split, val, train_dir: Path, progress: bool):
-    """Train the recipe, or load the model a previous run of the same --out trained (so a run
-    killed during evaluation or export resumes there). Returns (model, rows, seconds)."""
+def trained_model(config: TrainConfig, progress: bool):
+    """Train (or resume) the recipe through the one loop; returns (model, metrics rows, seconds
+    of training). A finished run is not trained again: its last stage's model is loaded."""
     from vsre_ros.core.model import VSREModel
 
-    from .recipes.curriculum import train_recipe
+    from .train import read_metrics, train
 
-    saved, timing = train_dir / "model", train_dir / "train_seconds.json"
-    if (saved / "vsre_config.json").is_file() and timing.is_file():
-        log.info("reusing the trained model in %s", saved)
-        rows = [json.loads(x) for x in (train_dir / "metrics.jsonl").read_text().splitlines()]
-        return VSREModel.from_pretrained(saved).eval(), rows, json.loads(timing.read_text())
+    out = Path(config.output)
+    timing = out / "train_seconds.json"
     t = time.perf_counter()
-    model, rows = train_recipe(recipe, items_by_split, val, train_dir, progress)
-    seconds = time.perf_counter() - t
-    model.save_pretrained(saved)
-    timing.write_text(json.dumps(seconds))
-    return model, rows, seconds
+    results = train(config, progress=progress)
+    if any(r.steps_run for r in results) or not timing.is_file():
+        timing.write_text(json.dumps(time.perf_counter() - t))
+    rows = [r for s in config.stages for r in read_metrics(out / s.name / "metrics.jsonl")]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = VSREModel.from_pretrained(results[-1].final_dir).eval()
+    return model, rows, json.loads(timing.read_text())
 
 
-def _spread(items: list[Item], n: int) -> list[Item]:
-    """n items spread evenly over a split (the split file is in scene order)."""
-    if len(items) <= n:
-        return items
-    step = len(items) / n
-    return [items[int(k * step)] for k in range(n)]
+# The loss weights `add_recipe_arguments` sets, by loss id (training.losses.LOSSES); the other
+# terms of the recipe have weight 1.
+WEIGHT_FLAGS = {
+    "object_weight": "objects", "pose_weight": "pose", "bank_weight": "bank",
+    "verdict_weight": "verdict_probe",
+}  # fmt: skip
+RECIPE_LOSSES = ("dense", "hop0", "objects", "hop1", "probe", "pose", "bank", "verdict_probe",
+                 "hop2")  # fmt: skip
+
+
+RECIPE_FILE = Path(__file__).resolve().parent / "recipes" / "vsre-tiny.yaml"
+RECIPE_HEADER = """\
+# vsre-tiny: the shipped model's training config, as `vsre train-default` builds it with no
+# flags (training/default_model.py SHIPPED; a test keeps this file equal to it). Train it on
+# data that `vsre train-default` generated (200,000 items, seed 0, 64 px; it generates them
+# when missing) with
+#   vsre train --recipe vsre-tiny --data runs/vsre-tiny/data --output runs/vsre-tiny/train
+# `vsre train-default` runs the same config, then calibrates, evaluates and exports.
+"""
+
+
+def recipe_file_text(args: argparse.Namespace) -> str:
+    """The recipe file for these flags (`training/recipes/vsre-tiny.yaml` for the defaults)."""
+    import yaml
+
+    out = Path(args.out)
+    config = recipe_config(args, out / "data", out / "train", ENCODER_FAMILIES)
+    return RECIPE_HEADER + yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def recipe_config(
+    args: argparse.Namespace, data: Path, output: Path, families: Sequence[str]
+) -> TrainConfig:
+    """The training config the flags describe: the curriculum's stages with one optimizer
+    carried across them, the recipe's extra losses, the model size (`default_overrides`)."""
+    from .recipes.curriculum import curriculum
+
+    stages = curriculum(
+        args.curriculum, args.steps_a, args.steps_b, args.batch_size, args.final_decay
+    )
+    by_id = {loss: getattr(args, flag) for flag, loss in WEIGHT_FLAGS.items()}
+    return TrainConfig(
+        model="vsre-tiny",
+        model_overrides=recipe_overrides(args, families),
+        data=str(data),
+        val_split="random_val",
+        val_items=96,
+        output=str(output),
+        seed=args.seed,
+        threads=args.threads,
+        save_every=500,
+        eval_every=args.val_every,
+        log_every=20,
+        aux_losses={loss: float(by_id.get(loss, 1.0)) for loss in RECIPE_LOSSES},
+        carry_optimizer=True,
+        ema_decay=args.ema_decay,
+        pretrain_steps=args.pretrain_steps,
+        pretrain_batch=args.pretrain_batch,
+        shape_weight=args.shape_weight,
+        stages=stages,
+    )

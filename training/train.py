@@ -624,9 +624,24 @@ def train(
 
 # -- command line --------------------------------------------------------------------------
 
+# recipe id -> its config file: the YAML files of training/recipes/.
+RECIPES = {p.stem.replace("_", "-"): p for p in (Path(__file__).parent / "recipes").glob("*.yaml")}
+
+
+def recipe_path(name: str) -> Path:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
+    return RECIPES[name]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="training config YAML (TrainConfig fields)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", help="training config YAML (TrainConfig fields)")
+    source.add_argument(
+        "--recipe",
+        help=f"a named config of training/recipes/ ({', '.join(sorted(RECIPES))}); "
+        "vsre-tiny is the shipped model's",
+    )
     parser.add_argument("--data", help="dataset directory")
     parser.add_argument("--format", dest="data_format", help="dataset format: vsre, vsr")
     parser.add_argument("--images", help="image folder (format vsr)")
@@ -666,7 +681,10 @@ _PER_STAGE = {"steps": "steps", "batch_size": "batch_size", "lr": "lr"}
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, list[str] | None]:
     """The config file (or defaults) with the command line's values on top."""
-    config = load_config(args.config) if args.config else TrainConfig()
+    if getattr(args, "recipe", None):
+        config = load_config(recipe_path(args.recipe))
+    else:
+        config = load_config(args.config) if args.config else TrainConfig()
     for arg, key in _TOP_LEVEL.items():
         value = getattr(args, arg, None)
         if value is not None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_recipe_targets import five_step_recipe, generated, single_image_items, tiny_overrides
+from test_recipe_targets import (
+    five_step_recipe,
+    generated,
+    single_image_items,
+    tiny_overrides,
+    trained,
+)
 from vsre_ros.training.data import ask
-from vsre_ros.training.items import load_items
 from vsre_ros.training.model_api import build_model, collate, image_cache
-from vsre_ros.training.recipes.curriculum import default_overrides, train_recipe
+from vsre_ros.training.recipes.curriculum import default_overrides
 from vsre_ros.training.recipes.targets import (
     COLOUR_IDS,
     IGNORE,
@@ -192,15 +197,13 @@ def test_object_hop_pulls_the_phrase_to_its_objects_token(sim_data, model):
 
 
 def test_recipe_trains_with_object_tokens(sim_data, tmp_path):
-    recipe = five_step_recipe()
-    recipe.model_overrides = with_objects()
-    items = {"random_train": load_items(sim_data, "random_train")}
-    model, rows = train_recipe(recipe, items, [], tmp_path, progress=False)
+    config = five_step_recipe(sim_data, tmp_path / "on", model_overrides=with_objects())
+    model, rows = trained(config)
     assert model.num_object_tokens == K
-    assert all("objects" in r and np.isfinite(r["objects"]) for r in rows)
+    assert all("loss_objects" in r and np.isfinite(r["loss_objects"]) for r in rows)
     # Off, the same model trains without the term and draws the same init.
-    recipe = five_step_recipe(object_weight=0.0)
-    recipe.model_overrides = with_objects()
-    _, rows_off = train_recipe(recipe, items, [], tmp_path / "off", progress=False)
-    assert not any("objects" in r for r in rows_off)
-    assert rows_off[0]["lm"] == pytest.approx(rows[0]["lm"])
+    config = five_step_recipe(sim_data, tmp_path / "off", {"objects": 0.0},
+                              model_overrides=with_objects())  # fmt: skip
+    _, rows_off = trained(config)
+    assert not any("loss_objects" in r for r in rows_off)
+    assert rows_off[0]["loss_lm"] == pytest.approx(rows[0]["loss_lm"])

@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_recipe_targets import five_step_recipe, generated, tiny_overrides
+from test_recipe_targets import five_step_recipe, generated, tiny_overrides, trained
 from vsre_ros.training.items import load_items
 from vsre_ros.training.model_api import build_model
-from vsre_ros.training.recipes.curriculum import train_recipe
 from vsre_ros.training.recipes.pretrain import (
     PRETRAIN_LOG,
     ImageBatch,
@@ -152,15 +151,13 @@ def test_pretraining_changes_the_encoders_only_and_logs_held_out_figures(sim_dat
 
 
 def test_the_recipe_pretrains_before_its_stages(sim_data, tmp_path):
-    items = {"random_train": all_items(sim_data)}
-    plain, _ = train_recipe(five_step_recipe(), items, [], tmp_path / "plain", progress=False)
-    recipe = five_step_recipe(pretrain_steps=2, pretrain_batch=4)
-    pretrained, _ = train_recipe(recipe, items, [], tmp_path / "pre", progress=False)
-    (row,) = [
-        json.loads(line) for line in (tmp_path / "pre" / PRETRAIN_LOG).read_text().splitlines()
-    ]
+    plain, _ = trained(five_step_recipe(sim_data, tmp_path / "plain"))
+    config = five_step_recipe(sim_data, tmp_path / "pre", pretrain_steps=2, pretrain_batch=4)
+    pretrained, _ = trained(config)
+    log = tmp_path / "pre" / "pretrain" / PRETRAIN_LOG
+    (row,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert "val_sam_loss" in row, "without val items the last training images are held out"
-    assert not (tmp_path / "plain" / PRETRAIN_LOG).exists()
+    assert not (tmp_path / "plain" / "pretrain").exists()
     a, b = plain.state_dict(), pretrained.state_dict()
     differ = {
         k.split(".")[1] for k in a if k.startswith("encoders.") and not torch.equal(a[k], b[k])

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from vsre_ros.training.config import TrainConfig
 from vsre_ros.training.data import ask
 from vsre_ros.training.items import load_items
 from vsre_ros.training.model_api import build_model, collate, image_cache
-from vsre_ros.training.recipes.curriculum import (
-    ONE_POLARITY,
-    curriculum,
-    default_stages,
-    train_recipe,
-)
+from vsre_ros.training.recipes.curriculum import ONE_POLARITY, curriculum, default_stages
 from vsre_ros.training.recipes.targets import (
     BANK,
     COLOUR_IDS,
@@ -24,7 +21,7 @@ from vsre_ros.training.recipes.targets import (
     token_grids,
     verdict_bits,
 )
-from vsre_ros.training.train import stage_items
+from vsre_ros.training.train import read_metrics, stage_items, train
 
 from vsre_ros.core.config import tiny_encoders, tiny_lm
 
@@ -290,12 +287,10 @@ def test_more_lm_layers_are_added_after_the_hops():
 
 
 def test_hop_layers_must_exist_in_the_lm(sim_data, tmp_path):
-    from vsre_ros.training.recipes.curriculum import RecipeConfig
-
-    stages = default_stages(1, 1, batch_size=2)
-    recipe = RecipeConfig(model_overrides=tiny_overrides(), stages=stages, hop_layers=[0, 1, 3])
+    config = five_step_recipe(sim_data, tmp_path)
+    config.hop_layers = [0, 1, 3]
     with pytest.raises(ValueError, match="below the LM's 3"):
-        train_recipe(recipe, {}, [], tmp_path, progress=False)
+        train(config, progress=False)
 
 
 def test_first_stage_asks_one_polarity_only(sim_data):
@@ -383,55 +378,50 @@ def test_a_larger_input_keeps_the_grid_with_a_larger_patch(sim_data):
         default_overrides(image_size=100)
 
 
-def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
-    from vsre_ros.training.recipes.curriculum import RecipeConfig
+# The recipe's extra losses (training/default_model.py RECIPE_LOSSES), weight 1 each.
+RECIPE_WEIGHTS = {
+    "dense": 1.0, "hop0": 1.0, "objects": 1.0, "hop1": 1.0, "probe": 1.0, "bank": 1.0,
+    "verdict_probe": 1.0, "hop2": 1.0,
+}  # fmt: skip
 
-    stages = default_stages(2, 2, batch_size=4)
+
+def five_step_recipe(data, out, weights: dict | None = None, **fields) -> TrainConfig:
+    """The tiny model through the recipe's first two stages (2 + 3 steps) on random_train,
+    one optimizer across them, a metrics row each step."""
+    stages = default_stages(2, 3, batch_size=4)
     for stage in stages:
         stage.split = "random_train"
-    recipe = RecipeConfig(
-        model_overrides=tiny_overrides(),
-        stages=stages,
-        val_every=0,
-        verdict_weight=1.0,
-        pose_weight=1.0,
-    )
-    items = {"random_train": load_items(sim_data, "random_train")}
-    model, rows = train_recipe(recipe, items, [], tmp_path, progress=False)
-    assert rows[-1]["step"] == 4
-    parts = ("lm", "dense", "hop0", "hop1", "hop2", "probe", "pose", "bank", "verdict")
-    assert all(k in rows[-1] for k in parts)
+    stages[-1].decay_share = 0.3
+    fields.setdefault("model_overrides", tiny_overrides())
+    return TrainConfig(
+        data=str(data), output=str(out), stages=stages,
+        aux_losses={**RECIPE_WEIGHTS, **(weights or {})}, carry_optimizer=True, log_every=1,
+        eval_every=0, **fields,
+    )  # fmt: skip
+
+
+def trained(config: TrainConfig):
+    """(the run's model, its metrics rows in order)."""
+    from vsre_ros.core.model import VSREModel
+
+    results = train(config, progress=False)
+    out = Path(config.output)
+    rows = [r for s in config.stages for r in read_metrics(out / s.name / "metrics.jsonl")]
+    return VSREModel.from_pretrained(results[-1].final_dir), rows
+
+
+def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
+    config = five_step_recipe(sim_data, tmp_path, {"pose": 1.0})
+    _, rows = trained(config)
+    assert rows[-1]["global_step"] == 5
+    parts = ("lm", "dense", "hop0", "hop1", "hop2", "probe", "pose", "bank", "verdict_probe")
+    assert all(f"loss_{k}" in rows[-1] for k in parts)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
 
 
-def five_step_recipe(**fields):
-    """The tiny model through 2 + 3 steps on random_train, a metrics row each step."""
-    from vsre_ros.training.recipes.curriculum import RecipeConfig
-
-    stages = default_stages(2, 3, batch_size=4)
-    for stage in stages:
-        stage.split = "random_train"
-    recipe = RecipeConfig(model_overrides=tiny_overrides(), stages=stages, val_every=0, **fields)
-    recipe.log_every = 1
-    return recipe
-
-
-def test_prefetched_batches_train_exactly_as_inline_ones(sim_data, tmp_path):
-    items = {"random_train": load_items(sim_data, "random_train")}
-    runs = {}
-    for prefetch in (False, True):
-        recipe = five_step_recipe(prefetch=prefetch)
-        runs[prefetch] = train_recipe(recipe, items, [], tmp_path / str(prefetch), progress=False)
-    (inline, inline_rows), (ahead, ahead_rows) = runs[False], runs[True]
-    assert [r["loss"] for r in inline_rows] == [r["loss"] for r in ahead_rows]
-    assert len(ahead_rows) == 5
-    for (name, a), b in zip(inline.state_dict().items(), ahead.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
-
-
 def test_weight_average_follows_its_formula_and_swaps_back():
-    from vsre_ros.training.recipes.curriculum import WeightAverage
+    from vsre_ros.training.averaging import WeightAverage
 
     layer = torch.nn.Linear(2, 1, bias=False)
     frozen = torch.nn.Linear(1, 1)
@@ -459,27 +449,27 @@ def test_weight_average_follows_its_formula_and_swaps_back():
 
 def test_averaged_run_trains_the_same_and_keeps_its_last_weights(sim_data, tmp_path):
     from safetensors.torch import load_file, save_file
-    from vsre_ros.training.recipes.curriculum import LAST_WEIGHTS
+    from vsre_ros.training.train import LAST_WEIGHTS
 
     from vsre_ros.core.model import ModelLoadError
 
-    items = {"random_train": load_items(sim_data, "random_train")}
-    val = items["random_train"][:4]
     runs = {}
     for decay in (0.0, 0.9):
-        recipe = five_step_recipe(ema_decay=decay)
-        runs[decay] = train_recipe(recipe, items, val, tmp_path / str(decay), progress=False)
+        config = five_step_recipe(sim_data, tmp_path / str(decay), ema_decay=decay)
+        config.val_split, config.val_items = "random_train", 4
+        runs[decay] = trained(config)
     (plain, plain_rows), (averaged, averaged_rows) = runs[0.0], runs[0.9]
     # Averaging only watches: the same losses, and the last step's weights kept beside.
     assert [r["loss"] for r in plain_rows] == [r["loss"] for r in averaged_rows]
-    assert not (tmp_path / "0.0" / LAST_WEIGHTS).exists()
+    final = tmp_path / "0.9" / "B-all" / "final"
+    assert not (tmp_path / "0.0" / "B-all" / "final" / LAST_WEIGHTS).exists()
     vals = [r for r in averaged_rows if "val_acc" in r]
     assert len(vals) == 2 and all(0.0 <= r["val_acc_ema"] <= 1.0 for r in vals)
     assert not any("val_acc_ema" in r for r in plain_rows)
     plain_state = plain.state_dict()
     moved = [k for k, v in averaged.state_dict().items() if not torch.equal(v, plain_state[k])]
     assert moved, "the returned model should carry the averages, not the last weights"
-    last = tmp_path / "0.9" / LAST_WEIGHTS
+    last = final / LAST_WEIGHTS
     averaged.load_weights(last)
     for name, tensor in averaged.state_dict().items():
         assert torch.equal(tensor, plain_state[name]), name
@@ -494,34 +484,18 @@ def test_averaged_run_trains_the_same_and_keeps_its_last_weights(sim_data, tmp_p
         averaged.load_weights(wrong)
 
 
-def test_batches_come_in_step_order_and_carry_the_workers_errors():
-    from concurrent.futures import ThreadPoolExecutor
-
-    from vsre_ros.training.recipes.curriculum import _Batches
-
-    def prepare(step):
-        if step == 3:
-            raise ValueError("bad item at step 3")
-        return (step,)
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        batches = _Batches(prepare, 5, pool)
-        assert [batches.get(k) for k in range(3)] == [(0,), (1,), (2,)]
-        with pytest.raises(ValueError, match="bad item at step 3"):
-            batches.get(3)
-        assert batches.get(4) == (4,)
-        assert batches.get(1) == (1,), "a step asked out of order is built inline"
-
-
-def test_final_decay_sets_where_the_last_stage_lr_starts_falling():
+def test_decay_share_sets_where_the_stage_lr_starts_falling():
     from vsre_ros.training.config import StageConfig
-    from vsre_ros.training.recipes.curriculum import RecipeConfig, _lr
+    from vsre_ros.training.train import learning_rate
 
-    stage = StageConfig(steps=100, lr=1e-3, warmup_steps=0)
     for decay, start in ((0.3, 70), (0.6, 40)):
-        assert _lr(stage, start - 1, True, decay) == pytest.approx(1e-3)
-        assert _lr(stage, start + 1, True, decay) < 1e-3
-        assert 1e-4 <= _lr(stage, 99, True, decay) < 1.5e-4  # down to 10% at the end
-        assert _lr(stage, 99, False, decay) == pytest.approx(1e-3)  # only the last stage decays
-    with pytest.raises(ValueError, match="final_decay"):
-        RecipeConfig(final_decay=1.5)
+        stage = StageConfig(steps=100, lr=1e-3, warmup_steps=0, decay_share=decay)
+        assert learning_rate(stage, start - 1) == pytest.approx(1e-3)
+        assert learning_rate(stage, start + 1) < 1e-3
+        assert 1e-4 <= learning_rate(stage, 99) < 1.5e-4  # down to 10% at the end
+    flat = StageConfig(steps=100, lr=1e-3, warmup_steps=0)
+    assert learning_rate(flat, 99) == pytest.approx(1e-3), "no decay unless asked"
+    stages = curriculum("relations-grow", 10, 20, 4, final_decay=0.3)
+    assert [s.decay_share for s in stages] == [0.0] * (len(stages) - 1) + [0.3]
+    with pytest.raises(ValueError, match="decay_share is a share"):
+        TrainConfig(stages=[StageConfig(decay_share=1.5)]).validate()

@@ -9,9 +9,11 @@ import random
 
 import pytest
 from vsre_ros.training import default_model
+from vsre_ros.training.config import load_config
 from vsre_ros.training.recipes.curriculum import curriculum
 
 STEPS = sum(s.steps for s in curriculum("relations-grow", 2, 2, 2))  # the default curriculum
+LAST = curriculum("relations-grow", 2, 2, 2)[-1].name  # its last stage, which holds the model
 
 
 def args_for(tmp_path, out: str, **extra) -> argparse.Namespace:
@@ -21,6 +23,8 @@ def args_for(tmp_path, out: str, **extra) -> argparse.Namespace:
         "--out", str(tmp_path / out), "--data", str(tmp_path / "data"), "--n", "40",
         "--steps-a", "2", "--steps-b", "2", "--batch-size", "2", "--val-every", "0",
         "--eval-items", "6", "--consistency-items", "1", "--no-progress",
+        # The shipped model's pretraining and object tokens are defaults; a toy run skips them.
+        "--pretrain-steps", "0", "--object-tokens", "0", "--threads", "1",
     ]  # fmt: skip
     for key, value in extra.items():
         argv += [f"--{key.replace('_', '-')}", *([value] if isinstance(value, str) else value)]
@@ -99,7 +103,7 @@ def test_the_verdict_bias_is_fitted_on_val_and_matches_its_true_rate(ablated, tm
         (data / entry.name).symlink_to(entry)
     (data / "random_val.jsonl").unlink()
     (data / "random_val.jsonl").symlink_to(ablated / "data" / "zeroshot_train.jsonl")
-    model = VSREModel.from_pretrained(ablated / "no-siglip" / "train" / "model").eval()
+    model = VSREModel.from_pretrained(ablated / "no-siglip" / "train" / LAST / "final").eval()
     result = default_model.calibrate_verdict(model, data, 60, tmp_path / "cal", seed=0)
     assert result["items"] >= 5
     assert model.config.verdict_bias == result["bias"] != 0.0
@@ -145,9 +149,10 @@ def test_a_shared_dataset_must_match_the_data_seed_and_a_training_seed_is_apart(
     assert "--data-seed 0 " in card and "--ema-decay 0.9 " in card
     assert "simulated scenes (MuJoCo), seed 0, 40 items" in card
     assert "Weights averaged over steps (exponential, decay 0.9)" in card
-    assert (ablated / "seed1" / "train" / "last_weights.safetensors").stat().st_size > 0
-    recipe = json.loads((ablated / "seed1" / "train" / "recipe.json").read_text())
-    assert recipe["seed"] == 1 and recipe["ema_decay"] == 0.9
+    train = ablated / "seed1" / "train"
+    assert (train / LAST / "final" / "last_weights.safetensors").stat().st_size > 0
+    recipe = load_config(train / "train_config.yaml")
+    assert recipe.seed == 1 and recipe.ema_decay == 0.9 and recipe.carry_optimizer
 
 
 def test_bad_families_and_missing_ablation_runs_are_named(tmp_path, capsys):
@@ -165,16 +170,16 @@ def test_an_experiment_narrows_tasks_and_continues_from_a_saved_model(ablated, c
     common = ["--data", str(ablated / "data"), "--steps-a", "2", "--eval", "8", "--warmup", "1"]
     common += ["--split", "random_train"]  # the toy dataset's val split may be empty
     assert experiment.main([*common, "--out", str(first), "--tasks", "localization"]) == 0
-    recipe = json.loads((first / "recipe.json").read_text())
-    assert [s["task_weights"] for s in recipe["stages"]] == [{"localization": 1.0}]
+    recipe = load_config(first / "train" / "train_config.yaml")
+    assert [s.task_weights for s in recipe.stages] == [{"localization": 1.0}]
     val = json.loads((first / "val.json").read_text())
     assert 0.0 <= val["accuracy"] <= 1.0 and val["by_task"]
     second = ablated / "exp-left"
     argv = [*common, "--out", str(second), "--init", str(first / "model")]
     assert experiment.main([*argv, "--relations", "left of"]) == 0
-    recipe = json.loads((second / "recipe.json").read_text())
-    assert recipe["init"] == str(first / "model")
-    assert recipe["stages"][0]["relations"] == ["left of"]
+    recipe = load_config(second / "train" / "train_config.yaml")
+    assert recipe.model == str(first / "model")
+    assert recipe.stages[0].relations == ["left of"]
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.3, 0.5, 1.0])
@@ -190,3 +195,28 @@ def test_the_fitted_verdict_bias_matches_the_true_rate(rate):
 def test_the_verdict_bias_fit_refuses_mismatched_input():
     with pytest.raises(ValueError, match="one label per probability"):
         default_model.fit_verdict_bias([0.2, 0.9], [True])
+
+
+def test_the_defaults_and_the_recipe_file_are_the_shipped_model():
+    from vsre_ros.training.train import add_arguments as train_arguments
+    from vsre_ros.training.train import config_from_args
+
+    parser = argparse.ArgumentParser()
+    default_model.add_arguments(parser)
+    defaults = parser.parse_args([])
+    # The shipped card's command, with nothing but its flags, parses to the defaults.
+    card = (default_model.EXPORT_DIR / "MODEL_CARD.md").read_text()
+    command = next(line for line in card.splitlines() if "vsre train-default --seed" in line)
+    shipped = parser.parse_args(command.split("vsre train-default", 1)[1].split())
+    differ = {k for k, v in vars(shipped).items() if v != getattr(defaults, k)}
+    assert differ <= {"out", "data"}, differ
+    # The recipe file is the config those defaults train, and `vsre train --recipe` reads it.
+    assert default_model.RECIPE_FILE.read_text() == default_model.recipe_file_text(defaults)
+    train_parser = argparse.ArgumentParser()
+    train_arguments(train_parser)
+    config, _ = config_from_args(train_parser.parse_args(["--recipe", "vsre-tiny"]))
+    assert config.to_dict() == load_config(default_model.RECIPE_FILE).to_dict()
+    assert config.carry_optimizer and config.ema_decay == 0.999 and config.pretrain_steps == 1000
+    assert config.model_overrides["object_tokens"] == 8
+    with pytest.raises(ValueError, match="unknown recipe 'nope'; known: \\["):
+        config_from_args(train_parser.parse_args(["--recipe", "nope"]))

@@ -102,7 +102,7 @@ def test_demo_scoring_rules():
     assert agrees_with_item(number, _answer(value=2.4))
     assert not agrees_with_item(number, _answer(value=2.6))
     assert not agrees_with_item(yes_item, SpatialAnswer(status=SpatialAnswer.ERROR, verdict=True))
-    # The same rules score the core engine's answers (bench/demo_gap.py).
+    # The same rules score the core engine's answers (bench/research/demo_gap.py).
     assert agrees_with_item(choice, Answer(choice_index=1))
     assert not agrees_with_item(choice, Answer(status=Status.ERROR, choice_index=1))
 

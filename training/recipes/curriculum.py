@@ -263,7 +263,7 @@ def default_overrides(
     that each binding hop gets its own layer (hop 0, hop 1, hop 2) and one is left to compare;
     `lm_layers` above 4 leaves more layers after hop 2 to pick the answer. `fusion_grid` is
     the side of the fused token grid (8: 64 image tokens; 4: 16, about 0.75x a step's cost,
-    `bench/recipe_step_cost.py`). `object_tokens` adds that many object tokens read from
+    `bench/research/recipe_step_cost.py`). `object_tokens` adds that many object tokens read from
     the SAM map (`encoders/objects.py`); a family list without sam has none. `image_size` is
     the encoders' input side; the patch is an eighth of it, so the encoder grids stay 8x8 and
     a larger input costs the patch embeddings only (small objects get more pixels each).

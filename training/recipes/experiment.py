@@ -16,13 +16,10 @@ import logging
 from pathlib import Path
 
 from ..default_model import (
-    TRAIN_SPLIT,
     add_recipe_arguments,
     evaluate_split,
-    recipe_fields,
-    recipe_overrides,
+    recipe_config,
 )
-from ..items import load_items
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,31 +48,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .curriculum import RecipeConfig, curriculum, train_recipe
+    from vsre_ros.core.config import ENCODER_FAMILIES
+    from vsre_ros.core.model import VSREModel
+
+    from ..train import train
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data, out = Path(args.data), Path(args.out)
-    stages = curriculum(args.curriculum, args.steps_a, max(1, args.steps_b), 16)
-    if args.steps_b == 0:
-        stages = stages[:1]
+    args.batch_size, args.val_every, steps_b = 16, 0, args.steps_b
+    args.steps_b = max(1, steps_b)
+    config = recipe_config(args, data, out / "train", ENCODER_FAMILIES)
+    config.val_split = ""
+    if args.init:
+        config.model = args.init
+    stages = config.stages if steps_b else config.stages[:1]
+    config.stages = stages
     for k, stage in enumerate(stages):
         stage.warmup_steps = args.warmup if k == 0 else 0
         if args.tasks:
             stage.task_weights = {t.strip(): 1.0 for t in args.tasks.split(",") if t.strip()}
         if args.relations is not None:
             stage.relations = [r.strip() for r in args.relations.split(",") if r.strip()]
-    recipe = RecipeConfig(
-        seed=args.seed,
-        stages=stages,
-        val_every=0,
-        threads=args.threads,
-        init=args.init,
-        model_overrides=recipe_overrides(args),
-        **recipe_fields(args),
-    )
-    items = {TRAIN_SPLIT: load_items(data, TRAIN_SPLIT)}
-    model, _ = train_recipe(recipe, items, [], out, progress=True)
+    results = train(config)
+    model = VSREModel.from_pretrained(results[-1].final_dir).eval()
     model.save_pretrained(out / "model")
     report = evaluate_split(model, data, args.split, "item", args.eval, out / "eval", False)
     result = {

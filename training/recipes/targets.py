@@ -17,7 +17,7 @@ those words). These targets supervise the parts directly:
   predicts where its object is (the same coverage over image tokens), its log depth and its
   shape (mask box, area, min and max log depth), so the phrase token must carry what the
   comparisons need into the layers that compare. These are the features with which a small
-  MLP answers 93% of the relations (`bench/relation_ceiling.py`);
+  MLP answers 93% of the relations (`bench/research/relation_ceiling.py`);
 - pose probe (optional): from the same output, a second head predicts the object's 3D pose
   relative to the camera: its centre in the camera frame, which way its front points and
   how its long axis lies (both as angles from the camera's heading, unknown for objects

@@ -140,7 +140,7 @@ NUMBER_TOLERANCE = 0.25  # a number answer counts as right within 25 % (or 0.1 m
 
 def agrees_with_item(item: dict, answer) -> bool:
     """Does an answer (a core Answer or a SpatialAnswer message) agree with a dataset item's
-    known answer? The demo's scoring, also used by `bench/demo_gap.py`."""
+    known answer? The demo's scoring, also used by `bench/research/demo_gap.py`."""
     if answer.status != Status.OK:
         return False
     kind = item["answer_kind"]

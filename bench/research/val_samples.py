@@ -1,6 +1,6 @@
 """A trained model's raw validation figures on the seeded samples the recipes table compares.
 
-    PYTHONPATH=. python bench/val_samples.py --model runs/22/train/model --data runs/D200K
+    PYTHONPATH=. python bench/research/val_samples.py --model runs/22/train/model --data runs/D200K
 
 Three seeded `random_val` samples through `training.default_model.evaluate_split`, each item
 asked its own question: 600 items (seed 0), 3000 items (seed 2) and 2000 relation items

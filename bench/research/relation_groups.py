@@ -1,18 +1,18 @@
 """Held-out relation accuracy by the curriculum stage that first grows each relation, or by
 VSR meta-category.
 
-    PYTHONPATH=. python bench/relation_groups.py vsre_ros/models/vsre-tiny/eval runs/22/eval
-    PYTHONPATH=. python bench/relation_groups.py --by meta runs/24/val --splits valrel2000
+    PYTHONPATH=. python bench/research/relation_groups.py vsre_ros/models/vsre-tiny/eval runs/22/eval
+    PYTHONPATH=. python bench/research/relation_groups.py --by meta runs/24/val --splits valrel2000
 
 Each argument is an evaluation directory holding `SPLIT/report.json` for each of `--splits`:
 `vsre train-default`'s `eval/` or the one shipped beside the weights (random_test and
-zeroshot_test, the default), or `bench/val_samples.py --out DIR` (valrel2000, val3000, ...).
+zeroshot_test, the default), or `bench/research/val_samples.py --out DIR` (valrel2000, val3000, ...).
 By stage (the default), the relations are grouped by the `relations-grow-all` stage that
 first asks them: the lateral pair, one polarity of vertical and depth, their opposites, one
 polarity of the rest (proximity, contact, containment, orientation), and those rest's
 opposites. `relations-grow` grows only the first three groups and leaves the last two to its
 all-relations stage, so the table shows whether growing them one polarity first pays. By
-meta-category (`--by meta`) the groups are those `bench/relation_ceiling.py` reports what
+meta-category (`--by meta`) the groups are those `bench/research/relation_ceiling.py` reports what
 perfect 2.5D and 3D features reach on.
 """
 

@@ -1,6 +1,6 @@
 """What the camera's frame size costs the model: the demo camera's scenes at several sizes.
 
-    PYTHONPATH=. python bench/demo_gap.py --scenes 30 --sizes 160x120 128x128 64x64
+    PYTHONPATH=. python bench/research/demo_gap.py --scenes 30 --sizes 160x120 128x128 64x64
 
 The demo's sim camera renders scene 0, 1, 2, ... of seed 0 with the generator's default
 question mix, and the model squashes each frame to its encoders' 64x64; the embedded model

@@ -1,7 +1,7 @@
 """Where does a trained model lose the binary relations? Prints, per relation, the model's
 answer accuracy beside the accuracy of a linear probe on its own hidden state.
 
-    PYTHONPATH=. python bench/relation_probe.py --model vsre_ros/models/vsre-tiny \
+    PYTHONPATH=. python bench/research/relation_probe.py --model vsre_ros/models/vsre-tiny \
         --data runs/vsre-tiny/data --threads 2
 
 For relation items of `random_val` (one image, two named objects), the model is run once on

@@ -1,7 +1,7 @@
 """How well can binary relations be answered from perfect perception? Prints the accuracy of
 a small MLP given ground-truth features instead of pixels, by relation family.
 
-    PYTHONPATH=. python bench/relation_ceiling.py --data runs/vsre-tiny/data --threads 1
+    PYTHONPATH=. python bench/research/relation_ceiling.py --data runs/vsre-tiny/data --threads 1
 
 Two feature sets, both from the simulator's files of each item's one image:
 - "2.5D": what a perfect reader of the image and its depth map would know about the two named
