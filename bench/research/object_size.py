@@ -1,14 +1,16 @@
 """Held-out accuracy by task and by the share of the image that the smallest object a
 question names covers.
 
-    PYTHONPATH=. python bench/research/val_samples.py --model MODEL --data runs/D200K --out runs/X/val
+    PYTHONPATH=. python bench/research/val_samples.py --model MODEL --data runs/D200K \
+        --out runs/X/val
     PYTHONPATH=. python bench/research/object_size.py --data runs/D200K runs/X/val/val3000
     PYTHONPATH=. python bench/research/object_size.py --data runs/D200K runs/34a/eval \
         --data runs/D200K96 runs/34b/eval      # one --data per run, in order
 
 Each argument is an evaluation directory with the `predictions.jsonl` and `report.json` that
-`training.default_model.evaluate_split` writes (`bench/research/val_samples.py --out DIR` keeps one per
-sample; `vsre train-default` leaves them in `OUT/eval/SPLIT`). Every prediction is scored again
+`training.default_model.evaluate_split` writes (`bench/research/val_samples.py --out DIR` keeps
+one per sample; `vsre train-default` leaves them in `OUT/eval/SPLIT`). Every prediction is scored
+again
 against its item and put in a bucket by the area of the 2D box of the smallest object its
 question names (the item's `boxes`), as a share of the (first) image's area. The buckets are
 resolution-free, so runs on the same scenes rendered at two sizes compare bucket by bucket; at

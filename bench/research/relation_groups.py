@@ -1,12 +1,14 @@
 """Held-out relation accuracy by the curriculum stage that first grows each relation, or by
 VSR meta-category.
 
-    PYTHONPATH=. python bench/research/relation_groups.py vsre_ros/models/vsre-tiny/eval runs/22/eval
+    PYTHONPATH=. python bench/research/relation_groups.py vsre_ros/models/vsre-tiny/eval \
+        runs/22/eval
     PYTHONPATH=. python bench/research/relation_groups.py --by meta runs/24/val --splits valrel2000
 
 Each argument is an evaluation directory holding `SPLIT/report.json` for each of `--splits`:
 `vsre train-default`'s `eval/` or the one shipped beside the weights (random_test and
-zeroshot_test, the default), or `bench/research/val_samples.py --out DIR` (valrel2000, val3000, ...).
+zeroshot_test, the default), or `bench/research/val_samples.py --out DIR` (valrel2000, val3000,
+...).
 By stage (the default), the relations are grouped by the `relations-grow-all` stage that
 first asks them: the lateral pair, one polarity of vertical and depth, their opposites, one
 polarity of the rest (proximity, contact, containment, orientation), and those rest's
