@@ -122,6 +122,51 @@ def bench_evaluator(n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+PHASES = ("batch", "targets", "forward", "backward", "optimizer")
+
+
+def bench_recipe(recipe: str, data: Path | None, steps: int, threads: int, tmp: Path) -> dict:
+    """The named recipe's last stage (every task and extra loss) for `steps` steps through the
+    training loop: median wall and CPU milliseconds per phase of a step, and samples/s."""
+    from vsre_ros.sim_data.dataset import GenConfig, generate
+    from vsre_ros.training.config import load_config
+    from vsre_ros.training.train import read_metrics, recipe_path, train
+
+    config = load_config(recipe_path(recipe))
+    if data is None:
+        data = tmp / "sim"
+        generate(data, 600, GenConfig(seed=11, width=64, height=64), workers=1, progress=False)
+    stage = config.stages[-1]
+    stage.steps, stage.warmup_steps, stage.split = steps, 0, "random_train"
+    config.stages, config.data, config.output = [stage], str(data), str(tmp / "run")
+    config.pretrain_steps, config.val_split, config.log_every, config.threads = 0, "", 1, threads
+    config.save_every = steps + 1
+    train(config, progress=False)
+    rows = read_metrics(tmp / "run" / stage.name / "metrics.jsonl")[2:]  # past the warm-up
+    median = {
+        f"{kind}{phase}": statistics.median(r[f"{kind}{phase}"] for r in rows)
+        for phase in PHASES
+        for kind in ("ms_", "cpu_ms_")
+    }
+    step_ms = sum(median[f"ms_{p}"] for p in PHASES)
+    cpu_ms = sum(median[f"cpu_ms_{p}"] for p in PHASES)
+    return {"batch_size": stage.batch_size, "step_ms": step_ms, "cpu_ms": cpu_ms,
+            "samples_per_s": 1000 * stage.batch_size / step_ms, **median}  # fmt: skip
+
+
+def print_recipe(recipe: str, figures: dict) -> None:
+    b = figures["batch_size"]
+    print(
+        f"recipe {recipe}: {figures['samples_per_s']:.1f} samples/s "
+        f"(batch {b}, step {figures['step_ms']:.0f} ms wall, {figures['cpu_ms']:.0f} ms CPU; "
+        f"{1000 * b / figures['cpu_ms']:.1f} samples per CPU-second)"
+    )
+    for phase in PHASES:
+        wall, cpu = figures[f"ms_{phase}"], figures[f"cpu_ms_{phase}"]
+        print(f"  {phase:10s} {wall:8.1f} ms wall {cpu:8.1f} ms CPU "
+              f"({cpu / figures['cpu_ms']:5.1%} of the CPU)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="", help="vsre dataset (default: random images)")
@@ -131,8 +176,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--presets", default="vsre-tiny,vsre-tiny-channel")
     parser.add_argument("--modes", default="stage1,stage2,all")
+    parser.add_argument(
+        "--recipe",
+        default="vsre-tiny",
+        help="recipe whose step is timed phase by phase ('' skips it; vsre-tiny)",
+    )
+    parser.add_argument("--recipe-steps", type=int, default=20, help="recipe steps timed (20)")
+    parser.add_argument("--recipe-only", action="store_true", help="only the recipe's figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.recipe:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(args.data) if args.data else None
+            figures = bench_recipe(args.recipe, data, args.recipe_steps, args.threads, Path(tmp))
+        print_recipe(args.recipe, figures)
+        if args.recipe_only:
+            return
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data) if args.data else random_dataset(Path(tmp) / "d", 96, 96)
         items = load_items(data, args.split)

@@ -30,8 +30,8 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for mean, weight in zip(self.average, self.live, strict=True):
-            mean.lerp_(weight, 1.0 - d)
+        # One multi-tensor kernel rather than a Python loop over the tensors.
+        torch._foreach_lerp_(self.average, [w.detach() for w in self.live], 1.0 - d)
         self.updates += 1
 
     @torch.no_grad()
