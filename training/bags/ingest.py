@@ -53,6 +53,7 @@ CORRECTIONS_TOPIC = "vsre/corrections"  # documented topic for SpatialCorrection
 PROVENANCE_FILE = "provenance.jsonl"
 # Answer kinds by the SpatialQuery KIND_* value; the names are the dataset's answer_kind.
 KIND_LABELS = {0: "yes_no", 1: "choice", 2: "number", 3: "free_text"}
+SELF_CONTRADICTION = "correction contradicts itself (refused)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,9 +123,7 @@ class IngestReport:
         ]
         lines.append(f"frames written: {self.frames}")
         if self.groups:
-            lines.append(
-                "split groups: " + ", ".join(f"{k} {v}" for k, v in self.groups.items())
-            )
+            lines.append("split groups: " + ", ".join(f"{k} {v}" for k, v in self.groups.items()))
         lines.append(
             "messages read: " + (", ".join(f"{k} {v}" for k, v in self.messages.items()) or "none")
         )
@@ -618,6 +617,12 @@ def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | N
             continue
         rows.extend(made)
         written.update({(bag.name, *key): rel for key, rel in files.items()})
+    refused = report.skipped.get(SELF_CONTRADICTION, 0)
+    if refused:
+        report.warn(
+            f"{refused} corrections contradict themselves (answer text vs verdict, option or "
+            "value) and label nothing, e.g. " + "; ".join(report.examples[SELF_CONTRADICTION])
+        )
     if report.contradicted:
         report.warn(
             f"{report.contradicted} queries were corrected more than once with different "
@@ -737,7 +742,7 @@ def _choose_label(query, query_id, answer, contents, config, report, sim_item):
         correction = bound[-1][1]  # the latest correction wins
         conflict = _self_contradiction(query, correction)
         if conflict:
-            report.skip("correction contradicts itself (refused)", f"{query_id}: {conflict}")
+            report.skip(SELF_CONTRADICTION, f"{query_id}: {conflict}")
             return None
         labels = {_label_key(query, c) for _, c in bound}
         if len(labels) > 1:
