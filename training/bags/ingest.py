@@ -14,6 +14,7 @@ then only the frames some item uses are decoded and written.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -388,11 +389,12 @@ def _split_keys(groups: list[tuple], config: IngestConfig) -> list[str]:
     """One split key per item; items with the same key share a split.
 
     A group is ("inline", key) for a query with inline images, or ("frame", bag, stamp,
-    scene_id). Frames of a bag are cut into windows of `split_window` seconds across all its
-    cameras (neighbouring frames are near-duplicates, and frames of two cameras at one instant
-    show the same moment; splitting them would put the same view in train and test); a
-    boundary is never drawn between stamps within INSTANT. Items of one simulated scene share
-    a key too, joined to their windows (union-find), so no scene straddles splits either.
+    scene_id). A simulated frame's key is its scene (every frame of one scene shares a split).
+    Other frames of a bag are cut into windows of `split_window` seconds across all its
+    cameras (neighbouring frames are near-duplicates, and two cameras' frames at one instant
+    show the same moment; splitting them would put the same view in train and test), and a
+    window boundary never falls between stamps within INSTANT. Frames at one instant join
+    (union-find), so a scene and another camera's frame of that moment share a split too.
     """
     parent: dict[str, str] = {}
 
@@ -403,13 +405,14 @@ def _split_keys(groups: list[tuple], config: IngestConfig) -> list[str]:
             key = parent[key]
         return key
 
-    stamps: dict[str, set[int]] = defaultdict(set)
+    plain: dict[str, set[int]] = defaultdict(set)
+    at: dict[str, list[tuple[int, str]]] = defaultdict(list)  # bag -> (stamp, key), sorted
     for group in groups:
-        if group[0] == "frame":
-            stamps[group[1]].add(group[2])
+        if group[0] == "frame" and not group[3]:
+            plain[group[1]].add(group[2])
     window, instant = config.split_window * 1e9, INSTANT * 1e9
     window_of: dict[tuple[str, int], str] = {}
-    for bag, found in stamps.items():
+    for bag, found in plain.items():
         start = previous = None
         number = 0
         for stamp in sorted(found):
@@ -422,10 +425,15 @@ def _split_keys(groups: list[tuple], config: IngestConfig) -> list[str]:
         if group[0] == "inline":
             keys.append(group[1])
             continue
-        key = window_of[(group[1], group[2])]
-        if group[3]:
-            parent[find(key)] = find(f"scene/{group[3]}")
+        _, bag, stamp, scene_id = group
+        key = f"scene/{scene_id}" if scene_id else window_of[(bag, stamp)]
+        at[bag].append((stamp, key))
         keys.append(key)
+    for moments in at.values():
+        moments.sort()
+        for (stamp, key), (next_stamp, next_key) in itertools.pairwise(moments):
+            if next_stamp - stamp <= instant:
+                parent[find(next_key)] = find(key)
     return [find(key) for key in keys]
 
 
