@@ -128,8 +128,10 @@ def bench_noise(tmp: Path) -> None:
     from vsre_ros.training.expand.verify import neighbour_correlation
 
     def show(name: str, values: list[float]) -> None:
-        print(f"neighbour correlation, {name}: min {min(values):.3f} median "
-              f"{statistics.median(values):.3f} max {max(values):.3f} (n={len(values)})")  # fmt: skip
+        print(
+            f"neighbour correlation, {name}: min {min(values):.3f} median "
+            f"{statistics.median(values):.3f} max {max(values):.3f} (n={len(values)})"
+        )
 
     helpers = _load("expand_helpers", ROOT / "tests" / "expansion" / "conftest.py")
     with Simulator(64, 64) as sim:
@@ -140,8 +142,10 @@ def bench_noise(tmp: Path) -> None:
             renders.append(neighbour_correlation(sim.render(scene.views[0]).rgb))
     show("sim renders 64 px", renders)
     rng = np.random.default_rng(0)
-    show("uniform pixel noise 64 px",
-         [neighbour_correlation(rng.integers(0, 256, (64, 64, 3))) for _ in range(16)])  # fmt: skip
+    show(
+        "uniform pixel noise 64 px",
+        [neighbour_correlation(rng.integers(0, 256, (64, 64, 3))) for _ in range(16)],
+    )
     boxes = ((0.05, 0.2, 0.35, 0.6), (0.55, 0.2, 0.9, 0.6))
     for mode, build in (
         ("txt2img", helpers.build_tiny_sdxl),
@@ -150,17 +154,30 @@ def bench_noise(tmp: Path) -> None:
         backend = DiffusionBackend(
             mode, build(tmp / f"noise-{mode}"), GenerationConfig(size=64, steps=2, guidance=1.0)
         )
-        requests = [Request("a photo: a cup left of a box", s, phrases=("cup", "box"),
-                            boxes=boxes) for s in range(8)]  # fmt: skip
-        show(f"tiny random {mode} pipeline 64 px",
-             [neighbour_correlation(im) for im in backend.generate(requests)])  # fmt: skip
+        requests = [
+            Request("a photo: a cup left of a box", s, phrases=("cup", "box"), boxes=boxes)
+            for s in range(8)
+        ]
+        show(
+            f"tiny random {mode} pipeline 64 px",
+            [neighbour_correlation(im) for im in backend.generate(requests)],
+        )
     source = helpers.write_source(tmp / "noise-src")
-    report = expand(ExpandConfig(str(source), str(tmp / "noise-inpaint"), "inpaint",
-                                 str(tmp / "noise-txt2img"), per_item=2,
-                                 generation={"size": 32, "steps": 2, "guidance": 1.0}))  # fmt: skip
+    report = expand(
+        ExpandConfig(
+            str(source),
+            str(tmp / "noise-inpaint"),
+            "inpaint",
+            str(tmp / "noise-txt2img"),
+            per_item=2,
+            generation={"size": 32, "steps": 2, "guidance": 1.0},
+        )
+    )
     noise, checked = report.noise
-    print(f"expand inpaint, tiny SDXL: noise {noise} of {checked} outputs; rejected by check "
-          f"{report.reasons}")  # fmt: skip
+    print(
+        f"expand inpaint, tiny SDXL: noise {noise} of {checked} outputs; rejected by check "
+        f"{report.reasons}"
+    )
 
 
 SECTIONS = {"ingest": bench_ingest, "expand": bench_expand, "noise": bench_noise}
