@@ -1,8 +1,9 @@
 """The weekly loop as one command: `vsre retrain --bags BAG... --current MODEL --export DIR`.
 
 1. ingest: the bags become a dataset (`training.bags`); frames whose queries were corrected
-   are labelled by the corrections; a share of frames is held out (`test`) unless a separate
-   held-out dataset is given;
+   are labelled by the corrections; a share of the split groups (frames within
+   `--split-window` seconds, any camera) is held out (`test`) unless a separate held-out
+   dataset is given. The held-out set is checked here, before anything trains;
 2. expand: the ingested training items are expanded (`training.expand`; `sim` by default,
    which re-renders the scenes that SceneTruth messages carried; `none` skips it);
 3. stage 2: the current model is tuned (projectors + LoRA) on the ingested, expanded and any
@@ -10,7 +11,8 @@
 4. compare: the previous and the new model answer the same held-out questions
    (`training.evaluate`), and the comparison is printed;
 5. export: only if the new model is not worse (accuracy >= previous - tolerance) is it copied
-   to `<export>/model-NNNN/`, and `<export>/current` (a symlink) is switched to it atomically.
+   to `<export>/model-NNNN/`, and `<export>/current` (a symlink) is switched to it atomically;
+   a model byte-identical to an earlier export (a turn run twice) is not exported again.
 
 A running VSRE server switches to the result at runtime by setting its `model` parameter,
 e.g. `ros2 param set /vsre_server model <export>/current`; it keeps answering with the old

@@ -22,8 +22,20 @@ Items hold the dataset schema's fields (plus the simulator's extras for sim-trut
 where each came from (query id, label source, camera topic, stamp, bag) is in the sidecar
 `provenance.jsonl`, one line per item.
 
+A query is identified by (bag, query_id): callers choose ids, and the demo's `scene/counter`
+ids repeat between runs. A correction labels the query of its own bag; an operator's bag is
+bound with `--corrections-for OPERATOR_BAG=BAG`, or else to the one bag holding the id, and a
+correction that could mean several queries is refused and counted. A correction whose text
+contradicts its own verdict, option or value labels nothing. A camera gets only the depth of its
+own frame_id unless `--depth-topic COLOR=DEPTH` says otherwise; a query naming no camera takes
+the bag's only camera, or `--default-camera`. Items of frames within `--split-window` seconds of
+each other (any camera; one simulated scene) share a split.
+
 A bag that a crashed recorder left behind (no `metadata.yaml`, an MCAP file without its summary,
-a cut-off sqlite file) still yields every message that can be read; the report says so.
+a cut-off sqlite file) still yields every message that can be read; the report says so. A bag
+that cannot be read at all is reported and skipped; the rest are ingested, and `vsre ingest`
+exits with 3 (1 when no bag could be read). Empty bags and bags without queries are warned
+about.
 Nothing here imports rclpy: messages are decoded by `rosbags`, images by the ROS layer's
 numpy conversions (`vsre_ros.ros.conversions`, which is rclpy-free too).
 """
