@@ -24,7 +24,7 @@ def _one_thread():
 
 def _run(source, out, mode, model, shard=None, **overrides):
     """One expansion. The tiny random pipelines draw noise, which the noise check rejects
-    (tests/expansion/test_trust.py); these tests are about the rest, so it is off unless
+    (tests/expansion/test_expand_trust.py); these tests are about the rest, so it is off unless
     asked for."""
     cfg = ExpandConfig(str(source), str(out), mode, str(model), generation=dict(TINY))
     cfg.min_smoothness = -1.0
