@@ -395,7 +395,12 @@ def retrain(cfg: RetrainConfig) -> dict:
             print(f"exported {exported}; {Path(cfg.export) / 'current'} now points at it")
     summary = {
         "config": asdict(cfg),
-        "ingest": {"items": ingest_report.items, "skipped": ingest_report.skipped},
+        "ingest": {
+            "items": ingest_report.items,
+            "skipped": ingest_report.skipped,
+            "unreadable": ingest_report.unreadable,
+            "warnings": ingest_report.notes,
+        },
         "expanded_items": expanded_items,
         "train_items": n_train,
         "model": str(result.final_dir),

@@ -89,6 +89,7 @@ def test_loop_exports_only_a_model_that_is_not_worse(builder, tiny_model_dir, tm
     printed = capsys.readouterr().out
     assert "previous" in printed and "decision: export" in printed
     assert summary["expanded_items"] > 0 and summary["train_items"] > summary["expanded_items"]
+    assert summary["ingest"]["unreadable"] == []
     comparison = summary["comparison"]
     assert comparison["n_items"] > 0 and comparison["export"]
     current = tmp_path / "export" / "current"
