@@ -1,12 +1,13 @@
 """Throughput of bag ingestion and of the expansion runner; prints medians of a few runs.
 
-    MUJOCO_GL=egl python bench/bench_ingest_expand.py
+    MUJOCO_GL=egl python bench/bench_ingest_expand.py [ingest] [expand] [noise]
 
 Ingestion: a rosbag2 bag of 200 camera frames (320x240 rgb8), 200 queries and 200
 corrections, written with rosbags in both storage formats, then read back into a dataset; plus
 the salvage of the same MCAP bag cut at 60%. Expansion: `--mode sim` at 96x96, and the
 diffusion runner's overhead with a tiny random SDXL pipeline (its images are noise; real SDXL
-costs are the pipeline's own).
+costs are the pipeline's own). Noise: the noise check's measure on sim renders, pixel noise
+and the tiny pipelines' outputs, and the noise share an inpaint expansion reports.
 """
 
 from __future__ import annotations
@@ -116,11 +117,85 @@ def bench_expand(tmp: Path) -> None:
         )
 
 
+def bench_noise(tmp: Path) -> None:
+    """The noise check's measure (neighbour-pixel correlation) on what it must tell apart:
+    simulator renders, the tiny random pipelines' outputs, pixel noise; and the noise share an
+    expansion reports. The threshold (--min-smoothness, default 0.6) sits between them."""
+    from vsre_ros.sim_data.render import Simulator
+    from vsre_ros.sim_data.scene import sample_scene
+    from vsre_ros.training.expand import ExpandConfig, expand
+    from vsre_ros.training.expand.diffusion import DiffusionBackend, GenerationConfig, Request
+    from vsre_ros.training.expand.verify import neighbour_correlation
+
+    def show(name: str, values: list[float]) -> None:
+        print(
+            f"neighbour correlation, {name}: min {min(values):.3f} median "
+            f"{statistics.median(values):.3f} max {max(values):.3f} (n={len(values)})"
+        )
+
+    helpers = _load("expand_helpers", ROOT / "tests" / "expansion" / "conftest.py")
+    with Simulator(64, 64) as sim:
+        renders = []
+        for k in range(16):
+            scene = sample_scene(np.random.default_rng(k), f"{k}")
+            sim.load(scene)
+            renders.append(neighbour_correlation(sim.render(scene.views[0]).rgb))
+    show("sim renders 64 px", renders)
+    rng = np.random.default_rng(0)
+    show(
+        "uniform pixel noise 64 px",
+        [neighbour_correlation(rng.integers(0, 256, (64, 64, 3))) for _ in range(16)],
+    )
+    boxes = ((0.05, 0.2, 0.35, 0.6), (0.55, 0.2, 0.9, 0.6))
+    for mode, build in (
+        ("txt2img", helpers.build_tiny_sdxl),
+        ("layout", helpers.build_tiny_gligen),
+    ):
+        backend = DiffusionBackend(
+            mode, build(tmp / f"noise-{mode}"), GenerationConfig(size=64, steps=2, guidance=1.0)
+        )
+        requests = [
+            Request("a photo: a cup left of a box", s, phrases=("cup", "box"), boxes=boxes)
+            for s in range(8)
+        ]
+        show(
+            f"tiny random {mode} pipeline 64 px",
+            [neighbour_correlation(im) for im in backend.generate(requests)],
+        )
+    source = helpers.write_source(tmp / "noise-src")
+    report = expand(
+        ExpandConfig(
+            str(source),
+            str(tmp / "noise-inpaint"),
+            "inpaint",
+            str(tmp / "noise-txt2img"),
+            per_item=2,
+            generation={"size": 32, "steps": 2, "guidance": 1.0},
+        )
+    )
+    noise, checked = report.noise
+    print(
+        f"expand inpaint, tiny SDXL: noise {noise} of {checked} outputs; rejected by check "
+        f"{report.reasons}"
+    )
+
+
+SECTIONS = {"ingest": bench_ingest, "expand": bench_expand, "noise": bench_noise}
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
+    chosen = parser.parse_args().sections or list(SECTIONS)
+    unknown = [name for name in chosen if name not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        bench_ingest(Path(tmp))
-        bench_expand(Path(tmp))
+        for name in chosen:
+            SECTIONS[name](Path(tmp))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The weekly loop as one command: `vsre retrain --bags BAG... --current MODEL --export DIR`.
 
 1. ingest: the bags become a dataset (`training.bags`); frames whose queries were corrected
-   are labelled by the corrections; a share of frames is held out (`test`) unless a separate
-   held-out dataset is given;
+   are labelled by the corrections; a share of the split groups (frames within
+   `--split-window` seconds, any camera) is held out (`test`) unless a separate held-out
+   dataset is given. The held-out set is checked here, before anything trains;
 2. expand: the ingested training items are expanded (`training.expand`; `sim` by default,
    which re-renders the scenes that SceneTruth messages carried; `none` skips it);
 3. stage 2: the current model is tuned (projectors + LoRA) on the ingested, expanded and any
@@ -10,7 +11,8 @@
 4. compare: the previous and the new model answer the same held-out questions
    (`training.evaluate`), and the comparison is printed;
 5. export: only if the new model is not worse (accuracy >= previous - tolerance) is it copied
-   to `<export>/model-NNNN/`, and `<export>/current` (a symlink) is switched to it atomically.
+   to `<export>/model-NNNN/`, and `<export>/current` (a symlink) is switched to it atomically;
+   a model byte-identical to an earlier export (a turn run twice) is not exported again.
 
 A running VSRE server switches to the result at runtime by setting its `model` parameter,
 e.g. `ros2 param set /vsre_server model <export>/current`; it keeps answering with the old
@@ -35,6 +37,10 @@ from pathlib import Path
 from vsre_ros.training.items import Item, load_items, read_vsre, splits
 
 SCHEMA = "vsre-dataset/1"
+NOTHING_TO_TRAIN = (
+    "nothing to train on: no corrected queries in the bags (see the skipped reasons above; "
+    "--use-model-answers keeps uncorrected ones) and no --extra-data"
+)
 EXPAND_CHOICES = ("none", "sim", "txt2img", "img2img", "inpaint", "layout")
 
 
@@ -51,6 +57,7 @@ class RetrainConfig:
     extra_data: list[str] = field(default_factory=list)  # more vsre datasets to train on
     use_model_answers: bool = False  # also train on uncorrected answers (see `vsre ingest`)
     test_fraction: float = 0.2  # share of bag frames held out when no heldout dataset is given
+    split_window: float = 10.0  # s: bag frames this close (any camera) share a split group
     expand_mode: str = "sim"  # an expansion mode, or "none"
     expand_model: str = ""  # diffusers directory for the diffusion modes
     per_item: int = 1  # expansion outputs per ingested item
@@ -170,6 +177,38 @@ def headline(report: dict) -> dict:
     }
 
 
+def model_digest(model_dir: Path) -> str:
+    """sha256 over a model directory's files (relative paths and bytes): equal digests, equal
+    models."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(model_dir)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def exported_copy(digest: str, export_root: Path) -> str:
+    """The name of an export whose files equal `digest` ("" if none): a re-run of a turn
+    produces the same model, and exporting it again would only add a second version of it."""
+    known: dict[str, str] = {}
+    history = export_root / "history.jsonl"
+    if history.is_file():
+        for line in history.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("digest"):
+                known[row["model"]] = row["digest"]
+    for folder in sorted(export_root.glob("model-[0-9]*")):
+        if folder.is_dir() and (known.get(folder.name) or model_digest(folder)) == digest:
+            return folder.name
+    return ""
+
+
 def export_model(model_dir: Path, export_root: Path, record: dict) -> Path:
     """Copy a model to the next `model-NNNN` and point `current` at it (atomic renames)."""
     export_root.mkdir(parents=True, exist_ok=True)
@@ -208,13 +247,34 @@ def fingerprint(cfg: RetrainConfig) -> str:
         **{
             key: getattr(cfg, key)
             for key in (
-                "heldout", "heldout_split", "use_model_answers", "test_fraction", "expand_mode",
+                "heldout", "heldout_split", "use_model_answers", "test_fraction", "split_window",
+                "expand_mode",
                 "expand_model", "per_item", "steps", "batch_size", "lr", "seed",
             )
         },
     }  # fmt: skip
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     return digest[:12]
+
+
+def no_heldout_advice(cfg: RetrainConfig, report) -> str:
+    """Why there is nothing held out, and what would change that."""
+    if cfg.heldout:
+        return f"--heldout {cfg.heldout} has no items in split {cfg.heldout_split!r}"
+    groups = sum(report.groups.values())
+    if cfg.test_fraction <= 0:
+        return "no held-out items: --test-fraction is 0 and no --heldout DIR is given"
+    if groups < 2:
+        return (
+            f"no held-out items: the bags' frames form {groups} split group(s) of "
+            f"--split-window {cfg.split_window:g} s, and one group cannot be both trained on and "
+            "held out; give a shorter --split-window (frames that far apart must not be "
+            "near-duplicates) or --heldout DIR"
+        )
+    return (
+        f"no held-out items among {groups} split groups (no corrected query fell in them); "
+        "give --heldout DIR"
+    )
 
 
 def retrain(cfg: RetrainConfig) -> dict:
@@ -244,10 +304,21 @@ def retrain(cfg: RetrainConfig) -> dict:
             use_model_answers=cfg.use_model_answers,
             val_fraction=0.0,
             test_fraction=held_share,
+            split_window=cfg.split_window,
             seed=cfg.seed,
         ),
     )
     print(ingest_report.summary())
+    if not sum(ingest_report.items.values()) and not cfg.extra_data:
+        raise ValueError(NOTHING_TO_TRAIN)
+    # The held-out set is checked before anything trains: a turn that cannot be compared
+    # would only spend the training and then keep the previous model.
+    if cfg.heldout:
+        heldout = load_items(cfg.heldout, cfg.heldout_split)
+    else:
+        heldout = read_vsre(ingested, "test") if ingest_report.items.get("test") else []
+    if not heldout:
+        raise ValueError(no_heldout_advice(cfg, ingest_report))
     sources = [(ingested, "train")] if ingest_report.items.get("train") else []
 
     # 2. expand
@@ -277,10 +348,7 @@ def retrain(cfg: RetrainConfig) -> dict:
     combined = work / "combined"
     n_train = combine(sources, combined) if sources else 0
     if not n_train:
-        raise ValueError(
-            "nothing to train on: no corrected queries in the bags (see the skipped reasons "
-            "above; --use-model-answers keeps uncorrected ones) and no --extra-data"
-        )
+        raise ValueError(NOTHING_TO_TRAIN)
 
     # 3. stage 2 from the current checkpoint
     stage = StageConfig(
@@ -303,14 +371,6 @@ def retrain(cfg: RetrainConfig) -> dict:
     (result,) = train(config, init=current, progress=cfg.progress)
 
     # 4. compare on the held-out set
-    if cfg.heldout:
-        heldout = load_items(cfg.heldout, cfg.heldout_split)
-    else:
-        heldout = read_vsre(ingested, "test") if ingest_report.items.get("test") else []
-    if not heldout:
-        raise ValueError(
-            "no held-out items to compare on: give --heldout DIR or a larger --test-fraction"
-        )
     reports, n_questions = evaluate_models(
         {"previous": str(current), "new": str(result.final_dir)}, heldout, cfg
     )
@@ -319,20 +379,34 @@ def retrain(cfg: RetrainConfig) -> dict:
     comparison = Comparison(len(heldout), n_questions, previous, new, export, reason)
     print(comparison.table())
 
-    # 5. export only if not worse
-    exported = ""
+    # 5. export only if not worse, and only once
+    exported, duplicate = "", ""
     if export:
-        record = {"previous": str(current), "comparison": asdict(comparison)}
-        exported = str(export_model(Path(result.final_dir), Path(cfg.export), record))
-        print(f"exported {exported}; {Path(cfg.export) / 'current'} now points at it")
+        digest = model_digest(Path(result.final_dir))
+        duplicate = exported_copy(digest, Path(cfg.export))
+        if duplicate:
+            print(
+                f"not exported: the new model is byte-identical to {Path(cfg.export) / duplicate}"
+                " (this turn was run before); nothing changed"
+            )
+        else:
+            record = {"previous": str(current), "comparison": asdict(comparison), "digest": digest}
+            exported = str(export_model(Path(result.final_dir), Path(cfg.export), record))
+            print(f"exported {exported}; {Path(cfg.export) / 'current'} now points at it")
     summary = {
         "config": asdict(cfg),
-        "ingest": {"items": ingest_report.items, "skipped": ingest_report.skipped},
+        "ingest": {
+            "items": ingest_report.items,
+            "skipped": ingest_report.skipped,
+            "unreadable": ingest_report.unreadable,
+            "warnings": ingest_report.notes,
+        },
         "expanded_items": expanded_items,
         "train_items": n_train,
         "model": str(result.final_dir),
         "comparison": asdict(comparison),
         "exported": exported,
+        "identical_to": duplicate,
     }
     (work / "retrain_report.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -356,6 +430,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--test-fraction", type=float, default=d.test_fraction, help="bag frames held out"
+    )
+    parser.add_argument(
+        "--split-window",
+        type=float,
+        default=d.split_window,
+        help="s: bag frames this close (any camera) are held out or trained on together",
     )
     parser.add_argument("--expand", default=d.expand_mode, choices=EXPAND_CHOICES, help="mode")
     parser.add_argument("--expand-model", default="", help="diffusers directory for expansion")
@@ -383,6 +463,7 @@ def run(args: argparse.Namespace) -> int:
         extra_data=list(args.extra_data),
         use_model_answers=args.use_model_answers,
         test_fraction=args.test_fraction,
+        split_window=args.split_window,
         expand_mode=args.expand,
         expand_model=args.expand_model,
         per_item=args.per_item,

@@ -296,10 +296,23 @@ def test_corrections_from_another_bag_apply_and_like_named_bags_stay_apart(build
     item = _items(tmp_path / "ds")["q"]
     assert (item["answer"], item["label_source"]) == ("yes", "correction")
     assert report.skipped == {}
-    # Another recording named "run" too: its files and ids do not collide with the first.
-    report = bags.ingest([robot, robot, station], tmp_path / "ds2")
-    ids = [json.loads(line)["id"] for line in (tmp_path / "ds2" / "provenance.jsonl").open()]
-    assert len(ids) == 2 and len(set(ids)) == 2 and report.frames == 2
+    # Another recording named "run" that also asked "q": its files and ids do not collide
+    # with the first, and the station's correction, now ambiguous, is refused ...
+    other = builder.write(tmp_path / "c" / "run")
+    with pytest.warns(UserWarning, match="1 query id.*more than one bag"):
+        report = bags.ingest([robot, other, station], tmp_path / "ds2")
+    assert report.skipped == {
+        "correction from a bag without its query, whose id is in several bags (refused; "
+        "name the bag with --corrections-for)": 1,
+        "no correction (pass --use-model-answers to keep the model's answer)": 2,
+    }
+    # ... unless the station's bag is bound to one robot's bag.
+    config = bags.IngestConfig(correction_bags={str(station): str(other)})
+    with pytest.warns(UserWarning):
+        report = bags.ingest([robot, other, station], tmp_path / "ds3", config)
+    rows = [json.loads(line) for line in (tmp_path / "ds3" / "provenance.jsonl").open()]
+    assert [row["bag"] for row in rows] == [str(other)] and report.frames == 1
+    assert rows[0]["id"].startswith("run-2-")
 
 
 def test_sim_truth_questions_label_queries_without_an_operator(builder, tmp_path):

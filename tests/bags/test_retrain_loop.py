@@ -89,6 +89,7 @@ def test_loop_exports_only_a_model_that_is_not_worse(builder, tiny_model_dir, tm
     printed = capsys.readouterr().out
     assert "previous" in printed and "decision: export" in printed
     assert summary["expanded_items"] > 0 and summary["train_items"] > summary["expanded_items"]
+    assert summary["ingest"]["unreadable"] == []
     comparison = summary["comparison"]
     assert comparison["n_items"] > 0 and comparison["export"]
     current = tmp_path / "export" / "current"
@@ -98,6 +99,13 @@ def test_loop_exports_only_a_model_that_is_not_worse(builder, tiny_model_dir, tm
     assert reloaded.config.name == "retrain-tiny"
     history = (tmp_path / "export" / "history.jsonl").read_text().splitlines()
     assert json.loads(history[0])["model"] == "model-0001"
+
+    # The same command again: the turn resumes, its model is byte-identical to model-0001,
+    # and it is not exported a second time.
+    summary = loop.retrain(cfg)
+    assert "byte-identical to" in capsys.readouterr().out
+    assert not summary["exported"] and summary["identical_to"] == "model-0001"
+    assert sorted(p.name for p in (tmp_path / "export").glob("model-*")) == ["model-0001"]
 
     # The same turn with a bar no model can clear: nothing new is exported.
     cfg.tolerance = -1.01
@@ -149,3 +157,81 @@ def test_cli_reports_a_missing_model(tmp_path, capsys):
     argv = ["retrain", "--bags", str(tmp_path), "--current", str(tmp_path / "nope")]
     assert cli.main([*argv, "--export", str(tmp_path / "export")]) == 2
     assert "is not a model directory" in capsys.readouterr().err
+
+
+class Trained(Exception):
+    """Raised by a stand-in for training: the loop got that far."""
+
+
+def _short_bag(builder, path, seconds=6, cameras=("/a/color", "/b/color")):
+    """A bag shorter than the default 10 s window: frames of two cameras at the same instants,
+    one corrected query per frame."""
+    for k in range(seconds):
+        t = (k + 1) * SEC
+        for c, camera in enumerate(cameras):
+            stamp = t + 2_000_000 * c  # the second camera's stamp lags by 2 ms
+            pixels = np.full((8, 8, 3), 20 * k, np.uint8)
+            builder.add(camera, stamp, builder.image(pixels, stamp, frame_id=camera))
+            query_id = f"{camera}/{k}"
+            builder.add("/vsre/query", stamp + 1, builder.query(query_id, ns=stamp, camera=camera))
+            fix = builder.correction(query_id, stamp + 2, verdict=bool(k % 2))
+            builder.add("vsre/corrections", stamp + 2, fix)
+    return builder.write(path)
+
+
+def test_held_out_split_is_checked_before_training(builder, tmp_path, monkeypatch):
+    from vsre_ros.training import train as train_module
+
+    def refuse(*args, **kwargs):
+        raise Trained
+
+    monkeypatch.setattr(train_module, "train", refuse)
+    bag = _short_bag(builder, tmp_path / "short")
+    model = tmp_path / "model"
+    model.mkdir()
+    cfg = loop.RetrainConfig([str(bag)], str(model), str(tmp_path / "export"),
+                             work=str(tmp_path / "work"), expand_mode="none",
+                             progress=False)  # fmt: skip
+    # One 10 s window holds every frame: nothing can be held out, and it says so untrained.
+    with pytest.raises(ValueError, match=r"1 split group.*--split-window 10 s.*shorter"):
+        loop.retrain(cfg)
+    # A 1 s window gives six groups; one at least is held out, and training starts.
+    cfg.split_window = 1.0
+    with pytest.raises(Trained):
+        loop.retrain(cfg)
+
+
+def test_split_window_is_an_option_of_the_command():
+    from vsre_ros import cli
+
+    argv = ["retrain", "--bags", "b", "--current", "m", "--export", "e", "--split-window", "1.5"]
+    assert cli.build_parser(argv).parse_args(argv).split_window == 1.5
+
+
+def test_frames_of_one_instant_stay_on_one_side(builder, tmp_path):
+    from vsre_ros.training import bags
+    from vsre_ros.training.items import read_vsre
+
+    bag = _short_bag(builder, tmp_path / "short", seconds=12)
+    config = bags.IngestConfig(split_window=1.0, val_fraction=0.0, test_fraction=0.5)
+    bags.ingest([bag], tmp_path / "ds", config)
+    by_instant = {}  # the frame number (the same for both cameras) -> splits its items took
+    for split in ("train", "test"):
+        for item in read_vsre(tmp_path / "ds", split):
+            by_instant.setdefault(item.question.split("/")[-1], set()).add(split)
+    assert len(by_instant) == 12
+    assert all(len(sides) == 1 for sides in by_instant.values())
+    assert {s for sides in by_instant.values() for s in sides} == {"train", "test"}
+
+
+def test_an_export_identical_to_an_earlier_one_is_found(tmp_path):
+    model = tmp_path / "run" / "final"
+    model.mkdir(parents=True)
+    (model / "weights.safetensors").write_bytes(b"weights")
+    export = tmp_path / "export"
+    digest = loop.model_digest(model)
+    assert loop.exported_copy(digest, export) == ""
+    loop.export_model(model, export, {"digest": digest})
+    assert loop.exported_copy(digest, export) == "model-0001"
+    (model / "weights.safetensors").write_bytes(b"weights, tuned")
+    assert loop.exported_copy(loop.model_digest(model), export) == ""

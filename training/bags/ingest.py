@@ -14,9 +14,11 @@ then only the frames some item uses are decoded and written.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +28,7 @@ import numpy as np
 from PIL import Image as PILImage
 from vsre_ros.training.items import Item, meta_category
 
+from vsre_ros.core.answers import UNITS, parse_number, parse_yes_no
 from vsre_ros.core.templates import caption
 
 from .reader import (
@@ -51,6 +54,7 @@ CORRECTIONS_TOPIC = "vsre/corrections"  # documented topic for SpatialCorrection
 PROVENANCE_FILE = "provenance.jsonl"
 # Answer kinds by the SpatialQuery KIND_* value; the names are the dataset's answer_kind.
 KIND_LABELS = {0: "yes_no", 1: "choice", 2: "number", 3: "free_text"}
+SELF_CONTRADICTION = "correction contradicts itself (refused)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,6 +74,12 @@ class IngestConfig:
     split_window: float = 10.0  # s: frames of one camera this close share a split group
     seed: int = 0  # salt of the group -> split hash
     image_topics: tuple[str, ...] = ()  # only these camera topics (empty = every image topic)
+    # colour topic -> depth topic, for depth streams whose frame_id differs from the colour
+    # camera's (unaligned depth); without an entry a camera gets only its own frame's depth
+    depth_topics: dict[str, str] = field(default_factory=dict)
+    default_camera: str = ""  # the camera a query with camera="" meant, when a bag has several
+    # operator's bag -> the bag whose queries its corrections are about (paths as given)
+    correction_bags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,9 @@ class IngestReport:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few query ids
     notes: list[str] = field(default_factory=list)  # warnings: damaged bags and the like
+    unreadable: list[str] = field(default_factory=list)  # bags skipped whole, with the reason
+    groups: dict[str, int] = field(default_factory=dict)  # split -> split groups it holds
+    contradicted: int = 0  # queries whose corrections disagree (the latest one labels them)
 
     def skip(self, reason: str, what: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -110,6 +123,8 @@ class IngestReport:
             f"ingested into {self.out}: " + ", ".join(f"{k} {v}" for k, v in self.items.items())
         ]
         lines.append(f"frames written: {self.frames}")
+        if self.groups:
+            lines.append("split groups: " + ", ".join(f"{k} {v}" for k, v in self.groups.items()))
         lines.append(
             "messages read: " + (", ".join(f"{k} {v}" for k, v in self.messages.items()) or "none")
         )
@@ -119,7 +134,13 @@ class IngestReport:
                 lines.append(f"  {count:5d}  {reason}  (e.g. {', '.join(self.examples[reason])})")
         for note in self.notes:
             lines.append(f"warning: {note}")
+        for bag in self.unreadable:
+            lines.append(f"error: bag skipped: {bag}")
         return "\n".join(lines)
+
+    def warn(self, note: str) -> None:
+        self.notes.append(note)
+        warnings.warn(note, stacklevel=3)
 
 
 def _stamp_ns(stamp) -> int:
@@ -147,11 +168,13 @@ class _BagContents:
         self.color: dict[str, list[Frame]] = defaultdict(list)
         self.depth: dict[str, list[Frame]] = defaultdict(list)
         self.queries: list[tuple[int, object]] = []
-        self.answers: dict[str, object] = {}
-        self.corrections: dict[str, tuple[int, object]] = {}  # query id -> (log time, msg)
+        self.answers: dict[str, list[tuple[int, object]]] = defaultdict(list)
+        self.corrections: list[tuple[int, object]] = []  # this bag's, in recording order
         self.truth: dict[int, list[object]] = defaultdict(list)
+        self.read = 0  # messages read (decodable or not)
         counts: Counter = Counter()
         for raw in messages:
+            self.read += 1
             register_embedded(store, raw.msgtype, raw.msgdef)
             try:
                 msg = store.deserialize_cdr(raw.data, raw.msgtype)
@@ -176,41 +199,71 @@ class _BagContents:
             elif raw.msgtype == QUERY_TYPE:
                 self.queries.append((raw.log_time, msg))
             elif raw.msgtype == ANSWER_TYPE:
-                self.answers[str(msg.query_id)] = msg
+                self.answers[str(msg.query_id)].append((raw.log_time, msg))
             elif raw.msgtype == CORRECTION_TYPE:
-                # The latest correction wins (across bags too, by recording time).
-                self.corrections[str(msg.query_id)] = (raw.log_time, msg)
+                self.corrections.append((raw.log_time, msg))
             elif raw.msgtype == TRUTH_TYPE:
                 self.truth[_stamp_ns(msg.header.stamp)].append(msg)
         for name, count in counts.items():
             report.messages[name] = report.messages.get(name, 0) + count
         for frames in (*self.color.values(), *self.depth.values()):
             frames.sort(key=lambda f: f.stamp)
+        self.query_ids = Counter(str(q.query_id) for _, q in self.queries if str(q.query_id))
+        self.bound: dict[str, list[tuple[int, object]]] = defaultdict(list)  # id -> corrections
+
+    def answer_for(self, query_id: str, log_time: int):
+        """The answer to the query recorded at `log_time`: the first one recorded after it
+        (a query id that repeats in the bag is answered once per asking)."""
+        after = [(t, a) for t, a in self.answers.get(query_id, []) if t >= log_time]
+        if after:
+            return min(after, key=lambda ta: ta[0])[1]
+        answers = self.answers.get(query_id, [])
+        return answers[-1][1] if answers and self.query_ids[query_id] <= 1 else None
 
     def cameras(self, name: str) -> list[str]:
-        """Colour topics that `name` (a topic or a frame_id; empty = all) refers to."""
-        if not name:
-            return sorted(self.color)
+        """Colour topics that `name` (a topic or a frame_id) refers to."""
         by_topic = [t for t in self.color if t == name or t.lstrip("/") == name.lstrip("/")]
         if by_topic:
             return by_topic
         return sorted(t for t, frames in self.color.items() if frames[0].frame_id == name)
 
+    def query_cameras(self, camera: str, config: IngestConfig) -> tuple[list[str], str]:
+        """(colour topics a query's `camera` means, why none). An empty `camera` meant the
+        node's first configured camera, which the bag does not record: it is the bag's only
+        camera, or `default_camera`; with several cameras and no default it is unknown."""
+        if camera:
+            topics = self.cameras(camera)
+            return topics, "" if topics else f"unknown camera {camera!r}"
+        if len(self.color) == 1:
+            return list(self.color), ""
+        if config.default_camera:
+            topics = self.cameras(config.default_camera)
+            why = f"default camera {config.default_camera!r} is not in the bag"
+            return topics, "" if topics else why
+        return [], (
+            "query names no camera and the bag has several (the node's first camera is not "
+            "recorded; pass --default-camera)"
+        )
+
     def find_frame(self, query, answer, log_time: int, config: IngestConfig):
         """The frame a query was about, or (None, reason)."""
         if not self.color:
             return None, "no camera frames in the bag"
+        asked, why = self.query_cameras(str(query.camera), config)
         if answer is not None and _stamp_ns(answer.header.stamp) > 0:
             wanted = _stamp_ns(answer.header.stamp)
-            topics = self.cameras(str(answer.header.frame_id)) or self.cameras("")
+            topics = self.cameras(str(answer.header.frame_id))
+            if len(topics) > 1 and asked:  # cameras sharing a frame_id: the query names one
+                topics = [t for t in topics if t in asked] or topics
             hits = [f for t in topics for f in self.color[t] if abs(f.stamp - wanted) <= 1_000_000]
-            if hits:
+            if len({f.topic for f in hits}) == 1:
                 return hits[0], ""
-        topics = self.cameras(str(query.camera))
-        if not topics:
-            return None, f"unknown camera {str(query.camera)!r}"
+        if not asked:
+            return None, why
+        if len(asked) > 1:
+            return None, f"camera {str(query.camera)!r} names several topics ({', '.join(asked)})"
+        candidates = self.color[asked[0]]
         stamp = _stamp_ns(query.stamp)
-        candidates = [f for t in topics for f in self.color[t]]
         if stamp > 0:
             best = min(candidates, key=lambda f: abs(f.stamp - stamp))
             if abs(best.stamp - stamp) > config.max_skew * 1e9:
@@ -224,12 +277,23 @@ class _BagContents:
             return None, "latest frame older than max_age"
         return best, ""
 
+    def depth_topic(self, color: str, config: IngestConfig) -> str:
+        """The depth stream of a colour topic: the one mapped to it in `depth_topics`, else the
+        one depth stream with its frame_id (and, when several colour topics share that frame_id,
+        its namespace). Never another camera's: no depth beats the wrong depth."""
+        if color in config.depth_topics:
+            return config.depth_topics[color]
+        frame_id = self.color[color][0].frame_id
+        same = [t for t, fs in self.depth.items() if fs[0].frame_id == frame_id]
+        if sum(1 for fs in self.color.values() if fs[0].frame_id == frame_id) > 1:
+            namespace = color.rsplit("/", 1)[0]
+            same = [t for t in same if t.rsplit("/", 1)[0] == namespace]
+        return same[0] if len(same) == 1 else ""
+
     def depth_for(self, frame: Frame, config: IngestConfig) -> Frame | None:
-        """The depth frame paired with a colour frame: same stamp (within max_skew), from a
-        depth stream with the same frame_id, or the bag's only depth stream."""
-        same_frame = [t for t, fs in self.depth.items() if fs[0].frame_id == frame.frame_id]
-        topics = same_frame or (list(self.depth) if len(self.depth) == 1 else [])
-        candidates = [f for t in topics for f in self.depth[t]]
+        """The depth frame paired with a colour frame: same stamp (within max_skew), from the
+        camera's own depth stream (`depth_topic`)."""
+        candidates = self.depth.get(self.depth_topic(frame.topic, config), [])
         if not candidates:
             return None
         best = min(candidates, key=lambda f: abs(f.stamp - frame.stamp))
@@ -242,6 +306,49 @@ def _confidence(query, answer) -> float:
     if int(query.answer_kind) == 0:
         return max(probability, 1.0 - probability)
     return probability
+
+
+def _label_key(query, correction) -> tuple:
+    """What a correction says about a query, comparable between corrections."""
+    kind = int(query.answer_kind)
+    if kind == 0:
+        return (bool(correction.verdict),)
+    if kind == 1:
+        return (int(correction.choice_index),)
+    if kind == 2:
+        return (round(float(correction.value), 9), str(correction.unit))
+    return (str(correction.answer).strip(),)
+
+
+def _self_contradiction(query, correction) -> str:
+    """Why a correction's `answer` text disagrees with its own structured field, or "".
+
+    A correction carries the answer twice (text, and verdict / choice_index / value); when
+    both are given and disagree, no label can be trusted (an operator's tool that fills one
+    and forgets the other)."""
+    text = str(correction.answer).strip()
+    if not text:
+        return ""
+    kind = int(query.answer_kind)
+    if kind == 0:
+        said = parse_yes_no(text)
+        if said is not None and said != bool(correction.verdict):
+            return f"answer {text!r} but verdict {str(bool(correction.verdict)).lower()}"
+    elif kind == 1:
+        options = [str(o) for o in query.options]
+        index = int(correction.choice_index)
+        if text in options and 0 <= index < len(options) and options[index] != text:
+            return f"answer {text!r} but choice_index {index} ({options[index]!r})"
+    elif kind == 2:
+        parsed, value = parse_number(text), float(correction.value)
+        if parsed is not None and math.isfinite(value):
+            number, unit = parsed
+            scale = UNITS.get(str(correction.unit).lower().rstrip("s"), ("", 1.0))[1]
+            if not unit:
+                scale = 1.0  # a bare number is in the message's own unit
+            if abs(number - value * scale) > 1e-3 * max(1.0, abs(value * scale)):
+                return f"answer {text!r} but value {value:g} {correction.unit}".rstrip()
+    return ""
 
 
 def _label_fields(query, truth, label_source: str) -> dict | str:
@@ -273,19 +380,70 @@ def _label_fields(query, truth, label_source: str) -> dict | str:
     return fields
 
 
-def _split_group(bag_name: str, frame: Frame, scene_id: str, config: IngestConfig) -> str:
-    """Items that must share a split: the frames of one simulated scene, else the frames of one
-    camera within a `split_window` (neighbouring frames are near-duplicates; splitting them
-    would put the same view in train and test)."""
-    if scene_id:
-        return f"scene/{scene_id}"
-    window = max(1, int(config.split_window * 1e9))
-    return f"{bag_name}/{frame.topic}/{frame.stamp // window}"
+# Frames of different cameras whose stamps differ by at most this were taken at one instant:
+# a split-window boundary never falls between them.
+INSTANT = 0.005  # s
+
+
+def _split_keys(groups: list[tuple], config: IngestConfig) -> list[str]:
+    """One split key per item; items with the same key share a split.
+
+    A group is ("inline", key) for a query with inline images, or ("frame", bag, stamp,
+    scene_id). A simulated frame's key is its scene (every frame of one scene shares a split).
+    Other frames of a bag are cut into windows of `split_window` seconds across all its
+    cameras (neighbouring frames are near-duplicates, and two cameras' frames at one instant
+    show the same moment; splitting them would put the same view in train and test), and a
+    window boundary never falls between stamps within INSTANT. Frames at one instant join
+    (union-find), so a scene and another camera's frame of that moment share a split too.
+    """
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    plain: dict[str, set[int]] = defaultdict(set)
+    at: dict[str, list[tuple[int, str]]] = defaultdict(list)  # bag -> (stamp, key), sorted
+    for group in groups:
+        if group[0] == "frame" and not group[3]:
+            plain[group[1]].add(group[2])
+    window, instant = config.split_window * 1e9, INSTANT * 1e9
+    window_of: dict[tuple[str, int], str] = {}
+    for bag, found in plain.items():
+        start = previous = None
+        number = 0
+        for stamp in sorted(found):
+            if start is None or (stamp - start >= window and stamp - previous > instant):
+                start, number = stamp, number + 1
+            window_of[(bag, stamp)] = f"{bag}/window{number}"
+            previous = stamp
+    keys = []
+    for group in groups:
+        if group[0] == "inline":
+            keys.append(group[1])
+            continue
+        _, bag, stamp, scene_id = group
+        key = f"scene/{scene_id}" if scene_id else window_of[(bag, stamp)]
+        at[bag].append((stamp, key))
+        keys.append(key)
+    for moments in at.values():
+        moments.sort()
+        for (stamp, key), (next_stamp, next_key) in itertools.pairwise(moments):
+            if next_stamp - stamp <= instant:
+                parent[find(next_key)] = find(key)
+    return [find(key) for key in keys]
+
+
+def _unit(key: str, config: IngestConfig) -> float:
+    digest = hashlib.sha256(f"{config.seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _split_of(key: str, config: IngestConfig) -> str:
-    digest = hashlib.sha256(f"{config.seed}:{key}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+    u = _unit(key, config)
     if u < config.test_fraction:
         return "test"
     if u < config.test_fraction + config.val_fraction:
@@ -293,11 +451,137 @@ def _split_of(key: str, config: IngestConfig) -> str:
     return "train"
 
 
+def assign_splits(keys: list[str], config: IngestConfig, report: IngestReport) -> list[str]:
+    """The split of each key: by its hash (stable when bags are added), except that a split
+    asked for (fraction > 0) that drew no group takes the train group of lowest hash, as long
+    as a train group remains: a short bag has few groups, and the hash alone can leave the
+    held-out split empty."""
+    groups = sorted(set(keys))
+    split = {key: _split_of(key, config) for key in groups}
+    for name, fraction in (("test", config.test_fraction), ("val", config.val_fraction)):
+        train = sorted((k for k in groups if split[k] == "train"), key=lambda k: _unit(k, config))
+        if fraction > 0 and name not in split.values() and len(train) >= 2:
+            split[train[0]] = name
+            report.notes.append(
+                f"the hash gave {name} none of the {len(groups)} split groups; it takes one "
+                f"({train[0]})"
+            )
+    report.groups = {name: sum(1 for v in split.values() if v == name) for name in SPLITS}
+    return [split[key] for key in keys]
+
+
+SPLITS = ("train", "val", "test")
+
+
+def _index_bag(bag: Path, store, config: IngestConfig, report: IngestReport):
+    """(source, contents) of one bag, or None after recording why it cannot be read."""
+    try:
+        source = BagSource(bag, report.notes)
+    except BagError as err:
+        report.unreadable.append(str(err))
+        return None
+    try:
+        return source, _BagContents(source.messages(), store, config, report)
+    except Exception as err:  # rosbags failing mid-stream: the bag looked intact but is not
+        why = f"{type(err).__name__}: {err}"
+    if not source.salvaged:
+        try:
+            source.salvage(f"reading stopped: {why}")
+            return source, _BagContents(source.messages(), store, config, report)
+        except Exception as err:
+            why = f"{type(err).__name__}: {err}"
+    report.unreadable.append(f"{bag}: unreadable ({why})")
+    return None
+
+
+@dataclass
+class _Bag:
+    path: Path  # as given
+    name: str  # unique file-name prefix
+    source: BagSource
+    contents: _BagContents
+
+
+def _resolved(path) -> str:
+    return str(Path(path).resolve())
+
+
+def _bind_corrections(indexed: list[_Bag], config: IngestConfig, report: IngestReport) -> None:
+    """Bind every correction to one (bag, query id).
+
+    A correction binds to the query of its own bag; a bag mapped with `correction_bags`
+    (an operator's station) binds to the bag it is mapped to. A correction from a bag without
+    that query binds to the one bag that has the id, and is refused when several do: query ids
+    are chosen by callers (the demo's `scene/counter` ids repeat between runs), so an id alone
+    does not say which question a correction answers.
+    """
+    holders: dict[str, list[_Bag]] = defaultdict(list)
+    for bag in indexed:
+        for query_id in bag.contents.query_ids:
+            holders[query_id].append(bag)
+    by_path = {_resolved(bag.path): bag for bag in indexed}
+    mapped: dict[str, _Bag] = {}
+    for operator, target in config.correction_bags.items():
+        if _resolved(target) not in by_path or _resolved(operator) not in by_path:
+            report.warn(f"--corrections-for {operator}={target}: both must be among the bags")
+            continue
+        mapped[_resolved(operator)] = by_path[_resolved(target)]
+    across = 0
+    for bag in indexed:
+        target_bag = mapped.get(_resolved(bag.path))
+        for log_time, correction in bag.contents.corrections:
+            query_id = str(correction.query_id)
+            where = f"{bag.name}:{query_id}"
+            if target_bag is not None:
+                if query_id not in target_bag.contents.query_ids:
+                    report.skip("correction for a query that is not in the bag it is mapped to",
+                                where)  # fmt: skip
+                    continue
+                target = target_bag
+            elif query_id in bag.contents.query_ids:
+                target = bag
+            elif not holders.get(query_id):
+                report.skip("correction for a query that is in no bag", query_id)
+                continue
+            elif len(holders[query_id]) > 1:
+                report.skip(
+                    "correction from a bag without its query, whose id is in several bags "
+                    "(refused; name the bag with --corrections-for)",
+                    where,
+                )
+                continue
+            else:
+                target, across = holders[query_id][0], across + 1
+            target.contents.bound[query_id].append((log_time, correction))
+    if across:
+        report.notes.append(
+            f"{across} correction(s) from bags without their query bound to the only bag "
+            "that holds the query id"
+        )
+    shared = {q: len(b) for q, b in holders.items() if len(b) > 1}
+    if shared:
+        report.warn(
+            f"{len(shared)} query id(s) occur in more than one bag ({sum(shared.values())} "
+            "queries, e.g. " + ", ".join(sorted(shared)[:3]) + "); each bag's corrections "
+            "label only its own queries"
+        )
+    for bag in indexed:
+        repeated = {q: n for q, n in bag.contents.query_ids.items() if n > 1}
+        if repeated:
+            report.warn(
+                f"{bag.path}: {len(repeated)} query id(s) repeat within the bag "
+                f"({sum(repeated.values())} queries, e.g. {', '.join(sorted(repeated)[:3])}); "
+                "their corrections are refused (which asking they answer is unknown)"
+            )
+
+
 def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | None = None):
     """Read `bags` and write a dataset into `out`; returns an IngestReport.
 
-    Corrections apply across bags (an operator's station may record its own bag): every bag is
-    indexed first, then each query takes the latest correction for its id from any of them.
+    Every bag is indexed first; corrections are bound to (bag, query id) (`_bind_corrections`);
+    then each bag's items are made and its frames written. A bag that cannot be read is
+    reported in `report.unreadable` and skipped; the others are ingested. BagError only when
+    no bag could be read.
     """
     config = config or IngestConfig()
     out = Path(out)
@@ -305,71 +589,65 @@ def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | N
         (out / sub).mkdir(parents=True, exist_ok=True)
     store = make_typestore()
     report = IngestReport(out=str(out))
-    splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
-    written: dict[tuple, str] = {}
     bags = [Path(b) for b in bags]
-    indexed = []
+    indexed: list[_Bag] = []
     names: set[str] = set()
     for bag in bags:
-        try:
-            source = BagSource(bag, report.notes)
-        except BagError as err:
-            report.notes.append(str(err))
+        found = _index_bag(bag, store, config, report)
+        if found is None:
             continue
-        contents = _BagContents(source.messages(), store, config, report)
+        source, contents = found
         bag_name = base = _safe(bag.stem if bag.is_file() else bag.name)
         for k in range(2, len(bags) + 2):  # two bags named alike must not share file names
             if bag_name not in names:
                 break
             bag_name = f"{base}-{k}"
         names.add(bag_name)
-        indexed.append((bag, bag_name, source, contents))
-    if bags and not indexed:
-        raise BagError("no bag could be read: " + "; ".join(report.notes))
-    corrections: dict[str, tuple[int, object]] = {}
-    for *_, contents in indexed:
-        for query_id, (log_time, correction) in contents.corrections.items():
-            if query_id not in corrections or corrections[query_id][0] <= log_time:
-                corrections[query_id] = (log_time, correction)
-    known = {str(q.query_id) for *_, contents in indexed for _, q in contents.queries}
-    for query_id in corrections:
-        if query_id not in known:
-            report.skip("correction for a query that is in no bag", query_id)
-    for bag, bag_name, source, contents in indexed:
-        contents.corrections = corrections
-        planned = []
-        for index, (log_time, query) in enumerate(contents.queries):
-            query_id = str(query.query_id) or f"q{index}"
-            plan = _make_item(
-                query, query_id, log_time, index, bag_name, contents, config, report, out
+        indexed.append(_Bag(bag, bag_name, source, contents))
+        if contents.read == 0:
+            report.warn(f"{bag}: the bag holds no messages (an empty recording)")
+        elif not contents.queries and not contents.corrections:
+            report.warn(
+                f"{bag}: no SpatialQuery or SpatialCorrection among its {contents.read} "
+                "messages; nothing to learn from it"
             )
-            if plan is not None:
-                planned.append(plan)
-        # Second pass: only the frames some item needs are decoded and written.
-        needed = {key for plan in planned for key in plan["_frames"] if key is not None}
-        files = _write_frames(source, needed, store, bag_name, out)
-        for plan in planned:
-            color_key, depth_key = plan.pop("_frames")
-            item = plan
-            if color_key is not None:
-                result = files.get(color_key, "frame missing from the second read")
-                if not result.startswith("images/"):
-                    report.skip(result, item["_provenance"]["query_id"])
-                    continue
-                item["image"], item["images"] = result, [result]
-                depth = files.get(depth_key, "") if depth_key is not None else ""
-                item["depth"] = [depth if depth.startswith("depth/") else None]
-            provenance = item.pop("_provenance")
-            provenance.update(id=item["id"], bag=str(bag))
-            splits[_split_of(item.pop("_split_key"), config)].append((item, provenance))
-        written.update({(bag_name, *key): rel for key, rel in files.items()})
+    if bags and not indexed:
+        raise BagError("no bag could be read: " + "; ".join(report.unreadable))
+    _bind_corrections(indexed, config, report)
+    rows: list[tuple[dict, dict, tuple]] = []
+    written: dict[tuple, str] = {}
+    for bag in indexed:
+        try:
+            made, files = _bag_items(bag, store, config, report, out)
+        except Exception as err:  # a bag that indexed but fails on its second read
+            report.unreadable.append(f"{bag.path}: frames unreadable ({type(err).__name__}: "
+                                     f"{err}); its items are left out")  # fmt: skip
+            continue
+        rows.extend(made)
+        written.update({(bag.name, *key): rel for key, rel in files.items()})
+    refused = report.skipped.get(SELF_CONTRADICTION, 0)
+    if refused:
+        report.warn(
+            f"{refused} corrections contradict themselves (answer text vs verdict, option or "
+            "value) and label nothing, e.g. " + "; ".join(report.examples[SELF_CONTRADICTION])
+        )
+    if report.contradicted:
+        report.warn(
+            f"{report.contradicted} queries were corrected more than once with different "
+            "answers; the latest correction labels each"
+        )
+    keys = _split_keys([group for *_, group in rows], config)
+    splits: dict[str, list[tuple[dict, dict]]] = {name: [] for name in SPLITS}
+    for (item, provenance, _group), split in zip(rows, assign_splits(keys, config, report),
+                                                 strict=True):  # fmt: skip
+        splits[split].append((item, provenance))
     with open(out / PROVENANCE_FILE, "w") as sidecar:
-        for split, rows in splits.items():
+        for split, chosen in splits.items():
             with open(out / f"{split}.jsonl", "w") as handle:
-                for item, provenance in rows:
+                for item, provenance in chosen:
                     handle.write(json.dumps(Item(**item).to_json()) + "\n")
                     sidecar.write(json.dumps(provenance) + "\n")
-            report.items[split] = len(rows)
+            report.items[split] = len(chosen)
     report.frames = sum(1 for rel in written.values() if rel.startswith("images/"))
     meta = {
         "schema": SCHEMA,
@@ -380,13 +658,46 @@ def ingest(bags: Iterable[Path | str], out: Path | str, config: IngestConfig | N
             "items": sum(report.items.values()),
             "frames": report.frames,
             "skipped": report.skipped,
+            "split_groups": report.groups,
         },
         "splits": dict(report.items),
         "created_by": "vsre ingest",
         "notes": report.notes,
+        "unreadable": report.unreadable,
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return report
+
+
+def _bag_items(bag: _Bag, store, config: IngestConfig, report: IngestReport, out: Path):
+    """([(item, provenance, split group)], frame files) of one indexed bag."""
+    contents = bag.contents
+    planned = []
+    for index, (log_time, query) in enumerate(contents.queries):
+        query_id = str(query.query_id) or f"q{index}"
+        plan = _make_item(
+            query, query_id, log_time, index, bag.name, contents, config, report, out
+        )
+        if plan is not None:
+            planned.append(plan)
+    # Second pass: only the frames some item needs are decoded and written.
+    needed = {key for plan in planned for key in plan["_frames"] if key is not None}
+    files = _write_frames(bag.source, needed, store, bag.name, out)
+    made = []
+    for item in planned:
+        color_key, depth_key = item.pop("_frames")
+        if color_key is not None:
+            result = files.get(color_key, "frame missing from the second read")
+            if not result.startswith("images/"):
+                report.skip(result, item["_provenance"]["query_id"])
+                continue
+            item["image"], item["images"] = result, [result]
+            depth = files.get(depth_key, "") if depth_key is not None else ""
+            item["depth"] = [depth if depth.startswith("depth/") else None]
+        provenance = item.pop("_provenance")
+        provenance.update(id=item["id"], bag=str(bag.path))
+        made.append((item, provenance, item.pop("_group")))
+    return made, files
 
 
 def _write_frames(source: BagSource, needed: set, store, bag_name: str, out: Path) -> dict:
@@ -427,8 +738,23 @@ def _write_frames(source: BagSource, needed: set, store, bag_name: str, out: Pat
 
 def _choose_label(query, query_id, answer, contents, config, report, sim_item):
     """(source of the label, the message or sim item holding it), or None if there is none."""
-    correction = contents.corrections.get(query_id, (0, None))[1]
-    if correction is not None:
+    bound = sorted(contents.bound.get(query_id, []), key=lambda tc: tc[0])
+    if bound and contents.query_ids[query_id] > 1:
+        report.skip(
+            "query id repeats within its bag: its correction is refused (which asking it "
+            "answers is unknown)",
+            query_id,
+        )
+        return None
+    if bound:
+        correction = bound[-1][1]  # the latest correction wins
+        conflict = _self_contradiction(query, correction)
+        if conflict:
+            report.skip(SELF_CONTRADICTION, f"{query_id}: {conflict}")
+            return None
+        labels = {_label_key(query, c) for _, c in bound}
+        if len(labels) > 1:
+            report.contradicted += 1
         return "correction", correction
     if sim_item is not None:
         return "sim_truth", sim_item
@@ -478,13 +804,13 @@ def _sim_fields(sim_item: dict) -> dict:
 
 def _make_item(query, query_id, log_time, index, bag_name, contents, config, report, out):
     """The item a query makes, with `_frames` (colour, depth keys) still to be written."""
-    answer = contents.answers.get(query_id)
+    answer = contents.answer_for(query_id, log_time)
     images: list[str] = []
     depth: list[str | None] = []
     scene_id, camera, stamp, scene = "", "", 0, None
     if len(query.images):
         frames = (None, None)
-        split_key = f"{bag_name}/{query_id}"
+        group = ("inline", f"{bag_name}/{query_id}/{index}")
     else:
         frame, reason = contents.find_frame(query, answer, log_time, config)
         if frame is None:
@@ -495,7 +821,7 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
         images.append("")  # filled in once the frame is written
         depth.append(None)
         scene_id, scene = _write_scene(contents.truth.get(frame.stamp, []), frame, out, report)
-        split_key = _split_group(bag_name, frame, scene_id, config)
+        group = ("frame", bag_name, frame.stamp, scene_id)
         camera, stamp = frame.topic, frame.stamp
     sim_item = _sim_item(scene, query)
     chosen = _choose_label(query, query_id, answer, contents, config, report, sim_item)
@@ -557,7 +883,7 @@ def _make_item(query, query_id, log_time, index, bag_name, contents, config, rep
         "camera": camera,
         "stamp": stamp,
     }
-    item["_split_key"] = split_key
+    item["_group"] = group
     item["_frames"] = frames
     return item
 

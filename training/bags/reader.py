@@ -226,10 +226,17 @@ def _salvage_mcap(path: Path) -> tuple[list[RawMessage], bool]:
     buf = path.read_bytes()
     if not buf.startswith(_MCAP_MAGIC):
         raise BagError(f"{path} is not an MCAP file (bad magic)")
+    if len(buf) < 2 * len(_MCAP_MAGIC):
+        # The magic alone (or the magic and a few bytes): not a finished empty MCAP, which
+        # still has a header, a footer and a closing magic; no record survived.
+        return [], True
     out: list[RawMessage] = []
     cut = _scan_mcap_records(buf[len(_MCAP_MAGIC) :], {"schemas": {}, "channels": {}}, out)
     out.sort(key=lambda m: m.log_time)
     return out, cut or not buf.endswith(_MCAP_MAGIC)
+
+
+_SQLITE_HEADER = 100  # bytes of the sqlite file header
 
 
 def _salvage_sqlite(path: Path) -> tuple[list[RawMessage], bool]:
@@ -241,9 +248,21 @@ def _salvage_sqlite(path: Path) -> tuple[list[RawMessage], bool]:
     raw = bytearray(path.read_bytes())
     if not raw.startswith(b"SQLite format 3\x00"):
         raise BagError(f"{path} is not a sqlite3 file")
+    if len(raw) < _SQLITE_HEADER:
+        raise BagError(
+            f"{path}: sqlite file cut inside its {_SQLITE_HEADER}-byte header "
+            f"({len(raw)} bytes); nothing to salvage"
+        )
     (page_size,) = struct.unpack_from(">H", raw, 16)
     page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        raise BagError(f"{path}: sqlite header names an invalid page size {page_size}")
     pages = len(raw) // page_size
+    if pages == 0:
+        raise BagError(
+            f"{path}: sqlite file cut inside its first page ({len(raw)} of {page_size} "
+            "bytes: the table of topics is lost); nothing to salvage"
+        )
     (claimed,) = struct.unpack_from(">I", raw, 28)
     cut = claimed > pages or len(raw) % page_size != 0
     del raw[pages * page_size :]
@@ -252,7 +271,10 @@ def _salvage_sqlite(path: Path) -> tuple[list[RawMessage], bool]:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "salvage.db3"
         copy.write_bytes(bytes(raw))
-        con = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+        try:
+            con = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+        except sqlite3.Error as err:
+            raise BagError(f"{path}: sqlite bag does not open even after repair: {err}") from None
         try:
             topics = {
                 row[0]: (row[1], row[2])
@@ -289,7 +311,7 @@ def _salvage_sqlite(path: Path) -> tuple[list[RawMessage], bool]:
                 else:
                     misses, rows[row_id] = 0, row
                 row_id += 1
-        except sqlite3.DatabaseError as err:
+        except sqlite3.Error as err:
             raise BagError(f"{path}: sqlite bag unreadable even after repair: {err}") from None
         finally:
             con.close()
@@ -305,13 +327,15 @@ class BagSource:
 
     An intact bag streams from `rosbags` on every pass, so ingestion holds one message at a
     time (plus what it decides to keep). A damaged bag is salvaged once, into memory, and
-    what happened is appended to `notes` and warned about.
+    what happened is appended to `notes` and warned about. A bag that cannot be read at all
+    raises BagError naming why; nothing else escapes the constructor.
     """
 
     def __init__(self, path: Path | str, notes: list[str]):
         from rosbags.rosbag2 import ReaderError
 
         self.path = path = Path(path)
+        self.notes = notes
         self._salvaged: list[RawMessage] | None = None
         if not path.exists():
             raise BagError(f"bag {path} does not exist")
@@ -322,8 +346,15 @@ class BagSource:
                     return
             except ReaderError as err:
                 reason = str(err)
+            except Exception as err:  # rosbags raises more than ReaderError on odd files
+                reason = f"{type(err).__name__}: {err}"
         elif path.is_dir():
             reason = "metadata.yaml is missing (the recorder did not shut down cleanly)"
+        self.salvage(reason)
+
+    def salvage(self, reason: str = "") -> None:
+        """Read every complete record of the storage files into memory (damaged bags)."""
+        path = self.path
         files = (
             [path]
             if path.is_file()
@@ -335,7 +366,12 @@ class BagSource:
         damaged = False
         for file in files:
             salvage = _salvage_mcap if file.suffix == ".mcap" else _salvage_sqlite
-            found, cut = salvage(file)
+            try:
+                found, cut = salvage(file)
+            except BagError:
+                raise
+            except (OSError, struct.error, ValueError, sqlite3.Error) as err:
+                raise BagError(f"{file}: unreadable ({type(err).__name__}: {err})") from None
             messages.extend(found)
             damaged = damaged or cut
         messages.sort(key=lambda m: m.log_time)
@@ -343,8 +379,12 @@ class BagSource:
         if damaged or reason:
             note = f"{path}: damaged or truncated bag ({reason or 'file cut short'}); "
             note += f"salvaged {len(messages)} readable messages"
-            notes.append(note)
+            self.notes.append(note)
             warnings.warn(note, stacklevel=3)
+
+    @property
+    def salvaged(self) -> bool:
+        return self._salvaged is not None
 
     def messages(self, topics: set[str] | None = None) -> Iterator[RawMessage]:
         """The bag's messages in recording order, optionally only those on `topics`."""

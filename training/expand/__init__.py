@@ -28,10 +28,11 @@ import sys
 from .modes import DIFFUSION_MODES, layout_boxes, object_extra
 from .runner import ExpandReport, Shard, done_units, expand, make_producer, merge, plan
 from .units import MODES, ExpandConfig, Output, Unit, retarget, source_geometry
-from .verify import Box, ObjectGeometry, Verdict, check_relation
+from .verify import FAILED_CHECKS, Box, ObjectGeometry, Verdict, check_relation
 
 __all__ = [
     "DIFFUSION_MODES",
+    "FAILED_CHECKS",
     "MODES",
     "Box",
     "ExpandConfig",
@@ -71,7 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="", help="local diffusers pipeline directory")
     parser.add_argument("--format", default=d.fmt, choices=("vsre", "vsr"), help="source format")
     parser.add_argument("--images", default="", help="image folder of a VSR-format source")
-    parser.add_argument("--split", action="append", default=[], help="source split (repeatable)")
+    parser.add_argument(
+        "--split",
+        action="append",
+        default=[],
+        help="source split (repeatable; default: train, or the only *train split; never a "
+        "val/test split)",
+    )
     parser.add_argument("--per-item", type=int, default=d.per_item, help="outputs per item")
     parser.add_argument("--limit", type=int, default=d.limit, help="at most N source items")
     parser.add_argument(
@@ -105,6 +112,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="inpaint: least mean pixel change (0-255) inside the mask",
     )
     parser.add_argument(
+        "--min-smoothness",
+        type=float,
+        default=d.min_smoothness,
+        help="diffusion: least neighbour-pixel correlation of a generated image (noise ~0)",
+    )
+    parser.add_argument(
+        "--min-box-contrast",
+        type=float,
+        default=d.min_box_contrast,
+        help="layout: least colour contrast (0-255) between a box and its surroundings",
+    )
+    parser.add_argument(
         "--size",
         type=int,
         default=g.size,
@@ -133,6 +152,8 @@ def config_from_args(args: argparse.Namespace) -> ExpandConfig:
         box_margin=args.box_margin,
         min_structure=args.min_structure,
         min_inpaint_change=args.min_inpaint_change,
+        min_smoothness=args.min_smoothness,
+        min_box_contrast=args.min_box_contrast,
         keep_unverified=args.keep_unverified,
         save_rejected=args.save_rejected,
         device=args.device,
@@ -167,6 +188,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  not expandable: {count} items: {why}")
     if report.verdicts:
         print(f"merged: {report.verdicts}, {report.items} items in {cfg.out}/train.jsonl")
-        for why, count in sorted(report.reasons.items(), key=lambda kv: -kv[1]):
-            print(f"  rejected {count}: {why}")
+        print("  rejections by failed check (an output failing two checks counts under both):")
+        for check, count in sorted(report.reasons.items(), key=lambda kv: -kv[1]):
+            print(f"  {count:5d}  {check}: {FAILED_CHECKS.get(check, 'not recorded by that run')}")
+        noise, checked = report.noise
+        if checked:
+            print(f"  noise: {noise} of {checked} generated images ({100 * noise / checked:.0f}%)")
     return 0

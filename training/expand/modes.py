@@ -28,15 +28,17 @@ from .units import (
 )
 from .verify import (
     BOX_RELATIONS,
-    CONFIRMED,
+    CONTRADICTED,
     DEPTH_RELATIONS,
     OPPOSITES,
     UNVERIFIABLE,
     Box,
     ObjectGeometry,
     Verdict,
+    box_contrast,
     check_relation,
     mean_change,
+    neighbour_correlation,
     structure_correlation,
 )
 
@@ -63,11 +65,33 @@ class DiffusionMode:
     def finish(self, unit: Unit, request, image: np.ndarray) -> Output:
         raise NotImplementedError
 
-    def decide(self, status: str, reasons: list[str], checks: dict, ok: bool = True) -> Verdict:
-        accepted = ok and (
-            status == CONFIRMED or (status == UNVERIFIABLE and self.cfg.keep_unverified)
-        )
-        return Verdict(status, accepted, reasons, checks)
+    def decide(self, status: str, reasons: list[str], checks: dict) -> Verdict:
+        """The verdict of the relation check; failures of other checks are added with
+        `Verdict.fail`, so each rejection counts under exactly the checks that failed."""
+        verdict = Verdict(status, True, list(reasons), checks)
+        if status == CONTRADICTED:
+            verdict.failed.append("relation_contradicted")
+            verdict.accepted = False
+        elif status == UNVERIFIABLE and not self.cfg.keep_unverified:
+            verdict.failed.append("relation_unverifiable")
+            verdict.accepted = False
+        return verdict
+
+    def noise_region(self, request, shape: tuple[int, int]) -> np.ndarray | None:
+        """Where the noise check looks in the generated image (None: all of it)."""
+        return None
+
+    def check_noise(self, output: Output, generated: np.ndarray, request) -> Output:
+        """Reject an output whose generated pixels are noise (`neighbour_correlation` below
+        `min_smoothness`), measured on the image as the pipeline made it, before any resize."""
+        region = self.noise_region(request, generated.shape[:2])
+        score = neighbour_correlation(generated, region)
+        output.verdict.checks["smoothness"] = round(score, 4)
+        if score < self.cfg.min_smoothness:
+            output.verdict.fail(
+                "noise", f"noise: neighbour correlation {score:.2f} < {self.cfg.min_smoothness}"
+            )
+        return output
 
 
 class Txt2Img(DiffusionMode):
@@ -110,7 +134,7 @@ class Img2Img(DiffusionMode):
             box_margin=self.cfg.box_margin * source.shape[1],
             depth_margin=self.cfg.depth_margin,
         )
-        checks, reasons, ok = {}, [reason], True
+        checks, failures = {}, []
         height, width = source.shape[:2]
         whole = ObjectGeometry("image", Box(0, 0, width, height))
         # Without object boxes (kept only with --keep-unverified) the whole image must survive.
@@ -120,11 +144,13 @@ class Img2Img(DiffusionMode):
                 r = structure_correlation(source, image, geo.box)
                 checks[f"structure_{role}"] = round(r, 4)
                 if r < self.cfg.min_structure:
-                    ok = False
-                    reasons.append(f"layout not preserved: {role} structure r={r:.2f}")
+                    failures.append(f"layout not preserved: {role} structure r={r:.2f}")
+        verdict = self.decide(status, [reason], checks)
+        for failure in failures:
+            verdict.fail("layout_not_preserved", failure)
         new = retarget(item, unit.unit_id, "", depth=list(item.depth[:1]) or [None])
         new.extra = object_extra(geometry, [item.subj, item.obj])
-        out = Output(unit, image, [new], self.decide(status, reasons, checks, ok), request.prompt)
+        out = Output(unit, image, [new], verdict, request.prompt)
         if geometry:
             out.scene = _scene_file(unit, geometry)
         if geometry and all(g.mask is not None for g in geometry.values()):
@@ -172,6 +198,15 @@ class Inpaint(DiffusionMode):
             phrases=(new_name,),
         )
 
+    def noise_region(self, request, shape):
+        from PIL import Image
+
+        # The mask at the generated image's size: only the repainted pixels are new.
+        resized = Image.fromarray(request.mask.astype(np.uint8) * 255).resize(
+            (shape[1], shape[0]), Image.NEAREST
+        )
+        return np.asarray(resized) > 0
+
     def finish(self, unit, request, image):
         item, source, mask = unit.item, request.image, request.mask
         composite = np.where(mask[:, :, None], image, source)  # outside the box: the source
@@ -191,9 +226,11 @@ class Inpaint(DiffusionMode):
             reason = f"relation {item.relation!r}: the repainted subject's depth is unknown"
         change = mean_change(source, composite, mask)
         checks = {"inpaint_change": round(change, 2), "mask_pixels": int(mask.sum())}
-        reasons, ok = [reason], change >= self.cfg.min_inpaint_change
-        if not ok:
-            reasons.append(f"subject not repainted: mean change {change:.1f} inside the mask")
+        verdict = self.decide(status, [reason], checks)
+        if change < self.cfg.min_inpaint_change:
+            verdict.fail(
+                "not_repainted", f"subject not repainted: mean change {change:.1f} inside the mask"
+            )
         new = retarget(item, unit.unit_id, "", subj=new_name)
         # Instance mask: the source's, with the repainted box as the new subject.
         swapped = {n: g for n, g in geometry.items() if n != item.subj}
@@ -201,9 +238,7 @@ class Inpaint(DiffusionMode):
         new.extra = object_extra(swapped, [new_name, item.obj])
         real_masks = all(g.mask is not None for n, g in geometry.items() if n != item.subj)
         masks = _instance_mask(source.shape[:2], swapped) if real_masks else None
-        out = Output(
-            unit, composite, [new], self.decide(status, reasons, checks, ok), request.prompt
-        )
+        out = Output(unit, composite, [new], verdict, request.prompt)
         out.extra = {"swapped": [item.subj, new_name]}
         out.masks, out.scene = masks, _scene_file(unit, swapped)
         return out
@@ -238,23 +273,32 @@ class Layout(DiffusionMode):
             name: ObjectGeometry(name, box, box.mask(height, width))
             for name, box in zip(request.phrases, boxes, strict=True)
         }
-        margin = self.cfg.box_margin * width
-        items, reasons, statuses = [], [], []
+        # The boxes were chosen so the relation holds; checking the relation against them
+        # could never fail, so it is not a verification: what GLIGEN drew inside them is not
+        # identified by anything here, and the relation stays unverifiable. What can fail is
+        # checked: every box must hold something that stands out, and the image must not be
+        # noise (`check_noise`).
+        items = []
         asks = [(item.relation, 1)]
         if item.relation in OPPOSITES:
             asks.append((OPPOSITES[item.relation], 0))
         for k, (relation, label) in enumerate(asks):
-            status, reason = check_relation(
-                relation, label, geometry[item.subj], geometry[item.obj], box_margin=margin
-            )
-            statuses.append(status)
-            reasons.append(reason)
-            if status == CONFIRMED:
-                made = retarget(item, f"{unit.unit_id}~{k}", "", relation=relation, label=label)
-                made.extra = object_extra(geometry, [item.subj, item.obj])
-                items.append(made)
-        status = CONFIRMED if statuses[0] == CONFIRMED else statuses[0]
-        out = Output(unit, image, items, self.decide(status, reasons, {}), request.prompt)
+            made = retarget(item, f"{unit.unit_id}~{k}", "", relation=relation, label=label)
+            made.extra = object_extra(geometry, [item.subj, item.obj])
+            items.append(made)
+        reason = (
+            f"relation {item.relation!r}: holds for the boxes by construction; what is drawn "
+            "in them is not identified"
+        )
+        checks = {}
+        verdict = self.decide(UNVERIFIABLE, [reason], checks)
+        for name, geo in geometry.items():
+            contrast = box_contrast(image, geo.box)
+            checks[f"contrast_{'subj' if name == item.subj else 'obj'}"] = round(contrast, 2)
+            if contrast < self.cfg.min_box_contrast:
+                verdict.fail("empty_box", f"nothing stands out in the box of {name!r}: "
+                             f"contrast {contrast:.1f}")  # fmt: skip
+        out = Output(unit, image, items, verdict, request.prompt)
         out.extra = {"boxes": [list(b) for b in request.boxes], "phrases": list(request.phrases)}
         out.masks, out.scene = (
             _instance_mask((height, width), geometry),

@@ -17,11 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from vsre_ros.training.items import (
-    Item,
-    load_items,
-    splits,
-)
+from vsre_ros.training.items import Item, load_items
 
 from .modes import DIFFUSION_MODES
 from .units import MODES, SCHEMA, ExpandConfig, Output, Unit, unit_seed
@@ -92,18 +88,74 @@ def plan(cfg: ExpandConfig, items: list[Item], accepts: Callable[[Item], str]):
     return units, skipped
 
 
-def source_items(cfg: ExpandConfig) -> list[Item]:
+# A split whose name ends in one of these (after "_" or "-", or alone) holds evaluation items:
+# expansion never reads it as a source, and drops source items it also holds.
+HELD_OUT_SPLITS = ("val", "valid", "validation", "dev", "test")
+
+
+def is_held_out(split: str) -> bool:
+    """Whether a split name says it is for evaluation (random_val, zeroshot_test, dev, ...)."""
+    last = split.lower().replace("-", "_").rsplit("_", 1)[-1]
+    return last in HELD_OUT_SPLITS
+
+
+def _split_names(cfg: ExpandConfig) -> list[str]:
     root = Path(cfg.data)
-    names = list(cfg.splits)
-    if not names:
-        if cfg.fmt != "vsre":
-            raise ValueError("give --split for VSR-format sources")
-        names = [s for s in splits(root) if s.endswith("train")]
-        if not names:
-            raise ValueError(f"{root} has no *train split; give --split (it has {splits(root)})")
-    items = []
+    if root.is_file():
+        root = root.parent
+    return sorted(p.stem for p in root.glob("*.jsonl") if p.stem not in ("manifest", "provenance"))
+
+
+def default_split(cfg: ExpandConfig) -> str:
+    """The one split expanded when none is named: "train", else the only split named *train."""
+    names = _split_names(cfg)
+    if "train" in names:
+        return "train"
+    trains = [n for n in names if n.endswith("train") and not is_held_out(n)]
+    if len(trains) == 1:
+        return trains[0]
+    raise ValueError(
+        f"{cfg.data}: name the split to expand with --split (it has {', '.join(names) or 'none'}"
+        "); several training splits often share items, and expanding them together makes "
+        "duplicates"
+    )
+
+
+def _content(item: Item) -> tuple:
+    """What makes two items one example, whatever their ids (VSR's splits give one image and
+    caption a different id in each split): the images and what is asked about them."""
+    images = tuple(Path(p).name for p in (item.images or [item.image]))
+    return images, item.caption or item.question, item.subj, item.relation, item.obj
+
+
+def source_items(cfg: ExpandConfig, dropped: Counter | None = None) -> list[Item]:
+    """The source items: one split by default, never a held-out split, each example once, and
+    none that a held-out split of the same dataset also holds (it would leak into training).
+    What is left out is counted in `dropped` (reason -> items)."""
+    dropped = Counter() if dropped is None else dropped
+    names = list(dict.fromkeys(cfg.splits)) or [default_split(cfg)]
+    refused = [n for n in names if is_held_out(n)]
+    if refused:
+        raise ValueError(
+            f"split(s) {', '.join(refused)} hold evaluation items; expansion takes training "
+            "splits only"
+        )
+    held_out = set()
+    for name in _split_names(cfg):
+        if is_held_out(name):
+            held_out |= {_content(i) for i in load_items(cfg.data, name, cfg.fmt,
+                                                           cfg.images or None)}  # fmt: skip
+    items, seen = [], set()
     for name in names:
-        items.extend(load_items(root, name, cfg.fmt, cfg.images or None))
+        for item in load_items(cfg.data, name, cfg.fmt, cfg.images or None):
+            key = _content(item)
+            if key in held_out:
+                dropped["also in a held-out split of the source (would leak)"] += 1
+            elif (*key, item.answer) in seen:
+                dropped["duplicate of an item already taken (same image, question, answer)"] += 1
+            else:
+                seen.add((*key, item.answer))
+                items.append(item)
     return items
 
 
@@ -156,6 +208,7 @@ def _manifest_row(cfg: ExpandConfig, output: Output, shard: Shard, image: str) -
         "seed": output.unit.seed,
         "verdict": "accepted" if verdict.accepted else "rejected",
         "relation_check": verdict.status,
+        "failed": verdict.failed,
         "reasons": verdict.reasons,
         "checks": verdict.checks,
         "items": [i.id for i in output.items] if verdict.accepted else [],
@@ -187,11 +240,13 @@ def make_producer(cfg: ExpandConfig, device: str):
         images = backend.generate(requests)
         outputs = []
         for unit, request, image in zip(units, requests, images, strict=True):
+            # Back to the source's size, where its boxes, masks and depth are valid; the noise
+            # check reads the image as generated (resizing smooths noise).
+            generated = image
             if request.image is not None and image.shape[:2] != request.image.shape[:2]:
-                # Back to the source's size, where its boxes, masks and depth are valid.
                 height, width = request.image.shape[:2]
                 image = np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
-            outputs.append(mode.finish(unit, request, image))
+            outputs.append(mode.check_noise(mode.finish(unit, request, image), generated, request))
         return outputs
 
     return mode.accepts, produce, lambda: None
@@ -207,8 +262,9 @@ class ExpandReport:
     generated: int = 0  # produced in this run
     not_expandable: dict = field(default_factory=dict)  # reason -> source items left out
     verdicts: dict = field(default_factory=dict)  # merged: accepted/rejected counts
-    reasons: dict = field(default_factory=dict)  # merged: rejection reason -> count
+    reasons: dict = field(default_factory=dict)  # merged: failed check id -> rejected outputs
     items: int = 0  # merged: items in train.jsonl
+    noise: tuple[int, int] = (0, 0)  # merged: (outputs that were noise, outputs checked)
 
 
 def expand(cfg: ExpandConfig, shard: Shard | None = None) -> ExpandReport:
@@ -218,7 +274,9 @@ def expand(cfg: ExpandConfig, shard: Shard | None = None) -> ExpandReport:
     for sub in ("images", "masks", "scenes", "depth", "parts"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     accepts, produce, close = make_producer(cfg, cfg.device or shard.device)
-    units, not_expandable = plan(cfg, source_items(cfg), accepts)
+    dropped: Counter = Counter()
+    units, not_expandable = plan(cfg, source_items(cfg, dropped), accepts)
+    not_expandable.update(dropped)
     report = ExpandReport(planned=len(units), not_expandable=dict(not_expandable))
     mine = units[shard.index :: shard.count]
     done = done_units(out)
@@ -282,13 +340,18 @@ def merge(cfg: ExpandConfig, report: ExpandReport | None = None) -> ExpandReport
         for item_id in sorted(items):
             handle.write(json.dumps(items[item_id]) + "\n")
     verdicts = Counter(row["verdict"] for row in manifest.values())
+    # Each rejection counts once under each check it failed; rows of older runs, which did
+    # not record that, count under "unrecorded".
     reasons = Counter(
-        reason
+        check
         for row in manifest.values()
         if row["verdict"] == "rejected"
-        for reason in row["reasons"]
+        for check in row.get("failed", ["unrecorded"])
     )
+    checked = [row for row in manifest.values() if "smoothness" in row.get("checks", {})]
+    noise = sum(1 for row in checked if "noise" in row.get("failed", []))
     report.verdicts, report.reasons, report.items = dict(verdicts), dict(reasons), len(items)
+    report.noise = (noise, len(checked))
     meta = {
         "schema": SCHEMA,
         "source": "expand",
@@ -299,7 +362,8 @@ def merge(cfg: ExpandConfig, report: ExpandReport | None = None) -> ExpandReport
             "accepted": verdicts.get("accepted", 0),
             "rejected": verdicts.get("rejected", 0),
             "by_relation_check": dict(Counter(r["relation_check"] for r in manifest.values())),
-            "rejection_reasons": dict(reasons),
+            "rejected_by_check": dict(reasons),
+            "noise": {"outputs": noise, "checked": len(checked)},
             "items": len(items),
         },
         "splits": {"train": len(items)},

@@ -105,7 +105,8 @@ class SimExpander:
         scene, view_index = self._load(item)
         names = [o.name for o in scene.objects]
         if item.subj not in names or item.obj not in names:
-            verdict = Verdict(UNVERIFIABLE, False, ["subject or object not in the scene"], {})
+            verdict = Verdict(UNVERIFIABLE, False, ["subject or object not in the scene"], {},
+                              ["not_in_scene"])  # fmt: skip
             return Output(unit, None, [], verdict)
         subj_i, obj_i = names.index(item.subj), names.index(item.obj)
         scene = copy.deepcopy(scene)
@@ -133,11 +134,19 @@ class SimExpander:
         holds = decide(facts, item.relation, subj_i, obj_i)
         if hidden:
             verdict = Verdict(
-                CONTRADICTED, False, [f"{' and '.join(hidden)} hidden after re-render"], checks
+                CONTRADICTED,
+                False,
+                [f"{' and '.join(hidden)} hidden after re-render"],
+                checks,
+                ["objects_hidden"],
             )
         elif holds is None:
             verdict = Verdict(
-                UNVERIFIABLE, False, ["simulator: borderline after re-render"], checks
+                UNVERIFIABLE,
+                False,
+                ["simulator: borderline after re-render"],
+                checks,
+                ["borderline"],
             )
         else:
             verdict = Verdict(CONFIRMED, True, ["simulator predicates decide the label"], checks)

@@ -59,7 +59,8 @@ class ExpandConfig:
     model_dir: str = ""  # local diffusers pipeline directory (all modes but sim)
     fmt: str = "vsre"  # source format: vsre, or vsr (then `images` is the image folder)
     images: str = ""  # VSR image folder
-    splits: tuple[str, ...] = ()  # source splits to expand; empty = every *train split
+    splits: tuple[str, ...] = ()  # source splits to expand (never a held-out one); empty =
+    # the one training split ("train", or the only split named *train)
     per_item: int = 1  # outputs per source item
     limit: int = 0  # at most this many source items (0 = all)
     batch_size: int = 4  # requests per pipeline call
@@ -68,6 +69,8 @@ class ExpandConfig:
     depth_margin: float = 0.05  # metres two median depths must differ by
     min_structure: float = 0.3  # img2img: least gradient correlation with the source per box
     min_inpaint_change: float = 8.0  # inpaint: least mean change (0..255) inside the mask
+    min_smoothness: float = 0.6  # diffusion: least neighbour-pixel correlation (noise ~0)
+    min_box_contrast: float = 8.0  # layout: least colour contrast (0..255) of a box to its ring
     mask_dilate: int = 2  # inpaint: pixels added around the subject's box
     keep_unverified: bool = False  # keep outputs whose relation cannot be checked
     save_rejected: bool = False  # also write rejected images, to rejected/ (not the dataset)

@@ -18,13 +18,21 @@ known independently of the generator:
   threshold. An inpainted image must be the source outside the mask (it is composited so)
   and must have changed inside it (else no subject was swapped in).
 
+- Noise. A diffusion output is rejected when its pixels are noise: the correlation of
+  neighbouring pixels (about 0.8-1 for renders and photos, about 0 for pixel noise; see
+  `bench/bench_ingest_expand.py`) must reach a threshold, measured on the generated image
+  (inside the mask, for inpainting). This is the one check of a layout-conditioned (GLIGEN)
+  output that does not use the mode's own boxes: those boxes hold by construction, so checking
+  the relation against them could never reject anything and is not called verification.
+
 A relation these checks cannot decide is "unverifiable"; the runner rejects such outputs
-unless told to keep them, and the manifest counts every verdict and reason.
+unless told to keep them. A rejection counts under each check that failed (FAILED_CHECKS),
+never under one that passed; the measured values are in the manifest row, not in the keys.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,6 +57,19 @@ OPPOSITES: dict[str, str] = {
 }
 
 CONFIRMED, CONTRADICTED, UNVERIFIABLE = "confirmed", "contradicted", "unverifiable"
+
+# Check id -> what its failure means. A rejected output counts once under each id it failed.
+FAILED_CHECKS: dict[str, str] = {
+    "relation_contradicted": "the geometry contradicts the label",
+    "relation_unverifiable": "no independent check decides the relation (--keep-unverified)",
+    "layout_not_preserved": "img2img: structure correlation in a box below --min-structure",
+    "not_repainted": "inpaint: mean change inside the mask below --min-inpaint-change",
+    "noise": "the generated pixels are noise: neighbour correlation below --min-smoothness",
+    "empty_box": "layout: a box holds nothing that stands out (contrast below --min-box-contrast)",
+    "objects_hidden": "sim: the subject or object is hidden after the re-render",
+    "borderline": "sim: the relation is borderline after the re-render",
+    "not_in_scene": "sim: the subject or object is not in the scene file",
+}
 
 
 @dataclass(frozen=True)
@@ -101,8 +122,18 @@ class Verdict:
 
     status: str  # CONFIRMED, CONTRADICTED or UNVERIFIABLE (of the relation)
     accepted: bool  # whether the output is kept
-    reasons: list[str]  # what decided it, readable
+    reasons: list[str]  # what decided it, readable, with the measured values
     checks: dict  # the measured numbers (margins, correlations, changes)
+    failed: list[str] = field(default_factory=list)  # ids (FAILED_CHECKS) of failed checks
+
+    def fail(self, check: str, reason: str) -> None:
+        """Record a failed check: the output is rejected and counted under `check`."""
+        if check not in FAILED_CHECKS:
+            raise ValueError(f"unknown check {check!r}; known: {', '.join(FAILED_CHECKS)}")
+        if check not in self.failed:
+            self.failed.append(check)
+        self.reasons.append(reason)
+        self.accepted = False
 
 
 def relation_by_boxes(relation: str, subj: Box, obj: Box, margin: float) -> bool | None:
@@ -191,3 +222,39 @@ def mean_change(source: np.ndarray, output: np.ndarray, region: np.ndarray) -> f
         return 0.0
     diff = np.abs(source.astype(np.float32) - output.astype(np.float32))
     return float(diff[region].mean())
+
+
+def neighbour_correlation(image: np.ndarray, region: np.ndarray | None = None) -> float:
+    """Correlation of horizontally and vertically adjacent pixels (grey levels), averaged over
+    the two directions, over pairs inside `region`: near 1 for anything a camera or a renderer
+    makes, near 0 for pixel noise. A flat region (no variance) counts as 1 (it is not noise)."""
+    gray = image.astype(np.float32).mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+    inside = np.ones(gray.shape, bool) if region is None else region.astype(bool)
+    values = []
+    for a, b, both in (
+        (gray[:, :-1], gray[:, 1:], inside[:, :-1] & inside[:, 1:]),
+        (gray[:-1, :], gray[1:, :], inside[:-1, :] & inside[1:, :]),
+    ):
+        x, y = a[both], b[both]
+        if x.size < 4:
+            continue
+        if x.std() < 1e-6 or y.std() < 1e-6:
+            values.append(1.0)
+        else:
+            values.append(float(np.corrcoef(x, y)[0, 1]))
+    return float(np.mean(values)) if values else 1.0
+
+
+def box_contrast(image: np.ndarray, box: Box) -> float:
+    """Mean absolute colour difference (0..255) between a box and a ring around it (a quarter
+    of the box's size wide): near 0 when nothing in the box stands out from its surroundings."""
+    height, width = image.shape[:2]
+    inner = box.mask(height, width)
+    dx, dy = (box.x1 - box.x0) / 4, (box.y1 - box.y0) / 4
+    grown = Box(max(0, box.x0 - dx), max(0, box.y0 - dy), min(width, box.x1 + dx),
+                min(height, box.y1 + dy))  # fmt: skip
+    ring = grown.mask(height, width) & ~inner
+    if not inner.any() or not ring.any():
+        return 0.0
+    pixels = image.astype(np.float32).reshape(height, width, -1)
+    return float(np.abs(pixels[inner].mean(axis=0) - pixels[ring].mean(axis=0)).mean())
