@@ -51,8 +51,8 @@ def model_config(ref: str, overrides: dict[str, Any] | None = None) -> ModelConf
 
 def uncalibrated(model: VSREModel) -> VSREModel:
     """The model with its verdict bias at 0. A bias is fitted for the weights it was saved with
-    (`training.default_model.calibrate_verdict`); training changes them, so a model that is
-    about to train starts uncalibrated rather than carrying a stale shift."""
+    (`training.default_model.calibration.calibrate_verdict`); training changes them, so a model
+    that is about to train starts uncalibrated rather than carrying a stale shift."""
     model.config.verdict_bias = 0.0
     return model
 

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     extra = {}
     if args.training_questions:
-        from vsre_ros.training.default_model import question_config
+        from vsre_ros.training.default_model.data import question_config
 
         extra["questions"] = question_config()
     ref, note, random_weights = resolve_model_ref(args.model)

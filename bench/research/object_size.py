@@ -8,14 +8,13 @@ question names covers.
         --data runs/D200K96 runs/34b/eval      # one --data per run, in order
 
 Each argument is an evaluation directory with the `predictions.jsonl` and `report.json` that
-`training.default_model.evaluate_split` writes (`bench/research/val_samples.py --out DIR` keeps
-one per sample; `vsre train-default` leaves them in `OUT/eval/SPLIT`). Every prediction is scored
-again against its item and put in a bucket by the area of the 2D box of the smallest object its
-question names (the item's `boxes`), as a share of the (first) image's area. The buckets are
-resolution-free, so runs on the same scenes rendered at two sizes compare bucket by bucket; at
-the 64 px the default model is trained on, the first edge (0.75%) is a box of about 30 pixels,
-5 x 5. The table shows how much of each skill's error sits on small objects.
-"""
+`training.default_model.data.evaluate_split` writes (`bench/research/val_samples.py --out DIR`
+keeps one per sample; `vsre train-default` leaves them in `OUT/eval/SPLIT`). Every prediction is
+scored again against its item and put in a bucket by the area of the 2D box of the smallest object
+its question names (the item's `boxes`), as a share of the (first) image's area. The buckets are
+resolution-free, so runs on the same scenes rendered at two sizes compare bucket by bucket; at the
+64 px the default model is trained on, the first edge (0.75%) is a box of about 30 pixels, 5 x 5.
+The table shows how much of each skill's error sits on small objects. """
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/research/val_samples.py --model runs/22/train/model --data runs/D200K
 
-Three seeded `random_val` samples through `training.default_model.evaluate_split`, each item
+Three seeded `random_val` samples through `training.default_model.data.evaluate_split`, each item
 asked its own question: 600 items (seed 0), 3000 items (seed 2) and 2000 relation items
 (seed 1). The verdict bias is set to 0 first, so models trained with and without calibration
 compare on their raw answers (`training/recipes/recipes_tried.md` quotes these columns).
@@ -17,7 +17,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from vsre_ros.training.default_model import evaluate_split
+from vsre_ros.training.default_model.data import evaluate_split
 
 from vsre_ros.core.model import VSREModel
 

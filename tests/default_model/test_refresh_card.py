@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from vsre_ros.training import default_model
+from vsre_ros.training.default_model import card as cards
+from vsre_ros.training.default_model.export import EXPORT_DIR
 
 from vsre_ros.cli import main
 
@@ -12,7 +13,7 @@ CARD = "# vsre-tiny\n\n## Evaluation\n\n| a | b |\n\n## Recipes tried\n\nold his
 def _history(tmp_path, monkeypatch, text: str) -> None:
     path = tmp_path / "recipes_tried.md"
     path.write_text(text)
-    monkeypatch.setattr(default_model, "RECIPES_TRIED", path)
+    monkeypatch.setattr(cards, "RECIPES_TRIED", path)
 
 
 def test_refresh_replaces_only_the_history(tmp_path, monkeypatch, capsys):
@@ -31,7 +32,7 @@ def test_refresh_replaces_only_the_history(tmp_path, monkeypatch, capsys):
 
 def test_a_card_without_history_gets_it_appended(tmp_path, monkeypatch):
     _history(tmp_path, monkeypatch, "## Recipes tried\n\nrun 1\n")
-    card = default_model.with_recipes_tried("# t\n\n## Limits\n\nsim only\n")
+    card = cards.with_recipes_tried("# t\n\n## Limits\n\nsim only\n")
     assert card == "# t\n\n## Limits\n\nsim only\n\n## Recipes tried\n\nrun 1\n"
 
 
@@ -45,6 +46,6 @@ def test_refresh_refuses_a_missing_or_foreign_card(tmp_path, capsys):
 
 
 def test_shipped_card_carries_the_current_history():
-    card = (default_model.EXPORT_DIR / "MODEL_CARD.md").read_text()
-    history = default_model.RECIPES_TRIED.read_text().strip()
+    card = (EXPORT_DIR / "MODEL_CARD.md").read_text()
+    history = cards.RECIPES_TRIED.read_text().strip()
     assert card.endswith(history + "\n"), "run `vsre train-default --refresh-card` on the export"

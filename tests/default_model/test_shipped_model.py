@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from vsre_ros.training.data import ask
-from vsre_ros.training.default_model import EXPORT_DIR, MAX_EXPORT_MB
+from vsre_ros.training.default_model.export import EXPORT_DIR, MAX_EXPORT_MB
 from vsre_ros.training.items import load_items
 from vsre_ros.training.model_api import answer_examples
 from vsre_ros.training.scoring import normalize, score

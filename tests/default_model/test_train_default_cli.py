@@ -10,6 +10,8 @@ import random
 import pytest
 from vsre_ros.training import default_model
 from vsre_ros.training.config import load_config
+from vsre_ros.training.default_model.calibration import calibrate_verdict, fit_verdict_bias
+from vsre_ros.training.default_model.export import EXPORT_DIR
 from vsre_ros.training.recipes.curriculum import curriculum
 
 STEPS = sum(s.steps for s in curriculum("relations-grow", 2, 2, 2))  # the default curriculum
@@ -104,7 +106,7 @@ def test_the_verdict_bias_is_fitted_on_val_and_matches_its_true_rate(ablated, tm
     (data / "random_val.jsonl").unlink()
     (data / "random_val.jsonl").symlink_to(ablated / "data" / "zeroshot_train.jsonl")
     model = VSREModel.from_pretrained(ablated / "no-siglip" / "train" / LAST / "final").eval()
-    result = default_model.calibrate_verdict(model, data, 60, tmp_path / "cal", seed=0)
+    result = calibrate_verdict(model, data, 60, tmp_path / "cal", seed=0)
     assert result["items"] >= 5
     assert model.config.verdict_bias == result["bias"] != 0.0
     assert abs(result["predicted_yes_rate_after"] - result["true_rate"]) <= 1 / result["items"]
@@ -126,7 +128,7 @@ def test_the_verdict_bias_is_fitted_on_val_and_matches_its_true_rate(ablated, tm
     )
     yes_rate = sum(p.probability >= 0.5 for p in answers) / len(answers)
     assert yes_rate == pytest.approx(result["predicted_yes_rate_after"])
-    again = default_model.calibrate_verdict(model, data, 60, tmp_path / "cal2", seed=0)
+    again = calibrate_verdict(model, data, 60, tmp_path / "cal2", seed=0)
     assert again == result, "refitting starts from bias 0, so it finds the same bias"
 
 
@@ -187,14 +189,14 @@ def test_the_fitted_verdict_bias_matches_the_true_rate(rate):
     rng = random.Random(3)
     p_yes = [rng.random() for _ in range(200)]
     truth = [k < rate * 200 for k in range(200)]
-    bias = default_model.fit_verdict_bias(p_yes, truth)
+    bias = fit_verdict_bias(p_yes, truth)
     yes = sum(math.log(p / (1 - p)) + bias >= 0 for p in p_yes)
     assert yes == round(rate * 200)
 
 
 def test_the_verdict_bias_fit_refuses_mismatched_input():
     with pytest.raises(ValueError, match="one label per probability"):
-        default_model.fit_verdict_bias([0.2, 0.9], [True])
+        fit_verdict_bias([0.2, 0.9], [True])
 
 
 def test_the_defaults_and_the_recipe_file_are_the_shipped_model():
@@ -205,7 +207,7 @@ def test_the_defaults_and_the_recipe_file_are_the_shipped_model():
     default_model.add_arguments(parser)
     defaults = parser.parse_args([])
     # The shipped card's command, with nothing but its flags, parses to the defaults.
-    card = (default_model.EXPORT_DIR / "MODEL_CARD.md").read_text()
+    card = (EXPORT_DIR / "MODEL_CARD.md").read_text()
     command = next(line for line in card.splitlines() if "vsre train-default --seed" in line)
     shipped = parser.parse_args(command.split("vsre train-default", 1)[1].split())
     differ = {k for k, v in vars(shipped).items() if v != getattr(defaults, k)}
