@@ -23,7 +23,7 @@ from torch import nn
 
 from vsre_ros.core.model import VSREModel
 
-from .model_api import image_token_norm, object_attention, verdict_loss
+from .model_api import image_token_norm, verdict_loss
 from .recipes.targets import (
     POSE_SIZE,
     BankProbe,
@@ -68,7 +68,6 @@ class LossTerm:
     head: str | None = None  # the HEADS id it trains
     attentions: bool = False  # needs the LM's attention maps (eager attention)
     targets: bool = False  # needs the scene targets
-    object_targets: bool = False  # needs collate's object attention targets
     states: tuple[str, ...] = ()  # hop layers whose output states it reads
     hops: bool = False  # reads the binding-hop layers (`hop_layers` must exist in the LM)
 
@@ -121,6 +120,12 @@ def _answer_bits(key: str, head: str) -> Callable[[StepContext], torch.Tensor | 
     return term
 
 
+def _first_layer_binding(ctx: StepContext):
+    """The hop-1 target (object phrase -> its object's image tokens) at the LM's first layer,
+    for models without the recipe's hop layers."""
+    return hop1_loss(ctx.output.attentions, ctx.targets, 0) if _needs(ctx, "hop1") else None
+
+
 def _plain(fn: Callable) -> Callable[[StepContext], torch.Tensor]:
     return lambda ctx: fn(ctx.model, ctx.batch, ctx.output)
 
@@ -134,10 +139,10 @@ LOSSES: dict[str, LossTerm] = {
         _plain(image_token_norm), "keeps projected image tokens at the word embeddings' scale"
     ),
     "object_attention": LossTerm(
-        _plain(object_attention),
+        _first_layer_binding,
         "first LM layer's head 0, at each object's last word, pulled to its image tokens",
         attentions=True,
-        object_targets=True,
+        targets=True,
     ),
     "dense": LossTerm(
         _dense,

@@ -103,14 +103,12 @@ def collate(
     model: VSREModel,
     examples: Sequence[Example],
     cache: ImageCache,
-    attention_targets: bool = False,
 ) -> dict[str, Any]:
     """A training batch in VSREModel.forward's format, pixels from the cache.
 
     Also returns `answer_start` (index of each row's first answer token) and, for yes/no and
     two-option questions, `verdict_ids` [B, 2] (first tokens of the positive and negative
-    answer words) and `truth` [B] (1 positive, 0 negative, -1 not a verdict question). With
-    `attention_targets`, `object_targets` (see `object_attention_targets`) as well.
+    answer words) and `truth` [B] (1 positive, 0 negative, -1 not a verdict question).
     """
     rows, pixels = [], []
     verdict_ids, truth = [], []
@@ -127,9 +125,6 @@ def collate(
             truth.append(int(bool(ex.truth)))
     tokens = model.tokenize_rows(rows)
     device, dtype = model.device, model.dtype
-    extra: dict[str, Any] = {}
-    if attention_targets:
-        extra["object_targets"] = object_attention_targets(model, examples, device)
     pixel_values = {
         name: torch.from_numpy(np.concatenate([p[name] for p in pixels])).to(device, dtype)
         for name in model.encoders
@@ -139,83 +134,6 @@ def collate(
         **tokens,
         "verdict_ids": torch.tensor(verdict_ids, device=device),
         "truth": torch.tensor(truth, device=device),
-        **extra,
-    }
-
-
-def image_token_grids(model: VSREModel) -> list[tuple[int, int]]:
-    """The (rows, cols) grids the image tokens of one image come in, in sequence order."""
-    grids = getattr(model.fusion, "grids", None)
-    grids = list(grids.values()) if grids else [tuple(model.fusion.grid)]
-    if sum(h * w for h, w in grids) != model.num_image_tokens:
-        raise ValueError(
-            f"image token grids {grids} do not add up to {model.num_image_tokens} tokens; "
-            "object attention targets need a fusion that exposes its grids"
-        )
-    return grids
-
-
-def _mask_target(mask: np.ndarray, mask_id: int, grids: list[tuple[int, int]]) -> torch.Tensor:
-    """Share of each image token's patch covered by the object, over all grids, summing to 1."""
-    region = torch.from_numpy((mask == mask_id).astype(np.float32))[None, None]
-    parts = [F.adaptive_avg_pool2d(region, grid).flatten() for grid in grids]
-    target = torch.cat(parts)
-    total = float(target.sum())
-    return target / total if total > 0 else target
-
-
-def _phrase_token(model: VSREModel, question: str, phrase: str) -> int | None:
-    """Index (within the question suffix) of the last token of `phrase`, None if absent."""
-    text = model.prompt.suffix(question)
-    at = text.lower().find(phrase.lower())
-    if not phrase or at < 0:
-        return None
-    encoded = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    end = at + len(phrase)
-    inside = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if a < end and b > at]
-    return inside[-1] if inside else None
-
-
-def object_attention_targets(
-    model: VSREModel, examples: Sequence[Example], device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Where each named object's last word should look among the first image's tokens.
-
-    Uses the simulator's per-item `objects` (phrases) and `mask_ids` (their ids in the
-    instance mask). Returns rows [K], queries [K] (token position of the phrase), starts [K]
-    (position of the first image token) and targets [K, tokens per image]; K may be 0.
-    """
-    grids = image_token_grids(model)
-    rows, queries, starts, targets = [], [], [], []
-    masks: dict[Path, np.ndarray] = {}
-    for row, ex in enumerate(examples):
-        item = ex.item
-        names, ids = item.extra.get("objects", []), item.extra.get("mask_ids", [])
-        if not item.masks or not item.masks[0] or not names or len(names) != len(ids):
-            continue
-        path = Path(item.root, item.masks[0])
-        if path not in masks:
-            from PIL import Image
-
-            with Image.open(path) as image:
-                masks[path] = np.asarray(image)
-        prefix = model.prefix_ids(len(item.images or [item.image]))
-        start = prefix.index(model.image_token_id)
-        for name, mask_id in zip(names, ids, strict=True):
-            token = _phrase_token(model, ex.question, name)
-            target = _mask_target(masks[path], int(mask_id), grids)
-            if token is None or float(target.sum()) == 0.0:
-                continue
-            rows.append(row)
-            queries.append(len(prefix) + token)
-            starts.append(start)
-            targets.append(target)
-    n_tokens = model.num_image_tokens
-    return {
-        "rows": torch.tensor(rows, dtype=torch.long, device=device),
-        "queries": torch.tensor(queries, dtype=torch.long, device=device),
-        "starts": torch.tensor(starts, dtype=torch.long, device=device),
-        "targets": (torch.stack(targets) if targets else torch.zeros(0, n_tokens)).to(device),
     }
 
 
@@ -264,26 +182,6 @@ def image_token_norm(model: VSREModel, batch: dict[str, Any], output: Any) -> to
     words = model.lm.get_input_embeddings().weight
     target = words.detach().norm(dim=-1).mean()
     return (output.image_embeds.norm(dim=-1).mean() - target).pow(2) / target.pow(2)
-
-
-def object_attention(model: VSREModel, batch: dict[str, Any], output: Any) -> torch.Tensor:
-    """Pulls the first LM layer's first head, at each object's last word, towards that
-    object's image tokens (the binding hop the learnability notes found necessary): the
-    cross-entropy of the target against the attention renormalised over the image tokens.
-    Needs eager attention (`lm.attn_implementation: eager`)."""
-    if not output.attentions:
-        raise ValueError(
-            "object_attention needs attention maps: build the model with "
-            "model_overrides {lm: {attn_implementation: eager}}"
-        )
-    t = batch["object_targets"]
-    if t["rows"].numel() == 0:
-        return output.logits.sum() * 0.0
-    first = output.attentions[0][t["rows"], 0, t["queries"]]  # [K, L]
-    index = t["starts"][:, None] + torch.arange(t["targets"].shape[1], device=first.device)
-    image = first.gather(1, index)
-    share = image / image.sum(-1, keepdim=True).clamp_min(1e-9)
-    return -(t["targets"] * share.clamp_min(1e-9).log()).sum(-1).mean()
 
 
 def query_for(example: Example, images: list[np.ndarray]) -> Query:

@@ -450,7 +450,6 @@ def run_stage(
     cache = make_cache(model, config.image_cache_dir or None)
     wants = [LOSSES[name] for name in weights]
     builder = TargetBuilder(model) if any(t.targets for t in wants) else None
-    object_targets = any(t.object_targets for t in wants)
     params = [p for p in trainee.parameters() if p.requires_grad]
 
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -465,7 +464,7 @@ def run_stage(
             group["lr"] = learning_rate(stage, step)
         clock = PhaseClock()
         examples = step_examples(items, stage, sampler, config.seed, step, rank, world)
-        batch = collate(model, examples, cache, attention_targets=object_targets)
+        batch = collate(model, examples, cache)
         clock.lap("batch")
         targets = batch_targets(builder, examples, batch) if builder is not None else {}
         clock.lap("targets")

@@ -14,6 +14,7 @@ from vsre_ros.training.config import StageConfig
 from vsre_ros.training.data import ask
 from vsre_ros.training.items import load_items
 from vsre_ros.training.model_api import build_model, collate, image_cache
+from vsre_ros.training.recipes.targets import TargetBuilder, batch_targets
 from vsre_ros.training.train import train
 
 EAGER = copy.deepcopy(TINY)
@@ -47,19 +48,19 @@ def test_targets_point_each_object_word_at_its_mask(tmp_path):
     data = masked_dataset(tmp_path / "d")
     model = build_model("vsre-tiny", EAGER)
     example = ask(load_items(data, "train")[0])
-    batch = collate(model, [example], image_cache(model), attention_targets=True)
-    t = batch["object_targets"]
-    assert t["rows"].tolist() == [0, 0]
+    batch = collate(model, [example], image_cache(model))
+    # Hand-made data has masks but no scene file: the binding target comes from the mask.
+    t = batch_targets(TargetBuilder(model), [example], batch)["hop1"]
     ids = batch["input_ids"][0]
-    assert int(ids[t["starts"][0]]) == model.image_token_id
-    assert int(ids[t["starts"][0] - 1]) != model.image_token_id
+    assert t.rows.tolist() == [0, 0]
+    assert all(int(ids[k]) == model.image_token_id for k in t.keys[0])
     # The query is the last token of each phrase (the end of "square"), at two places.
-    words = [model.tokenizer.decode([int(ids[q])]).strip() for q in t["queries"]]
+    words = [model.tokenizer.decode([int(ids[q])]).strip() for q in t.query]
     assert all(w and "square".endswith(w) for w in words)
-    assert model.tokenizer.decode([int(ids[t["queries"][0] + 1])]).strip() == "left"
-    assert t["queries"][0] < t["queries"][1]
+    assert model.tokenizer.decode([int(ids[t.query[0] + 1])]).strip() == "left"
+    assert t.query[0] < t.query[1]
     # A 2x2 grid: red covers the left column (tokens 0 and 2), blue the right one.
-    assert t["targets"].tolist() == [[0.5, 0.0, 0.5, 0.0], [0.0, 0.5, 0.0, 0.5]]
+    assert t.weights.tolist() == [[0.5, 0.0, 0.5, 0.0], [0.0, 0.5, 0.0, 0.5]]
 
 
 def test_object_attention_loss_trains_and_switches_on_eager_attention(tmp_path):

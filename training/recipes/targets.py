@@ -170,7 +170,7 @@ class TargetBuilder:
         """Targets of image `k` of an example's item, None when it has no mask."""
         item = example.item
         masks = item.masks or []
-        if k >= len(masks) or not masks[k] or not item.scene_id:
+        if k >= len(masks) or not masks[k]:
             return None
         key = (item.root, masks[k])
         if key not in self._images:
@@ -179,10 +179,10 @@ class TargetBuilder:
 
     def _build(self, item: Any, k: int) -> ImageTargets | None:
         root = Path(item.root)
-        scene = self._scene_of(item)
-        if scene is None:
-            return None
-        owners, poses = scene.owners, scene.poses
+        # Without a scene file (hand-made or recorded data) the mask still gives coverage and
+        # shape; colour, category and pose stay unknown.
+        scene = self._scene_of(item) if item.scene_id else None
+        owners, poses = (scene.owners, scene.poses) if scene else ({}, {})
         mask = read_mask(root / item.masks[k])
         depth = None
         if k < len(item.depth or []) and item.depth[k]:
