@@ -17,13 +17,9 @@ from vsre_ros.training.metrics import (
     metric_answers,
 )
 from vsre_ros.training.report import write_report
-from vsre_ros.training.scoring import (
-    Prediction,
-    parse_yes_no,
-    relative_accuracy,
-    score,
-    within_factor,
-)
+from vsre_ros.training.scoring import Prediction, relative_accuracy, score
+
+from vsre_ros.core.answers import number_correct, parse_yes_no
 
 
 def rel(item_id, label, relation="left of", subj="cup", obj="box", image=None, **kw):
@@ -144,8 +140,8 @@ def test_ece_by_hand():
 
 
 def test_metric_answers_factor_two_and_mean_relative_accuracy_by_hand():
-    assert within_factor(3.9, 2.0) and not within_factor(1.0, 2.0)
-    assert not within_factor(-2.0, 2.0) and not within_factor(None, 2.0)
+    assert number_correct(3.9, 2.0) and not number_correct(1.0, 2.0)
+    assert not number_correct(-2.0, 2.0) and not number_correct(None, 2.0)
     assert relative_accuracy(2.2, 2.0) == pytest.approx(0.8)
     items = [num(f"n{k}", 2.0) for k in range(4)]
     said = ["3.9", "1.0", "2.2 m", "about 2 metres"]

@@ -32,7 +32,16 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from vsre_ros.core.answers import Answer, AnswerKind, Query, Status, parse_number
+from vsre_ros.core.answers import (
+    DEFAULT_VOCABULARY,
+    VOCABULARIES,
+    Answer,
+    AnswerKind,
+    Query,
+    Status,
+    invited_vocabulary,
+    parse_number,
+)
 from vsre_ros.core.config import PRESETS, EngineConfig
 from vsre_ros.core.model import VSREModel, check_image
 from vsre_ros.core.prompts import IMAGE
@@ -176,26 +185,28 @@ class Engine:
     def _reset_model_state(self) -> None:
         self._features.clear()
         self._prefixes.clear()
-        words = list(self.config.yes_words) + list(self.config.no_words)
-        encoded = {w: self.model.answer_ids(w, eos=False) for w in words}
-        # Some tokenizers (sentencepiece) start every answer with the same space token; it is
-        # fed after the question, and the verdict is read at the first token that differs.
-        lead: list[int] = []
-        for column in zip(*encoded.values(), strict=False):
-            if len(set(column)) > 1:
-                break
-            lead.append(column[0])
-        if any(len(ids) <= len(lead) for ids in encoded.values()):
-            raise ValueError(f"the answer words {words} do not differ in any token")
-        self._verdict_lead = lead
-        self._yes_ids = sorted({encoded[w][len(lead)] for w in self.config.yes_words})
-        self._no_ids = sorted({encoded[w][len(lead)] for w in self.config.no_words})
-        overlap = set(self._yes_ids) & set(self._no_ids)
-        if overlap:
-            decode = self.model.tokenizer.decode
-            raise ValueError(
-                f"yes and no words share first tokens {[decode([i]) for i in overlap]}"
-            )
+        # Per answer vocabulary (core.answers.VOCABULARIES): the tokens fed after the question
+        # before the verdict (some tokenizers start every answer with the same space token),
+        # then the first token of the positive and of the negative word.
+        self._verdicts: dict[str, tuple[list[int], int, int]] = {}
+        for vocab in VOCABULARIES.values():
+            yes, no = (self.model.answer_ids(w, eos=False) for w in (vocab.yes, vocab.no))
+            lead = 0
+            while lead < min(len(yes), len(no)) and yes[lead] == no[lead]:
+                lead += 1
+            if lead == min(len(yes), len(no)):
+                # A tokenizer that cannot tell the two words apart (unknown words) cannot read
+                # this vocabulary; its questions are read in the default one.
+                log.warning("answer words %r/%r do not differ in any token", vocab.yes, vocab.no)
+                continue
+            self._verdicts[vocab.id] = (yes[:lead], yes[lead], no[lead])
+        if DEFAULT_VOCABULARY not in self._verdicts:
+            raise ValueError(f"the tokenizer cannot tell the {DEFAULT_VOCABULARY} words apart")
+
+    def _vocabulary(self, question: str) -> str:
+        """Id of the vocabulary a yes/no question is read in (see core.answers)."""
+        invited = invited_vocabulary(question).id
+        return invited if invited in self._verdicts else DEFAULT_VOCABULARY
 
     def _count(self, name: str) -> None:
         with self._queue_lock:
@@ -203,7 +214,8 @@ class Engine:
 
     def _verdict_row(self, question: str) -> list[int]:
         """Token ids after which the next token is the yes/no verdict."""
-        return self.model.suffix_ids(question) + self._verdict_lead
+        lead, _, _ = self._verdicts[self._vocabulary(question)]
+        return self.model.suffix_ids(question) + lead
 
     # ----------------------------------------------------------------------------- answers
 
@@ -528,21 +540,25 @@ class Engine:
         return logits.float()
 
     def _yes_no(self, keys: tuple, queries: list[Query]) -> list[Answer]:
+        # Each question is read in the answer words it invites (yes/no, true/false, ...).
+        vocabs = [VOCABULARIES[self._vocabulary(q.question)] for q in queries]
         rows = [self._verdict_row(q.question) for q in queries]
         logits = self._run_rows(keys, rows)
+        at = torch.arange(len(rows), device=logits.device)
         last = torch.tensor([len(r) - 1 for r in rows], device=logits.device)
-        final = logits[torch.arange(len(rows), device=logits.device), last]
-        logp = final.log_softmax(-1)
-        # P(yes) among the verdict words, as log-odds, shifted by the model's calibrated bias
-        # (ModelConfig.verdict_bias, 0 for an uncalibrated model).
-        log_odds = logp[:, self._yes_ids].logsumexp(-1) - logp[:, self._no_ids].logsumexp(-1)
+        logp = logits[at, last].log_softmax(-1)
+        yes = torch.tensor([self._verdicts[v.id][1] for v in vocabs], device=logits.device)
+        no = torch.tensor([self._verdicts[v.id][2] for v in vocabs], device=logits.device)
+        # P(positive word) against the negative word, as log-odds, shifted by the model's
+        # calibrated bias (ModelConfig.verdict_bias, 0 for an uncalibrated model).
+        log_odds = logp[at, yes] - logp[at, no]
         share = torch.sigmoid(log_odds + self.model.config.verdict_bias).tolist()
         out = []
-        for p in share:
+        for p, vocab in zip(share, vocabs, strict=True):
             verdict = p >= 0.5
             out.append(
                 Answer(
-                    text=self.config.yes_words[0] if verdict else self.config.no_words[0],
+                    text=vocab.yes if verdict else vocab.no,
                     verdict=verdict,
                     probability=float(p),
                 )
