@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vsre_ros.core import grammar
 from vsre_ros.core.templates import (
     DIRECTIONS,
     GRID_CELLS,
@@ -79,6 +80,8 @@ class QuestionConfig:
     multi_image: int = 3  # per scene with two views (which image; kept; changed)
     min_visible: float = 0.25  # objects less visible than this are not asked about
     min_pixels: int = 10  # ... nor objects with fewer visible pixels
+    wording: str = "templates"  # relations asked through: "templates" (the VSRE 50, data
+    # version 1) or "grammar" (core.grammar's seen wordings; held-out ones with `heldout`)
 
 
 def base_item(scene: Scene, seed: int, task: str, images: list[str]) -> dict:
@@ -196,10 +199,20 @@ class QuestionMaker:
             pos, neg = by_rel[name]
             for label, pool in ((True, pos), (False, neg)):
                 objs = list(pool[int(self.rng.integers(len(pool)))])
-                items.append(self._relation_item(v, name, objs, label, TEMPLATES))
+                items.append(self._relation_item(v, name, objs, label, self._wording(False)))
                 if self.cfg.heldout:
-                    items.append(self._relation_item(v, name, objs, label, HELDOUT_TEMPLATES))
+                    items.append(self._relation_item(v, name, objs, label, self._wording(True)))
         return items
+
+    def _wording(self, heldout: bool) -> Template:
+        """The wording of the next relation item: a template (version 1) or a grammar wording
+        of the seen (or, held out, the unseen) framings and vocabularies."""
+        if self.cfg.wording == "grammar":
+            return grammar.sample(self.rng, "unseen" if heldout else "seen")
+        if self.cfg.wording != "templates":
+            raise ValueError(f"unknown wording {self.cfg.wording!r}; known: templates, grammar")
+        templates = HELDOUT_TEMPLATES if heldout else TEMPLATES
+        return templates[int(self.rng.integers(len(templates)))]
 
     def _pick_relations(self, names: list[str]) -> list[str]:
         """Up to relations_per_view names; rarely decidable relations are favoured."""
@@ -210,13 +223,13 @@ class QuestionMaker:
         idx = self.rng.choice(len(names), size=k, replace=False, p=w / w.sum())
         return [names[int(i)] for i in idx]
 
-    def _relation_item(self, v, name, objs, label, templates: list[Template]) -> dict:
-        t = templates[int(self.rng.integers(len(templates)))]
+    def _relation_item(self, v, name, objs, label, t: Template) -> dict:
         subj = self.names[objs[0]]
         obj = self.names[objs[1]]
         if len(objs) == 3:
             obj = f"{obj} and the {self.names[objs[2]]}"
         kind = {"yes_no": "yes_no", "verify": "yes_no", "choice": "choice"}[t.kind]
+        framing, vocabulary = grammar.framing_of(t.id)  # recorded so training can pair wordings
         return self._item(
             "relation",
             v,
@@ -233,6 +246,8 @@ class QuestionMaker:
             options=list(t.options),
             template_id=t.id,
             frame=CATALOG[name].frame,
+            framing=framing,
+            vocabulary=vocabulary,
         )
 
     # -- Sparkle ---------------------------------------------------------------------------

@@ -327,19 +327,25 @@ def test_verdict_is_read_after_a_shared_leading_space_token(rng):
     engine = Engine(model)
     space = tok.convert_tokens_to_ids(" ")
     # "correct"/"incorrect" and "right"/"wrong" are both <unk> here: those questions fall back.
-    assert engine._verdicts["yes_no"][0] == [space]
-    assert set(engine._verdicts) == {"yes_no", "true_false"}
+    assert engine._readings[("yes_no", "true_false")][0] == [space]
+    assert set(engine._readings) == {("yes_no",), ("true_false",), ("yes_no", "true_false")}
     image = random_image(rng)
-    asked = (("Is it left?", ("yes", "no")), ("Is it true or false?", ("true", "false")))
+    # A question naming no pair is read in yes/no and true/false; a named pair alone.
+    asked = (
+        ("Is it left?", ("yes", "true", "no", "false")),
+        ("Is it true or false?", ("true", "false")),
+    )
     for question, words in asked:
         (ans,) = engine.answer([Query(question, [image])])
         ids = model.prefix_ids(1) + model.suffix_ids(question) + [space]
         with torch.no_grad():
             pixels = model.preprocess([image])
             logits = model(torch.tensor([ids]), pixels).logits[0, -1].softmax(-1)
-        yes, no = (logits[tok.convert_tokens_to_ids(w)] for w in words)
+        ids = [tok.convert_tokens_to_ids(w) for w in words]
+        half = len(ids) // 2
+        yes, no = logits[ids[:half]].sum(), logits[ids[half:]].sum()
         assert math.isclose(ans.probability, float(yes / (yes + no)), abs_tol=1e-5)
-        assert ans.text == words[not ans.verdict]
+        assert ans.text == words[0 if ans.verdict else half]
 
 
 def test_a_model_failure_becomes_an_error_answer(tiny_model, rng, monkeypatch):

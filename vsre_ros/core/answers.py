@@ -114,7 +114,11 @@ VOCABULARIES: dict[str, Vocabulary] = {
         Vocabulary("right_wrong", "right", "wrong"),
     )
 }
-DEFAULT_VOCABULARY = "yes_no"  # what a question that names no pair of answer words invites
+DEFAULT_VOCABULARY = "yes_no"  # the words an answer to a question naming no pair is given in
+# The vocabularies a question that names no pair may be answered in: "Is the cup left of the
+# box?" takes yes/no, but "Verify the statement: the cup is left of the box." is answered
+# true/false by the VSRE templates, so both are read.
+UNNAMED = ("yes_no", "true_false")
 
 
 def vocabulary(vocabulary_id: str) -> Vocabulary:
@@ -135,20 +139,28 @@ def _pair_pattern(v: Vocabulary) -> re.Pattern:
 _PAIRS = {v.id: _pair_pattern(v) for v in VOCABULARIES.values()}
 
 
-def invited_vocabulary(question: str) -> Vocabulary:
-    """The answer words a yes/no question invites.
+def invited_vocabularies(question: str) -> tuple[Vocabulary, ...]:
+    """The answer words a yes/no question invites, the words to answer in first.
 
     A question that offers a pair ("... True or false?", "Answer right or wrong.") invites
     that pair; when it offers several, the last one offered wins (it is the closest to the
-    answer). Anything else ("Is the cup left of the box?", "Is this correct?") invites yes/no.
-    A single word never decides: "right" may be a direction and "correct" an adjective.
+    answer). Anything else ("Is the cup left of the box?", "Is this correct?") invites the
+    `UNNAMED` vocabularies, yes/no first. A single word never decides: "right" may be a
+    direction and "correct" an adjective.
     """
-    best, at = VOCABULARIES[DEFAULT_VOCABULARY], -1
+    best, at = None, -1
     for vocabulary_id, pattern in _PAIRS.items():
         for match in pattern.finditer(question or ""):
             if match.start() > at:
                 best, at = VOCABULARIES[vocabulary_id], match.start()
-    return best
+    if best is not None:
+        return (best,)
+    return tuple(VOCABULARIES[v] for v in UNNAMED)
+
+
+def invited_vocabulary(question: str) -> Vocabulary:
+    """The vocabulary a yes/no question's answer is worded in (see invited_vocabularies)."""
+    return invited_vocabularies(question)[0]
 
 
 _WORD = re.compile(r"[a-z]+")

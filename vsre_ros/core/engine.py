@@ -33,13 +33,13 @@ import torch
 from transformers import DynamicCache
 
 from vsre_ros.core.answers import (
-    DEFAULT_VOCABULARY,
+    UNNAMED,
     VOCABULARIES,
     Answer,
     AnswerKind,
     Query,
     Status,
-    invited_vocabulary,
+    invited_vocabularies,
     parse_number,
 )
 from vsre_ros.core.config import PRESETS, EngineConfig
@@ -185,28 +185,33 @@ class Engine:
     def _reset_model_state(self) -> None:
         self._features.clear()
         self._prefixes.clear()
-        # Per answer vocabulary (core.answers.VOCABULARIES): the tokens fed after the question
-        # before the verdict (some tokenizers start every answer with the same space token),
-        # then the first token of the positive and of the negative word.
-        self._verdicts: dict[str, tuple[list[int], int, int]] = {}
-        for vocab in VOCABULARIES.values():
-            yes, no = (self.model.answer_ids(w, eos=False) for w in (vocab.yes, vocab.no))
-            lead = 0
-            while lead < min(len(yes), len(no)) and yes[lead] == no[lead]:
-                lead += 1
-            if lead == min(len(yes), len(no)):
-                # A tokenizer that cannot tell the two words apart (unknown words) cannot read
-                # this vocabulary; its questions are read in the default one.
-                log.warning("answer words %r/%r do not differ in any token", vocab.yes, vocab.no)
+        # Per reading (the vocabularies a question invites, core.answers): the tokens fed after
+        # the question before the verdict (some tokenizers start every answer with the same
+        # space token), then the first tokens of the positive and of the negative words.
+        self._readings: dict[tuple[str, ...], tuple[list[int], list[int], list[int]]] = {}
+        for ids in [(v,) for v in VOCABULARIES] + [UNNAMED]:
+            vocabs = [VOCABULARIES[v] for v in ids]
+            yes = [self.model.answer_ids(v.yes, eos=False) for v in vocabs]
+            no = [self.model.answer_ids(v.no, eos=False) for v in vocabs]
+            lead: list[int] = []
+            for column in zip(*yes, *no, strict=False):
+                if len(set(column)) > 1:
+                    break
+                lead.append(column[0])
+            n = len(lead)
+            if any(len(w) <= n for w in yes + no) or {w[n] for w in yes} & {w[n] for w in no}:
+                # A tokenizer that cannot tell the words apart (unknown words) cannot read
+                # this vocabulary; its questions are read as questions that name no pair.
+                log.warning("answer words of %s do not differ in a token", "/".join(ids))
                 continue
-            self._verdicts[vocab.id] = (yes[:lead], yes[lead], no[lead])
-        if DEFAULT_VOCABULARY not in self._verdicts:
-            raise ValueError(f"the tokenizer cannot tell the {DEFAULT_VOCABULARY} words apart")
+            self._readings[ids] = (lead, sorted({w[n] for w in yes}), sorted({w[n] for w in no}))
+        if UNNAMED not in self._readings:
+            raise ValueError(f"the tokenizer cannot tell the answer words of {UNNAMED} apart")
 
-    def _vocabulary(self, question: str) -> str:
-        """Id of the vocabulary a yes/no question is read in (see core.answers)."""
-        invited = invited_vocabulary(question).id
-        return invited if invited in self._verdicts else DEFAULT_VOCABULARY
+    def _reading(self, question: str) -> tuple[str, ...]:
+        """The vocabularies a yes/no question is read in (see core.answers)."""
+        invited = tuple(v.id for v in invited_vocabularies(question))
+        return invited if invited in self._readings else UNNAMED
 
     def _count(self, name: str) -> None:
         with self._queue_lock:
@@ -214,7 +219,7 @@ class Engine:
 
     def _verdict_row(self, question: str) -> list[int]:
         """Token ids after which the next token is the yes/no verdict."""
-        lead, _, _ = self._verdicts[self._vocabulary(question)]
+        lead, _, _ = self._readings[self._reading(question)]
         return self.model.suffix_ids(question) + lead
 
     # ----------------------------------------------------------------------------- answers
@@ -541,20 +546,25 @@ class Engine:
 
     def _yes_no(self, keys: tuple, queries: list[Query]) -> list[Answer]:
         # Each question is read in the answer words it invites (yes/no, true/false, ...).
-        vocabs = [VOCABULARIES[self._vocabulary(q.question)] for q in queries]
+        readings = [self._reading(q.question) for q in queries]
         rows = [self._verdict_row(q.question) for q in queries]
         logits = self._run_rows(keys, rows)
         at = torch.arange(len(rows), device=logits.device)
         last = torch.tensor([len(r) - 1 for r in rows], device=logits.device)
         logp = logits[at, last].log_softmax(-1)
-        yes = torch.tensor([self._verdicts[v.id][1] for v in vocabs], device=logits.device)
-        no = torch.tensor([self._verdicts[v.id][2] for v in vocabs], device=logits.device)
-        # P(positive word) against the negative word, as log-odds, shifted by the model's
+        # P(positive words) against the negative words, as log-odds, shifted by the model's
         # calibrated bias (ModelConfig.verdict_bias, 0 for an uncalibrated model).
-        log_odds = logp[at, yes] - logp[at, no]
+        log_odds = torch.stack(
+            [
+                logp[i, self._readings[r][1]].logsumexp(-1)
+                - logp[i, self._readings[r][2]].logsumexp(-1)
+                for i, r in enumerate(readings)
+            ]
+        )
         share = torch.sigmoid(log_odds + self.model.config.verdict_bias).tolist()
         out = []
-        for p, vocab in zip(share, vocabs, strict=True):
+        for p, reading in zip(share, readings, strict=True):
+            vocab = VOCABULARIES[reading[0]]
             verdict = p >= 0.5
             out.append(
                 Answer(
