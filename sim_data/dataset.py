@@ -31,7 +31,7 @@ from .catalog import CATEGORIES, COLOURS
 from .questions import QuestionConfig, QuestionMaker
 from .relations import CATALOG, NOT_GENERATED
 from .render import Simulator, ViewRender
-from .scene import LayoutConfig, Scene, _place_ground, sample_scene
+from .scene import REGION, LayoutConfig, Scene, _place_ground, sample_scene
 
 SCHEMA = "vsre-dataset/1"
 SPLIT_PARTS = ("train", "val", "test")
@@ -96,7 +96,14 @@ def question_config(config: GenConfig) -> QuestionConfig:
     """The question settings a configuration's data version implies."""
     if config.data_version == 1:
         return config.questions
-    return replace(config.questions, wording="grammar")
+    return replace(config.questions, wording="grammar", picture_only=True)
+
+
+def layout_config(config: GenConfig) -> LayoutConfig:
+    """The layout settings a configuration's data version implies."""
+    if config.data_version == 1:
+        return config.layout
+    return replace(config.layout, real_scale=True)
 
 
 def held_out_wording(item: dict, config: GenConfig) -> bool:
@@ -138,7 +145,7 @@ def build_scene(sim: Simulator, config: GenConfig, index: int) -> SceneResult:
     zs_part = SPLIT_PARTS[int(rng_split.choice(3, p=[0.7, 0.1, 0.2]))]
     views = 2 if rng_split.uniform() < config.multi_view_share else 1
     want_move = rng_split.uniform() < config.moved_share
-    layout = replace(config.layout, views=views)
+    layout = replace(layout_config(config), views=views)
     scene_id = f"{seed}-{index:06d}"
     scene = sample_scene(
         np.random.default_rng([seed, index, 0]), scene_id, zeroshot_parts(config)[zs_part], layout
@@ -150,7 +157,8 @@ def build_scene(sim: Simulator, config: GenConfig, index: int) -> SceneResult:
     moved, moved_scene = None, None
     rng_move = np.random.default_rng([seed, index, 3])
     if want_move and rng_move.uniform() >= 0.25:  # a quarter of before/after pairs: no change
-        moved, moved_scene = _move_one(rng_move, scene, renders[0])
+        region = layout.region(scene.appearance.surface)
+        moved, moved_scene = _move_one(rng_move, scene, renders[0], region)
     names = _names(scene_id, len(renders), moved_scene is not None)
     maker = QuestionMaker(scene, renders, gaps, rng_q, seed, question_config(config), names)
     items = maker.all_items()
@@ -170,7 +178,9 @@ def build_scene(sim: Simulator, config: GenConfig, index: int) -> SceneResult:
     )
 
 
-def _move_one(rng, scene: Scene, render: ViewRender) -> tuple[int | None, Scene | None]:
+def _move_one(
+    rng, scene: Scene, render: ViewRender, region=REGION
+) -> tuple[int | None, Scene | None]:
     """A copy of the scene with one visible free-standing object moved elsewhere."""
     carriers = {o.rests_on for o in scene.objects}
     movable = [
@@ -186,7 +196,10 @@ def _move_one(rng, scene: Scene, render: ViewRender) -> tuple[int | None, Scene 
     others = [o for m, o in enumerate(copy.objects) if m != k]
     old = np.array(obj.pos)
     for _ in range(5):
-        if _place_ground(rng, obj, others) and np.linalg.norm(np.array(obj.pos) - old) > 0.12:
+        if (
+            _place_ground(rng, obj, others, region)
+            and np.linalg.norm(np.array(obj.pos) - old) > 0.12
+        ):
             return k, copy
     return None, None
 

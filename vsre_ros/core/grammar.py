@@ -430,6 +430,15 @@ def one_per_framing(rng: np.random.Generator, split: str = "all") -> list[Wordin
     return [sample(rng, split, framing=f) for f in framings]
 
 
+def subject_first(wording: Wording) -> Wording:
+    """The same wording with the subject first (a compound relation, "left of the box and
+    behind", cannot take a pronoun for its last object)."""
+    if wording.framing in LEGACY or wording.parts[2] == 0:
+        return wording
+    pre, verb, _order, prep, body, tail = wording.parts
+    return make_wording(wording.framing, wording.vocabulary, pre, verb, 0, prep, body, tail)
+
+
 def framing_of(wording_id: str) -> tuple[str, str]:
     """(framing, vocabulary) of a wording id; ("", "") for an id that is not a wording."""
     try:
