@@ -68,6 +68,7 @@ CONJUNCTION = ("left of", "right of", "in front of", "behind", "above", "near") 
 # Orientation relations: which of the pair's objects must show its front (subject 0, object 1).
 FRONT_HOLDER = {"facing": (0,), "facing away from": (0,), "ahead of": (1,), "at the back of": (1,)}
 SIZE_JITTER = LayoutConfig().size_jitter  # per-instance size factors of version 2 objects
+CATEGORY_RATIO = 1.2  # version 2 compare: the categories' typical sizes at most this far apart
 
 
 @dataclass(frozen=True)
@@ -523,24 +524,24 @@ class QuestionMaker:
 
     def _category_undecided(self, tid: str, a: int, b: int) -> bool:
         """Whether the two objects' categories leave the compare answer open: both are
-        tabletop objects (whose sizes vary per instance) and their categories' size ranges,
-        widened by that variation, overlap in the measure asked."""
+        tabletop objects (whose sizes vary per instance by SIZE_JITTER) and their categories'
+        typical sizes in the measure asked are within CATEGORY_RATIO of each other, so either
+        may be the larger one in a scene."""
         cats = [CATEGORIES[self.scene.objects[k].category] for k in (a, b)]
         if not all(c.placeable_on for c in cats):
             return False
-        ranges = []
+        typical = []
         for c in cats:
             lo, hi = size_ranges(c.name)
-            lo, hi = lo * SIZE_JITTER[0], hi * SIZE_JITTER[1]
-            ranges.append(
-                {
-                    "cmp0": (float(np.prod(lo)), float(np.prod(hi))),
-                    "cmp1": (float(lo[2]), float(hi[2])),
-                    "cmp2": (float(max(lo[:2])), float(max(hi[:2]))),
-                }[tid]
+            mid = (lo + hi) / 2
+            typical.append(
+                {"cmp0": float(np.prod(mid)), "cmp1": float(mid[2]), "cmp2": float(max(mid[:2]))}[
+                    tid
+                ]
             )
-        (lo_a, hi_a), (lo_b, hi_b) = ranges
-        return max(lo_a, lo_b) < min(hi_a, hi_b)
+        big, small = max(typical), min(typical)
+        ratio = CATEGORY_RATIO ** (3 if tid == "cmp0" else 1)  # volumes grow as the cube
+        return big <= ratio * small
 
     # -- composite conjunctions (version 2) ----------------------------------------------
     def conjunction_items(self, v: int) -> list[dict]:
