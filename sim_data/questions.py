@@ -565,7 +565,7 @@ class QuestionMaker:
             return []
         items = []
         for x, y, z, r1, r2, label in self._pick(true, 1) + self._pick(false, 1):
-            wording = grammar.subject_first(self._wording(False))
+            wording = grammar.subject_first(self._conjunction_wording())
             subj, obj, obj2 = (self.names[k] for k in (x, y, z))
             compound = f"{r1} the {obj} and {r2}"
             framing, vocabulary = grammar.framing_of(wording.id)
@@ -590,6 +590,13 @@ class QuestionMaker:
                 )
             )
         return items
+
+    def _conjunction_wording(self) -> Template:
+        """A seen grammar wording outside the VSRE templates, whose "A: ... B: the X is not
+        ..." options would read a negated conjunction ambiguously."""
+        framings = sorted({f for f, _ in grammar.pool("seen")} - set(grammar.LEGACY))
+        framing = framings[int(self.rng.integers(len(framings)))]
+        return grammar.sample(self.rng, "seen", framing=framing)
 
     # -- MMRA-style, two images -----------------------------------------------------------
     def multi_view_items(self) -> list[dict]:

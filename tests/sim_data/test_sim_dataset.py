@@ -281,6 +281,7 @@ def test_version_2_asks_only_what_the_picture_can_answer(v2_scenes):
             if it["task"] == "composite" and it["answer_kind"] != "choice":
                 conjunctions[it["label"]] += 1
                 assert len(it["relations"]) == 2 and " and " in it["question"]
+                assert it["framing"] not in ("vsre50", "vsre10") and " not " not in it["question"]
     assert compare > 0 and conjunctions[0] == conjunctions[1] > 0
     print(f"orientation items {orientation}")
 
