@@ -107,12 +107,17 @@ class TemplateSampler:
 
     def example(self, item: Item, index: int, epoch: int) -> Example:
         """`item` (at `index` of its dataset) as asked in `epoch`."""
-        if not can_template(item) or self.share == 0:
-            return ask(item)
         rng = _rng(self.seed, 1, epoch, index)
-        if rng.random() >= self.share:
-            return ask(item)
-        return ask(item, self.templates[int(rng.integers(len(self.templates)))])
+        return _reask(
+            item, rng, self.share, lambda: self.templates[int(rng.integers(len(self.templates)))]
+        )
+
+
+def _reask(item: Item, rng: np.random.Generator, share: float, draw) -> Example:
+    """A relation item re-asked through `draw()` with chance `share`, else its own question."""
+    if not can_template(item) or share == 0 or rng.random() >= share:
+        return ask(item)
+    return ask(item, draw())
 
 
 @dataclass
@@ -133,12 +138,8 @@ class WordingSampler:
 
     def example(self, item: Item, index: int, epoch: int) -> Example:
         """`item` (at `index` of its dataset) as asked in `epoch`."""
-        if not can_template(item) or self.share == 0:
-            return ask(item)
         rng = _rng(self.seed, 3, epoch, index)
-        if rng.random() >= self.share:
-            return ask(item)
-        return ask(item, grammar.sample(rng, self.split))
+        return _reask(item, rng, self.share, lambda: grammar.sample(rng, self.split))
 
     def pair(self, item: Item, index: int, epoch: int) -> tuple[Example, Example]:
         """The item under two wordings with different framings (deterministic in seed, epoch

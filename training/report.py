@@ -87,26 +87,36 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _section(title: str, note: str, columns: list[str], rows: list[list]) -> list[str]:
+    """A Markdown section: a title, an optional note and a table (the first column left
+    aligned, the others right)."""
+    lines = [f"### {title}", ""] + ([note, ""] if note else [])
+    lines += ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
 def _blind_section(report: dict) -> list[str]:
     blind = report["baselines"].get("blind_model")
     if not blind or "by_task" not in blind:
         return []
-    lines = [
-        "### Blind baseline (the same questions, grey image)",
-        "",
-        f"Flagged: a task whose blind accuracy comes within {100 * blind['margin']:.0f} points "
-        "of sighted (the image adds little there).",
-        "",
-        "| task | n | sighted % | blind % | gap (points) | flag |",
-        "|---|---:|---:|---:|---:|---|",
+    rows = [
+        [
+            task,
+            row["n"],
+            _pct(row["sighted"]),
+            _pct(row["blind"]),
+            "-" if row["gap"] is None else f"{100 * row['gap']:+.1f}",
+            "FLAG" if row["flagged"] else "",
+        ]
+        for task, row in blind["by_task"].items()
     ]
-    for task, row in blind["by_task"].items():
-        gap = "-" if row["gap"] is None else f"{100 * row['gap']:+.1f}"
-        lines.append(
-            f"| {task} | {row['n']} | {_pct(row['sighted'])} | {_pct(row['blind'])} | {gap} | "
-            f"{'FLAG' if row['flagged'] else ''} |"
-        )
-    return lines + [""]
+    note = (
+        f"Flagged: a task whose blind accuracy comes within {100 * blind['margin']:.0f} points "
+        "of sighted (the image adds little there)."
+    )
+    columns = ["task", "n", "sighted %", "blind %", "gap (points)", "flag"]
+    return _section("Blind baseline (the same questions, grey image)", note, columns, rows)
 
 
 def _wording_section(report: dict) -> list[str]:
@@ -114,60 +124,51 @@ def _wording_section(report: dict) -> list[str]:
     if not w or not w["framing"]:
         return []
     held = w["held_out"]
-    lines = [
-        "### Wordings (binary answers)",
-        "",
+    rows = [
+        [
+            f"{name}: {key}",
+            c["n"],
+            _pct(c["accuracy"]),
+            _pct(c["consistency"]),
+            _pct(c["predicted_true_rate"]),
+            _pct(c["label_true_rate"]),
+        ]
+        for name in ("split", "framing", "vocabulary")
+        for key, c in w[name].items()
+    ]
+    note = (
         f"Held out of training: framings {', '.join(held['framings'])}; vocabularies "
         f"{', '.join(held['vocabularies'])}. Consistency: share of answers that agree with the "
-        "item's majority verdict over all its wordings.",
-        "",
-        "| group | n | accuracy % | consistency % | predicted-true % | label-true % |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name in ("split", "framing", "vocabulary"):
-        for key, c in w[name].items():
-            lines.append(
-                f"| {name}: {key} | {c['n']} | {_pct(c['accuracy'])} | {_pct(c['consistency'])}"
-                f" | {_pct(c['predicted_true_rate'])} | {_pct(c['label_true_rate'])} |"
-            )
+        "item's majority verdict over all its wordings."
+    )
     if w["unseen_minus_seen"] is not None:
-        lines += ["", f"Unseen minus seen: {100 * w['unseen_minus_seen']:+.1f} points."]
-    return lines + [""]
+        note += f" Unseen minus seen: {100 * w['unseen_minus_seen']:+.1f} points."
+    columns = ["group", "n", "accuracy %", "consistency %", "predicted-true %", "label-true %"]
+    return _section("Wordings (binary answers)", note, columns, rows)
 
 
 def _interval_section(report: dict) -> list[str]:
     ci = report.get("intervals")
     if not ci or not ci.get("all"):
         return []
-    lines = [
-        f"### Confidence intervals ({ci['method']})",
-        "",
-        "| group | n | scenes | accuracy % | 95% interval |",
-        "|---|---:|---:|---:|---|",
+    cells = [("all", ci["all"])] + [(f"task: {k}", v) for k, v in ci["by_task"].items()]
+    cells += [(f"framing: {k}", v) for k, v in ci.get("by_framing", {}).items()]
+    rows = [
+        [key, c["n"], c["scenes"], _pct(c["accuracy"]), f"{_pct(c['lo'])}-{_pct(c['hi'])}"]
+        for key, c in cells
     ]
-    rows = [("all", ci["all"])] + [(f"task: {k}", v) for k, v in ci["by_task"].items()]
-    rows += [(f"framing: {k}", v) for k, v in ci.get("by_framing", {}).items()]
-    for key, c in rows:
-        lines.append(
-            f"| {key} | {c['n']} | {c['scenes']} | {_pct(c['accuracy'])} | "
-            f"{_pct(c['lo'])}-{_pct(c['hi'])} |"
-        )
-    return lines + [""]
+    columns = ["group", "n", "scenes", "accuracy %", "95% interval"]
+    return _section(f"Confidence intervals ({ci['method']})", "", columns, rows)
 
 
 def _perturbation_section(report: dict) -> list[str]:
     flips = report.get("perturbation")
     if not flips:
         return []
-    lines = [
-        f"### Answers that flip under a perturbation ({flips['n']} questions)",
-        "",
-        "| perturbation | flipped % |",
-        "|---|---:|",
-    ]
-    lines += [f"| {k} | {_pct(v)} |" for k, v in flips["by_perturbation"].items()]
-    lines.append(f"| any of them | {_pct(flips['any'])} |")
-    return lines + [""]
+    rows = [[k, _pct(v)] for k, v in flips["by_perturbation"].items()]
+    rows.append(["any of them", _pct(flips["any"])])
+    title = f"Answers that flip under a perturbation ({flips['n']} questions)"
+    return _section(title, "", ["perturbation", "flipped %"], rows)
 
 
 def _bar(ax, cells: dict[str, dict], title: str, baseline: float | None) -> None:

@@ -2,33 +2,11 @@
 
 from __future__ import annotations
 
-import re
-import zlib
-
 import numpy as np
 import pytest
-from vsre_ros.sim_data.relations import CATALOG
 
 from vsre_ros.core import grammar
-from vsre_ros.core.answers import invited_vocabularies
-from vsre_ros.core.templates import HELDOUT_TEMPLATES, TEMPLATES, VERB_RELATIONS
-
-
-def problems(text: str, relation: str) -> list[str]:
-    found = []
-    if re.search(r"[{}]", text):
-        found.append("unfilled placeholder")
-    if "  " in text or text != text.strip():
-        found.append("stray whitespace")
-    if not text[0].isupper():
-        found.append("does not start with a capital")
-    if text[-1] not in "?.:" and not text.endswith(("it is", "it is not", "no", "yes")):
-        found.append("no closing punctuation")
-    if re.search(r"\b(the the|is is|a a|is (contains|has as a part|consists of))\b", text):
-        found.append("doubled or broken words")
-    if relation in VERB_RELATIONS and f" {relation} " in text:
-        found.append("verb relation not turned into its participle")
-    return found
+from vsre_ros.core.templates import HELDOUT_TEMPLATES, TEMPLATES
 
 
 def test_thousands_of_forms_with_the_fifty_templates_as_a_subset():
@@ -61,21 +39,6 @@ def test_sampling_is_deterministic_by_seed():
         return [grammar.sample(rng).id for _ in range(50)]
 
     assert draw(3) == draw(3) and draw(3) != draw(4)
-
-
-@pytest.mark.parametrize("relation", sorted(CATALOG))
-def test_wordings_read_well_and_invite_their_own_answer_words(relation):
-    rng = np.random.default_rng(zlib.crc32(relation.encode()))
-    obj = "blue box and the red cup" if CATALOG[relation].arity == 3 else "blue box"
-    for _ in range(300):
-        wording = grammar.sample(rng, "all")
-        text = wording.render("green chair", relation, obj)
-        assert not problems(text, relation), (wording.id, text)
-        assert "green chair" in text and "blue box" in text
-        if wording.vocabulary != "letter":
-            invited = [v.id for v in invited_vocabularies(text)]
-            assert wording.vocabulary in invited, (wording.id, text)
-        assert grammar.wording_by_id(wording.id) == wording
 
 
 def test_object_first_order_refers_back_with_a_pronoun():
