@@ -9,6 +9,7 @@ has a front (`has_front`) and whether it is elongated in the horizontal plane.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 SPHERE, CAPSULE, CYLINDER, BOX = 2, 3, 5, 6
 GEOM_NAMES = {SPHERE: "sphere", CAPSULE: "capsule", CYLINDER: "cylinder", BOX: "box"}
 
+LIT_RGBA = (0.97, 0.97, 0.88, 1.0)  # colour of lit parts: a screen's display, seen from the front
 # A quaternion (w, x, y, z) that lays a z-aligned cylinder or capsule along the x axis.
 ALONG_X = (math.sqrt(0.5), 0.0, math.sqrt(0.5), 0.0)
 UPRIGHT = (1.0, 0.0, 0.0, 0.0)
@@ -32,6 +34,7 @@ class Part:
     size: tuple[float, float, float]  # MuJoCo geom size (half extents / radius, half length)
     pos: tuple[float, float, float]  # centre in the object frame, metres
     quat: tuple[float, float, float, float] = UPRIGHT  # orientation in the object frame
+    lit: bool = False  # drawn in LIT_RGBA whatever the object's colour (a screen's display)
 
     def half_extents(self) -> np.ndarray:
         """Half extents of the part's axis-aligned box in the object frame."""
@@ -205,6 +208,48 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "brown": (0.45, 0.28, 0.1),
     "gray": (0.5, 0.5, 0.5),
 }
+
+
+def scaled(shape: Shape, factor: float) -> Shape:
+    """The same object `factor` times as large in every direction."""
+    parts = tuple(
+        Part(
+            p.type,
+            tuple(v * factor for v in p.size),
+            tuple(v * factor for v in p.pos),
+            p.quat,
+            p.lit,
+        )
+        for p in shape.parts
+    )
+    cavity = tuple(v * factor for v in shape.cavity) if shape.cavity else None
+    return Shape(parts, shape.support, cavity, shape.has_front)
+
+
+def with_display(shape: Shape) -> Shape:
+    """A screen with a lit display on its front (+x) face, so that which way it faces shows
+    in the picture; the panel is the shape's last part."""
+    panel = shape.parts[-1]
+    hx, hy, hz = panel.size
+    face = Part(
+        BOX,
+        (0.0015, hy * 0.9, hz * 0.85),
+        (panel.pos[0] + hx + 0.0015, panel.pos[1], panel.pos[2]),
+        lit=True,
+    )
+    return Shape((*shape.parts, face), shape.support, shape.cavity, shape.has_front)
+
+
+@functools.cache
+def size_ranges(name: str, samples: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """(smallest, largest) width, depth and height a category's builder gives, over `samples`
+    draws of a fixed generator (what a model could know from the category name alone)."""
+    rng = np.random.default_rng([7, len(name), sum(map(ord, name))])
+    sizes = []
+    for _ in range(samples):
+        lo, hi = CATEGORIES[name].build(rng).bounds()
+        sizes.append(hi - lo)
+    return np.min(sizes, axis=0), np.max(sizes, axis=0)
 
 
 def concept(category: str, colour: str) -> str:

@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 
 from .contact_sheet import sheet_for_dataset
-from .dataset import GenConfig, generate
+from .dataset import DATA_VERSIONS, GenConfig, generate
 from .questions import QuestionConfig
 from .splits import check
 
@@ -61,7 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--heldout",
         action="store_true",
-        help="also ask every relation item through a held-out template",
+        help="also ask every relation item through a held-out wording (template or grammar)",
+    )
+    parser.add_argument(
+        "--data-version",
+        type=int,
+        default=1,
+        choices=sorted(DATA_VERSIONS),
+        help="; ".join(f"{k}: {v}" for k, v in DATA_VERSIONS.items()) + " (default 1)",
     )
     parser.add_argument("--no-depth", action="store_true", help="do not write depth files")
     parser.add_argument("--no-masks", action="store_true", help="do not write mask files")
@@ -88,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         questions=replace(QuestionConfig(), heldout=args.heldout),
         depth=not args.no_depth,
         masks=not args.no_masks,
+        data_version=args.data_version,
     )
     start = time.perf_counter()
     meta = generate(

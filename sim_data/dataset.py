@@ -25,17 +25,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vsre_ros.core import grammar
+
 from .catalog import CATEGORIES, COLOURS
 from .questions import QuestionConfig, QuestionMaker
 from .relations import CATALOG, NOT_GENERATED
 from .render import Simulator, ViewRender
-from .scene import LayoutConfig, Scene, _place_ground, sample_scene
+from .scene import REGION, LayoutConfig, Scene, _place_ground, sample_scene
 
 SCHEMA = "vsre-dataset/1"
 SPLIT_PARTS = ("train", "val", "test")
 SPLIT_SHARES = (0.7, 0.1, 0.2)  # random split: share of scenes per part
 ZS_COLOURS = (8, 1, 3)  # zero-shot split: colours of each category per part (of 12)
 SPLIT_FILES = [f"{fam}_{p}" for fam in ("random", "zeroshot") for p in SPLIT_PARTS]
+ZS_SEED = 20240  # version 2: the zero-shot deal's seed, the same whatever the dataset's seed
+# What each data version changes; a version's datasets stay reproducible bit for bit.
+DATA_VERSIONS: dict[int, str] = {
+    1: "VSRE templates; zero-shot concepts dealt by the dataset seed",
+    2: "question grammar (core.grammar), framing and vocabulary recorded per item; zero-shot "
+    "concepts fixed across seeds",
+}
 
 
 @dataclass(frozen=True)
@@ -51,13 +60,22 @@ class GenConfig:
     questions: QuestionConfig = field(default_factory=QuestionConfig)  # questions per scene
     depth: bool = True  # write depth .npy files
     masks: bool = True  # write instance mask PNGs
+    data_version: int = 1  # see DATA_VERSIONS; 1 is what the shipped vsre-tiny was trained on
+
+    def __post_init__(self) -> None:
+        if self.data_version not in DATA_VERSIONS:
+            known = ", ".join(f"{k} ({v})" for k, v in DATA_VERSIONS.items())
+            raise ValueError(f"unknown data version {self.data_version}; known: {known}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def concept_parts(seed: int) -> dict[str, list[tuple[str, str]]]:
-    """The zero-shot deal: part -> its (category, colour) concepts; disjoint across parts."""
+    """The zero-shot deal: part -> its (category, colour) concepts; disjoint across parts.
+
+    Version 1 deals by the dataset's seed (so another seed's zero-shot test shares concepts
+    with seed 0's training part); version 2 always deals with `ZS_SEED` (`zeroshot_parts`)."""
     parts: dict[str, list[tuple[str, str]]] = {p: [] for p in SPLIT_PARTS}
     colours = list(COLOURS)
     for c, cat in enumerate(CATEGORIES):
@@ -67,6 +85,33 @@ def concept_parts(seed: int) -> dict[str, list[tuple[str, str]]]:
             parts[part] += [(cat, colours[int(k)]) for k in order[start : start + count]]
             start += count
     return parts
+
+
+def zeroshot_parts(config: GenConfig) -> dict[str, list[tuple[str, str]]]:
+    """The zero-shot deal a configuration uses (see DATA_VERSIONS)."""
+    return concept_parts(config.seed if config.data_version == 1 else ZS_SEED)
+
+
+def question_config(config: GenConfig) -> QuestionConfig:
+    """The question settings a configuration's data version implies."""
+    if config.data_version == 1:
+        return config.questions
+    return replace(config.questions, wording="grammar", picture_only=True)
+
+
+def layout_config(config: GenConfig) -> LayoutConfig:
+    """The layout settings a configuration's data version implies."""
+    if config.data_version == 1:
+        return config.layout
+    return replace(config.layout, real_scale=True)
+
+
+def held_out_wording(item: dict, config: GenConfig) -> bool:
+    """Version 2: the item is asked through a held-out framing or vocabulary (such items are
+    kept out of the train parts, so a trainer cannot see them by accident)."""
+    if config.data_version == 1 or not item.get("framing"):
+        return False
+    return not grammar.wording_by_id(item["template_id"]).seen
 
 
 @dataclass
@@ -100,10 +145,10 @@ def build_scene(sim: Simulator, config: GenConfig, index: int) -> SceneResult:
     zs_part = SPLIT_PARTS[int(rng_split.choice(3, p=[0.7, 0.1, 0.2]))]
     views = 2 if rng_split.uniform() < config.multi_view_share else 1
     want_move = rng_split.uniform() < config.moved_share
-    layout = replace(config.layout, views=views)
+    layout = replace(layout_config(config), views=views)
     scene_id = f"{seed}-{index:06d}"
     scene = sample_scene(
-        np.random.default_rng([seed, index, 0]), scene_id, concept_parts(seed)[zs_part], layout
+        np.random.default_rng([seed, index, 0]), scene_id, zeroshot_parts(config)[zs_part], layout
     )
     sim.load(scene)
     gaps = sim.gaps()
@@ -112,9 +157,10 @@ def build_scene(sim: Simulator, config: GenConfig, index: int) -> SceneResult:
     moved, moved_scene = None, None
     rng_move = np.random.default_rng([seed, index, 3])
     if want_move and rng_move.uniform() >= 0.25:  # a quarter of before/after pairs: no change
-        moved, moved_scene = _move_one(rng_move, scene, renders[0])
+        region = layout.region(scene.appearance.surface)
+        moved, moved_scene = _move_one(rng_move, scene, renders[0], region)
     names = _names(scene_id, len(renders), moved_scene is not None)
-    maker = QuestionMaker(scene, renders, gaps, rng_q, seed, config.questions, names)
+    maker = QuestionMaker(scene, renders, gaps, rng_q, seed, question_config(config), names)
     items = maker.all_items()
     if moved_scene is not None:
         sim.load(moved_scene)
@@ -132,7 +178,9 @@ def build_scene(sim: Simulator, config: GenConfig, index: int) -> SceneResult:
     )
 
 
-def _move_one(rng, scene: Scene, render: ViewRender) -> tuple[int | None, Scene | None]:
+def _move_one(
+    rng, scene: Scene, render: ViewRender, region=REGION
+) -> tuple[int | None, Scene | None]:
     """A copy of the scene with one visible free-standing object moved elsewhere."""
     carriers = {o.rests_on for o in scene.objects}
     movable = [
@@ -148,7 +196,10 @@ def _move_one(rng, scene: Scene, render: ViewRender) -> tuple[int | None, Scene 
     others = [o for m, o in enumerate(copy.objects) if m != k]
     old = np.array(obj.pos)
     for _ in range(5):
-        if _place_ground(rng, obj, others) and np.linalg.norm(np.array(obj.pos) - old) > 0.12:
+        if (
+            _place_ground(rng, obj, others, region)
+            and np.linalg.norm(np.array(obj.pos) - old) > 0.12
+        ):
             return k, copy
     return None, None
 
@@ -294,6 +345,8 @@ def generate(
                 for it in items:
                     line = json.dumps(it, sort_keys=True) + "\n"
                     for fam, part in splits.items():
+                        if part == "train" and held_out_wording(it, config):
+                            continue  # unseen wordings are for testing only
                         handles[f"{fam}_{part}"].write(line)
                         counts[f"{fam}_{part}"] += 1
                 total += len(items)

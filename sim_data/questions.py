@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vsre_ros.core import grammar
 from vsre_ros.core.templates import (
     DIRECTIONS,
     GRID_CELLS,
@@ -38,9 +39,10 @@ from vsre_ros.core.templates import (
     caption,
 )
 
+from .catalog import CATEGORIES, size_ranges
 from .relations import CATALOG, GENERATED, Facts, decide, left_of
 from .render import ViewRender
-from .scene import Scene
+from .scene import LayoutConfig, Scene
 
 METRIC_DECIMALS = 2  # numbers are answered in metres with two decimals
 DIR_MARGIN_DEG = 7.0  # direction: skip when within this many degrees of a sector boundary
@@ -62,6 +64,11 @@ RARE = frozenset({
 })  # fmt: skip
 RARE_WEIGHT = 4.0
 CROSS_VIEW = ("left of", "right of", "in front of", "behind")  # relations asked across views
+CONJUNCTION = ("left of", "right of", "in front of", "behind", "above", "near")  # composites
+# Orientation relations: which of the pair's objects must show its front (subject 0, object 1).
+FRONT_HOLDER = {"facing": (0,), "facing away from": (0,), "ahead of": (1,), "at the back of": (1,)}
+SIZE_JITTER = LayoutConfig().size_jitter  # per-instance size factors of version 2 objects
+CATEGORY_RATIO = 1.2  # version 2 compare: the categories' typical sizes at most this far apart
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,14 @@ class QuestionConfig:
     multi_image: int = 3  # per scene with two views (which image; kept; changed)
     min_visible: float = 0.25  # objects less visible than this are not asked about
     min_pixels: int = 10  # ... nor objects with fewer visible pixels
+    wording: str = "templates"  # relations asked through: "templates" (the VSRE 50, data
+    # version 1) or "grammar" (core.grammar's seen wordings; held-out ones with `heldout`)
+    picture_only: bool = False  # data version 2: only questions the picture can answer
+    # (fronts visible for orientation, compare between objects whose category does not give
+    # the answer) and composite conjunctions of two relations
+    input_size: int = 64  # picture_only: the model's input side, pixels
+    min_front_pixels: int = 24  # picture_only: a front-holding object's visible pixels there
+    min_front_cos: float = 0.35  # picture_only: |cos| of its front against the view direction
 
 
 def base_item(scene: Scene, seed: int, task: str, images: list[str]) -> dict:
@@ -178,9 +193,12 @@ class QuestionMaker:
                 else itertools.permutations(vis, 2)
             )
             pos, neg = [], []
+            holders = FRONT_HOLDER.get(name, ())
             for t in tuples:
                 if rel.arity == 3 and t[1] > t[2]:
                     continue  # "between Y and Z" is "between Z and Y"
+                if self.cfg.picture_only and not all(self.front_visible(v, t[h]) for h in holders):
+                    continue  # which way it faces would not show at the model's resolution
                 key = (rel.predicate, t)  # aliases share a predicate: decide each pair once
                 if key not in memo:
                     memo[key] = rel.predicate(facts, *t)
@@ -196,10 +214,33 @@ class QuestionMaker:
             pos, neg = by_rel[name]
             for label, pool in ((True, pos), (False, neg)):
                 objs = list(pool[int(self.rng.integers(len(pool)))])
-                items.append(self._relation_item(v, name, objs, label, TEMPLATES))
+                items.append(self._relation_item(v, name, objs, label, self._wording(False)))
                 if self.cfg.heldout:
-                    items.append(self._relation_item(v, name, objs, label, HELDOUT_TEMPLATES))
+                    items.append(self._relation_item(v, name, objs, label, self._wording(True)))
         return items
+
+    def _wording(self, heldout: bool) -> Template:
+        """The wording of the next relation item: a template (version 1) or a grammar wording
+        of the seen (or, held out, the unseen) framings and vocabularies."""
+        if self.cfg.wording == "grammar":
+            return grammar.sample(self.rng, "unseen" if heldout else "seen")
+        if self.cfg.wording != "templates":
+            raise ValueError(f"unknown wording {self.cfg.wording!r}; known: templates, grammar")
+        templates = HELDOUT_TEMPLATES if heldout else TEMPLATES
+        return templates[int(self.rng.integers(len(templates)))]
+
+    def front_visible(self, v: int, k: int) -> bool:
+        """Whether object k's front shows in view v at the model's input resolution: enough
+        of it is visible, and its front (or back) is turned towards the camera, not edge-on."""
+        r, o = self.renders[v], self.scene.objects[k]
+        h, w = r.rgb.shape[:2]
+        pixels = r.objects[k]["pixels"] * (self.cfg.input_size / w) * (self.cfg.input_size / h)
+        if not o.shape.has_front or pixels < self.cfg.min_front_pixels:
+            return False
+        to_camera = (r.cam_pos - o.center())[:2]
+        front = np.array([math.cos(o.yaw), math.sin(o.yaw)])
+        norm = float(np.linalg.norm(to_camera))
+        return norm > 0 and abs(float(front @ to_camera)) / norm >= self.cfg.min_front_cos
 
     def _pick_relations(self, names: list[str]) -> list[str]:
         """Up to relations_per_view names; rarely decidable relations are favoured."""
@@ -210,13 +251,13 @@ class QuestionMaker:
         idx = self.rng.choice(len(names), size=k, replace=False, p=w / w.sum())
         return [names[int(i)] for i in idx]
 
-    def _relation_item(self, v, name, objs, label, templates: list[Template]) -> dict:
-        t = templates[int(self.rng.integers(len(templates)))]
+    def _relation_item(self, v, name, objs, label, t: Template) -> dict:
         subj = self.names[objs[0]]
         obj = self.names[objs[1]]
         if len(objs) == 3:
             obj = f"{obj} and the {self.names[objs[2]]}"
         kind = {"yes_no": "yes_no", "verify": "yes_no", "choice": "choice"}[t.kind]
+        framing, vocabulary = grammar.framing_of(t.id)  # recorded so training can pair wordings
         return self._item(
             "relation",
             v,
@@ -233,6 +274,8 @@ class QuestionMaker:
             options=list(t.options),
             template_id=t.id,
             frame=CATALOG[name].frame,
+            framing=framing,
+            vocabulary=vocabulary,
         )
 
     # -- Sparkle ---------------------------------------------------------------------------
@@ -452,6 +495,8 @@ class QuestionMaker:
             }
             for tid, (x, y, ratio, diff) in tests.items():
                 hi_, lo_ = max(x, y), min(x, y)
+                if self.cfg.picture_only and not self._category_undecided(tid, a, b):
+                    continue
                 if hi_ >= ratio * lo_ and hi_ - lo_ >= diff:
                     cands.append((tid, a, b, a if x > y else b))
         items = []
@@ -476,6 +521,82 @@ class QuestionMaker:
                 )
             )
         return items
+
+    def _category_undecided(self, tid: str, a: int, b: int) -> bool:
+        """Whether the two objects' categories leave the compare answer open: both are
+        tabletop objects (whose sizes vary per instance by SIZE_JITTER) and their categories'
+        typical sizes in the measure asked are within CATEGORY_RATIO of each other, so either
+        may be the larger one in a scene."""
+        cats = [CATEGORIES[self.scene.objects[k].category] for k in (a, b)]
+        if not all(c.placeable_on for c in cats):
+            return False
+        typical = []
+        for c in cats:
+            lo, hi = size_ranges(c.name)
+            mid = (lo + hi) / 2
+            typical.append(
+                {"cmp0": float(np.prod(mid)), "cmp1": float(mid[2]), "cmp2": float(max(mid[:2]))}[
+                    tid
+                ]
+            )
+        big, small = max(typical), min(typical)
+        ratio = CATEGORY_RATIO ** (3 if tid == "cmp0" else 1)  # volumes grow as the cube
+        return big <= ratio * small
+
+    # -- composite conjunctions (version 2) ----------------------------------------------
+    def conjunction_items(self, v: int) -> list[dict]:
+        """ "Is X <r1> Y and <r2> Z?": one item that holds and one where exactly one of the two
+        relations does (so neither relation alone gives the answer)."""
+        vis = self.visible(v)
+        if len(vis) < 3 or self.cfg.composite <= 0:
+            return []
+        f = self.facts[v]
+        true, false = [], []
+        for x, y, z in itertools.permutations(vis, 3):
+            for r1, r2 in itertools.permutations(CONJUNCTION, 2):
+                a, b = decide(f, r1, x, y), decide(f, r2, x, z)
+                if a is None or b is None:
+                    continue
+                if a and b:
+                    true.append((x, y, z, r1, r2, True))
+                elif a != b:
+                    false.append((x, y, z, r1, r2, False))
+        if not true or not false:
+            return []
+        items = []
+        for x, y, z, r1, r2, label in self._pick(true, 1) + self._pick(false, 1):
+            wording = grammar.subject_first(self._conjunction_wording())
+            subj, obj, obj2 = (self.names[k] for k in (x, y, z))
+            compound = f"{r1} the {obj} and {r2}"
+            framing, vocabulary = grammar.framing_of(wording.id)
+            items.append(
+                self._item(
+                    "composite",
+                    v,
+                    [x, y, z],
+                    caption=f"The {subj} is {compound} the {obj2}.",
+                    label=int(label),
+                    subj=subj,
+                    obj=obj,
+                    question=wording.render(subj, compound, obj2),
+                    answer=wording.answer(label),
+                    answer_kind="choice" if wording.kind == "choice" else "yes_no",
+                    options=list(wording.options),
+                    template_id=wording.id,
+                    frame="camera",
+                    relations=[r1, r2],
+                    framing=framing,
+                    vocabulary=vocabulary,
+                )
+            )
+        return items
+
+    def _conjunction_wording(self) -> Template:
+        """A seen grammar wording outside the VSRE templates, whose "A: ... B: the X is not
+        ..." options would read a negated conjunction ambiguously."""
+        framings = sorted({f for f, _ in grammar.pool("seen")} - set(grammar.LEGACY))
+        framing = framings[int(self.rng.integers(len(framings)))]
+        return grammar.sample(self.rng, "seen", framing=framing)
 
     # -- MMRA-style, two images -----------------------------------------------------------
     def multi_view_items(self) -> list[dict]:
@@ -578,6 +699,8 @@ class QuestionMaker:
             items += self.distance_items(v)
             items += self.localization_items(v)
             items += self.composite_items(v)
+            if self.cfg.picture_only:
+                items += self.conjunction_items(v)
             items += self.metric_items(v)
             items += self.compare_items(v)
         items += self.multi_view_items()

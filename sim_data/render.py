@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .catalog import BOX, COLOURS
+from .catalog import BOX, COLOURS, LIT_RGBA
 from .scene import MAX_OBJECTS, MAX_PARTS, Scene, View, yaw_quat
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -215,7 +215,7 @@ class Simulator:
                 m.geom_size[gid] = part.size
                 m.geom_pos[gid] = part.pos
                 m.geom_quat[gid] = part.quat
-                m.geom_rgba[gid] = rgba
+                m.geom_rgba[gid] = LIT_RGBA if part.lit else rgba
                 m.geom_rbound[gid] = _rbound(part.type, part.size)
                 half = _geom_half(part.type, part.size)
                 m.geom_aabb[gid] = (0, 0, 0, *half)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .catalog import CATEGORIES, COLOURS, Part, Shape, category, concept
+from .catalog import CATEGORIES, COLOURS, Part, Shape, category, concept, scaled, with_display
 
 REGION = (0.38, 0.3)  # half extents of the area objects are placed in, metres
 MAX_OBJECTS = 8  # the renderer's pool size: a scene holds at most this many objects
@@ -120,6 +120,7 @@ class SceneObject:
             "has_front": self.shape.has_front,
             "parts": [
                 {"type": p.type, "size": list(p.size), "pos": list(p.pos), "quat": list(p.quat)}
+                | ({"lit": True} if p.lit else {})
                 for p in self.shape.parts
             ],
         }
@@ -127,7 +128,13 @@ class SceneObject:
     @classmethod
     def from_dict(cls, d: dict) -> SceneObject:
         parts = tuple(
-            Part(p["type"], tuple(p["size"]), tuple(p["pos"]), tuple(p["quat"]))
+            Part(
+                p["type"],
+                tuple(p["size"]),
+                tuple(p["pos"]),
+                tuple(p["quat"]),
+                bool(p.get("lit", False)),
+            )
             for p in d["parts"]
         )
         cavity = tuple(d["cavity"]) if d.get("cavity") else None
@@ -262,6 +269,22 @@ class LayoutConfig:
     p_against: float = 0.15  # chance an object is pushed against a neighbour
     p_face: float = 0.5  # chance a chair or screen is turned towards another object
     p_snap: float = 0.4  # chance an elongated object is snapped to a shared axis
+    real_scale: bool = False  # data version 2: table scenes hold tabletop objects only; floor
+    # scenes hold furniture at real scale in a larger area; sizes vary per instance; screens
+    # show a lit display on their front
+    size_jitter: tuple[float, float] = (0.7, 1.4)  # real_scale: per-instance size factor range
+    floor_scale: float = 2.0  # real_scale: floor scenes' area and camera distance, x REGION
+    furniture_scale: dict[str, float] = field(
+        default_factory=lambda: {"chair": 2.1, "side table": 2.2, "crate": 1.8}
+    )  # real_scale: furniture built this much larger on floor scenes (a 0.95 m chair)
+    table_only: tuple[str, ...] = ("screen",)  # real_scale: categories kept off floor scenes
+    floor_only: tuple[str, ...] = ("chair", "side table")  # ... and kept off table scenes
+
+    def region(self, surface: str) -> tuple[float, float]:
+        """Half extents of the area objects stand in, for a scene on this surface."""
+        if self.real_scale and surface == "floor":
+            return (REGION[0] * self.floor_scale, REGION[1] * self.floor_scale)
+        return REGION
 
 
 def _choose_concept(rng, pool: list[tuple[str, str]], used: set[str]) -> tuple[str, str] | None:
@@ -272,10 +295,10 @@ def _choose_concept(rng, pool: list[tuple[str, str]], used: set[str]) -> tuple[s
     return free[int(rng.choice(len(free), p=w / w.sum()))]
 
 
-def _place_ground(rng, obj: SceneObject, others: list[SceneObject]) -> bool:
+def _place_ground(rng, obj: SceneObject, others: list[SceneObject], region=REGION) -> bool:
     lo, hi = obj.shape.bounds()
     for _ in range(30):
-        centre = np.array([rng.uniform(-REGION[0], REGION[0]), rng.uniform(-REGION[1], REGION[1])])
+        centre = np.array([rng.uniform(-region[0], region[0]), rng.uniform(-region[1], region[1])])
         shift = (obj.rotation @ ((lo + hi) / 2))[:2]
         obj.pos = (float(centre[0] - shift[0]), float(centre[1] - shift[1]), 0.0)
         if not any(objects_collide(obj, o) for o in others):
@@ -352,7 +375,9 @@ def _place_under(rng, obj: SceneObject, table_i: int, others: list[SceneObject])
     return not any(objects_collide(obj, o) for o in others)
 
 
-def _place_against(rng, obj: SceneObject, base_i: int, others: list[SceneObject]) -> bool:
+def _place_against(
+    rng, obj: SceneObject, base_i: int, others: list[SceneObject], region=REGION
+) -> bool:
     base = others[base_i]
     blo, bhi = base.shape.bounds()
     lo, hi = obj.shape.bounds()
@@ -367,7 +392,7 @@ def _place_against(rng, obj: SceneObject, base_i: int, others: list[SceneObject]
     world = np.array(base.pos) + base.rotation @ np.array([local[0], local[1], 0.0])
     obj.pos = (world[0], world[1], 0.0)
     obj.rests_on, obj.placement = -1, "against"
-    if abs(obj.pos[0]) > REGION[0] + 0.05 or abs(obj.pos[1]) > REGION[1] + 0.05:
+    if abs(obj.pos[0]) > region[0] + 0.05 or abs(obj.pos[1]) > region[1] + 0.05:
         return False
     ok = [not objects_collide(obj, o) for k, o in enumerate(others) if k != base_i]
     return all(ok) and not objects_collide(obj, base, clearance=-1e-4)
@@ -384,6 +409,11 @@ def sample_scene(
     pool = pool or [(cat, col) for cat in CATEGORIES for col in COLOURS]
     if not 2 <= cfg.min_objects <= cfg.max_objects <= MAX_OBJECTS:
         raise ValueError(f"need 2 <= min_objects <= max_objects <= {MAX_OBJECTS}")
+    surface = None
+    if cfg.real_scale:  # the surface decides what may stand on it, so it is drawn first
+        surface = "table" if rng.uniform() < 0.6 else "floor"
+        banned = cfg.table_only if surface == "floor" else cfg.floor_only
+        pool = [c for c in pool if c[0] not in banned] or pool
     target = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     objects: list[SceneObject] = []
     used: set[str] = set()
@@ -394,20 +424,38 @@ def sample_scene(
         if choice is None:
             break
         cat = category(choice[0])
-        obj = SceneObject(cat.name, choice[1], cat.build(rng), (0.0, 0.0, 0.0), 0.0)
+        shape = cat.build(rng)
+        if cfg.real_scale:
+            shape = _real_scale(rng, cat.name, shape, surface, cfg)
+        obj = SceneObject(cat.name, choice[1], shape, (0.0, 0.0, 0.0), 0.0)
         obj.yaw = float(rng.uniform(-math.pi, math.pi))
-        placed = _place(rng, obj, objects, cfg, cat.placeable_on)
+        placed = _place(rng, obj, objects, cfg, cat.placeable_on, cfg.region(surface or ""))
         if placed:
             objects.append(obj)
             used.add(obj.name)
     _turn_fronts(rng, objects, cfg)
-    views = [_sample_view(rng, objects, cfg, k, None) for k in range(1)]
+    scale = cfg.floor_scale if cfg.real_scale and surface == "floor" else 1.0
+    views = [_sample_view(rng, objects, cfg, k, None, scale) for k in range(1)]
     for k in range(1, cfg.views):
-        views.append(_sample_view(rng, objects, cfg, k, views[0]))
-    return Scene(scene_id, objects, views, _sample_appearance(rng))
+        views.append(_sample_view(rng, objects, cfg, k, views[0], scale))
+    return Scene(scene_id, objects, views, _sample_appearance(rng, surface))
 
 
-def _place(rng, obj: SceneObject, objects: list[SceneObject], cfg: LayoutConfig, small: bool):
+def _real_scale(rng, name: str, shape: Shape, surface: str | None, cfg: LayoutConfig) -> Shape:
+    """Version 2 sizes: tabletop objects vary per instance (so the category does not give the
+    size); furniture on the floor is built at real scale; screens get a lit display."""
+    if CATEGORIES[name].placeable_on:
+        shape = scaled(shape, float(rng.uniform(*cfg.size_jitter)))
+    elif surface == "floor" and name in cfg.furniture_scale:
+        shape = scaled(shape, cfg.furniture_scale[name] * float(rng.uniform(0.9, 1.1)))
+    if name == "screen":
+        shape = with_display(shape)
+    return shape
+
+
+def _place(
+    rng, obj: SceneObject, objects: list[SceneObject], cfg: LayoutConfig, small: bool, region
+):
     if small and objects:
         holding = {o.rests_on for o in objects if o.placement == "inside"}
         crates = [
@@ -438,14 +486,14 @@ def _place(rng, obj: SceneObject, objects: list[SceneObject], cfg: LayoutConfig,
         and o.category not in ("chair", "side table", "screen")
     ]
     if grounded and rng.uniform() < cfg.p_against and obj.category not in ("side table",):
-        if _place_against(rng, obj, grounded[int(rng.integers(len(grounded)))], objects):
+        if _place_against(rng, obj, grounded[int(rng.integers(len(grounded)))], objects, region):
             return True
     elongated = [o for o in objects if CATEGORIES[o.category].elongated]
     if CATEGORIES[obj.category].elongated and elongated and rng.uniform() < cfg.p_snap:
         ref = elongated[int(rng.integers(len(elongated)))]
         obj.yaw = ref.yaw + float(rng.choice([0.0, math.pi / 2, math.pi, -math.pi / 2]))
     obj.rests_on, obj.placement = -1, "ground"
-    return _place_ground(rng, obj, objects)
+    return _place_ground(rng, obj, objects, region)
 
 
 def _turn_fronts(rng, objects: list[SceneObject], cfg: LayoutConfig) -> None:
@@ -467,14 +515,16 @@ def _turn_fronts(rng, objects: list[SceneObject], cfg: LayoutConfig) -> None:
             o.yaw = old
 
 
-def _sample_view(rng, objects, cfg: LayoutConfig, k: int, first: View | None) -> View:
+def _sample_view(
+    rng, objects, cfg: LayoutConfig, k: int, first: View | None, scale: float = 1.0
+) -> View:
     centre = np.mean([o.center() for o in objects], axis=0) if objects else np.zeros(3)
-    lookat = (centre[0] + rng.normal(0, 0.03), centre[1] + rng.normal(0, 0.03), 0.06)
+    lookat = (centre[0] + rng.normal(0, 0.03), centre[1] + rng.normal(0, 0.03), 0.06 * scale)
     top = rng.uniform() < cfg.top_view_share
     if top:
-        elevation, distance = rng.uniform(-85, -55), rng.uniform(1.05, 1.4)
+        elevation, distance = rng.uniform(-85, -55), rng.uniform(1.05, 1.4) * scale
     else:
-        elevation, distance = rng.uniform(-38, -18), rng.uniform(0.95, 1.35)
+        elevation, distance = rng.uniform(-38, -18), rng.uniform(0.95, 1.35) * scale
     if first is None:
         azimuth = rng.uniform(0, 360)
     else:
@@ -484,10 +534,12 @@ def _sample_view(rng, objects, cfg: LayoutConfig, k: int, first: View | None) ->
     )
 
 
-def _sample_appearance(rng) -> Appearance:
+def _sample_appearance(rng, surface: str | None = None) -> Appearance:
+    """Lighting and textures; the surface is drawn too unless given (real-scale scenes)."""
     from .render import N_SURFACE_MATERIALS  # the renderer defines how many textures exist
 
-    surface = "table" if rng.uniform() < 0.6 else "floor"
+    drawn = "table" if rng.uniform() < 0.6 else "floor"
+    surface = surface or drawn
     tint = tuple(float(v) for v in rng.uniform(0.45, 1.0, 3)) + (1.0,)
     direction = (rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), -1.0)
     return Appearance(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsre_ros.core import grammar
 from vsre_ros.core.answers import AnswerKind
 from vsre_ros.core.templates import TEMPLATES, Template
 
@@ -106,12 +107,59 @@ class TemplateSampler:
 
     def example(self, item: Item, index: int, epoch: int) -> Example:
         """`item` (at `index` of its dataset) as asked in `epoch`."""
-        if not can_template(item) or self.share == 0:
-            return ask(item)
         rng = _rng(self.seed, 1, epoch, index)
-        if rng.random() >= self.share:
-            return ask(item)
-        return ask(item, self.templates[int(rng.integers(len(self.templates)))])
+        return _reask(
+            item, rng, self.share, lambda: self.templates[int(rng.integers(len(self.templates)))]
+        )
+
+
+def _reask(item: Item, rng: np.random.Generator, share: float, draw) -> Example:
+    """A relation item re-asked through `draw()` with chance `share`, else its own question."""
+    if not can_template(item) or share == 0 or rng.random() >= share:
+        return ask(item)
+    return ask(item, draw())
+
+
+@dataclass
+class WordingSampler:
+    """Draws one question-grammar wording (`core.grammar`) per item and per epoch, from the
+    seen wordings only; `pair` gives the same item under two wordings of different framings
+    (a consistency term compares their verdicts)."""
+
+    split: str = "seen"  # wording pool: "seen" for training; "unseen" is the held-out test
+    share: float = 1.0  # chance a relation item is re-asked; else its own question
+    seed: int = 0  # run seed
+
+    def __post_init__(self) -> None:
+        if self.split not in grammar.SPLITS:
+            raise ValueError(f"unknown wording split {self.split!r}; known: {grammar.SPLITS}")
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"wording share must be within [0, 1], got {self.share}")
+
+    def example(self, item: Item, index: int, epoch: int) -> Example:
+        """`item` (at `index` of its dataset) as asked in `epoch`."""
+        rng = _rng(self.seed, 3, epoch, index)
+        return _reask(item, rng, self.share, lambda: grammar.sample(rng, self.split))
+
+    def pair(self, item: Item, index: int, epoch: int) -> tuple[Example, Example]:
+        """The item under two wordings with different framings (deterministic in seed, epoch
+        and index); an item no wording can ask comes back twice as its own question."""
+        if not can_template(item):
+            return ask(item), ask(item)
+        first, second = grammar.paired(_rng(self.seed, 4, epoch, index), split=self.split)
+        return ask(item, first), ask(item, second)
+
+
+def reworded(item: Item, seed: int = 0, split: str = "seen") -> Example:
+    """The item asked through another framing than the one it was generated with (its paired
+    rewording); an item no wording can ask comes back as its own question."""
+    if not can_template(item):
+        return ask(item)
+    rng = _rng(seed, 5, int(hashlib.sha1(item.id.encode()).hexdigest()[:8], 16))
+    own = ALL_TEMPLATES.get(item.template_id)
+    if isinstance(own, grammar.Wording) and own.framing in {f for f, _ in grammar.pool(split)}:
+        return ask(item, grammar.paired(rng, own, split)[1])
+    return ask(item, grammar.sample(rng, split))
 
 
 def templates_by_ids(ids: Sequence[str]) -> list[Template]:
@@ -120,7 +168,10 @@ def templates_by_ids(ids: Sequence[str]) -> list[Template]:
     for template_id in ids:
         if template_id not in ALL_TEMPLATES:
             known = ", ".join(sorted(ALL_TEMPLATES))
-            raise ValueError(f"unknown template id {template_id!r}; known: {known}")
+            raise ValueError(
+                f"unknown template id {template_id!r}; known: {known}, or a grammar wording id "
+                "g/<framing>/<vocabulary>/<slots>"
+            )
         out.append(ALL_TEMPLATES[template_id])
     return out
 

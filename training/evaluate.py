@@ -9,16 +9,22 @@ paper's Test-G), which is what instruction consistency and per-template accuracy
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
+from vsre_ros.core import grammar
+from vsre_ros.core.answers import AnswerKind
 from vsre_ros.core.templates import HELDOUT_TEMPLATES, TEMPLATES, Template
 
 from .data import Example, ask, templates_by_ids
 from .items import READERS, Item, can_template, load_items
-from .metrics import accuracy_by, evaluate_predictions
+from .metrics import accuracy_by, blind_comparison, evaluate_predictions, flip_rates
+from .perturb import PERTURBATIONS
 from .report import write_report
 from .scoring import Prediction, read_predictions, score, write_predictions
 
@@ -29,28 +35,58 @@ TEMPLATE_SETS: dict[str, list[Template] | None] = {
     "heldout": list(HELDOUT_TEMPLATES),
     "all": list(TEMPLATES) + list(HELDOUT_TEMPLATES),
 }
+# --templates choice -> the question grammar's wording split (core.grammar): each relation item
+# is asked through one wording of every framing of the split, drawn per item and seed.
+GRAMMAR_SETS = {"grammar": "all", "grammar-seen": "seen", "grammar-unseen": "unseen"}
+WordingChoice = list[Template] | Callable[[Item], list[Template]] | None
 
 
-def resolve_templates(spec: str) -> list[Template] | None:
-    """A template set by name (see TEMPLATE_SETS) or a comma-separated list of template ids."""
+def grammar_wordings(split: str, seed: int = 0) -> Callable[[Item], list[Template]]:
+    """Per item, one wording of every framing of a grammar split (deterministic in the item's
+    id and `seed`), the item's own question included when it has one of those framings."""
+
+    def wordings(item: Item) -> list[Template]:
+        digest = int(hashlib.sha1(item.id.encode()).hexdigest()[:12], 16)
+        return list(grammar.one_per_framing(np.random.default_rng([seed, digest]), split))
+
+    return wordings
+
+
+def resolve_templates(spec: str, seed: int = 0) -> WordingChoice:
+    """A template set by name (see TEMPLATE_SETS, GRAMMAR_SETS) or a comma-separated list of
+    template or wording ids."""
     if spec in TEMPLATE_SETS:
         return TEMPLATE_SETS[spec]
-    if "," in spec or spec[:1] in ("t", "h"):
+    if spec in GRAMMAR_SETS:
+        return grammar_wordings(GRAMMAR_SETS[spec], seed)
+    if "," in spec or spec[:1] in ("t", "h") or spec.startswith("g/"):
         return templates_by_ids([s.strip() for s in spec.split(",") if s.strip()])
-    raise ValueError(
-        f"unknown template set {spec!r}; known: {', '.join(TEMPLATE_SETS)}, or ids like t00,t20"
-    )
+    known = ", ".join([*TEMPLATE_SETS, *GRAMMAR_SETS])
+    raise ValueError(f"unknown template set {spec!r}; known: {known}, or ids like t00,t20")
 
 
-def build_examples(items: Sequence[Item], templates: list[Template] | None) -> list[Example]:
+def build_examples(items: Sequence[Item], templates: WordingChoice) -> list[Example]:
     """Every question the evaluation asks: per relation item one per template, else one."""
     examples = []
     for item in items:
-        if templates and can_template(item):
-            examples.extend(ask(item, t) for t in templates)
+        chosen = templates(item) if callable(templates) else templates
+        if chosen and can_template(item):
+            examples.extend(ask(item, t) for t in chosen)
         else:
             examples.append(ask(item))
     return examples
+
+
+def perturbation_sample(examples: Sequence[Example], n: int) -> list[Example]:
+    """Up to `n` yes/no and choice questions for the perturbation check (a number's text
+    changes with any nudge), spread over the tasks: a stable hash orders them, so the same
+    data gives the same sample."""
+
+    def key(ex: Example) -> str:
+        return hashlib.sha1(f"{ex.item.id}|{ex.template_id}".encode()).hexdigest()
+
+    kept = [ex for ex in examples if ex.kind in (AnswerKind.YES_NO, AnswerKind.CHOICE)]
+    return sorted(kept, key=key)[: max(0, n)]
 
 
 def predict(
@@ -68,16 +104,13 @@ def predict(
     )
 
 
-def blind_row(items: Sequence[Item], predictions: list[Prediction]) -> dict:
-    """The baseline row of the model answering with blank images."""
+def blind_row(items: Sequence[Item], predictions: list[Prediction], sighted: list) -> dict:
+    """The baseline row of the model answering the same questions with grey images, with
+    per-task sighted accuracy beside it and the tasks where blind comes within
+    metrics.BLIND_MARGIN of sighted flagged."""
     by_id = {item.id: item for item in items}
     rows = [score(by_id[p.item_id], p) for p in predictions]
-    n = len(rows)
-    return {
-        "n": n,
-        "accuracy": sum(r.correct for r in rows) / n if n else None,
-        "by_task": accuracy_by(rows, "task"),
-    }
+    return {**blind_comparison(sighted, rows), "by_task_accuracy": accuracy_by(rows, "task")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--templates",
         default="item",
-        help="item (own question), train (50 templates), heldout, all, or ids t00,t20",
+        help="item (own question), train (50 templates), heldout, all, grammar (one wording "
+        "of every framing, seen and held out), grammar-seen, grammar-unseen, or ids t00,t20",
     )
     parser.add_argument("--train-data", default=None, help="training dataset, for overlap")
     parser.add_argument("--train-split", default=None, help="training split (default: train)")
@@ -113,8 +147,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
         "--blind",
-        action="store_true",
-        help="add a baseline row: the same model answering with blank (grey) images",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="baseline: the same questions with grey images, per task, flagging tasks where "
+        "blind comes within 10 points of sighted (default on; --no-blind skips it)",
+    )
+    parser.add_argument(
+        "--perturb",
+        type=int,
+        default=100,
+        help="ask this many questions again under each perturbation (brightness x0.8/x1.2, "
+        "1-pixel shift, JPEG 70) and report how many answers flip (default 100; 0 skips)",
+    )
+    parser.add_argument(
+        "--wording-seed", type=int, default=0, help="seed of the grammar wordings drawn (0)"
     )
 
 
@@ -133,14 +179,19 @@ def run(args: argparse.Namespace) -> int:
             )
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        if args.perturb < 0:
+            raise ValueError(f"--perturb must be 0 or more, got {args.perturb}")
+        blind, flips = None, None
         if args.predictions:
             predictions = read_predictions(args.predictions)
         else:
-            examples = build_examples(items, resolve_templates(args.templates))
+            examples = build_examples(items, resolve_templates(args.templates, args.wording_seed))
             predictions = predict(args.model, examples, args.batch_size, args.device)
             write_predictions(out / "predictions.jsonl", predictions)
             if args.blind:
                 blind = predict(args.model, examples, args.batch_size, args.device, True)
+            if args.perturb:
+                flips = perturbation_flips(args, items, examples, predictions)
         report = evaluate_predictions(
             items,
             predictions,
@@ -149,10 +200,16 @@ def run(args: argparse.Namespace) -> int:
             overlap_by_content=args.overlap_by_content,
             n_bins=args.bins,
         )
-        if args.blind and not args.predictions:
-            excluded = set(report["overlap"]["items"]) if args.exclude_overlap else set()
+        excluded = set(report["overlap"]["items"]) if args.exclude_overlap else set()
+        if blind is not None:
+            by_id = {item.id: item for item in items}
             kept = [p for p in blind if p.item_id not in excluded]
-            report["baselines"]["blind_model"] = blind_row(items, kept)
+            sighted = [
+                score(by_id[p.item_id], p) for p in predictions if p.item_id not in excluded
+            ]
+            report["baselines"]["blind_model"] = blind_row(items, kept, sighted)
+        if flips is not None:
+            report["perturbation"] = flips
     except (FileNotFoundError, ValueError) as err:
         print(f"vsre evaluate: {err}", file=sys.stderr)
         return 2
@@ -170,8 +227,44 @@ def run(args: argparse.Namespace) -> int:
         f"({report['n_items']} items); majority baseline {_fmt(majority)}; "
         f"text-only {_fmt(report['baselines']['text_only']['accuracy'])}"
     )
+    blind_model = report["baselines"].get("blind_model")
+    if blind_model:
+        flagged = ", ".join(blind_model["flagged"]) or "none"
+        print(
+            f"blind (grey image) {_fmt(blind_model['accuracy'])}; tasks within "
+            f"{100 * blind_model['margin']:.0f} points of sighted: {flagged}"
+        )
+    gap = report["wordings"]["unseen_minus_seen"]
+    if gap is not None:
+        print(f"unseen wordings minus seen: {100 * gap:+.1f} points")
+    if "perturbation" in report:
+        print(
+            f"answers flipped by a perturbation: {_fmt(report['perturbation']['any'])} "
+            f"of {report['perturbation']['n']}"
+        )
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def perturbation_flips(
+    args: argparse.Namespace,
+    items: Sequence[Item],
+    examples: Sequence[Example],
+    predictions: Sequence[Prediction],
+) -> dict:
+    """Ask a sample of the questions again under every perturbation; the flip rates."""
+    from .model_api import answer_examples
+
+    sample = perturbation_sample(examples, args.perturb)
+    position = {id(ex): k for k, ex in enumerate(examples)}
+    reference = [predictions[position[id(ex)]] for ex in sample]
+    perturbed = {
+        name: answer_examples(
+            args.model, sample, args.batch_size, args.device, image_transform=transform
+        )
+        for name, transform in PERTURBATIONS.items()
+    }
+    return flip_rates(reference, perturbed, list(items))
 
 
 def _fmt(value: float | None) -> str:

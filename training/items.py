@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from vsre_ros.core.answers import AnswerKind
+from vsre_ros.core.grammar import wording_by_id
 from vsre_ros.core.templates import HELDOUT_TEMPLATES, TEMPLATES, Template
 
 SCHEMA = "vsre-dataset/1"
@@ -277,8 +278,27 @@ def write_items(path: str | Path, items: Iterable[Item]) -> None:
             handle.write(json.dumps(item.to_json()) + "\n")
 
 
-# Every template by id, for scoring answers in the template's own words.
-ALL_TEMPLATES: dict[str, Template] = {t.id: t for t in TEMPLATES + HELDOUT_TEMPLATES}
+class _Wordings(Mapping[str, Template]):
+    """Every wording by id, for asking and scoring in the wording's own answer words: the
+    VSRE templates (iterated) and the question grammar's ids ("g/claim/true_false/..."),
+    which decode on lookup (`core.grammar.wording_by_id`) and are not iterated."""
+
+    def __getitem__(self, wording_id: str) -> Template:
+        if not isinstance(wording_id, str) or not wording_id:
+            raise KeyError(wording_id)
+        try:
+            return wording_by_id(wording_id)
+        except ValueError:
+            raise KeyError(wording_id) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(t.id for t in TEMPLATES + HELDOUT_TEMPLATES)
+
+    def __len__(self) -> int:
+        return len(TEMPLATES) + len(HELDOUT_TEMPLATES)
+
+
+ALL_TEMPLATES: Mapping[str, Template] = _Wordings()
 
 
 def can_template(item: Item) -> bool:

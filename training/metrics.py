@@ -17,18 +17,37 @@ from pathlib import Path
 
 import numpy as np
 
+from vsre_ros.core import grammar
 from vsre_ros.core.answers import AnswerKind
 
 from .items import Item
 from .scoring import Prediction, Scored, answer_words, normalize, score
 
 REPORT_SCHEMA = "vsre-eval/1"
-GROUPS = ("relation", "meta_category", "task", "template", "answer_kind", "source")
+GROUPS = (
+    "relation", "meta_category", "task", "template", "framing", "vocabulary", "answer_kind",
+    "source",
+)  # fmt: skip
+ITEM_QUESTION = "(item question)"  # the framing of an answer to the item's own question
+
+
+def wording_of(row: Scored) -> tuple[str, str]:
+    """(framing, vocabulary) a row was asked in: a grammar wording's or a VSRE template's
+    (core.grammar), else the item's recorded ones, else ITEM_QUESTION."""
+    framing, vocabulary = grammar.framing_of(row.template_id) if row.template_id else ("", "")
+    if not framing:
+        framing = str(row.item.extra.get("framing", "")) or ITEM_QUESTION
+        vocabulary = str(row.item.extra.get("vocabulary", "")) or vocabulary
+    return framing, vocabulary or "(none)"
 
 
 def _group_key(row: Scored, group: str) -> str:
     if group == "template":
-        return row.template_id or "(item question)"
+        return row.template_id or ITEM_QUESTION
+    if group == "framing":
+        return wording_of(row)[0]
+    if group == "vocabulary":
+        return wording_of(row)[1]
     return str(getattr(row.item, group)) or "(none)"
 
 
@@ -164,6 +183,175 @@ def metric_answers(rows: list[Scored]) -> dict:
         "mean_relative_accuracy": (sum(r.mra for r in numbers) / n) if n else None,
         "unparsed": sum(1 for r in numbers if r.value is None),
     }
+
+
+# -- wordings: per framing and vocabulary, seen against unseen ------------------------------
+
+
+def wording_report(rows: list[Scored]) -> dict:
+    """Binary answers by framing and by vocabulary: accuracy, predicted-True and label-True
+    rates, and consistency, plus seen against unseen wordings (core.grammar's held-out
+    framings and vocabularies).
+
+    Consistency of a framing is the share of its answers that agree with the item's majority
+    verdict over every wording it was asked in (ties: the first answer's); it needs items
+    asked in two or more wordings and is None otherwise.
+    """
+    binary = [r for r in rows if r.binary]
+    by_item: dict[str, list[Scored]] = defaultdict(list)
+    for r in binary:
+        by_item[r.item.id].append(r)
+    majority: dict[str, bool | None] = {}
+    for item_id, group in by_item.items():
+        if len(group) >= 2:
+            votes = Counter(r.verdict for r in group)
+            top = max(votes.values())
+            majority[item_id] = next(r.verdict for r in group if votes[r.verdict] == top)
+
+    def cell(members: list[Scored]) -> dict:
+        n = len(members)
+        multi = [r for r in members if r.item.id in majority]
+        return {
+            "n": n,
+            "accuracy": _ratio(sum(r.correct for r in members), n),
+            "predicted_true_rate": _ratio(sum(r.verdict is True for r in members), n),
+            "label_true_rate": _ratio(sum(bool(r.item.truth) for r in members), n),
+            "consistency": _ratio(
+                sum(r.verdict == majority[r.item.id] for r in multi), len(multi)
+            ),
+        }
+
+    groups: dict[str, dict[str, list[Scored]]] = {
+        "framing": defaultdict(list),
+        "vocabulary": defaultdict(list),
+        "split": defaultdict(list),
+    }
+    for r in binary:
+        framing, vocabulary = wording_of(r)
+        groups["framing"][framing].append(r)
+        groups["vocabulary"][vocabulary].append(r)
+        if framing != ITEM_QUESTION:
+            held = framing in grammar.HELD_OUT_FRAMINGS or (
+                vocabulary in grammar.HELD_OUT_VOCABULARIES
+            )
+            groups["split"]["unseen" if held else "seen"].append(r)
+    out = {name: {k: cell(v) for k, v in sorted(g.items())} for name, g in groups.items()}
+    seen, unseen = (out["split"].get(k, {}).get("accuracy") for k in ("seen", "unseen"))
+    out["unseen_minus_seen"] = None if seen is None or unseen is None else unseen - seen
+    out["held_out"] = {
+        "framings": sorted(grammar.HELD_OUT_FRAMINGS),
+        "vocabularies": sorted(grammar.HELD_OUT_VOCABULARIES),
+    }
+    return out
+
+
+# -- confidence intervals by scene bootstrap --------------------------------------------------
+
+
+def scene_bootstrap(
+    rows: list[Scored],
+    group: str | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Accuracy intervals by resampling scenes (the items of one scene are not independent:
+    they share an image and objects). Overall, or per value of one of GROUPS.
+
+    Returns {key: {"n", "scenes", "accuracy", "lo", "hi"}} ("all" for the overall row); the
+    resampling is seeded, so a report is reproducible.
+    """
+    scenes = sorted({r.item.scene_id or r.item.id for r in rows})
+    index = {s: k for k, s in enumerate(scenes)}
+    keys = ["all"] if group is None else sorted({_group_key(r, group) for r in rows})
+    n_scenes = len(scenes)
+    out = {}
+    if not n_scenes:
+        return out
+    draws = np.random.default_rng(seed).integers(0, n_scenes, size=(n_boot, n_scenes))
+    counts = np.stack([np.bincount(d, minlength=n_scenes) for d in draws])  # [B, scenes]
+    tail = (1.0 - level) / 2
+    for key in keys:
+        members = rows if group is None else [r for r in rows if _group_key(r, group) == key]
+        n = np.zeros(n_scenes)
+        right = np.zeros(n_scenes)
+        for r in members:
+            k = index[r.item.scene_id or r.item.id]
+            n[k] += 1
+            right[k] += float(r.correct)
+        total_n, total_right = counts @ n, counts @ right
+        ok = total_n > 0
+        acc = total_right[ok] / total_n[ok]
+        out[key] = {
+            "n": len(members),
+            "scenes": int((n > 0).sum()),
+            "accuracy": _ratio(int(right.sum()), int(n.sum())),
+            "lo": float(np.quantile(acc, tail)) if acc.size else None,
+            "hi": float(np.quantile(acc, 1.0 - tail)) if acc.size else None,
+        }
+    return out
+
+
+# -- blind baseline: the same questions with a grey image -------------------------------------
+
+BLIND_MARGIN = 0.10  # a task whose blind accuracy comes this close to sighted is flagged
+
+
+def blind_comparison(
+    sighted: list[Scored], blind: list[Scored], margin: float = BLIND_MARGIN
+) -> dict:
+    """Per task, sighted and blind accuracy on the same questions, and the tasks where blind
+    comes within `margin` of sighted (the image adds little: the task measures priors)."""
+    seen, dark = accuracy_by(sighted, "task"), accuracy_by(blind, "task")
+    tasks = {}
+    for task in sorted(set(seen) | set(dark)):
+        a = seen.get(task, {}).get("accuracy")
+        b = dark.get(task, {}).get("accuracy")
+        gap = None if a is None or b is None else a - b
+        tasks[task] = {
+            "n": seen.get(task, {}).get("n", 0),
+            "sighted": a,
+            "blind": b,
+            "gap": gap,
+            "flagged": gap is not None and gap < margin,
+        }
+    n = len(blind)
+    return {
+        "n": n,
+        "accuracy": _ratio(sum(r.correct for r in blind), n),
+        "margin": margin,
+        "by_task": tasks,
+        "flagged": [t for t, row in tasks.items() if row["flagged"]],
+    }
+
+
+# -- perturbations: answers that flip under changes that should not matter --------------------
+
+
+def flip_rates(
+    reference: list[Prediction], perturbed: dict[str, list[Prediction]], items: list[Item]
+) -> dict:
+    """Share of answers that change under each perturbation, and under at least one.
+
+    Answers are compared as the scorer reads them (a binary verdict, a choice, a number's
+    text); predictions are matched by position, so each list answers the same questions.
+    """
+    by_id = {item.id: item for item in items}
+
+    def said(p: Prediction) -> str:
+        return score(by_id[p.item_id], p).answer
+
+    base = [said(p) for p in reference]
+    n = len(base)
+    flipped_any = [False] * n
+    rates = {}
+    for name, predictions in perturbed.items():
+        if len(predictions) != n:
+            raise ValueError(f"perturbation {name!r}: {len(predictions)} answers, expected {n}")
+        flips = [said(p) != b for p, b in zip(predictions, base, strict=True)]
+        flipped_any = [a or f for a, f in zip(flipped_any, flips, strict=True)]
+        rates[name] = _ratio(sum(flips), n)
+    return {"n": n, "by_perturbation": rates, "any": _ratio(sum(flipped_any), n)}
 
 
 # -- train/test overlap -----------------------------------------------------------------------
@@ -392,6 +580,13 @@ def evaluate_predictions(
         "bias": answer_bias(rows),
         "calibration": calibration(rows, n_bins),
         "metric": metric_answers(rows),
+        "wordings": wording_report(rows),
+        "intervals": {
+            "method": "scene bootstrap, 1000 resamples, 95%",
+            "all": scene_bootstrap(rows).get("all"),
+            "by_task": scene_bootstrap(rows, "task"),
+            "by_framing": scene_bootstrap([r for r in rows if r.binary], "framing"),
+        },
         "overlap": {
             "checked": train_items is not None,
             "by_content": overlap_by_content,

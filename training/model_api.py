@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -223,11 +223,13 @@ def answer_examples(
     progress: bool = True,
     blank_images: bool = False,
     dtype: str = "auto",
+    image_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[Prediction]:
     """Predictions of a model (object, directory or preset id) through the engine.
 
     `blank_images` replaces every image by a mid-grey one of the same size: the model then
-    answers from the text alone (the "blind model" baseline). The engine moves a model object
+    answers from the text alone (the "blind model" baseline); `image_transform` changes every
+    image before it is asked about (training.perturb). The engine moves a model object
     to `device` and `dtype`; pass the model's own to evaluate it in place during training.
     """
     from tqdm import tqdm
@@ -251,6 +253,8 @@ def answer_examples(
                     images[path] = load_rgb(path)
                     if blank_images:
                         images[path] = np.full_like(images[path], 128)
+                    if image_transform is not None:
+                        images[path] = image_transform(images[path])
                     if len(images) > 256:
                         images.popitem(last=False)
                 images.move_to_end(path)

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 PLOTS = ("per_relation.png", "per_template.png", "reliability.png")
+MAX_BARS = 80  # most bars in one plot
 
 
 def _pct(value: float | None) -> str:
@@ -76,10 +77,98 @@ def markdown(report: dict) -> str:
         f"{' (excluded)' if o['excluded'] else ''} |",
         "",
     ]
+    lines += _blind_section(report)
+    lines += _wording_section(report)
+    lines += _interval_section(report)
+    lines += _perturbation_section(report)
     for group, cells in report["by"].items():
         if len(cells) > 1 or group in ("task", "relation"):
             lines += _group_table(f"By {group.replace('_', ' ')}", cells)
     return "\n".join(lines)
+
+
+def _section(title: str, note: str, columns: list[str], rows: list[list]) -> list[str]:
+    """A Markdown section: a title, an optional note and a table (the first column left
+    aligned, the others right)."""
+    lines = [f"### {title}", ""] + ([note, ""] if note else [])
+    lines += ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _blind_section(report: dict) -> list[str]:
+    blind = report["baselines"].get("blind_model")
+    if not blind or "by_task" not in blind:
+        return []
+    rows = [
+        [
+            task,
+            row["n"],
+            _pct(row["sighted"]),
+            _pct(row["blind"]),
+            "-" if row["gap"] is None else f"{100 * row['gap']:+.1f}",
+            "FLAG" if row["flagged"] else "",
+        ]
+        for task, row in blind["by_task"].items()
+    ]
+    note = (
+        f"Flagged: a task whose blind accuracy comes within {100 * blind['margin']:.0f} points "
+        "of sighted (the image adds little there)."
+    )
+    columns = ["task", "n", "sighted %", "blind %", "gap (points)", "flag"]
+    return _section("Blind baseline (the same questions, grey image)", note, columns, rows)
+
+
+def _wording_section(report: dict) -> list[str]:
+    w = report.get("wordings")
+    if not w or not w["framing"]:
+        return []
+    held = w["held_out"]
+    rows = [
+        [
+            f"{name}: {key}",
+            c["n"],
+            _pct(c["accuracy"]),
+            _pct(c["consistency"]),
+            _pct(c["predicted_true_rate"]),
+            _pct(c["label_true_rate"]),
+        ]
+        for name in ("split", "framing", "vocabulary")
+        for key, c in w[name].items()
+    ]
+    note = (
+        f"Held out of training: framings {', '.join(held['framings'])}; vocabularies "
+        f"{', '.join(held['vocabularies'])}. Consistency: share of answers that agree with the "
+        "item's majority verdict over all its wordings."
+    )
+    if w["unseen_minus_seen"] is not None:
+        note += f" Unseen minus seen: {100 * w['unseen_minus_seen']:+.1f} points."
+    columns = ["group", "n", "accuracy %", "consistency %", "predicted-true %", "label-true %"]
+    return _section("Wordings (binary answers)", note, columns, rows)
+
+
+def _interval_section(report: dict) -> list[str]:
+    ci = report.get("intervals")
+    if not ci or not ci.get("all"):
+        return []
+    cells = [("all", ci["all"])] + [(f"task: {k}", v) for k, v in ci["by_task"].items()]
+    cells += [(f"framing: {k}", v) for k, v in ci.get("by_framing", {}).items()]
+    rows = [
+        [key, c["n"], c["scenes"], _pct(c["accuracy"]), f"{_pct(c['lo'])}-{_pct(c['hi'])}"]
+        for key, c in cells
+    ]
+    columns = ["group", "n", "scenes", "accuracy %", "95% interval"]
+    return _section(f"Confidence intervals ({ci['method']})", "", columns, rows)
+
+
+def _perturbation_section(report: dict) -> list[str]:
+    flips = report.get("perturbation")
+    if not flips:
+        return []
+    rows = [[k, _pct(v)] for k, v in flips["by_perturbation"].items()]
+    rows.append(["any of them", _pct(flips["any"])])
+    title = f"Answers that flip under a perturbation ({flips['n']} questions)"
+    return _section(title, "", ["perturbation", "flipped %"], rows)
 
 
 def _bar(ax, cells: dict[str, dict], title: str, baseline: float | None) -> None:
@@ -105,9 +194,15 @@ def plot(report: dict, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     majority = report["baselines"].get("majority", {}).get("accuracy")
     written = []
+    # Grammar wordings give each item its own ids; past MAX_BARS templates, plot framings.
+    many = len(report["by"]["template"]) > MAX_BARS
     for name, group, title in (
         ("per_relation.png", "relation", "Accuracy per relation"),
-        ("per_template.png", "template", "Accuracy per instruction template"),
+        (
+            "per_template.png",
+            "framing" if many else "template",
+            "Accuracy per framing" if many else "Accuracy per instruction template",
+        ),
     ):
         cells = report["by"][group]
         fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * len(cells) + 2), 3.5))

@@ -1,9 +1,10 @@
 """Scoring one prediction against one item, the way the public benchmarks do it.
 
-Yes/no answers follow VLMEvalKit's rule: "yes" only if the yes word appears and the no word does
-not, "no" the reverse, anything else is Unknown (and wrong). A template that answers with other
-words ("true"/"false") is scored with its own words. Metric answers count as right within a
-factor of 2 of the truth (VQASynth), and also get a mean relative accuracy.
+The rules and parsers are `vsre_ros.core.answers`' (the demo's too): yes/no answers follow
+VLMEvalKit's rule, in the answer words of the wording the question was asked through ("yes" only
+if the yes word appears and the no word does not, "no" the reverse, anything else is Unknown and
+wrong); numbers are parsed with their unit into metres and count as right within a factor of 2
+of the truth (VQASynth), and also get a mean relative accuracy.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vsre_ros.core.answers import AnswerKind
+from vsre_ros.core.answers import (
+    AnswerKind,
+    Vocabulary,
+    canonical,
+    number_correct,
+    parse_number,
+    parse_yes_no,
+)
 
 from .items import ALL_TEMPLATES, Item
 
@@ -22,7 +30,6 @@ from .items import ALL_TEMPLATES, Item
 MRA_THRESHOLDS = tuple(0.5 + 0.05 * i for i in range(10))
 
 _WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 @dataclass
@@ -69,33 +76,10 @@ def answer_words(template_id: str) -> tuple[str, str]:
     return template.yes.lower(), template.no.lower()
 
 
-def parse_yes_no(text: str, yes: str = "yes", no: str = "no") -> bool | None:
-    """True for yes, False for no, None (Unknown) when neither or both words appear."""
-    words = set(_WORD.findall(text.lower()))
-    has_yes, has_no = yes in words, no in words
-    if has_yes and not has_no:
-        return True
-    if has_no and not has_yes:
-        return False
-    return None
-
-
-def parse_number(text: str) -> float | None:
-    """The first number in a text, None if there is none."""
-    match = _NUMBER.search(text)
-    return float(match.group()) if match else None
-
-
-def within_factor(pred: float | None, truth: float, factor: float = 2.0) -> bool:
-    """VQASynth's rule: the ratio of prediction and truth is below `factor` either way."""
-    if pred is None or not math.isfinite(pred):
-        return False
-    if truth == 0 or pred == 0:
-        return pred == truth
-    if (pred > 0) != (truth > 0):
-        return False
-    ratio = pred / truth
-    return max(ratio, 1.0 / ratio) < factor
+def _number(text: str) -> float | None:
+    """The first number of a text in its canonical unit (metres for lengths), None if none."""
+    parsed = parse_number(text)
+    return None if parsed is None else parsed[0]
 
 
 def relative_accuracy(pred: float | None, truth: float) -> float:
@@ -140,23 +124,26 @@ def score(item: Item, prediction: Prediction) -> Scored:
     if item.truth is not None and (item.binary or template_id in ALL_TEMPLATES):
         # A binary item (yes/no, or a relation asked as a two-option choice): scored by
         # polarity, in the answer words of the template it was asked through.
-        yes, no = answer_words(template_id)
-        verdict = parse_yes_no(prediction.text, yes, no) if prediction.text.strip() else None
+        vocab = Vocabulary("asked", *answer_words(template_id))
+        verdict = parse_yes_no(prediction.text, vocab) if prediction.text.strip() else None
         if verdict is None and not prediction.text.strip() and prediction.probability is not None:
             verdict = prediction.probability >= 0.5
         answer = {True: "yes", False: "no", None: "unknown"}[verdict]
         correct = verdict == item.truth
         return Scored(item, prediction, template_id, correct, answer, verdict, binary=True)
     if kind is AnswerKind.NUMBER:
-        value = prediction.value if prediction.value is not None else parse_number(prediction.text)
-        truth = item.value if item.value is not None else parse_number(item.answer)
+        value = prediction.value if prediction.value is not None else _number(prediction.text)
+        if item.value is not None:
+            truth = canonical(item.value, item.unit)[0]
+        else:
+            truth = _number(item.answer)
         if truth is None:
             raise ValueError(f"number item {item.id!r} has neither a value nor a numeric answer")
         return Scored(
             item,
             prediction,
             template_id,
-            within_factor(value, truth),
+            number_correct(value, truth),
             "" if value is None else f"{value:g}",
             value=value,
             mra=relative_accuracy(value, truth),

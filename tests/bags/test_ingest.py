@@ -359,3 +359,15 @@ def test_neighbouring_frames_and_one_scene_never_straddle_splits(builder, tmp_pa
     config.split_window = 0.05
     report = bags.ingest([tmp_path / "burst"], tmp_path / "ds2", config)
     assert sum(1 for n in report.items.values() if n) > 1
+
+
+def test_number_labels_are_stored_in_the_scorers_canonical_unit():
+    from types import SimpleNamespace
+
+    from vsre_ros.training.bags.ingest import _label_fields
+
+    query = SimpleNamespace(answer_kind=2, options=[])
+    fields = _label_fields(query, SimpleNamespace(value=80.0, unit="cm"), "correction")
+    assert fields["value"] == pytest.approx(0.8) and fields["unit"] == "m"
+    bad = _label_fields(query, SimpleNamespace(value=1.0, unit="furlong"), "correction")
+    assert isinstance(bad, str) and "unknown unit 'furlong'" in bad

@@ -311,7 +311,7 @@ def test_verdict_is_read_after_a_shared_leading_space_token(rng):
     from transformers import PreTrainedTokenizerFast
 
     words = ["<pad>", "<s>", "</s>", "<unk>", "<image>", " ", "yes", "no", "true", "false"]
-    words += ["USER:", "ASSISTANT:", "\n", "Is", "it", "left?"]
+    words += ["USER:", "ASSISTANT:", "\n", "Is", "it", "left?", "or", "false?"]
     core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     # Spaces and newlines become tokens of their own, like a sentencepiece "▁" piece.
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r" |\n"), behavior="isolated")
@@ -326,16 +326,26 @@ def test_verdict_is_read_after_a_shared_leading_space_token(rng):
     model = VSREModel(small_config(tokenizer="lm"), tokenizer=tok).eval()
     engine = Engine(model)
     space = tok.convert_tokens_to_ids(" ")
-    assert engine._verdict_lead == [space]
+    # "correct"/"incorrect" and "right"/"wrong" are both <unk> here: those questions fall back.
+    assert engine._readings[("yes_no", "true_false")][0] == [space]
+    assert set(engine._readings) == {("yes_no",), ("true_false",), ("yes_no", "true_false")}
     image = random_image(rng)
-    (ans,) = engine.answer([Query("Is it left?", [image])])
-    ids = model.prefix_ids(1) + model.suffix_ids("Is it left?") + [space]
-    with torch.no_grad():
-        pixels = model.preprocess([image])
-        logits = model(torch.tensor([ids]), pixels).logits[0, -1].softmax(-1)
-    yes = logits[[tok.convert_tokens_to_ids(w) for w in ("yes", "true")]].sum()
-    no = logits[[tok.convert_tokens_to_ids(w) for w in ("no", "false")]].sum()
-    assert math.isclose(ans.probability, float(yes / (yes + no)), abs_tol=1e-5)
+    # A question naming no pair is read in yes/no and true/false; a named pair alone.
+    asked = (
+        ("Is it left?", ("yes", "true", "no", "false")),
+        ("Is it true or false?", ("true", "false")),
+    )
+    for question, words in asked:
+        (ans,) = engine.answer([Query(question, [image])])
+        ids = model.prefix_ids(1) + model.suffix_ids(question) + [space]
+        with torch.no_grad():
+            pixels = model.preprocess([image])
+            logits = model(torch.tensor([ids]), pixels).logits[0, -1].softmax(-1)
+        ids = [tok.convert_tokens_to_ids(w) for w in words]
+        half = len(ids) // 2
+        yes, no = logits[ids[:half]].sum(), logits[ids[half:]].sum()
+        assert math.isclose(ans.probability, float(yes / (yes + no)), abs_tol=1e-5)
+        assert ans.text == words[0 if ans.verdict else half]
 
 
 def test_a_model_failure_becomes_an_error_answer(tiny_model, rng, monkeypatch):

@@ -99,8 +99,12 @@ def test_demo_scoring_rules():
     assert agrees_with_item(choice, _answer(choice_index=1))
     assert not agrees_with_item(choice, _answer(choice_index=0))
     number = {"answer_kind": "number", "answer": "2.0", "value": 2.0}
-    assert agrees_with_item(number, _answer(value=2.4))
-    assert not agrees_with_item(number, _answer(value=2.6))
+    # The evaluator's rule (within a factor of 2), with the answer's unit converted.
+    assert agrees_with_item(number, _answer(value=3.9))
+    assert agrees_with_item(number, _answer(value=1.1))
+    assert not agrees_with_item(number, _answer(value=4.1))
+    assert agrees_with_item(number, _answer(value=150.0, unit="cm"))
+    assert not agrees_with_item(number, _answer(value=2.0, unit="mm"))
     assert not agrees_with_item(yes_item, SpatialAnswer(status=SpatialAnswer.ERROR, verdict=True))
     # The same rules score the core engine's answers (bench/research/demo_gap.py).
     assert agrees_with_item(choice, Answer(choice_index=1))

@@ -191,3 +191,132 @@ def test_item_boxes_and_mask_ids_match_the_mask_files(datasets):
             assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == box
             checked += 1
     assert checked > 0
+
+
+def test_data_version_2_words_relations_by_the_grammar(tmp_path):
+    from vsre_ros.sim_data.dataset import question_config, zeroshot_parts
+
+    from vsre_ros.core import grammar
+
+    cfg = GenConfig(seed=4, width=32, height=32, data_version=2)
+    assert question_config(cfg).wording == "grammar"
+    # version 2's zero-shot deal does not depend on the seed; version 1's does
+    assert zeroshot_parts(cfg) == zeroshot_parts(GenConfig(seed=9, data_version=2))
+    assert zeroshot_parts(GenConfig(seed=4)) != zeroshot_parts(GenConfig(seed=9))
+    from dataclasses import replace
+
+    from vsre_ros.sim_data.questions import QuestionConfig
+
+    cfg = replace(cfg, questions=QuestionConfig(heldout=True))
+    generate(tmp_path, 150, cfg, workers=1, progress=False)
+    relations = [it for split in SPLIT_FILES for it in read_items(tmp_path, split)]
+    relations = [it for it in relations if it["task"] == "relation"]
+    for it in relations:
+        wording = grammar.wording_by_id(it["template_id"])
+        assert (it["framing"], it["vocabulary"]) == (wording.framing, wording.vocabulary)
+        assert it["question"] == wording.render(it["subj"], it["relation"], it["obj"])
+    seen = {it["framing"] for it in relations if grammar.wording_by_id(it["template_id"]).seen}
+    assert len(seen) >= 4
+    for split in ("random_train", "zeroshot_train"):
+        assert all(
+            grammar.wording_by_id(it["template_id"]).seen
+            for it in read_items(tmp_path, split)
+            if it["task"] == "relation"
+        )
+    tests = [it for it in read_items(tmp_path, "random_test") if it["task"] == "relation"]
+    assert any(not grammar.wording_by_id(it["template_id"]).seen for it in tests)
+    with pytest.raises(ValueError, match="unknown data version 7"):
+        GenConfig(data_version=7)
+
+
+@pytest.fixture(scope="module")
+def v2_scenes():
+    from vsre_ros.sim_data.dataset import build_scene
+
+    cfg = GenConfig(seed=21, width=64, height=64, data_version=2, multi_view_share=0.0)
+    with Simulator(64, 64) as sim:
+        return [build_scene(sim, cfg, i) for i in range(14)]
+
+
+def test_version_2_scenes_stand_at_real_scale(v2_scenes):
+    from vsre_ros.sim_data.catalog import CATEGORIES
+
+    heights: dict[str, list[float]] = {}
+    for result in v2_scenes:
+        surface = result.scene.appearance.surface
+        for o in result.scene.objects:
+            heights.setdefault(o.category, []).append(float(o.size()[2]))
+            if surface == "table":
+                assert o.category not in ("chair", "side table"), "furniture on a table top"
+            else:
+                assert o.category != "screen"
+            if o.category == "chair":
+                assert 0.8 < o.size()[2] < 1.15  # a real chair, backrest included
+            if o.category == "side table":
+                assert 0.4 < o.size()[2] < 0.65
+            if o.category == "screen":  # a lit display on its front face
+                assert any(p.lit and p.pos[0] > 0 for p in o.shape.parts)
+    assert any(r.scene.appearance.surface == "floor" for r in v2_scenes)
+    # tabletop sizes vary per instance beyond what the category alone spans
+    spread = [max(h) / min(h) for c, h in heights.items() if CATEGORIES[c].placeable_on]
+    assert max(spread) > 1.6
+
+
+def test_version_2_asks_only_what_the_picture_can_answer(v2_scenes):
+    from vsre_ros.sim_data.catalog import CATEGORIES
+    from vsre_ros.sim_data.questions import FRONT_HOLDER
+
+    orientation = compare = 0
+    conjunctions = Counter()
+    for result in v2_scenes:
+        objects = {o.name: o for o in result.scene.objects}
+        for it in result.items:
+            if it["task"] == "relation" and it["relation"] in FRONT_HOLDER:
+                orientation += 1
+                holder = [it["subj"], it["obj"]][FRONT_HOLDER[it["relation"]][0]]
+                assert objects[holder].shape.has_front
+            if it["task"] == "compare":
+                compare += 1
+                assert all(CATEGORIES[objects[n].category].placeable_on for n in it["options"])
+            if it["task"] == "composite" and it["answer_kind"] != "choice":
+                conjunctions[it["label"]] += 1
+                assert len(it["relations"]) == 2 and " and " in it["question"]
+                assert it["framing"] not in ("vsre50", "vsre10") and " not " not in it["question"]
+    assert compare > 0 and conjunctions[0] == conjunctions[1] > 0
+    print(f"orientation items {orientation}")
+
+
+def test_front_visibility_needs_pixels_and_a_turned_front(v2_scenes):
+    import math
+    from dataclasses import replace
+
+    from vsre_ros.sim_data.questions import QuestionConfig, QuestionMaker
+    from vsre_ros.sim_data.scene import Scene
+
+    result = next(
+        r
+        for r in v2_scenes
+        if any(o.shape.has_front and p["pixels"] > 0 for o, p in zip(
+            r.scene.objects, r.renders[0].objects, strict=True))
+    )  # fmt: skip
+    scene = Scene.from_dict(result.scene.to_dict())  # a copy to turn objects in
+    render = result.renders[0]
+    k = next(
+        i for i, o in enumerate(scene.objects) if o.shape.has_front and render.objects[i]["pixels"]
+    )
+
+    def maker(input_size):
+        cfg = replace(QuestionConfig(picture_only=True), input_size=input_size)
+        return QuestionMaker(scene, [render], np.zeros((8, 8)), np.random.default_rng(0), 0, cfg)
+
+    to_camera = (render.cam_pos - scene.objects[k].center())[:2]
+    towards = math.atan2(to_camera[1], to_camera[0])
+    scene.objects[k].yaw = towards  # front squarely to the camera
+    assert maker(4096).front_visible(0, k)
+    assert not maker(1).front_visible(0, k)  # at one pixel no front shows
+    scene.objects[k].yaw = towards + math.pi  # its back to the camera: still tells which way
+    assert maker(4096).front_visible(0, k)
+    scene.objects[k].yaw = towards + math.pi / 2  # edge-on: which way it faces is hidden
+    assert not maker(4096).front_visible(0, k)
+    plain = next(i for i, o in enumerate(scene.objects) if not o.shape.has_front)
+    assert not maker(4096).front_visible(0, plain)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+import zlib
 from collections import Counter
 
+import numpy as np
 import pytest
 from vsre_ros.sim_data.catalog import CATEGORIES, COLOURS, concept
 from vsre_ros.sim_data.relations import CATALOG
 
+from vsre_ros.core import grammar
+from vsre_ros.core.answers import invited_vocabularies
 from vsre_ros.core.templates import (
     HELDOUT_TEMPLATES,
     TASK_TEMPLATES,
@@ -109,3 +113,18 @@ def test_corpus_covers_every_wording():
     for ts in TASK_TEMPLATES.values():
         for t in ts:
             assert t.text in text
+
+
+@pytest.mark.parametrize("relation", sorted(CATALOG))
+def test_grammar_wordings_read_well_and_invite_their_own_answer_words(relation):
+    rng = np.random.default_rng(zlib.crc32(relation.encode()))
+    obj = "blue box and the red cup" if CATALOG[relation].arity == 3 else "blue box"
+    for _ in range(300):
+        wording = grammar.sample(rng, "all")
+        text = wording.render("green chair", relation, obj)
+        assert not grammar_problems(text, relation), (wording.id, text)
+        assert "green chair" in text and "blue box" in text
+        if wording.vocabulary != "letter":
+            invited = [v.id for v in invited_vocabularies(text)]
+            assert wording.vocabulary in invited, (wording.id, text)
+        assert grammar.wording_by_id(wording.id) == wording

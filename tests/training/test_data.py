@@ -227,3 +227,38 @@ def test_step_examples_compute_an_epoch_order_once(monkeypatch):
     ]
     assert got == [items[k].id for k in expected[: 3 * steps]]
     assert calls == [0], "one order per epoch, not one per step"
+
+
+def test_grammar_wordings_are_drawn_seen_only_and_paired_across_framings():
+    from vsre_ros.training.data import WordingSampler, reworded
+    from vsre_ros.training.scoring import Prediction, score
+
+    from vsre_ros.core import grammar
+
+    sampler = WordingSampler(seed=1)
+    item = relation_item(0)
+    drawn = [sampler.example(item, i, 0) for i in range(60)]
+    assert [e.template_id for e in drawn] == [
+        sampler.example(item, i, 0).template_id for i in range(60)
+    ]
+    assert all(grammar.wording_by_id(e.template_id).seen for e in drawn)
+    assert len({grammar.framing_of(e.template_id)[0] for e in drawn}) >= 5
+    for i in range(20):
+        a, b = sampler.pair(item, i, 0)
+        assert grammar.framing_of(a.template_id)[0] != grammar.framing_of(b.template_id)[0]
+        # the same item, so the same truth, each worded in its own answer words
+        assert a.truth is b.truth is False
+        assert a.target == grammar.wording_by_id(a.template_id).no
+    with pytest.raises(ValueError, match="unknown wording split"):
+        WordingSampler(split="nope")
+    # an item generated through a wording is re-asked through another framing
+    own = grammar.make_wording("claim", "true_false")
+    item.template_id = own.id
+    other = reworded(item, seed=0)
+    assert grammar.framing_of(other.template_id)[0] != "claim"
+    # a held-out vocabulary is scored in its own words
+    unseen = grammar.make_wording("claim", "right_wrong")
+    asked = ask(item, unseen)
+    assert asked.target == "wrong"
+    assert score(item, Prediction("r", "Wrong.", unseen.id)).correct
+    assert not score(item, Prediction("r", "No.", unseen.id)).correct  # not its words

@@ -85,3 +85,23 @@ def test_vsr_zero_shot_with_planted_overlap_is_detected_and_excluded(tmp_path):
     assert report["overlap"]["n_overlapping"] == 1
     assert list(report["overlap"]["items"]) == [items[0].id]
     assert report["n_items"] == 2 and report["accuracy"] == 0.5
+
+
+def test_grammar_set_asks_each_relation_item_once_per_framing(colour_dataset):
+    from vsre_ros.training.evaluate import perturbation_sample
+
+    from vsre_ros.core import grammar
+
+    items = load_items(colour_dataset, "test")[:3]
+    examples = build_examples(items, resolve_templates("grammar", seed=1))
+    framings = {f for f, _ in grammar.pool("all")}
+    assert len(examples) == 3 * len(framings)
+    for item in items:
+        asked = [e for e in examples if e.item is item]
+        assert {grammar.framing_of(e.template_id)[0] for e in asked} == framings
+    again = build_examples(items, resolve_templates("grammar", seed=1))
+    assert [e.question for e in again] == [e.question for e in examples]
+    unseen = build_examples(items, resolve_templates("grammar-unseen"))
+    assert all(not grammar.wording_by_id(e.template_id).seen for e in unseen)
+    sample = perturbation_sample(examples, 5)
+    assert len(sample) == 5 and sample == perturbation_sample(list(reversed(examples)), 5)

@@ -17,13 +17,9 @@ from vsre_ros.training.metrics import (
     metric_answers,
 )
 from vsre_ros.training.report import write_report
-from vsre_ros.training.scoring import (
-    Prediction,
-    parse_yes_no,
-    relative_accuracy,
-    score,
-    within_factor,
-)
+from vsre_ros.training.scoring import Prediction, relative_accuracy, score
+
+from vsre_ros.core.answers import number_correct, parse_yes_no
 
 
 def rel(item_id, label, relation="left of", subj="cup", obj="box", image=None, **kw):
@@ -144,8 +140,8 @@ def test_ece_by_hand():
 
 
 def test_metric_answers_factor_two_and_mean_relative_accuracy_by_hand():
-    assert within_factor(3.9, 2.0) and not within_factor(1.0, 2.0)
-    assert not within_factor(-2.0, 2.0) and not within_factor(None, 2.0)
+    assert number_correct(3.9, 2.0) and not number_correct(1.0, 2.0)
+    assert not number_correct(-2.0, 2.0) and not number_correct(None, 2.0)
     assert relative_accuracy(2.2, 2.0) == pytest.approx(0.8)
     items = [num(f"n{k}", 2.0) for k in range(4)]
     said = ["3.9", "1.0", "2.2 m", "about 2 metres"]
@@ -249,3 +245,103 @@ def test_baselines_are_scored_on_the_same_questions_as_the_model():
         "accuracy": 1.0,
         "by_task": {"relation": {"n": 3, "correct": 3, "accuracy": 1.0}},
     }
+
+
+# -- wordings, scene bootstrap, blind comparison, perturbations ---------------------------------
+
+
+def test_wording_report_by_framing_with_consistency_and_true_rates():
+    from vsre_ros.training.metrics import wording_report
+
+    from vsre_ros.core import grammar
+
+    claim = grammar.make_wording("claim", "true_false")
+    quoted = grammar.make_wording("quoted", "true_false")  # a held-out framing
+    items = [rel(f"i{k}", k % 2) for k in range(4)]
+    predictions = []
+    for item in items:
+        predictions.append(Prediction(item.id, "yes" if item.label else "no", "t00"))
+        predictions.append(Prediction(item.id, "true" if item.label else "false", claim.id))
+        predictions.append(Prediction(item.id, "true", quoted.id))  # always true
+    report = wording_report([score(by.item, by.prediction) for by in _scored(items, predictions)])
+    assert report["framing"]["vsre50"]["accuracy"] == 1.0
+    assert report["framing"]["quoted"]["accuracy"] == 0.5
+    assert report["framing"]["quoted"]["predicted_true_rate"] == 1.0
+    assert report["framing"]["quoted"]["label_true_rate"] == 0.5
+    # the false items' majority is "no" (2 of 3), so "true" there disagrees
+    assert report["framing"]["quoted"]["consistency"] == 0.5
+    assert report["framing"]["claim"]["consistency"] == 1.0
+    assert report["split"]["seen"]["accuracy"] == 1.0 and report["split"]["unseen"]["n"] == 4
+    assert report["unseen_minus_seen"] == -0.5
+
+
+def _scored(items, predictions):
+    by_id = {i.id: i for i in items}
+    return [score(by_id[p.item_id], p) for p in predictions]
+
+
+def test_scene_bootstrap_interval_brackets_the_accuracy_and_is_reproducible():
+    from vsre_ros.training.metrics import scene_bootstrap
+
+    items = [rel(f"s{k}-{j}", 1, scene_id=f"s{k}") for k in range(20) for j in range(3)]
+    # scenes 0-9 all right, 10-19 all wrong: accuracy 0.5, scene-level variance
+    preds = [Prediction(i.id, "yes" if int(i.scene_id[1:]) < 10 else "no") for i in items]
+    rows = _scored(items, preds)
+    ci = scene_bootstrap(rows)["all"]
+    assert ci["accuracy"] == 0.5 and ci["scenes"] == 20 and ci["n"] == 60
+    assert 0.2 < ci["lo"] < 0.5 < ci["hi"] < 0.8
+    assert scene_bootstrap(rows) == scene_bootstrap(rows)
+    # one scene: no spread at all
+    one = scene_bootstrap(rows[:3])["all"]
+    assert one["lo"] == one["hi"] == 1.0
+
+
+def test_blind_comparison_flags_tasks_the_image_barely_helps():
+    from vsre_ros.training.metrics import blind_comparison
+
+    items = [num(f"n{k}", 2.0) for k in range(4)] + [rel(f"r{k}", 1) for k in range(4)]
+    sighted = _scored(items, [Prediction(i.id, "2.0" if i.value else "yes") for i in items])
+    blind_said = ["2.0", "2.0", "2.0", "9", "no", "no", "no", "yes"]
+    blind = _scored(items, [Prediction(i.id, s) for i, s in zip(items, blind_said, strict=True)])
+    result = blind_comparison(sighted, blind)
+    assert result["by_task"]["distance"]["blind"] == 0.75
+    assert result["by_task"]["relation"]["gap"] == 0.75
+    assert result["flagged"] == []  # distance gap 0.25, relation 0.75
+    result = blind_comparison(sighted, blind, margin=0.3)
+    assert result["flagged"] == ["distance"]
+
+
+def test_flip_rates_count_changed_answers_per_perturbation():
+    from vsre_ros.training.metrics import flip_rates
+
+    items = [rel(f"f{k}", 1) for k in range(4)]
+    base = [Prediction(i.id, "yes") for i in items]
+    perturbed = {
+        "dim": [Prediction(i.id, "yes") for i in items],
+        "jpeg": [
+            Prediction(i.id, s) for i, s in zip(items, ["no", "yes", "yes", "no"], strict=True)
+        ],
+        "shift": [
+            Prediction(i.id, s) for i, s in zip(items, ["no", "yes", "no", "yes"], strict=True)
+        ],
+    }
+    result = flip_rates(base, perturbed, items)
+    assert result["by_perturbation"] == {"dim": 0.0, "jpeg": 0.5, "shift": 0.5}
+    assert result["any"] == 0.75
+    with pytest.raises(ValueError, match="3 answers, expected 4"):
+        flip_rates(base, {"bad": base[:3]}, items)
+
+
+def test_perturbations_change_pixels_as_named():
+    import numpy as np
+    from vsre_ros.training.perturb import PERTURBATIONS, brightness, shift
+
+    rgb = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3) * 3
+    assert (brightness(1.2)(rgb) == np.clip(np.rint(rgb * 1.2), 0, 255)).all()
+    moved = shift(1)(rgb)
+    assert (moved[:, 1:] == rgb[:, :-1]).all() and (moved[:, 0] == rgb[:, 0]).all()
+    assert (shift(-1, 1)(rgb)[1:, :-1] == rgb[:-1, 1:]).all()
+    for name, transform in PERTURBATIONS.items():
+        out = transform(rgb)
+        assert out.shape == rgb.shape and out.dtype == np.uint8, name
+        assert not np.array_equal(out, rgb), name

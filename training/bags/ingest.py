@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image as PILImage
 from vsre_ros.training.items import Item, meta_category
 
-from vsre_ros.core.answers import UNITS, parse_number, parse_yes_no
+from vsre_ros.core.answers import UNITS, canonical, parse_number, parse_yes_no
 from vsre_ros.core.templates import caption
 
 from .reader import (
@@ -371,7 +371,11 @@ def _label_fields(query, truth, label_source: str) -> dict | str:
         value = float(truth.value)
         if math.isnan(value):
             return f"{label_source} has no value for a number question"
-        fields.update(value=value, unit=str(truth.unit), answer=f"{value:g}")
+        try:  # the evaluator and the demo compare numbers in canonical units (metres)
+            value, unit = canonical(value, str(truth.unit))
+        except ValueError as err:
+            return f"{label_source}: {err}"
+        fields.update(value=value, unit=unit, answer=f"{value:g}")
     else:
         text = str(truth.answer).strip()
         if not text:

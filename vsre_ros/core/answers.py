@@ -93,15 +93,106 @@ class Answer:
         return cls(status=status, error=error, query_id=query_id)
 
 
-# Parsing of generated answer text (used by the engine and by evaluators).
+# -- Answer vocabularies: the pairs of words a yes/no question can invite --------------------
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A pair of answer words for a binary question: "true"/"false", "right"/"wrong", ..."""
+
+    id: str  # registry id, e.g. "true_false"
+    yes: str  # the word for a relation that holds
+    no: str  # the word for one that does not
+
+
+VOCABULARIES: dict[str, Vocabulary] = {
+    v.id: v
+    for v in (
+        Vocabulary("yes_no", "yes", "no"),
+        Vocabulary("true_false", "true", "false"),
+        Vocabulary("correct_incorrect", "correct", "incorrect"),
+        Vocabulary("right_wrong", "right", "wrong"),
+    )
+}
+DEFAULT_VOCABULARY = "yes_no"  # the words an answer to a question naming no pair is given in
+# The vocabularies a question that names no pair may be answered in: "Is the cup left of the
+# box?" takes yes/no, but "Verify the statement: the cup is left of the box." is answered
+# true/false by the VSRE templates, so both are read.
+UNNAMED = ("yes_no", "true_false")
+
+
+def vocabulary(vocabulary_id: str) -> Vocabulary:
+    """The vocabulary with this id; an unknown id raises ValueError naming the known ones."""
+    if vocabulary_id not in VOCABULARIES:
+        known = ", ".join(VOCABULARIES)
+        raise ValueError(f"unknown answer vocabulary {vocabulary_id!r}; known: {known}")
+    return VOCABULARIES[vocabulary_id]
+
+
+def _pair_pattern(v: Vocabulary) -> re.Pattern:
+    # "true or false", "False/True", "correct, or incorrect": the two words offered together.
+    a, b = re.escape(v.yes), re.escape(v.no)
+    link = r"\s*(?:,\s*)?(?:or|/)\s*"
+    return re.compile(rf"\b(?:{a}{link}{b}|{b}{link}{a})\b", re.IGNORECASE)
+
+
+_PAIRS = {v.id: _pair_pattern(v) for v in VOCABULARIES.values()}
+
+
+def invited_vocabularies(question: str) -> tuple[Vocabulary, ...]:
+    """The answer words a yes/no question invites, the words to answer in first.
+
+    A question that offers a pair ("... True or false?", "Answer right or wrong.") invites
+    that pair; when it offers several, the last one offered wins (it is the closest to the
+    answer). Anything else ("Is the cup left of the box?", "Is this correct?") invites the
+    `UNNAMED` vocabularies, yes/no first. A single word never decides: "right" may be a
+    direction and "correct" an adjective.
+    """
+    best, at = None, -1
+    for vocabulary_id, pattern in _PAIRS.items():
+        for match in pattern.finditer(question or ""):
+            if match.start() > at:
+                best, at = VOCABULARIES[vocabulary_id], match.start()
+    if best is not None:
+        return (best,)
+    return tuple(VOCABULARIES[v] for v in UNNAMED)
+
+
+def invited_vocabulary(question: str) -> Vocabulary:
+    """The vocabulary a yes/no question's answer is worded in (see invited_vocabularies)."""
+    return invited_vocabularies(question)[0]
+
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def parse_yes_no(text: str, vocab: Vocabulary | None = None) -> bool | None:
+    """VLMEvalKit's rule: positive only if a positive word appears and no negative word does
+    (and the reverse); None when undecided.
+
+    With `vocab` only its two words count (a true/false question is scored in true/false);
+    without, the words of every registered vocabulary do ("yes", "true", "correct", "right"
+    against "no", "false", "incorrect", "wrong").
+    """
+    vocabs = [vocab] if vocab is not None else list(VOCABULARIES.values())
+    words = set(_WORD.findall((text or "").lower()))
+    yes = any(v.yes in words for v in vocabs)
+    no = any(v.no in words for v in vocabs)
+    if yes == no:
+        return None
+    return yes
+
+
+# -- Numbers: one parser, one unit table, one scoring rule -----------------------------------
 
 _NUMBER = re.compile(
-    r"(?<![\w.])([-+]?\d+(?:\.\d+)?)\s*"
+    r"(?<![\w.])([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*"
     r"(millimet(?:er|re)s?|centimet(?:er|re)s?|met(?:er|re)s?|mm|cm|m|degrees?|deg|°)?(?!\w)",
     re.IGNORECASE,
 )
 # unit word (lower case, plural stripped) -> (canonical unit, factor to it)
 UNITS: dict[str, tuple[str, float]] = {
+    "": ("", 1.0),
     "m": ("m", 1.0),
     "meter": ("m", 1.0),
     "metre": ("m", 1.0),
@@ -117,57 +208,70 @@ UNITS: dict[str, tuple[str, float]] = {
 }
 
 
+def canonical(value: float, unit: str) -> tuple[float, str]:
+    """A value in its canonical unit: (30, "cm") -> (0.3, "m"); an unknown unit raises
+    ValueError naming the known ones."""
+    word = (unit or "").strip().lower()
+    if word not in UNITS and word.endswith("s"):
+        word = word[:-1]
+    if word not in UNITS:
+        known = ", ".join(sorted(u for u in UNITS if u))
+        raise ValueError(f"unknown unit {unit!r}; known: {known}")
+    unit_out, factor = UNITS[word]
+    return float(value) * factor, unit_out
+
+
 def parse_number(text: str) -> tuple[float, str] | None:
     """The first number in `text` and its unit, lengths converted to metres; None if none.
 
-    "1.25 m" -> (1.25, "m"); "30 cm" -> (0.3, "m"); "about 3" -> (3.0, "").
+    "1.25 m" -> (1.25, "m"); "30 cm" -> (0.3, "m"); "about 3" -> (3.0, ""); ".5m" -> (0.5, "m").
     """
-    match = _NUMBER.search(text)
+    match = _NUMBER.search(text or "")
     if match is None:
         return None
-    value = float(match.group(1))
-    unit_word = (match.group(2) or "").lower()
-    if unit_word.endswith("s") and unit_word not in UNITS:
-        unit_word = unit_word[:-1]
-    if not unit_word:
-        return value, ""
-    unit, factor = UNITS[unit_word]
-    return value * factor, unit
+    return canonical(float(match.group(1)), match.group(2) or "")
 
 
-NUMBER_TOLERANCE = 0.25  # a number answer counts as right within 25 % (or 0.1 m) of the truth
+NUMBER_FACTOR = 2.0  # a number answer is right within a factor of 2 of the truth (VQASynth)
+
+
+def number_correct(pred: float | None, truth: float, factor: float = NUMBER_FACTOR) -> bool:
+    """The one rule for number answers: the ratio of prediction and truth is below `factor`
+    either way (both in the same canonical unit); a missing or non-finite value is wrong."""
+    if pred is None or not math.isfinite(pred):
+        return False
+    if truth == 0 or pred == 0:
+        return pred == truth
+    if (pred > 0) != (truth > 0):
+        return False
+    ratio = pred / truth
+    return max(ratio, 1.0 / ratio) < factor
 
 
 def agrees_with_item(item: dict, answer) -> bool:
     """Does an answer (a core Answer or a SpatialAnswer message) agree with a dataset item's
-    known answer? The demo's scoring, also used by `bench/research/demo_gap.py`."""
+    known answer? The demo's scoring (also `bench/research/demo_gap.py`); the evaluator's
+    `training.scoring.score` applies the same rules to text predictions."""
     if answer.status != Status.OK:
         return False
     kind = item["answer_kind"]
     if kind == "yes_no":
-        truth = parse_yes_no(item["answer"])  # templates answer yes/no or true/false
-        return truth is not None and answer.verdict == truth
+        label = item.get("label")
+        truth = bool(label) if label is not None else parse_yes_no(item["answer"])
+        return truth is not None and bool(answer.verdict) == truth
     if kind == "choice":
         options = item["options"]
         return 0 <= answer.choice_index < len(options) and (
             options[answer.choice_index] == item["answer"]
         )
     if kind == "number":
-        truth = float(item["value"])
-        return math.isfinite(answer.value) and abs(answer.value - truth) <= max(
-            0.1, NUMBER_TOLERANCE * abs(truth)
-        )
+        truth, _ = canonical(float(item["value"]), item.get("unit", "") or "")
+        value = float(answer.value)
+        unit = str(getattr(answer, "unit", "") or "")
+        if math.isfinite(value) and unit:
+            try:
+                value, _ = canonical(value, unit)
+            except ValueError:
+                return False
+        return number_correct(value, truth)
     raise ValueError(f"answer kind {kind!r} is not scored")
-
-
-def parse_yes_no(text: str) -> bool | None:
-    """VLMEvalKit's rule: yes only if "yes" appears and "no" does not (and vice versa).
-
-    "true"/"false" count as yes/no. Returns None when undecided.
-    """
-    words = set(re.findall(r"[a-z]+", text.lower()))
-    yes = bool(words & {"yes", "true"})
-    no = bool(words & {"no", "false"})
-    if yes == no:
-        return None
-    return yes

@@ -109,8 +109,6 @@ class EngineConfig:
     max_new_tokens: int = 16  # greedy decoding limit for numbers and free text
     max_question_chars: int = 2000  # longer questions are refused as BAD_QUESTION
     max_images: int = 8  # more images in one query are refused as BAD_IMAGE
-    yes_words: list[str] = field(default_factory=lambda: ["yes", "true"])  # verdict words
-    no_words: list[str] = field(default_factory=lambda: ["no", "false"])  # negative words
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,16 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from vsre_ros.core.answers import Answer, AnswerKind, Query, Status, parse_number
+from vsre_ros.core.answers import (
+    UNNAMED,
+    VOCABULARIES,
+    Answer,
+    AnswerKind,
+    Query,
+    Status,
+    invited_vocabularies,
+    parse_number,
+)
 from vsre_ros.core.config import PRESETS, EngineConfig
 from vsre_ros.core.model import VSREModel, check_image
 from vsre_ros.core.prompts import IMAGE
@@ -176,26 +185,33 @@ class Engine:
     def _reset_model_state(self) -> None:
         self._features.clear()
         self._prefixes.clear()
-        words = list(self.config.yes_words) + list(self.config.no_words)
-        encoded = {w: self.model.answer_ids(w, eos=False) for w in words}
-        # Some tokenizers (sentencepiece) start every answer with the same space token; it is
-        # fed after the question, and the verdict is read at the first token that differs.
-        lead: list[int] = []
-        for column in zip(*encoded.values(), strict=False):
-            if len(set(column)) > 1:
-                break
-            lead.append(column[0])
-        if any(len(ids) <= len(lead) for ids in encoded.values()):
-            raise ValueError(f"the answer words {words} do not differ in any token")
-        self._verdict_lead = lead
-        self._yes_ids = sorted({encoded[w][len(lead)] for w in self.config.yes_words})
-        self._no_ids = sorted({encoded[w][len(lead)] for w in self.config.no_words})
-        overlap = set(self._yes_ids) & set(self._no_ids)
-        if overlap:
-            decode = self.model.tokenizer.decode
-            raise ValueError(
-                f"yes and no words share first tokens {[decode([i]) for i in overlap]}"
-            )
+        # Per reading (the vocabularies a question invites, core.answers): the tokens fed after
+        # the question before the verdict (some tokenizers start every answer with the same
+        # space token), then the first tokens of the positive and of the negative words.
+        self._readings: dict[tuple[str, ...], tuple[list[int], list[int], list[int]]] = {}
+        for ids in [(v,) for v in VOCABULARIES] + [UNNAMED]:
+            vocabs = [VOCABULARIES[v] for v in ids]
+            yes = [self.model.answer_ids(v.yes, eos=False) for v in vocabs]
+            no = [self.model.answer_ids(v.no, eos=False) for v in vocabs]
+            lead: list[int] = []
+            for column in zip(*yes, *no, strict=False):
+                if len(set(column)) > 1:
+                    break
+                lead.append(column[0])
+            n = len(lead)
+            if any(len(w) <= n for w in yes + no) or {w[n] for w in yes} & {w[n] for w in no}:
+                # A tokenizer that cannot tell the words apart (unknown words) cannot read
+                # this vocabulary; its questions are read as questions that name no pair.
+                log.warning("answer words of %s do not differ in a token", "/".join(ids))
+                continue
+            self._readings[ids] = (lead, sorted({w[n] for w in yes}), sorted({w[n] for w in no}))
+        if UNNAMED not in self._readings:
+            raise ValueError(f"the tokenizer cannot tell the answer words of {UNNAMED} apart")
+
+    def _reading(self, question: str) -> tuple[str, ...]:
+        """The vocabularies a yes/no question is read in (see core.answers)."""
+        invited = tuple(v.id for v in invited_vocabularies(question))
+        return invited if invited in self._readings else UNNAMED
 
     def _count(self, name: str) -> None:
         with self._queue_lock:
@@ -203,7 +219,8 @@ class Engine:
 
     def _verdict_row(self, question: str) -> list[int]:
         """Token ids after which the next token is the yes/no verdict."""
-        return self.model.suffix_ids(question) + self._verdict_lead
+        lead, _, _ = self._readings[self._reading(question)]
+        return self.model.suffix_ids(question) + lead
 
     # ----------------------------------------------------------------------------- answers
 
@@ -528,21 +545,30 @@ class Engine:
         return logits.float()
 
     def _yes_no(self, keys: tuple, queries: list[Query]) -> list[Answer]:
+        # Each question is read in the answer words it invites (yes/no, true/false, ...).
+        readings = [self._reading(q.question) for q in queries]
         rows = [self._verdict_row(q.question) for q in queries]
         logits = self._run_rows(keys, rows)
+        at = torch.arange(len(rows), device=logits.device)
         last = torch.tensor([len(r) - 1 for r in rows], device=logits.device)
-        final = logits[torch.arange(len(rows), device=logits.device), last]
-        logp = final.log_softmax(-1)
-        # P(yes) among the verdict words, as log-odds, shifted by the model's calibrated bias
-        # (ModelConfig.verdict_bias, 0 for an uncalibrated model).
-        log_odds = logp[:, self._yes_ids].logsumexp(-1) - logp[:, self._no_ids].logsumexp(-1)
+        logp = logits[at, last].log_softmax(-1)
+        # P(positive words) against the negative words, as log-odds, shifted by the model's
+        # calibrated bias (ModelConfig.verdict_bias, 0 for an uncalibrated model).
+        log_odds = torch.stack(
+            [
+                logp[i, self._readings[r][1]].logsumexp(-1)
+                - logp[i, self._readings[r][2]].logsumexp(-1)
+                for i, r in enumerate(readings)
+            ]
+        )
         share = torch.sigmoid(log_odds + self.model.config.verdict_bias).tolist()
         out = []
-        for p in share:
+        for p, reading in zip(share, readings, strict=True):
+            vocab = VOCABULARIES[reading[0]]
             verdict = p >= 0.5
             out.append(
                 Answer(
-                    text=self.config.yes_words[0] if verdict else self.config.no_words[0],
+                    text=vocab.yes if verdict else vocab.no,
                     verdict=verdict,
                     probability=float(p),
                 )

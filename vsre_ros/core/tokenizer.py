@@ -1,4 +1,4 @@
-"""The tiny presets' tokenizer: byte-level BPE trained locally on the template corpus.
+"""The tiny presets' tokenizer: byte-level BPE trained locally on the template and grammar text.
 
 Byte-level means any text encodes (no unknown token). Answer words are forced to be single
 tokens by adding them to the vocabulary as whole words, and digits are split one by one, so a
@@ -12,12 +12,12 @@ from collections.abc import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from vsre_ros.core import templates
+from vsre_ros.core import grammar, templates
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<image>"]
 # Every word an answer may be: each must come out as one token after a space.
 ANSWER_WORDS = [
-    "yes", "no", "true", "false",
+    "yes", "no", "true", "false", "correct", "incorrect", "wrong",
     "A", "B", "C", "D", "E", "F", "G", "H",
     "m", "cm", "mm", "meters", "metres", "degrees",
     "left", "right", "above", "below", "top", "bottom", "front", "behind", "center",
@@ -62,7 +62,7 @@ def train_bpe(vocab_size: int = 1024, extra: Iterable[str] = ()) -> PreTrainedTo
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    text = list(templates.corpus()) + EXTRA_TEXT + list(extra)
+    text = list(templates.corpus()) + list(grammar.corpus()) + EXTRA_TEXT + list(extra)
     # Repeating each answer word after a space makes its merges frequent enough to complete.
     text += [" ".join(f" {w}" for w in ANSWER_WORDS)] * 50
     tok.train_from_iterator(text, trainer=trainer)
