@@ -35,7 +35,10 @@ class StageConfig:
     warmup_steps: int = 100  # linear warm-up steps, then constant
     decay_share: float = 0.0  # last share of the stage over which the lr decays to 10%
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
-    templates: str = "train"  # template pool: train (50), none, or ids "t00,t20"
+    templates: str = "train"  # template pool: train (50), grammar (the question grammar's
+    # seen wordings, core/grammar.py), none, or ids "t00,t20"
+    paired: bool = False  # each step asks batch_size / 2 items, each under two wordings of
+    # different framings in adjacent rows (the "consistency" loss compares their verdicts)
     template_share: float = 1.0  # chance a relation item is re-asked through a template
     balanced: bool = True  # balance relation x label (and tasks) in every epoch
     task_weights: dict[str, float] = field(default_factory=dict)  # task mix; {} = equal
@@ -117,6 +120,11 @@ class TrainConfig:
                 )
             if stage.steps < 1 or stage.batch_size < 1:
                 raise ValueError(f"stage {stage.name!r}: steps and batch_size must be >= 1")
+            if stage.paired and (stage.batch_size % 2 or stage.templates != "grammar"):
+                raise ValueError(
+                    f"stage {stage.name!r}: paired wordings need templates: grammar and an even "
+                    f"batch_size, got {stage.templates!r} and {stage.batch_size}"
+                )
             if not 0.0 <= stage.decay_share <= 1.0:
                 raise ValueError(
                     f"stage {stage.name!r}: decay_share is a share of the stage, in [0, 1]; "

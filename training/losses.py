@@ -23,7 +23,7 @@ from torch import nn
 
 from vsre_ros.core.model import VSREModel
 
-from .model_api import image_token_norm, verdict_loss
+from .model_api import first_token_logits, image_token_norm, verdict_loss
 from .recipes.targets import (
     POSE_SIZE,
     BankProbe,
@@ -126,6 +126,24 @@ def _first_layer_binding(ctx: StepContext):
     return hop1_loss(ctx.output.attentions, ctx.targets, 0) if _needs(ctx, "hop1") else None
 
 
+def consistency_loss(ctx: StepContext):
+    """Symmetric KL between the verdicts of adjacent rows (2k, 2k + 1): the same item under two
+    wordings (`StageConfig.paired`). Each verdict is read between the two answer words its own
+    question invites (`verdict_ids`), so "yes/no" and "true/false" wordings compare."""
+    truth = ctx.batch["truth"]
+    if truth.shape[0] < 2:
+        return None
+    rows = torch.arange(truth.shape[0] // 2 * 2, device=truth.device)
+    first = first_token_logits(ctx.output.logits, ctx.batch)[rows]
+    pair = first.gather(1, ctx.batch["verdict_ids"][rows]).float().log_softmax(-1)
+    a, b = pair[0::2], pair[1::2]
+    keep = (truth[rows][0::2] >= 0) & (truth[rows][1::2] >= 0)
+    if not bool(keep.any()):
+        return None
+    kl = (a.exp() * (a - b)).sum(-1) + (b.exp() * (b - a)).sum(-1)
+    return kl[keep].mean()
+
+
 def _plain(fn: Callable) -> Callable[[StepContext], torch.Tensor]:
     return lambda ctx: fn(ctx.model, ctx.batch, ctx.output)
 
@@ -143,6 +161,9 @@ LOSSES: dict[str, LossTerm] = {
         "first LM layer's head 0, at each object's last word, pulled to its image tokens",
         attentions=True,
         targets=True,
+    ),
+    "consistency": LossTerm(
+        consistency_loss, "the same item's verdicts under two wordings (paired stages) agree"
     ),
     "dense": LossTerm(
         _dense,

@@ -34,7 +34,7 @@ import torch
 
 from .averaging import WeightAverage
 from .config import StageConfig, TrainConfig, dump_config, load_config
-from .data import Example, TemplateSampler, ask, epoch_order, templates_by_ids
+from .data import Example, TemplateSampler, WordingSampler, ask, epoch_order, templates_by_ids
 from .items import Item, load_items
 from .losses import LOSSES, Trainee, active, build_heads
 from .scoring import score
@@ -76,7 +76,9 @@ def stage_items(items: list[Item], stage: StageConfig) -> list[Item]:
     return chosen
 
 
-def stage_sampler(stage: StageConfig, seed: int) -> TemplateSampler:
+def stage_sampler(stage: StageConfig, seed: int) -> TemplateSampler | WordingSampler:
+    if stage.templates == "grammar":
+        return WordingSampler(share=stage.template_share, seed=seed)
     if stage.templates == "none":
         return TemplateSampler(templates=(), share=0.0, seed=seed)
     if stage.templates == "train":
@@ -88,21 +90,25 @@ def stage_sampler(stage: StageConfig, seed: int) -> TemplateSampler:
 def step_examples(
     items: list[Item],
     stage: StageConfig,
-    sampler: TemplateSampler,
+    sampler: TemplateSampler | WordingSampler,
     seed: int,
     step: int,
     rank: int = 0,
     world: int = 1,
 ) -> list[Example]:
-    """This process's share of the examples of one step: a pure function of (seed, step)."""
+    """This process's share of the examples of one step: a pure function of (seed, step).
+    A paired stage asks half as many items, each twice in adjacent rows (`WordingSampler.pair`)."""
     n = len(items)
-    per_step = stage.batch_size * world
-    start = step * per_step + rank * stage.batch_size
+    share = stage.batch_size // 2 if stage.paired else stage.batch_size
+    start = step * share * world + rank * share
     out = []
-    for position in range(start, start + stage.batch_size):
+    for position in range(start, start + share):
         epoch, offset = divmod(position, n)
         index = _epoch_order(items, epoch, seed, stage)[offset]
-        out.append(sampler.example(items[index], index, epoch))
+        if stage.paired:
+            out.extend(sampler.pair(items[index], index, epoch))
+        else:
+            out.append(sampler.example(items[index], index, epoch))
     return out
 
 
