@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 from test_recipe_targets import five_step_recipe, generated
 from vsre_ros.training.config import dump_config
 from vsre_ros.training.train import CARRY, latest_checkpoint, train
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +17,7 @@ def sim_data(tmp_path_factory):
     return generated(tmp_path_factory, 60, 3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def recipe(data, out: Path, steps_b: int):
@@ -61,7 +49,7 @@ def test_a_stage_continues_the_previous_one_exactly_after_a_restart(sim_data, tm
     assert not (tmp_path / "split" / "A-basics-one-polarity" / CARRY).exists(), "spent"
 
 
-def test_resume_after_sigkill_gives_the_same_next_step_loss(sim_data, tmp_path):
+def test_resume_after_sigkill_gives_the_same_next_step_loss(sim_data, tmp_path, kill_when):
     reference = recipe(sim_data, tmp_path / "ref", 14)
     train(reference, progress=False)
     expected = step_losses(tmp_path / "ref" / "B-all" / "metrics.jsonl")
@@ -70,24 +58,9 @@ def test_resume_after_sigkill_gives_the_same_next_step_loss(sim_data, tmp_path):
     config_file = tmp_path / "killed.yaml"
     dump_config(killed, config_file)
     metrics = tmp_path / "killed" / "B-all" / "metrics.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "vsre_ros", "train", "--config", str(config_file),
            "--no-progress", "--threads", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if max(step_losses(metrics), default=0) >= 8:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_when(cmd, lambda: max(step_losses(metrics), default=0) >= 8)
     resumed_from = latest_checkpoint(tmp_path / "killed" / "B-all")
     assert resumed_from is not None
     done = json.loads((resumed_from / "state.json").read_text())["step"]

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from vsre_ros.training.expand import ExpandConfig, Shard, expand, merge
 from vsre_ros.training.items import read_vsre
@@ -14,12 +13,7 @@ from vsre_ros.training.items import read_vsre
 TINY = {"size": 32, "steps": 2, "guidance": 1.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(source, out, mode, model, shard=None, **overrides):

@@ -9,7 +9,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 from vsre_ros.training.expand import FAILED_CHECKS, ExpandConfig, expand
 from vsre_ros.training.expand.runner import is_held_out, source_items
 from vsre_ros.training.expand.verify import Box, neighbour_correlation
@@ -17,12 +16,7 @@ from vsre_ros.training.expand.verify import Box, neighbour_correlation
 TINY = {"size": 32, "steps": 2, "guidance": 1.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rows(path):

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,15 +14,7 @@ from vsre_ros.training.items import load_items
 from vsre_ros.training.model_api import build_model, freeze, trainable_names
 from vsre_ros.training.train import latest_checkpoint, train, val_accuracy
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tiny_run_lowers_loss_and_raises_accuracy(colour_dataset, tmp_path):
@@ -133,7 +121,7 @@ def _step_losses(metrics_file: Path) -> dict[int, float]:
     return {r["step"]: r["step_loss"] for r in rows if "step_loss" in r}
 
 
-def test_resume_after_sigkill_gives_the_same_next_step_loss(colour_dataset, tmp_path):
+def test_resume_after_sigkill_gives_the_same_next_step_loss(colour_dataset, tmp_path, kill_when):
     # Stage 2 (LoRA with dropout) so that resuming must restore the RNG as well as weights.
     def stage(steps):
         return StageConfig(name="s", freeze="stage2", steps=steps, batch_size=4, lr=1e-2,
@@ -147,24 +135,9 @@ def test_resume_after_sigkill_gives_the_same_next_step_loss(colour_dataset, tmp_
     config_file = tmp_path / "killed.yaml"
     dump_config(killed, config_file)
     metrics = tmp_path / "killed" / "s" / "metrics.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "vsre_ros", "train", "--config", str(config_file),
            "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 90
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if metrics.is_file() and max(_step_losses(metrics), default=0) >= 8:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_when(cmd, lambda: metrics.is_file() and max(_step_losses(metrics), default=0) >= 8)
     resumed_from = latest_checkpoint(tmp_path / "killed" / "s")
     assert resumed_from is not None
     done = json.loads((resumed_from / "state.json").read_text())["step"]
