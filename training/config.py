@@ -9,6 +9,7 @@ terms are named with weights. Every run writes the resolved config as `train_con
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 from dataclasses import dataclass, field
@@ -21,69 +22,95 @@ import yaml
 FREEZE_MODES = ("stage1", "stage2", "stage2+encoders", "all")
 
 
+def _f(default: Any, help: str) -> Any:
+    """A config field with its help text (the docs, `vsre train --help`, the generated flags)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class StageConfig:
     """One stage of training: what trains, on which data, with which optimiser settings."""
 
-    name: str = "stage1"  # output sub-directory and id for --stages
-    freeze: str = "stage1"  # trainable set, one of FREEZE_MODES
-    steps: int = 1000  # optimiser steps in this stage
-    batch_size: int = 16  # examples per step (per process under accelerate)
-    lr: float = 2e-3  # peak learning rate (AdamW)
-    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
-    weight_decay: float = 0.01  # AdamW weight decay
-    warmup_steps: int = 100  # linear warm-up steps, then constant
-    decay_share: float = 0.0  # last share of the stage over which the lr decays to 10%
-    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
-    templates: str = "train"  # template pool: train (50), grammar (the question grammar's
-    # seen wordings, core/grammar.py), none, or ids "t00,t20"
-    paired: bool = False  # each step asks batch_size / 2 items, each under two wordings of
-    # different framings in adjacent rows (the "consistency" loss compares their verdicts)
-    template_share: float = 1.0  # chance a relation item is re-asked through a template
-    balanced: bool = True  # balance relation x label (and tasks) in every epoch
-    task_weights: dict[str, float] = field(default_factory=dict)  # task mix; {} = equal
-    relations: list[str] = field(default_factory=list)  # only these relations; [] = all
-    aux_losses: dict[str, float] = field(default_factory=dict)  # extra loss id -> weight,
-    # on top of the run's TrainConfig.aux_losses (training.losses.LOSSES)
-    split: str = "train"  # dataset split trained on
+    name: str = _f("stage1", "output sub-directory and id for --stages")
+    freeze: str = _f("stage1", f"trainable set: {', '.join(FREEZE_MODES)}")
+    steps: int = _f(1000, "optimiser steps in this stage")
+    batch_size: int = _f(16, "examples per step (per process under accelerate)")
+    lr: float = _f(2e-3, "peak learning rate (AdamW)")
+    betas: tuple[float, float] = _f((0.9, 0.98), "AdamW betas")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    warmup_steps: int = _f(100, "linear warm-up steps, then constant")
+    decay_share: float = _f(0.0, "last share of the stage over which the lr decays to 10%")
+    grad_clip: float = _f(1.0, "max gradient norm; 0 disables clipping")
+    templates: str = _f(
+        "train",
+        "wording pool: train (the 50 templates), grammar (the question grammar's seen "
+        "wordings, core/grammar.py), none, or template ids 't00,t20'",
+    )
+    paired: bool = _f(
+        False,
+        "ask batch_size / 2 items per step, each under two wordings of different framings in "
+        "adjacent rows (the consistency loss compares their verdicts)",
+    )
+    template_share: float = _f(1.0, "chance a relation item is re-asked through a template")
+    balanced: bool = _f(True, "balance relation x label (and tasks) in every epoch")
+    task_weights: dict[str, float] = _f({}, "task mix; {} = equal")
+    relations: list[str] = _f([], "only these relations; [] = all")
+    aux_losses: dict[str, float] = _f(
+        {}, "extra loss id -> weight, on top of the run's aux_losses (training.losses.LOSSES)"
+    )
+    split: str = _f("train", "dataset split trained on")
 
 
 @dataclass
 class TrainConfig:
     """A whole run: model, data, stages, bookkeeping."""
 
-    model: str = "vsre-tiny"  # preset id or checkpoint directory to start from
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig field overrides
-    data: str = ""  # dataset directory
-    data_format: str = "vsre"  # reader id (training.items.READERS)
-    images: str = ""  # image folder for the vsr format
-    val_split: str = ""  # split evaluated during training; "" = none
-    val_items: int = 64  # val items evaluated each time (first N)
-    output: str = "runs/vsre"  # run directory; each stage writes <output>/<stage name>/
-    seed: int = 0  # seeds model init, data order, template draws and dropout
-    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
-    save_every: int = 200  # steps between resumable checkpoints
-    eval_every: int = 200  # steps between val evaluations (0 = only at the end)
-    log_every: int = 10  # steps between metrics lines
-    image_cache_dir: str = ""  # persistent preprocessed-image cache; "" = memory only
-    aux_losses: dict[str, float] = field(default_factory=dict)  # extra loss id -> weight in
-    # every stage (training.losses.LOSSES); a stage's own aux_losses are applied on top
-    carry_optimizer: bool = False  # one optimizer, heads and averages across all stages
-    # (a curriculum), instead of each stage starting afresh from the previous one's model
-    ema_decay: float = 0.0  # average the weights over steps (e.g. 0.999); the last stage's
-    # model is the average, its last step's weights go beside it; 0 = off
-    pretrain_steps: int = 0  # before the stages, each encoder trained alone with its
-    # family's objective on the first stage's images (recipes/pretrain.py); 0 = off
-    pretrain_batch: int = 32  # images per encoder-pretraining step
-    hop_layers: list[int] = field(default_factory=lambda: [0, 1, 2])  # LM layers of the
-    # binding hops 0, 1 (and the phrase probe's input), 2 (the answer's; bank and verdict)
-    shape_weight: float = 1.0  # weight of the object-shape term inside the "probe" loss
+    model: str = _f("vsre-tiny", "preset id or checkpoint directory to start from")
+    model_overrides: dict[str, Any] = _f({}, "ModelConfig field overrides")
+    data: str = _f("", "dataset directory")
+    data_format: str = _f("vsre", "dataset reader id (training.items.READERS): vsre, vsr")
+    images: str = _f("", "image folder for the vsr format")
+    val_split: str = _f("", "split evaluated during training; '' = none")
+    val_items: int = _f(64, "val items evaluated each time (spread over the split)")
+    output: str = _f("runs/vsre", "run directory; each stage writes <output>/<stage name>/")
+    seed: int = _f(0, "seeds model init, data order, wording draws and dropout")
+    threads: int = _f(0, "torch intra-op threads; 0 leaves torch's default")
+    save_every: int = _f(200, "steps between resumable checkpoints")
+    eval_every: int = _f(200, "steps between val evaluations (0 = only at each stage's end)")
+    log_every: int = _f(10, "steps between metrics lines")
+    image_cache_dir: str = _f("", "persistent preprocessed-image cache; '' = memory only")
+    aux_losses: dict[str, float] = _f(
+        {}, "extra loss id -> weight in every stage (training.losses.LOSSES)"
+    )
+    carry_optimizer: bool = _f(
+        False,
+        "one optimizer, heads and weight averages across all stages (a curriculum), instead of "
+        "each stage starting afresh from the previous one's model",
+    )
+    ema_decay: float = _f(
+        0.0,
+        "average the weights over steps (e.g. 0.999); the last stage's model is the average, "
+        "its last step's weights go beside it; 0 = off",
+    )
+    pretrain_steps: int = _f(
+        0,
+        "before the stages, each encoder trained alone with its family's objective on the "
+        "first stage's images (recipes/pretrain.py); 0 = off",
+    )
+    pretrain_batch: int = _f(32, "images per encoder-pretraining step")
+    hop_layers: list[int] = _f(
+        [0, 1, 2], "LM layers of the binding hops 0, 1 (and the phrase probe's input), 2"
+    )
+    shape_weight: float = _f(1.0, "weight of the object-shape term inside the probe loss")
     stages: list[StageConfig] = field(
         default_factory=lambda: [
             StageConfig(name="stage1", freeze="stage1", lr=1e-3),
             StageConfig(name="stage2", freeze="stage2", lr=2e-4),
-        ]
-    )  # run in order; each starts from the previous one's result
+        ],
+        metadata={"help": "run in order; each starts from the previous one's result"},
+    )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -142,6 +169,43 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown stages {unknown}; this config has {known}")
         return [s for s in self.stages if s.name in names]
+
+
+# Field types a command-line flag can set (the others, lists and mappings, come from a file).
+FLAG_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def flag_fields(cls: type, skip: tuple[str, ...] = ()) -> list[dataclasses.Field]:
+    """The fields of a config class that a command-line flag can set."""
+    return [f for f in dataclasses.fields(cls) if f.type in FLAG_TYPES and f.name not in skip]
+
+
+def add_config_arguments(parser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One `--field-name` flag per scalar field of `cls` (but `skip`), typed and helped from the
+    field; booleans take true/false. Defaults are None: only the flags given override."""
+    for f in flag_fields(cls, skip):
+        kind = FLAG_TYPES[f.type]
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=_parse_bool if kind is bool else kind,
+            metavar="true|false" if kind is bool else None,
+            help=f"{f.metadata.get('help', '')} (default {f.default!r})".replace("%", "%%"),
+        )
+
+
+def apply_arguments(args: argparse.Namespace, target: Any, skip: tuple[str, ...] = ()) -> None:
+    """Set each scalar field of `target` whose flag was given."""
+    for f in flag_fields(type(target), skip):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            setattr(target, f.name, value)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return lowered in ("true", "1", "yes")
 
 
 def _check_keys(cls: type, data: dict[str, Any], what: str) -> None:

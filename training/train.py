@@ -33,7 +33,14 @@ from typing import Any
 import torch
 
 from .averaging import WeightAverage
-from .config import StageConfig, TrainConfig, dump_config, load_config
+from .config import (
+    StageConfig,
+    TrainConfig,
+    add_config_arguments,
+    apply_arguments,
+    dump_config,
+    load_config,
+)
 from .data import Example, TemplateSampler, WordingSampler, ask, epoch_order, templates_by_ids
 from .items import Item, load_items
 from .losses import LOSSES, Trainee, active, build_heads
@@ -669,6 +676,8 @@ def recipe_path(name: str) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`vsre train`'s flags: a config source, then one flag per scalar field of TrainConfig and
+    of StageConfig (the latter applied to every chosen stage), generated from the fields."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", help="training config YAML (TrainConfig fields)")
     source.add_argument(
@@ -676,60 +685,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a named config of training/recipes/ ({', '.join(sorted(RECIPES))}); "
         "vsre-tiny is the shipped model's",
     )
-    parser.add_argument("--data", help="dataset directory")
-    parser.add_argument("--format", dest="data_format", help="dataset format: vsre, vsr")
-    parser.add_argument("--images", help="image folder (format vsr)")
-    parser.add_argument("--model", help="preset id or model directory to start from")
     parser.add_argument("--init", help="start the first chosen stage from this model directory")
-    parser.add_argument("--output", help="run directory (one sub-directory per stage)")
     parser.add_argument(
         "--stages", default="all", help="stages to run, comma-separated names, or all"
     )
-    parser.add_argument("--steps", type=int, help="steps of every chosen stage")
-    parser.add_argument("--batch-size", type=int, help="batch size of every chosen stage")
-    parser.add_argument("--lr", type=float, help="learning rate of every chosen stage")
-    parser.add_argument("--seed", type=int, help="run seed")
-    parser.add_argument("--threads", type=int, help="torch threads (0: torch default)")
-    parser.add_argument("--save-every", type=int, help="steps between checkpoints")
-    parser.add_argument("--eval-every", type=int, help="steps between val evaluations")
-    parser.add_argument("--log-every", type=int, help="steps between metrics lines")
-    parser.add_argument("--val-split", help="split evaluated during training")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-_TOP_LEVEL = {
-    "data": "data",
-    "data_format": "data_format",
-    "images": "images",
-    "model": "model",
-    "output": "output",
-    "seed": "seed",
-    "threads": "threads",
-    "save_every": "save_every",
-    "eval_every": "eval_every",
-    "log_every": "log_every",
-    "val_split": "val_split",
-}
-_PER_STAGE = {"steps": "steps", "batch_size": "batch_size", "lr": "lr"}
+    add_config_arguments(parser.add_argument_group("run (TrainConfig)"), TrainConfig)
+    per_stage = parser.add_argument_group("every chosen stage (StageConfig)")
+    add_config_arguments(per_stage, StageConfig, skip=("name",))
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, list[str] | None]:
-    """The config file (or defaults) with the command line's values on top."""
+    """The config file (or recipe, or defaults) with the command line's values on top."""
     if getattr(args, "recipe", None):
         config = load_config(recipe_path(args.recipe))
     else:
         config = load_config(args.config) if args.config else TrainConfig()
-    for arg, key in _TOP_LEVEL.items():
-        value = getattr(args, arg, None)
-        if value is not None:
-            setattr(config, key, value)
+    apply_arguments(args, config)
     names = None if args.stages == "all" else [s.strip() for s in args.stages.split(",")]
-    chosen = config.select(names) if names else config.stages
-    for arg, key in _PER_STAGE.items():
-        value = getattr(args, arg, None)
-        if value is not None:
-            for stage in chosen:
-                setattr(stage, key, value)
+    for stage in config.select(names) if names else config.stages:
+        apply_arguments(args, stage, skip=("name",))
     config.validate()
     return config, names
 
