@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 TRAIN_SPLIT = "default_train"
 EXPORT_DIR = Path(__file__).resolve().parents[1] / "vsre_ros" / "models" / "vsre-tiny"
-RECIPES_TRIED = Path(__file__).resolve().parent / "recipes" / "recipes_tried.md"
-RECIPES_HEADING = "## Recipes tried"  # recipes_tried.md's first line
+# The recipe log (docs/, in a source checkout), which an export embeds as the card's tail.
+RECIPES_TRIED = Path(__file__).resolve().parents[1] / "docs" / "recipes-tried.md"
+RECIPES_HEADING = "## Recipes tried"  # recipes-tried.md's first line
 MAX_EXPORT_MB = 50.0
 
 
@@ -531,7 +532,7 @@ def model_card(
 
 
 def with_recipes_tried(card: str) -> str:
-    """`card` with its recipe history replaced by the current `recipes_tried.md`.
+    """`card` with its recipe history replaced by the current `docs/recipes-tried.md`.
 
     The history is the card's tail, from its `## Recipes tried` heading on; a card without one
     gets it appended. An export embeds the file as it stands then, so a shipped card is
@@ -687,7 +688,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         metavar="MODEL_DIR",
         help="only rewrite MODEL_DIR/MODEL_CARD.md's recipe history from "
-        "training/recipes/recipes_tried.md (nothing is trained), then exit",
+        "docs/recipes-tried.md (nothing is trained), then exit",
     )
 
 
