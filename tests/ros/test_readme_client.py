@@ -80,3 +80,45 @@ def test_readme_client_snippet_runs_as_pasted(make_server, ros_client):
         assert "frame=readme_cam_optical" in line, line
     assert re.search(r"choice=[01] ", lines[1]), lines[1]  # the choice got an option index
     assert re.search(r"value=\d", lines[2]), lines[2]  # the number question got a value
+
+
+def _fill(msg, values: dict):
+    """Set `values` on `msg` field by field, as the ros2 CLI does with its YAML argument: an
+    unknown field or a wrong type raises."""
+    import importlib
+
+    types = msg.get_fields_and_field_types()
+    for name, value in values.items():
+        assert name in types, f"{type(msg).__name__} has no field {name!r}"
+        if isinstance(value, dict):
+            _fill(getattr(msg, name), value)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            package, _, cls = types[name].removeprefix("sequence<").rstrip(">").partition("/")
+            cls = getattr(importlib.import_module(f"{package}.msg"), cls)
+            setattr(msg, name, [_fill(cls(), item) for item in value])
+        else:
+            setattr(msg, name, value)
+    return msg
+
+
+def test_readme_ros2_cli_payloads_fill_the_named_interfaces():
+    import importlib
+
+    import yaml
+
+    text = (ROOT / "README.md").read_text()
+    calls = re.findall(
+        r"ros2 (service call|topic pub|action send_goal)[^/\n]* (/\S+) (\S+) \\\n\s+\"(.*)\"", text
+    )
+    assert [verb for verb, *_ in calls] == ["service call", "topic pub", "action send_goal"]
+    names = {"service call": "/vsre/ask", "topic pub": "/vsre/queries"}
+    names["action send_goal"] = "/vsre/ask_batch"
+    for verb, name, type_name, payload in calls:
+        assert name == names[verb]
+        package, kind, cls = type_name.split("/")
+        interface = getattr(importlib.import_module(f"{package}.{kind}"), cls)
+        message = {"srv": "Request", "action": "Goal"}.get(kind)
+        msg = getattr(interface, message)() if message else interface()
+        _fill(msg, yaml.safe_load(payload))
+        queries = msg.queries if kind == "action" else [getattr(msg, "query", msg)]
+        assert all(q.query_id and q.question for q in queries)
