@@ -1,6 +1,6 @@
 """Questions with exact answers, generated from a rendered scene's ground truth.
 
-Four sources, one item format (the dataset schema; see README):
+Four sources, one item format (the dataset schema; see docs/data.md):
 
 - VSR: "The X is <relation> the Y." with a True/False label, asked through an instruction
   template. Per view, relations are drawn among those that have both a True and a False pair

@@ -5,7 +5,7 @@
 Three seeded `random_val` samples through `training.default_model.data.evaluate_split`, each item
 asked its own question: 600 items (seed 0), 3000 items (seed 2) and 2000 relation items
 (seed 1). The verdict bias is set to 0 first, so models trained with and without calibration
-compare on their raw answers (`training/recipes/recipes_tried.md` quotes these columns).
+compare on their raw answers (`docs/recipes-tried.md` quotes these columns).
 Prints accuracy, accuracy by task and the predicted-True rate per sample; `--out` keeps the
 report files. `--weights` first puts other weights in the model, e.g. the last step's that a
 run with `--ema-decay` kept beside its averages (`train/last_weights.safetensors`).

@@ -1,4 +1,4 @@
-"""`vsre train-default --refresh-card`: a card's recipe history follows recipes_tried.md."""
+"""`vsre train-default --refresh-card`: a card's recipe history follows docs/recipes-tried.md."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ CARD = "# vsre-tiny\n\n## Evaluation\n\n| a | b |\n\n## Recipes tried\n\nold his
 
 
 def _history(tmp_path, monkeypatch, text: str) -> None:
-    path = tmp_path / "recipes_tried.md"
+    path = tmp_path / "recipes-tried.md"
     path.write_text(text)
     monkeypatch.setattr(cards, "RECIPES_TRIED", path)
 

@@ -134,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         metavar="MODEL_DIR",
         help="only rewrite MODEL_DIR/MODEL_CARD.md's recipe history from "
-        "training/recipes/recipes_tried.md (nothing is trained), then exit",
+        "docs/recipes-tried.md (nothing is trained), then exit",
     )
 
 

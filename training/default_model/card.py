@@ -13,10 +13,10 @@ from vsre_ros.core.config import ENCODER_FAMILIES
 
 from ..config import load_config
 
-RECIPES_TRIED = Path(__file__).resolve().parents[1] / "recipes" / "recipes_tried.md"
+RECIPES_TRIED = Path(__file__).resolve().parents[2] / "docs" / "recipes-tried.md"
 
 
-RECIPES_HEADING = "## Recipes tried"  # recipes_tried.md's first line
+RECIPES_HEADING = "## Recipes tried"  # recipes-tried.md's first line
 
 
 ABLATION_TASKS = ("relation", "localization", "direction", "distance")
@@ -353,7 +353,7 @@ def _ablation(ablation: list[dict] | None, reports: dict[str, dict]) -> str:
 
 
 def with_recipes_tried(card: str) -> str:
-    """`card` with its recipe history replaced by the current `recipes_tried.md`.
+    """`card` with its recipe history replaced by the current `docs/recipes-tried.md`.
 
     The history is the card's tail, from its `## Recipes tried` heading on; a card without one
     gets it appended. An export embeds the file as it stands then, so a shipped card is

@@ -5,7 +5,7 @@ The default model's curriculum was found with runs like these: one stage (or a c
 stages) with the tasks and relations narrowed, optionally continuing from a saved model,
 then held-out accuracy by task and relation (on `random_val` by default). Each run writes
 the recipe, the metrics, the model and `val.json` to `--out`; the recipes table in
-`recipes_tried.md` quotes these commands.
+`docs/recipes-tried.md` quotes these commands.
 """
 
 from __future__ import annotations
