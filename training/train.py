@@ -419,14 +419,19 @@ def run_stage(
     `head_losses` are the loss ids whose heads the run trains (default: this stage's);
     `step_offset` is the steps of the stages before (metrics' global_step, eval schedule).
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm import tqdm
 
     from .model_api import MODEL_INPUTS, collate, first_token_correct
     from .model_api import image_cache as make_cache
     from .recipes.targets import TargetBuilder, batch_targets
 
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    # A term with nothing to learn in a batch leaves its head without a gradient: DDP (several
+    # processes) must not wait for it.
+    unused = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = accelerator or Accelerator(
+        cpu=not torch.cuda.is_available(), kwargs_handlers=[unused]
+    )
     weights = stage_losses(config, stage)
     carries = config.carry_optimizer and not last
     stage_dir = Path(config.output) / stage.name
