@@ -151,7 +151,42 @@ def bench_recipe(recipe: str, data: Path | None, steps: int, threads: int, tmp: 
     step_ms = sum(median[f"ms_{p}"] for p in PHASES)
     cpu_ms = sum(median[f"cpu_ms_{p}"] for p in PHASES)
     return {"batch_size": stage.batch_size, "step_ms": step_ms, "cpu_ms": cpu_ms,
-            "samples_per_s": 1000 * stage.batch_size / step_ms, **median}  # fmt: skip
+            "samples_per_s": 1000 * stage.batch_size / step_ms, **median,
+            "gflop": step_gflop(config, stage, data), "gemm_gflops": gemm_rate()}  # fmt: skip
+
+
+def step_gflop(config, stage, data: Path) -> float:
+    """FLOPs of one forward and backward of the stage's first batch (torch's counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from vsre_ros.training.losses import Trainee, active, build_heads
+    from vsre_ros.training.model_api import MODEL_INPUTS, build_model, collate
+    from vsre_ros.training.recipes.targets import TargetBuilder, batch_targets
+    from vsre_ros.training.train import stage_items, stage_sampler, step_examples
+
+    model = build_model(config.model, config.model_overrides, config.seed)
+    model.train()
+    weights = active({**config.aux_losses, **stage.aux_losses})
+    heads = build_heads(model, list(weights))
+    trainee = Trainee(model, heads, list(weights), config.hop_layers, config.shape_weight)
+    items = stage_items(load_items(data, stage.split), stage)
+    examples = step_examples(items, stage, stage_sampler(stage, 0), 0, 0)
+    batch = collate(model, examples, image_cache(model))
+    targets = batch_targets(TargetBuilder(model), examples, batch)
+    with FlopCounterMode(display=False) as counter:
+        out = trainee({k: batch[k] for k in MODEL_INPUTS}, batch, targets, weights)
+        out.loss.backward()
+    return counter.get_total_flops() / 1e9
+
+
+def gemm_rate() -> float:
+    """This machine's fp32 matrix-multiply rate, GFLOP per CPU-second (the compute floor)."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    for _ in range(3):
+        a @ b
+    start = time.process_time()
+    for _ in range(20):
+        a @ b
+    return 20 * 2 * 1024**3 / (time.process_time() - start) / 1e9
 
 
 def print_recipe(recipe: str, figures: dict) -> None:
@@ -165,6 +200,13 @@ def print_recipe(recipe: str, figures: dict) -> None:
         wall, cpu = figures[f"ms_{phase}"], figures[f"cpu_ms_{phase}"]
         print(f"  {phase:10s} {wall:8.1f} ms wall {cpu:8.1f} ms CPU "
               f"({cpu / figures['cpu_ms']:5.1%} of the CPU)")  # fmt: skip
+    floor = 1000 * figures["gflop"] / figures["gemm_gflops"]
+    model_ms = figures["cpu_ms_forward"] + figures["cpu_ms_backward"]
+    print(
+        f"  compute: {figures['gflop']:.1f} GFLOP per step (forward and backward); GEMM rate "
+        f"{figures['gemm_gflops']:.0f} GFLOP per CPU-second, so a floor of {floor:.0f} ms CPU;"
+        f" forward and backward take {model_ms:.0f} ms CPU ({model_ms / floor:.1f}x the floor)"
+    )
 
 
 def main() -> None:
