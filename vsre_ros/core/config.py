@@ -31,6 +31,9 @@ class EncoderConfig:
     image_size: int = 0  # input side in pixels; 0 = the checkpoint's own image_size
     feature_layer: int = -1  # hidden state used: -1 last layer (VSRE), -2 penultimate (LLaVA)
     adapter_stages: int = 2  # stride-2 conv stages of a map adapter (SAM: 64->32->16 in VSRE)
+    # The checkpoint's preprocessing (encoders/preprocess.ImagePrep as a dict), filled from its
+    # preprocessor_config.json when loaded; {} squashes to a square (the tiny presets).
+    preprocess: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +80,10 @@ class ModelConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)  # stage-2 LoRA settings
     source_llava: str = ""  # LLaVA checkpoint whose CLIP tower, projector and LM are reused
     verdict_bias: float = 0.0  # added to the yes/no log-odds when answering; fitted on val
+    # Dtype of the parts loaded from checkpoints (frozen unless a stage trains them): "auto"
+    # keeps each checkpoint's own dtype, else float32 | bfloat16 | float16. Parts built at
+    # random and every trained part are float32 (master weights), on CPU and CUDA alike.
+    dtype: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -228,8 +235,13 @@ def _micro() -> ModelConfig:
     )
 
 
+# Keys of a paths file that name directories; the rest (lm_family) are plain values.
+PATH_KEYS = ("clip", "siglip", "sam", "dinov2", "lm", "llava")
+
+
 def _read_paths(paths_file: str | Path, needed: list[str]) -> dict[str, str]:
-    path = Path(paths_file)
+    """A paths YAML; a relative directory in it is relative to the file, not to the cwd."""
+    path = Path(paths_file).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"preset paths file {path} does not exist; write a YAML with keys {needed} "
@@ -241,7 +253,12 @@ def _read_paths(paths_file: str | Path, needed: list[str]) -> dict[str, str]:
     missing = [k for k in needed if not data.get(k)]
     if missing:
         raise ValueError(f"{path}: missing keys {missing}; expected {needed}")
-    return {k: str(data[k]) for k in data}
+    out = {}
+    for key, value in data.items():
+        if key in PATH_KEYS and value:
+            value = (path.parent / Path(str(value)).expanduser()).resolve()
+        out[key] = str(value)
+    return out
 
 
 @register_preset("vsre-paper")

@@ -176,26 +176,9 @@ class Engine:
     def _reset_model_state(self) -> None:
         self._features.clear()
         self._prefixes.clear()
-        words = list(self.config.yes_words) + list(self.config.no_words)
-        encoded = {w: self.model.answer_ids(w, eos=False) for w in words}
-        # Some tokenizers (sentencepiece) start every answer with the same space token; it is
-        # fed after the question, and the verdict is read at the first token that differs.
-        lead: list[int] = []
-        for column in zip(*encoded.values(), strict=False):
-            if len(set(column)) > 1:
-                break
-            lead.append(column[0])
-        if any(len(ids) <= len(lead) for ids in encoded.values()):
-            raise ValueError(f"the answer words {words} do not differ in any token")
-        self._verdict_lead = lead
-        self._yes_ids = sorted({encoded[w][len(lead)] for w in self.config.yes_words})
-        self._no_ids = sorted({encoded[w][len(lead)] for w in self.config.no_words})
-        overlap = set(self._yes_ids) & set(self._no_ids)
-        if overlap:
-            decode = self.model.tokenizer.decode
-            raise ValueError(
-                f"yes and no words share first tokens {[decode([i]) for i in overlap]}"
-            )
+        self._verdict_lead, self._yes_ids, self._no_ids = self.model.verdict_tokens(
+            self.config.yes_words, self.config.no_words
+        )
 
     def _count(self, name: str) -> None:
         with self._queue_lock:
