@@ -108,12 +108,14 @@ def collate(
     """A training batch in VSREModel.forward's format, pixels from the cache.
 
     Also returns `answer_start` (index of each row's first answer token) and, for yes/no and
-    two-option questions, `verdict_ids` [B, 2] (first tokens of the positive and negative
-    answer words) and `truth` [B] (1 positive, 0 negative, -1 not a verdict question). With
+    two-option questions, `verdict_ids` [B, 2] (the first tokens where the positive and
+    negative answer words differ, `VSREModel.verdict_tokens`), `verdict_at` [B] (the position
+    whose logits predict them) and `truth` [B] (1 positive, 0 negative, -1 not a verdict
+    question). With
     `attention_targets`, `object_targets` (see `object_attention_targets`) as well.
     """
     rows, pixels = [], []
-    verdict_ids, truth = [], []
+    verdict_ids, truth, verdict_lead = [], [], []
     for ex in examples:
         paths = ex.item.image_paths()
         pixels.extend(cache.get(p) for p in paths)
@@ -122,9 +124,12 @@ def collate(
         if words is None:
             verdict_ids.append([0, 0])
             truth.append(-1)
+            verdict_lead.append(0)
         else:
-            verdict_ids.append([model.answer_ids(w, eos=False)[0] for w in words])
+            lead, pos, neg = model.verdict_tokens([words[0]], [words[1]])
+            verdict_ids.append([pos[0], neg[0]])
             truth.append(int(bool(ex.truth)))
+            verdict_lead.append(len(lead))
     tokens = model.tokenize_rows(rows)
     device, dtype = model.device, model.dtype
     extra: dict[str, Any] = {}
@@ -138,6 +143,7 @@ def collate(
         "pixel_values": pixel_values,
         **tokens,
         "verdict_ids": torch.tensor(verdict_ids, device=device),
+        "verdict_at": tokens["answer_start"] - 1 + torch.tensor(verdict_lead, device=device),
         "truth": torch.tensor(truth, device=device),
         **extra,
     }
@@ -251,7 +257,9 @@ def verdict_loss(model: VSREModel, batch: dict[str, Any], output: Any) -> torch.
     keep = batch["truth"] >= 0
     if not bool(keep.any()):
         return output.logits.sum() * 0.0
-    first = first_token_logits(output.logits, batch)[keep]
+    rows = torch.arange(output.logits.shape[0], device=output.logits.device)
+    # At the first token where the two words differ: a shared lead ("▁") would give ln 2.
+    first = output.logits[rows, batch["verdict_at"]][keep]
     pair = first.gather(1, batch["verdict_ids"][keep])
     # Column 0 is the positive word, so the target class is 0 for a relation that holds.
     return F.cross_entropy(pair.float(), (1 - batch["truth"][keep]).long())

@@ -16,10 +16,13 @@ import torch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+# Rewrites a pickled checkpoint as safetensors in its own directory (with its own class, so
+# nothing is dropped); the tokenizer and processor files stay where they are.
 CONVERT_COMMAND = (
-    'python -c "import sys, torch; from transformers import AutoModel; '
-    "AutoModel.from_pretrained(sys.argv[1], dtype='auto', use_safetensors=False)"
-    '.save_pretrained(sys.argv[2])" {src} {src}-safetensors'
+    'python -c "import json, sys, transformers as t; '
+    "a = json.load(open(sys.argv[1] + '/config.json'))['architectures'][0]; "
+    "getattr(t, a).from_pretrained(sys.argv[1], dtype='auto', use_safetensors=False)"
+    '.save_pretrained(sys.argv[1])" {src}'
 )
 
 

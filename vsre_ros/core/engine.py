@@ -327,7 +327,27 @@ class Engine:
                 check_image(image, j)
             except ValueError as err:
                 return Answer.failure(Status.BAD_IMAGE, str(err))
-        return None
+        return self._check_context(query, kind)
+
+    def _check_context(self, query: Query, kind: AnswerKind) -> Answer | None:
+        """BAD_QUESTION, with the numbers, for a prompt longer than the LM's context."""
+        limit = self.model.max_positions
+        if limit is None:
+            return None
+        n_images = len(query.images)
+        image_tokens = n_images * self.model.num_image_tokens
+        text = len(self.model.prefix_ids(n_images)) - image_tokens
+        text += len(self.model.suffix_ids(query.question))
+        answer = len(self._verdict_lead) + 1 if kind == AnswerKind.YES_NO else 1
+        needed = image_tokens + text + answer
+        if needed <= limit:
+            return None
+        return Answer.failure(
+            Status.BAD_QUESTION,
+            f"the prompt needs {needed} tokens ({n_images} images x "
+            f"{self.model.num_image_tokens} image tokens + {text} text tokens + {answer} to "
+            f"answer), but the LM takes {limit} positions; ask about fewer images",
+        )
 
     # --------------------------------------------------------------------- model work
 
