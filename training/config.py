@@ -48,7 +48,9 @@ class TrainConfig:
     """A whole run: model, data, stages, bookkeeping."""
 
     model: str = "vsre-tiny"  # preset id or checkpoint directory to start from
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig field overrides
+    # ModelConfig field overrides, and the preset's arguments (vsre-paper: paths_file;
+    # llava-start: llava_path, extra), whose relative paths are relative to this file
+    model_overrides: dict[str, Any] = field(default_factory=dict)
     data: str = ""  # dataset directory
     data_format: str = "vsre"  # reader id (training.items.READERS)
     images: str = ""  # image folder for the vsr format
@@ -121,9 +123,17 @@ def _check_keys(cls: type, data: dict[str, Any], what: str) -> None:
 
 
 def load_config(path: str | Path) -> TrainConfig:
+    from vsre_ros.core.config import resolve_preset_paths
+
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a training config is a mapping of TrainConfig fields")
+    base = Path(path).resolve().parent
+    if isinstance(data.get("model_overrides"), dict):
+        data["model_overrides"] = resolve_preset_paths(data["model_overrides"], base)
+    model = data.get("model")
+    if isinstance(model, str) and not Path(model).is_absolute() and (base / model).exists():
+        data["model"] = str((base / model).resolve())  # a model file or directory beside it
     return TrainConfig.from_dict(data)
 
 

@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from vsre_ros.core.answers import AnswerKind, Query
-from vsre_ros.core.config import PRESETS, ModelConfig, preset_config
+from vsre_ros.core.config import (
+    PRESETS,
+    ModelConfig,
+    is_model_file,
+    preset_config,
+    read_model_file,
+)
 from vsre_ros.core.model import VSREModel
 
 from .data import Example, ImageCache, load_rgb
@@ -37,11 +43,16 @@ FREEZE_ARGS: dict[str, dict[str, Any]] = {
 
 
 def model_config(ref: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
-    """A preset's config with field overrides; nested parts (lm, lora) merge one level deep."""
+    """A preset's config with field overrides; nested parts (lm, lora) merge one level deep.
+    Keys that are not ModelConfig fields are the preset's arguments (paths_file, llava_path)."""
     if ref not in PRESETS:
         raise ValueError(f"unknown preset {ref!r}; known presets: {sorted(PRESETS)}")
-    data = preset_config(ref).to_dict()
-    for key, value in (overrides or {}).items():
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    overrides = overrides or {}
+    data = preset_config(ref, **{k: v for k, v in overrides.items() if k not in fields}).to_dict()
+    for key, value in overrides.items():
+        if key not in fields:
+            continue
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}
         else:
@@ -64,6 +75,9 @@ def build_model(ref: str | Path, overrides: dict[str, Any] | None = None, seed: 
         if overrides:
             raise ValueError(f"model overrides {sorted(overrides)} apply to presets, not {path}")
         return VSREModel.from_pretrained(path)
+    if is_model_file(path):  # a preset with its arguments (paths_file, llava_path)
+        ref, args = read_model_file(path)
+        overrides = {**args, **(overrides or {})}
     torch.manual_seed(seed)
     return VSREModel(model_config(str(ref), overrides))
 

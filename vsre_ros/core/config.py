@@ -118,6 +118,9 @@ class EngineConfig:
     max_images: int = 8  # more images in one query are refused as BAD_IMAGE
     yes_words: list[str] = field(default_factory=lambda: ["yes", "true"])  # verdict words
     no_words: list[str] = field(default_factory=lambda: ["no", "false"])  # negative words
+    # Arguments of a preset model id (vsre-paper: paths_file; llava-start: llava_path, extra);
+    # ignored when the model is a saved directory.
+    preset_args: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +314,61 @@ def _llava(llava_path: str | Path = "", extra: str | Path = "") -> ModelConfig:
         tokenizer="lm",
         source_llava=str(llava_path),
     )
+
+
+# Preset arguments that name files or directories: resolved relative to the file naming them.
+PRESET_PATH_ARGS = ("paths_file", "llava_path", "extra")
+
+
+def parse_preset_args(items: list[str]) -> dict[str, str]:
+    """["KEY=VALUE", ...] (the command line's and ROS parameters' form) -> {KEY: VALUE}."""
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"preset argument {item!r} is not KEY=VALUE (e.g. paths_file=p.yaml)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def resolve_preset_paths(args: dict[str, Any], base: str | Path) -> dict[str, Any]:
+    """The arguments with relative file/directory values (PRESET_PATH_ARGS) made relative to
+    `base`, the directory of the file that names them."""
+    out = dict(args)
+    for key in PRESET_PATH_ARGS:
+        if out.get(key):
+            value = Path(str(out[key])).expanduser()
+            out[key] = str(value if value.is_absolute() else (Path(base) / value).resolve())
+    return out
+
+
+MODEL_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+def is_model_file(ref: str | Path) -> bool:
+    """Whether a model reference is a model file (a preset id with its arguments)."""
+    path = Path(str(ref))
+    return path.suffix in MODEL_FILE_SUFFIXES and path.is_file()
+
+
+def read_model_file(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """A model file -> (preset id, preset arguments), paths relative to the file.
+
+    A model file lets every entry point that takes a model reference (`vsre ask --model`,
+    the server's `model` parameter, a training config's `model`) name a preset with its
+    arguments, e.g. `{preset: vsre-paper, paths_file: vsre-paper-paths.yaml}`.
+    """
+    path = Path(path)
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not data.get("preset"):
+        raise ValueError(
+            f"{path}: a model file is a mapping with 'preset' (one of {sorted(PRESETS)}) and "
+            "the preset's arguments, e.g. {preset: vsre-paper, paths_file: paths.yaml}"
+        )
+    preset = str(data.pop("preset"))
+    if preset not in PRESETS:
+        raise ValueError(f"{path}: unknown preset {preset!r}; known presets: {sorted(PRESETS)}")
+    return preset, resolve_preset_paths(data, path.resolve().parent)
 
 
 def preset_config(preset_id: str, **overrides: Any) -> ModelConfig:

@@ -33,7 +33,7 @@ import torch
 from transformers import DynamicCache
 
 from vsre_ros.core.answers import Answer, AnswerKind, Query, Status, parse_number
-from vsre_ros.core.config import PRESETS, EngineConfig
+from vsre_ros.core.config import PRESETS, EngineConfig, is_model_file, read_model_file
 from vsre_ros.core.model import VSREModel, check_image
 from vsre_ros.core.prompts import IMAGE
 from vsre_ros.core.templates import TEMPLATES
@@ -66,8 +66,11 @@ def resolve_device(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
-def load_model(ref: VSREModel | str | Path) -> VSREModel:
-    """A model from itself, a saved directory, or a preset id.
+def load_model(
+    ref: VSREModel | str | Path, preset_args: dict[str, str] | None = None
+) -> VSREModel:
+    """A model from itself, a saved directory, a preset id (built with `preset_args`) or a
+    model file (a YAML naming a preset and its arguments, `config.read_model_file`).
 
     A preset id builds that preset's config with random weights; the package's trained weights
     for a preset are a directory (`vsre_ros.ros.engines.resolve_model_ref` maps an id to them,
@@ -79,7 +82,10 @@ def load_model(ref: VSREModel | str | Path) -> VSREModel:
     if path.is_dir():
         return VSREModel.from_pretrained(path)
     if str(ref) in PRESETS:
-        return VSREModel.from_preset(str(ref))
+        return VSREModel.from_preset(str(ref), **(preset_args or {}))
+    if is_model_file(ref):
+        preset, args = read_model_file(ref)
+        return VSREModel.from_preset(preset, **{**args, **(preset_args or {})})
     raise ValueError(
         f"model {str(ref)!r} is neither a directory nor a preset id; known presets: "
         f"{sorted(PRESETS)}"
@@ -146,7 +152,7 @@ class Engine:
 
     def load(self, model_ref: VSREModel | str | Path, adapter: str | Path | None = None) -> None:
         """Switch to another model (object, directory or preset id), optionally with LoRA."""
-        model = load_model(model_ref)
+        model = load_model(model_ref, self.config.preset_args)
         model.to(device=self.device, dtype=self.dtype)
         with self._run_lock:
             self.model = model
