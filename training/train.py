@@ -182,10 +182,12 @@ def load_checkpoint(path: Path, model, optimizer) -> int:
 
 
 def save_final(stage_dir: Path, model) -> Path:
-    """save_pretrained into a temporary directory, then rename it to final/."""
+    """save_pretrained into a temporary directory, then rename it to final/. Only what the
+    stages built or trained is written; the frozen base stays in its checkpoint directories
+    (`vsre export` writes a standalone copy)."""
     final = stage_dir / FINAL
     tmp = Path(tempfile.mkdtemp(dir=stage_dir, prefix=".final-"))
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, standalone=False)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

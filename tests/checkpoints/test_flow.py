@@ -132,6 +132,18 @@ def test_train_two_stages_save_reload_and_serve(flow, capsys, tmp_path):
     with torch.no_grad():
         assert torch.equal(again(**{k: batch[k] for k in INPUTS}).logits, before)
 
+    # A stage's output holds what it trained (projectors; LoRA beside), not the frozen base.
+    trained = sum(p.numel() * 4 for p in tuned.fusion.parameters())
+    assert (stage2 / "model.safetensors").stat().st_size < 1.1 * trained + 65536
+    assert (
+        main(["export", "--model", str(stage2), "--out", str(tmp_path / "merged"), "--merge"]) == 0
+    )
+    merged = VSREModel.from_pretrained(tmp_path / "merged").eval()
+    assert not merged.has_lora and not merged.source_parts()  # standalone
+    with torch.no_grad():
+        got = merged(**{k: batch[k] for k in INPUTS}).logits
+    assert torch.allclose(got.float(), before.float(), atol=2e-2)  # merged in fp16
+
     engine = Engine(str(stage2), EngineConfig(device="cpu", threads=1))
     (answer,) = engine.answer([Query("Is the cup left of the box?", example["images"])])
     assert answer.status == Status.OK and answer.verdict in (True, False)

@@ -94,6 +94,9 @@ class VSREModel(nn.Module):
             raise ValueError(f"each encoder family may appear once, got {families}")
         self.config = copy.deepcopy(config)
         self._base_verdict_bias: float | None = None  # set while an adapter is loaded
+        # Parts read from a checkpoint directory that a stage has since trained (so a
+        # save without them would lose the training): state-dict prefixes.
+        self._touched: set[str] = set()
         self.prompt = prompt_format(config.prompt)
         llava = _load_llava(config.source_llava, config.dtype) if config.source_llava else None
 
@@ -224,13 +227,43 @@ class VSREModel(nn.Module):
 
     # ------------------------------------------------------------------------- save / load
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config, weights, tokenizer and (if attached) the LoRA adapter to `directory`."""
+    def source_parts(self) -> dict[str, str]:
+        """Parts still exactly as read from a checkpoint directory: {state-dict prefix: dir}."""
+        out = {}
+        for ecfg in self.config.encoders:
+            if ecfg.path:
+                out[f"encoders.{ecfg.family}."] = ecfg.path
+            elif self.config.source_llava and ecfg.family == "clip" and not ecfg.hf_config:
+                out["encoders.clip."] = self.config.source_llava
+        if self.config.lm.path or self.config.source_llava:
+            out["lm."] = self.config.lm.path or self.config.source_llava
+        return {k: v for k, v in out.items() if k not in self._touched}
+
+    def save_pretrained(self, directory: str | Path, standalone: bool = True) -> Path:
+        """Write config, weights, tokenizer and (if attached) the LoRA adapter to `directory`.
+
+        `standalone=False` (what a training stage writes) leaves out the parts still exactly
+        as read from their checkpoint directories (`source_parts`): the config keeps those
+        directories as the frozen base, and the weights file holds only what was built or
+        trained here (projectors, object tokens, trained encoders; the LoRA adapter beside).
+        A model without such parts is saved whole either way.
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        payload = {"format": FORMAT, "config": self.resolved_config().to_dict()}
+        sources = {} if standalone else self.source_parts()
+        if sources:
+            config = copy.deepcopy(self.config)
+            config.tokenizer_corpus = ""  # the saved tokenizer is read back, not retrained
+            payload = {
+                "format": FORMAT,
+                "config": config.to_dict(),
+                "base": sources,
+                "touched": sorted(self._touched),
+            }
+        else:
+            payload = {"format": FORMAT, "config": self.resolved_config().to_dict()}
         (out / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
-        self.save_weights(out / WEIGHTS_FILE)
+        self.save_weights(out / WEIGHTS_FILE, skip=tuple(sources))
         self.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
         if self.has_lora:
             # The resized embedding rows are base weights (saved above), not the adapter's.
@@ -263,6 +296,13 @@ class VSREModel(nn.Module):
         if not tok_dir.is_dir():
             raise ModelLoadError(f"tokenizer directory {tok_dir} is missing")
         tokenizer = _load_tokenizer(tok_dir)
+        if payload.get("base"):  # a stage's output: the frozen base from its directories
+            model = cls(config, tokenizer=tokenizer)
+            model._touched = set(payload.get("touched", []))
+            model._assign_weights(root / WEIGHTS_FILE, skip=tuple(model.source_parts()))
+            if (root / ADAPTER_DIR).is_dir():
+                model.load_adapter(root / ADAPTER_DIR)
+            return model
         from accelerate import init_empty_weights
 
         # Built without memory for its parameters (the meta device), then the file's tensors
@@ -274,12 +314,15 @@ class VSREModel(nn.Module):
             model.load_adapter(root / ADAPTER_DIR)
         return model
 
-    def _assign_weights(self, path: Path) -> None:
-        """Make the tensors of safetensors file `path` this (meta) model's weights, checked."""
+    def _assign_weights(self, path: Path, skip: tuple[str, ...] = ()) -> None:
+        """Make the tensors of safetensors file `path` this model's weights, checked; names
+        starting with a `skip` prefix are already loaded (from their checkpoints)."""
         if not path.is_file():
             raise ModelLoadError(f"weights file {path} is missing")
         self._retie()  # ties made while building on meta are lost (new meta parameters)
-        expected = self.state_dict()
+        expected = {
+            k: v for k, v in self.state_dict().items() if not skip or not k.startswith(skip)
+        }
         aliases = _tied_aliases(self)
         try:
             with safe_open(str(path), framework="pt") as handle:
@@ -313,10 +356,11 @@ class VSREModel(nn.Module):
         if getattr(self.base_lm().config, "tie_word_embeddings", False):
             self.base_lm().tie_weights()
 
-    def save_weights(self, path: str | Path) -> None:
+    def save_weights(self, path: str | Path, skip: tuple[str, ...] = ()) -> None:
         """Write the base weights (tied tensors once) as the safetensors file `load_weights`
-        reads."""
+        reads; names starting with a `skip` prefix are left out."""
         state = _unique_tensors(self.base_state_dict())
+        state = {k: v for k, v in state.items() if not k.startswith(skip) or not skip}
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
 
     def load_weights(self, path: str | Path) -> None:
@@ -440,7 +484,10 @@ class VSREModel(nn.Module):
             self.objects.requires_grad_(True)
         if stage == 0 or encoders:
             self.encoders.requires_grad_(True)
+        if stage == 0 or encoders:
+            self._touched |= {f"encoders.{name}." for name in self.encoders}
         if lm_mode == "full":
+            self._touched.add("lm.")
             self.lm.requires_grad_(True)
         elif lm_mode == "lora":
             for name, param in self.lm.named_parameters():
