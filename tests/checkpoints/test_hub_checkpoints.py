@@ -204,3 +204,13 @@ def test_preset_rejects_a_paths_file_without_the_lm(hub, tmp_path):
     bad.write_text(yaml.safe_dump(data))
     with pytest.raises(ValueError, match="missing keys \\['lm'\\]"):
         preset_config("vsre-paper", paths_file=str(bad))
+
+
+def test_sentencepiece_only_tokenizer_names_the_missing_packages(hub, monkeypatch):
+    from vsre_ros.core import model as model_module
+
+    monkeypatch.setattr(model_module, "_importable", lambda name: name != "sentencepiece")
+    with pytest.raises(ValueError, match="tokenizer.model only; reading it needs sentencepiece"):
+        model_module._load_tokenizer(hub["vicuna"])
+    monkeypatch.undo()
+    assert len(model_module._load_tokenizer(hub["vicuna"])) == SP_VOCAB

@@ -804,10 +804,29 @@ def _lm_family(lm: nn.Module) -> str:
 
 
 def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    if (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file():
+        # Only a sentencepiece model (Vicuna's layout): converting it needs both packages,
+        # and transformers' own message for their absence names another one (tiktoken).
+        absent = [m for m in ("sentencepiece", "google.protobuf") if not _importable(m)]
+        if absent:
+            raise ModelLoadError(
+                f"tokenizer in {path} is a sentencepiece tokenizer.model only; reading it "
+                f"needs {' and '.join(absent)} (pip install sentencepiece protobuf, both in "
+                "requirements.txt)"
+            )
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as err:  # transformers raises OSError/ValueError/KeyError variants
         raise ModelLoadError(f"tokenizer in {path} does not load: {err}") from None
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def _load_llava(path: str, dtype: str = "auto") -> nn.Module:
