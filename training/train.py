@@ -408,6 +408,7 @@ def run_stage(
         for old in stage_dir.glob("checkpoint-*"):
             shutil.rmtree(old, ignore_errors=True)
         (stage_dir / LATEST).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()  # the next stage, in every process, starts from final/
     return StageResult(stage.name, final, stage.steps - start, loss_value, this_run)
 
 

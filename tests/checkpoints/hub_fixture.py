@@ -17,8 +17,10 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
+from PIL import Image
 from tokenizers import normalizers
 from transformers import (
     AutoTokenizer,
@@ -242,3 +244,35 @@ def build_hub(root: str | Path) -> dict[str, Path]:
     out["extra_paths"] = root / "configs" / "llava-extra.yaml"
     out["extra_paths"].write_text(yaml.safe_dump({k: paper[k] for k in ("siglip", "dinov2")}))
     return out
+
+
+def write_dataset(root: Path, n: int = 8) -> Path:
+    """A vsre-dataset/1 dataset of n yes/no questions on random frames (a training smoke set)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for k in range(n):
+        name = f"images/{k}.png"
+        pixels = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / name)
+        label = k % 2
+        rows.append(
+            {
+                "id": f"t{k}",
+                "image": name,
+                "images": [name],
+                "label": label,
+                "relation": "left of",
+                "subj": "cup",
+                "obj": "box",
+                "question": "Is the cup left of the box?",
+                "answer": "yes" if label else "no",
+                "answer_kind": "yes_no",
+                "task": "relation",
+                "source": "sim",
+            }
+        )
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta = {"schema": "vsre-dataset/1", "counts": {"train": n}, "splits": {"train": "train.jsonl"}}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root

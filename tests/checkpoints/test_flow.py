@@ -5,12 +5,11 @@ training config, each with paths relative to the file that names them."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import yaml
+from hub_fixture import write_dataset
 from PIL import Image
 
 from vsre_ros.cli import main
@@ -22,36 +21,6 @@ from vsre_ros.core.model import VSREModel
 INPUTS = ("pixel_values", "input_ids", "attention_mask")
 
 
-def _dataset(root, n: int = 8) -> None:
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for k in range(n):
-        name = f"images/{k}.png"
-        pixels = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / name)
-        label = k % 2
-        rows.append(
-            {
-                "id": f"t{k}",
-                "image": name,
-                "images": [name],
-                "label": label,
-                "relation": "left of",
-                "subj": "cup",
-                "obj": "box",
-                "question": "Is the cup left of the box?",
-                "answer": "yes" if label else "no",
-                "answer_kind": "yes_no",
-                "task": "relation",
-                "source": "sim",
-            }
-        )
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    meta = {"schema": "vsre-dataset/1", "counts": {"train": n}, "splits": {"train": "train.jsonl"}}
-    (root / "dataset.json").write_text(json.dumps(meta))
-
-
 @pytest.fixture(scope="module")
 def flow(hub, tmp_path_factory):
     """Files a user writes: a model file, a training config (relative paths) and data."""
@@ -61,7 +30,7 @@ def flow(hub, tmp_path_factory):
         yaml.safe_dump({"preset": "vsre-paper", "paths_file": "vsre-paper-paths.yaml"})
     )
     root = tmp_path_factory.mktemp("flow")
-    _dataset(root / "data")
+    write_dataset(root / "data")
     stage = {"steps": 2, "batch_size": 2, "warmup_steps": 0}
     train = {
         "model": "vsre-paper",
