@@ -97,6 +97,7 @@ def preprocess_signature(model: VSREModel) -> str:
     """What the preprocessed pixels depend on: each encoder's size and normalisation, dtype."""
     parts = [
         f"{name}:{enc.image_size}:{enc.mean.flatten().tolist()}:{enc.std.flatten().tolist()}"
+        + (f":{sorted(enc.prep.to_dict().items())}" if enc.prep is not None else "")
         for name, enc in model.encoders.items()
     ]
     return "|".join(parts) + f"|{model.dtype}"

@@ -92,8 +92,9 @@ class VisionEncoder(nn.Module):
         side = self.image_size // self.patch_size
         self.grid = (side, side)
         self.embed_dim = int(cfg.output_channels if spec.prefix_tokens < 0 else cfg.hidden_size)
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        mean, std = (prep.mean, prep.std) if prep is not None else (spec.mean, spec.std)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def num_tokens(self) -> int:
