@@ -42,7 +42,10 @@ def check(args: argparse.Namespace) -> dict[str, float]:
     from vsre_ros.core.config import EngineConfig
     from vsre_ros.core.engine import Engine, load_model
 
-    preset_args = {"paths_file": args.paths_file} if args.paths_file else {}
+    # The frozen parts load straight in the dtype asked for (no fp16 copy on the way).
+    preset_args = {"dtype": args.dtype}
+    if args.paths_file:
+        preset_args["paths_file"] = args.paths_file
     t0 = time.perf_counter()
     model = load_model(args.model, preset_args)
     config = EngineConfig(device=args.device, dtype=args.dtype, threads=args.threads)

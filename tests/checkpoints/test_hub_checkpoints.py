@@ -214,3 +214,16 @@ def test_sentencepiece_only_tokenizer_names_the_missing_packages(hub, monkeypatc
         model_module._load_tokenizer(hub["vicuna"])
     monkeypatch.undo()
     assert len(model_module._load_tokenizer(hub["vicuna"])) == SP_VOCAB
+
+
+def test_a_requested_dtype_loads_the_frozen_parts_in_it(hub, rng):
+    model = VSREModel.from_preset(
+        "vsre-paper", paths_file=str(hub["paper_paths"]), dtype="bfloat16"
+    )
+    assert {e.dtype for e in model.encoders.values()} == {torch.bfloat16}
+    assert model.dtype == torch.bfloat16
+    assert next(model.fusion.parameters()).dtype == torch.float32
+    batch = model.build_batch([_example(rng)])
+    assert torch.isfinite(_logits(model, batch).float()).all()
+    with pytest.raises(ValueError, match="unknown dtype 'half'"):
+        VSREModel.from_preset("vsre-paper", paths_file=str(hub["paper_paths"]), dtype="half")
