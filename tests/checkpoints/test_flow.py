@@ -62,8 +62,9 @@ def test_ask_takes_a_model_file_and_preset_args(hub, flow, capsys, monkeypatch, 
     image = str(flow["root"] / "frame.png")
     question = "Is the cup left of the box?"
     assert main(["ask", "--model", str(flow["model_file"]), "--image", image, question]) == 0
-    by_file = capsys.readouterr().out
-    assert by_file.split()[0] in ("yes", "no") and "p=" in by_file
+    by_file = capsys.readouterr()
+    assert by_file.out.split()[0] in ("yes", "no") and "p=" in by_file.out
+    assert "projectors are RANDOM" in by_file.err
     args = ["ask", "--model", "vsre-paper", "--preset-arg", f"paths_file={hub['paper_paths']}"]
     assert main([*args, "--image", image, question]) == 0
     assert capsys.readouterr().out.split()[0] in ("yes", "no")

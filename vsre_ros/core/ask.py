@@ -67,7 +67,7 @@ def _read_image(path: str) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     from vsre_ros.core.answers import AnswerKind, Query, Status
-    from vsre_ros.core.config import PRESETS, EngineConfig, parse_preset_args
+    from vsre_ros.core.config import PRESETS, EngineConfig, is_model_file, parse_preset_args
     from vsre_ros.core.engine import Engine
 
     model_ref = args.model or str(DEFAULT_MODEL)
@@ -81,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
                 "weights, so its answers are meaningless",
                 file=sys.stderr,
             )
+    if is_model_file(args.model):
+        print(
+            f"vsre ask: {args.model} builds a preset: its projectors are RANDOM until a "
+            "training stage tunes them (`vsre train`), so its answers are meaningless",
+            file=sys.stderr,
+        )
     if not args.model and not DEFAULT_MODEL.is_dir():
         print(
             f"vsre ask: no default model at {DEFAULT_MODEL} (it is written by training); "
