@@ -68,7 +68,11 @@ class TrainConfig:
     """A whole run: model, data, stages, bookkeeping."""
 
     model: str = _f("vsre-tiny", "preset id or checkpoint directory to start from")
-    model_overrides: dict[str, Any] = _f({}, "ModelConfig field overrides")
+    model_overrides: dict[str, Any] = _f(
+        {},
+        "ModelConfig field overrides, and the preset's arguments (vsre-paper: paths_file; "
+        "llava-start: llava_path, extra), whose relative paths are relative to the config file",
+    )
     data: str = _f("", "dataset directory")
     data_format: str = _f("vsre", "dataset reader id (training.items.READERS): vsre, vsr")
     images: str = _f("", "image folder for the vsr format")
@@ -216,9 +220,17 @@ def _check_keys(cls: type, data: dict[str, Any], what: str) -> None:
 
 
 def load_config(path: str | Path) -> TrainConfig:
+    from vsre_ros.core.config import resolve_preset_paths
+
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a training config is a mapping of TrainConfig fields")
+    base = Path(path).resolve().parent
+    if isinstance(data.get("model_overrides"), dict):
+        data["model_overrides"] = resolve_preset_paths(data["model_overrides"], base)
+    model = data.get("model")
+    if isinstance(model, str) and not Path(model).is_absolute() and (base / model).exists():
+        data["model"] = str((base / model).resolve())  # a model file or directory beside it
     return TrainConfig.from_dict(data)
 
 

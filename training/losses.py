@@ -23,7 +23,7 @@ from torch import nn
 
 from vsre_ros.core.model import VSREModel
 
-from .model_api import first_token_logits, image_token_norm, verdict_loss
+from .model_api import image_token_norm, verdict_loss
 from .recipes.targets import (
     POSE_SIZE,
     BankProbe,
@@ -134,7 +134,8 @@ def consistency_loss(ctx: StepContext):
     if truth.shape[0] < 2:
         return None
     rows = torch.arange(truth.shape[0] // 2 * 2, device=truth.device)
-    first = first_token_logits(ctx.output.logits, ctx.batch)[rows]
+    # At the first token where the two words differ (`verdict_at`), as the verdict loss reads.
+    first = ctx.output.logits[rows, ctx.batch["verdict_at"][rows]]
     pair = first.gather(1, ctx.batch["verdict_ids"][rows]).float().log_softmax(-1)
     a, b = pair[0::2], pair[1::2]
     keep = (truth[rows][0::2] >= 0) & (truth[rows][1::2] >= 0)

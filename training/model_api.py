@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from vsre_ros.core.answers import AnswerKind, Query
-from vsre_ros.core.config import PRESETS, ModelConfig, preset_config
+from vsre_ros.core.config import (
+    PRESETS,
+    ModelConfig,
+    is_model_file,
+    preset_config,
+    read_model_file,
+)
 from vsre_ros.core.model import VSREModel
 
 from .data import Example, ImageCache, load_rgb
@@ -37,11 +43,16 @@ FREEZE_ARGS: dict[str, dict[str, Any]] = {
 
 
 def model_config(ref: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
-    """A preset's config with field overrides; nested parts (lm, lora) merge one level deep."""
+    """A preset's config with field overrides; nested parts (lm, lora) merge one level deep.
+    Keys that are not ModelConfig fields are the preset's arguments (paths_file, llava_path)."""
     if ref not in PRESETS:
         raise ValueError(f"unknown preset {ref!r}; known presets: {sorted(PRESETS)}")
-    data = preset_config(ref).to_dict()
-    for key, value in (overrides or {}).items():
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    overrides = overrides or {}
+    data = preset_config(ref, **{k: v for k, v in overrides.items() if k not in fields}).to_dict()
+    for key, value in overrides.items():
+        if key not in fields:
+            continue
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}
         else:
@@ -64,6 +75,9 @@ def build_model(ref: str | Path, overrides: dict[str, Any] | None = None, seed: 
         if overrides:
             raise ValueError(f"model overrides {sorted(overrides)} apply to presets, not {path}")
         return VSREModel.from_pretrained(path)
+    if is_model_file(path):  # a preset with its arguments (paths_file, llava_path)
+        ref, args = read_model_file(path)
+        overrides = {**args, **(overrides or {})}
     torch.manual_seed(seed)
     return VSREModel(model_config(str(ref), overrides))
 
@@ -83,6 +97,7 @@ def preprocess_signature(model: VSREModel) -> str:
     """What the preprocessed pixels depend on: each encoder's size and normalisation, dtype."""
     parts = [
         f"{name}:{enc.image_size}:{enc.mean.flatten().tolist()}:{enc.std.flatten().tolist()}"
+        + (f":{sorted(enc.prep.to_dict().items())}" if enc.prep is not None else "")
         for name, enc in model.encoders.items()
     ]
     return "|".join(parts) + f"|{model.dtype}"
@@ -107,11 +122,13 @@ def collate(
     """A training batch in VSREModel.forward's format, pixels from the cache.
 
     Also returns `answer_start` (index of each row's first answer token) and, for yes/no and
-    two-option questions, `verdict_ids` [B, 2] (first tokens of the positive and negative
-    answer words) and `truth` [B] (1 positive, 0 negative, -1 not a verdict question).
+    two-option questions, `verdict_ids` [B, 2] (the first tokens where the positive and
+    negative answer words differ, `VSREModel.verdict_tokens`), `verdict_at` [B] (the position
+    whose logits predict them) and `truth` [B] (1 positive, 0 negative, -1 not a verdict
+    question).
     """
     rows, pixels = [], []
-    verdict_ids, truth = [], []
+    verdict_ids, truth, verdict_lead = [], [], []
     for ex in examples:
         paths = ex.item.image_paths()
         pixels.extend(cache.get(p) for p in paths)
@@ -120,9 +137,12 @@ def collate(
         if words is None:
             verdict_ids.append([0, 0])
             truth.append(-1)
+            verdict_lead.append(0)
         else:
-            verdict_ids.append([model.answer_ids(w, eos=False)[0] for w in words])
+            lead, pos, neg = model.verdict_tokens([words[0]], [words[1]])
+            verdict_ids.append([pos[0], neg[0]])
             truth.append(int(bool(ex.truth)))
+            verdict_lead.append(len(lead))
     tokens = model.tokenize_rows(rows)
     device, dtype = model.device, model.dtype
     pixel_values = {
@@ -133,6 +153,7 @@ def collate(
         "pixel_values": pixel_values,
         **tokens,
         "verdict_ids": torch.tensor(verdict_ids, device=device),
+        "verdict_at": tokens["answer_start"] - 1 + torch.tensor(verdict_lead, device=device),
         "truth": torch.tensor(truth, device=device),
     }
 
@@ -169,7 +190,9 @@ def verdict_loss(model: VSREModel, batch: dict[str, Any], output: Any) -> torch.
     keep = batch["truth"] >= 0
     if not bool(keep.any()):
         return output.logits.sum() * 0.0
-    first = first_token_logits(output.logits, batch)[keep]
+    rows = torch.arange(output.logits.shape[0], device=output.logits.device)
+    # At the first token where the two words differ: a shared lead ("▁") would give ln 2.
+    first = output.logits[rows, batch["verdict_at"]][keep]
     pair = first.gather(1, batch["verdict_ids"][keep])
     # Column 0 is the positive word, so the target class is 0 for a relation that holds.
     return F.cross_entropy(pair.float(), (1 - batch["truth"][keep]).long())

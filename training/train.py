@@ -221,10 +221,11 @@ def load_checkpoint(path: Path, trainee, optimizer, average=None) -> int:
 
 def save_final(stage_dir: Path, model, extra: Callable[[Path], None] | None = None) -> Path:
     """save_pretrained into a temporary directory (plus what `extra` writes there), then
-    rename it to final/."""
+    rename it to final/. Only what the stages built or trained is written; the frozen base
+    stays in its checkpoint directories (`vsre export` writes a standalone copy)."""
     final = stage_dir / FINAL
     tmp = Path(tempfile.mkdtemp(dir=stage_dir, prefix=".final-"))
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, standalone=False)
     if extra is not None:
         extra(tmp)
     if final.exists():
@@ -558,6 +559,7 @@ def run_stage(
         for old in stage_dir.glob("checkpoint-*"):
             shutil.rmtree(old, ignore_errors=True)
         (stage_dir / LATEST).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()  # the next stage, in every process, starts from final/
     if not carries:
         trainee.remove_hooks()
     result = StageResult(stage.name, final, stage.steps - start, loss_value, this_run)

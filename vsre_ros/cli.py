@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("vsre_ros.sim_data.cli", "generate a simulated spatial-QA dataset"),
     "ask": ("vsre_ros.core.ask", "answer one question about image files, without ROS"),
     "train": ("vsre_ros.training.train", "two-stage tuning (stage 1, stage 2, or both)"),
+    "export": ("vsre_ros.core.export", "write a model as one standalone directory"),
     "train-default": (
         "vsre_ros.training.default_model",
         "reproduce the embedded default model (vsre-tiny) from nothing, seeded",

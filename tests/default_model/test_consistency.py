@@ -44,6 +44,7 @@ def _context(logits: torch.Tensor, truth: list[int]):
         "truth": torch.tensor(truth),
         "verdict_ids": torch.tensor([[0, 1]] * n),
         "answer_start": torch.full((n,), 1),
+        "verdict_at": torch.zeros(n, dtype=torch.long),
         "labels": torch.zeros(n, 2, dtype=torch.long),
     }
     full = torch.zeros(n, 2, 2)

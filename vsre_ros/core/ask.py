@@ -43,6 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--option", action="append", default=[], help="an option of a choice question"
     )
+    parser.add_argument(
+        "--preset-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="argument of a preset --model: paths_file=FILE (vsre-paper), llava_path=DIR and "
+        "extra=FILE (llava-start); repeat for several",
+    )
     parser.add_argument("--adapter", default="", help="LoRA adapter directory to load")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
@@ -59,7 +67,7 @@ def _read_image(path: str) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     from vsre_ros.core.answers import AnswerKind, Query, Status
-    from vsre_ros.core.config import PRESETS, EngineConfig
+    from vsre_ros.core.config import PRESETS, EngineConfig, is_model_file, parse_preset_args
     from vsre_ros.core.engine import Engine
 
     model_ref = args.model or str(DEFAULT_MODEL)
@@ -73,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
                 "weights, so its answers are meaningless",
                 file=sys.stderr,
             )
+    if is_model_file(args.model):
+        print(
+            f"vsre ask: {args.model} builds a preset: its projectors are RANDOM until a "
+            "training stage tunes them (`vsre train`), so its answers are meaningless",
+            file=sys.stderr,
+        )
     if not args.model and not DEFAULT_MODEL.is_dir():
         print(
             f"vsre ask: no default model at {DEFAULT_MODEL} (it is written by training); "
@@ -88,10 +102,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"vsre ask: cannot read image {path}: {err}", file=sys.stderr)
             return 2
     try:
-        engine = Engine(
-            model_ref,
-            EngineConfig(device=args.device, dtype=args.dtype, threads=args.threads),
+        config = EngineConfig(
+            device=args.device,
+            dtype=args.dtype,
+            threads=args.threads,
+            preset_args=parse_preset_args(args.preset_arg),
         )
+        engine = Engine(model_ref, config)
         if args.adapter:
             engine.load_adapter(args.adapter)
     except (ValueError, OSError) as err:

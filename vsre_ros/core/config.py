@@ -31,6 +31,9 @@ class EncoderConfig:
     image_size: int = 0  # input side in pixels; 0 = the checkpoint's own image_size
     feature_layer: int = -1  # hidden state used: -1 last layer (VSRE), -2 penultimate (LLaVA)
     adapter_stages: int = 2  # stride-2 conv stages of a map adapter (SAM: 64->32->16 in VSRE)
+    # The checkpoint's preprocessing (encoders/preprocess.ImagePrep as a dict), filled from its
+    # preprocessor_config.json when loaded; {} squashes to a square (the tiny presets).
+    preprocess: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +80,10 @@ class ModelConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)  # stage-2 LoRA settings
     source_llava: str = ""  # LLaVA checkpoint whose CLIP tower, projector and LM are reused
     verdict_bias: float = 0.0  # added to the yes/no log-odds when answering; fitted on val
+    # Dtype of the parts loaded from checkpoints (frozen unless a stage trains them): "auto"
+    # keeps each checkpoint's own dtype, else float32 | bfloat16 | float16. Parts built at
+    # random and every trained part are float32 (master weights), on CPU and CUDA alike.
+    dtype: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,6 +116,9 @@ class EngineConfig:
     max_new_tokens: int = 16  # greedy decoding limit for numbers and free text
     max_question_chars: int = 2000  # longer questions are refused as BAD_QUESTION
     max_images: int = 8  # more images in one query are refused as BAD_IMAGE
+    # Arguments of a preset model id (vsre-paper: paths_file; llava-start: llava_path, extra);
+    # ignored when the model is a saved directory.
+    preset_args: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,8 +236,13 @@ def _micro() -> ModelConfig:
     )
 
 
+# Keys of a paths file that name directories; the rest (lm_family) are plain values.
+PATH_KEYS = ("clip", "siglip", "sam", "dinov2", "lm", "llava")
+
+
 def _read_paths(paths_file: str | Path, needed: list[str]) -> dict[str, str]:
-    path = Path(paths_file)
+    """A paths YAML; a relative directory in it is relative to the file, not to the cwd."""
+    path = Path(paths_file).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"preset paths file {path} does not exist; write a YAML with keys {needed} "
@@ -239,7 +254,12 @@ def _read_paths(paths_file: str | Path, needed: list[str]) -> dict[str, str]:
     missing = [k for k in needed if not data.get(k)]
     if missing:
         raise ValueError(f"{path}: missing keys {missing}; expected {needed}")
-    return {k: str(data[k]) for k in data}
+    out = {}
+    for key, value in data.items():
+        if key in PATH_KEYS and value:
+            value = (path.parent / Path(str(value)).expanduser()).resolve()
+        out[key] = str(value)
+    return out
 
 
 @register_preset("vsre-paper")
@@ -292,6 +312,61 @@ def _llava(llava_path: str | Path = "", extra: str | Path = "") -> ModelConfig:
         tokenizer="lm",
         source_llava=str(llava_path),
     )
+
+
+# Preset arguments that name files or directories: resolved relative to the file naming them.
+PRESET_PATH_ARGS = ("paths_file", "llava_path", "extra")
+
+
+def parse_preset_args(items: list[str]) -> dict[str, str]:
+    """["KEY=VALUE", ...] (the command line's and ROS parameters' form) -> {KEY: VALUE}."""
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"preset argument {item!r} is not KEY=VALUE (e.g. paths_file=p.yaml)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def resolve_preset_paths(args: dict[str, Any], base: str | Path) -> dict[str, Any]:
+    """The arguments with relative file/directory values (PRESET_PATH_ARGS) made relative to
+    `base`, the directory of the file that names them."""
+    out = dict(args)
+    for key in PRESET_PATH_ARGS:
+        if out.get(key):
+            value = Path(str(out[key])).expanduser()
+            out[key] = str(value if value.is_absolute() else (Path(base) / value).resolve())
+    return out
+
+
+MODEL_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+def is_model_file(ref: str | Path) -> bool:
+    """Whether a model reference is a model file (a preset id with its arguments)."""
+    path = Path(str(ref))
+    return path.suffix in MODEL_FILE_SUFFIXES and path.is_file()
+
+
+def read_model_file(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """A model file -> (preset id, preset arguments), paths relative to the file.
+
+    A model file lets every entry point that takes a model reference (`vsre ask --model`,
+    the server's `model` parameter, a training config's `model`) name a preset with its
+    arguments, e.g. `{preset: vsre-paper, paths_file: vsre-paper-paths.yaml}`.
+    """
+    path = Path(path)
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not data.get("preset"):
+        raise ValueError(
+            f"{path}: a model file is a mapping with 'preset' (one of {sorted(PRESETS)}) and "
+            "the preset's arguments, e.g. {preset: vsre-paper, paths_file: paths.yaml}"
+        )
+    preset = str(data.pop("preset"))
+    if preset not in PRESETS:
+        raise ValueError(f"{path}: unknown preset {preset!r}; known presets: {sorted(PRESETS)}")
+    return preset, resolve_preset_paths(data, path.resolve().parent)
 
 
 def preset_config(preset_id: str, **overrides: Any) -> ModelConfig:

@@ -42,7 +42,7 @@ from vsre_ros.core.answers import (
     invited_vocabularies,
     parse_number,
 )
-from vsre_ros.core.config import PRESETS, EngineConfig
+from vsre_ros.core.config import PRESETS, EngineConfig, is_model_file, read_model_file
 from vsre_ros.core.model import VSREModel, check_image
 from vsre_ros.core.prompts import IMAGE
 from vsre_ros.core.templates import TEMPLATES
@@ -75,8 +75,11 @@ def resolve_device(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
-def load_model(ref: VSREModel | str | Path) -> VSREModel:
-    """A model from itself, a saved directory, or a preset id.
+def load_model(
+    ref: VSREModel | str | Path, preset_args: dict[str, str] | None = None
+) -> VSREModel:
+    """A model from itself, a saved directory, a preset id (built with `preset_args`) or a
+    model file (a YAML naming a preset and its arguments, `config.read_model_file`).
 
     A preset id builds that preset's config with random weights; the package's trained weights
     for a preset are a directory (`vsre_ros.ros.engines.resolve_model_ref` maps an id to them,
@@ -88,7 +91,10 @@ def load_model(ref: VSREModel | str | Path) -> VSREModel:
     if path.is_dir():
         return VSREModel.from_pretrained(path)
     if str(ref) in PRESETS:
-        return VSREModel.from_preset(str(ref))
+        return VSREModel.from_preset(str(ref), **(preset_args or {}))
+    if is_model_file(ref):
+        preset, args = read_model_file(ref)
+        return VSREModel.from_preset(preset, **{**args, **(preset_args or {})})
     raise ValueError(
         f"model {str(ref)!r} is neither a directory nor a preset id; known presets: "
         f"{sorted(PRESETS)}"
@@ -155,7 +161,7 @@ class Engine:
 
     def load(self, model_ref: VSREModel | str | Path, adapter: str | Path | None = None) -> None:
         """Switch to another model (object, directory or preset id), optionally with LoRA."""
-        model = load_model(model_ref)
+        model = load_model(model_ref, self.config.preset_args)
         model.to(device=self.device, dtype=self.dtype)
         with self._run_lock:
             self.model = model
@@ -191,20 +197,16 @@ class Engine:
         self._readings: dict[tuple[str, ...], tuple[list[int], list[int], list[int]]] = {}
         for ids in [(v,) for v in VOCABULARIES] + [UNNAMED]:
             vocabs = [VOCABULARIES[v] for v in ids]
-            yes = [self.model.answer_ids(v.yes, eos=False) for v in vocabs]
-            no = [self.model.answer_ids(v.no, eos=False) for v in vocabs]
-            lead: list[int] = []
-            for column in zip(*yes, *no, strict=False):
-                if len(set(column)) > 1:
-                    break
-                lead.append(column[0])
-            n = len(lead)
-            if any(len(w) <= n for w in yes + no) or {w[n] for w in yes} & {w[n] for w in no}:
+            try:  # one rule with the trainer's verdict targets (VSREModel.verdict_tokens)
+                reading = self.model.verdict_tokens(
+                    [v.yes for v in vocabs], [v.no for v in vocabs]
+                )
+            except ValueError as err:
                 # A tokenizer that cannot tell the words apart (unknown words) cannot read
                 # this vocabulary; its questions are read as questions that name no pair.
-                log.warning("answer words of %s do not differ in a token", "/".join(ids))
+                log.warning("answer words of %s: %s", "/".join(ids), err)
                 continue
-            self._readings[ids] = (lead, sorted({w[n] for w in yes}), sorted({w[n] for w in no}))
+            self._readings[ids] = reading
         if UNNAMED not in self._readings:
             raise ValueError(f"the tokenizer cannot tell the answer words of {UNNAMED} apart")
 
@@ -361,7 +363,28 @@ class Engine:
                 check_image(image, j)
             except ValueError as err:
                 return Answer.failure(Status.BAD_IMAGE, str(err))
-        return None
+        return self._check_context(query, kind)
+
+    def _check_context(self, query: Query, kind: AnswerKind) -> Answer | None:
+        """BAD_QUESTION, with the numbers, for a prompt longer than the LM's context."""
+        limit = self.model.max_positions
+        if limit is None:
+            return None
+        n_images = len(query.images)
+        image_tokens = n_images * self.model.num_image_tokens
+        text = len(self.model.prefix_ids(n_images)) - image_tokens
+        text += len(self.model.suffix_ids(query.question))
+        lead = self._readings[self._reading(query.question)][0]
+        answer = len(lead) + 1 if kind == AnswerKind.YES_NO else 1
+        needed = image_tokens + text + answer
+        if needed <= limit:
+            return None
+        return Answer.failure(
+            Status.BAD_QUESTION,
+            f"the prompt needs {needed} tokens ({n_images} images x "
+            f"{self.model.num_image_tokens} image tokens + {text} text tokens + {answer} to "
+            f"answer), but the LM takes {limit} positions; ask about fewer images",
+        )
 
     # --------------------------------------------------------------------- model work
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -15,6 +15,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from vsre_ros.core.checkpoints import checkpoint_dtype, dtype_of, read_checkpoint_config
 from vsre_ros.core.config import LMConfig
 
 
@@ -40,25 +41,22 @@ def lm_spec(family: str) -> LMSpec:
     return LMS[family]
 
 
-def build_lm(cfg: LMConfig, vocab_size: int | None = None) -> PreTrainedModel:
-    """Random LM from `cfg.hf_config` (vocab_size set from the tokenizer), or load `cfg.path`."""
+def build_lm(cfg: LMConfig, vocab_size: int | None = None, dtype: str = "auto") -> PreTrainedModel:
+    """Load `cfg.path` in `dtype` ("auto": the checkpoint's own), or build a random fp32 LM
+    from `cfg.hf_config`. The vocabulary is the config's `vocab_size` (a saved or real
+    checkpoint's embedding rows); `vocab_size` (the tokenizer's length) fills it only when
+    the config has none (the tiny presets)."""
     spec = lm_spec(cfg.family)
     if cfg.path:
         path = Path(cfg.path)
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(
-                f"LM directory {path} has no config.json; expected a Hugging Face checkpoint "
-                f"saved by {spec.model_cls.__name__}.save_pretrained"
-            )
-        model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type != spec.model_type:
-            raise ValueError(
-                f"{config_file}: model_type {model_type!r} does not match LM family "
-                f"{cfg.family!r} (expects {spec.model_type!r}); set lm.family accordingly"
-            )
+        data = read_checkpoint_config(path, f"the {cfg.family} LM", (spec.model_type,))
+        want = dtype_of(dtype) or checkpoint_dtype(data) or torch.float32
         model, info = spec.model_cls.from_pretrained(
-            str(path), attn_implementation=cfg.attn_implementation, output_loading_info=True
+            str(path),
+            attn_implementation=cfg.attn_implementation,
+            output_loading_info=True,
+            dtype=want,
+            use_safetensors=True,
         )
         missing = sorted(info.get("missing_keys", []))
         if missing:
@@ -67,11 +65,17 @@ def build_lm(cfg: LMConfig, vocab_size: int | None = None) -> PreTrainedModel:
             )
         return model
     fields: dict[str, Any] = dict(cfg.hf_config)
-    if vocab_size is not None:
+    if vocab_size is not None and not fields.get("vocab_size"):
         fields["vocab_size"] = vocab_size
     config = spec.config_cls(**fields)
     config._attn_implementation = cfg.attn_implementation
     return spec.model_cls(config)
+
+
+def context_length(lm: PreTrainedModel) -> int | None:
+    """How many positions the LM was trained for (None when its config does not say)."""
+    value = getattr(lm.config, "max_position_embeddings", None)
+    return int(value) if value else None
 
 
 def resolved_hf_config(lm: PreTrainedModel) -> dict[str, Any]:

@@ -30,17 +30,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from vsre_ros.core.checkpoints import checkpoint_dtype, dtype_of, read_checkpoint_config
 from vsre_ros.core.config import FORMAT, ModelConfig, preset_config
 from vsre_ros.core.encoders import VisionEncoder, build_encoder, encoder_spec
 from vsre_ros.core.encoders import resolved_hf_config as encoder_hf_config
 from vsre_ros.core.encoders.fused import build_fusion
 from vsre_ros.core.encoders.objects import ObjectTokens
-from vsre_ros.core.lm import build_lm, lm_spec
+from vsre_ros.core.encoders.preprocess import read_prep
+from vsre_ros.core.lm import build_lm, context_length, lm_spec
 from vsre_ros.core.lm import resolved_hf_config as lm_hf_config
 from vsre_ros.core.prompts import IMAGE, prompt_format
 from vsre_ros.core.tokenizer import train_bpe
@@ -92,12 +94,15 @@ class VSREModel(nn.Module):
             raise ValueError(f"each encoder family may appear once, got {families}")
         self.config = copy.deepcopy(config)
         self._base_verdict_bias: float | None = None  # set while an adapter is loaded
+        # Parts read from a checkpoint directory that a stage has since trained (so a
+        # save without them would lose the training): state-dict prefixes.
+        self._touched: set[str] = set()
         self.prompt = prompt_format(config.prompt)
-        llava = _load_llava(config.source_llava) if config.source_llava else None
+        llava = _load_llava(config.source_llava, config.dtype) if config.source_llava else None
 
         self.tokenizer = tokenizer if tokenizer is not None else self._make_tokenizer(llava)
         if self.tokenizer.convert_tokens_to_ids(IMAGE) in (None, self.tokenizer.unk_token_id):
-            # The placeholder id never reaches the embedding table, so no resize is needed.
+            # The LM's rows grow to fit it below (`_fit_vocab`), and are saved so.
             self.tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE]})
         self.image_token_id = int(self.tokenizer.convert_tokens_to_ids(IMAGE))
         if self.tokenizer.pad_token_id is None:
@@ -112,15 +117,16 @@ class VSREModel(nn.Module):
                     llava.model.vision_tower,
                     int(llava.config.vision_feature_layer),
                     ecfg.image_size,
+                    read_prep(config.source_llava, ecfg.image_size or _native(llava)),
                 )
             else:
-                encoders[name] = build_encoder(ecfg)
+                encoders[name] = build_encoder(ecfg, config.dtype)
         self.encoders = nn.ModuleDict(encoders)
         if llava is not None:
             self.lm = _llava_lm(llava, config)
         else:
-            vocab = len(self.tokenizer) if not config.lm.path else None
-            self.lm = build_lm(config.lm, vocab)
+            self.lm = build_lm(config.lm, len(self.tokenizer), config.dtype)
+        self._fit_vocab()
         hidden = int(self.lm.config.hidden_size)
         self.fusion = build_fusion(
             config.fusion,
@@ -142,6 +148,26 @@ class VSREModel(nn.Module):
         self.pad_token_id = int(self.tokenizer.pad_token_id)
 
     # ----------------------------------------------------------------------------- building
+
+    def _fit_vocab(self) -> None:
+        """Grow the LM's embedding rows (and head) to hold every tokenizer id, <image> too.
+
+        A checkpoint's vocabulary is its config's (real Vicuna: 32000 rows; llava-hf: 32064
+        rows for 32002 tokens); only a tokenizer longer than the rows resizes, and the new
+        rows are the mean of the old ones, so the same config and weights rebuild exactly.
+        """
+        table = self.lm.get_input_embeddings()
+        rows, need = int(table.num_embeddings), len(self.tokenizer)
+        if need <= rows:
+            return
+        if table.weight.is_meta:  # a saved model is being rebuilt; its rows were saved
+            raise ModelLoadError(f"saved LM has {rows} embedding rows for {need} tokens")
+        with torch.no_grad():
+            self.lm.resize_token_embeddings(need, mean_resizing=False)
+            for module in {self.lm.get_input_embeddings(), self.lm.get_output_embeddings()}:
+                if module is not None:
+                    module.weight[rows:] = module.weight[:rows].float().mean(0)
+        log.info("LM vocabulary resized from %d to %d rows (tokenizer length)", rows, need)
 
     def _make_tokenizer(self, llava: nn.Module | None) -> PreTrainedTokenizerBase:
         if self.config.tokenizer == "bpe":
@@ -188,6 +214,8 @@ class VSREModel(nn.Module):
             ecfg.path = ""
             ecfg.image_size = self.encoders[ecfg.family].image_size
             ecfg.feature_layer = self.encoders[ecfg.family].feature_layer
+            prep = self.encoders[ecfg.family].prep
+            ecfg.preprocess = prep.to_dict() if prep is not None else {}
         base = self.base_lm()
         cfg.lm.family = _lm_family(base)
         cfg.lm.hf_config = lm_hf_config(base)
@@ -199,16 +227,47 @@ class VSREModel(nn.Module):
 
     # ------------------------------------------------------------------------- save / load
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config, weights, tokenizer and (if attached) the LoRA adapter to `directory`."""
+    def source_parts(self) -> dict[str, str]:
+        """Parts still exactly as read from a checkpoint directory: {state-dict prefix: dir}."""
+        out = {}
+        for ecfg in self.config.encoders:
+            if ecfg.path:
+                out[f"encoders.{ecfg.family}."] = ecfg.path
+            elif self.config.source_llava and ecfg.family == "clip" and not ecfg.hf_config:
+                out["encoders.clip."] = self.config.source_llava
+        if self.config.lm.path or self.config.source_llava:
+            out["lm."] = self.config.lm.path or self.config.source_llava
+        return {k: v for k, v in out.items() if k not in self._touched}
+
+    def save_pretrained(self, directory: str | Path, standalone: bool = True) -> Path:
+        """Write config, weights, tokenizer and (if attached) the LoRA adapter to `directory`.
+
+        `standalone=False` (what a training stage writes) leaves out the parts still exactly
+        as read from their checkpoint directories (`source_parts`): the config keeps those
+        directories as the frozen base, and the weights file holds only what was built or
+        trained here (projectors, object tokens, trained encoders; the LoRA adapter beside).
+        A model without such parts is saved whole either way.
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        payload = {"format": FORMAT, "config": self.resolved_config().to_dict()}
+        sources = {} if standalone else self.source_parts()
+        if sources:
+            config = copy.deepcopy(self.config)
+            config.tokenizer_corpus = ""  # the saved tokenizer is read back, not retrained
+            payload = {
+                "format": FORMAT,
+                "config": config.to_dict(),
+                "base": sources,
+                "touched": sorted(self._touched),
+            }
+        else:
+            payload = {"format": FORMAT, "config": self.resolved_config().to_dict()}
         (out / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
-        self.save_weights(out / WEIGHTS_FILE)
+        self.save_weights(out / WEIGHTS_FILE, skip=tuple(sources))
         self.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
         if self.has_lora:
-            self.lm.save_pretrained(str(out / ADAPTER_DIR))
+            # The resized embedding rows are base weights (saved above), not the adapter's.
+            self.lm.save_pretrained(str(out / ADAPTER_DIR), save_embedding_layers=False)
             meta = {"format": FORMAT, "verdict_bias": float(self.config.verdict_bias)}
             (out / ADAPTER_DIR / ADAPTER_META).write_text(json.dumps(meta, indent=2))
         return out
@@ -237,16 +296,71 @@ class VSREModel(nn.Module):
         if not tok_dir.is_dir():
             raise ModelLoadError(f"tokenizer directory {tok_dir} is missing")
         tokenizer = _load_tokenizer(tok_dir)
-        model = cls(config, tokenizer=tokenizer)
-        model.load_weights(root / WEIGHTS_FILE)
+        if payload.get("base"):  # a stage's output: the frozen base from its directories
+            model = cls(config, tokenizer=tokenizer)
+            model._touched = set(payload.get("touched", []))
+            model._assign_weights(root / WEIGHTS_FILE, skip=tuple(model.source_parts()))
+            if (root / ADAPTER_DIR).is_dir():
+                model.load_adapter(root / ADAPTER_DIR)
+            return model
+        from accelerate import init_empty_weights
+
+        # Built without memory for its parameters (the meta device), then the file's tensors
+        # become the parameters in their saved dtypes: the peak is about the file's size.
+        with init_empty_weights(include_buffers=False):
+            model = cls(config, tokenizer=tokenizer)
+        model._assign_weights(root / WEIGHTS_FILE)
         if (root / ADAPTER_DIR).is_dir():
             model.load_adapter(root / ADAPTER_DIR)
         return model
 
-    def save_weights(self, path: str | Path) -> None:
+    def _assign_weights(self, path: Path, skip: tuple[str, ...] = ()) -> None:
+        """Make the tensors of safetensors file `path` this model's weights, checked; names
+        starting with a `skip` prefix are already loaded (from their checkpoints)."""
+        if not path.is_file():
+            raise ModelLoadError(f"weights file {path} is missing")
+        self._retie()  # ties made while building on meta are lost (new meta parameters)
+        expected = {
+            k: v for k, v in self.state_dict().items() if not skip or not k.startswith(skip)
+        }
+        aliases = _tied_aliases(self)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                keys = set(handle.keys())
+                missing = sorted(set(expected) - keys - aliases)
+                unexpected = sorted(keys - set(expected))
+                if missing or unexpected:
+                    raise ModelLoadError(
+                        f"{path} does not match the config: {len(missing)} missing tensors "
+                        f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+                    )
+                state = {}
+                for key in [k for k in expected if k in keys]:
+                    shape = tuple(handle.get_slice(key).get_shape())
+                    if shape != tuple(expected[key].shape):
+                        raise ModelLoadError(
+                            f"{path}: tensor {key} has shape {shape}, the config expects "
+                            f"{tuple(expected[key].shape)}"
+                        )
+                    state[key] = handle.get_tensor(key)
+        except (SafetensorError, OSError) as err:
+            raise ModelLoadError(f"{path} is corrupt or not a safetensors file: {err}") from None
+        self.load_state_dict(state, strict=False, assign=True)
+        self._retie()
+        left = [n for n, p in self.named_parameters() if p.is_meta]
+        left += [n for n, b in self.named_buffers() if b.is_meta]
+        if left:
+            raise ModelLoadError(f"{path}: tensors not loaded: {left[:3]}")
+
+    def _retie(self) -> None:
+        if getattr(self.base_lm().config, "tie_word_embeddings", False):
+            self.base_lm().tie_weights()
+
+    def save_weights(self, path: str | Path, skip: tuple[str, ...] = ()) -> None:
         """Write the base weights (tied tensors once) as the safetensors file `load_weights`
-        reads."""
+        reads; names starting with a `skip` prefix are left out."""
         state = _unique_tensors(self.base_state_dict())
+        state = {k: v for k, v in state.items() if not k.startswith(skip) or not skip}
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
 
     def load_weights(self, path: str | Path) -> None:
@@ -370,11 +484,15 @@ class VSREModel(nn.Module):
             self.objects.requires_grad_(True)
         if stage == 0 or encoders:
             self.encoders.requires_grad_(True)
+        if stage == 0 or encoders:
+            self._touched |= {f"encoders.{name}." for name in self.encoders}
         if lm_mode == "full":
+            self._touched.add("lm.")
             self.lm.requires_grad_(True)
         elif lm_mode == "lora":
             for name, param in self.lm.named_parameters():
                 param.requires_grad_("lora_" in name)
+        self.float_trainable()
         summary = {
             "encoders": _count(self.encoders),
             "fusion": _count(self.fusion),
@@ -392,6 +510,15 @@ class VSREModel(nn.Module):
         )
         return summary
 
+    def float_trainable(self) -> None:
+        """The dtype policy's second half: every trainable parameter is float32 (master
+        weights; frozen parts keep the checkpoint's or the requested dtype). The forward casts
+        at each part's input, so the mix runs on CPU and CUDA alike."""
+        with torch.no_grad():
+            for param in self.parameters():
+                if param.requires_grad and param.dtype != torch.float32:
+                    param.data = param.data.float()
+
     # --------------------------------------------------------------------- preprocessing
 
     def preprocess(self, images: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -404,7 +531,7 @@ class VSREModel(nn.Module):
             raise ValueError("no images to preprocess")
         for i, image in enumerate(images):
             check_image(image, i)
-        device, dtype = self.device, self.dtype
+        device = self.device
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             groups.setdefault(image.shape[:2], []).append(i)
@@ -419,6 +546,10 @@ class VSREModel(nn.Module):
         resized: dict[int, torch.Tensor] = {}
         out = {}
         for name, enc in self.encoders.items():
+            if enc.prep is not None:  # the checkpoint's processor steps (PIL, as transformers)
+                pixels = torch.stack([enc.prep.apply(image) for image in images])
+                out[name] = pixels.to(device, enc.dtype)
+                continue
             size = enc.image_size
             if size not in resized:
                 full = torch.empty(len(images), 3, size, size, device=device)
@@ -430,7 +561,7 @@ class VSREModel(nn.Module):
                         )
                     full[idx] = batch
                 resized[size] = full
-            out[name] = ((resized[size] - enc.mean) / enc.std).to(dtype)
+            out[name] = ((resized[size] - enc.mean) / enc.std).to(enc.dtype)
         return out
 
     # ---------------------------------------------------------------------------- forward
@@ -438,10 +569,12 @@ class VSREModel(nn.Module):
     def encode_images(self, pixel_values: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-encoder pixels -> fused visual tokens [N, num_image_tokens, hidden]."""
         maps = {name: enc(pixel_values[name]) for name, enc in self.encoders.items()}
-        tokens = self.fusion(maps)
+        fusion_dtype = next(self.fusion.parameters()).dtype
+        tokens = self.fusion({k: v.to(fusion_dtype) for k, v in maps.items()})
         if self.objects is None:
             return tokens
-        return torch.cat([tokens, self.objects(maps["sam"])], dim=1)
+        sam = maps["sam"].to(next(self.objects.parameters()).dtype)
+        return torch.cat([tokens, self.objects(sam).to(tokens.dtype)], dim=1)
 
     def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with image placeholders replaced by visual tokens, in order."""
@@ -507,6 +640,38 @@ class VSREModel(nn.Module):
 
     def answer_ids(self, answer: str, eos: bool = True) -> list[int]:
         return self._encode(self.prompt.answer_text(answer)) + ([self.eos_token_id] * eos)
+
+    def verdict_tokens(
+        self, positive: Sequence[str], negative: Sequence[str]
+    ) -> tuple[list[int], list[int], list[int]]:
+        """Where a yes/no verdict is read: (lead, positive ids, negative ids).
+
+        A sentencepiece tokenizer (Llama-2, llava-hf) starts every answer with the same lone
+        "▁"; `lead` is such a run of tokens shared by every answer word, fed after the
+        question, and the verdict is the next token, the first one that differs. The engine
+        answers from it and the trainer's verdict targets sit on it (one rule for both).
+        """
+        words = list(positive) + list(negative)
+        encoded = {w: self.answer_ids(w, eos=False) for w in words}
+        lead: list[int] = []
+        for column in zip(*encoded.values(), strict=False):
+            if len(set(column)) > 1:
+                break
+            lead.append(column[0])
+        if any(len(ids) <= len(lead) for ids in encoded.values()):
+            raise ValueError(f"the answer words {words} do not differ in any token")
+        pos = sorted({encoded[w][len(lead)] for w in positive})
+        neg = sorted({encoded[w][len(lead)] for w in negative})
+        overlap = set(pos) & set(neg)
+        if overlap:
+            shared = [self.tokenizer.decode([i]) for i in sorted(overlap)]
+            raise ValueError(f"yes and no words share first tokens {shared}")
+        return lead, pos, neg
+
+    @property
+    def max_positions(self) -> int | None:
+        """The LM's context length in tokens (None when its config does not say)."""
+        return context_length(self.base_lm())
 
     def build_batch(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Collate examples {"images": [HxWx3 uint8], "question": str, "answer": str}.
@@ -584,6 +749,17 @@ def _object_tokens(
     return ObjectTokens(sam.embed_dim, hidden, config.object_tokens, sam.grid)
 
 
+def _tied_aliases(module: nn.Module) -> set[str]:
+    """Names of parameters that are another name's tensor (tied embeddings)."""
+    seen: set[int] = set()
+    aliases = set()
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            aliases.add(name)
+        seen.add(id(param))
+    return aliases
+
+
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
@@ -628,33 +804,58 @@ def _lm_family(lm: nn.Module) -> str:
 
 
 def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    if (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file():
+        # Only a sentencepiece model (Vicuna's layout): converting it needs both packages,
+        # and transformers' own message for their absence names another one (tiktoken).
+        absent = [m for m in ("sentencepiece", "google.protobuf") if not _importable(m)]
+        if absent:
+            raise ModelLoadError(
+                f"tokenizer in {path} is a sentencepiece tokenizer.model only; reading it "
+                f"needs {' and '.join(absent)} (pip install sentencepiece protobuf, both in "
+                "requirements.txt)"
+            )
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as err:  # transformers raises OSError/ValueError/KeyError variants
         raise ModelLoadError(f"tokenizer in {path} does not load: {err}") from None
 
 
-def _load_llava(path: str) -> nn.Module:
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _load_llava(path: str, dtype: str = "auto") -> nn.Module:
     from transformers import LlavaForConditionalGeneration
 
     root = Path(path)
-    if not (root / "config.json").is_file():
-        raise FileNotFoundError(
-            f"LLaVA directory {root} has no config.json; expected a transformers-format "
-            "LlavaForConditionalGeneration checkpoint"
-        )
-    return LlavaForConditionalGeneration.from_pretrained(str(root))
+    data = read_checkpoint_config(root, "a LLaVA checkpoint (llava_path)", ("llava",))
+    want = dtype_of(dtype) or checkpoint_dtype(data) or torch.float32
+    return LlavaForConditionalGeneration.from_pretrained(
+        str(root), dtype=want, use_safetensors=True
+    )
+
+
+def _native(llava: nn.Module) -> int:
+    return int(llava.config.vision_config.image_size)
 
 
 def _llava_lm(llava: nn.Module, config: ModelConfig) -> nn.Module:
-    """A causal LM holding LLaVA's language model and head (same weights, own class)."""
+    """A causal LM holding LLaVA's language model and head (the same tensors, its own class)."""
+    from accelerate import init_empty_weights
+
     text_cfg = llava.config.text_config
     family = "llama" if text_cfg.model_type == "llama" else text_cfg.model_type
     spec = lm_spec(family)
     text_cfg._attn_implementation = config.lm.attn_implementation
-    lm = spec.model_cls(text_cfg)
-    lm.model.load_state_dict(llava.model.language_model.state_dict())
-    lm.lm_head.load_state_dict(llava.lm_head.state_dict())
+    with init_empty_weights(include_buffers=False):
+        lm = spec.model_cls(text_cfg)
+    lm.model.load_state_dict(llava.model.language_model.state_dict(), assign=True)
+    lm.lm_head.load_state_dict(llava.lm_head.state_dict(), assign=True)
     config.lm.family = family
     return lm
 

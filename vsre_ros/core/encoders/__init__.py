@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from vsre_ros.core.checkpoints import checkpoint_dtype, dtype_of, read_checkpoint_config
 from vsre_ros.core.config import EncoderConfig
+from vsre_ros.core.encoders.preprocess import ImagePrep, read_prep
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,6 +36,7 @@ class EncoderSpec:
     adapter: str  # "none" or "conv" (a strided conv adapter for a large feature map)
     resize: str  # how another input size is accepted: "flag" (interpolate_pos_encoding),
     # "always" (the model interpolates by itself) or "fixed" (only its native size)
+    model_types: tuple[str, ...] = ()  # config.json model_type of its checkpoints (full, tower)
 
 
 ENCODERS: dict[str, EncoderSpec] = {}
@@ -60,9 +63,15 @@ class VisionEncoder(nn.Module):
     """A transformers vision tower with the shared interface."""
 
     def __init__(
-        self, spec: EncoderSpec, model: nn.Module, feature_layer: int = -1, image_size: int = 0
+        self,
+        spec: EncoderSpec,
+        model: nn.Module,
+        feature_layer: int = -1,
+        image_size: int = 0,
+        prep: ImagePrep | None = None,
     ):
         super().__init__()
+        self.prep = prep  # the checkpoint's own preprocessing; None: squash (tiny presets)
         self.spec = spec
         self.family = spec.family
         self.model = model
@@ -83,15 +92,22 @@ class VisionEncoder(nn.Module):
         side = self.image_size // self.patch_size
         self.grid = (side, side)
         self.embed_dim = int(cfg.output_channels if spec.prefix_tokens < 0 else cfg.hidden_size)
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        mean, std = (prep.mean, prep.std) if prep is not None else (spec.mean, spec.std)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def num_tokens(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Normalised pixels [B, 3, S, S] -> feature map [B, embed_dim, H, W]."""
+        """Normalised pixels [B, 3, S, S] (any float dtype) -> feature map [B, embed_dim, H, W]
+        in the encoder's dtype."""
+        pixel_values = pixel_values.to(self.dtype)
         if self.spec.prefix_tokens < 0:
             return self.model(pixel_values=pixel_values).last_hidden_state
         if self.feature_layer == -1:
@@ -110,18 +126,19 @@ class VisionEncoder(nn.Module):
         return tokens.transpose(1, 2).reshape(b, c, h, w)
 
 
-def build_encoder(cfg: EncoderConfig) -> VisionEncoder:
-    """Build from `cfg.hf_config` (random init), or load real weights from `cfg.path`."""
+def build_encoder(cfg: EncoderConfig, dtype: str = "auto") -> VisionEncoder:
+    """Build from `cfg.hf_config` (random init, fp32), or load real weights from `cfg.path`
+    in `dtype` ("auto": the checkpoint's own). The preprocessing is `cfg.preprocess` when
+    given, else the checkpoint's preprocessor_config.json, else the squash path."""
     spec = encoder_spec(cfg.family)
     if cfg.path:
         path = Path(cfg.path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{cfg.family} encoder directory {path} has no config.json; expected a "
-                f"Hugging Face checkpoint saved by {spec.model_cls.__name__}.save_pretrained"
-            )
+        data = read_checkpoint_config(path, f"the {cfg.family} encoder", spec.model_types)
+        want = dtype_of(dtype) or checkpoint_dtype(data) or torch.float32
         try:
-            model, info = spec.model_cls.from_pretrained(str(path), output_loading_info=True)
+            model, info = spec.model_cls.from_pretrained(
+                str(path), output_loading_info=True, dtype=want, use_safetensors=True
+            )
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{cfg.family} checkpoint {path} does not load: {err}") from None
         # Weights absent from the checkpoint would silently stay random.
@@ -133,7 +150,18 @@ def build_encoder(cfg: EncoderConfig) -> VisionEncoder:
             )
     else:
         model = spec.model_cls(spec.config_cls(**cfg.hf_config))
-    return VisionEncoder(spec, model, cfg.feature_layer, cfg.image_size)
+    size = cfg.image_size
+    if cfg.preprocess:
+        prep = ImagePrep.from_dict(cfg.preprocess)
+    elif cfg.path:
+        # Without an explicit size, a resizable encoder takes what its processor prepares
+        # (DINOv2: 518 native, 224 from its processor's crop).
+        flexible = not size and spec.resize != "fixed"
+        prep = read_prep(cfg.path, 0 if flexible else size or int(model.config.image_size))
+        size = prep.size if prep is not None and flexible else size
+    else:
+        prep = None
+    return VisionEncoder(spec, model, cfg.feature_layer, size, prep)
 
 
 def resolved_hf_config(encoder: VisionEncoder) -> dict[str, Any]:

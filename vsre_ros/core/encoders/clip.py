@@ -14,5 +14,6 @@ CLIP = register_encoder(
         prefix_tokens=1,
         resize="flag",
         adapter="none",
+        model_types=("clip", "clip_vision_model"),
     )
 )

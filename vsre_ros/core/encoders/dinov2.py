@@ -14,5 +14,6 @@ DINOV2 = register_encoder(
         prefix_tokens=1,
         resize="always",
         adapter="none",
+        model_types=("dinov2",),
     )
 )

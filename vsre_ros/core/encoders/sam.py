@@ -17,5 +17,6 @@ SAM = register_encoder(
         prefix_tokens=-1,
         resize="fixed",
         adapter="conv",
+        model_types=("sam", "sam_vision_model"),
     )
 )

@@ -14,5 +14,6 @@ SIGLIP = register_encoder(
         prefix_tokens=0,
         resize="flag",
         adapter="none",
+        model_types=("siglip", "siglip_vision_model"),
     )
 )
