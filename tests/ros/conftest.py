@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -155,3 +157,67 @@ def make_server():
     yield _make
     for harness in made:
         harness.close()
+
+
+class ServeProcess:
+    """`vsre serve` in its own process under private names (stub engine unless told)."""
+
+    def __init__(self, params: dict, activate: bool = True) -> None:
+        self.name = f"vsre_server_{uuid.uuid4().hex[:6]}"
+        prefix = f"/{self.name}"
+        self.names = {
+            "service_name": f"{prefix}/ask",
+            "action_name": f"{prefix}/ask_batch",
+            "query_topic": f"{prefix}/queries",
+            "answer_topic": f"{prefix}/answers",
+            "annotated_topic": f"{prefix}/annotated",
+            "cameras": [f"{prefix}/image"],
+        }
+        # The YAML is keyed by the default node name; a renamed node needs every value itself.
+        values = {"engine_backend": "stub", "model": "stub", **self.names, **params}
+        args = ["-r", f"__node:={self.name}"]
+        for key, value in values.items():
+            text = f"[{','.join(value)}]" if isinstance(value, list) else str(value)
+            args += ["-p", f"{key}:={text}"]
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vsre_ros.cli", "serve"]
+            + ([] if activate else ["--no-activate"])
+            + ["--params-file", str(ROOT / "config" / "stub.yaml"), "--ros-args", *args],
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes without a word (its DDS endpoints linger)."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def serve():
+    """serve(params, activate=True) -> ServeProcess; all are stopped at teardown."""
+    made: list[ServeProcess] = []
+
+    def _serve(params: dict | None = None, activate: bool = True) -> ServeProcess:
+        made.append(ServeProcess(params or {}, activate))
+        return made[-1]
+
+    yield _serve
+    for process in made:
+        process.close()

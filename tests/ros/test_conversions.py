@@ -188,8 +188,20 @@ def test_empty_compressed_image():
 def test_corrupt_compressed_image():
     msg = CompressedImage(format="jpeg")
     msg.data = array.array("B", b"\xff\xd8not really a jpeg")
-    with pytest.raises(ImageConversionError, match="cannot decode compressed image"):
+    with pytest.raises(ImageConversionError, match="cannot decode compressed image") as err:
         compressed_imgmsg_to_numpy(msg)
+    assert "0x" not in str(err.value)  # Pillow's text names its BytesIO object
+
+
+def test_garbage_compressed_image_says_what_it_got_not_an_object_repr():
+    msg = CompressedImage(format="png")
+    msg.data = array.array("B", b"garbage!")
+    with pytest.raises(ImageConversionError) as err:
+        compressed_imgmsg_to_numpy(msg)
+    text = str(err.value)
+    assert "format 'png', 8 bytes starting 67 61 72 62" in text
+    assert "not an image format Pillow reads" in text
+    assert "BytesIO" not in text and " at 0x" not in text
 
 
 # --- compressed images ----------------------------------------------------------------------

@@ -51,3 +51,22 @@ def test_drop_estimate_counts_missing_periods_only():
     buffer.add_image(_msg(1430))  # 1130, 1230 and 1330 missing
     assert buffer.dropped == 3
     assert buffer.received == 12
+
+
+def test_frames_out_of_order_are_kept_in_stamp_order_and_evicted_oldest_first():
+    buffer = FrameBuffer("/cam", length=3)
+    for ms in (100, 300, 200, 400):  # a reentrant callback group may deliver 300 before 200
+        buffer.add_image(_msg(ms))
+    assert buffer.coverage() == (3, 200 * MS, 400 * MS)
+    assert buffer.dropped == 0 and buffer.evicted == 1
+
+
+def test_miss_reason_says_whether_the_frame_left_the_buffer_or_has_not_come():
+    buffer = FrameBuffer("/cam", length=3)
+    for ms in (1000, 1100, 1200, 1300):
+        buffer.add_image(_msg(ms))
+    old = buffer.miss_reason(900 * MS, 50 * MS)
+    assert "0.200 s older than the oldest frame held" in old
+    assert "last 3 frames (frame_buffer), 0.200 s" in old and "raise frame_buffer" in old
+    assert "has not arrived" in buffer.miss_reason(1500 * MS, 50 * MS)
+    assert "the nearest frame is 0.050 s away" in buffer.miss_reason(1150 * MS, 20 * MS)

@@ -54,3 +54,28 @@ def test_answer_fields_carry_over_and_failures_have_nan_values():
 
 def test_check_query_accepts_a_plain_question():
     assert check_query(SpatialQuery(question="Is it left?"), 100) is None
+
+
+def test_check_query_limits_and_max_age():
+    from vsre_ros.ros.messages import Limits
+
+    limits = Limits(max_question_chars=100, max_options=3, max_option_chars=4)
+
+    def problem(**fields):
+        found = check_query(SpatialQuery(question="Which?", **fields), limits)
+        return found and (found[0], found[1])
+
+    choice = SpatialQuery.KIND_CHOICE
+    assert problem(answer_kind=choice, options=["a", "b", "c"]) is None
+    assert "the limit is 3" in problem(answer_kind=choice, options=list("abcd"))[1]
+    assert "option #1 has 5 characters" in problem(answer_kind=choice, options=["a", "bbbbb"])[1]
+    assert "option #0 is empty" in problem(answer_kind=choice, options=[" ", "b"])[1]
+    for bad in (-0.5, math.nan, math.inf):
+        status, why = problem(max_age=bad)
+        assert status == Status.BAD_QUESTION and "max_age" in why
+    assert problem(max_age=0.0) is None and problem(max_age=2.5) is None
+
+
+def test_errors_never_carry_an_object_repr():
+    msg = failure_msg(Status.BAD_IMAGE, "cannot identify <_io.BytesIO object at 0x7f3a2c>", "q")
+    assert msg.error == "cannot identify the data"

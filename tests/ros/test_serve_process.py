@@ -79,3 +79,40 @@ def test_lifecycle_over_ros_services_from_another_process(serve_process, ros_cli
     time.sleep(0.1)
     state = _call(ros_client, GetState, f"/{name}/get_state", GetState.Request())
     assert state.current_state.label == "unconfigured"
+
+
+def test_failed_configure_keeps_serving_model_not_ready_and_shutdown_ends_it(serve, ros_client):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    server = serve({"model": "no-such-model"})  # the stub engine refuses it: configure fails
+    name = server.name
+    diagnostics: list = []
+    ros_client.node.create_subscription(
+        DiagnosticArray,
+        "/diagnostics",
+        lambda msg: diagnostics.extend(s for s in msg.status if s.name.startswith(f"{name}:")),
+        10,
+    )
+    answer = _call(
+        ros_client, AskSpatial, server.names["service_name"],
+        AskSpatial.Request(query=SpatialQuery(query_id="p2", question="Is it left?")),
+    ).answer  # fmt: skip
+    assert server.proc.poll() is None, server.output()
+    assert answer.status == SpatialAnswer.MODEL_NOT_READY
+    assert "no-such-model" in answer.error
+    assert ros_client.spin_until(lambda: bool(diagnostics), timeout=10)
+    assert diagnostics[-1].level == DiagnosticStatus.ERROR
+    assert "no-such-model" in diagnostics[-1].message
+    assert "The node stays up" in server.output()
+
+    assert _transition(ros_client, name, Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
+    assert server.proc.wait(timeout=15) == 0
+
+
+def test_lifecycle_shutdown_of_an_active_server_ends_the_process(serve, ros_client):
+    server = serve()
+    state = _call(ros_client, GetState, f"/{server.name}/get_state", GetState.Request())
+    assert state.current_state.label == "active"
+    assert _transition(ros_client, server.name, Transition.TRANSITION_ACTIVE_SHUTDOWN)
+    assert server.proc.wait(timeout=15) == 0
+    assert "shut down (finalized)" in server.output()

@@ -111,3 +111,20 @@ def test_missing_checkpoint_fails_configure_with_the_reason(make_server, tmp_pat
     assert server.node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "nowhere" in server.node.last_error
     assert server.node.engine is None
+
+
+def test_embedded_model_answers_numbers_with_value_unit_and_text(make_server, ros_client):
+    """The shipped vsre-tiny writes bare numbers of metres; answers carry "m" ("1.13 m")."""
+    make_server(_params("vsre-tiny"))
+    for question in (
+        "How far apart are the red cup and the blue box, in metres?",
+        "How tall is the green book, in metres?",
+    ):
+        query = _image_query(SpatialQuery.KIND_NUMBER)
+        query.question = question
+        answer = _ask(ros_client, f"{PREFIX}/ask", query)
+        assert answer.status == SpatialAnswer.OK, answer.error
+        assert answer.model_id == "vsre-tiny"
+        assert answer.unit == "m"
+        number, unit = answer.answer.split(" ")
+        assert unit == "m" and float(number) == pytest.approx(answer.value)

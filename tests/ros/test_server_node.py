@@ -190,11 +190,23 @@ def test_old_latest_frame_is_stale(make_server, ros_client):
     assert "max_age is 1.000 s" in answer.error
 
 
+def test_frame_that_left_the_buffer_is_stale_saying_so(make_server, ros_client):
+    server = make_server(_params(frame_buffer=3, max_frame_age=0.0))
+    for sec in (100, 101, 102, 103):
+        _feed(ros_client, server, Time(sec=sec))
+    answer = _ask(ros_client, server, _q(stamp=Time(sec=100)))
+    assert answer.status == SpatialAnswer.STALE_FRAME
+    assert "older than the oldest frame held" in answer.error
+    assert "last 3 frames (frame_buffer)" in answer.error and "raise frame_buffer" in answer.error
+    values = {kv.key: kv.value for kv in server.node.diagnostics().values}
+    assert values[f"frames_buffered {server.node.params.cameras[0]}"] == "3 (2.000 s)"
+
+
 def test_requested_stamp_far_from_every_frame_is_stale(served):
     server, client = served
     answer = _ask(client, server, _q(stamp=Time(sec=5)))
     assert answer.status == SpatialAnswer.STALE_FRAME
-    assert "from the requested stamp" in answer.error
+    assert "of the requested stamp" in answer.error
 
 
 def test_requested_stamp_picks_that_frame(make_server, ros_client):
@@ -206,13 +218,14 @@ def test_requested_stamp_picks_that_frame(make_server, ros_client):
     assert answer.header.stamp.sec == 100
 
 
-def test_malformed_inline_image_is_bad_image(served):
+def test_malformed_inline_image_is_bad_image_naming_which(served):
     server, client = served
+    good = numpy_to_imgmsg(np.zeros((4, 4, 3), np.uint8), "rgb8")
     bad = Image(height=4, width=4, encoding="rgb8", step=12)
     bad.data = bytes(10)
-    answer = _ask(client, server, _q(images=[bad]))
+    answer = _ask(client, server, _q(images=[good, bad]))
     assert answer.status == SpatialAnswer.BAD_IMAGE
-    assert "data has 10 bytes" in answer.error
+    assert "inline image #1" in answer.error and "data has 10 bytes" in answer.error
 
 
 def test_inline_images_are_answered_without_a_camera(make_server, ros_client):
@@ -229,13 +242,36 @@ def test_inline_images_are_answered_without_a_camera(make_server, ros_client):
         ("x" * 3000, {}, "the limit is 2000"),
         ("Which?", {"answer_kind": 1, "options": ["only"]}, "at least two options"),
         ("Which?", {"answer_kind": 9}, "unknown answer_kind 9"),
+        ("Which?", {"answer_kind": 1, "options": ["", ""]}, "option #0 is empty"),
+        ("Which?", {"answer_kind": 1, "options": ["a", "  "]}, "option #1 is empty"),
+        ("Which?", {"answer_kind": 1, "options": list("abcdefghijklmnopqrstuvwxyz" * 3)},
+         "78 options; the limit is 64 (parameter max_options)"),
+        ("Which?", {"answer_kind": 1, "options": ["a", "b" * 201]},
+         "option #1 has 201 characters; the limit is 200"),
+        ("Is it?", {"max_age": -1.0}, "max_age is -1.0"),
+        ("Is it?", {"max_age": float("nan")}, "max_age is nan"),
+        ("Is it?", {"max_age": float("inf")}, "max_age is inf"),
     ],
-)
+)  # fmt: skip
 def test_bad_questions(served, question, fields, match):
     server, client = served
     answer = _ask(client, server, _q(question=question, **fields))
     assert answer.status == SpatialAnswer.BAD_QUESTION
     assert match in answer.error
+
+
+def test_limits_are_parameters_and_10000_options_are_refused_at_once(make_server, ros_client):
+    server = make_server(_params(max_options=3, max_option_chars=5))
+    _feed(ros_client, server)
+    answer = _ask(ros_client, server, _q(answer_kind=1, options=["a", "b", "c", "d"]))
+    assert answer.status == SpatialAnswer.BAD_QUESTION
+    assert "4 options; the limit is 3" in answer.error
+    answer = _ask(ros_client, server, _q(answer_kind=1, options=["a", "abcdef"]))
+    assert "the limit is 5 (parameter max_option_chars)" in answer.error
+    many = [f"option {i}" for i in range(10_000)]
+    answer = _ask(ros_client, server, _q(answer_kind=1, options=many))
+    assert answer.status == SpatialAnswer.BAD_QUESTION and "10000 options" in answer.error
+    assert answer.latency_total_ms < 1000
 
 
 def test_flood_gets_overloaded_and_every_query_one_answer(make_server, ros_client):
@@ -277,6 +313,76 @@ def test_bad_camera_frame_is_bad_image(make_server, ros_client):
     answer = _ask(ros_client, server, _q())
     assert answer.status == SpatialAnswer.BAD_IMAGE
     assert "step x height" in answer.error
+    assert f"the frame of camera {topic}" in answer.error
+
+
+def _publish_until(client, pub, msg, received) -> None:
+    for _ in range(200):
+        msg.header.stamp = client.node.get_clock().now().to_msg()
+        pub.publish(msg)
+        if client.spin_until(received, timeout=0.1):
+            return
+    raise AssertionError("the server never received the message")
+
+
+def test_bad_depth_image_is_bad_image_naming_the_depth_topic(make_server, ros_client):
+    names = _names()
+    depth_topic = names["cameras"][0] + "_depth"
+    server = make_server(
+        {**names, "engine_backend": "stub", "model": "stub", "depth_topics": [depth_topic]}
+    )
+    buffer = server.node.buffers[names["cameras"][0]]
+    depth = numpy_to_imgmsg(np.ones((24, 32), np.float32), "32FC1")
+    depth.data = depth.data[:10]  # 10 bytes
+    pub = ros_client.node.create_publisher(Image, depth_topic, QoSProfile(depth=10))
+    _publish_until(ros_client, pub, depth, lambda: bool(buffer._depth))
+    stamp = buffer._depth[-1][1].header.stamp
+    _feed(ros_client, server, stamp)
+    answer = _ask(ros_client, server, _q(stamp=stamp))
+    assert answer.status == SpatialAnswer.BAD_IMAGE, answer.error
+    assert f"the depth image of camera {names['cameras'][0]} (topic {depth_topic}" in answer.error
+    assert "data has 10 bytes" in answer.error
+
+
+def test_garbage_compressed_frame_reads_without_an_object_repr(make_server, ros_client):
+    from sensor_msgs.msg import CompressedImage
+
+    names = _names()
+    server = make_server(
+        {**names, "engine_backend": "stub", "model": "stub", "camera_transports": ["compressed"]}
+    )
+    topic = names["cameras"][0]
+    garbage = CompressedImage(format="jpeg")
+    garbage.data = b"not a jpeg at all"
+    pub = ros_client.node.create_publisher(CompressedImage, topic, QoSProfile(depth=10))
+    _publish_until(ros_client, pub, garbage, lambda: server.node.buffers[topic].received > 0)
+    answer = _ask(ros_client, server, _q())
+    assert answer.status == SpatialAnswer.BAD_IMAGE
+    assert f"the frame of camera {topic}" in answer.error
+    assert "not an image format Pillow reads" in answer.error
+    assert "0x" not in answer.error and "BytesIO" not in answer.error
+
+
+def test_goals_beyond_max_goals_get_overloaded_for_every_query(make_server, ros_client):
+    server = make_server(_params(model="stub:200", batch_size=1, max_goals=1))
+    _feed(ros_client, server)
+    action = ActionClient(ros_client.node, AskSpatialAction, server.node.params.action_name)
+    assert action.wait_for_server(timeout_sec=20)
+    first = ros_client.wait(
+        action.send_goal_async(AskSpatialAction.Goal(queries=[_q(i) for i in range(5)]))
+    )
+    time.sleep(0.3)
+    second = ros_client.wait(
+        action.send_goal_async(AskSpatialAction.Goal(queries=[_q(10), _q(11)]))
+    )
+    late = ros_client.wait(second.get_result_async()).result.answers
+    assert [(a.query_id, a.status) for a in late] == [
+        ("q10", SpatialAnswer.OVERLOADED),
+        ("q11", SpatialAnswer.OVERLOADED),
+    ]
+    assert "max_goals" in late[0].error
+    answers = ros_client.wait(first.get_result_async(), timeout=30).result.answers
+    assert {a.status for a in answers} == {SpatialAnswer.OK}
 
 
 # --- lifecycle, model switch, threads -------------------------------------------------------
@@ -307,6 +413,11 @@ def test_lifecycle_serves_only_while_active_and_frees_the_model(make_server, ros
     assert _ask(ros_client, server, _q()).status == SpatialAnswer.MODEL_NOT_READY
     assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     assert node.engine is None and not node.buffers
+    assert node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
+    assert node.finalized
+    answer = _ask(ros_client, server, _q())
+    assert answer.status == SpatialAnswer.MODEL_NOT_READY and "shut down" in answer.error
+    assert "configure and activate" not in answer.error
 
 
 def test_model_switch_while_serving(served):

@@ -719,8 +719,16 @@ def _confidence(logps: list[float]) -> float:
     return math.exp(sum(logps) / len(logps)) if logps else 0.0
 
 
+# The model learns metric answers as bare numbers of metres ("1.13": every metric template asks
+# "in metres", sim_data writes two decimals), so a number given without a unit is in metres.
+NUMBER_UNIT = "m"
+
+
 def _finish(text: str, confidence: float, kind: AnswerKind) -> Answer:
-    """An Answer from generated text: free text as is, numbers parsed with their unit."""
+    """An Answer from generated text: free text as is, numbers parsed with their unit.
+
+    A number without a unit gets NUMBER_UNIT, in `unit` and in the text ("1.13" -> "1.13 m").
+    """
     if kind == AnswerKind.FREE_TEXT:
         return Answer(text=text, probability=confidence)
     parsed = parse_number(text)
@@ -729,4 +737,6 @@ def _finish(text: str, confidence: float, kind: AnswerKind) -> Answer:
         answer.text = text
         return answer
     value, unit = parsed
+    if not unit:
+        unit, text = NUMBER_UNIT, f"{text.strip()} {NUMBER_UNIT}"
     return Answer(text=text, value=value, unit=unit, probability=confidence)

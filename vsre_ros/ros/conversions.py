@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import array
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -241,8 +242,16 @@ def compressed_imgmsg_to_numpy(msg, desired_encoding: str = "passthrough") -> np
         pil = PILImage.open(io.BytesIO(data))
         pil.load()
     except Exception as err:  # Pillow raises several types for corrupt data
+        what = f"{len(data)} bytes starting {data[:8].hex(' ')}"
+        if isinstance(err, PILImage.UnidentifiedImageError):
+            # Pillow's text names the BytesIO object ("<_io.BytesIO object at 0x...>").
+            reason = "not an image format Pillow reads (send JPEG or PNG)"
+        else:
+            reason = (
+                re.sub(r"<[^<>]*? at 0x[0-9a-fA-F]+>", "the data", str(err)) or type(err).__name__
+            )
         raise ImageConversionError(
-            f"cannot decode compressed image (format {msg.format!r}): {err}"
+            f"cannot decode compressed image (format {msg.format!r}, {what}): {reason}"
         ) from err
     if pil.mode in ("I;16", "I;16B", "I"):
         image, encoding = np.asarray(pil, dtype=np.uint16), "mono16"

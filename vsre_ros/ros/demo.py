@@ -3,7 +3,9 @@
 The three nodes of `bringup.NODES` run on one MultiThreadedExecutor with the preset's params
 YAML (the same file `launch/vsre_demo.launch.py` passes to `ros2 launch`). The demo client
 waits for the sim camera's ground truth, asks some of each new scene's generated questions
-about that exact frame (its stamp) on the query topic, and prints one row per answer:
+about that exact frame (its stamp) through `vsre_ros.client.VsreClient` on the query topic
+(so a recorded bag holds the queries and answers; the client retries OVERLOADED and times out
+a query that gets no answer), and prints one row per answer:
 question, answer, truth, confidence, latency. At the end: accuracy per answer kind and latency
 percentiles. `--record DIR` writes everything on the wire to a rosbag2 MCAP bag (`rosbags`),
 which `vsre ingest` reads back.
@@ -16,7 +18,6 @@ import json
 import math
 import sys
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,12 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 
+from vsre_ros.client import VsreClient, is_timeout
 from vsre_ros.core.answers import agrees_with_item
 from vsre_ros.msg import SceneTruth, SpatialAnswer, SpatialQuery
 from vsre_ros.ros import bringup
 from vsre_ros.ros import params as node_params
+from vsre_ros.ros.server import executor_threads
 
 NODE_NAME = "vsre_demo_client"
 KIND_IDS = {"yes_no": 0, "choice": 1, "number": 2}
@@ -49,7 +52,7 @@ class Outcome:
     question: str  # the question text
     truth: str  # the known answer ("yes", "A", "1.48")
     answer: str = ""  # the server's answer text ("" when none came)
-    status: str = "LOST"  # SpatialAnswer status name, LOST when no answer within the timeout
+    status: str = "TIMEOUT"  # SpatialAnswer status name; TIMEOUT when none came in time
     correct: bool = False  # answer agrees with the truth
     confidence: float = math.nan  # the answer's probability
     latency_ms: float = math.nan  # the server's latency_total_ms
@@ -67,30 +70,31 @@ class DemoClient(Node):
         self.rng = np.random.default_rng(p.seed)
         self.lock = threading.Lock()
         self.outcomes: list[Outcome] = []
-        self.pending: dict[str, tuple[dict, float, Outcome]] = {}
         self.scenes: set[str] = set()
         self.asked = 0
         self.done = threading.Event()
-        group = MutuallyExclusiveCallbackGroup()
-        self.pub = self.create_publisher(SpatialQuery, p.query_topic, QoSProfile(depth=100))
-        self.create_subscription(
-            SceneTruth, p.truth_topic, self.on_truth, 10, callback_group=group
+        self.vsre = VsreClient(
+            self,
+            transport="topic",
+            query_topic=p.query_topic,
+            answer_topic=p.answer_topic,
+            timeout=p.answer_timeout,
         )
         self.create_subscription(
-            SpatialAnswer,
-            p.answer_topic,
-            self.on_answer,
-            QoSProfile(depth=100),
-            callback_group=group,
+            SceneTruth,
+            p.truth_topic,
+            self.on_truth,
+            QoSProfile(depth=10),
+            callback_group=MutuallyExclusiveCallbackGroup(),
         )
-        self.create_timer(0.5, self.check_timeouts, callback_group=group)
         self._header_printed = False
+        self.closing = False
 
     def on_truth(self, msg) -> None:
         p = self.params
         if msg.scene_id in self.scenes or self.asked >= p.questions:
             return
-        if self.pub.get_subscription_count() == 0:
+        if not self.vsre.server_ready():
             return  # the server is not listening yet; wait for a later scene
         self.scenes.add(msg.scene_id)
         truth = json.loads(msg.json)
@@ -113,39 +117,35 @@ class DemoClient(Node):
                 stamp=msg.header.stamp,
             )
             outcome = Outcome(query_id, item["answer_kind"], item["question"], item["answer"])
-            with self.lock:
-                self.pending[query_id] = (item, time.monotonic(), outcome)
             self.asked += 1
-            self.pub.publish(query)
+            self.vsre.ask_async(query).add_done_callback(
+                lambda future, item=item, outcome=outcome: self.on_answer(
+                    item, outcome, future.result()
+                )
+            )
 
-    def on_answer(self, msg) -> None:
-        with self.lock:
-            entry = self.pending.pop(msg.query_id, None)
-        if entry is None:
-            return  # someone else's query, or a late answer to one counted lost
-        item, _, outcome = entry
-        outcome.answer = msg.answer if msg.status == SpatialAnswer.OK else msg.error[:40]
-        outcome.status = STATUS_NAMES.get(msg.status, str(msg.status))
-        outcome.correct = agrees_with_item(item, msg)
-        outcome.confidence = float(msg.probability)
-        outcome.latency_ms = float(msg.latency_total_ms)
-        outcome.model_ms = float(msg.latency_model_ms)
+    def on_answer(self, item: dict, outcome: Outcome, msg) -> None:
+        """Score the one answer (or timeout) the client gives for each question."""
+        if is_timeout(msg):
+            outcome.answer = "(none)"
+        else:
+            outcome.answer = msg.answer if msg.status == SpatialAnswer.OK else msg.error[:40]
+            outcome.status = STATUS_NAMES.get(msg.status, str(msg.status))
+            outcome.correct = agrees_with_item(item, msg)
+            outcome.confidence = float(msg.probability)
+            outcome.latency_ms = float(msg.latency_total_ms)
+            outcome.model_ms = float(msg.latency_model_ms)
         self._finish(outcome)
 
-    def check_timeouts(self) -> None:
-        now = time.monotonic()
-        with self.lock:
-            late = [
-                qid
-                for qid, (_, sent, _) in self.pending.items()
-                if now - sent > self.params.answer_timeout
-            ]
-            entries = [self.pending.pop(qid) for qid in late]
-        for _, _, outcome in entries:
-            self._finish(outcome)
+    def destroy_node(self) -> None:
+        self.closing = True  # the client's close() ends calls in flight; leave them unprinted
+        self.vsre.close()
+        super().destroy_node()
 
     def _finish(self, outcome: Outcome) -> None:
         with self.lock:
+            if self.closing:
+                return
             self.outcomes.append(outcome)
             self._row(outcome)
             if len(self.outcomes) >= self.params.questions:
@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
             recorder = Recorder(Path(args.record), _recorded_topics(nodes), context=context)
             nodes.append(recorder)
         executor = MultiThreadedExecutor(
-            num_threads=max(4, server.params.queue_size + 4), context=context
+            num_threads=executor_threads(server.params) + 2, context=context
         )
         for node in nodes:
             executor.add_node(node)

@@ -2,15 +2,24 @@
 
 A subscription callback only appends the message (no decoding), so a 30 Hz camera costs the
 executor almost nothing; the worker converts the one frame a query needs. Stamps are integer
-nanoseconds. Frame drops are estimated from gaps in the stamps (ROS 2 headers carry no sequence
-number): a gap of 1.8 typical periods or more counts the frames that should have been in it
-(an estimate: a publisher with jittery timing makes it count a few too many).
+nanoseconds. A buffer keeps the last `length` frames in stamp order (callbacks of a reentrant
+group may deliver frames out of order). Frame drops are estimated from gaps in the stamps (ROS 2
+headers carry no sequence number): a gap of 1.8 typical periods or more counts the frames that
+should have been in it (an estimate: a publisher with jittery timing makes it count a few too
+many).
+
+Why a query by stamp can miss a frame that was never dropped: the buffer reaches back only
+`length` frames, which is a time that depends on the camera's rate (the old default of 10
+frames: 1 s at 10 Hz, 0.33 s at 30 Hz). A frame asked about a second after it was published
+had already left the buffer, and the answer said only that the nearest frame was too far from
+the stamp. `coverage()` and `miss_reason()` say which frames are held and why a stamp found
+none; the server reports the buffer's span in seconds in /diagnostics.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,19 +40,22 @@ class Frame:
 
 
 class FrameBuffer:
-    """The last `length` frames of one camera (thread-safe)."""
+    """The recent frames of one camera (thread-safe)."""
 
     def __init__(self, name: str, length: int, depth_tolerance_ns: int = 50_000_000):
         self.name = name  # the camera's image topic
+        self.depth_topic = ""  # its depth topic, if any (named in error messages)
         self.frame_id = ""  # header.frame_id of the latest frame
-        self._frames: deque[Frame] = deque(maxlen=length)
-        self._depth: deque[tuple[int, Any]] = deque(maxlen=length)
+        self.length = length  # most frames kept
+        self._frames: list[Frame] = []  # sorted by stamp
+        self._depth: list[tuple[int, Any]] = []  # sorted by stamp
         self._info = None
         self._lock = threading.Lock()
         self._period_ns = 0.0
         self.depth_tolerance_ns = depth_tolerance_ns
         self.received = 0  # frames received
         self.dropped = 0  # frames missing from the stamp sequence (estimate)
+        self.evicted = 0  # frames that left the buffer by age or count
 
     def add_image(self, msg) -> None:
         stamp = stamp_ns(msg.header.stamp)
@@ -58,13 +70,24 @@ class FrameBuffer:
                         self._period_ns = (
                             gap if not self._period_ns else (0.9 * self._period_ns + 0.1 * gap)
                         )
-            self._frames.append(Frame(stamp, msg))
+            stamps = [f.stamp for f in self._frames]
+            self._frames.insert(bisect.bisect_right(stamps, stamp), Frame(stamp, msg))
+            self.evicted += self._trim(self._frames)
             self.frame_id = msg.header.frame_id
             self.received += 1
 
     def add_depth(self, msg) -> None:
+        stamp = stamp_ns(msg.header.stamp)
         with self._lock:
-            self._depth.append((stamp_ns(msg.header.stamp), msg))
+            stamps = [d[0] for d in self._depth]
+            self._depth.insert(bisect.bisect_right(stamps, stamp), (stamp, msg))
+            self._trim(self._depth)
+
+    def _trim(self, items: list) -> int:
+        """Drop the oldest items beyond `length`; how many were dropped."""
+        cut = max(0, len(items) - self.length)
+        del items[:cut]
+        return cut
 
     def set_info(self, msg) -> None:
         with self._lock:
@@ -86,6 +109,38 @@ class FrameBuffer:
                 return None
             best = min(self._frames, key=lambda f: abs(f.stamp - stamp))
             return self._complete(best)
+
+    def coverage(self) -> tuple[int, int, int]:
+        """(frames held, oldest stamp, newest stamp); stamps 0 when empty."""
+        with self._lock:
+            if not self._frames:
+                return 0, 0, 0
+            return len(self._frames), self._frames[0].stamp, self._frames[-1].stamp
+
+    def miss_reason(self, stamp: int, tolerance_ns: int) -> str:
+        """Why no buffered frame lies within `tolerance_ns` of `stamp` (for STALE_FRAME)."""
+        count, oldest, newest = self.coverage()
+        head = (
+            f"no frame of camera {self.name} within {tolerance_ns / 1e9:.3f} s (stamp_tolerance) "
+            f"of the requested stamp {stamp / 1e9:.3f} s: "
+        )
+        if count == 0:
+            return head + "no frame is buffered"
+        if stamp < oldest:
+            return head + (
+                f"it is {(oldest - stamp) / 1e9:.3f} s older than the oldest frame held. The "
+                f"buffer keeps the last {self.length} frames (frame_buffer), "
+                f"{(newest - oldest) / 1e9:.3f} s at this camera's rate, so that frame has left "
+                "it (or never came); ask sooner or raise frame_buffer"
+            )
+        if stamp > newest:
+            return head + (
+                f"it is {(stamp - newest) / 1e9:.3f} s newer than the newest frame received; "
+                "that frame has not arrived (yet)"
+            )
+        with self._lock:
+            gap = min(abs(f.stamp - stamp) for f in self._frames)
+        return head + f"the nearest frame is {gap / 1e9:.3f} s away"
 
     def _complete(self, frame: Frame) -> Frame:
         depth = None

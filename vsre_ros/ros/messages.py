@@ -3,29 +3,73 @@
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 
 from vsre_ros.core.answers import Answer, AnswerKind, Query, Status
 
 
-def check_query(msg, max_chars: int) -> tuple[Status, str] | None:
-    """(BAD_QUESTION, why) when the query cannot be asked as it is, else None."""
+@dataclass(frozen=True)
+class Limits:
+    """What a query may hold before it gets BAD_QUESTION (the server's parameters of the names)."""
+
+    max_question_chars: int = 2000
+    max_options: int = 64
+    max_option_chars: int = 200
+
+    @classmethod
+    def of(cls, params) -> Limits:
+        """The limits set by a ServerParams (or anything with these attribute names)."""
+        return cls(params.max_question_chars, params.max_options, params.max_option_chars)
+
+
+def check_query(msg, limits: Limits | int) -> tuple[Status, str] | None:
+    """(BAD_QUESTION, why) when the query cannot be asked as it is, else None.
+
+    `limits` is a Limits, or an int: the question length limit with the other limits' defaults.
+    """
+    if isinstance(limits, int):
+        limits = Limits(max_question_chars=limits)
     question = msg.question.strip()
     if not question:
         return Status.BAD_QUESTION, "the question is empty; put the question text in `question`"
-    if len(msg.question) > max_chars:
+    if len(msg.question) > limits.max_question_chars:
         return (
             Status.BAD_QUESTION,
-            f"the question has {len(msg.question)} characters; the limit is {max_chars} "
-            "(parameter max_question_chars)",
+            f"the question has {len(msg.question)} characters; the limit is "
+            f"{limits.max_question_chars} (parameter max_question_chars)",
         )
     if msg.answer_kind not in {k.value for k in AnswerKind}:
         known = ", ".join(f"{k.value}={k.name}" for k in AnswerKind)
         return Status.BAD_QUESTION, f"unknown answer_kind {msg.answer_kind}; known: {known}"
-    if msg.answer_kind == AnswerKind.CHOICE and len(msg.options) < 2:
+    if not math.isfinite(msg.max_age) or msg.max_age < 0:
         return (
             Status.BAD_QUESTION,
-            f"a choice question needs at least two options, got {len(msg.options)}",
+            f"max_age is {msg.max_age}; give seconds >= 0 (0 = the server's max_frame_age)",
         )
+    if msg.answer_kind == AnswerKind.CHOICE:
+        problem = _check_options(list(msg.options), limits)
+        if problem:
+            return Status.BAD_QUESTION, problem
+    return None
+
+
+def _check_options(options: list[str], limits: Limits) -> str | None:
+    if len(options) < 2:
+        return f"a choice question needs at least two options, got {len(options)}"
+    if len(options) > limits.max_options:
+        return (
+            f"a choice question has {len(options)} options; the limit is {limits.max_options} "
+            "(parameter max_options)"
+        )
+    for k, option in enumerate(options):
+        if not option.strip():
+            return f"option #{k} is empty; every option needs text"
+        if len(option) > limits.max_option_chars:
+            return (
+                f"option #{k} has {len(option)} characters; the limit is "
+                f"{limits.max_option_chars} (parameter max_option_chars)"
+            )
     return None
 
 
@@ -54,7 +98,7 @@ def answer_to_msg(answer: Answer, query_id: str, header=None):
         msg.header = header
     msg.query_id = query_id
     msg.status = int(answer.status)
-    msg.error = answer.error
+    msg.error = readable(answer.error)
     msg.answer = answer.text
     msg.verdict = bool(answer.verdict)
     msg.probability = float(answer.probability)
@@ -66,8 +110,18 @@ def answer_to_msg(answer: Answer, query_id: str, header=None):
     return msg
 
 
+# "<_io.BytesIO object at 0x7f...>", "<function f at 0x...>": an object's repr says nothing to
+# a caller and changes from run to run.
+_OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
+
+
+def readable(text: str) -> str:
+    """`text` with object reprs (`<... at 0x...>`) taken out, for an answer's `error`."""
+    return _OBJECT_REPR.sub("the data", text)
+
+
 def failure_msg(status: Status, error: str, query_id: str, header=None, model_id: str = ""):
-    """A SpatialAnswer reporting a problem instead of a result."""
+    """A SpatialAnswer reporting a problem instead of a result (object reprs taken out)."""
     answer = Answer.failure(status, error, query_id)
     answer.model_id = model_id
     return answer_to_msg(answer, query_id, header)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,17 +56,41 @@ class ServerParams:
         "per camera (or one value for all): sensor_data (best effort, live drivers) or "
         "reliable (bag replay, reliable publishers)",
     )
-    frame_buffer: int = _p(10, "frames kept per camera, for picking a frame by stamp")
+    frame_buffer: int = _p(
+        60,
+        "frames kept per camera, for picking a frame by stamp; at R Hz they reach back "
+        "frame_buffer / R seconds (diagnostics: frames_buffered)",
+    )
     max_frame_age: float = _p(1.0, "seconds: default oldest frame accepted (STALE_FRAME)")
     stamp_tolerance: float = _p(0.05, "seconds: max distance to a requested stamp")
     queue_size: int = _p(16, "queries waiting for the model; beyond this: OVERLOADED at once")
     batch_size: int = _p(8, "queries answered in one engine call")
+    intake_depth: int = _p(
+        0,
+        "DDS history of the query topic subscription: 0 = KEEP_ALL (a burst waits in DDS, "
+        "flow-controlled back to the sender, and every query that arrives is answered); "
+        "N = KEEP_LAST N (queries beyond N unread are dropped by DDS, unanswered)",
+    )
+    service_depth: int = _p(
+        10000,
+        "QoS depth of the service and the action's services: requests waiting to be taken, "
+        "responses on their way (KEEP_LAST: a backlog beyond it is dropped by DDS); memory is "
+        "taken only by requests actually waiting",
+    )
+    answer_depth: int = _p(
+        1000, "QoS depth of the answer topic and the action feedback publishers"
+    )
+    max_goals: int = _p(
+        4, "action goals answered at once; the queries of further goals get OVERLOADED"
+    )
     max_batch_wait: float = _p(
         0.0,
         "seconds the worker waits for more queries to fill a batch; 0 takes what is queued "
         "(queries queue up while the engine is busy, so batches form without waiting)",
     )
     max_question_chars: int = _p(2000, "longer questions get BAD_QUESTION")
+    max_options: int = _p(64, "choice questions with more options get BAD_QUESTION")
+    max_option_chars: int = _p(200, "longer options get BAD_QUESTION")
     max_images: int = _p(8, "more inline images than this get BAD_IMAGE")
     request_timeout: float = _p(60.0, "seconds a service/action call waits for its answer")
     query_topic: str = _p("vsre/queries", "SpatialQuery input topic")
@@ -113,12 +138,34 @@ class ServerParams:
     def validate(self) -> None:
         """Raise ValueError naming the first bad parameter."""
         self.camera_specs()
-        for name in ("frame_buffer", "queue_size", "batch_size", "max_question_chars"):
+        for name in (
+            "frame_buffer",
+            "queue_size",
+            "batch_size",
+            "max_question_chars",
+            "max_options",
+            "max_option_chars",
+            "service_depth",
+            "answer_depth",
+            "max_goals",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"parameter {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_frame_age", "stamp_tolerance", "max_batch_wait", "request_timeout"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"parameter {name} must be >= 0, got {getattr(self, name)}")
+        if self.max_options < 2:
+            raise ValueError(f"parameter max_options must be >= 2, got {self.max_options}")
+        if self.intake_depth < 0:
+            raise ValueError(
+                f"parameter intake_depth must be >= 0 (0 = KEEP_ALL), got {self.intake_depth}"
+            )
+        for name in (
+            "max_frame_age",
+            "stamp_tolerance",
+            "max_batch_wait",
+            "request_timeout",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"parameter {name} must be a finite number >= 0, got {value}")
         if not self.model:
             raise ValueError("parameter model is empty; give a preset id or checkpoint directory")
 
@@ -187,7 +234,9 @@ class DemoClientParams:
         ["yes_no", "choice", "number"], "answer kinds asked: yes_no, choice, number"
     )
     seed: int = _p(0, "seed for picking questions")
-    answer_timeout: float = _p(60.0, "seconds to wait for an answer before counting it lost")
+    answer_timeout: float = _p(
+        60.0, "seconds the client (vsre_ros.client) waits for an answer; then TIMEOUT"
+    )
 
     def validate(self) -> None:
         if self.questions < 1 or self.per_scene < 1:

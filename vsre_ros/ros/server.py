@@ -6,8 +6,18 @@ pick its frame and put it on a bounded queue (full queue: OVERLOADED at once); o
 takes batches off the queue, decodes the frames and calls the engine, so model work never runs
 in a ROS callback. Every query gets exactly one answer with its id, whatever happens.
 
+Intake never drops a query silently. The query topic is read with a KEEP_ALL history by default
+(`intake_depth` 0): a burst far larger than the queue waits in DDS, flow-controlled back to the
+sender, and each query is taken and answered (OK or OVERLOADED); with KEEP_LAST, DDS would
+overwrite what the executor had not yet taken. The service and answer publishers keep
+`service_depth` / `answer_depth` samples. A waiting service call holds an executor thread only
+while its query is queued or in the engine (OVERLOADED returns at once), and at most `max_goals`
+action goals run at once, so the executor always has threads left to take new queries.
+
 Lifecycle: the model loads in on_configure (a failed load fails the transition and says why),
-answers are given only while active (otherwise MODEL_NOT_READY), on_cleanup frees the model.
+answers are given only while active (otherwise MODEL_NOT_READY), on_cleanup frees the model,
+shutdown finalizes the node (`vsre serve` then exits). `vsre serve` stays up when its own
+configure fails: it answers MODEL_NOT_READY with the reason until configured again.
 The `model` and `lora` parameters can be changed at runtime: the new model loads between batches
 and the parameter change is refused, with the reason, if it cannot load.
 
@@ -34,7 +44,8 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -51,7 +62,7 @@ from vsre_ros.ros.conversions import (
 )
 from vsre_ros.ros.engines import make_engine
 from vsre_ros.ros.frames import Frame, FrameBuffer, stamp_ns
-from vsre_ros.ros.messages import answer_to_msg, check_query, failure_msg, query_from_msg
+from vsre_ros.ros.messages import Limits, answer_to_msg, check_query, failure_msg, query_from_msg
 from vsre_ros.srv import AskSpatial
 
 NODE_NAME = "vsre_server"
@@ -66,6 +77,7 @@ class Pending:
     received: float  # time.perf_counter() at receipt
     on_answer: Any  # callable(SpatialAnswer)
     frames: list[Frame] = field(default_factory=list)  # camera frame(s) picked, or []
+    buffer: FrameBuffer | None = None  # the camera the frame came from
     header: Header = field(default_factory=Header)  # stamp/frame of the frame used
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _done: bool = False
@@ -87,10 +99,15 @@ class Stats:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.received = 0  # queries taken in (topic, service, action)
         self.answered = 0
         self.by_status: dict[int, int] = {}
         self.latency = deque(maxlen=LATENCY_WINDOW)
         self.model_latency = deque(maxlen=LATENCY_WINDOW)
+
+    def receive(self, count: int = 1) -> None:
+        with self.lock:
+            self.received += count
 
     def record(self, msg) -> None:
         with self.lock:
@@ -111,6 +128,8 @@ class VsreServer(LifecycleNode):
         self.engine = None
         self.engine_lock = threading.Lock()  # held while answering or switching models
         self.active = False
+        self.finalized = False  # lifecycle shutdown: nothing more will be answered
+        self.on_finalized = lambda: None  # called once finalized (`vsre serve` exits then)
         self.last_error = ""
         self.stats = Stats()
         self.queue: queue.Queue[Pending] = queue.Queue(maxsize=self.params.queue_size)
@@ -119,22 +138,26 @@ class VsreServer(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._group = ReentrantCallbackGroup()
+        self._goals = 0  # action goals being answered
+        self._goals_lock = threading.Lock()
         p = self.params
-        self.answer_pub = self.create_publisher(SpatialAnswer, p.answer_topic, 50)
+        # Intake QoS is read once, here, like the topic and service names.
+        answers_qos = QoSProfile(depth=p.answer_depth)
+        service_qos = QoSProfile(depth=p.service_depth)
+        self.answer_pub = self.create_publisher(SpatialAnswer, p.answer_topic, answers_qos)
         self.create_subscription(
             SpatialQuery,
             p.query_topic,
             self._on_topic_query,
-            50,
+            intake_qos(p.intake_depth),
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
         self.create_service(
             AskSpatial,
             p.service_name,
             self._on_service,
-            # The default depth (10) drops requests when more clients than that call at once;
-            # keep every request the queue could hold, so overload is answered, not lost.
-            qos_profile=QoSProfile(depth=max(100, 2 * p.queue_size)),
+            # rclpy's default depth (10) drops requests when more callers than that ask at once.
+            qos_profile=service_qos,
             callback_group=self._group,
         )
         self._action = ActionServer(
@@ -145,8 +168,11 @@ class VsreServer(LifecycleNode):
             goal_callback=lambda _goal: GoalResponse.ACCEPT,
             cancel_callback=lambda _goal: CancelResponse.ACCEPT,
             callback_group=self._group,
+            goal_service_qos_profile=service_qos,
+            result_service_qos_profile=service_qos,
+            cancel_service_qos_profile=service_qos,
             # A batch sends one feedback per answer in a burst; keep them all for the client.
-            feedback_pub_qos_profile=QoSProfile(depth=100),
+            feedback_pub_qos_profile=answers_qos,
         )
         self.annotated_pub = (
             self.create_publisher(Image, p.annotated_topic, 5) if p.annotated_topic else None
@@ -203,7 +229,10 @@ class VsreServer(LifecycleNode):
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
         self.active = False
+        self.finalized = True
         self._release()
+        self.get_logger().info("shut down (finalized): answering no more queries")
+        self.on_finalized()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state) -> TransitionCallbackReturn:
@@ -249,6 +278,7 @@ class VsreServer(LifecycleNode):
                 else QoSProfile(depth=params.frame_buffer)
             )
             buffer = FrameBuffer(spec.topic, params.frame_buffer, tolerance)
+            buffer.depth_topic = spec.depth_topic
             self.buffers[spec.topic] = buffer
             kind = CompressedImage if spec.transport == "compressed" else Image
             group = self._group
@@ -293,15 +323,17 @@ class VsreServer(LifecycleNode):
     def submit(self, msg, on_answer) -> Pending:
         """Check `msg`, pick its frame and queue it; failures are answered at once."""
         pending = Pending(msg, time.perf_counter(), on_answer)
+        self.stats.receive()
         if not self.active or self.engine is None:
-            why = (
-                "the server is not active; configure and activate it (lifecycle)"
-                if not self.last_error
-                else f"no model is loaded: {self.last_error}"
-            )
+            if self.finalized:
+                why = "the server was shut down (lifecycle finalized); start a new one"
+            elif self.last_error:
+                why = f"no model is loaded: {self.last_error}"
+            else:
+                why = "the server is not active; configure and activate it (lifecycle)"
             self._send(pending, failure_msg(Status.MODEL_NOT_READY, why, msg.query_id))
             return pending
-        problem = check_query(msg, self.params.max_question_chars) or self._pick_frames(pending)
+        problem = check_query(msg, Limits.of(self.params)) or self._pick_frames(pending)
         if problem is not None:
             self._send(pending, failure_msg(*problem, msg.query_id, pending.header))
             return pending
@@ -338,6 +370,7 @@ class VsreServer(LifecycleNode):
         if frame is None:
             return Status.NO_FRAME, f"no frame received yet from camera {buffer.name}"
         pending.frames = [frame]
+        pending.buffer = buffer
         pending.header = Header(
             stamp=frame.image.header.stamp, frame_id=frame.image.header.frame_id
         )
@@ -353,11 +386,8 @@ class VsreServer(LifecycleNode):
         else:
             gap = abs(frame.stamp - wanted) / 1e9
             if gap > self.params.stamp_tolerance:
-                return (
-                    Status.STALE_FRAME,
-                    f"the nearest frame from {buffer.name} is {gap:.3f} s from the requested "
-                    f"stamp; tolerance is {self.params.stamp_tolerance:.3f} s",
-                )
+                tolerance = int(self.params.stamp_tolerance * 1e9)
+                return Status.STALE_FRAME, buffer.miss_reason(wanted, tolerance)
         return None
 
     def _on_service(self, request, response):
@@ -385,6 +415,34 @@ class VsreServer(LifecycleNode):
     def _execute_goal(self, goal_handle):
         """Answer a batch: submit `batch_size` queries at a time, feedback after each answer."""
         queries = list(goal_handle.request.queries)
+        with self._goals_lock:
+            busy = self._goals >= self.params.max_goals
+            if not busy:
+                self._goals += 1
+        if busy:
+            return self._overloaded_goal(goal_handle, queries)
+        try:
+            return self._answer_goal(goal_handle, queries)
+        finally:
+            with self._goals_lock:
+                self._goals -= 1
+
+    def _overloaded_goal(self, goal_handle, queries):
+        """OVERLOADED for every query of a goal that came while max_goals goals were running."""
+        why = (
+            f"{self.params.max_goals} action goals are being answered (parameter max_goals); "
+            "retry later"
+        )
+        self.stats.receive(len(queries))
+        answers = []
+        for query in queries:
+            answer = failure_msg(Status.OVERLOADED, why, query.query_id, model_id=self._model_id())
+            self.stats.record(answer)
+            answers.append(answer)
+        goal_handle.succeed()
+        return AskSpatialAction.Result(answers=answers)
+
+    def _answer_goal(self, goal_handle, queries):
         answers: list[Any] = [None] * len(queries)
         events = [threading.Event() for _ in queries]
         pendings: list[Pending | None] = [None] * len(queries)
@@ -486,9 +544,7 @@ class VsreServer(LifecycleNode):
             except ImageConversionError as err:
                 self._send(
                     pending,
-                    failure_msg(
-                        Status.BAD_IMAGE, f"cannot use the image: {err}", "", pending.header
-                    ),
+                    failure_msg(Status.BAD_IMAGE, f"cannot use {err}", "", pending.header),
                 )
         if not ready:
             return
@@ -530,19 +586,36 @@ class VsreServer(LifecycleNode):
                 self._annotate(query.images[0], pending, msg)
 
     def _to_query(self, pending: Pending, decoded: dict):
+        """The core Query of a pending query; ImageConversionError names the image at fault."""
         msg = pending.msg
         if msg.images:
-            images = [to_rgb8(image) for image in msg.images]
+            images = []
+            for k, image in enumerate(msg.images):
+                try:
+                    images.append(to_rgb8(image))
+                except ImageConversionError as err:
+                    raise ImageConversionError(f"inline image #{k}: {err}") from err
             return query_from_msg(msg, images)
-        frame = pending.frames[0]
-        key = (self._buffer_for(msg.camera).name, frame.stamp)
+        frame, buffer = pending.frames[0], pending.buffer
+        key = (buffer.name, frame.stamp)
         if key not in decoded:
+            at = f"stamp {frame.stamp / 1e9:.3f} s"
+            try:
+                image = to_rgb8(frame.image)
+            except ImageConversionError as err:
+                raise ImageConversionError(
+                    f"the frame of camera {buffer.name} ({at}): {err}"
+                ) from err
             depth = None
             if frame.depth is not None:
-                depth = imgmsg_to_numpy(frame.depth)
-                if frame.depth.encoding in ("16UC1", "mono16"):
-                    depth = depth.astype(np.float32) / 1000.0  # REP 118: millimetres
-            decoded[key] = (to_rgb8(frame.image), depth)
+                try:
+                    depth = _depth_metres(frame.depth)
+                except ImageConversionError as err:
+                    raise ImageConversionError(
+                        f"the depth image of camera {buffer.name} "
+                        f"(topic {buffer.depth_topic}, {at}): {err}"
+                    ) from err
+            decoded[key] = (image, depth)
         image, depth = decoded[key]
         return query_from_msg(msg, [image], [depth], [key])
 
@@ -593,6 +666,7 @@ class VsreServer(LifecycleNode):
             model_latency = sorted(self.stats.model_latency)
             by_status = dict(self.stats.by_status)
             answered = self.stats.answered
+            received = self.stats.received
 
         def pct(values, q):
             return f"{values[min(len(values) - 1, int(q * len(values)))]:.2f}" if values else "nan"
@@ -602,6 +676,7 @@ class VsreServer(LifecycleNode):
             "active": str(self.active),
             "queue_depth": str(self.queue.qsize()),
             "queue_size": str(self.params.queue_size),
+            "received": str(received),
             "answered": str(answered),
             "latency_p50_ms": pct(latency, 0.5),
             "latency_p95_ms": pct(latency, 0.95),
@@ -610,9 +685,13 @@ class VsreServer(LifecycleNode):
         for status in Status:
             values[f"status_{status.name.lower()}"] = str(by_status.get(int(status), 0))
         for topic, buffer in list(self.buffers.items()):
+            count, oldest, newest = buffer.coverage()
             values[f"frames_received {topic}"] = str(buffer.received)
             values[f"frames_dropped {topic}"] = str(buffer.dropped)
-        if self.engine is None:
+            values[f"frames_buffered {topic}"] = f"{count} ({(newest - oldest) / 1e9:.3f} s)"
+        if self.finalized:
+            level, message = DiagnosticStatus.ERROR, "shut down (finalized)"
+        elif self.engine is None:
             level, message = DiagnosticStatus.ERROR, self.last_error or "no model loaded"
         elif not self.active:
             level, message = DiagnosticStatus.WARN, "configured, not active"
@@ -634,9 +713,37 @@ class VsreServer(LifecycleNode):
         self.diag_pub.publish(msg)
 
 
+def intake_qos(depth: int) -> QoSProfile:
+    """Reliable QoS for the query topic: KEEP_ALL when `depth` is 0, else KEEP_LAST `depth`."""
+    if depth == 0:
+        # KEEP_ALL: DDS holds what the executor has not taken yet (Fast DDS: up to 5000 samples)
+        # and flow-controls a faster sender, instead of overwriting unread queries.
+        return QoSProfile(
+            history=HistoryPolicy.KEEP_ALL, depth=1, reliability=ReliabilityPolicy.RELIABLE
+        )
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def _depth_metres(msg) -> np.ndarray:
+    """A depth image as float32 metres (32FC1 as is; 16UC1/mono16 millimetres, REP 118)."""
+    if msg.encoding not in ("32FC1", "16UC1", "mono16"):
+        raise ImageConversionError(
+            f"encoding {msg.encoding!r}; depth must be 32FC1 (metres) or 16UC1 (millimetres)"
+        )
+    depth = imgmsg_to_numpy(msg)
+    if msg.encoding != "32FC1":
+        depth = depth.astype(np.float32) / 1000.0
+    return depth
+
+
 def executor_threads(params) -> int:
-    """Threads for the executor: each waiting service call holds one (queue_size at most)."""
-    return params.queue_size + 4
+    """Threads for the executor, so that blocked callbacks never take them all.
+
+    A service call waits on its thread while its query is queued or in the engine (queue_size
+    + batch_size at most; OVERLOADED answers return at once), and each running action goal holds
+    one (max_goals); four more keep the topic intake, timers and lifecycle services going.
+    """
+    return params.queue_size + params.batch_size + params.max_goals + 4
 
 
 # ---- the `vsre serve` sub-command and the vsre_server console script ------------------------
@@ -652,25 +759,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     server_params.add_ros_cli_arguments(parser)
 
 
+SHUTDOWN_GRACE_S = 0.5  # after lifecycle shutdown: time for the change_state response to leave
+
+
 def run(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C, SIGTERM or lifecycle shutdown; a failed configure keeps serving."""
     rclpy.init(args=None)
     try:
         node = VsreServer(cli_args=server_params.ros_cli_args(args, model=args.model))
-        executor = MultiThreadedExecutor(num_threads=executor_threads(node.params))
-        executor.add_node(node)
-        if not args.no_activate:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().error(f"configure failed: {node.last_error}")
-                return 1
+    except BaseException:
+        rclpy.try_shutdown()
+        raise
+    executor = MultiThreadedExecutor(num_threads=executor_threads(node.params))
+    if not args.no_activate:
+        if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
             node.trigger_activate()
-        try:
-            executor.spin()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            bringup.shutdown_executor(executor)
-            node.destroy_node()
+        else:
+            node.get_logger().error(
+                f"configure failed: {node.last_error}. The node stays up: queries get "
+                "MODEL_NOT_READY with this reason and /diagnostics shows it; fix the parameters "
+                f"and configure again (ros2 lifecycle set {node.get_fully_qualified_name()} "
+                "configure)"
+            )
+    # Spin until lifecycle shutdown (plus a grace for the transition's reply), Ctrl-C or SIGTERM.
+    # spin_until_future_complete without a timeout waits on the wait set alone; a spin_once loop
+    # with a timeout would build a timer for every callback it runs.
+    finished = Future()
+    node.on_finalized = lambda: threading.Timer(
+        SHUTDOWN_GRACE_S, lambda: finished.set_result(True)
+    ).start()
+    executor.add_node(node)
+    try:
+        executor.spin_until_future_complete(finished)
+    except KeyboardInterrupt:
+        pass
     finally:
+        bringup.shutdown_executor(executor)
+        node.destroy_node()
         rclpy.try_shutdown()
     return 0
 
