@@ -420,19 +420,13 @@ def run_stage(
     `head_losses` are the loss ids whose heads the run trains (default: this stage's);
     `step_offset` is the steps of the stages before (metrics' global_step, eval schedule).
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm import tqdm
 
     from .model_api import MODEL_INPUTS, collate, first_token_correct
     from .model_api import image_cache as make_cache
     from .recipes.targets import TargetBuilder, batch_targets
 
-    # A term with nothing to learn in a batch leaves its head without a gradient: DDP (several
-    # processes) must not wait for it.
-    unused = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = accelerator or Accelerator(
-        cpu=not torch.cuda.is_available(), kwargs_handlers=[unused]
-    )
+    accelerator = accelerator or make_accelerator()
     weights = stage_losses(config, stage)
     carries = config.carry_optimizer and not last
     stage_dir = Path(config.output) / stage.name
@@ -441,10 +435,19 @@ def run_stage(
     run_done = (
         Path(config.output) / config.stages[-1].name / FINAL / "vsre_config.json"
     ).is_file()
-    if finished and (not carries or run_done or (stage_dir / CARRY / "state.json").is_file()):
+    done_before = finished and (
+        not carries or run_done or (stage_dir / CARRY / "state.json").is_file()
+    )
+    if accelerator.num_processes > 1:  # every process takes the main process's decision
+        from accelerate.utils import broadcast_object_list
+
+        done_before = broadcast_object_list([done_before])[0]
+    if done_before:
         log.info("stage %s already finished: %s", stage.name, stage_dir / FINAL)
         return StageResult(stage.name, stage_dir / FINAL, 0, None)
-    dump_config(config, stage_dir / "train_config.yaml")
+    main = accelerator.is_main_process  # the one process that writes the stage's files
+    if main:
+        dump_config(config, stage_dir / "train_config.yaml")
     items = stage_items(items, stage)
     sampler = stage_sampler(stage, config.seed)
 
@@ -465,7 +468,9 @@ def run_stage(
     if checkpoint is not None:
         start = load_checkpoint(checkpoint, trainee, optimizer, average)
         log.info("stage %s: resuming from %s (step %d)", stage.name, checkpoint, start)
-    rewrite_metrics(metrics_path, read_metrics(metrics_path, upto_step=start))
+    if main:
+        rewrite_metrics(metrics_path, read_metrics(metrics_path, upto_step=start))
+    accelerator.wait_for_everyone()
     cache = make_cache(model, config.image_cache_dir or None)
     wants = [LOSSES[name] for name in weights]
     builder = TargetBuilder(model) if any(t.targets for t in wants) else None
@@ -581,8 +586,19 @@ def spread(items: list[Item], n: int) -> list[Item]:
     return [items[int(k * step)] for k in range(n)]
 
 
+def make_accelerator():
+    """The run's Accelerator: CUDA when there is one; on the CPU, several processes (torchrun)
+    join one gloo group only when accelerate is told it runs on the CPU, so say so."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    # A term with nothing to learn in a batch leaves its head without a gradient: DDP (several
+    # processes) must not wait for it.
+    unused = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[unused])
+
+
 def pretrained_init(config: TrainConfig, init: str | Path, images_from: list[Item],
-                    val_items: list[Item], progress: bool) -> Path:  # fmt: skip
+                    val_items: list[Item], progress: bool, accelerator) -> Path:  # fmt: skip
     """Each encoder trained alone with its family's own objective (`recipes/pretrain.py`) on
     the first stage's images, once per run: the first stage starts from `<output>/pretrain/`."""
     from .model_api import build_model, uncalibrated
@@ -602,8 +618,13 @@ def pretrained_init(config: TrainConfig, init: str | Path, images_from: list[Ite
         keep = len(images) - min(settings.val_images, len(images) // 4)
         images, held_out = images[:keep], images[keep:]
     log.info("encoder pretraining: %d images, %d steps", len(images), settings.steps)
-    pretrain_encoders(model, images, held_out, settings, out, progress)
-    return save_final(out, model)
+    # Every process pretrains the same (seeded) weights; one saves them, the others wait.
+    main = accelerator.is_main_process
+    pretrain_encoders(model, images, held_out, settings, out, progress and main)
+    if main:
+        save_final(out, model)
+    accelerator.wait_for_everyone()
+    return out / FINAL
 
 
 def train(
@@ -622,7 +643,9 @@ def train(
         raise ValueError("no training data: set data (a dataset directory) or --data")
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
-    dump_config(config, out / "train_config.yaml")
+    accelerator = make_accelerator()
+    if accelerator.is_main_process:
+        dump_config(config, out / "train_config.yaml")
     by_split: dict[str, list[Item]] = {}
 
     def split_items(split: str) -> list[Item]:
@@ -637,7 +660,9 @@ def train(
     head_losses = sorted({n for s in config.stages for n in stage_losses(config, s)})
     if config.pretrain_steps > 0 and init is None:
         first = config.stages[0]
-        init = pretrained_init(config, config.model, split_items(first.split), val, progress)
+        init = pretrained_init(
+            config, config.model, split_items(first.split), val, progress, accelerator
+        )
     results: list[StageResult] = []
     state = None
     for stage in stages:
@@ -653,7 +678,7 @@ def train(
         start_from = start_from or config.model
         carry_from = previous if config.carry_optimizer and previous is not None else None
         result = run_stage(
-            config, stage, start_from, split_items(stage.split), val, progress=progress,
+            config, stage, start_from, split_items(stage.split), val, accelerator, progress,
             state=state, carry_from=carry_from if state is None else None,
             head_losses=head_losses if config.carry_optimizer else None,
             step_offset=sum(s.steps for s in config.stages[:position]),
@@ -662,7 +687,7 @@ def train(
         results.append(result)
         state = result.state
         init = None
-    if len(names) > 1 and stages[-1].name == names[-1]:
+    if len(names) > 1 and stages[-1].name == names[-1] and accelerator.is_main_process:
         rows = [r for name in names for r in read_metrics(out / name / "metrics.jsonl")]
         plot_curves(rows, out / "learning_curve.png", Path(config.output).name)
         for name in names:  # the carried states are spent once the last stage is done

@@ -69,6 +69,57 @@ class Query:
     query_id: str = ""  # caller's id, echoed in the answer
 
 
+@dataclass(frozen=True)
+class QueryLimits:
+    """What a question may hold before it gets BAD_QUESTION (the server's parameters of the
+    same names; the engine's `EngineConfig.max_question_chars`)."""
+
+    max_question_chars: int = 2000  # longer questions are refused
+    max_options: int = 64  # choice questions with more options are refused
+    max_option_chars: int = 200  # longer options are refused
+
+
+def question_problem(
+    question: object, answer_kind: object, options: list, limits: QueryLimits = QueryLimits()
+) -> str | None:
+    """Why a question cannot be asked as it is (its BAD_QUESTION text), else None: the one rule
+    the engine and the ROS layer apply."""
+    from vsre_ros.core.prompts import IMAGE
+
+    if not isinstance(question, str) or not question.strip():
+        return "the question is empty; put the question text in `question`"
+    if len(question) > limits.max_question_chars:
+        return (
+            f"the question has {len(question)} characters; the limit is "
+            f"{limits.max_question_chars} (parameter max_question_chars)"
+        )
+    if IMAGE in question:
+        return f"the question contains the reserved placeholder {IMAGE}; images go apart"
+    try:
+        kind = AnswerKind(answer_kind)
+    except ValueError:
+        known = ", ".join(f"{k.value}={k.name}" for k in AnswerKind)
+        return f"unknown answer_kind {answer_kind!r}; known: {known}"
+    if kind != AnswerKind.CHOICE:
+        return None
+    if len(options) < 2:
+        return f"a choice question needs at least two options, got {len(options)}"
+    if len(options) > limits.max_options:
+        return (
+            f"a choice question has {len(options)} options; the limit is {limits.max_options} "
+            "(parameter max_options)"
+        )
+    for k, option in enumerate(options):
+        if not isinstance(option, str) or not option.strip():
+            return f"option #{k} is empty; every option needs text"
+        if len(option) > limits.max_option_chars:
+            return (
+                f"option #{k} has {len(option)} characters; the limit is "
+                f"{limits.max_option_chars} (parameter max_option_chars)"
+            )
+    return None
+
+
 @dataclass
 class Answer:
     """The engine's answer to one Query; invalid fields keep their defaults."""

@@ -38,13 +38,14 @@ from vsre_ros.core.answers import (
     Answer,
     AnswerKind,
     Query,
+    QueryLimits,
     Status,
     invited_vocabularies,
     parse_number,
+    question_problem,
 )
 from vsre_ros.core.config import PRESETS, EngineConfig, is_model_file, read_model_file
 from vsre_ros.core.model import VSREModel, check_image
-from vsre_ros.core.prompts import IMAGE
 from vsre_ros.core.templates import TEMPLATES
 
 # The wording of structured-only yes/no queries: the first (plainest) training template.
@@ -307,36 +308,11 @@ class Engine:
             return Answer.failure(
                 Status.BAD_QUESTION, f"expected a Query, got {type(query).__name__}"
             )
-        question = query.question if isinstance(query.question, str) else None
-        if question is None or not question.strip():
-            return Answer.failure(Status.BAD_QUESTION, "the question is empty; ask something")
-        if len(question) > self.config.max_question_chars:
-            return Answer.failure(
-                Status.BAD_QUESTION,
-                f"the question has {len(question)} characters; the limit is "
-                f"{self.config.max_question_chars}",
-            )
-        if IMAGE in question:
-            return Answer.failure(
-                Status.BAD_QUESTION,
-                f"the question contains the reserved placeholder {IMAGE}; images go in "
-                "Query.images",
-            )
-        try:
-            kind = AnswerKind(query.answer_kind)
-        except ValueError:
-            return Answer.failure(
-                Status.BAD_QUESTION,
-                f"unknown answer kind {query.answer_kind!r}; known: "
-                f"{[k.label for k in AnswerKind]}",
-            )
-        if kind == AnswerKind.CHOICE:
-            options = [o for o in query.options if isinstance(o, str) and o.strip()]
-            if len(options) < 2 or len(options) != len(query.options):
-                return Answer.failure(
-                    Status.BAD_QUESTION,
-                    f"a choice question needs at least 2 non-empty options, got {query.options!r}",
-                )
+        limits = QueryLimits(max_question_chars=self.config.max_question_chars)
+        problem = question_problem(query.question, query.answer_kind, query.options, limits)
+        if problem is not None:
+            return Answer.failure(Status.BAD_QUESTION, problem)
+        kind = AnswerKind(query.answer_kind)
         if not isinstance(query.images, (list, tuple)):
             return Answer.failure(
                 Status.BAD_IMAGE,

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
-from vsre_ros.core.answers import Answer, AnswerKind, Query, Status
+from vsre_ros.core.answers import (
+    Answer,
+    AnswerKind,
+    Query,
+    QueryLimits,
+    Status,
+    question_problem,
+)
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What a query may hold before it gets BAD_QUESTION (the server's parameters of the names)."""
-
-    max_question_chars: int = 2000
-    max_options: int = 64
-    max_option_chars: int = 200
+class Limits(QueryLimits):
+    """The server's query limits (`QueryLimits` read from its parameters)."""
 
     @classmethod
     def of(cls, params) -> Limits:
@@ -23,54 +24,18 @@ class Limits:
         return cls(params.max_question_chars, params.max_options, params.max_option_chars)
 
 
-def check_query(msg, limits: Limits | int) -> tuple[Status, str] | None:
-    """(BAD_QUESTION, why) when the query cannot be asked as it is, else None.
+def check_query(msg, limits: QueryLimits | int) -> tuple[Status, str] | None:
+    """(BAD_QUESTION, why) when the query cannot be asked as it is, else None: the core's rule
+    (`question_problem`) plus what only a message carries (`max_age`).
 
-    `limits` is a Limits, or an int: the question length limit with the other limits' defaults.
+    `limits` is a QueryLimits, or an int: the question length limit with the other defaults.
     """
     if isinstance(limits, int):
-        limits = Limits(max_question_chars=limits)
-    question = msg.question.strip()
-    if not question:
-        return Status.BAD_QUESTION, "the question is empty; put the question text in `question`"
-    if len(msg.question) > limits.max_question_chars:
-        return (
-            Status.BAD_QUESTION,
-            f"the question has {len(msg.question)} characters; the limit is "
-            f"{limits.max_question_chars} (parameter max_question_chars)",
-        )
-    if msg.answer_kind not in {k.value for k in AnswerKind}:
-        known = ", ".join(f"{k.value}={k.name}" for k in AnswerKind)
-        return Status.BAD_QUESTION, f"unknown answer_kind {msg.answer_kind}; known: {known}"
-    if not math.isfinite(msg.max_age) or msg.max_age < 0:
-        return (
-            Status.BAD_QUESTION,
-            f"max_age is {msg.max_age}; give seconds >= 0 (0 = the server's max_frame_age)",
-        )
-    if msg.answer_kind == AnswerKind.CHOICE:
-        problem = _check_options(list(msg.options), limits)
-        if problem:
-            return Status.BAD_QUESTION, problem
-    return None
-
-
-def _check_options(options: list[str], limits: Limits) -> str | None:
-    if len(options) < 2:
-        return f"a choice question needs at least two options, got {len(options)}"
-    if len(options) > limits.max_options:
-        return (
-            f"a choice question has {len(options)} options; the limit is {limits.max_options} "
-            "(parameter max_options)"
-        )
-    for k, option in enumerate(options):
-        if not option.strip():
-            return f"option #{k} is empty; every option needs text"
-        if len(option) > limits.max_option_chars:
-            return (
-                f"option #{k} has {len(option)} characters; the limit is "
-                f"{limits.max_option_chars} (parameter max_option_chars)"
-            )
-    return None
+        limits = QueryLimits(max_question_chars=limits)
+    problem = question_problem(msg.question, msg.answer_kind, list(msg.options), limits)
+    if problem is None and (not math.isfinite(msg.max_age) or msg.max_age < 0):
+        problem = f"max_age is {msg.max_age}; give seconds >= 0 (0 = the server's max_frame_age)"
+    return None if problem is None else (Status.BAD_QUESTION, problem)
 
 
 def query_from_msg(msg, images, depth=None, image_keys=None) -> Query:
