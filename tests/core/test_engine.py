@@ -197,7 +197,7 @@ def test_feature_cache_forgets_least_recently_used(tiny_model, rng):
         (
             Query("Which?", [np.zeros((8, 8, 3), np.uint8)], AnswerKind.CHOICE, ["a"]),
             Status.BAD_QUESTION,
-            "at least 2",
+            "at least two",
         ),
         (Query("Is it?", []), Status.BAD_IMAGE, "no image"),
         (Query("Is it?", [np.zeros((8, 8, 3), np.float32)]), Status.BAD_IMAGE, "uint8"),
