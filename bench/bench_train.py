@@ -125,7 +125,9 @@ def bench_evaluator(n: int) -> float:
 PHASES = ("batch", "targets", "forward", "backward", "optimizer")
 
 
-def bench_recipe(recipe: str, data: Path | None, steps: int, threads: int, tmp: Path) -> dict:
+def bench_recipe(
+    recipe: str, data: Path | None, steps: int, threads: int, tmp: Path, batch: int = 0
+) -> dict:
     """The named recipe's last stage (every task and extra loss) for `steps` steps through the
     training loop: median wall and CPU milliseconds per phase of a step, and samples/s."""
     from vsre_ros.sim_data.dataset import GenConfig, generate
@@ -138,6 +140,7 @@ def bench_recipe(recipe: str, data: Path | None, steps: int, threads: int, tmp: 
         generate(data, 600, GenConfig(seed=11, width=64, height=64), workers=1, progress=False)
     stage = config.stages[-1]
     stage.steps, stage.warmup_steps, stage.split = steps, 0, "random_train"
+    stage.batch_size = batch or stage.batch_size
     config.stages, config.data, config.output = [stage], str(data), str(tmp / "run")
     config.pretrain_steps, config.val_split, config.log_every, config.threads = 0, "", 1, threads
     config.save_every = steps + 1
@@ -152,11 +155,12 @@ def bench_recipe(recipe: str, data: Path | None, steps: int, threads: int, tmp: 
     cpu_ms = sum(median[f"cpu_ms_{p}"] for p in PHASES)
     return {"batch_size": stage.batch_size, "step_ms": step_ms, "cpu_ms": cpu_ms,
             "samples_per_s": 1000 * stage.batch_size / step_ms, **median,
-            "gflop": step_gflop(config, stage, data), "gemm_gflops": gemm_rate()}  # fmt: skip
+            **step_compute(config, stage, data), "gemm_gflops": gemm_rate()}  # fmt: skip
 
 
-def step_gflop(config, stage, data: Path) -> float:
-    """FLOPs of one forward and backward of the stage's first batch (torch's counter)."""
+def step_compute(config, stage, data: Path) -> dict:
+    """GFLOP of one forward and backward of the stage's first batch (torch's counter), and the
+    share of its token positions that are padding."""
     from torch.utils.flop_counter import FlopCounterMode
     from vsre_ros.training.losses import Trainee, active, build_heads
     from vsre_ros.training.model_api import MODEL_INPUTS, build_model, collate
@@ -175,7 +179,8 @@ def step_gflop(config, stage, data: Path) -> float:
     with FlopCounterMode(display=False) as counter:
         out = trainee({k: batch[k] for k in MODEL_INPUTS}, batch, targets, weights)
         out.loss.backward()
-    return counter.get_total_flops() / 1e9
+    padding = 1.0 - float(batch["attention_mask"].float().mean())
+    return {"gflop": counter.get_total_flops() / 1e9, "padding": padding}
 
 
 def gemm_rate() -> float:
@@ -205,7 +210,8 @@ def print_recipe(recipe: str, figures: dict) -> None:
     print(
         f"  compute: {figures['gflop']:.1f} GFLOP per step (forward and backward); GEMM rate "
         f"{figures['gemm_gflops']:.0f} GFLOP per CPU-second, so a floor of {floor:.0f} ms CPU;"
-        f" forward and backward take {model_ms:.0f} ms CPU ({model_ms / floor:.1f}x the floor)"
+        f" forward and backward take {model_ms:.0f} ms CPU ({model_ms / floor:.1f}x the floor);"
+        f" {figures['padding']:.0%} of the first batch's token positions are padding"
     )
 
 
@@ -224,13 +230,18 @@ def main() -> None:
         help="recipe whose step is timed phase by phase ('' skips it; vsre-tiny)",
     )
     parser.add_argument("--recipe-steps", type=int, default=20, help="recipe steps timed (20)")
+    parser.add_argument(
+        "--recipe-batch", type=int, default=0, help="recipe batch size (0: the recipe's)"
+    )
     parser.add_argument("--recipe-only", action="store_true", help="only the recipe's figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.recipe:
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(args.data) if args.data else None
-            figures = bench_recipe(args.recipe, data, args.recipe_steps, args.threads, Path(tmp))
+            figures = bench_recipe(
+                args.recipe, data, args.recipe_steps, args.threads, Path(tmp), args.recipe_batch
+            )
         print_recipe(args.recipe, figures)
         if args.recipe_only:
             return
