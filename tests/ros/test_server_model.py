@@ -9,6 +9,7 @@ import pytest
 import torch
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from ros_helpers import model_server_params
 from vsre_ros.msg import SpatialAnswer, SpatialQuery
 from vsre_ros.srv import AskSpatial
 
@@ -54,20 +55,6 @@ def _ask(client, service_name: str, query: SpatialQuery) -> SpatialAnswer:
 PREFIX = f"/model_{uuid.uuid4().hex[:8]}"  # names private to this test session
 
 
-def _params(model: str) -> dict:
-    return {
-        "engine_backend": "vsre",
-        "model": model,
-        "threads": 1,
-        "service_name": f"{PREFIX}/ask",
-        "query_topic": f"{PREFIX}/queries",
-        "answer_topic": f"{PREFIX}/answers",
-        "action_name": f"{PREFIX}/ask_batch",
-        "cameras": [f"{PREFIX}/image"],
-        "diagnostics_period": 0.0,
-    }
-
-
 def _image_query(kind=SpatialQuery.KIND_YES_NO, **fields) -> SpatialQuery:
     image = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
     return SpatialQuery(
@@ -81,7 +68,7 @@ def _image_query(kind=SpatialQuery.KIND_YES_NO, **fields) -> SpatialQuery:
 
 def test_real_model_answers_switches_model_and_lora(checkpoints, make_server, ros_client):
     first, second = checkpoints
-    server = make_server(_params(first))
+    server = make_server(model_server_params(PREFIX, first))
     answer = _ask(ros_client, f"{PREFIX}/ask", _image_query())
     assert answer.status == SpatialAnswer.OK, answer.error
     assert answer.model_id == "tiny-a"
@@ -107,7 +94,7 @@ def test_real_model_answers_switches_model_and_lora(checkpoints, make_server, ro
 
 
 def test_missing_checkpoint_fails_configure_with_the_reason(make_server, tmp_path):
-    server = make_server(_params(str(tmp_path / "nowhere")), activate=False)
+    server = make_server(model_server_params(PREFIX, str(tmp_path / "nowhere")), activate=False)
     assert server.node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "nowhere" in server.node.last_error
     assert server.node.engine is None
@@ -115,7 +102,7 @@ def test_missing_checkpoint_fails_configure_with_the_reason(make_server, tmp_pat
 
 def test_embedded_model_answers_numbers_with_value_unit_and_text(make_server, ros_client):
     """The shipped vsre-tiny writes bare numbers of metres; answers carry "m" ("1.13 m")."""
-    make_server(_params("vsre-tiny"))
+    make_server(model_server_params(PREFIX, "vsre-tiny"))
     for question in (
         "How far apart are the red cup and the blue box, in metres?",
         "How tall is the green book, in metres?",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from ros_helpers import ROOT
+from ros_helpers import ROOT, model_server_params
 from vsre_ros.msg import SpatialAnswer, SpatialQuery
 from vsre_ros.srv import AskSpatial
 
@@ -35,20 +35,7 @@ def model_file(tmp_path_factory):
 
 
 def test_server_answers_from_real_layout_checkpoints(model_file, make_server, ros_client):
-    make_server(
-        {
-            "engine_backend": "vsre",
-            "model": model_file,
-            "device": "cpu",
-            "threads": 1,
-            "service_name": f"{PREFIX}/ask",
-            "query_topic": f"{PREFIX}/queries",
-            "answer_topic": f"{PREFIX}/answers",
-            "action_name": f"{PREFIX}/ask_batch",
-            "cameras": [f"{PREFIX}/image"],
-            "diagnostics_period": 0.0,
-        }
-    )
+    make_server(model_server_params(PREFIX, model_file, device="cpu"))
     frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     cli = ros_client.node.create_client(AskSpatial, f"{PREFIX}/ask")
     assert cli.wait_for_service(timeout_sec=20)
