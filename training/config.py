@@ -18,15 +18,13 @@ from typing import Any
 
 import yaml
 
+from vsre_ros.core.config import documented
+
 # What each freeze mode trains (VSREModel.freeze implements it; tests pin it).
 FREEZE_MODES = ("stage1", "stage2", "stage2+encoders", "all")
 
 
-def _f(default: Any, help: str) -> Any:
-    """A config field with its help text (the docs, `vsre train --help`, the generated flags)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+_f = documented  # a config field: its default and its help text (`vsre train --help`)
 
 
 @dataclass

@@ -21,6 +21,14 @@ import yaml
 FORMAT = "vsre-model/1"
 
 
+def documented(default: Any, help: str) -> Any:
+    """A dataclass field with its help text in its metadata (ROS parameter descriptions, the
+    training CLI's flags, the docs); list and dict defaults are copied per instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class EncoderConfig:
     """One vision encoder: which family, and either a local checkpoint or a config to build."""

@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from vsre_ros.core.config import documented
 
 QOS_CHOICES = (
     "sensor_data",
@@ -23,10 +25,7 @@ QOS_CHOICES = (
 TRANSPORTS = ("raw", "compressed")  # sensor_msgs/Image | sensor_msgs/CompressedImage
 
 
-def _p(default: Any, help: str) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+_p = documented  # a parameter: its default and its description
 
 
 @dataclass
