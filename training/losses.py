@@ -23,6 +23,7 @@ from torch import nn
 
 from vsre_ros.core.model import VSREModel
 
+from .attention_rows import LayerRows, record_rows, use_rows_attention
 from .model_api import image_token_norm, verdict_loss
 from .recipes.targets import (
     POSE_SIZE,
@@ -50,7 +51,8 @@ class StepContext:
 
     model: VSREModel  # the model being trained
     batch: dict[str, Any]  # the collated batch (`model_api.collate`)
-    output: Any  # the model's forward output (logits, attentions, image_embeds)
+    output: Any  # the model's forward output (logits, image_embeds)
+    attentions: dict[int, LayerRows] | None  # hop layers' attention rows, if a term reads them
     targets: dict[str, Any]  # scene targets (`recipes.targets.batch_targets`); {} if none
     heads: nn.ModuleDict  # training-only heads by HEADS id
     states: dict[str, torch.Tensor | None]  # hidden states after the hop layers ("hop1", "hop2")
@@ -66,7 +68,7 @@ class LossTerm:
     fn: Callable[[StepContext], torch.Tensor | None]  # None: nothing to learn in this batch
     doc: str  # one line for --help and the docs
     head: str | None = None  # the HEADS id it trains
-    attentions: bool = False  # needs the LM's attention maps (eager attention)
+    attentions: bool = False  # reads rows of the LM's attention maps (`attention_rows`)
     targets: bool = False  # needs the scene targets
     states: tuple[str, ...] = ()  # hop layers whose output states it reads
     hops: bool = False  # reads the binding-hop layers (`hop_layers` must exist in the LM)
@@ -84,7 +86,7 @@ def _hop(loss: Callable, key: str, layer: int) -> Callable[[StepContext], torch.
     def term(ctx: StepContext):
         if not _needs(ctx, key):
             return None
-        return loss(ctx.output.attentions, ctx.targets, ctx.hop_layers[layer])
+        return loss(ctx.attentions, ctx.targets, ctx.hop_layers[layer])
 
     return term
 
@@ -94,8 +96,8 @@ def _objects(ctx: StepContext):
         return None
     embeds = ctx.output.image_embeds
     term, slot = object_loss(ctx.heads["objects"], embeds, ctx.targets, ctx.grid_tokens)
-    if ctx.output.attentions is not None and len(ctx.targets["objects"].link_rows):
-        term = term + object_hop_loss(ctx.output.attentions, ctx.targets, slot, ctx.hop_layers[1])
+    if ctx.attentions is not None and len(ctx.targets["objects"].link_rows):
+        term = term + object_hop_loss(ctx.attentions, ctx.targets, slot, ctx.hop_layers[1])
     return term
 
 
@@ -123,7 +125,7 @@ def _answer_bits(key: str, head: str) -> Callable[[StepContext], torch.Tensor | 
 def _first_layer_binding(ctx: StepContext):
     """The hop-1 target (object phrase -> its object's image tokens) at the LM's first layer,
     for models without the recipe's hop layers."""
-    return hop1_loss(ctx.output.attentions, ctx.targets, 0) if _needs(ctx, "hop1") else None
+    return hop1_loss(ctx.attentions, ctx.targets, 0) if _needs(ctx, "hop1") else None
 
 
 def consistency_loss(ctx: StepContext):
@@ -311,6 +313,11 @@ class Trainee(nn.Module):
         self.hop_layers = list(hop_layers)
         self.shape_weight = shape_weight
         self.grid_tokens = TargetBuilder(model).grid_tokens
+        # The attention-map terms read rows of these layers' maps; the LM runs SDPA and keeps
+        # their query and key states (`attention_rows`) instead of building eager maps.
+        self._attention_layers = sorted({0, *self.hop_layers})
+        if any(LOSSES[name].attentions for name in losses):
+            use_rows_attention(model.base_lm().config)
         wanted = {state for name in losses for state in LOSSES[name].states}
         layers = {"hop1": self.hop_layers[1], "hop2": self.hop_layers[2]}
         self._layers = {k: LayerOutput(model, layers[k]) for k in sorted(wanted)}
@@ -326,14 +333,16 @@ class Trainee(nn.Module):
         targets: dict[str, Any],
         weights: dict[str, float],
     ) -> StepOutput:
-        attentions = any(LOSSES[name].attentions for name in weights)
-        output = self.model(**inputs, output_attentions=attentions)
+        reads_maps = any(LOSSES[name].attentions for name in weights)
+        with record_rows(self._attention_layers if reads_maps else ()) as rows:
+            output = self.model(**inputs)
         loss = output.loss
         parts = {"lm": float(loss.detach())}
         ctx = StepContext(
             model=self.model,
             batch=batch,
             output=output,
+            attentions=rows if reads_maps else None,
             targets=targets,
             heads=self.heads,
             states={k: layer.states for k, layer in self._layers.items()},

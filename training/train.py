@@ -320,12 +320,6 @@ def learning_rate(stage: StageConfig, step: int) -> float:
     return stage.lr
 
 
-def _use_eager_attention(model) -> None:
-    """Attention-map losses read the maps, which only eager attention returns."""
-    model.config.lm.attn_implementation = "eager"
-    model.base_lm().config._attn_implementation = "eager"
-
-
 def prepare_model(init: str | Path, config: TrainConfig, stage: StageConfig):
     """Build or load the stage's starting model and apply its freeze mode."""
     from .model_api import build_model, freeze, uncalibrated
@@ -373,8 +367,6 @@ def new_state(
     """A fresh trainee and optimizer: the model from `init` in the stage's freeze mode and the
     heads `losses` train, drawn right after the run's seed is set."""
     model, summary = prepare_model(init, config, stage)
-    if any(LOSSES[name].attentions for name in losses):
-        _use_eager_attention(model)
     model.to(accelerator.device)
     torch.manual_seed(config.seed)
     heads = build_heads(model, losses)

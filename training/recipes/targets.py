@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -64,6 +64,7 @@ from vsre_ros.sim_data.scene import Scene
 
 from vsre_ros.core.model import VSREModel
 
+from ..attention_rows import LayerRows
 from ..data import Example
 from ..items import ALL_TEMPLATES
 
@@ -673,7 +674,7 @@ def object_loss(
 
 
 def object_hop_loss(
-    attentions: Sequence[torch.Tensor], targets: dict, slot: torch.Tensor, layer: int = 1
+    attentions: Mapping[int, LayerRows], targets: dict, slot: torch.Tensor, layer: int = 1
 ) -> torch.Tensor:
     """-log of the attention the second head of an object phrase's last token puts on the
     object token matched to its object (hop 1's first head reads the object's grid cells)."""
@@ -681,13 +682,13 @@ def object_hop_loss(
     picked = slot[t.link_object]
     ok = picked >= 0
     if not bool(ok.any()):
-        return attentions[layer].sum() * 0.0
+        return attentions[layer][t.link_rows[:0], 1, t.link_query[:0]].sum()  # 0, in the graph
     attn = attentions[layer][t.link_rows[ok], 1, t.link_query[ok]]  # [P, L]
     mass = attn.gather(1, (t.link_start[ok] + picked[ok])[:, None]).squeeze(1)
     return -mass.float().clamp_min(1e-6).log().mean()
 
 
-def hop1_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 1) -> torch.Tensor:
+def hop1_loss(attentions: Mapping[int, LayerRows], targets: dict, layer: int = 1) -> torch.Tensor:
     """Cross-entropy of the first head's attention (object phrase -> image tokens) against the
     object's mask coverage."""
     t = targets["hop1"]
@@ -696,12 +697,12 @@ def hop1_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 1)
     return -(t.weights * picked.log()).sum(-1).mean()
 
 
-def hop2_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 2) -> torch.Tensor:
+def hop2_loss(attentions: Mapping[int, LayerRows], targets: dict, layer: int = 2) -> torch.Tensor:
     """-log of the attention mass head k of the answer position puts on its phrase's tokens."""
     return _mass_loss(attentions[layer], targets["hop2"])
 
 
-def hop0_loss(attentions: Sequence[torch.Tensor], targets: dict, layer: int = 0) -> torch.Tensor:
+def hop0_loss(attentions: Mapping[int, LayerRows], targets: dict, layer: int = 0) -> torch.Tensor:
     """-log of the attention mass an object phrase's last token puts on the phrase's other
     words (head 0)."""
     return _mass_loss(attentions[layer], targets["hop0"])
