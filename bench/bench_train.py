@@ -126,10 +126,17 @@ PHASES = ("batch", "targets", "forward", "backward", "optimizer")
 
 
 def bench_recipe(
-    recipe: str, data: Path | None, steps: int, threads: int, tmp: Path, batch: int = 0
+    recipe: str,
+    data: Path | None,
+    steps: int,
+    threads: int,
+    tmp: Path,
+    batch: int = 0,
+    length_window: int = 0,
 ) -> dict:
     """The named recipe's last stage (every task and extra loss) for `steps` steps through the
-    training loop: median wall and CPU milliseconds per phase of a step, and samples/s."""
+    training loop: median wall and CPU milliseconds per phase of a step, and samples/s.
+    `batch` and `length_window` (0: the recipe's) override the stage's."""
     from vsre_ros.sim_data.dataset import GenConfig, generate
     from vsre_ros.training.config import load_config
     from vsre_ros.training.train import read_metrics, recipe_path, train
@@ -141,6 +148,7 @@ def bench_recipe(
     stage = config.stages[-1]
     stage.steps, stage.warmup_steps, stage.split = steps, 0, "random_train"
     stage.batch_size = batch or stage.batch_size
+    stage.length_window = length_window or stage.length_window
     config.stages, config.data, config.output = [stage], str(data), str(tmp / "run")
     config.pretrain_steps, config.val_split, config.log_every, config.threads = 0, "", 1, threads
     config.save_every = steps + 1
@@ -153,14 +161,15 @@ def bench_recipe(
     }
     step_ms = sum(median[f"ms_{p}"] for p in PHASES)
     cpu_ms = sum(median[f"cpu_ms_{p}"] for p in PHASES)
-    return {"batch_size": stage.batch_size, "step_ms": step_ms, "cpu_ms": cpu_ms,
+    return {"batch_size": stage.batch_size, "length_window": stage.length_window,
+            "step_ms": step_ms, "cpu_ms": cpu_ms,
             "samples_per_s": 1000 * stage.batch_size / step_ms, **median,
-            **step_compute(config, stage, data), "gemm_gflops": gemm_rate()}  # fmt: skip
+            **step_compute(config, stage, data, steps), "gemm_gflops": gemm_rate()}  # fmt: skip
 
 
-def step_compute(config, stage, data: Path) -> dict:
+def step_compute(config, stage, data: Path, steps: int) -> dict:
     """GFLOP of one forward and backward of the stage's first batch (torch's counter), and the
-    share of its token positions that are padding."""
+    share of the token positions of the timed steps' batches that are padding."""
     from torch.utils.flop_counter import FlopCounterMode
     from vsre_ros.training.losses import Trainee, active, build_heads
     from vsre_ros.training.model_api import MODEL_INPUTS, build_model, collate
@@ -179,8 +188,12 @@ def step_compute(config, stage, data: Path) -> dict:
     with FlopCounterMode(display=False) as counter:
         out = trainee({k: batch[k] for k in MODEL_INPUTS}, batch, targets, weights)
         out.loss.backward()
-    padding = 1.0 - float(batch["attention_mask"].float().mean())
-    return {"gflop": counter.get_total_flops() / 1e9, "padding": padding}
+    real = padded = 0
+    for step in range(steps):
+        examples = step_examples(items, stage, stage_sampler(stage, 0), 0, step)
+        mask = collate(model, examples, image_cache(model))["attention_mask"]
+        real, padded = real + int(mask.sum()), padded + mask.numel()
+    return {"gflop": counter.get_total_flops() / 1e9, "padding": 1.0 - real / padded}
 
 
 def gemm_rate() -> float:
@@ -198,7 +211,8 @@ def print_recipe(recipe: str, figures: dict) -> None:
     b = figures["batch_size"]
     print(
         f"recipe {recipe}: {figures['samples_per_s']:.1f} samples/s "
-        f"(batch {b}, step {figures['step_ms']:.0f} ms wall, {figures['cpu_ms']:.0f} ms CPU; "
+        f"(batch {b}, length window {figures['length_window']}, "
+        f"step {figures['step_ms']:.0f} ms wall, {figures['cpu_ms']:.0f} ms CPU; "
         f"{1000 * b / figures['cpu_ms']:.1f} samples per CPU-second)"
     )
     for phase in PHASES:
@@ -211,7 +225,7 @@ def print_recipe(recipe: str, figures: dict) -> None:
         f"  compute: {figures['gflop']:.1f} GFLOP per step (forward and backward); GEMM rate "
         f"{figures['gemm_gflops']:.0f} GFLOP per CPU-second, so a floor of {floor:.0f} ms CPU;"
         f" forward and backward take {model_ms:.0f} ms CPU ({model_ms / floor:.1f}x the floor);"
-        f" {figures['padding']:.0%} of the first batch's token positions are padding"
+        f" {figures['padding']:.0%} of the timed batches' token positions are padding"
     )
 
 
@@ -233,6 +247,12 @@ def main() -> None:
     parser.add_argument(
         "--recipe-batch", type=int, default=0, help="recipe batch size (0: the recipe's)"
     )
+    parser.add_argument(
+        "--length-window",
+        type=int,
+        default=0,
+        help="steps sorted by length together (StageConfig.length_window; 0: the recipe's)",
+    )
     parser.add_argument("--recipe-only", action="store_true", help="only the recipe's figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -240,8 +260,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(args.data) if args.data else None
             figures = bench_recipe(
-                args.recipe, data, args.recipe_steps, args.threads, Path(tmp), args.recipe_batch
-            )
+                args.recipe, data, args.recipe_steps, args.threads, Path(tmp),
+                args.recipe_batch, args.length_window,
+            )  # fmt: skip
         print_recipe(args.recipe, figures)
         if args.recipe_only:
             return

@@ -53,6 +53,11 @@ class StageConfig:
     )
     template_share: float = _f(1.0, "chance a relation item is re-asked through a template")
     balanced: bool = _f(True, "balance relation x label (and tasks) in every epoch")
+    length_window: int = _f(
+        1,
+        "steps whose examples are sorted by length together and cut into batches, so a batch "
+        "pads less (the batches then run in a seeded order); 1 = off",
+    )
     task_weights: dict[str, float] = _f({}, "task mix; {} = equal")
     relations: list[str] = _f([], "only these relations; [] = all")
     aux_losses: dict[str, float] = _f(
@@ -152,8 +157,10 @@ class TrainConfig:
                     f"stage {stage.name!r}: unknown freeze mode {stage.freeze!r}; "
                     f"known: {', '.join(FREEZE_MODES)}"
                 )
-            if stage.steps < 1 or stage.batch_size < 1:
-                raise ValueError(f"stage {stage.name!r}: steps and batch_size must be >= 1")
+            if stage.steps < 1 or stage.batch_size < 1 or stage.length_window < 1:
+                raise ValueError(
+                    f"stage {stage.name!r}: steps, batch_size and length_window must be >= 1"
+                )
             if stage.paired and (stage.batch_size % 2 or stage.templates != "grammar"):
                 raise ValueError(
                     f"stage {stage.name!r}: paired wordings need templates: grammar and an even "

@@ -335,7 +335,7 @@ class Trainee(nn.Module):
     ) -> StepOutput:
         reads_maps = any(LOSSES[name].attentions for name in weights)
         with record_rows(self._attention_layers if reads_maps else ()) as rows:
-            output = self.model(**inputs)
+            output = self.model(**inputs, labelled_logits_only=True)
         loss = output.loss
         parts = {"lm": float(loss.detach())}
         ctx = StepContext(

@@ -126,6 +126,31 @@ def test_training_forward_returns_answer_loss_and_gradients(tiny_model, rng):
     assert torch.allclose(model(**{**batch, "labels": labels}).loss, out.loss)
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_labelled_logits_only_gives_the_same_loss_logits_and_gradients(rng, lora):
+    model = VSREModel(small_config())
+    if lora:
+        model.attach_lora()
+    model.eval()  # no dropout: both forwards see the same network
+    batch = model.build_batch([_example(rng), _example(rng, 2, "no")])
+    batch.pop("answer_start")
+    full = model(**batch)
+    full.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    sparse = model(**batch, labelled_logits_only=True)
+    sparse.loss.backward()
+    torch.testing.assert_close(sparse.loss, full.loss)
+    # every position that predicts a label carries the full logits; the others are 0
+    reads = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100) != -100
+    assert int(reads.sum()) >= 4
+    torch.testing.assert_close(sparse.logits[reads], full.logits[reads])
+    assert not sparse.logits[~reads].any()
+    for name, p in model.named_parameters():
+        if name in grads:
+            torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-4)
+
+
 def test_eager_attention_returns_maps_for_attention_targets(rng):
     cfg = small_config()
     cfg.lm.attn_implementation = "eager"

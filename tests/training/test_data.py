@@ -229,6 +229,63 @@ def test_step_examples_compute_an_epoch_order_once(monkeypatch):
     assert calls == [0], "one order per epoch, not one per step"
 
 
+def varied_items(n=96):
+    """Items whose questions run from 2 to 60 words, some over two images."""
+    rng = np.random.default_rng(3)
+    items = []
+    for k in range(n):
+        words = int(rng.integers(2, 60))
+        images = ["a.png", "b.png"] if k % 7 == 0 else ["a.png"]
+        items.append(
+            Item(id=f"v{k}", image="a.png", images=images, answer_kind="free_text",
+                 answer="top left", question=" ".join(["word"] * words) + "?")
+        )  # fmt: skip
+    return items
+
+
+def _padding(batches):
+    """Share of padded positions when each batch pads to its longest question (in words)."""
+    lengths = [[len(e.question.split()) + 50 * len(e.item.images) for e in b] for b in batches]
+    return 1 - sum(map(sum, lengths)) / sum(max(b) * len(b) for b in lengths)
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_a_length_window_asks_the_same_examples_in_batches_of_near_length(paired):
+    from vsre_ros.training import train as train_module
+    from vsre_ros.training.config import StageConfig
+
+    items = varied_items()
+    templates = {"templates": "grammar", "paired": True} if paired else {}
+    plain = StageConfig(name="s", steps=16, batch_size=4, balanced=False, **templates)
+    windowed = StageConfig(**{**vars(plain), "length_window": 8})
+    sampler = train_module.stage_sampler(plain, 0)
+
+    def batches(stage, steps, world=1):
+        return [
+            train_module.step_examples(items, stage, sampler, 0, step, rank, world)
+            for step in steps
+            for rank in range(world)
+        ]
+
+    before, after = batches(plain, range(16)), batches(windowed, range(16))
+    assert [len(b) for b in after] == [4] * 16
+    key = lambda e: (e.item.id, e.question)  # noqa: E731
+    for window in (slice(0, 8), slice(8, 16)):  # every example of a window, asked once
+        assert sorted(key(e) for b in before[window] for e in b) == sorted(
+            key(e) for b in after[window] for e in b
+        )
+    assert after != before
+    assert _padding(after) < 0.5 * _padding(before)
+    assert batches(windowed, range(16)) == after, "a pure function of (seed, step)"
+    if paired:  # a pair's two wordings stay adjacent
+        assert all(b[k].item.id == b[k + 1].item.id for b in after for k in (0, 2))
+    # two processes share each window's batches between them, none twice
+    two = batches(windowed, range(8), world=2)
+    assert sorted(key(e) for b in two for e in b) == sorted(
+        key(e) for b in batches(plain, range(8), world=2) for e in b
+    )
+
+
 def test_grammar_wordings_are_drawn_seen_only_and_paired_across_framings():
     from vsre_ros.training.data import WordingSampler, reworded
     from vsre_ros.training.scoring import Prediction, score

@@ -233,6 +233,13 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, shipped: bool = False)
         default=0.3,
         help="share of the last stage over which the lr decays linearly to 10%% (0.3)",
     )
+    parser.add_argument(
+        "--length-window",
+        type=int,
+        default=1,
+        help="steps whose examples are sorted by length together, so batches pad less "
+        "(StageConfig.length_window; 1: off)",
+    )
 
 
 def recipe_overrides(
@@ -399,6 +406,8 @@ def recipe_config(
     stages = curriculum(
         args.curriculum, args.steps_a, args.steps_b, args.batch_size, args.final_decay
     )
+    for stage in stages:
+        stage.length_window = args.length_window
     by_id = {loss: getattr(args, flag) for flag, loss in WEIGHT_FLAGS.items()}
     return TrainConfig(
         model="vsre-tiny",

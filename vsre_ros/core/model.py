@@ -65,7 +65,9 @@ class VSREOutput:
     """What the training forward returns."""
 
     loss: torch.Tensor | None  # mean cross-entropy on the labelled (answer) tokens
-    logits: torch.Tensor  # [B, L, vocab]
+    # [B, L, vocab]; with `labelled_logits_only`, only positions that predict a label are
+    # computed and the others are 0
+    logits: torch.Tensor
     attentions: tuple[torch.Tensor, ...] | None  # per layer [B, heads, L, L] (eager attention)
     image_embeds: torch.Tensor | None  # [N images, num_image_tokens, hidden]
 
@@ -601,21 +603,42 @@ class VSREModel(nn.Module):
         labels: torch.Tensor | None = None,
         output_attentions: bool = False,
         image_embeds: torch.Tensor | None = None,
+        labelled_logits_only: bool = False,
     ) -> VSREOutput:
-        """Training forward; see the module docstring for the batch format."""
+        """Training forward; see the module docstring for the batch format.
+
+        `labelled_logits_only` (with `labels`) applies the LM head only at the positions that
+        predict a labelled token (the answer), which a training loss reads: the same loss and
+        logits there, without the vocabulary projection of every image and question token."""
         if image_embeds is None and pixel_values is not None:
             image_embeds = self.encode_images(pixel_values)
         embeds = self.embed(input_ids, image_embeds)
-        out = self.lm(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            labels=labels,
-            output_attentions=output_attentions,
-            use_cache=False,
-        )
+        if labels is not None and labelled_logits_only:
+            base = self.base_lm()
+            out = base.get_decoder()(
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,
+                output_attentions=output_attentions,
+                use_cache=False,
+            )
+            # Position t predicts token t + 1, so t is read when label t + 1 is set.
+            next_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
+            at = (next_labels != -100).nonzero(as_tuple=True)  # the labelled positions
+            picked = base.get_output_embeddings()(out.last_hidden_state[at])
+            loss = F.cross_entropy(picked.float(), next_labels[at])
+            logits = picked.new_zeros(*labels.shape, picked.shape[-1]).index_put(at, picked)
+        else:
+            out = self.lm(
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,
+                labels=labels,
+                output_attentions=output_attentions,
+                use_cache=False,
+            )
+            loss, logits = out.loss, out.logits
         return VSREOutput(
-            loss=out.loss,
-            logits=out.logits,
+            loss=loss,
+            logits=logits,
             attentions=out.attentions if output_attentions else None,
             image_embeds=image_embeds,
         )
