@@ -171,17 +171,13 @@ def _verdict_words(ex: Example) -> tuple[str, str] | None:
 MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "labels")
 
 
-def first_token_logits(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-    """Logits [B, vocab] predicting each row's first answer token."""
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits[rows, batch["answer_start"] - 1]
-
-
 def first_token_correct(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-    """Whether each row's first answer token is the argmax [B] (bool)."""
+    """Whether each row's first deciding answer token is the argmax [B] (bool): the first
+    answer token, or for a yes/no answer the first token where its two words differ
+    (`verdict_at`), since a shared lead such as sentencepiece's "▁" decides nothing."""
     rows = torch.arange(logits.shape[0], device=logits.device)
-    target = batch["labels"][rows, batch["answer_start"]]
-    return first_token_logits(logits, batch).argmax(-1) == target
+    at = batch["verdict_at"]
+    return logits[rows, at].argmax(-1) == batch["labels"][rows, at + 1]
 
 
 def verdict_loss(model: VSREModel, batch: dict[str, Any], output: Any) -> torch.Tensor:

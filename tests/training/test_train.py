@@ -165,3 +165,18 @@ def test_a_saved_model_starts_training_without_its_fitted_verdict_bias(tmp_path)
         tmp_path / "m", tiny_config(tmp_path, tmp_path / "run", [stage]), stage
     )
     assert model.config.verdict_bias == 0.0
+
+
+def test_train_accuracy_reads_the_first_token_that_decides_a_verdict():
+    from vsre_ros.training.model_api import first_token_correct
+
+    # row 0: a yes/no answer whose words share a lead token (id 5) at position 3, and differ
+    # at position 4 (yes 7, no 8); row 1: a number answer starting at position 3 (id 9)
+    labels = torch.tensor([[-100, -100, -100, 5, 7, 2], [-100, -100, -100, 9, 2, -100]])
+    batch = {"labels": labels, "verdict_at": torch.tensor([3, 2])}
+    logits = torch.zeros(2, 6, 10)
+    logits[0, 2, 5] = logits[0, 3, 8] = 1.0  # predicts the lead, then "no": wrong
+    logits[1, 2, 9] = 1.0  # predicts the number's first token: right
+    assert first_token_correct(logits, batch).tolist() == [False, True]
+    logits[0, 3, 7] = 2.0  # now "yes" at the deciding position
+    assert first_token_correct(logits, batch).tolist() == [True, True]
