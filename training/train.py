@@ -53,6 +53,24 @@ FINAL = "final"
 LATEST = "latest"
 
 
+class ChunkEnded(Exception):
+    """A run stopped at its time budget (`train(max_minutes=)`) after writing a checkpoint;
+    the same command continues it exactly where it stopped."""
+
+    def __init__(self, stage: str, step: int, steps: int, minutes: float):
+        super().__init__(
+            f"stopped after {minutes:g} minutes at stage {stage}, step {step} of {steps}, "
+            "with a checkpoint; run the same command again to continue"
+        )
+        self.stage, self.step = stage, step
+
+
+# Exit status of a command that stopped at its time budget (EX_TEMPFAIL: "try again"), so a
+# driver loop can tell a chunk's end from an error: `until vsre train ...; do [ $? = 75 ] ||
+# break; done`.
+EXIT_CHUNK_ENDED = 75
+
+
 @dataclass
 class StageResult:
     """What a finished (or skipped) stage produced."""
@@ -448,6 +466,7 @@ def run_stage(
     head_losses: list[str] | None = None,
     step_offset: int = 0,
     last: bool = True,
+    deadline: Deadline | None = None,
 ) -> StageResult:
     """Train one stage (resuming if it has a checkpoint); returns where its model went.
 
@@ -583,6 +602,13 @@ def run_stage(
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 write_checkpoint(stage_dir, done, trainee, optimizer, average)
+        if deadline is not None and done < stage.steps and deadline.passed(accelerator):
+            bar.close()
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process and done % config.save_every:
+                write_checkpoint(stage_dir, done, trainee, optimizer, average)
+            accelerator.wait_for_everyone()
+            raise ChunkEnded(stage.name, done, stage.steps, deadline.minutes)
     bar.close()
     accelerator.wait_for_everyone()
     final = stage_dir / FINAL
@@ -664,14 +690,40 @@ def pretrained_init(config: TrainConfig, init: str | Path, images_from: list[Ite
     return out / FINAL
 
 
+_now = time.monotonic  # the deadline's clock (a test moves it)
+
+
+@dataclass
+class Deadline:
+    """A run's time budget: `passed` once `minutes` of wall time are spent (every process
+    takes the main process's clock, so all stop after the same step)."""
+
+    minutes: float
+    start: float = field(default_factory=lambda: _now())
+
+    def passed(self, accelerator) -> bool:
+        over = _now() - self.start >= 60.0 * self.minutes
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            over = broadcast_object_list([over])[0]
+        return over
+
+
 def train(
     config: TrainConfig,
     stage_names: list[str] | None = None,
     init: str | Path | None = None,
     progress: bool = True,
+    max_minutes: float = 0.0,
 ) -> list[StageResult]:
     """Run the chosen stages in order; each starts from the previous stage's result (with
-    `carry_optimizer`, the previous stage's trainee and optimizer carry on)."""
+    `carry_optimizer`, the previous stage's trainee and optimizer carry on).
+
+    With `max_minutes` > 0 the run stops after the first step past that budget, writes a
+    checkpoint and raises `ChunkEnded`; calling `train` again with the same config continues
+    exactly (a long run in chunks, e.g. one per session)."""
+    deadline = Deadline(max_minutes) if max_minutes > 0 else None
     config.validate()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -719,7 +771,7 @@ def train(
             state=state, carry_from=carry_from if state is None else None,
             head_losses=head_losses if config.carry_optimizer else None,
             step_offset=sum(s.steps for s in config.stages[:position]),
-            last=position == len(names) - 1,
+            last=position == len(names) - 1, deadline=deadline,
         )  # fmt: skip
         results.append(result)
         state = result.state
@@ -759,9 +811,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stages", default="all", help="stages to run, comma-separated names, or all"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_chunk_argument(parser)
     add_config_arguments(parser.add_argument_group("run (TrainConfig)"), TrainConfig)
     per_stage = parser.add_argument_group("every chosen stage (StageConfig)")
     add_config_arguments(per_stage, StageConfig, skip=("name",))
+
+
+def add_chunk_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="stop after this much wall time with a checkpoint and exit status "
+        f"{EXIT_CHUNK_ENDED}; the same command continues the run exactly (0: no limit)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, list[str] | None]:
@@ -782,10 +845,14 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config, names = config_from_args(args)
-        results = train(config, names, init=args.init, progress=not args.no_progress)
+        results = train(config, names, init=args.init, progress=not args.no_progress,
+                        max_minutes=args.max_minutes)  # fmt: skip
     except (FileNotFoundError, ValueError) as err:
         print(f"vsre train: {err}", file=sys.stderr)
         return 2
+    except ChunkEnded as end:
+        print(f"vsre train: {end}")
+        return EXIT_CHUNK_ENDED
     for result in results:
         last = "-" if result.last_loss is None else f"{result.last_loss:.4f}"
         print(f"{result.name}: {result.steps_run} steps, last loss {last} -> {result.final_dir}")

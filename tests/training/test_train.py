@@ -154,6 +154,57 @@ def test_resume_after_sigkill_gives_the_same_next_step_loss(colour_dataset, tmp_
     assert [r["step"] for r in rows] == list(range(1, 401))
 
 
+def test_a_run_in_chunks_ends_as_an_uninterrupted_run(colour_dataset, tmp_path, monkeypatch):
+    from vsre_ros.training import train as train_module
+
+    def stages():
+        return [StageConfig(name=n, freeze="stage2", steps=6, batch_size=4, lr=1e-2,
+                            warmup_steps=2, templates="train") for n in ("a", "b")]  # fmt: skip
+
+    reference = tiny_config(colour_dataset, tmp_path / "ref", stages(), save_every=4)
+    train(reference, progress=False)
+    expected = {n: _step_losses(tmp_path / "ref" / n / "metrics.jsonl") for n in ("a", "b")}
+
+    # A clock that moves a minute per reading: each chunk's budget runs out after a step.
+    clock = iter(range(0, 6000, 60))
+    monkeypatch.setattr(train_module, "_now", lambda: next(clock))
+    chunked = tiny_config(colour_dataset, tmp_path / "chunked", stages(), save_every=4)
+    ends = []
+    for _ in range(20):
+        try:
+            train(chunked, progress=False, max_minutes=1)
+            break
+        except train_module.ChunkEnded as end:
+            ends.append((end.stage, end.step))
+            assert "run the same command again to continue" in str(end)
+    assert ends == [("a", k) for k in range(1, 6)] + [("b", k) for k in range(1, 6)]
+    for n in ("a", "b"):
+        assert _step_losses(tmp_path / "chunked" / n / "metrics.jsonl") == expected[n]
+    assert (tmp_path / "chunked" / "b" / "final" / "vsre_config.json").is_file()
+
+
+def test_vsre_train_exits_75_at_its_budget_and_the_same_command_continues(
+    colour_dataset, tmp_path, monkeypatch, capsys
+):
+    import argparse
+
+    from vsre_ros.training import train as train_module
+
+    stage = StageConfig(name="s", freeze="stage1", steps=3, batch_size=4, templates="train")
+    config_file = tmp_path / "run.yaml"
+    dump_config(tiny_config(colour_dataset, tmp_path / "run", [stage]), config_file)
+    parser = argparse.ArgumentParser()
+    train_module.add_arguments(parser)
+    args = parser.parse_args(["--config", str(config_file), "--no-progress", "--max-minutes", "1"])
+    clock = iter(range(0, 6000, 60))
+    monkeypatch.setattr(train_module, "_now", lambda: next(clock))
+    codes = [train_module.run(args) for _ in range(3)]
+    assert codes == [train_module.EXIT_CHUNK_ENDED, train_module.EXIT_CHUNK_ENDED, 0]
+    out = capsys.readouterr().out
+    assert "stopped after 1 minutes at stage s, step 1 of 3" in out
+    assert "s: 1 steps" in out  # the last chunk ran the last step
+
+
 def test_a_saved_model_starts_training_without_its_fitted_verdict_bias(tmp_path):
     from vsre_ros.training.train import prepare_model
 

@@ -129,6 +129,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_recipe_arguments(parser, shipped=True)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from ..train import add_chunk_argument
+
+    add_chunk_argument(parser)
     parser.add_argument(
         "--refresh-card",
         default="",
@@ -258,6 +261,8 @@ def data_seed(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..train import EXIT_CHUNK_ENDED, ChunkEnded
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.refresh_card:
         problem = refresh_card(Path(args.refresh_card))
@@ -281,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
         recipe = recipe_config(args, data, out / "train", families)
         stages = recipe.stages
         ablation = ablation_rows(args.ablation_runs, args.ablation_json)
-        model, rows, seconds["train"] = trained_model(recipe, progress)
+        model, rows, seconds["train"] = trained_model(recipe, progress, args.max_minutes)
         t = time.perf_counter()
         calibration = None
         if args.calibration_items > 0:
@@ -314,6 +319,9 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"vsre train-default: {err}", file=sys.stderr)
         return 2
+    except ChunkEnded as end:
+        print(f"vsre train-default: {end}")
+        return EXIT_CHUNK_ENDED
     counts = json.loads((data / "dataset.json").read_text())["counts"]
     counts[TRAIN_SPLIT] = len(load_items(data, TRAIN_SPLIT))
     params = model.parameter_counts()
@@ -347,19 +355,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def trained_model(config: TrainConfig, progress: bool):
+def trained_model(config: TrainConfig, progress: bool, max_minutes: float = 0.0):
     """Train (or resume) the recipe through the one loop; returns (model, metrics rows, seconds
-    of training). A finished run is not trained again: its last stage's model is loaded."""
+    of training). A finished run is not trained again: its last stage's model is loaded. With
+    `max_minutes`, a run stopped at its budget raises `train.ChunkEnded`; the seconds of its
+    chunks add up."""
     from vsre_ros.core.model import VSREModel
 
-    from ..train import read_metrics, train
+    from ..train import ChunkEnded, read_metrics, train
 
     out = Path(config.output)
-    timing = out / "train_seconds.json"
+    timing, chunks = out / "train_seconds.json", out / "chunk_seconds.json"
+    spent = json.loads(chunks.read_text()) if chunks.is_file() else []
     t = time.perf_counter()
-    results = train(config, progress=progress)
+    try:
+        results = train(config, progress=progress, max_minutes=max_minutes)
+    except ChunkEnded:
+        chunks.write_text(json.dumps([*spent, time.perf_counter() - t]))
+        raise
     if any(r.steps_run for r in results) or not timing.is_file():
-        timing.write_text(json.dumps(time.perf_counter() - t))
+        timing.write_text(json.dumps(time.perf_counter() - t + sum(spent)))
+        chunks.unlink(missing_ok=True)
     rows = [r for s in config.stages for r in read_metrics(out / s.name / "metrics.jsonl")]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     model = VSREModel.from_pretrained(results[-1].final_dir).eval()
