@@ -65,6 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--n", type=int, default=SHIPPED["n"], help=f"items generated ({SHIPPED['n']})"
     )
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (64)")
+    parser.add_argument(
+        "--data-version",
+        type=int,
+        default=1,
+        help="generated data version (sim_data.dataset.DATA_VERSIONS): 1, what the shipped "
+        "model learned from; 2, the question grammar's wordings, real-scale sizes varying per "
+        "object, zero-shot concepts fixed across seeds (1)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="generator processes (2)")
     parser.add_argument(
         "--curriculum",
@@ -155,6 +163,18 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, shipped: bool = False)
         help="language-model layers (4: one per binding hop and one to answer)",
     )
     parser.add_argument(
+        "--lm-hidden",
+        type=int,
+        default=128,
+        help="language-model width, a multiple of its 4 heads; the FFN is 4x (128)",
+    )
+    parser.add_argument(
+        "--encoder-hidden",
+        type=int,
+        default=64,
+        help="width of each encoder, a multiple of its 4 heads; the MLP is 4x (64)",
+    )
+    parser.add_argument(
         "--image-size",
         type=int,
         default=64,
@@ -237,6 +257,25 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, shipped: bool = False)
         help="share of the last stage over which the lr decays linearly to 10%% (0.3)",
     )
     parser.add_argument(
+        "--wording",
+        choices=("train", "grammar"),
+        default="train",
+        help="how relation items are re-asked: train (the 50 VSRE templates) or grammar (the "
+        "question grammar's seen framings and answer vocabularies, core/grammar.py) (train)",
+    )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="ask each item twice per step in two wordings, with a consistency term between "
+        "the two verdicts (needs --wording grammar)",
+    )
+    parser.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=1.0,
+        help="weight of the consistency term of --paired (1.0)",
+    )
+    parser.add_argument(
         "--length-window",
         type=int,
         default=1,
@@ -252,8 +291,9 @@ def recipe_overrides(
     from ..recipes.curriculum import default_overrides
 
     return default_overrides(
-        families, args.lm_layers, args.fusion_grid, args.object_tokens, args.image_size
-    )
+        families, args.lm_layers, args.fusion_grid, args.object_tokens, args.image_size,
+        args.lm_hidden, args.encoder_hidden,
+    )  # fmt: skip
 
 
 def data_seed(args: argparse.Namespace) -> int:
@@ -279,7 +319,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = {}
     try:
         data = Path(args.data) if args.data else out / "data"
-        make_data(data, args.n, data_seed(args), args.size, args.workers, progress)
+        make_data(data, args.n, data_seed(args), args.size, args.workers, progress,
+                  args.data_version)  # fmt: skip
         timing = data / "generate_seconds.json"
         seconds["data"] = json.loads(timing.read_text()) if timing.is_file() else None
         families = [f.strip() for f in args.families.split(",") if f.strip()]
@@ -422,9 +463,13 @@ def recipe_config(
     stages = curriculum(
         args.curriculum, args.steps_a, args.steps_b, args.batch_size, args.final_decay
     )
+    by_id = {loss: getattr(args, flag) for flag, loss in WEIGHT_FLAGS.items()}
     for stage in stages:
         stage.length_window = args.length_window
-    by_id = {loss: getattr(args, flag) for flag, loss in WEIGHT_FLAGS.items()}
+        stage.templates, stage.paired = args.wording, args.paired
+    aux = {loss: float(by_id.get(loss, 1.0)) for loss in RECIPE_LOSSES}
+    if args.paired:
+        aux["consistency"] = args.consistency_weight
     return TrainConfig(
         model="vsre-tiny",
         model_overrides=recipe_overrides(args, families),
@@ -437,7 +482,7 @@ def recipe_config(
         save_every=500,
         eval_every=args.val_every,
         log_every=20,
-        aux_losses={loss: float(by_id.get(loss, 1.0)) for loss in RECIPE_LOSSES},
+        aux_losses=aux,
         carry_optimizer=True,
         ema_decay=args.ema_decay,
         pretrain_steps=args.pretrain_steps,

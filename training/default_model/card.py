@@ -116,13 +116,15 @@ def _table(by: dict, limit: int = 80) -> list[str]:
 # Recipe flags of `add_recipe_arguments`: loss weights, weight averaging, pretraining
 RECIPE_FIELDS = (
     "bank_weight", "shape_weight", "pose_weight", "verdict_weight", "object_weight", "ema_decay",
-    "pretrain_steps", "pretrain_batch", "final_decay", "length_window",
+    "pretrain_steps", "pretrain_batch", "final_decay", "wording", "paired", "consistency_weight",
+    "length_window",
 )  # fmt: skip
 
 
 # Flags of a recipe that the model card's commands name only when they differ from the default.
 RECIPE_FLAGS = (
-    "data_seed", "families", "lm_layers", "fusion_grid", "object_tokens", "image_size",
+    "data_seed", "data_version", "families", "lm_layers", "lm_hidden", "encoder_hidden",
+    "fusion_grid", "object_tokens", "image_size",
     *RECIPE_FIELDS,
     "calibration_items",
 )  # fmt: skip

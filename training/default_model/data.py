@@ -35,12 +35,14 @@ def question_config():
     )
 
 
-def make_data(data: Path, n: int, seed: int, size: int, workers: int, progress: bool) -> Path:
+def make_data(
+    data: Path, n: int, seed: int, size: int, workers: int, progress: bool, version: int = 1
+) -> Path:
     """Generate the dataset in `data` (unless present) and write the combined training split."""
     from vsre_ros.sim_data.dataset import GenConfig, generate
 
     if (data / "dataset.json").is_file():
-        _check_dataset(data, n, seed, size)
+        _check_dataset(data, n, seed, size, version)
     else:
         config = GenConfig(
             seed=seed,
@@ -49,6 +51,7 @@ def make_data(data: Path, n: int, seed: int, size: int, workers: int, progress: 
             multi_view_share=0.1,
             moved_share=0.05,
             questions=question_config(),
+            data_version=version,
         )
         start = time.perf_counter()
         generate(data, n, config, workers=workers, progress=progress)
@@ -60,17 +63,19 @@ def make_data(data: Path, n: int, seed: int, size: int, workers: int, progress: 
     return data
 
 
-def _check_dataset(data: Path, n: int, seed: int, size: int) -> None:
+def _check_dataset(data: Path, n: int, seed: int, size: int, version: int = 1) -> None:
     """A dataset reused through --data must be the one the flags describe: the model card's
     reproduction command regenerates from them."""
     meta = json.loads((data / "dataset.json").read_text())
     config = meta.get("config", {})
-    have = (meta.get("seed"), meta.get("counts", {}).get("items"), config.get("width"))
-    if have != (seed, n, size):
+    have = (meta.get("seed"), meta.get("counts", {}).get("items"), config.get("width"),
+            config.get("data_version", 1))  # fmt: skip
+    if have != (seed, n, size, version):
         raise ValueError(
-            f"{data} holds the dataset of data seed {have[0]}, {have[1]} items, {have[2]} px;"
-            f" this run asks for data seed {seed}, {n} items, {size} px. Pass the dataset's"
-            " --data-seed, --n and --size, or another --data directory to generate into"
+            f"{data} holds the dataset of data seed {have[0]}, {have[1]} items, {have[2]} px, "
+            f"data version {have[3]}; this run asks for data seed {seed}, {n} items, {size} px,"
+            f" data version {version}. Pass the dataset's --data-seed, --n, --size and "
+            "--data-version, or another --data directory to generate into"
         )
 
 

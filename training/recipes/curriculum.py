@@ -255,6 +255,8 @@ def default_overrides(
     fusion_grid: int = 8,
     object_tokens: int = 0,
     image_size: int = 64,
+    lm_hidden: int = 128,
+    encoder_hidden: int = 64,
 ) -> dict[str, Any]:
     """The shipped size: the encoder families at width 64 x 3 layers, a Llama 128 x 4, channel
     fusion (64 image tokens). About 2M parameters with all four families.
@@ -267,7 +269,11 @@ def default_overrides(
     the SAM map (`encoders/objects.py`); a family list without sam has none. `image_size` is
     the encoders' input side; the patch is an eighth of it, so the encoder grids stay 8x8 and
     a larger input costs the patch embeddings only (small objects get more pixels each).
+    `lm_hidden` and `encoder_hidden` are the widths (4 heads each, FFN and MLP 4x).
     """
+    for name, width in (("lm_hidden", lm_hidden), ("encoder_hidden", encoder_hidden)):
+        if width < 4 or width % 4:
+            raise ValueError(f"{name} must be a positive multiple of 4 (the heads), got {width}")
     if lm_layers < 4:
         raise ValueError(
             f"lm_layers must be at least 4 (three hops and one to answer), got {lm_layers}"
@@ -285,12 +291,13 @@ def default_overrides(
     encoders = [
         dataclasses.asdict(e)
         for e in tiny_encoders(
-            hidden=64, layers=3, heads=4, image=image_size, patch=image_size // 8
+            hidden=encoder_hidden, layers=3, heads=4, image=image_size, patch=image_size // 8
         )
         if e.family in families
     ]
-    lm = dataclasses.asdict(tiny_lm(hidden=128, layers=lm_layers, heads=4, ffn=512))
-    # Eager attention returns the maps the hop targets need; the export switches to sdpa.
+    lm = tiny_lm(hidden=lm_hidden, layers=lm_layers, heads=4, ffn=4 * lm_hidden)
+    lm = dataclasses.asdict(lm)
+    # Training runs it as "sdpa_rows" (training/attention_rows.py), the export as sdpa.
     lm["attn_implementation"] = "eager"
     overrides = {"fusion": "channel", "fusion_grid": fusion_grid, "encoders": encoders, "lm": lm}
     if object_tokens and "sam" in families:
