@@ -157,6 +157,42 @@ def test_a_shared_dataset_must_match_the_data_seed_and_a_training_seed_is_apart(
     assert recipe.seed == 1 and recipe.ema_decay == 0.9 and recipe.carry_optimizer
 
 
+def test_the_v2_flags_set_data_wording_pairs_windows_and_widths(tmp_path):
+    parser = argparse.ArgumentParser()
+    default_model.add_arguments(parser)
+    args = parser.parse_args(
+        "--wording grammar --paired --consistency-weight 0.5 --length-window 8 "
+        "--lm-hidden 192 --encoder-hidden 96 --data-version 2".split()
+    )
+    config = default_model.recipe_config(args, tmp_path / "d", tmp_path / "t", ["clip", "sam"])
+    config.validate()
+    assert {(s.templates, s.paired, s.length_window) for s in config.stages} == {
+        ("grammar", True, 8)
+    }
+    assert config.aux_losses["consistency"] == 0.5
+    overrides = config.model_overrides
+    assert overrides["lm"]["hf_config"]["hidden_size"] == 192
+    assert overrides["lm"]["hf_config"]["intermediate_size"] == 768
+    assert {e["hf_config"]["hidden_size"] for e in overrides["encoders"]} == {96}
+    # the plain defaults keep the shipped recipe: no consistency term, templates, no window
+    plain = default_model.recipe_config(parser.parse_args([]), tmp_path, tmp_path, ["clip"])
+    assert "consistency" not in plain.aux_losses
+    plain_stages = {(s.templates, s.paired, s.length_window) for s in plain.stages}
+    assert plain_stages == {("train", False, 1)}
+    with pytest.raises(ValueError, match="lm_hidden must be a positive multiple of 4"):
+        default_model.recipe_config(
+            parser.parse_args(["--lm-hidden", "130"]), tmp_path, tmp_path, ["clip"]
+        )
+
+
+def test_a_dataset_of_another_data_version_is_refused(ablated, capsys):
+    args = args_for(ablated, "v2", export="none")
+    args.data_version = 2
+    assert default_model.run(args) == 2
+    err = capsys.readouterr().err
+    assert "data version 1; this run asks for data seed 0, 40 items, 64 px, data version 2" in err
+
+
 def test_bad_families_and_missing_ablation_runs_are_named(tmp_path, capsys):
     assert default_model.run(args_for(tmp_path, "x", families="clip,vit", export="none")) == 2
     assert "unknown or no encoder families ['vit']" in capsys.readouterr().err
