@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +38,8 @@ from vsre_ros.training.model_api import (
     image_cache,
 )
 from vsre_ros.training.scoring import Prediction
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def random_dataset(root: Path, n: int, size: int) -> Path:
@@ -133,12 +138,16 @@ def bench_recipe(
     tmp: Path,
     batch: int = 0,
     length_window: int = 0,
+    processes: int = 1,
 ) -> dict:
     """The named recipe's last stage (every task and extra loss) for `steps` steps through the
-    training loop: median wall and CPU milliseconds per phase of a step, and samples/s.
-    `batch` and `length_window` (0: the recipe's) override the stage's."""
+    training loop: median wall and CPU milliseconds per phase of a step (of the first
+    process), and samples/s from the wall time between steps. `batch` and `length_window` (0:
+    the recipe's) override the stage's; with `processes` > 1 the run is launched as that many
+    processes (torch.distributed.run, gloo), each with `threads` threads and its share of every
+    step's batch, as `accelerate launch` runs it."""
     from vsre_ros.sim_data.dataset import GenConfig, generate
-    from vsre_ros.training.config import load_config
+    from vsre_ros.training.config import dump_config, load_config
     from vsre_ros.training.train import read_metrics, recipe_path, train
 
     config = load_config(recipe_path(recipe))
@@ -147,23 +156,36 @@ def bench_recipe(
         generate(data, 600, GenConfig(seed=11, width=64, height=64), workers=1, progress=False)
     stage = config.stages[-1]
     stage.steps, stage.warmup_steps, stage.split = steps, 0, "random_train"
-    stage.batch_size = batch or stage.batch_size
+    total = batch or stage.batch_size
+    if total % processes:
+        raise ValueError(f"a batch of {total} does not split over {processes} processes")
+    stage.batch_size = total // processes
     stage.length_window = length_window or stage.length_window
     config.stages, config.data, config.output = [stage], str(data), str(tmp / "run")
     config.pretrain_steps, config.val_split, config.log_every, config.threads = 0, "", 1, threads
     config.save_every = steps + 1
-    train(config, progress=False)
+    if processes == 1:
+        train(config, progress=False)
+    else:
+        dump_config(config, tmp / "recipe.yaml")
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc_per_node", str(processes), "-m", "vsre_ros", "train",
+                   "--config", str(tmp / "recipe.yaml"), "--no-progress"]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+        subprocess.run(command, env=env, check=True, capture_output=True)
     rows = read_metrics(tmp / "run" / stage.name / "metrics.jsonl")[2:]  # past the warm-up
     median = {
         f"{kind}{phase}": statistics.median(r[f"{kind}{phase}"] for r in rows)
         for phase in PHASES
         for kind in ("ms_", "cpu_ms_")
     }
-    step_ms = sum(median[f"ms_{p}"] for p in PHASES)
+    seconds = [r["seconds"] for r in rows]
+    step_ms = 1000 * statistics.median(b - a for a, b in zip(seconds, seconds[1:], strict=False))
     cpu_ms = sum(median[f"cpu_ms_{p}"] for p in PHASES)
-    return {"batch_size": stage.batch_size, "length_window": stage.length_window,
-            "step_ms": step_ms, "cpu_ms": cpu_ms,
-            "samples_per_s": 1000 * stage.batch_size / step_ms, **median,
+    return {"batch_size": total, "processes": processes, "threads": threads,
+            "length_window": stage.length_window, "step_ms": step_ms, "cpu_ms": cpu_ms,
+            "samples_per_s": 1000 * total / step_ms,
+            "samples_per_cpu_s": 1000 * stage.batch_size / cpu_ms, **median,
             **step_compute(config, stage, data, steps), "gemm_gflops": gemm_rate()}  # fmt: skip
 
 
@@ -208,13 +230,15 @@ def gemm_rate() -> float:
 
 
 def print_recipe(recipe: str, figures: dict) -> None:
-    b = figures["batch_size"]
     print(
-        f"recipe {recipe}: {figures['samples_per_s']:.1f} samples/s "
-        f"(batch {b}, length window {figures['length_window']}, "
-        f"step {figures['step_ms']:.0f} ms wall, {figures['cpu_ms']:.0f} ms CPU; "
-        f"{1000 * b / figures['cpu_ms']:.1f} samples per CPU-second)"
+        f"recipe {recipe}: {figures['samples_per_s']:.1f} samples/s (batch "
+        f"{figures['batch_size']} over {figures['processes']} process(es) of "
+        f"{figures['threads']} thread(s), length window {figures['length_window']}; step "
+        f"{figures['step_ms']:.0f} ms wall, {figures['cpu_ms']:.0f} ms CPU per process; "
+        f"{figures['samples_per_cpu_s']:.1f} samples per CPU-second)"
     )
+    if figures["processes"] > 1:
+        print("  phases of the first process:")
     for phase in PHASES:
         wall, cpu = figures[f"ms_{phase}"], figures[f"cpu_ms_{phase}"]
         print(f"  {phase:10s} {wall:8.1f} ms wall {cpu:8.1f} ms CPU "
@@ -253,6 +277,13 @@ def main() -> None:
         default=0,
         help="steps sorted by length together (StageConfig.length_window; 0: the recipe's)",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="train the recipe in this many processes of --threads threads each, splitting "
+        "every step's batch (torch.distributed.run, gloo; 1)",
+    )
     parser.add_argument("--recipe-only", action="store_true", help="only the recipe's figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -261,7 +292,7 @@ def main() -> None:
             data = Path(args.data) if args.data else None
             figures = bench_recipe(
                 args.recipe, data, args.recipe_steps, args.threads, Path(tmp),
-                args.recipe_batch, args.length_window,
+                args.recipe_batch, args.length_window, args.processes,
             )  # fmt: skip
         print_recipe(args.recipe, figures)
         if args.recipe_only:
