@@ -163,6 +163,10 @@ class Engine:
     def load(self, model_ref: VSREModel | str | Path, adapter: str | Path | None = None) -> None:
         """Switch to another model (object, directory or preset id), optionally with LoRA."""
         model = load_model(model_ref, self.config.preset_args)
+        if model is not model_ref:
+            # The engine's own model answers only: eval mode once, not a switch per call
+            # (which walks every module, about a fifth of a call on the tiny model).
+            model.eval()
         model.to(device=self.device, dtype=self.dtype)
         with self._run_lock:
             self.model = model
@@ -429,22 +433,36 @@ class Engine:
                     text, conf = self._generate(k, queries[i])
                     answers[slots[i]] = _finish(text, conf, AnswerKind(queries[i].answer_kind))
 
-    def _prefix(self, keys: tuple) -> _Prefix:
+    def _prefix(
+        self, keys: tuple, rows: list[list[int]] | None = None
+    ) -> tuple[_Prefix, torch.Tensor | None]:
+        """The image prefix of `keys` (cached), and the flat logits [sum of row lengths, vocab]
+        of `rows` packed after it when the prefix was new and ran in the same LM pass as them
+        (a new frame costs one pass, not two); else None."""
         cached = self._prefixes.get_fresh(keys)
         if cached is not None:
             self._count("prefix_hits")
-            return cached
+            return cached, None
         self._count("prefix_misses")
         image_embeds = torch.cat([self._batch_features[key] for key in keys])
         ids = self.model.prefix_ids(len(keys))
         prefix = _Prefix(kv=[], ids=ids, image_embeds=image_embeds)
+        logits = None
         if self.config.reuse_prefix:
             embeds = self.model.embed(self._tensor([ids]), image_embeds)
-            # Only the cache is needed from the prefix, so skip all but one row of logits.
-            out = self.model.lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-            prefix.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            if rows:
+                cache = DynamicCache()
+                logits = self._packed_forward(
+                    cache, len(ids), [], list(enumerate(rows)), [0] * len(rows), embeds
+                )
+                kv = [(layer.keys, layer.values) for layer in cache.layers]
+                prefix.kv = [(k[:, :, : len(ids)], v[:, :, : len(ids)]) for k, v in kv]
+            else:
+                # Only the cache is needed from the prefix, so skip all but one row of logits.
+                out = self.model.lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+                prefix.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         self._prefixes.put(keys, prefix)
-        return prefix
+        return prefix, logits
 
     def _tensor(self, rows: list[list[int]]) -> torch.Tensor:
         width = max(len(r) for r in rows)
@@ -461,13 +479,15 @@ class Engine:
         keeps the positions it would have alone, so its logits equal a separate run, without
         copying the prefix's keys and values once per row.
         """
-        prefix = self._prefix(keys)
         outs = []
         step = max(1, self.config.max_batch)
         width = max(len(r) for r in rows)
+        prefix, first = self._prefix(keys, rows[:step])
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
-            if self.config.reuse_prefix:
+            if start == 0 and first is not None:
+                logits = _unpack(first, chunk, width)
+            elif self.config.reuse_prefix:
                 logits = self._packed_logits(prefix, chunk, width)
             else:
                 full = self._tensor([prefix.ids + r for r in chunk])
@@ -488,12 +508,7 @@ class Engine:
         logits = self._packed_forward(
             cache, len(prefix.ids), owners, list(enumerate(rows)), row_len
         )
-        out = torch.zeros(len(rows), width, logits.shape[-1], device=logits.device)
-        flat = 0
-        for i, row in enumerate(rows):
-            out[i, : len(row)] = logits[flat : flat + len(row)]
-            flat += len(row)
-        return out
+        return _unpack(logits, rows, width)
 
     def _packed_forward(
         self,
@@ -502,6 +517,7 @@ class Engine:
         owners: list[int],
         rows: list[tuple[int, list[int]]],
         row_len: list[int],
+        prefix_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run several rows' new tokens as ONE sequence after a shared cache; logits [Q, V].
 
@@ -509,6 +525,8 @@ class Engine:
         says which row each cached token after the prefix belongs to) and its own row's new
         tokens before it, and keeps the position it would have in a separate run; so its
         logits equal a separate run, without copying the prefix's keys and values per row.
+        With `prefix_embeds` [1, n_prefix, hidden] (and an empty cache), the prefix itself
+        runs first in the same pass, causally and blind to the rows.
         """
         device = self.device
         new_owner = torch.tensor([i for i, toks in rows for _ in toks], device=device)
@@ -527,16 +545,25 @@ class Engine:
             ],
             dim=1,
         )
+        flat = torch.tensor([t for _, toks in rows for t in toks], device=device)[None]
+        embeds = self.model.embed(flat, None)
+        if prefix_embeds is not None:
+            n = n_prefix
+            causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+            blind = torch.zeros(n, allowed.shape[1] - n, dtype=torch.bool, device=device)
+            allowed = torch.cat([torch.cat([causal, blind], dim=1), allowed])
+            positions = torch.cat([torch.arange(n, device=device), positions])
+            embeds = torch.cat([prefix_embeds, embeds], dim=1)
         # Additive form, so eager and sdpa attention read the same mask.
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        flat = torch.tensor([t for _, toks in rows for t in toks], device=device)[None]
         logits = self.model.lm(
-            inputs_embeds=self.model.embed(flat, None),
+            inputs_embeds=embeds,
             attention_mask=mask[None, None],
             position_ids=positions[None],
             past_key_values=cache,
             use_cache=True,
+            logits_to_keep=len(new_owner),
         ).logits[0]
         owners.extend(new_owner.tolist())
         for i, toks in rows:
@@ -597,7 +624,7 @@ class Engine:
 
     def _generate_packed(self, keys: tuple, queries: list[Query]) -> list[tuple[str, float]]:
         """Greedy decoding of several questions at once, packed after the shared prefix."""
-        prefix = self._prefix(keys)
+        prefix, _ = self._prefix(keys)
         rows = [self.model.suffix_ids(q.question) for q in queries]
         cache = DynamicCache(ddp_cache_data=list(prefix.kv))
         owners: list[int] = []
@@ -633,7 +660,7 @@ class Engine:
 
     def _generate(self, keys: tuple, query: Query) -> tuple[str, float]:
         """Greedy decoding of one question by recomputing its whole prompt first."""
-        prefix = self._prefix(keys)
+        prefix, _ = self._prefix(keys)
         suffix = self.model.suffix_ids(query.question)
         out = self.model.lm(
             inputs_embeds=self.model.embed(
@@ -681,13 +708,29 @@ def _worded(query: Any) -> Any:
 
 @contextlib.contextmanager
 def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) for answering; a model shared with a training loop keeps its mode."""
-    was_training = model.training
+    """Eval mode (no dropout) for answering; a model shared with a training loop keeps its mode.
+
+    A model already in eval mode (`model.eval()` sets every module) is left alone: switching
+    walks every module, which costs more than the tiny model's whole LM pass.
+    """
+    if not model.training:
+        yield
+        return
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        model.train()
+
+
+def _unpack(flat: torch.Tensor, rows: list[list[int]], width: int) -> torch.Tensor:
+    """Packed logits [sum of row lengths, V] -> [rows, width, V], zero after each row's end."""
+    out = torch.zeros(len(rows), width, flat.shape[-1], device=flat.device)
+    start = 0
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = flat[start : start + len(row)]
+        start += len(row)
+    return out
 
 
 def _confidence(logps: list[float]) -> float:
