@@ -52,6 +52,43 @@ def test_cached_and_recomputed_answers_agree_for_every_kind(engines, rng):
         assert math.isclose(a.probability, b.probability, abs_tol=1e-4)
 
 
+def test_the_fast_path_answers_as_the_reference_path(tiny_model, tmp_path, rng):
+    """A model the engine loads itself runs the fast path: eval mode set once, the vision side
+    traced, a new frame's prefix in one pass with its questions. Its answers equal those of
+    the reference path (no tracing, the whole prompt recomputed per question), for a new
+    camera-sized frame and then for the same frame already encoded."""
+    tiny_model.save_pretrained(tmp_path / "m")
+    fast = Engine(tmp_path / "m")
+    reference = Engine(tmp_path / "m", EngineConfig(reuse_prefix=False, trace_vision=False))
+    assert fast._vision is not None and not fast.model.training  # the path under test
+    frame = random_image(rng, 480, 640)
+    questions = _queries(rng)
+    queries = [Query(q.question, [frame]) for q in questions] + [
+        Query("Which is nearer?", [frame], AnswerKind.CHOICE, ["the red cup", "the box"]),
+        Query("How far apart are they?", [frame], AnswerKind.NUMBER),
+    ]
+    expected = reference.answer(queries)
+    assert [a.status for a in expected[:-1]] == [Status.OK] * (len(queries) - 1)
+    for answers in (fast.answer(queries[:1]) + fast.answer(queries[1:]), fast.answer(queries)):
+        for a, b in zip(answers, expected, strict=True):
+            assert a.status == b.status  # a random model's "number" may hold none: ERROR
+            assert (a.text, a.verdict, a.choice_index) == (b.text, b.verdict, b.choice_index)
+            assert math.isclose(a.probability, b.probability, abs_tol=1e-5)
+    assert fast.stats()["feature_misses"] == 1 and fast.stats()["prefix_misses"] == 1
+
+
+def test_traced_vision_equals_the_eager_model_and_falls_back_for_other_batches(tiny_model, rng):
+    from vsre_ros.core.traced import trace_vision
+
+    traced = trace_vision(tiny_model)
+    assert traced is not None
+    with torch.inference_mode():
+        for n in (1, 3):  # one image: the recording; three: the eager fallback
+            pixels = tiny_model.preprocess([random_image(rng) for _ in range(n)])
+            assert traced.fits(pixels) == (n == 1)
+            assert torch.equal(traced(pixels), tiny_model.encode_images(pixels))
+
+
 def test_object_tokens_are_part_of_every_images_prefix(rng):
     torch.manual_seed(0)
     model = VSREModel(small_config("channel", object_tokens=3)).eval()

@@ -47,6 +47,7 @@ from vsre_ros.core.answers import (
 from vsre_ros.core.config import PRESETS, EngineConfig, is_model_file, read_model_file
 from vsre_ros.core.model import VSREModel, check_image
 from vsre_ros.core.templates import TEMPLATES
+from vsre_ros.core.traced import TracedVision, trace_vision
 
 # The wording of structured-only yes/no queries: the first (plainest) training template.
 STRUCTURED_TEMPLATE = next(t for t in TEMPLATES if t.kind == "yes_no")
@@ -150,6 +151,7 @@ class Engine:
         self._prefixes = LRU(self.config.prefix_cache_size)
         self._adapter = ""
         self._batch_features: dict[Hashable, torch.Tensor] = {}
+        self._vision: TracedVision | None = None  # the traced vision side, for one image
         self._stats: Counter[str] = Counter()
         self.model: VSREModel
         self.load(model)
@@ -163,13 +165,16 @@ class Engine:
     def load(self, model_ref: VSREModel | str | Path, adapter: str | Path | None = None) -> None:
         """Switch to another model (object, directory or preset id), optionally with LoRA."""
         model = load_model(model_ref, self.config.preset_args)
-        if model is not model_ref:
+        owned = model is not model_ref
+        if owned:
             # The engine's own model answers only: eval mode once, not a switch per call
             # (which walks every module, about a fifth of a call on the tiny model).
             model.eval()
         model.to(device=self.device, dtype=self.dtype)
+        vision = trace_vision(model) if owned and self.config.trace_vision else None
         with self._run_lock:
             self.model = model
+            self._vision = vision
             self._adapter = ""
             self._reset_model_state()
         if adapter:
@@ -397,7 +402,7 @@ class Engine:
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             pixels = self.model.preprocess([image for _, image in chunk])
-            feats = self.model.encode_images(pixels)
+            feats = (self._vision or self.model.encode_images)(pixels)
             for (key, _), feat in zip(chunk, feats, strict=True):
                 self._features.put(key, feat)
                 self._batch_features[key] = feat
