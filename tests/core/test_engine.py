@@ -59,8 +59,10 @@ def test_the_fast_path_answers_as_the_reference_path(tiny_model, tmp_path, rng):
     camera-sized frame and then for the same frame already encoded."""
     tiny_model.save_pretrained(tmp_path / "m")
     fast = Engine(tmp_path / "m")
-    reference = Engine(tmp_path / "m", EngineConfig(reuse_prefix=False, trace_vision=False))
-    assert fast._vision is not None and not fast.model.training  # the path under test
+    reference = Engine(tmp_path / "m", EngineConfig(reuse_prefix=False, trace=False))
+    # The path under test: recorded vision side and LM passes, eval mode set once.
+    assert fast._vision is not None and fast._lm_graphs is not None
+    assert not fast.model.training
     frame = random_image(rng, 480, 640)
     questions = _queries(rng)
     queries = [Query(q.question, [frame]) for q in questions] + [
@@ -87,6 +89,50 @@ def test_traced_vision_equals_the_eager_model_and_falls_back_for_other_batches(t
             pixels = tiny_model.preprocess([random_image(rng) for _ in range(n)])
             assert traced.fits(pixels) == (n == 1)
             assert torch.equal(traced(pixels), tiny_model.encode_images(pixels))
+
+
+def test_traced_lm_pads_to_a_recorded_shape_and_updates_the_cache_like_the_lm(tiny_model):
+    from transformers import DynamicCache
+
+    from vsre_ros.core.traced import trace_lm
+
+    traced = trace_lm(tiny_model)
+    assert traced is not None
+    torch.manual_seed(1)
+    prefix, hidden = traced.prefix, tiny_model.hidden_size
+    with torch.inference_mode():
+        for keep in (5, 16, 17):  # padded to 16, recorded as is, padded to 32
+            for cached in (0, prefix):  # a new frame's pass, then one after its cache
+                new = keep + (prefix if cached == 0 else 0)
+                embeds = torch.randn(1, new, hidden)
+                mask = torch.zeros(1, 1, new, cached + new)
+                mask[..., cached:] = torch.full((new, new), torch.finfo(torch.float32).min).triu(1)
+                positions = torch.arange(cached, cached + new)[None]
+                past = [
+                    (torch.randn(1, *shape[:1], cached, shape[1]),) * 2
+                    for shape in traced.kv_shape
+                ]
+                caches = [
+                    DynamicCache(ddp_cache_data=past) if cached else DynamicCache() for _ in "ab"
+                ]
+                got = traced(embeds, mask, positions, caches[0], keep)
+                want = tiny_model.lm(
+                    inputs_embeds=embeds,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=caches[1],
+                    use_cache=True,
+                    logits_to_keep=keep,
+                ).logits[0]
+                assert got is not None and (got - want).abs().max() <= 1e-4
+                for a, b in zip(caches[0].layers, caches[1].layers, strict=True):
+                    assert a.keys.shape == b.keys.shape and (a.keys - b.keys).abs().max() <= 1e-4
+        # Longer than the last bucket, or after a cache of another length: not recorded.
+        embeds = torch.randn(1, 70, hidden)
+        assert (
+            traced(embeds, torch.zeros(1, 1, 70, 70), torch.arange(70)[None], DynamicCache(), 70)
+            is None
+        )
 
 
 def test_object_tokens_are_part_of_every_images_prefix(rng):

@@ -47,7 +47,7 @@ from vsre_ros.core.answers import (
 from vsre_ros.core.config import PRESETS, EngineConfig, is_model_file, read_model_file
 from vsre_ros.core.model import VSREModel, check_image
 from vsre_ros.core.templates import TEMPLATES
-from vsre_ros.core.traced import TracedVision, trace_vision
+from vsre_ros.core.traced import TracedLM, TracedVision, trace_lm, trace_vision
 
 # The wording of structured-only yes/no queries: the first (plainest) training template.
 STRUCTURED_TEMPLATE = next(t for t in TEMPLATES if t.kind == "yes_no")
@@ -151,7 +151,10 @@ class Engine:
         self._prefixes = LRU(self.config.prefix_cache_size)
         self._adapter = ""
         self._batch_features: dict[Hashable, torch.Tensor] = {}
-        self._vision: TracedVision | None = None  # the traced vision side, for one image
+        # Traced static-shape parts (core.traced), for a model the engine loaded itself.
+        self._owned = False
+        self._vision: TracedVision | None = None
+        self._lm_graphs: TracedLM | None = None
         self._stats: Counter[str] = Counter()
         self.model: VSREModel
         self.load(model)
@@ -171,10 +174,9 @@ class Engine:
             # (which walks every module, about a fifth of a call on the tiny model).
             model.eval()
         model.to(device=self.device, dtype=self.dtype)
-        vision = trace_vision(model) if owned and self.config.trace_vision else None
         with self._run_lock:
             self.model = model
-            self._vision = vision
+            self._owned = owned
             self._adapter = ""
             self._reset_model_state()
         if adapter:
@@ -201,6 +203,11 @@ class Engine:
     def _reset_model_state(self) -> None:
         self._features.clear()
         self._prefixes.clear()
+        # Recorded once here, never on the answer path; a recording of the old model (or of
+        # the LM without its new adapter) would answer for the wrong weights.
+        trace = self._owned and self.config.trace
+        self._vision = trace_vision(self.model) if trace else None
+        self._lm_graphs = trace_lm(self.model) if trace else None
         # Per reading (the vocabularies a question invites, core.answers): the tokens fed after
         # the question before the verdict (some tokenizers start every answer with the same
         # space token), then the first tokens of the positive and of the negative words.
@@ -562,14 +569,17 @@ class Engine:
         # Additive form, so eager and sdpa attention read the same mask.
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        logits = self.model.lm(
-            inputs_embeds=embeds,
-            attention_mask=mask[None, None],
-            position_ids=positions[None],
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=len(new_owner),
-        ).logits[0]
+        args = (embeds, mask[None, None], positions[None], cache, len(new_owner))
+        logits = self._lm_graphs(*args) if self._lm_graphs is not None else None
+        if logits is None:  # no recorded pass of this shape
+            logits = self.model.lm(
+                inputs_embeds=embeds,
+                attention_mask=mask[None, None],
+                position_ids=positions[None],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=len(new_owner),
+            ).logits[0]
         owners.extend(new_owner.tolist())
         for i, toks in rows:
             row_len[i] += len(toks)
