@@ -97,8 +97,8 @@ def flops_per_query(model: VSREModel, image: np.ndarray) -> int:
 
 def eight_questions(ref: str, rng, shape, runs: int) -> dict[str, float]:
     cached = Engine(ref, EngineConfig(device="cpu"))
-    reference = Engine(ref, EngineConfig(device="cpu", reuse_prefix=False, trace=False))
-    model = cached.model
+    model = cached.model  # the same weights for the reference (a preset id builds new ones)
+    reference = Engine(model, EngineConfig(device="cpu", reuse_prefix=False, trace=False))
     times: dict[str, list[float]] = {"cached": [], "recompute": [], "generate": []}
     diffs = {"recompute": 0.0, "generate": 0.0}
     same = 0
