@@ -201,12 +201,22 @@ def conversion_cost(n: int = 200) -> None:
         print(f"Image {encoding} 640x480 -> RGB array: CPU {np.median(cpu) * 1000:.3f} ms/frame")
 
 
-def throughput(shm: bool, model: str, clients: int, seconds: float) -> None:
+def throughput(shm: bool, model: str, clients: int, seconds: float, camera: bool = False) -> None:
+    """Answers per second with `clients` concurrent service clients, each asking about an
+    inline 32x32 image or, with `camera`, about the latest frame of a 10 Hz 640x480 camera."""
     server = Server(shm, model=model, queue_size=32)
     try:
         client = Client()
+        source = Camera(client) if camera else None
+        if source is not None:
+            source.start()
+            time.sleep(0.5)
+
+        def request(i: int):
+            return camera_request(i) if camera else client.request(i)
+
         for i in range(10):
-            client.call(i)
+            client.call(i, request(i))
         done = [0]
         lock = threading.Lock()
         stop = time.monotonic() + seconds
@@ -214,7 +224,7 @@ def throughput(shm: bool, model: str, clients: int, seconds: float) -> None:
         def worker(k: int) -> None:
             i = 0
             while time.monotonic() < stop:
-                answer = client.call(k * 1_000_000 + i)
+                answer = client.call(i, request(k * 1_000_000 + i))
                 if answer.status == 0:
                     with lock:
                         done[0] += 1
@@ -227,11 +237,15 @@ def throughput(shm: bool, model: str, clients: int, seconds: float) -> None:
         for t in threads:
             t.join()
         elapsed = time.monotonic() - start
+        if source is not None:
+            source.stop()
         client.close()
     finally:
         server.close()
+    where = ", latest frame of a 10 Hz 640x480 camera" if camera else ""
     print(
-        f"answers/s with {clients:>2} concurrent clients [engine {model}]: {done[0] / elapsed:.0f}"
+        f"answers/s with {clients:>2} concurrent clients [engine {model}{where}]: "
+        f"{done[0] / elapsed:.0f}"
     )
 
 
@@ -331,46 +345,6 @@ def model_latency(shm: bool, n: int, model: str = "vsre-tiny") -> None:
         )
 
 
-def model_throughput(shm: bool, clients: int, seconds: float, model: str = "vsre-tiny") -> None:
-    """Part 5: concurrent clients asking about the latest frame of a 10 Hz camera."""
-    server = Server(shm, model=model, queue_size=32)
-    try:
-        client = Client()
-        camera = Camera(client)
-        camera.start()
-        time.sleep(0.5)
-        for i in range(10):
-            client.call(i, camera_request(i))
-        done = [0]
-        lock = threading.Lock()
-        stop = time.monotonic() + seconds
-
-        def worker(k: int) -> None:
-            i = 0
-            while time.monotonic() < stop:
-                answer = client.call(i, camera_request(k * 1_000_000 + i))
-                if answer.status == 0:
-                    with lock:
-                        done[0] += 1
-                i += 1
-
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
-        start = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - start
-        camera.stop()
-        client.close()
-    finally:
-        server.close()
-    print(
-        f"answers/s with {clients:>2} concurrent clients [{model}, latest frame of a 10 Hz "
-        f"640x480 camera]: {done[0] / elapsed:.0f}"
-    )
-
-
 PARTS = ("roundtrip", "ingest", "conversion", "throughput", "model")
 
 
@@ -389,7 +363,7 @@ def run_part(part: str, shm: bool, quick: bool) -> None:
                 throughput(shm, model, clients, seconds / 2)
     elif part == "model":
         model_latency(shm, n // 2)
-        model_throughput(shm, 16, seconds)
+        throughput(shm, "vsre-tiny", 16, seconds, camera=True)
 
 
 def main() -> None:

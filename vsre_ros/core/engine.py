@@ -47,7 +47,7 @@ from vsre_ros.core.answers import (
 from vsre_ros.core.config import PRESETS, EngineConfig, is_model_file, read_model_file
 from vsre_ros.core.model import VSREModel, check_image
 from vsre_ros.core.templates import TEMPLATES
-from vsre_ros.core.traced import TracedLM, TracedVision, trace_lm, trace_vision
+from vsre_ros.core.traced import TracedLM, TracedVision, lm_pass, trace_lm, trace_vision
 
 # The wording of structured-only yes/no queries: the first (plainest) training template.
 STRUCTURED_TEMPLATE = next(t for t in TEMPLATES if t.kind == "yes_no")
@@ -596,14 +596,7 @@ class Engine:
         args = (embeds, mask[None, None], positions[None], cache, len(new_owner))
         logits = self._lm_graphs(*args) if self._lm_graphs is not None else None
         if logits is None:  # no recorded pass of this shape
-            logits = self.model.lm(
-                inputs_embeds=embeds,
-                attention_mask=mask[None, None],
-                position_ids=positions[None],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=len(new_owner),
-            ).logits[0]
+            logits = lm_pass(self.model.lm, *args)[0]
         owners.extend(new_owner.tolist())
         for i, toks in rows:
             row_len[i] += len(toks)

@@ -96,6 +96,26 @@ class TracedVision:
         return self._eager(pixels)
 
 
+def lm_pass(
+    lm: nn.Module,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    cache: DynamicCache,
+    keep: int,
+) -> torch.Tensor:
+    """Logits [1, keep, vocab] of the last `keep` of `embeds` [1, new, hidden] run after
+    `cache` (updated), with an additive `mask` [1, 1, new, cached + new] and `positions`."""
+    return lm(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=keep,
+    ).logits
+
+
 class _LMPass(nn.Module):
     """One LM pass after a cache given as tensors: (logits, keys and values of every layer)."""
 
@@ -113,14 +133,7 @@ class _LMPass(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
         cache = DynamicCache(ddp_cache_data=pairs) if pairs else DynamicCache()
-        logits = self.lm(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=self.keep,
-        ).logits
+        logits = lm_pass(self.lm, embeds, mask, positions, cache, self.keep)
         return (logits, *[t for layer in cache.layers for t in (layer.keys, layer.values)])
 
 
@@ -171,10 +184,8 @@ class TracedLM:
         cache: DynamicCache,
         keep: int,
     ) -> torch.Tensor | None:
-        """Logits [keep, vocab] of the last `keep` tokens of a pass like `lm(inputs_embeds=
-        embeds, attention_mask=mask [1, 1, new, cached + new], position_ids=positions,
-        past_key_values=cache, use_cache=True)`, with `cache` updated the same way; None when
-        no recording fits (the caller runs the LM eagerly)."""
+        """`lm_pass(model.lm, ...)[0]` from a recording, `cache` updated the same way; None
+        when no recording fits (the caller runs the LM eagerly)."""
         cached, new = cache.get_seq_length(), embeds.shape[1]
         bucket = next((b for b in self.buckets if b >= keep), None)
         if bucket is None or embeds.dtype != self.dtype:
