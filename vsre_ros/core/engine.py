@@ -9,6 +9,9 @@
   (never sampled), then parsed.
 - `answer` is thread-safe: concurrent callers queue their queries, and whichever caller holds
   the model runs every pending query in one batch.
+- A model the engine loads itself (a directory or preset id) is put in eval mode once, and its
+  static-shape parts (one frame's vision side, short LM passes) are traced at load
+  (`core.traced`, `EngineConfig.trace`); a model object passed in runs eagerly in its own mode.
 - It never raises for bad input: a bad question or image gets an Answer with BAD_QUESTION or
   BAD_IMAGE and a message saying what was wrong.
 """
