@@ -1,7 +1,7 @@
-"""ROS plumbing figures of the VSRE server (prints them; asserts nothing).
+"""ROS figures of the VSRE server (prints them; asserts nothing).
 
-The server runs in its own process (`vsre serve`, stub engine, so the figures are the ROS
-layer's own cost), the clients in this one, over real DDS on localhost:
+The server runs in its own process (`vsre serve`), the clients in this one, over real DDS on
+localhost. With the stub engine, the figures are the ROS layer's own cost:
 
 1. service round trip minus engine time (p50/p95), default transport vs the shared-memory
    profile config/fastdds_shm.xml;
@@ -10,7 +10,15 @@ layer's own cost), the clients in this one, over real DDS on localhost:
 3. answers per second with 1, 4 and 16 concurrent service clients (stub engine with 0 ms and
    with 5 ms per engine call, so batching shows).
 
-Run: python bench/bench_ros.py [--quick]
+With the embedded model (`vsre-tiny`, the latency a robot sees), a 640x480 rgb8 camera at 10 Hz
+into the server (shm profile):
+
+4. one question through the service about each new frame (by its stamp), then a second
+   question about the same frame (already encoded): round trip p50/p95 and the server's
+   model time;
+5. answers per second with 16 concurrent service clients asking about the latest frame.
+
+Run: python bench/bench_ros.py [--quick] [--only model]
 """
 
 from __future__ import annotations
@@ -43,12 +51,13 @@ def _env(shm: bool) -> dict[str, str]:
 
 
 class Server:
-    """`vsre serve` with the stub engine in a child process."""
+    """`vsre serve` in a child process: the stub engine, or a model preset with its YAML."""
 
     def __init__(self, shm: bool, model: str = "stub", queue_size: int = 32):
+        preset = "stub" if model.startswith("stub") else model
         args = [
             sys.executable, "-m", "vsre_ros.cli", "serve",
-            "--params-file", str(ROOT / "config" / "stub.yaml"),
+            "--params-file", str(ROOT / "config" / f"{preset}.yaml"),
             "--ros-args", "-p", f"model:={model}", "-p", f"queue_size:={queue_size}",
             "-p", "cameras:=[/bench/image]", "-p", "camera_qos:=[reliable]",
             "-p", "depth_topics:=['']", "-p", "camera_info_topics:=['']",
@@ -97,9 +106,9 @@ class Client:
         query.images = [image]
         return AskSpatial.Request(query=query)
 
-    def call(self, i: int):
+    def call(self, i: int, request=None):
         event = threading.Event()
-        future = self.service.call_async(self.request(i))
+        future = self.service.call_async(request or self.request(i))
         future.add_done_callback(lambda _f: event.set())
         if not event.wait(30):
             raise RuntimeError("no answer in 30 s")
@@ -192,12 +201,22 @@ def conversion_cost(n: int = 200) -> None:
         print(f"Image {encoding} 640x480 -> RGB array: CPU {np.median(cpu) * 1000:.3f} ms/frame")
 
 
-def throughput(shm: bool, model: str, clients: int, seconds: float) -> None:
+def throughput(shm: bool, model: str, clients: int, seconds: float, camera: bool = False) -> None:
+    """Answers per second with `clients` concurrent service clients, each asking about an
+    inline 32x32 image or, with `camera`, about the latest frame of a 10 Hz 640x480 camera."""
     server = Server(shm, model=model, queue_size=32)
     try:
         client = Client()
+        source = Camera(client) if camera else None
+        if source is not None:
+            source.start()
+            time.sleep(0.5)
+
+        def request(i: int):
+            return camera_request(i) if camera else client.request(i)
+
         for i in range(10):
-            client.call(i)
+            client.call(i, request(i))
         done = [0]
         lock = threading.Lock()
         stop = time.monotonic() + seconds
@@ -205,7 +224,7 @@ def throughput(shm: bool, model: str, clients: int, seconds: float) -> None:
         def worker(k: int) -> None:
             i = 0
             while time.monotonic() < stop:
-                answer = client.call(k * 1_000_000 + i)
+                answer = client.call(i, request(k * 1_000_000 + i))
                 if answer.status == 0:
                     with lock:
                         done[0] += 1
@@ -218,15 +237,115 @@ def throughput(shm: bool, model: str, clients: int, seconds: float) -> None:
         for t in threads:
             t.join()
         elapsed = time.monotonic() - start
+        if source is not None:
+            source.stop()
         client.close()
     finally:
         server.close()
+    where = ", latest frame of a 10 Hz 640x480 camera" if camera else ""
     print(
-        f"answers/s with {clients:>2} concurrent clients [engine {model}]: {done[0] / elapsed:.0f}"
+        f"answers/s with {clients:>2} concurrent clients [engine {model}{where}]: "
+        f"{done[0] / elapsed:.0f}"
     )
 
 
-PARTS = ("roundtrip", "ingest", "conversion", "throughput")
+class Camera:
+    """A 640x480 rgb8 camera publishing random frames on /bench/image at `rate` Hz."""
+
+    def __init__(self, client: Client, rate: float = 10.0):
+        from rclpy.qos import QoSProfile
+        from sensor_msgs.msg import Image
+
+        self.client = client
+        self.pub = client.node.create_publisher(Image, "/bench/image", QoSProfile(depth=10))
+        deadline = time.monotonic() + 30
+        while self.pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rng = np.random.default_rng(0)
+        self.frames = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(8)]
+        self.period = 1.0 / rate
+        self.sent = 0
+        self.stamp = None  # builtin_interfaces/Time of the last frame sent
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publish(self):
+        from vsre_ros.ros.conversions import numpy_to_imgmsg
+
+        msg = numpy_to_imgmsg(self.frames[self.sent % len(self.frames)], "rgb8")
+        msg.header.stamp = self.client.node.get_clock().now().to_msg()
+        self.pub.publish(msg)
+        self.sent += 1
+        self.stamp = msg.header.stamp
+        return msg.header.stamp
+
+    def start(self) -> None:
+        def run() -> None:
+            start = time.monotonic()
+            while not self._stop.is_set():
+                self.publish()
+                time.sleep(max(0.0, start + self.sent * self.period - time.monotonic()))
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def camera_request(i: int, stamp=None):
+    """A question about the camera's frame at `stamp` (None: its latest frame)."""
+    from vsre_ros.msg import SpatialQuery
+    from vsre_ros.srv import AskSpatial
+
+    query = SpatialQuery(query_id=str(i), question="Is the red cup left of the blue box?")
+    if stamp is not None:
+        query.stamp = stamp
+    return AskSpatial.Request(query=query)
+
+
+def model_latency(shm: bool, n: int, model: str = "vsre-tiny") -> None:
+    """Part 4: a question about each new frame, then one about the same (encoded) frame."""
+    server = Server(shm, model=model)
+    try:
+        client = Client()
+        camera = Camera(client)
+        times: dict[str, list[float]] = {"new": [], "encoded": []}
+        engine: dict[str, list[float]] = {"new": [], "encoded": []}
+        server_ms: dict[str, list[float]] = {"new": [], "encoded": []}
+        next_frame = time.monotonic()
+        for i in range(n + 5):
+            time.sleep(max(0.0, next_frame - time.monotonic()))
+            next_frame = time.monotonic() + camera.period  # 10 Hz, as the camera runs
+            stamp = camera.publish()
+            time.sleep(0.01)  # the frame reaches the server's buffer
+            for kind in ("new", "encoded"):
+                start = time.perf_counter()
+                answer = client.call(i, camera_request(i, stamp))
+                rtt = (time.perf_counter() - start) * 1000.0
+                if answer.status != 0:
+                    raise RuntimeError(f"answer status {answer.status}: {answer.error}")
+                if i >= 5:  # warm-up
+                    times[kind].append(rtt)
+                    engine[kind].append(answer.latency_model_ms)
+                    server_ms[kind].append(answer.latency_total_ms)
+        client.close()
+    finally:
+        server.close()
+    name = "shm profile" if shm else "default    "
+    for kind, label in (("new", "new frame    "), ("encoded", "encoded frame")):
+        print(
+            f"{model} through the service [{name}], 640x480 rgb8 at 10 Hz, {label} n={n}: "
+            f"round trip p50 {np.median(times[kind]):.2f} ms, "
+            f"p95 {np.percentile(times[kind], 95):.2f} ms; "
+            f"in the server p50 {np.median(server_ms[kind]):.2f} ms, of which the model "
+            f"{np.median(engine[kind]):.2f} ms"
+        )
+
+
+PARTS = ("roundtrip", "ingest", "conversion", "throughput", "model")
 
 
 def run_part(part: str, shm: bool, quick: bool) -> None:
@@ -242,6 +361,9 @@ def run_part(part: str, shm: bool, quick: bool) -> None:
         for model in ("stub", "stub:5"):
             for clients in (1, 4, 16):
                 throughput(shm, model, clients, seconds / 2)
+    elif part == "model":
+        model_latency(shm, n // 2)
+        throughput(shm, "vsre-tiny", 16, seconds, camera=True)
 
 
 def main() -> None:
@@ -249,6 +371,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer samples")
     parser.add_argument("--part", choices=PARTS, help="run one part only (in this process)")
     parser.add_argument("--shm", action="store_true", help="with --part: use the shm profile")
+    parser.add_argument("--only", nargs="+", choices=PARTS, help="run these parts of the plan")
     args = parser.parse_args()
     if args.part:
         run_part(args.part, args.shm, args.quick)
@@ -257,8 +380,10 @@ def main() -> None:
     domain = str(random.randint(102, 200))
     print(f"cores: {os.cpu_count()}; ROS_DOMAIN_ID {domain}", flush=True)
     plan = [("roundtrip", False), ("roundtrip", True), ("conversion", False)]
-    plan += [("ingest", False), ("ingest", True), ("throughput", True)]
+    plan += [("ingest", False), ("ingest", True), ("throughput", True), ("model", True)]
     for part, shm in plan:
+        if args.only and part not in args.only:
+            continue
         env = _env(shm)
         env["ROS_DOMAIN_ID"] = domain
         cmd = [sys.executable, __file__, "--part", part] + (["--shm"] if shm else [])

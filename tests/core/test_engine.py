@@ -52,6 +52,89 @@ def test_cached_and_recomputed_answers_agree_for_every_kind(engines, rng):
         assert math.isclose(a.probability, b.probability, abs_tol=1e-4)
 
 
+def test_the_fast_path_answers_as_the_reference_path(tiny_model, tmp_path, rng):
+    """A model the engine loads itself runs the fast path: eval mode set once, the vision side
+    traced, a new frame's prefix in one pass with its questions. Its answers equal those of
+    the reference path (no tracing, the whole prompt recomputed per question), for a new
+    camera-sized frame and then for the same frame already encoded."""
+    tiny_model.save_pretrained(tmp_path / "m")
+    fast = Engine(tmp_path / "m")
+    reference = Engine(tmp_path / "m", EngineConfig(reuse_prefix=False, trace=False))
+    # The path under test: recorded vision side and LM passes, eval mode set once.
+    assert fast._vision is not None and fast._lm_graphs is not None
+    assert not fast.model.training
+    frame = random_image(rng, 480, 640)
+    questions = _queries(rng)
+    queries = [Query(q.question, [frame]) for q in questions] + [
+        Query("Which is nearer?", [frame], AnswerKind.CHOICE, ["the red cup", "the box"]),
+        Query("How far apart are they?", [frame], AnswerKind.NUMBER),
+    ]
+    expected = reference.answer(queries)
+    assert [a.status for a in expected[:-1]] == [Status.OK] * (len(queries) - 1)
+    for answers in (fast.answer(queries[:1]) + fast.answer(queries[1:]), fast.answer(queries)):
+        for a, b in zip(answers, expected, strict=True):
+            assert a.status == b.status  # a random model's "number" may hold none: ERROR
+            assert (a.text, a.verdict, a.choice_index) == (b.text, b.verdict, b.choice_index)
+            assert math.isclose(a.probability, b.probability, abs_tol=1e-5)
+    assert fast.stats()["feature_misses"] == 1 and fast.stats()["prefix_misses"] == 1
+
+
+def test_traced_vision_equals_the_eager_model_and_falls_back_for_other_batches(tiny_model, rng):
+    from vsre_ros.core.traced import trace_vision
+
+    traced = trace_vision(tiny_model)
+    assert traced is not None
+    with torch.inference_mode():
+        for n in (1, 3):  # one image: the recording; three: the eager fallback
+            pixels = tiny_model.preprocess([random_image(rng) for _ in range(n)])
+            assert traced.fits(pixels) == (n == 1)
+            assert torch.equal(traced(pixels), tiny_model.encode_images(pixels))
+
+
+def test_traced_lm_pads_to_a_recorded_shape_and_updates_the_cache_like_the_lm(tiny_model):
+    from transformers import DynamicCache
+
+    from vsre_ros.core.traced import trace_lm
+
+    traced = trace_lm(tiny_model)
+    assert traced is not None
+    torch.manual_seed(1)
+    prefix, hidden = traced.prefix, tiny_model.hidden_size
+    with torch.inference_mode():
+        for keep in (5, 16, 17):  # padded to 16, recorded as is, padded to 32
+            for cached in (0, prefix):  # a new frame's pass, then one after its cache
+                new = keep + (prefix if cached == 0 else 0)
+                embeds = torch.randn(1, new, hidden)
+                mask = torch.zeros(1, 1, new, cached + new)
+                mask[..., cached:] = torch.full((new, new), torch.finfo(torch.float32).min).triu(1)
+                positions = torch.arange(cached, cached + new)[None]
+                past = [
+                    (torch.randn(1, *shape[:1], cached, shape[1]),) * 2
+                    for shape in traced.kv_shape
+                ]
+                caches = [
+                    DynamicCache(ddp_cache_data=past) if cached else DynamicCache() for _ in "ab"
+                ]
+                got = traced(embeds, mask, positions, caches[0], keep)
+                want = tiny_model.lm(
+                    inputs_embeds=embeds,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=caches[1],
+                    use_cache=True,
+                    logits_to_keep=keep,
+                ).logits[0]
+                assert got is not None and (got - want).abs().max() <= 1e-4
+                for a, b in zip(caches[0].layers, caches[1].layers, strict=True):
+                    assert a.keys.shape == b.keys.shape and (a.keys - b.keys).abs().max() <= 1e-4
+        # Longer than the last bucket, or after a cache of another length: not recorded.
+        embeds = torch.randn(1, 70, hidden)
+        assert (
+            traced(embeds, torch.zeros(1, 1, 70, 70), torch.arange(70)[None], DynamicCache(), 70)
+            is None
+        )
+
+
 def test_object_tokens_are_part_of_every_images_prefix(rng):
     torch.manual_seed(0)
     model = VSREModel(small_config("channel", object_tokens=3)).eval()
@@ -140,13 +223,19 @@ def test_choice_scores_each_option_as_a_whole_answer(tiny_model, engines, rng):
 
 
 def test_answers_are_deterministic(engines, rng):
-    image = random_image(rng)
+    image = random_image(rng, 40, 52)  # a frame no other test asks about (nothing cached)
     q = [Query("What is it?", [image], AnswerKind.FREE_TEXT), Query("Is it?", [image])]
     first = engines[0].answer(q)
     engines[0].clear_cache()
     second = engines[0].answer(q)
     assert [a.text for a in first] == [a.text for a in second]
     assert [a.probability for a in first] == [a.probability for a in second]
+    # A new frame's prefix runs in one pass with its first questions, an encoded one's is
+    # read from the cache: the same answers, to float rounding (summation order).
+    third = engines[0].answer(q)
+    assert [a.text for a in third] == [a.text for a in second]
+    for a, b in zip(third, second, strict=True):
+        assert math.isclose(a.probability, b.probability, abs_tol=1e-6)
 
 
 def test_a_frame_is_encoded_once_per_key(tiny_model, rng, monkeypatch):
@@ -270,7 +359,13 @@ def test_load_switches_model_and_adapter(tmp_path, rng):
     before = engine.answer(q)[0].probability
     engine.load_adapter(tmp_path / "lora-a")
     assert engine.model_id == "second+lora-a"
-    assert engine.answer(q)[0].probability != before
+    after = engine.answer(q)[0].probability
+    assert after != before
+    # The engine loaded "second" itself, so its LM passes were traced; they are traced again
+    # with the adapter, and answer as an engine that traces nothing.
+    reference = Engine(tmp_path / "second", EngineConfig(trace=False))
+    reference.load_adapter(tmp_path / "lora-a")
+    assert math.isclose(after, reference.answer(q)[0].probability, abs_tol=1e-5)
     with pytest.raises(ValueError, match="neither a directory nor a preset.*vsre-tiny"):
         engine.load("no-such-model")
 

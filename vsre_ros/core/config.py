@@ -121,6 +121,11 @@ class EngineConfig:
     prefix_cache_size: int = 8  # image sets whose prefix KV cache is kept (LRU)
     reuse_prefix: bool = True  # False recomputes the whole prompt per question (for checks)
     max_batch: int = 32  # sequences per forward pass
+    # Record the static-shape parts (one frame's vision side, short LM passes; core.traced)
+    # when the engine loads a model itself (a directory or preset id): one question about a
+    # frame takes about 0.6x the time. A model object passed in (which a training loop may
+    # still change) always runs eagerly.
+    trace: bool = True
     max_new_tokens: int = 16  # greedy decoding limit for numbers and free text
     max_question_chars: int = 2000  # longer questions are refused as BAD_QUESTION
     max_images: int = 8  # more images in one query are refused as BAD_IMAGE

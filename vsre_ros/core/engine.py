@@ -9,6 +9,9 @@
   (never sampled), then parsed.
 - `answer` is thread-safe: concurrent callers queue their queries, and whichever caller holds
   the model runs every pending query in one batch.
+- A model the engine loads itself (a directory or preset id) is put in eval mode once, and its
+  static-shape parts (one frame's vision side, short LM passes) are traced at load
+  (`core.traced`, `EngineConfig.trace`); a model object passed in runs eagerly in its own mode.
 - It never raises for bad input: a bad question or image gets an Answer with BAD_QUESTION or
   BAD_IMAGE and a message saying what was wrong.
 """
@@ -47,6 +50,7 @@ from vsre_ros.core.answers import (
 from vsre_ros.core.config import PRESETS, EngineConfig, is_model_file, read_model_file
 from vsre_ros.core.model import VSREModel, check_image
 from vsre_ros.core.templates import TEMPLATES
+from vsre_ros.core.traced import TracedLM, TracedVision, lm_pass, trace_lm, trace_vision
 
 # The wording of structured-only yes/no queries: the first (plainest) training template.
 STRUCTURED_TEMPLATE = next(t for t in TEMPLATES if t.kind == "yes_no")
@@ -150,6 +154,10 @@ class Engine:
         self._prefixes = LRU(self.config.prefix_cache_size)
         self._adapter = ""
         self._batch_features: dict[Hashable, torch.Tensor] = {}
+        # Traced static-shape parts (core.traced), for a model the engine loaded itself.
+        self._owned = False
+        self._vision: TracedVision | None = None
+        self._lm_graphs: TracedLM | None = None
         self._stats: Counter[str] = Counter()
         self.model: VSREModel
         self.load(model)
@@ -163,9 +171,15 @@ class Engine:
     def load(self, model_ref: VSREModel | str | Path, adapter: str | Path | None = None) -> None:
         """Switch to another model (object, directory or preset id), optionally with LoRA."""
         model = load_model(model_ref, self.config.preset_args)
+        owned = model is not model_ref
+        if owned:
+            # The engine's own model answers only: eval mode once, not a switch per call
+            # (which walks every module, about a fifth of a call on the tiny model).
+            model.eval()
         model.to(device=self.device, dtype=self.dtype)
         with self._run_lock:
             self.model = model
+            self._owned = owned
             self._adapter = ""
             self._reset_model_state()
         if adapter:
@@ -192,6 +206,15 @@ class Engine:
     def _reset_model_state(self) -> None:
         self._features.clear()
         self._prefixes.clear()
+        # Token ids of prompt parts, by question and by image count: tokenizing them again for
+        # every check and row cost about 0.4 ms a question. Read-only lists.
+        self._suffixes = LRU(4096)
+        self._prefix_lists: dict[int, list[int]] = {}
+        # Recorded once here, never on the answer path; a recording of the old model (or of
+        # the LM without its new adapter) would answer for the wrong weights.
+        trace = self._owned and self.config.trace
+        self._vision = trace_vision(self.model) if trace else None
+        self._lm_graphs = trace_lm(self.model) if trace else None
         # Per reading (the vocabularies a question invites, core.answers): the tokens fed after
         # the question before the verdict (some tokenizers start every answer with the same
         # space token), then the first tokens of the positive and of the negative words.
@@ -220,10 +243,22 @@ class Engine:
         with self._queue_lock:
             self._stats[name] += 1
 
+    def _suffix_ids(self, question: str) -> list[int]:
+        ids = self._suffixes.get_fresh(question)
+        if ids is None:
+            ids = self.model.suffix_ids(question)
+            self._suffixes.put(question, ids)
+        return ids
+
+    def _prefix_ids(self, n_images: int) -> list[int]:
+        if n_images not in self._prefix_lists:
+            self._prefix_lists[n_images] = self.model.prefix_ids(n_images)
+        return self._prefix_lists[n_images]
+
     def _verdict_row(self, question: str) -> list[int]:
         """Token ids after which the next token is the yes/no verdict."""
         lead, _, _ = self._readings[self._reading(question)]
-        return self.model.suffix_ids(question) + lead
+        return self._suffix_ids(question) + lead
 
     # ----------------------------------------------------------------------------- answers
 
@@ -262,7 +297,7 @@ class Engine:
     def next_token_logits(self, queries: Sequence[Query]) -> torch.Tensor:
         """Logits [n, vocab] for the first answer token of valid queries (checks and benches)."""
         with self._run_lock, _eval_mode(self.model), torch.inference_mode():
-            keys = [self._image_keys(q) for q in queries]
+            keys = self._image_keys(queries)
             self._encode_missing(queries, keys)
             rows = []
             for q, k in zip(queries, keys, strict=True):
@@ -348,8 +383,8 @@ class Engine:
             return None
         n_images = len(query.images)
         image_tokens = n_images * self.model.num_image_tokens
-        text = len(self.model.prefix_ids(n_images)) - image_tokens
-        text += len(self.model.suffix_ids(query.question))
+        text = len(self._prefix_ids(n_images)) - image_tokens
+        text += len(self._suffix_ids(query.question))
         lead = self._readings[self._reading(query.question)][0]
         answer = len(lead) + 1 if kind == AnswerKind.YES_NO else 1
         needed = image_tokens + text + answer
@@ -364,16 +399,24 @@ class Engine:
 
     # --------------------------------------------------------------------- model work
 
-    def _image_keys(self, query: Query) -> tuple[Hashable, ...]:
-        keys = []
-        for j, image in enumerate(query.images):
-            given = query.image_keys[j] if query.image_keys else None
-            if given is not None:
-                keys.append(("key", given))
-            else:
-                digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16)
-                keys.append(("pixels", image.shape, digest.hexdigest()))
-        return tuple(keys)
+    def _image_keys(self, queries: Sequence[Query]) -> list[tuple[Hashable, ...]]:
+        """Each query's image keys: the caller's, or a digest of the pixels (computed once per
+        array, however many questions of the batch ask about it: 1.4 ms for 640x480)."""
+        digests: dict[int, Hashable] = {}  # id(array) -> key; the arrays live through the call
+        out = []
+        for query in queries:
+            keys = []
+            for j, image in enumerate(query.images):
+                given = query.image_keys[j] if query.image_keys else None
+                if given is not None:
+                    keys.append(("key", given))
+                    continue
+                if id(image) not in digests:
+                    digest = hashlib.sha256(np.ascontiguousarray(image).data).hexdigest()
+                    digests[id(image)] = ("pixels", image.shape, digest)
+                keys.append(digests[id(image)])
+            out.append(tuple(keys))
+        return out
 
     def _encode_missing(self, queries: Sequence[Query], keys: list[tuple]) -> None:
         # The batch keeps its own references, so a small LRU cannot evict what it still needs.
@@ -393,7 +436,7 @@ class Engine:
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             pixels = self.model.preprocess([image for _, image in chunk])
-            feats = self.model.encode_images(pixels)
+            feats = (self._vision or self.model.encode_images)(pixels)
             for (key, _), feat in zip(chunk, feats, strict=True):
                 self._features.put(key, feat)
                 self._batch_features[key] = feat
@@ -401,7 +444,7 @@ class Engine:
     def _answer_valid(
         self, queries: list[Query], answers: list[Answer | None], slots: list[int]
     ) -> None:
-        keys = [self._image_keys(q) for q in queries]
+        keys = self._image_keys(queries)
         self._encode_missing(queries, keys)
         groups: dict[tuple, list[int]] = {}
         for i, k in enumerate(keys):
@@ -429,22 +472,36 @@ class Engine:
                     text, conf = self._generate(k, queries[i])
                     answers[slots[i]] = _finish(text, conf, AnswerKind(queries[i].answer_kind))
 
-    def _prefix(self, keys: tuple) -> _Prefix:
+    def _prefix(
+        self, keys: tuple, rows: list[list[int]] | None = None
+    ) -> tuple[_Prefix, torch.Tensor | None]:
+        """The image prefix of `keys` (cached), and the flat logits [sum of row lengths, vocab]
+        of `rows` packed after it when the prefix was new and ran in the same LM pass as them
+        (a new frame costs one pass, not two); else None."""
         cached = self._prefixes.get_fresh(keys)
         if cached is not None:
             self._count("prefix_hits")
-            return cached
+            return cached, None
         self._count("prefix_misses")
         image_embeds = torch.cat([self._batch_features[key] for key in keys])
-        ids = self.model.prefix_ids(len(keys))
+        ids = self._prefix_ids(len(keys))
         prefix = _Prefix(kv=[], ids=ids, image_embeds=image_embeds)
+        logits = None
         if self.config.reuse_prefix:
             embeds = self.model.embed(self._tensor([ids]), image_embeds)
-            # Only the cache is needed from the prefix, so skip all but one row of logits.
-            out = self.model.lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-            prefix.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            if rows:
+                cache = DynamicCache()
+                logits = self._packed_forward(
+                    cache, len(ids), [], list(enumerate(rows)), [0] * len(rows), embeds
+                )
+                kv = [(layer.keys, layer.values) for layer in cache.layers]
+                prefix.kv = [(k[:, :, : len(ids)], v[:, :, : len(ids)]) for k, v in kv]
+            else:
+                # Only the cache is needed from the prefix, so skip all but one row of logits.
+                out = self.model.lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+                prefix.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         self._prefixes.put(keys, prefix)
-        return prefix
+        return prefix, logits
 
     def _tensor(self, rows: list[list[int]]) -> torch.Tensor:
         width = max(len(r) for r in rows)
@@ -461,13 +518,15 @@ class Engine:
         keeps the positions it would have alone, so its logits equal a separate run, without
         copying the prefix's keys and values once per row.
         """
-        prefix = self._prefix(keys)
         outs = []
         step = max(1, self.config.max_batch)
         width = max(len(r) for r in rows)
+        prefix, first = self._prefix(keys, rows[:step])
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
-            if self.config.reuse_prefix:
+            if start == 0 and first is not None:
+                logits = _unpack(first, chunk, width)
+            elif self.config.reuse_prefix:
                 logits = self._packed_logits(prefix, chunk, width)
             else:
                 full = self._tensor([prefix.ids + r for r in chunk])
@@ -488,12 +547,7 @@ class Engine:
         logits = self._packed_forward(
             cache, len(prefix.ids), owners, list(enumerate(rows)), row_len
         )
-        out = torch.zeros(len(rows), width, logits.shape[-1], device=logits.device)
-        flat = 0
-        for i, row in enumerate(rows):
-            out[i, : len(row)] = logits[flat : flat + len(row)]
-            flat += len(row)
-        return out
+        return _unpack(logits, rows, width)
 
     def _packed_forward(
         self,
@@ -502,6 +556,7 @@ class Engine:
         owners: list[int],
         rows: list[tuple[int, list[int]]],
         row_len: list[int],
+        prefix_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run several rows' new tokens as ONE sequence after a shared cache; logits [Q, V].
 
@@ -509,6 +564,8 @@ class Engine:
         says which row each cached token after the prefix belongs to) and its own row's new
         tokens before it, and keeps the position it would have in a separate run; so its
         logits equal a separate run, without copying the prefix's keys and values per row.
+        With `prefix_embeds` [1, n_prefix, hidden] (and an empty cache), the prefix itself
+        runs first in the same pass, causally and blind to the rows.
         """
         device = self.device
         new_owner = torch.tensor([i for i, toks in rows for _ in toks], device=device)
@@ -527,17 +584,22 @@ class Engine:
             ],
             dim=1,
         )
+        flat = torch.tensor([t for _, toks in rows for t in toks], device=device)[None]
+        embeds = self.model.embed(flat, None)
+        if prefix_embeds is not None:
+            n = n_prefix
+            causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+            blind = torch.zeros(n, allowed.shape[1] - n, dtype=torch.bool, device=device)
+            allowed = torch.cat([torch.cat([causal, blind], dim=1), allowed])
+            positions = torch.cat([torch.arange(n, device=device), positions])
+            embeds = torch.cat([prefix_embeds, embeds], dim=1)
         # Additive form, so eager and sdpa attention read the same mask.
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        flat = torch.tensor([t for _, toks in rows for t in toks], device=device)[None]
-        logits = self.model.lm(
-            inputs_embeds=self.model.embed(flat, None),
-            attention_mask=mask[None, None],
-            position_ids=positions[None],
-            past_key_values=cache,
-            use_cache=True,
-        ).logits[0]
+        args = (embeds, mask[None, None], positions[None], cache, len(new_owner))
+        logits = self._lm_graphs(*args) if self._lm_graphs is not None else None
+        if logits is None:  # no recorded pass of this shape
+            logits = lm_pass(self.model.lm, *args)[0]
         owners.extend(new_owner.tolist())
         for i, toks in rows:
             row_len[i] += len(toks)
@@ -575,7 +637,7 @@ class Engine:
         return out
 
     def _choice(self, keys: tuple, query: Query) -> Answer:
-        suffix = self.model.suffix_ids(query.question)
+        suffix = self._suffix_ids(query.question)
         # Each option is scored as the whole answer the model was trained to emit, end-of-answer
         # token included. Without it an option that is a prefix of another ("up" of "up and
         # left") could never lose: the longer one only adds log-probabilities below zero.
@@ -597,8 +659,8 @@ class Engine:
 
     def _generate_packed(self, keys: tuple, queries: list[Query]) -> list[tuple[str, float]]:
         """Greedy decoding of several questions at once, packed after the shared prefix."""
-        prefix = self._prefix(keys)
-        rows = [self.model.suffix_ids(q.question) for q in queries]
+        prefix, _ = self._prefix(keys)
+        rows = [self._suffix_ids(q.question) for q in queries]
         cache = DynamicCache(ddp_cache_data=list(prefix.kv))
         owners: list[int] = []
         row_len = [0] * len(rows)
@@ -633,8 +695,8 @@ class Engine:
 
     def _generate(self, keys: tuple, query: Query) -> tuple[str, float]:
         """Greedy decoding of one question by recomputing its whole prompt first."""
-        prefix = self._prefix(keys)
-        suffix = self.model.suffix_ids(query.question)
+        prefix, _ = self._prefix(keys)
+        suffix = self._suffix_ids(query.question)
         out = self.model.lm(
             inputs_embeds=self.model.embed(
                 self._tensor([prefix.ids + suffix]), prefix.image_embeds
@@ -681,13 +743,29 @@ def _worded(query: Any) -> Any:
 
 @contextlib.contextmanager
 def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) for answering; a model shared with a training loop keeps its mode."""
-    was_training = model.training
+    """Eval mode (no dropout) for answering; a model shared with a training loop keeps its mode.
+
+    A model already in eval mode (`model.eval()` sets every module) is left alone: switching
+    walks every module, which costs more than the tiny model's whole LM pass.
+    """
+    if not model.training:
+        yield
+        return
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        model.train()
+
+
+def _unpack(flat: torch.Tensor, rows: list[list[int]], width: int) -> torch.Tensor:
+    """Packed logits [sum of row lengths, V] -> [rows, width, V], zero after each row's end."""
+    out = torch.zeros(len(rows), width, flat.shape[-1], device=flat.device)
+    start = 0
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = flat[start : start + len(row)]
+        start += len(row)
+    return out
 
 
 def _confidence(logps: list[float]) -> float:

@@ -194,6 +194,12 @@ class DemoClient(Node):
                     "p95": float(np.percentile(values, 95)),
                     "max": float(np.max(values)),
                 }
+        # Where the time goes: a kind's questions cost differently (numbers are decoded token
+        # by token), and the questions asked together about one frame share an engine call.
+        result["latency_p50_by_kind"] = {
+            kind: float(np.median([o.latency_ms for o in answered if o.kind == kind]))
+            for kind in sorted({o.kind for o in answered})
+        }
         return result
 
 
@@ -385,6 +391,9 @@ def _print_summary(summary: dict, finished: bool) -> None:
         if name in summary:
             s = summary[name]
             print(f"{name}: p50 {s['p50']:.1f}  p95 {s['p95']:.1f}  max {s['max']:.1f}")
+    by_kind = summary.get("latency_p50_by_kind", {})
+    if by_kind:
+        print("latency_ms p50 by kind: " + "  ".join(f"{k} {v:.1f}" for k, v in by_kind.items()))
 
 
 def client_main(argv: list[str] | None = None) -> int:
