@@ -49,6 +49,16 @@ def test_answer_words_are_single_tokens_and_digits_are_split():
     assert len(digits) == 4
 
 
+def test_tokenizer_text_versions_and_an_unknown_one():
+    v1, v2 = train_bpe(text_version=1), train_bpe(text_version=2)
+    assert len(v1) < len(v2)  # version 2 adds the question grammar's words
+    for word in ("yes", "no", "true", "false"):
+        assert len(v1.encode(" " + word, add_special_tokens=False)) == 1
+    assert len(v2.encode(" incorrect", add_special_tokens=False)) == 1
+    with pytest.raises(ValueError, match="unknown tokenizer text version 3; known: 1 "):
+        train_bpe(text_version=3)
+
+
 def test_tokenizer_corpus_file_joins_the_training_text(tmp_path):
     corpus = tmp_path / "questions.txt"
     corpus.write_text("Is the xylophonequux left of the box?\n" * 200)

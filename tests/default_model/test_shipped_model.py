@@ -51,6 +51,22 @@ def test_checkpoint_is_small_and_fuses_all_four_families(shipped):
     assert payload["config"]["lm"]["attn_implementation"] == "sdpa"
 
 
+def test_the_shipped_recipe_rebuilds_the_shipped_tokenizer(shipped):
+    """`vsre train-default` with no flags starts from the same vocabulary as the shipped
+    model: tokenizer text version 1 (the question grammar's words came later, version 2)."""
+    from vsre_ros.training.config import load_config
+    from vsre_ros.training.default_model import RECIPE_FILE
+    from vsre_ros.training.model_api import build_model
+
+    recipe = load_config(RECIPE_FILE)
+    assert recipe.model_overrides["tokenizer_text"] == 1
+    rebuilt = build_model(recipe.model, recipe.model_overrides, 0)
+    assert rebuilt.tokenizer.get_vocab() == shipped.tokenizer.get_vocab()
+    grammar = build_model(recipe.model, {**recipe.model_overrides, "tokenizer_text": 2}, 0)
+    assert len(grammar.tokenizer) > len(shipped.tokenizer)
+    assert len(grammar.tokenizer.encode(" incorrect", add_special_tokens=False)) == 1
+
+
 def test_card_curve_and_reports_ship_beside_the_weights():
     assert (EXPORT_DIR / "learning_curve.png").stat().st_size > 0
     card = (EXPORT_DIR / "MODEL_CARD.md").read_text()

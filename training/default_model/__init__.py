@@ -293,6 +293,8 @@ def recipe_overrides(
     return default_overrides(
         families, args.lm_layers, args.fusion_grid, args.object_tokens, args.image_size,
         args.lm_hidden, args.encoder_hidden,
+        # The tokenizer's text follows the data: version 1 rebuilds the shipped tokenizer.
+        tokenizer_text=1 if args.data_version == 1 else 2,
     )  # fmt: skip
 
 

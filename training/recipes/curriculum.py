@@ -257,6 +257,7 @@ def default_overrides(
     image_size: int = 64,
     lm_hidden: int = 128,
     encoder_hidden: int = 64,
+    tokenizer_text: int = 2,
 ) -> dict[str, Any]:
     """The shipped size: the encoder families at width 64 x 3 layers, a Llama 128 x 4, channel
     fusion (64 image tokens). About 2M parameters with all four families.
@@ -270,6 +271,8 @@ def default_overrides(
     the encoders' input side; the patch is an eighth of it, so the encoder grids stay 8x8 and
     a larger input costs the patch embeddings only (small objects get more pixels each).
     `lm_hidden` and `encoder_hidden` are the widths (4 heads each, FFN and MLP 4x).
+    `tokenizer_text` is the BPE's text version (`core.tokenizer.TEXT_VERSIONS`): 1 rebuilds
+    the shipped model's tokenizer, 2 adds the question grammar's words.
     """
     for name, width in (("lm_hidden", lm_hidden), ("encoder_hidden", encoder_hidden)):
         if width < 4 or width % 4:
@@ -299,7 +302,8 @@ def default_overrides(
     lm = dataclasses.asdict(lm)
     # Training runs it as "sdpa_rows" (training/attention_rows.py), the export as sdpa.
     lm["attn_implementation"] = "eager"
-    overrides = {"fusion": "channel", "fusion_grid": fusion_grid, "encoders": encoders, "lm": lm}
+    overrides = {"fusion": "channel", "fusion_grid": fusion_grid, "encoders": encoders, "lm": lm,
+                 "tokenizer_text": tokenizer_text}  # fmt: skip
     if object_tokens and "sam" in families:
         overrides["object_tokens"] = object_tokens
     return overrides

@@ -84,6 +84,7 @@ class ModelConfig:
     tokenizer: str = "bpe"  # "bpe": local byte-level BPE; "lm": the LM directory's tokenizer
     tokenizer_vocab: int = 1024  # vocabulary size of the local BPE tokenizer
     tokenizer_corpus: str = ""  # optional text file (one text a line) added to the BPE corpus
+    tokenizer_text: int = 2  # the BPE's training text (core.tokenizer.TEXT_VERSIONS)
     prompt: str = "vsre"  # prompt format registry id (see prompts.py)
     lora: LoraSettings = field(default_factory=LoraSettings)  # stage-2 LoRA settings
     source_llava: str = ""  # LLaVA checkpoint whose CLIP tower, projector and LM are reused

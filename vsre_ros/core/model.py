@@ -179,7 +179,7 @@ class VSREModel(nn.Module):
                 if not corpus.is_file():
                     raise FileNotFoundError(f"tokenizer_corpus {corpus} does not exist")
                 extra = corpus.read_text(encoding="utf-8").splitlines()
-            return train_bpe(self.config.tokenizer_vocab, extra)
+            return train_bpe(self.config.tokenizer_vocab, extra, self.config.tokenizer_text)
         if self.config.tokenizer == "lm":
             path = self.config.source_llava or self.config.lm.path
             if not path:

@@ -45,8 +45,24 @@ EXTRA_TEXT = [
 ]
 
 
-def train_bpe(vocab_size: int = 1024, extra: Iterable[str] = ()) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on the template corpus (plus `extra` text)."""
+# The BPE's training text by version; a version's tokenizer stays reproducible bit for bit.
+TEXT_VERSIONS: dict[int, str] = {
+    1: "the 50 templates and the fixed text: what the shipped vsre-tiny was built with",
+    2: "also the question grammar's text (core/grammar.py), and correct/incorrect/wrong as "
+    "single answer tokens",
+}
+# Answer words that text version 1 did not force to single tokens.
+_SINCE_2 = ("correct", "incorrect", "wrong")
+
+
+def train_bpe(
+    vocab_size: int = 1024, extra: Iterable[str] = (), text_version: int = 2
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on the corpus of `text_version` (TEXT_VERSIONS; plus `extra`)."""
+    if text_version not in TEXT_VERSIONS:
+        known = ", ".join(f"{k} ({v})" for k, v in TEXT_VERSIONS.items())
+        raise ValueError(f"unknown tokenizer text version {text_version}; known: {known}")
+    words = [w for w in ANSWER_WORDS if text_version >= 2 or w not in _SINCE_2]
     tok = Tokenizer(models.BPE())
     # Digits are isolated before the byte-level split so numbers never merge into one token.
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -62,9 +78,11 @@ def train_bpe(vocab_size: int = 1024, extra: Iterable[str] = ()) -> PreTrainedTo
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    text = list(templates.corpus()) + list(grammar.corpus()) + EXTRA_TEXT + list(extra)
+    text = list(templates.corpus())
+    text += list(grammar.corpus()) if text_version >= 2 else []
+    text += EXTRA_TEXT + list(extra)
     # Repeating each answer word after a space makes its merges frequent enough to complete.
-    text += [" ".join(f" {w}" for w in ANSWER_WORDS)] * 50
+    text += [" ".join(f" {w}" for w in words)] * 50
     tok.train_from_iterator(text, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -73,7 +91,7 @@ def train_bpe(vocab_size: int = 1024, extra: Iterable[str] = ()) -> PreTrainedTo
         eos_token="</s>",
         additional_special_tokens=["<image>"],
     )
-    broken = [w for w in ANSWER_WORDS if len(fast.encode(" " + w, add_special_tokens=False)) != 1]
+    broken = [w for w in words if len(fast.encode(" " + w, add_special_tokens=False)) != 1]
     if broken:
         raise ValueError(
             f"answer words {broken} are not single tokens with vocab_size={vocab_size}; "
