@@ -112,10 +112,18 @@ def main() -> None:
             print(f"  {samples:>9,d} samples  {acc:6.1%}  [{lo:.1%}, {hi:.1%}]")
         a, b, residual = fit(points)
         budget = args.hours * 3600 * rate
+        later = points[len(points) // 2 :]
+        rise = b * math.log10(later[-1][0] / later[0][0])  # what the fit moves over its span
+        p = later[-1][1]
+        noise = 2 * math.sqrt(p * (1 - p) / args.val_items)  # two binomial standard errors
+        line = f"  fit on the later half: {a:.3f} + {b:.3f} log10(samples) (RMS {residual:.1%})"
+        if rise <= noise:
+            print(f"{line}: it rises {rise:+.1%} over its span, inside the val noise "
+                  f"(+-{noise:.1%}): flat, no prediction")  # fmt: skip
+            continue
         predicted = min(1.0, a + b * math.log10(budget))
         print(
-            f"  fit on the later half: {a:.3f} + {b:.3f} log10(samples) (RMS {residual:.1%});"
-            f" {b:+.1%} per 10x samples; at {budget:,.0f} samples ({args.hours:g} h at "
+            f"{line}; {b:+.1%} per 10x samples; at {budget:,.0f} samples ({args.hours:g} h at "
             f"{rate:g}/s): {predicted:.1%}"
         )
     if args.out and series:
