@@ -34,7 +34,8 @@ import numpy as np
 ABOVE_PLANE = 0.008  # metres: a pixel this far above the support plane belongs to an object
 DEPTH_WINDOW = 0.35  # metres: an object's pixels lie at most this close in depth to its
 MIN_DEPTH_WINDOW = 0.05  # centre's, and at least this close (else as deep as the box is wide)
-STACKED = 0.02  # metres: an object whose lowest visible point is higher stands on another...
+STACKED = 0.02  # metres: an object whose lowest visible point is higher (and higher than
+STACKED_PIXELS = 3  # this many pixels' height at its depth) stands on another...
 SPREAD = 0.3  # ... when its visible heights span this share of its top's height (not a top
 # seen from straight above)
 MIN_PIXELS = 3  # fewer valid pixels in a box: no 3D place
@@ -204,7 +205,9 @@ def locate(
     heights = plane.height(pts)
     top = float(np.percentile(heights, 98))
     bottom = float(np.percentile(heights, 2))
-    if bottom < STACKED or top - bottom < SPREAD * top:
+    # The lowest pixels that are seen may stand a few pixels' height above the plane.
+    floor = max(STACKED, STACKED_PIXELS * float(np.median(pts[:, 2])) / k.fy)
+    if bottom < floor or top - bottom < SPREAD * top:
         bottom = 0.0  # it stands on the support surface
     # The footprint: points dropped onto the plane, in a 2D basis of the plane.
     e1 = np.cross(plane.normal, [0.0, 0.0, 1.0])
@@ -273,6 +276,19 @@ def _min_area_rectangle(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             best = (area, rot @ ((lo + hi) / 2), hi - lo)
     assert best is not None
     return best[1], best[2]
+
+
+def locate_all(
+    boxes: list, depth: np.ndarray, k: Intrinsics, image_shape: tuple[int, int] | None = None
+) -> list[Located | None]:
+    """The places of the objects in normalised `boxes` of one frame. `k` is the camera of an
+    image of `image_shape` (H, W); a depth image of another size (registered to it) gets K
+    scaled to its own size."""
+    depth = depth_metres(depth)
+    if image_shape is not None and tuple(image_shape) != depth.shape:
+        k = k.scaled(depth.shape[1] / image_shape[1], depth.shape[0] / image_shape[0])
+    plane = support_plane(depth, k, boxes)
+    return [locate(box, depth, k, plane) for box in boxes]
 
 
 # -- metric questions ------------------------------------------------------------------------
