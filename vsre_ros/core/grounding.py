@@ -198,17 +198,22 @@ def iou(a, b) -> float:
 _RELATION_THE = re.compile(
     r"\b(?:at|on|to|in) the (?:left |right )?(?:side|edge|back|middle|front|top|bottom)\b"
 )
-# Words that end an object phrase or, right after "the", are no object at all.
+# Words that end an object phrase or, right after "the", are no object at all. ("side" is not
+# one: "side table" is an object; `_RELATION_THE` takes "at the left side of" out first.)
 _STOP = frozenset(
     """a an the is are was were be of from and or but to in on at by with than as that this
-    it its which what where how far apart left right above below behind front back top bottom
-    side edge middle center centre near close closer nearer farther further not no yes true
-    false correct incorrect image picture photo scene camera view shown statement first
+    it its which what where how far apart left right above below behind top bottom center
+    centre near close closer nearer farther further not no yes true
+    false correct incorrect image picture photo scene camera view shown statement first case
+    whole caption following claim report reference operator sentence appear appears look
+    looks seem seems stand stands sit sits lie lies located placed positioned situated do
+    does has have could would should
     second third one two other each order route path shortest robot options option answer
     metres meters metre meter wide tall high big bigger taller wider distance between
     relative up down starts start must visit once gives""".split()
 )
 _WORD = re.compile(r"[a-z]+")
+MAX_PHRASE_WORDS = 3  # "green side table": a colour and a two-word category
 
 
 def object_phrases(question: str, subj: str = "", obj: str = "") -> list[str]:
@@ -224,7 +229,7 @@ def object_phrases(question: str, subj: str = "", obj: str = "") -> list[str]:
         words = []
         for word in re.finditer(r"[a-z]+|[^a-z\s]", text[match.end() :]):
             w = word.group(0)
-            if not _WORD.fullmatch(w) or w in _STOP or len(words) == 4:
+            if not _WORD.fullmatch(w) or w in _STOP or len(words) == MAX_PHRASE_WORDS:
                 break
             words.append(w)
         if words:
