@@ -33,7 +33,7 @@ import torch
 
 from vsre_ros.core import geometry
 from vsre_ros.core.answers import AnswerKind, Query, Source, number_correct
-from vsre_ros.core.grounding import box_loss, for_model, iou, object_phrases, phrase_embeddings
+from vsre_ros.core.grounding import box_loss, for_model, iou, phrase_embeddings
 
 DEFAULT_SIZES = ((64, 64), (160, 120))  # frame sizes rendered in turn (square and 4:3)
 MIN_VISIBLE, MIN_PIXELS = 0.25, 10  # objects less visible are not named (as the questions)
@@ -58,7 +58,11 @@ def visible_objects(frame) -> list[tuple[str, int, np.ndarray]]:
     for k, (obj, seen) in enumerate(
         zip(frame.truth["objects"], frame.truth["renders"][0]["objects"], strict=True)
     ):
-        if seen["bbox"] and seen["visible_fraction"] >= MIN_VISIBLE and seen["pixels"] >= MIN_PIXELS:
+        if (
+            seen["bbox"]
+            and seen["visible_fraction"] >= MIN_VISIBLE
+            and seen["pixels"] >= MIN_PIXELS
+        ):
             box = np.array(seen["bbox"], dtype=np.float32) / [w, h, w, h]
             out.append((obj["name"], k + 1, box))
     return out
@@ -134,9 +138,10 @@ def share(flags: list[bool]) -> dict:
 def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
     """Grounding and metric figures on `frames` (see the module docstring), every question
     asked through the engine with the frame's depth and K, and again on a grey image."""
+    from vsre_ros.sim_data.render import pixel_centre_K
+
     from vsre_ros.core.config import EngineConfig
     from vsre_ros.core.engine import Engine
-    from vsre_ros.sim_data.render import pixel_centre_K
 
     engine = Engine(model_dir, EngineConfig(threads=torch.get_num_threads()))
     if "grounding" not in engine.model.heads:
@@ -162,7 +167,7 @@ def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
                 blind_box = _box_of(guess, name)
                 blind_ious.append(iou(blind_box, truth) if blind_box is not None else 0.0)
                 prior_ious.append(iou(prior.get(_category(name), _CENTRE), truth))
-        metric_items = [(it, a) for it, a in zip(items, seen, strict=True) if it["task"] == "metric"]
+        metric_items = [(i, a) for i, a in zip(items, seen, strict=True) if i["task"] == "metric"]
         plain = engine.answer([_query(it, frame.rgb) for it, _ in metric_items])
         for (item, with_depth), without in zip(metric_items, plain, strict=True):
             name = geometry.measure_asked(item["question"]) or "unrecognised"
@@ -272,8 +277,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"rendered {len(frames)} frames in {time.perf_counter() - start:.0f} s")
         head = fit(model, frames, steps=args.steps, seed=args.seed)
         path = head.save(args.out or args.model)
-        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in "
-              f"{time.perf_counter() - start:.0f} s")
+        print(
+            f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in "
+            f"{time.perf_counter() - start:.0f} s"
+        )
         return 0
     frames = render(args.seed, args.frames)
     prior = render(args.prior_seed, args.prior_frames)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vsre_ros.core import geometry as G
+from vsre_ros.core.grounding import iou
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,9 @@ def test_a_box_on_a_table_is_placed_and_measured():
     assert place.height == pytest.approx(0.12, abs=0.01)
     assert place.width == pytest.approx(0.16, abs=0.015)
     assert G.measure("camera", [place]) == pytest.approx(np.linalg.norm(truth_cam), rel=0.02)
+    # Its pixels fill the box it was found in, but for its lowest row (less than ABOVE_PLANE
+    # over the table).
+    assert iou(place.box, box) > 0.9
 
 
 def test_fit_plane_recovers_the_table():
@@ -157,8 +161,9 @@ def test_measure_asked(question, measure):
 
 
 def test_measure_needs_its_objects():
-    place = G.Located(np.array([0.0, 0.0, 2.0]), np.ones(3), 0.1, math.nan, 10)
-    other = G.Located(np.array([0.0, 0.3, 2.4]), np.ones(3), 0.1, 0.2, 10)
+    box = (0.0, 0.0, 1.0, 1.0)
+    place = G.Located(np.array([0.0, 0.0, 2.0]), np.ones(3), 0.1, math.nan, 10, box)
+    other = G.Located(np.array([0.0, 0.3, 2.4]), np.ones(3), 0.1, 0.2, 10, box)
     assert G.measure("between", [place, other]) == pytest.approx(0.5)
     assert G.measure("between", [place]) is None
     assert G.measure("height", [place]) is None  # unknown without a support plane

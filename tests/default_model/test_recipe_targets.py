@@ -411,11 +411,15 @@ def trained(config: TrainConfig):
 
 
 def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
-    config = five_step_recipe(sim_data, tmp_path, {"pose": 1.0})
-    _, rows = trained(config)
+    config = five_step_recipe(sim_data, tmp_path, {"pose": 1.0, "grounding": 1.0})
+    model, rows = trained(config)
     assert rows[-1]["global_step"] == 5
-    parts = ("lm", "dense", "hop0", "hop1", "hop2", "probe", "pose", "bank", "verdict_probe")
+    parts = ("lm", "dense", "hop0", "hop1", "hop2", "probe", "pose", "grounding", "bank",
+             "verdict_probe")  # fmt: skip
     assert all(f"loss_{k}" in rows[-1] for k in parts)
+    # The grounding head is exported: saved beside the run's model and loaded with it.
+    assert (tmp_path / config.stages[-1].name / "final" / "grounding.safetensors").is_file()
+    assert "grounding" in model.heads
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
 

@@ -126,6 +126,7 @@ class Located:
     width: float  # larger horizontal side (footprint), metres; NaN when unknown
     height: float  # vertical extent, metres; NaN when unknown
     pixels: int  # depth pixels it was measured from
+    box: tuple[float, float, float, float]  # normalised box of those pixels in the image
 
 
 def fit_plane(points: np.ndarray, seed: int = 0) -> Plane | None:
@@ -199,9 +200,16 @@ def locate(
     pts = pts[ok]
     if len(pts) < MIN_PIXELS:
         return None
+    rows, cols = np.nonzero(ok)
+    seen = (
+        (x0 + cols.min()) / w,
+        (y0 + rows.min()) / h,
+        (x0 + cols.max() + 1) / w,
+        (y0 + rows.max() + 1) / h,
+    )
     lo, hi = np.percentile(pts, 2, axis=0), np.percentile(pts, 98, axis=0)
     if plane is None:
-        return Located((lo + hi) / 2, hi - lo, float(hi[0] - lo[0]), math.nan, len(pts))
+        return Located((lo + hi) / 2, hi - lo, float(hi[0] - lo[0]), math.nan, len(pts), seen)
     heights = plane.height(pts)
     top = float(np.percentile(heights, 98))
     bottom = float(np.percentile(heights, 2))
@@ -220,7 +228,7 @@ def locate(
     foot = centre2[0] * e1 + centre2[1] * e2
     on_plane = foot - (foot @ plane.normal + plane.offset) * plane.normal
     centre = on_plane + plane.normal * (top + bottom) / 2
-    return Located(centre, hi - lo, float(max(sides)), top - bottom, len(pts))
+    return Located(centre, hi - lo, float(max(sides)), top - bottom, len(pts), seen)
 
 
 def _object_pixels(pts: np.ndarray, ok: np.ndarray, k: Intrinsics, plane: Plane | None):

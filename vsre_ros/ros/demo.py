@@ -369,6 +369,10 @@ def _recorded_topics(nodes) -> dict[str, type]:
     }
     if server.annotated_topic:
         topics[server.annotated_topic] = Image
+    if server.markers_topic:
+        from visualization_msgs.msg import MarkerArray
+
+        topics[server.markers_topic] = MarkerArray
     return topics
 
 
