@@ -11,9 +11,10 @@ the head is written beside the model as `grounding.safetensors`.
 `eval` renders frames of another seed (held-out scenes) and reports, through the engine as a
 robot would ask:
 - grounding: the IoU of the box of every object the frame's questions name (found from the
-  question's words by `object_phrases`) against its mask's box, with the share of IoU >= 0.5;
-  beside it the box-prior baseline (each category's mean box from the fit frames, no image)
-  and the head on a grey image (blind);
+  question's words by `object_phrases`; a phrase not found counts as IoU 0) against its mask's
+  box, with the share of IoU >= 0.5: from the image alone (`image`), with depth and K
+  (`depth`), and two baselines: the head on a grey image (`grey`, blind) and the box prior
+  (`prior`: each category's mean box over the prior frames, no image);
 - metric answers with depth and K: each metric question's measured value against the truth,
   the share within 10% and within a factor of 2 (the scoring rule of `core.answers`), per
   measure, next to the model's own numbers (no depth) on the same questions;
@@ -147,29 +148,31 @@ def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
     if "grounding" not in engine.model.heads:
         raise ValueError(f"{model_dir} has no grounding head; run `vsre grounding fit` first")
     prior = _mean_boxes([(n, box) for f in prior_frames for n, _, box in visible_objects(f)])
-    ious, prior_ious, blind_ious, found = [], [], [], []
+    ious: dict[str, list[float]] = {"image": [], "depth": [], "grey": [], "prior": []}
+    found: list[bool] = []
     metric: dict[str, dict[str, list]] = {}
     for frame in frames:
         objects = {name: box for name, _, box in visible_objects(frame)}
         items = [it for it in frame.items if it["answer_kind"] in _KINDS]
         k = pixel_centre_K(frame.K)
-        seen = engine.answer([_query(it, frame.rgb, frame.depth, k) for it in items])
-        grey = np.full_like(frame.rgb, 128)
-        blind = engine.answer([_query(it, grey) for it in items])
-        for item, answer, guess in zip(items, seen, blind, strict=True):
+        answers = {
+            "depth": engine.answer([_query(it, frame.rgb, frame.depth, k) for it in items]),
+            "image": engine.answer([_query(it, frame.rgb) for it in items]),
+            "grey": engine.answer([_query(it, np.full_like(frame.rgb, 128)) for it in items]),
+        }
+        for j, item in enumerate(items):
             for name in item.get("objects", []):
                 if name not in objects:
                     continue
                 truth = objects[name]
-                box = _box_of(answer, name)
-                found.append(box is not None)
-                ious.append(iou(box, truth) if box is not None else 0.0)
-                blind_box = _box_of(guess, name)
-                blind_ious.append(iou(blind_box, truth) if blind_box is not None else 0.0)
-                prior_ious.append(iou(prior.get(_category(name), _CENTRE), truth))
-        metric_items = [(i, a) for i, a in zip(items, seen, strict=True) if i["task"] == "metric"]
-        plain = engine.answer([_query(it, frame.rgb) for it, _ in metric_items])
-        for (item, with_depth), without in zip(metric_items, plain, strict=True):
+                found.append(_box_of(answers["image"][j], name) is not None)
+                for way, given in answers.items():
+                    box = _box_of(given[j], name)
+                    ious[way].append(iou(box, truth) if box is not None else 0.0)
+                ious["prior"].append(iou(prior.get(_category(name), _CENTRE), truth))
+            if item["task"] != "metric":
+                continue
+            with_depth, without = answers["depth"][j], answers["image"][j]
             name = geometry.measure_asked(item["question"]) or "unrecognised"
             row = metric.setdefault(name, {"geo": [], "model": [], "src": []})
             truth = float(item["value"])
@@ -179,12 +182,10 @@ def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
     report = {
         "frames": len(frames),
         "grounding": {
-            "named_objects": len(ious),
+            "named_objects": len(ious["image"]),
             "phrase_found": share(found),
-            "iou>=0.5": share([v >= 0.5 for v in ious]),
-            "median_iou": float(np.median(ious)) if ious else math.nan,
-            "baseline_box_prior_iou>=0.5": share([v >= 0.5 for v in prior_ious]),
-            "baseline_grey_image_iou>=0.5": share([v >= 0.5 for v in blind_ious]),
+            **{f"iou>=0.5_{way}": share([v >= 0.5 for v in ious[way]]) for way in ious},
+            **{f"median_iou_{way}": float(np.median(ious[way])) for way in ious if ious[way]},
         },
         "metric": {name: _metric_row(row) for name, row in sorted(metric.items())},
     }
@@ -286,8 +287,29 @@ def run(args: argparse.Namespace) -> int:
     prior = render(args.prior_seed, args.prior_frames)
     report = evaluate(args.model, frames, prior)
     report["seconds"] = round(time.perf_counter() - start, 1)
-    text = json.dumps(report, indent=1)
-    print(text)
+    print(summary(report))
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return 0
+
+
+def summary(report: dict) -> str:
+    """The report's shares as lines: share [95% CI] (n)."""
+
+    def fmt(entry: dict) -> str:
+        lo, hi = entry["ci95"]
+        return f"{100 * entry['share']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={entry['n']})"
+
+    g = report["grounding"]
+    lines = [f"{report['frames']} frames; {g['named_objects']} named objects"]
+    lines.append(f"  phrase found in the question: {fmt(g['phrase_found'])}")
+    for way in ("image", "depth", "grey", "prior"):
+        lines.append(f"  IoU >= 0.5, {way:5s}: {fmt(g[f'iou>=0.5_{way}'])}")
+    for name, row in report["metric"].items():
+        lines.append(f"metric {name}: source geometry {fmt(row['source_geometry'])}")
+        for way in ("with_depth", "model_without_depth"):
+            lines.append(
+                f"  {way:19s} within 10% {fmt(row[way]['within_10%'])}, "
+                f"within x2 {fmt(row[way]['within_x2'])}"
+            )
+    return "\n".join(lines)

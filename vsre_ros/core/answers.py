@@ -133,7 +133,8 @@ class GroundedObject:
     """One object phrase of a question, found in the image (and, with depth, in 3D)."""
 
     phrase: str  # the phrase as the question names it ("red cup")
-    box: tuple[float, float, float, float]  # normalised [x0, y0, x1, y1] in the image
+    box: tuple[float, float, float, float]  # normalised [x0, y0, x1, y1] in the image (with
+    # depth: the box of the pixels its 3D place was measured from)
     score: float  # the grounding head's confidence, (0, 1]
     position: tuple[float, float, float] = (math.nan,) * 3  # centre, optical frame, metres
     extent: tuple[float, float, float] = (math.nan,) * 3  # size along the optical axes, metres

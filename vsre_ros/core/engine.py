@@ -465,6 +465,7 @@ class Engine:
             return
         for obj, place in zip(answer.objects, places, strict=True):
             if place is not None:
+                obj.box = place.box  # the pixels measured: tighter than the head's box
                 obj.position = tuple(float(v) for v in place.centre)
                 obj.extent = tuple(float(v) for v in place.extent)
                 obj.depth_used = True

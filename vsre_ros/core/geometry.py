@@ -9,9 +9,11 @@ How an object's place is measured (`locate`), for a box that may hold background
 
 1. the support surface (a table top or the floor) is the plane fitted (RANSAC, then least
    squares on its inliers) to the frame's points outside every grounded box;
-2. the object's pixels are the box's pixels standing at least `ABOVE_PLANE` above it (without
-   a plane: all of them), kept when their depth is near the depth at the box's centre
-   (`DEPTH_WINDOW`), which drops an occluder in front and background behind;
+2. the object's pixels are those of the box (grown by `SEARCH_MARGIN`: a grounded box may be a
+   little small) standing at least `ABOVE_PLANE` above it (without a plane: all of them), cut
+   apart where depth jumps; the connected piece covering most of the box's centre, with its
+   neighbours near its depth, is the object: an occluder in front and background behind drop
+   out. The box they span is the object's box as measured;
 3. with a plane, the object stands on it, or on another object when its lowest visible point
    is clearly above the plane: its height runs from there to its highest point, its footprint
    is the least-area rectangle around its points seen from above, and its centre is the
@@ -39,6 +41,7 @@ STACKED_PIXELS = 3  # this many pixels' height at its depth) stands on another..
 SPREAD = 0.3  # ... when its visible heights span this share of its top's height (not a top
 # seen from straight above)
 MIN_PIXELS = 3  # fewer valid pixels in a box: no 3D place
+SEARCH_MARGIN = 0.15  # a grounded box is searched grown by this share of its size per side
 JUMP = 0.03  # a depth step of this share of the depth between neighbours separates surfaces
 PLANE_TOLERANCE = 0.006  # metres: RANSAC inlier distance
 PLANE_MIN_SHARE = 0.2  # a plane must hold this share of the points outside the boxes
@@ -295,8 +298,16 @@ def locate_all(
     depth = depth_metres(depth)
     if image_shape is not None and tuple(image_shape) != depth.shape:
         k = k.scaled(depth.shape[1] / image_shape[1], depth.shape[0] / image_shape[0])
-    plane = support_plane(depth, k, boxes)
-    return [locate(box, depth, k, plane) for box in boxes]
+    wider = [widened(box, SEARCH_MARGIN) for box in boxes]
+    plane = support_plane(depth, k, wider)
+    return [locate(box, depth, k, plane) for box in wider]
+
+
+def widened(box, margin: float) -> np.ndarray:
+    """A normalised box grown by `margin` of its width and height on every side, clipped."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    dx, dy = margin * (x1 - x0), margin * (y1 - y0)
+    return np.clip([x0 - dx, y0 - dy, x1 + dx, y1 + dy], 0.0, 1.0)
 
 
 # -- metric questions ------------------------------------------------------------------------

@@ -5,7 +5,8 @@ already computed for a frame (the fused grid and the SAM-branch object tokens, `
 and a phrase's embedding (the mean of the LM's input embeddings of its tokens), and gives a box:
 every image token proposes a box for the phrase and a score, and the answer is the proposals'
 average under the softmax of the scores. Grid tokens propose boxes around their own cell, the
-object tokens anywhere. It runs after the answer, once per object phrase, outside the LM.
+object tokens anywhere; each token's proposal also sees a summary of what the phrase matched in
+the whole image. It runs after the answer, once per object phrase, outside the LM.
 
 It is saved beside the model's weights as `grounding.safetensors` (with its sizes in the file's
 metadata), so a model directory with or without it reads the same `model.safetensors`;
@@ -51,7 +52,11 @@ class GroundingHead(nn.Module):
         self.token = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, width))
         self.position = nn.Parameter(torch.zeros(n_tokens, width))
         self.mix = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU())
-        self.out = nn.Linear(width, 5)  # score, centre offset (2), log size (2)
+        # A first look: every token's share of a pooled summary, fed back to each token, so a
+        # proposal knows what the phrase matched elsewhere in the image.
+        self.pool = nn.Linear(width, 1)
+        self.context = nn.Linear(width, width)
+        self.out = nn.Linear(width, 5)  # score, centre offset (2), size (2)
         rows, cols = self.grid
         ys, xs = torch.meshgrid(
             (torch.arange(rows) + 0.5) / rows, (torch.arange(cols) + 0.5) / cols, indexing="ij"
@@ -80,7 +85,9 @@ class GroundingHead(nn.Module):
         (normalised x0, y0, x1, y1) and scores [N] (the largest token weight, in (0, 1])."""
         t = self.token(image_tokens.float()) + self.position
         p = self.phrase(phrases.float())[:, None]
-        out = self.out(self.mix(t * p + t + p))  # [N, T, 5]
+        h = self.mix(t * p + t + p)
+        summary = (self.pool(h).softmax(1) * h).sum(1, keepdim=True)
+        out = self.out(h + F.gelu(self.context(summary) * h))  # [N, T, 5]
         weights = out[..., 0].softmax(-1)
         centre = self.anchors + self.reach * torch.tanh(out[..., 1:3])
         size = torch.sigmoid(out[..., 3:5])
