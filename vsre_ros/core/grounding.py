@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vsre_ros.core.answers import GroundedObject
+from vsre_ros.core.tokenizer import VSR_RELATIONS
 
 GROUNDING_FILE = "grounding.safetensors"
 GROUNDING_FORMAT = "vsre-grounding/1"
@@ -204,40 +205,46 @@ def iou(a, b) -> float:
 _RELATION_THE = re.compile(
     r"\b(?:at|on|to|in) the (?:left |right )?(?:side|edge|back|middle|front|top|bottom)\b"
 )
-# Words that end an object phrase or, right after "the", are no object at all. ("side" is not
-# one: "side table" is an object; `_RELATION_THE` takes "at the left side of" out first.)
+# Words that end an object phrase or, right after "the", are no object at all: function words,
+# words about the image and the answer, and every word of a relation name ("side" is not one:
+# "side table" is an object; `_RELATION_THE` takes "at the left side of" out first).
 _STOP = frozenset(
     """a an the is are was were be of from and or but to in on at by with than as that this
     it its which what where how far apart left right above below behind top bottom center
-    centre near close closer nearer farther further not no yes true
-    false correct incorrect image picture photo scene camera view shown statement first case
-    whole caption following claim report reference operator sentence appear appears look
-    looks seem seems stand stands sit sits lie lies located placed positioned situated do
-    does has have could would should
-    second third one two other each order route path shortest robot options option answer
-    metres meters metre meter wide tall high big bigger taller wider distance between
-    relative up down starts start must visit once gives""".split()
-)
+    centre near close closer nearer farther further not no yes true false correct incorrect
+    image picture photo scene camera view shown statement first case whole caption following
+    claim report reference operator sentence appear appears look looks seem seems stand
+    stands sit sits lie lies located placed positioned situated do does has have could would
+    should second third one two other each order route path shortest robot options option
+    answer metres meters metre meter wide tall high big bigger taller wider distance between
+    relative up down starts start must visit visits once gives being containing""".split()
+) | (frozenset(VSR_RELATIONS.replace(",", " ").split()) - {"side"})
 _WORD = re.compile(r"[a-z]+")
 MAX_PHRASE_WORDS = 3  # "green side table": a colour and a two-word category
+_LIST = frozenset({",", "and", "or"})  # "visits the red cup, blue box and green ball"
 
 
 def object_phrases(question: str, subj: str = "", obj: str = "") -> list[str]:
     """The object phrases a question names, in order, each once: its structured `subj` and
-    `obj` when given, else every "the <words>" of the question that is not a relation word
-    or a word about the image ("the left side of", "the camera")."""
+    `obj` when given, else every "the <words>" of the question (and the list it may start:
+    "the red cup, blue box and green ball") that is not a relation word or a word about the
+    image ("the left side of", "the camera")."""
     given = [p.strip() for p in (subj, obj) if p and p.strip()]
     if given:
         return list(dict.fromkeys(given))
     text = _RELATION_THE.sub(" ; ", (question or "").lower())
     out: list[str] = []
     for match in re.finditer(r"\bthe\s+", text):
-        words = []
-        for word in re.finditer(r"[a-z]+|[^a-z\s]", text[match.end() :]):
-            w = word.group(0)
-            if not _WORD.fullmatch(w) or w in _STOP or len(words) == MAX_PHRASE_WORDS:
-                break
-            words.append(w)
+        words: list[str] = []
+        for token in re.findall(r"[a-z]+|[^a-z\s]", text[match.end() :]):
+            if _WORD.fullmatch(token) and token not in _STOP and len(words) < MAX_PHRASE_WORDS:
+                words.append(token)
+                continue
+            if words and token in _LIST:  # a list of objects goes on after the first
+                out.append(" ".join(words))
+                words = []
+                continue
+            break
         if words:
             out.append(" ".join(words))
     return list(dict.fromkeys(out))
