@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from vsre_ros.training import grounding as tg
 
 from vsre_ros.core.config import ModelConfig, tiny_encoders, tiny_lm
 from vsre_ros.core.grounding import box_loss, phrase_embeddings
-from vsre_ros.training import grounding as tg
 
 
 @pytest.fixture(scope="module")
