@@ -438,7 +438,10 @@ class Engine:
                     text, conf = self._generate(k, queries[i])
                     answers[slots[i]] = _finish(text, conf, AnswerKind(queries[i].answer_kind))
             for i in members:
-                self._ground(queries[i], k, answers[slots[i]])
+                try:
+                    self._ground(queries[i], k, answers[slots[i]])
+                except Exception:  # grounding adds to an answer; its failure must not cost it
+                    log.exception("grounding query %s failed", queries[i].query_id)
 
     def _ground(self, query: Query, keys: tuple, answer: Answer) -> None:
         """Fill `answer.objects` from the grounding head (in the query's first image), their 3D
