@@ -61,7 +61,7 @@ def main() -> None:
         for item in f.items:
             start = time.perf_counter()
             phrases = object_phrases(item["question"])
-            found = ground(model, head, tokens, phrases)
+            found = ground(model, head, tokens, f.rgb, phrases)
             places = geometry.locate_all(
                 [o.box for o in found], f.depth, geometry.Intrinsics.from_matrix(k)
             )

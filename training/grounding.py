@@ -34,7 +34,7 @@ import torch
 
 from vsre_ros.core import geometry
 from vsre_ros.core.answers import AnswerKind, Query, Source, number_correct
-from vsre_ros.core.grounding import box_loss, for_model, iou, phrase_embeddings
+from vsre_ros.core.grounding import box_loss, for_model, image_colours, iou, phrase_embeddings
 
 DEFAULT_SIZES = ((64, 64), (160, 120))  # frame sizes rendered in turn (square and 4:3)
 MIN_VISIBLE, MIN_PIXELS = 0.25, 10  # objects less visible are not named (as the questions)
@@ -91,6 +91,8 @@ def fit(
     torch.manual_seed(seed)
     model.eval()
     tokens = image_tokens(model, [f.rgb for f in frames])
+    head = for_model(model)
+    colours = image_colours([f.rgb for f in frames], head.grid)
     rows, names, boxes = [], [], []
     for i, frame in enumerate(frames):
         for name, _, box in visible_objects(frame):
@@ -102,14 +104,14 @@ def fit(
         table = phrase_embeddings(model, vocab)
     phrase = torch.tensor([vocab.index(n) for n in names])
     rows_t, boxes_t = torch.tensor(rows), torch.from_numpy(np.stack(boxes))
-    head = for_model(model)
     head.train()
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
         pick = torch.randint(len(rows), (batch,), generator=gen)
-        pred, _ = head(tokens[rows_t[pick]], table[phrase[pick]].clone())
+        image = rows_t[pick]
+        pred, _ = head(tokens[image], table[phrase[pick]].clone(), colours[image])
         loss = box_loss(pred, boxes_t[pick])
         opt.zero_grad()
         loss.backward()

@@ -128,7 +128,10 @@ def _grounding(ctx: StepContext):
     embeds = ctx.model.lm.get_input_embeddings()(rows).float()
     span = t.span[known].float()[..., None]
     phrases = (embeds * span).sum(1) / span.sum(1)
-    boxes, _ = ctx.heads["grounding"](ctx.output.image_embeds[t.image[known]], phrases)
+    head = ctx.heads["grounding"]
+    colours = grounding.pixel_colours(ctx.model, ctx.batch["pixel_values"], head.grid)
+    images = t.image[known]
+    boxes, _ = head(ctx.output.image_embeds[images], phrases, colours[images])
     return grounding.box_loss(boxes, truth[known])
 
 

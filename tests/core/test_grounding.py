@@ -13,7 +13,9 @@ from vsre_ros.core.answers import AnswerKind, Query, Source, Status
 from vsre_ros.core.grounding import (
     GROUNDING_FILE,
     GroundingHead,
+    cell_colours,
     for_model,
+    image_colours,
     iou,
     object_phrases,
 )
@@ -56,7 +58,8 @@ def test_structured_fields_come_first():
 def test_head_gives_one_box_per_phrase_inside_the_image(grid_model):
     head = for_model(grid_model)
     tokens = torch.randn(3, grid_model.num_image_tokens, grid_model.hidden_size)
-    boxes, scores = head(tokens, torch.randn(3, grid_model.hidden_size))
+    colours = image_colours([np.zeros((24, 32, 3), np.uint8)] * 3, head.grid)
+    boxes, scores = head(tokens, torch.randn(3, grid_model.hidden_size), colours)
     assert boxes.shape == (3, 4) and scores.shape == (3,)
     assert bool(((boxes >= 0) & (boxes <= 1)).all())
     assert bool(((scores > 0) & (scores <= 1)).all())
@@ -77,9 +80,14 @@ def test_head_is_saved_beside_the_weights_and_loaded_with_the_model(grid_model, 
     loaded = VSREModel.from_pretrained(out).heads["grounding"]
     tokens = torch.randn(2, grid_model.num_image_tokens, grid_model.hidden_size)
     phrases = torch.randn(2, grid_model.hidden_size)
-    original = GroundingHead(grid_model.hidden_size, (4, 4), 2)
+    colours = torch.rand(2, 16, 48)
+    original = grid_model.heads.get("grounding") or GroundingHead(
+        grid_model.hidden_size, (4, 4), 2
+    )
     original.load_state_dict(loaded.state_dict())
-    torch.testing.assert_close(loaded(tokens, phrases)[0], original(tokens, phrases)[0])
+    torch.testing.assert_close(
+        loaded(tokens, phrases, colours)[0], original(tokens, phrases, colours)[0]
+    )
 
 
 def test_a_corrupt_or_foreign_grounding_file_fails_loading_with_the_reason(grid_model, tmp_path):
@@ -97,11 +105,13 @@ def test_a_corrupt_or_foreign_grounding_file_fails_loading_with_the_reason(grid_
 class FixedBoxes(torch.nn.Module):
     """A stand-in for a fitted head: the given boxes, in the order the phrases are asked."""
 
+    grid = (4, 4)
+
     def __init__(self, boxes):
         super().__init__()
         self.boxes = torch.tensor(boxes, dtype=torch.float32)
 
-    def forward(self, tokens, phrases):
+    def forward(self, tokens, phrases, colours):
         n = phrases.shape[0]
         return self.boxes[:n], torch.full((n,), 0.9)
 
@@ -179,6 +189,20 @@ def test_engine_without_a_head_or_with_bad_depth_answers_as_before(grid_model):
         del grid_model.heads["grounding"]
     assert bad_k.source == Source.MODEL and not bad_k.objects[0].depth_used
     assert bad_k.objects[0].phrase == "grey box"
+
+
+def test_cell_colours_are_each_cells_blocks_in_token_order():
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:8, 8:16] = (255, 0, 0)  # grid cell (0, 1): token 1
+    image[56:, :4] = (0, 0, 255)  # the left half of cell (7, 0): token 56
+    colours = image_colours([image], (8, 8))[0].reshape(64, 3, 4, 4)
+    red, blue = colours[1], colours[56]
+    assert float(red[0, 1:3, 1:3].min()) == pytest.approx(1.0)  # its inner blocks: all red
+    assert float(red[1:].max()) == 0.0
+    assert float(blue[2, :, 0].min()) > 0.8 and float(blue[2, :, 3].max()) < 0.1
+    assert float(colours[[18, 36, 63]].max()) == 0.0  # cells away from both: black
+    same = cell_colours(torch.from_numpy(image).permute(2, 0, 1)[None] / 255.0, (8, 8))
+    torch.testing.assert_close(same[0], colours.reshape(64, 48))
 
 
 def test_iou():

@@ -8,7 +8,7 @@ import torch
 from vsre_ros.training import grounding as tg
 
 from vsre_ros.core.config import ModelConfig, tiny_encoders, tiny_lm
-from vsre_ros.core.grounding import box_loss, phrase_embeddings
+from vsre_ros.core.grounding import box_loss, image_colours, phrase_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def _loss(model, head, frames) -> float:
             names.append(name)
             boxes.append(box)
     with torch.no_grad():
-        pred, _ = head(tokens[rows], phrase_embeddings(model, names))
+        colours = image_colours([frames[i].rgb for i in rows], head.grid)
+        pred, _ = head(tokens[rows], phrase_embeddings(model, names), colours)
         return float(box_loss(pred, torch.from_numpy(np.stack(boxes))))
 
 

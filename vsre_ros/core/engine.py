@@ -451,7 +451,9 @@ class Engine:
         phrases = object_phrases(query.question, query.subj, query.obj)
         if head is None or not phrases:
             return
-        answer.objects = ground(self.model, head, self._batch_features[keys[0]], phrases)
+        answer.objects = ground(
+            self.model, head, self._batch_features[keys[0]], query.images[0], phrases
+        )
         depth = query.depth[0] if query.depth else None
         k = query.intrinsics[0] if query.intrinsics else None
         if depth is None or k is None:

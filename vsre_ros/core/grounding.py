@@ -1,12 +1,13 @@
 """Grounding: which part of the image each object phrase of a question names, as a 2D box.
 
 `GroundingHead` is a small exported head of a `VSREModel`. It reads the image tokens the model
-already computed for a frame (the fused grid and the SAM-branch object tokens, `encode_images`)
-and a phrase's embedding (the mean of the LM's input embeddings of its tokens), and gives a box:
-every image token proposes a box for the phrase and a score, and the answer is the proposals'
-average under the softmax of the scores. Grid tokens propose boxes around their own cell, the
-object tokens anywhere; each token's proposal also sees a summary of what the phrase matched in
-the whole image. It runs after the answer, once per object phrase, outside the LM.
+already computed for a frame (the fused grid and the SAM-branch object tokens, `encode_images`),
+the colours within each grid cell (`cell_colours`) and a phrase's embedding (the mean of the
+LM's input embeddings of its tokens), and gives a box: every image token proposes a box for the
+phrase and a score, and the answer is the proposals' average under the softmax of the scores.
+Grid tokens propose boxes around their own cell, the object tokens anywhere; each token's
+proposal also sees a summary of what the phrase matched in the whole image. It runs after the
+answer, once per object phrase, outside the LM.
 
 It is saved beside the model's weights as `grounding.safetensors` (with its sizes in the file's
 metadata), so a model directory with or without it reads the same `model.safetensors`;
@@ -24,6 +25,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
@@ -35,6 +37,42 @@ from vsre_ros.core.tokenizer import VSR_RELATIONS
 
 GROUNDING_FILE = "grounding.safetensors"
 GROUNDING_FORMAT = "vsre-grounding/1"
+SUB_CELLS = 4  # colours per grid cell side that the head reads
+
+
+def cell_colours(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """RGB images [N, 3, H, W] in 0..1 -> [N, rows * cols, 3 * SUB_CELLS**2]: the mean colours of
+    each grid cell's SUB_CELLS x SUB_CELLS blocks (cells in token order)."""
+    rows, cols, sub = grid[0], grid[1], SUB_CELLS
+    small = F.interpolate(
+        images.float(), size=(rows * sub, cols * sub), mode="bilinear", antialias=True
+    )
+    n = small.shape[0]
+    blocks = small.reshape(n, 3, rows, sub, cols, sub).permute(0, 2, 4, 1, 3, 5)
+    return blocks.reshape(n, rows * cols, 3 * sub * sub)
+
+
+def image_colours(images: Sequence[np.ndarray], grid: tuple[int, int]) -> torch.Tensor:
+    """`cell_colours` of HxWx3 uint8 images (of any sizes)."""
+    return torch.cat(
+        [
+            cell_colours(
+                torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None] / 255.0, grid
+            )
+            for im in images
+        ]
+    )
+
+
+def pixel_colours(model, pixel_values: dict[str, torch.Tensor], grid) -> torch.Tensor:
+    """`cell_colours` of a batch's images from the pixels an encoder of `model` was given
+    (its normalisation undone; an encoder with its own processor steps cannot be read back)."""
+    for name, enc in model.encoders.items():
+        if enc.prep is None:
+            return cell_colours(
+                (pixel_values[name].float() * enc.std + enc.mean).clamp(0, 1), grid
+            )
+    raise ValueError("grounding needs an encoder without processor steps to read colours from")
 
 
 class GroundingHead(nn.Module):
@@ -51,6 +89,11 @@ class GroundingHead(nn.Module):
         n_tokens = self.grid[0] * self.grid[1] + self.object_tokens
         self.phrase = nn.Sequential(nn.Linear(hidden, width), nn.GELU(), nn.Linear(width, width))
         self.token = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, width))
+        # Each grid cell's colours at SUB_CELLS x SUB_CELLS: finer than the tokens, so that a
+        # colour word finds a small object within its cell (`cell_colours`).
+        self.colour = nn.Sequential(
+            nn.Linear(3 * SUB_CELLS * SUB_CELLS, width), nn.GELU(), nn.Linear(width, width)
+        )
         self.position = nn.Parameter(torch.zeros(n_tokens, width))
         self.mix = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU())
         # A first look: every token's share of a pooled summary, fed back to each token, so a
@@ -80,11 +123,13 @@ class GroundingHead(nn.Module):
         }
 
     def forward(
-        self, image_tokens: torch.Tensor, phrases: torch.Tensor
+        self, image_tokens: torch.Tensor, phrases: torch.Tensor, colours: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_tokens [N, T, hidden] and phrase embeddings [N, hidden] -> boxes [N, 4]
-        (normalised x0, y0, x1, y1) and scores [N] (the largest token weight, in (0, 1])."""
+        """image_tokens [N, T, hidden], phrase embeddings [N, hidden] and the image's
+        `cell_colours` [N, cells, 3 * SUB_CELLS**2] -> boxes [N, 4] (normalised x0, y0, x1, y1)
+        and scores [N] (the largest token weight, in (0, 1])."""
         t = self.token(image_tokens.float()) + self.position
+        t = t + F.pad(self.colour(colours.float()), (0, 0, 0, self.object_tokens))
         p = self.phrase(phrases.float())[:, None]
         h = self.mix(t * p + t + p)
         summary = (self.pool(h).softmax(1) * h).sum(1, keepdim=True)
@@ -251,15 +296,22 @@ def object_phrases(question: str, subj: str = "", obj: str = "") -> list[str]:
 
 
 def ground(
-    model, head: GroundingHead, image_tokens: torch.Tensor, phrases: Sequence[str]
+    model,
+    head: GroundingHead,
+    image_tokens: torch.Tensor,
+    image: np.ndarray,
+    phrases: Sequence[str],
 ) -> list[GroundedObject]:
-    """Boxes for `phrases` in one image whose tokens [T, hidden] the model computed."""
+    """Boxes for `phrases` in one image (HxWx3 uint8) whose tokens [T, hidden] the model
+    computed."""
     if not phrases:
         return []
     with torch.inference_mode():
         emb = phrase_embeddings(model, phrases)
-        tokens = image_tokens.to(emb.device)[None].expand(len(phrases), -1, -1)
-        boxes, scores = head(tokens, emb)
+        n = len(phrases)
+        tokens = image_tokens.to(emb.device)[None].expand(n, -1, -1)
+        colours = image_colours([image], head.grid).to(emb.device).expand(n, -1, -1)
+        boxes, scores = head(tokens, emb, colours)
     boxes_np, scores_np = boxes.cpu().numpy(), scores.cpu().numpy()
     return [
         GroundedObject(p, tuple(float(v) for v in b), float(s))
