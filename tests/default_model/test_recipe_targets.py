@@ -95,7 +95,7 @@ def test_batch_targets_point_at_image_tokens_and_phrases(sim_data, model):
     examples = [ask(i) for i in single_image_items(sim_data, "relation")[:6]]
     batch = collate(model, examples, image_cache(model))
     targets = batch_targets(builder, examples, batch)
-    rows, query, keys, weights, depth, shape, pose = targets["hop1"]
+    rows, query, keys, weights, depth, shape, pose, span, image = targets["hop1"]
     assert torch.allclose(weights.sum(-1), torch.ones(len(rows)))
     # The shape: a box inside the image around the object's patches, a visible area, depths
     # that bracket the mean.
@@ -111,6 +111,9 @@ def test_batch_targets_point_at_image_tokens_and_phrases(sim_data, model):
     ids = batch["input_ids"]
     assert (ids[rows[:, None], keys] == model.image_token_id).all()
     assert (query < batch["answer_start"][rows]).all(), "phrases are inside the question"
+    assert span[torch.arange(len(rows)), query].all(), "a phrase's span ends at its last token"
+    assert (span.sum(-1) >= 2).all(), "colour and category words"
+    assert (image == rows).all(), "one image per row: the row's image"
     h_rows, heads, h_query, key_mask = targets["hop2"]
     assert (h_query == batch["answer_start"][h_rows] - 1).all()
     assert key_mask.any(-1).all()
