@@ -45,8 +45,8 @@ SEARCH_MARGIN = 0.15  # a grounded box is searched grown by this share of its si
 JUMP = 0.03  # a depth step of this share of the depth between neighbours separates surfaces
 PLANE_TOLERANCE = 0.006  # metres: RANSAC inlier distance
 PLANE_MIN_SHARE = 0.2  # a plane must hold this share of the points outside the boxes
-PLANE_ITERATIONS = 64  # RANSAC hypotheses (seeded: the same frame gives the same plane)
-PLANE_SAMPLE = 4000  # at most this many points are used to fit the plane
+PLANE_ITERATIONS = 48  # RANSAC hypotheses (seeded: the same frame gives the same plane)
+PLANE_SAMPLE = 1500  # at most this many points are used to fit the plane
 
 
 @dataclass(frozen=True)
@@ -141,20 +141,19 @@ def fit_plane(points: np.ndarray, seed: int = 0) -> Plane | None:
     rng = np.random.default_rng(seed)
     if len(pts) > PLANE_SAMPLE:
         pts = pts[rng.choice(len(pts), PLANE_SAMPLE, replace=False)]
-    best, best_count = None, 0
-    for _ in range(PLANE_ITERATIONS):
-        a, b, c = pts[rng.choice(len(pts), 3, replace=False)]
-        n = np.cross(b - a, c - a)
-        norm = np.linalg.norm(n)
-        if norm < 1e-9:
-            continue
-        n /= norm
-        count = int((np.abs((pts - a) @ n) < PLANE_TOLERANCE).sum())
-        if count > best_count:
-            best, best_count = (n, a), count
-    if best is None or best_count < PLANE_MIN_SHARE * len(pts):
+    # Every hypothesis at once: the planes through PLANE_ITERATIONS random triples of points.
+    a, b, c = (pts[rng.integers(len(pts), size=PLANE_ITERATIONS)] for _ in range(3))
+    normals = np.cross(b - a, c - a)
+    norms = np.linalg.norm(normals, axis=1)
+    valid = norms > 1e-9
+    if not valid.any():
         return None
-    n, a = best
+    normals, a = normals[valid] / norms[valid, None], a[valid]
+    counts = (np.abs(pts @ normals.T - (a * normals).sum(1)) < PLANE_TOLERANCE).sum(0)
+    best = int(np.argmax(counts))
+    if counts[best] < PLANE_MIN_SHARE * len(pts):
+        return None
+    n, a = normals[best], a[best]
     inliers = pts[np.abs((pts - a) @ n) < PLANE_TOLERANCE]
     mean = inliers.mean(0)
     normal = np.linalg.svd(inliers - mean, full_matrices=False)[2][-1]
@@ -174,6 +173,9 @@ def support_plane(depth: np.ndarray, k: Intrinsics, boxes: list[np.ndarray]) -> 
     vs, us = np.nonzero(free)
     if len(us) == 0:
         return None
+    if len(us) > PLANE_SAMPLE:  # a seeded sample: the same frame gives the same plane
+        keep = np.random.default_rng(0).choice(len(us), PLANE_SAMPLE, replace=False)
+        us, vs = us[keep], vs[keep]
     return fit_plane(back_project(depth, k, us, vs))
 
 
@@ -275,18 +277,16 @@ def _object_pixels(pts: np.ndarray, ok: np.ndarray, k: Intrinsics, plane: Plane 
 
 def _min_area_rectangle(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centre [2] and sides [2] of the least-area rectangle around 2D points (robust to 2% of
-    outliers per side), searched over rotations in 2-degree steps."""
-    best = None
-    for angle in np.radians(np.arange(0, 90, 2)):
-        c, s = math.cos(angle), math.sin(angle)
-        rot = np.array([[c, -s], [s, c]])
-        p = points @ rot
-        lo, hi = np.percentile(p, 2, axis=0), np.percentile(p, 98, axis=0)
-        area = float(np.prod(hi - lo))
-        if best is None or area < best[0]:
-            best = (area, rot @ ((lo + hi) / 2), hi - lo)
-    assert best is not None
-    return best[1], best[2]
+    outliers per side), searched over rotations in 3-degree steps (all at once)."""
+    angles = np.radians(np.arange(0, 90, 3))
+    c, s = np.cos(angles), np.sin(angles)
+    axes = np.stack([np.stack([c, s], 0), np.stack([-s, c], 0)], 2)  # [2, A, 2]: u, v axes
+    proj = points @ axes.reshape(2, -1)  # [N, A * 2]
+    lo, hi = np.percentile(proj, [2, 98], axis=0).reshape(2, len(angles), 2)
+    sides = hi - lo
+    best = int(np.argmin(sides.prod(-1)))
+    mid = (lo[best] + hi[best]) / 2
+    return axes[:, best, :] @ mid, sides[best]
 
 
 def locate_all(
