@@ -265,7 +265,9 @@ def _report(
 ) -> dict:
     from vsre_ros.msg import SpatialAnswer
 
-    names = {v: k for k, v in vars(SpatialAnswer).items() if k.isupper() and isinstance(v, int)}
+    from vsre_ros.core.answers import Status
+
+    names = {s.value: s.name for s in Status}  # equal to SpatialAnswer's status constants
     with client.lock:
         mine = [(q, s, t) for q, s, t in client.answers if q in ids]
         sent = {q: client.sent[q] for q in ids}

@@ -357,6 +357,15 @@ class Simulator:
             self.model.geom_group[ids] = OBJECT_GROUP
 
 
+def pixel_centre_K(K: np.ndarray) -> np.ndarray:
+    """The renderer's K (pixel i spans [i, i + 1)) in CameraInfo's convention, where integer
+    coordinates are pixel centres: the principal point moves half a pixel up and left."""
+    out = np.array(K, dtype=float)
+    out[0, 2] -= 0.5
+    out[1, 2] -= 0.5
+    return out
+
+
 def _geom_half(t: int, s) -> tuple[float, float, float]:
     if t == BOX:
         return (s[0], s[1], s[2])

@@ -8,8 +8,10 @@ poses (`recipes/targets.py`), the hidden states of a hop layer, a training-only 
 the heads and the terms into one module, so that accelerate wraps (and, on several GPUs,
 synchronises) all of it.
 
-Training-only heads (`HEADS`) are built once per run, in the registry's order, right after the
-run's seed is set; they are checkpointed with the model and never exported.
+Heads (`HEADS`) are built once per run, in the registry's order, right after the run's seed is
+set, and checkpointed with the model. Most are training-only; those in `EXPORTED` (the
+grounding head) are saved with the model the run writes (`attach_exported`), and answer at
+inference.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from vsre_ros.core import grounding
 from vsre_ros.core.model import VSREModel
 
 from .attention_rows import LayerRows, record_rows, use_rows_attention
@@ -111,6 +114,27 @@ def _pose(ctx: StepContext):
     if not _needs(ctx, "hop1"):
         return None
     return pose_loss(ctx.heads["pose"], ctx.states["hop1"], ctx.targets)
+
+
+def _grounding(ctx: StepContext):
+    """The grounding head's box for each object phrase (the mean of its tokens' embeddings)
+    in its row's image, against its mask's box."""
+    if "grounding" not in ctx.heads or not _needs(ctx, "hop1"):
+        return None
+    t = ctx.targets["hop1"]
+    truth = t.shape[:, :4]
+    known = torch.isfinite(truth).all(-1) & t.span.any(-1)
+    if not bool(known.any()):
+        return None
+    rows = ctx.batch["input_ids"][t.rows[known]]
+    embeds = ctx.model.lm.get_input_embeddings()(rows).float()
+    span = t.span[known].float()[..., None]
+    phrases = (embeds * span).sum(1) / span.sum(1)
+    head = ctx.heads["grounding"]
+    colours = grounding.pixel_colours(ctx.model, ctx.batch["pixel_values"], head.grid)
+    images = t.image[known]
+    boxes, _ = head(ctx.output.image_embeds[images], phrases, colours[images])
+    return grounding.box_loss(boxes, truth[known])
 
 
 def _answer_bits(key: str, head: str) -> Callable[[StepContext], torch.Tensor | None]:
@@ -211,6 +235,12 @@ LOSSES: dict[str, LossTerm] = {
         hops=True,
         states=("hop1",),
     ),  # fmt: skip
+    "grounding": LossTerm(
+        _grounding,
+        "object phrase -> its mask's box in the image (the exported grounding head)",
+        head="grounding",
+        targets=True,
+    ),  # fmt: skip
     "bank": LossTerm(
         _answer_bits("bank", "bank"),
         "answer position after hop 2 -> every bank relation's truth",
@@ -241,6 +271,13 @@ def _object_head(model: VSREModel) -> nn.Module | None:
     return ObjectHead(model.hidden_size) if TargetBuilder(model).object_tokens else None
 
 
+def _grounding_head(model: VSREModel) -> nn.Module | None:
+    try:
+        return grounding.for_model(model)
+    except ValueError:  # a fusion with several token grids: no grounding
+        return None
+
+
 # head id -> factory(model). Built in this order, so a run draws the same init for a head
 # whatever other heads it has.
 HEADS: dict[str, Callable[[VSREModel], nn.Module | None]] = {
@@ -250,7 +287,16 @@ HEADS: dict[str, Callable[[VSREModel], nn.Module | None]] = {
     "verdict": lambda m: BankProbe(m.hidden_size, 2),
     "pose": lambda m: BankProbe(m.hidden_size, POSE_SIZE),
     "objects": _object_head,
+    "grounding": _grounding_head,
 }
+EXPORTED = ("grounding",)  # heads saved with the model (`VSREModel.heads`)
+
+
+def attach_exported(model: VSREModel, heads: nn.ModuleDict) -> None:
+    """Give the model the exported heads the run trained, so that saving it saves them."""
+    for name in EXPORTED:
+        if name in heads:
+            model.heads[name] = heads[name]
 
 
 def check_losses(names: Sequence[str]) -> None:

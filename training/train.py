@@ -44,7 +44,7 @@ from .config import (
 )
 from .data import Example, TemplateSampler, WordingSampler, ask, epoch_order, templates_by_ids
 from .items import Item, load_items
-from .losses import LOSSES, Trainee, active, build_heads
+from .losses import LOSSES, Trainee, active, attach_exported, build_heads
 from .scoring import score
 
 log = logging.getLogger(__name__)
@@ -612,6 +612,7 @@ def run_stage(
     bar.close()
     accelerator.wait_for_everyone()
     final = stage_dir / FINAL
+    attach_exported(model, trainee.heads)
     if accelerator.is_main_process:
         if carries:
             write_checkpoint(stage_dir, stage.steps, trainee, optimizer, average, name=CARRY)

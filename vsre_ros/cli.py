@@ -25,6 +25,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "vsre_ros.training.evaluate",
         "evaluate a model on a dataset (JSON, Markdown, PNG)",
     ),
+    "grounding": (
+        "vsre_ros.training.grounding",
+        "fit the grounding head on a frozen model; measure grounded and metric answers",
+    ),
     "expand": ("vsre_ros.training.expand", "expand a dataset with diffusion or simulation"),
     "ingest": ("vsre_ros.training.bags", "turn recorded rosbag2 bags into a dataset"),
     "retrain": ("vsre_ros.training.retrain", "ingest, expand, tune, compare, export"),

@@ -84,6 +84,8 @@ class BagBuilder:
             choice_index=-1,
             value=float("nan"),
             unit="",
+            source=0,
+            objects=[],
             model_id="tiny",
             latency_total_ms=1.0,
             latency_model_ms=1.0,

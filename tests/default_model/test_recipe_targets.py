@@ -95,7 +95,7 @@ def test_batch_targets_point_at_image_tokens_and_phrases(sim_data, model):
     examples = [ask(i) for i in single_image_items(sim_data, "relation")[:6]]
     batch = collate(model, examples, image_cache(model))
     targets = batch_targets(builder, examples, batch)
-    rows, query, keys, weights, depth, shape, pose = targets["hop1"]
+    rows, query, keys, weights, depth, shape, pose, span, image = targets["hop1"]
     assert torch.allclose(weights.sum(-1), torch.ones(len(rows)))
     # The shape: a box inside the image around the object's patches, a visible area, depths
     # that bracket the mean.
@@ -111,6 +111,9 @@ def test_batch_targets_point_at_image_tokens_and_phrases(sim_data, model):
     ids = batch["input_ids"]
     assert (ids[rows[:, None], keys] == model.image_token_id).all()
     assert (query < batch["answer_start"][rows]).all(), "phrases are inside the question"
+    assert span[torch.arange(len(rows)), query].all(), "a phrase's span ends at its last token"
+    assert (span.sum(-1) >= 2).all(), "colour and category words"
+    assert (image == rows).all(), "one image per row: the row's image"
     h_rows, heads, h_query, key_mask = targets["hop2"]
     assert (h_query == batch["answer_start"][h_rows] - 1).all()
     assert key_mask.any(-1).all()
@@ -411,11 +414,15 @@ def trained(config: TrainConfig):
 
 
 def test_recipe_trains_and_writes_its_curve(sim_data, tmp_path):
-    config = five_step_recipe(sim_data, tmp_path, {"pose": 1.0})
-    _, rows = trained(config)
+    config = five_step_recipe(sim_data, tmp_path, {"pose": 1.0, "grounding": 1.0})
+    model, rows = trained(config)
     assert rows[-1]["global_step"] == 5
-    parts = ("lm", "dense", "hop0", "hop1", "hop2", "probe", "pose", "bank", "verdict_probe")
+    parts = ("lm", "dense", "hop0", "hop1", "hop2", "probe", "pose", "grounding", "bank",
+             "verdict_probe")  # fmt: skip
     assert all(f"loss_{k}" in rows[-1] for k in parts)
+    # The grounding head is exported: saved beside the run's model and loaded with it.
+    assert (tmp_path / config.stages[-1].name / "final" / "grounding.safetensors").is_file()
+    assert "grounding" in model.heads
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
 

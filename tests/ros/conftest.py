@@ -171,6 +171,7 @@ class ServeProcess:
             "query_topic": f"{prefix}/queries",
             "answer_topic": f"{prefix}/answers",
             "annotated_topic": f"{prefix}/annotated",
+            "markers_topic": f"{prefix}/markers",
             "cameras": [f"{prefix}/image"],
         }
         # The YAML is keyed by the default node name; a renamed node needs every value itself.

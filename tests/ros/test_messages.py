@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from vsre_ros.msg import SpatialAnswer, SpatialQuery
 
-from vsre_ros.core.answers import Answer, AnswerKind, Status
+from vsre_ros.core.answers import Answer, AnswerKind, GroundedObject, Source, Status
 from vsre_ros.ros.messages import answer_to_msg, check_query, failure_msg, query_from_msg
 
 
@@ -16,6 +17,38 @@ def test_status_and_kind_values_equal_the_message_constants():
         assert getattr(SpatialAnswer, status.name) == status.value
     for kind in AnswerKind:
         assert getattr(SpatialQuery, f"KIND_{kind.name}") == kind.value
+    for source in Source:
+        assert getattr(SpatialAnswer, f"SOURCE_{source.name}") == source.value
+
+
+def test_grounded_objects_carry_over_and_become_markers():
+    from visualization_msgs.msg import Marker
+
+    from vsre_ros.ros.messages import markers_msg
+
+    placed = GroundedObject(
+        "red cup", (0.1, 0.2, 0.3, 0.5), 0.7, (0.1, -0.2, 1.5), (0.08, 0.1, 0.05), True
+    )
+    flat = GroundedObject("blue box", (0.5, 0.5, 0.9, 0.9), 0.4)
+    answer = Answer(
+        text="0.42 m", value=0.42, unit="m", source=Source.GEOMETRY, objects=[placed, flat]
+    )
+    msg = answer_to_msg(answer, "q")
+    msg.header.frame_id = "cam_optical"
+    assert msg.source == SpatialAnswer.SOURCE_GEOMETRY
+    first, second = msg.objects
+    assert first.phrase == "red cup" and first.depth_used and first.score == pytest.approx(0.7)
+    np.testing.assert_allclose(first.box, [0.1, 0.2, 0.3, 0.5], rtol=1e-6)
+    assert (first.position.x, first.position.y, first.position.z) == (0.1, -0.2, 1.5)
+    assert (first.extent.x, first.extent.y, first.extent.z) == (0.08, 0.1, 0.05)
+    assert not second.depth_used and math.isnan(second.position.z)
+    markers = markers_msg(msg).markers
+    assert [m.type for m in markers[1:]] == [Marker.CUBE, Marker.TEXT_VIEW_FACING]
+    assert markers[0].action == Marker.DELETEALL  # the previous answer's markers go
+    assert markers[1].pose.position.z == 1.5 and markers[1].scale.x == pytest.approx(0.08)
+    assert markers[2].text == "red cup" and markers[1].header.frame_id == "cam_optical"
+    msg.objects = [second]
+    assert markers_msg(msg) is None  # nothing measured in 3D: no markers
 
 
 def test_query_fields_carry_over():

@@ -41,6 +41,7 @@ def _names() -> dict:
         "service_name": f"/{p}/ask",
         "action_name": f"/{p}/ask_batch",
         "annotated_topic": f"/{p}/annotated",
+        "markers_topic": f"/{p}/markers",
         "diagnostics_period": 0.0,
     }
 

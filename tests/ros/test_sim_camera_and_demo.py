@@ -114,16 +114,22 @@ def test_demo_scoring_rules():
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     from vsre_ros.core.config import ModelConfig, tiny_encoders, tiny_lm
+    from vsre_ros.core.grounding import for_model
     from vsre_ros.core.model import VSREModel
 
     torch.manual_seed(0)
     config = ModelConfig(
         name="demo-tiny",
         encoders=tiny_encoders(hidden=32, layers=2, heads=2, image=32, patch=8),
+        fusion="channel",
+        fusion_grid=4,
+        object_tokens=2,
         projector_depth=2,
         lm=tiny_lm(hidden=64, layers=2, heads=2, ffn=128),
     )
-    return VSREModel(config).save_pretrained(tmp_path_factory.mktemp("demo") / "demo-tiny")
+    model = VSREModel(config)
+    model.heads["grounding"] = for_model(model)  # untrained: boxes, not good ones
+    return model.save_pretrained(tmp_path_factory.mktemp("demo") / "demo-tiny")
 
 
 def test_vsre_demo_runs_end_to_end_and_records_a_bag(tiny_checkpoint, tmp_path):
@@ -169,3 +175,32 @@ def test_vsre_demo_runs_end_to_end_and_records_a_bag(tiny_checkpoint, tmp_path):
     assert counts["/sim_camera/image_raw"] >= 1 and counts["/sim_camera/truth"] >= 1
     assert counts["/vsre/queries"] == 6
     assert counts["/vsre/answers"] == 6
+    _assert_bag_keeps_grounded_answers(bag)
+
+
+def _assert_bag_keeps_grounded_answers(bag) -> None:
+    """The recorded answers hold their grounded objects: one per object phrase of the recorded
+    question, with the 3D places measured from the sim camera's depth and CameraInfo."""
+    from rosbags.rosbag2 import Reader
+    from vsre_ros.training.bags import make_typestore
+
+    from vsre_ros.core.grounding import object_phrases
+
+    store = make_typestore()
+    questions, answers = {}, []
+    with Reader(bag) as reader:
+        for conn, _, raw in reader.messages():
+            if conn.topic == "/vsre/queries":
+                msg = store.deserialize_cdr(raw, conn.msgtype)
+                questions[msg.query_id] = msg.question
+            elif conn.topic == "/vsre/answers":
+                answers.append(store.deserialize_cdr(raw, conn.msgtype))
+    ok = [a for a in answers if a.status == SpatialAnswer.OK]
+    assert ok
+    for answer in ok:
+        phrases = object_phrases(questions[answer.query_id])
+        assert [o.phrase for o in answer.objects] == phrases
+        for obj in answer.objects:
+            assert len(obj.box) == 4 and 0.0 < obj.score <= 1.0
+    placed = [o for a in ok for o in a.objects if o.depth_used]
+    assert placed and all(o.position.z > 0 for o in placed)

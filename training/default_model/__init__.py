@@ -431,8 +431,8 @@ WEIGHT_FLAGS = {
     "object_weight": "objects", "pose_weight": "pose", "bank_weight": "bank",
     "verdict_weight": "verdict_probe",
 }  # fmt: skip
-RECIPE_LOSSES = ("dense", "hop0", "objects", "hop1", "probe", "pose", "bank", "verdict_probe",
-                 "hop2")  # fmt: skip
+RECIPE_LOSSES = ("dense", "hop0", "objects", "hop1", "probe", "pose", "grounding", "bank",
+                 "verdict_probe", "hop2")  # fmt: skip
 
 
 RECIPE_FILE = Path(__file__).resolve().parents[1] / "recipes" / "vsre-tiny.yaml"

@@ -361,6 +361,8 @@ class PhraseTargets(NamedTuple):
     depth: torch.Tensor  # [K] mean log depth of the object (nan: unknown)
     shape: torch.Tensor  # [K, SHAPE_SIZE] `ImageTargets.shape` of the object
     pose: torch.Tensor  # [K, POSE_SIZE] `ImageTargets.pose` of the object (nan: unknown)
+    span: torch.Tensor  # [K, L] bool: positions of all the phrase's tokens
+    image: torch.Tensor  # [K] index of the row's image among the batch's images
 
 
 class ObjectTargets(NamedTuple):
@@ -430,7 +432,7 @@ def batch_targets(
     t = builder.num_tokens
     colour, category, depth = [], [], []
     hop1_rows, hop1_query, hop1_keys, hop1_weights, hop1_depth = [], [], [], [], []
-    hop1_shape, hop1_pose = [], []
+    hop1_shape, hop1_pose, hop1_span, hop1_image = [], [], [], []
     hop2_rows, hop2_heads, hop2_query, hop2_keys = [], [], [], []
     hop0_rows, hop0_query, hop0_keys = [], [], []
     # Bits read at the answer position: name -> (batch rows, positions, [N, bits] truths)
@@ -500,6 +502,8 @@ def batch_targets(
             )
             hop1_shape.append(target.shape.get(int(mask_id), np.full(SHAPE_SIZE, np.nan)))
             hop1_pose.append(target.pose.get(int(mask_id), np.full(POSE_SIZE, np.nan)))
+            hop1_span.append([offset + s for s in span])
+            hop1_image.append(first_image - 1)
             if objects is not None:
                 start = int(image_pos[builder.grid_tokens])
                 objects.link(row, offset + span[-1], first_image - 1, int(mask_id), start)
@@ -529,6 +533,8 @@ def batch_targets(
             torch.tensor(hop1_depth, device=device),
             torch.from_numpy(np.stack(hop1_shape)).float().to(device),
             torch.from_numpy(np.stack(hop1_pose)).float().to(device),
+            _key_mask(hop1_span, ids.shape[1]).to(device),
+            torch.tensor(hop1_image, device=device),
         )
     if hop2_rows:
         out["hop2"] = (

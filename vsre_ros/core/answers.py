@@ -65,6 +65,7 @@ class Query:
     relation: str = ""  # optional structured form: relation (a VSR relation name)
     obj: str = ""  # optional structured form: reference object
     depth: list[np.ndarray | None] = field(default_factory=list)  # HxW float32 metres
+    intrinsics: list[np.ndarray | None] = field(default_factory=list)  # 3x3 K per image
     image_keys: list[Hashable | None] = field(default_factory=list)  # cache keys (cam, stamp)
     query_id: str = ""  # caller's id, echoed in the answer
 
@@ -120,6 +121,26 @@ def question_problem(
     return None
 
 
+class Source(enum.IntEnum):
+    """Where an answer comes from; values equal the SpatialAnswer.msg SOURCE_* constants."""
+
+    MODEL = 0  # the language model's answer
+    GEOMETRY = 1  # measured from depth and camera intrinsics (core.geometry)
+
+
+@dataclass
+class GroundedObject:
+    """One object phrase of a question, found in the image (and, with depth, in 3D)."""
+
+    phrase: str  # the phrase as the question names it ("red cup")
+    box: tuple[float, float, float, float]  # normalised [x0, y0, x1, y1] in the image (with
+    # depth: the box of the pixels its 3D place was measured from)
+    score: float  # the grounding head's confidence, (0, 1]
+    position: tuple[float, float, float] = (math.nan,) * 3  # centre, optical frame, metres
+    extent: tuple[float, float, float] = (math.nan,) * 3  # size along the optical axes, metres
+    depth_used: bool = False  # position and extent were measured from depth
+
+
 @dataclass
 class Answer:
     """The engine's answer to one Query; invalid fields keep their defaults."""
@@ -135,6 +156,8 @@ class Answer:
     model_id: str = ""  # which model answered
     latency_model_ms: float = 0.0  # time in the model for this query's batch
     query_id: str = ""  # the query's id
+    source: Source = Source.MODEL  # where the value comes from (geometry: measured)
+    objects: list[GroundedObject] = field(default_factory=list)  # the question's objects
 
     @classmethod
     def failure(cls, status: Status, error: str, query_id: str = "") -> Answer:

@@ -14,6 +14,10 @@
   (`core.traced`, `EngineConfig.trace`); a model object passed in runs eagerly in its own mode.
 - It never raises for bad input: a bad question or image gets an Answer with BAD_QUESTION or
   BAD_IMAGE and a message saying what was wrong.
+- With a grounding head (`core.grounding`), every answer also names where the question's
+  objects are in its first image (`Answer.objects`); with that image's depth and intrinsics,
+  where they are in 3D, and a metric number question is answered from that geometry
+  (`core.geometry`, `Answer.source`). Without depth, the answers are the model's as before.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from vsre_ros.core import geometry
 from vsre_ros.core.answers import (
     UNNAMED,
     VOCABULARIES,
@@ -42,12 +47,14 @@ from vsre_ros.core.answers import (
     AnswerKind,
     Query,
     QueryLimits,
+    Source,
     Status,
     invited_vocabularies,
     parse_number,
     question_problem,
 )
 from vsre_ros.core.config import PRESETS, EngineConfig, is_model_file, read_model_file
+from vsre_ros.core.grounding import ground, object_phrases
 from vsre_ros.core.model import VSREModel, check_image
 from vsre_ros.core.templates import TEMPLATES
 from vsre_ros.core.traced import TracedLM, TracedVision, lm_pass, trace_lm, trace_vision
@@ -177,6 +184,8 @@ class Engine:
             # (which walks every module, about a fifth of a call on the tiny model).
             model.eval()
         model.to(device=self.device, dtype=self.dtype)
+        for head in model.heads.values():  # exported heads run in float32 on the same device
+            head.to(device=self.device)
         with self._run_lock:
             self.model = model
             self._owned = owned
@@ -471,6 +480,57 @@ class Engine:
                 for i in gen:
                     text, conf = self._generate(k, queries[i])
                     answers[slots[i]] = _finish(text, conf, AnswerKind(queries[i].answer_kind))
+            for i in members:
+                try:
+                    self._ground(queries[i], k, answers[slots[i]])
+                except Exception:  # grounding adds to an answer; its failure must not cost it
+                    log.exception("grounding query %s failed", queries[i].query_id)
+
+    def _ground(self, query: Query, keys: tuple, answer: Answer) -> None:
+        """Fill `answer.objects` from the grounding head (in the query's first image), their 3D
+        places from its depth and K when both are given, and answer a metric number question
+        from those places (see the module docstring)."""
+        head = self.model.heads.get("grounding")
+        phrases = object_phrases(query.question, query.subj, query.obj)
+        if head is None or not phrases:
+            return
+        answer.objects = ground(
+            self.model, head, self._batch_features[keys[0]], query.images[0], phrases
+        )
+        depth = query.depth[0] if query.depth else None
+        k = query.intrinsics[0] if query.intrinsics else None
+        if depth is None or k is None:
+            return
+        try:
+            places = geometry.locate_all(
+                [o.box for o in answer.objects],
+                depth,
+                geometry.Intrinsics.from_matrix(k),
+                query.images[0].shape[:2],
+            )
+        except ValueError as err:  # unusable depth or K: the answer stays the model's
+            log.warning("query %s: depth not used: %s", query.query_id, err)
+            return
+        for obj, place in zip(answer.objects, places, strict=True):
+            if place is not None:
+                obj.box = place.box  # the pixels measured: tighter than the head's box
+                obj.position = tuple(float(v) for v in place.centre)
+                obj.extent = tuple(float(v) for v in place.extent)
+                obj.depth_used = True
+        asked = geometry.measure_asked(query.question)
+        if query.answer_kind != AnswerKind.NUMBER or asked is None:
+            return
+        used = places[: geometry.MEASURES[asked]]
+        if any(p is None for p in used):
+            return
+        value = geometry.measure(asked, used)
+        if value is None:
+            return
+        answer.status, answer.error = Status.OK, ""
+        answer.value, answer.unit, answer.text = value, NUMBER_UNIT, f"{value:.2f} {NUMBER_UNIT}"
+        # A measurement is as sure as the grounding of the objects it measured.
+        answer.probability = min(o.score for o in answer.objects[: len(used)])
+        answer.source = Source.GEOMETRY
 
     def _prefix(
         self, keys: tuple, rows: list[list[int]] | None = None

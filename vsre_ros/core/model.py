@@ -14,6 +14,7 @@ Directory layout of `save_pretrained` (all read back and validated by `from_pret
   model.safetensors    every weight (tied weights stored once)
   tokenizer/           the tokenizer (tokenizer.json, tokenizer_config.json, ...)
   adapter/             optional LoRA adapter of the LM (peft's adapter_config.json + weights)
+  grounding.safetensors  optional exported grounding head (`core.grounding`), in `heads`
 """
 
 from __future__ import annotations
@@ -148,6 +149,9 @@ class VSREModel(nn.Module):
         self.hidden_size = hidden
         self.eos_token_id = int(self.tokenizer.eos_token_id)
         self.pad_token_id = int(self.tokenizer.pad_token_id)
+        # Exported heads saved in their own files beside the weights (a plain dict, so they
+        # stay out of the state dict and `model.safetensors` reads the same with or without).
+        self.heads: dict[str, nn.Module] = {}
 
     # ----------------------------------------------------------------------------- building
 
@@ -272,6 +276,8 @@ class VSREModel(nn.Module):
             self.lm.save_pretrained(str(out / ADAPTER_DIR), save_embedding_layers=False)
             meta = {"format": FORMAT, "verdict_bias": float(self.config.verdict_bias)}
             (out / ADAPTER_DIR / ADAPTER_META).write_text(json.dumps(meta, indent=2))
+        if "grounding" in self.heads:
+            self.heads["grounding"].save(out)
         return out
 
     @classmethod
@@ -304,7 +310,7 @@ class VSREModel(nn.Module):
             model._assign_weights(root / WEIGHTS_FILE, skip=tuple(model.source_parts()))
             if (root / ADAPTER_DIR).is_dir():
                 model.load_adapter(root / ADAPTER_DIR)
-            return model
+            return model._load_heads(root)
         from accelerate import init_empty_weights
 
         # Built without memory for its parameters (the meta device), then the file's tensors
@@ -314,7 +320,18 @@ class VSREModel(nn.Module):
         model._assign_weights(root / WEIGHTS_FILE)
         if (root / ADAPTER_DIR).is_dir():
             model.load_adapter(root / ADAPTER_DIR)
-        return model
+        return model._load_heads(root)
+
+    def _load_heads(self, root: Path) -> VSREModel:
+        from vsre_ros.core.grounding import GroundingLoadError, load_grounding
+
+        try:
+            head = load_grounding(root, self.hidden_size, self.num_image_tokens)
+        except GroundingLoadError as err:
+            raise ModelLoadError(str(err)) from None
+        if head is not None:
+            self.heads["grounding"] = head
+        return self
 
     def _assign_weights(self, path: Path, skip: tuple[str, ...] = ()) -> None:
         """Make the tensors of safetensors file `path` this model's weights, checked; names

@@ -32,7 +32,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 
 from vsre_ros.client import VsreClient, is_timeout
-from vsre_ros.core.answers import agrees_with_item
+from vsre_ros.core.answers import Status, agrees_with_item
 from vsre_ros.msg import SceneTruth, SpatialAnswer, SpatialQuery
 from vsre_ros.ros import bringup
 from vsre_ros.ros import params as node_params
@@ -40,7 +40,7 @@ from vsre_ros.ros.server import executor_threads
 
 NODE_NAME = "vsre_demo_client"
 KIND_IDS = {"yes_no": 0, "choice": 1, "number": 2}
-STATUS_NAMES = {v: k for k, v in vars(SpatialAnswer).items() if k.isupper() and isinstance(v, int)}
+STATUS_NAMES = {s.value: s.name for s in Status}  # equal to SpatialAnswer's status constants
 
 
 @dataclass
@@ -375,6 +375,10 @@ def _recorded_topics(nodes) -> dict[str, type]:
     }
     if server.annotated_topic:
         topics[server.annotated_topic] = Image
+    if server.markers_topic:
+        from visualization_msgs.msg import MarkerArray
+
+        topics[server.markers_topic] = MarkerArray
     return topics
 
 

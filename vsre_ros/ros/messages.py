@@ -8,6 +8,7 @@ import re
 from vsre_ros.core.answers import (
     Answer,
     AnswerKind,
+    GroundedObject,
     Query,
     QueryLimits,
     Status,
@@ -38,8 +39,9 @@ def check_query(msg, limits: QueryLimits | int) -> tuple[Status, str] | None:
     return None if problem is None else (Status.BAD_QUESTION, problem)
 
 
-def query_from_msg(msg, images, depth=None, image_keys=None) -> Query:
-    """The core Query for a SpatialQuery, given the (already converted) images it is about."""
+def query_from_msg(msg, images, depth=None, image_keys=None, intrinsics=None) -> Query:
+    """The core Query for a SpatialQuery, given the (already converted) images it is about
+    and, per image, its depth in metres and its camera's K (CameraInfo.k) when known."""
     return Query(
         question=msg.question,
         images=list(images),
@@ -49,6 +51,7 @@ def query_from_msg(msg, images, depth=None, image_keys=None) -> Query:
         relation=msg.relation,
         obj=msg.obj,
         depth=list(depth) if depth is not None else [None] * len(images),
+        intrinsics=list(intrinsics) if intrinsics is not None else [None] * len(images),
         image_keys=list(image_keys) if image_keys is not None else [None] * len(images),
         query_id=msg.query_id,
     )
@@ -72,7 +75,27 @@ def answer_to_msg(answer: Answer, query_id: str, header=None):
     msg.unit = answer.unit
     msg.model_id = answer.model_id
     msg.latency_model_ms = float(answer.latency_model_ms)
+    msg.source = int(answer.source)
+    msg.objects = [grounded_to_msg(o) for o in answer.objects]
     return msg
+
+
+def grounded_to_msg(obj: GroundedObject):
+    """A vsre_ros/GroundedObject for a core GroundedObject."""
+    from geometry_msgs.msg import Point, Vector3
+
+    from vsre_ros.msg import GroundedObject as GroundedObjectMsg
+
+    x, y, z = (float(v) for v in obj.position)
+    ex, ey, ez = (float(v) for v in obj.extent)
+    return GroundedObjectMsg(
+        phrase=obj.phrase,
+        box=[float(v) for v in obj.box],
+        score=float(obj.score),
+        position=Point(x=x, y=y, z=z),
+        extent=Vector3(x=ex, y=ey, z=ez),
+        depth_used=bool(obj.depth_used),
+    )
 
 
 # "<_io.BytesIO object at 0x7f...>", "<function f at 0x...>": an object's repr says nothing to
@@ -90,3 +113,39 @@ def failure_msg(status: Status, error: str, query_id: str, header=None, model_id
     answer = Answer.failure(status, error, query_id)
     answer.model_id = model_id
     return answer_to_msg(answer, query_id, header)
+
+
+MARKER_NAMESPACE = "vsre"
+_MARKER_RGBA = (0.1, 0.9, 0.2, 0.6)  # the boxes' colour; labels are white
+
+
+def markers_msg(answer):
+    """A visualization_msgs/MarkerArray showing a SpatialAnswer's objects measured in 3D: a
+    box (CUBE at `position`, sized `extent`) and a label per object, in the answer's frame,
+    after a DELETEALL that clears the previous answer's. None when no object has depth."""
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    placed = [o for o in answer.objects if o.depth_used]
+    if not placed:
+        return None
+    markers = [Marker(header=answer.header, ns=MARKER_NAMESPACE, action=Marker.DELETEALL)]
+    for k, obj in enumerate(placed):
+        box = Marker(header=answer.header, ns=MARKER_NAMESPACE, id=2 * k, type=Marker.CUBE)
+        box.pose.position = obj.position
+        box.pose.orientation.w = 1.0
+        box.scale.x, box.scale.y, box.scale.z = (
+            max(float(v), 0.01) for v in (obj.extent.x, obj.extent.y, obj.extent.z)
+        )
+        box.color.r, box.color.g, box.color.b, box.color.a = _MARKER_RGBA
+        label = Marker(
+            header=answer.header, ns=MARKER_NAMESPACE, id=2 * k + 1, type=Marker.TEXT_VIEW_FACING
+        )
+        label.pose.position.x = obj.position.x
+        label.pose.position.y = obj.position.y - box.scale.y / 2 - 0.03  # above it (y is down)
+        label.pose.position.z = obj.position.z
+        label.pose.orientation.w = 1.0
+        label.scale.z = 0.04
+        label.color.r = label.color.g = label.color.b = label.color.a = 1.0
+        label.text = obj.phrase
+        markers += [box, label]
+    return MarkerArray(markers=markers)

@@ -97,6 +97,9 @@ class ServerParams:
     service_name: str = _p("vsre/ask", "AskSpatial service name")
     action_name: str = _p("vsre/ask_batch", "AskSpatial action name")
     annotated_topic: str = _p("vsre/annotated", "annotated image output; '' disables it")
+    markers_topic: str = _p(
+        "vsre/markers", "MarkerArray of the answers' objects measured in 3D; '' disables it"
+    )
     diagnostics_period: float = _p(1.0, "seconds between /diagnostics messages; 0 disables")
 
     def camera_specs(self) -> list[CameraSpec]:

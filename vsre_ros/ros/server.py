@@ -21,8 +21,10 @@ configure fails: it answers MODEL_NOT_READY with the reason until configured aga
 The `model` and `lora` parameters can be changed at runtime: the new model loads between batches
 and the parameter change is refused, with the reason, if it cannot load.
 
-Outputs besides answers: an annotated image topic (frame + question, answer, confidence) while
-someone subscribes, and /diagnostics (queue depth, latency, dropped frames, model id).
+Outputs besides answers, while someone subscribes: an annotated image topic (frame + question,
+answer, confidence, the question's objects' boxes) and a MarkerArray of those objects measured
+in 3D (cameras with a depth topic and CameraInfo); and /diagnostics (queue depth, latency,
+dropped frames, model id).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_
 from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
 
 from vsre_ros.action import AskSpatial as AskSpatialAction
 from vsre_ros.core.answers import Status
@@ -62,7 +65,14 @@ from vsre_ros.ros.conversions import (
 )
 from vsre_ros.ros.engines import make_engine
 from vsre_ros.ros.frames import Frame, FrameBuffer, stamp_ns
-from vsre_ros.ros.messages import Limits, answer_to_msg, check_query, failure_msg, query_from_msg
+from vsre_ros.ros.messages import (
+    Limits,
+    answer_to_msg,
+    check_query,
+    failure_msg,
+    markers_msg,
+    query_from_msg,
+)
 from vsre_ros.srv import AskSpatial
 
 NODE_NAME = "vsre_server"
@@ -176,6 +186,9 @@ class VsreServer(LifecycleNode):
         )
         self.annotated_pub = (
             self.create_publisher(Image, p.annotated_topic, 5) if p.annotated_topic else None
+        )
+        self.markers_pub = (
+            self.create_publisher(MarkerArray, p.markers_topic, 5) if p.markers_topic else None
         )
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         if p.diagnostics_period > 0:
@@ -584,6 +597,7 @@ class VsreServer(LifecycleNode):
             self._send(pending, msg)
             if pending.frames and msg.status == Status.OK:
                 self._annotate(query.images[0], pending, msg)
+                self._publish_markers(msg)
 
     def _to_query(self, pending: Pending, decoded: dict):
         """The core Query of a pending query; ImageConversionError names the image at fault."""
@@ -617,7 +631,8 @@ class VsreServer(LifecycleNode):
                     ) from err
             decoded[key] = (image, depth)
         image, depth = decoded[key]
-        return query_from_msg(msg, [image], [depth], [key])
+        k = np.asarray(frame.info.k, dtype=float) if frame.info is not None else None
+        return query_from_msg(msg, [image], [depth], [key], [k])
 
     def _annotate(self, image: np.ndarray, pending: Pending, answer) -> None:
         pub = self.annotated_pub
@@ -632,11 +647,25 @@ class VsreServer(LifecycleNode):
             pending.msg.question[:80],
             f"{answer.answer}  (p={answer.probability:.2f}, {answer.latency_total_ms:.0f} ms)",
         ]
+        for obj in answer.objects:  # the question's objects: box and phrase
+            x0, y0, x1, y1 = (float(v) for v in obj.box)
+            box = [x0 * pil.width, y0 * pil.height, x1 * pil.width, y1 * pil.height]
+            draw.rectangle(box, outline=(0, 255, 0), width=2)
+            label = obj.phrase + (f" {obj.position.z:.2f} m" if obj.depth_used else "")
+            draw.text((box[0] + 2, max(box[1] - 12, 0)), label, fill=(0, 255, 0))
         height = 14 * len(lines) + 6
         draw.rectangle([0, 0, pil.width, height], fill=(0, 0, 0))
         for row, text in enumerate(lines):
             draw.text((4, 3 + 14 * row), text, fill=(255, 255, 0) if row else (255, 255, 255))
         pub.publish(numpy_to_imgmsg(np.asarray(pil), "rgb8", header=pending.header))
+
+    def _publish_markers(self, answer) -> None:
+        pub = self.markers_pub
+        if pub is None or pub.get_subscription_count() == 0:
+            return
+        markers = markers_msg(answer)
+        if markers is not None:
+            pub.publish(markers)
 
     # ---- runtime model switch ----------------------------------------------------------------
 

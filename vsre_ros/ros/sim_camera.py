@@ -4,7 +4,8 @@ Scenes come from `vsre_ros.sim_data` (MuJoCo, the same generator as the training
 of a seed is always the same). Each frame publishes, with one stamp:
 - `image_topic`: sensor_msgs/Image rgb8;
 - `depth_topic`: sensor_msgs/Image 32FC1, metres along the optical axis;
-- `info_topic`: sensor_msgs/CameraInfo (K from the renderer, no distortion);
+- `info_topic`: sensor_msgs/CameraInfo (K from the renderer in CameraInfo's pixel-centre
+  convention, `sim_data.render.pixel_centre_K`; no distortion);
 - `truth_topic`: vsre_ros/SceneTruth, the scene file as JSON plus `"questions"`: the generated
   questions about this view with their known answers (dataset item format), so a client can
   ask them and check the answers.
@@ -105,7 +106,11 @@ class SceneSource:
 
 
 def camera_info(K: np.ndarray, width: int, height: int, header: Header) -> CameraInfo:
-    """A distortion-free CameraInfo for intrinsics K."""
+    """A distortion-free CameraInfo for the renderer's intrinsics K (converted to
+    CameraInfo's convention: integer pixel coordinates are pixel centres)."""
+    from vsre_ros.sim_data.render import pixel_centre_K  # loads MuJoCo: only when rendering
+
+    K = pixel_centre_K(K)
     info = CameraInfo(header=header, width=width, height=height, distortion_model="plumb_bob")
     info.k = [float(v) for v in np.asarray(K, dtype=float).reshape(9)]
     info.d = [0.0] * 5

@@ -1,0 +1,211 @@
+"""core.grounding: object phrases, the head's file beside a model, grounded engine answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from core_helpers import small_config
+
+from vsre_ros.core.answers import AnswerKind, Query, Source, Status
+from vsre_ros.core.grounding import (
+    GROUNDING_FILE,
+    GroundingHead,
+    cell_colours,
+    for_model,
+    image_colours,
+    iou,
+    object_phrases,
+)
+from vsre_ros.core.templates import TASK_TEMPLATES, TEMPLATES
+
+
+@pytest.fixture(scope="module")
+def grid_model():
+    """A tiny model with one token grid (channel fusion) and object tokens: groundable."""
+    from vsre_ros.core.model import VSREModel
+
+    torch.manual_seed(0)
+    return VSREModel(small_config(fusion="channel", object_tokens=2)).eval()
+
+
+@pytest.mark.parametrize("template", TEMPLATES[:20], ids=lambda t: t.id)
+def test_relation_questions_name_their_two_objects(template):
+    question = template.render("green side table", "at the left side of", "red cup")
+    assert object_phrases(question) == ["green side table", "red cup"]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [t for task in ("metric", "direction", "distance", "localization", "compare")
+     for t in TASK_TEMPLATES[task]],
+    ids=lambda t: t.id,
+)  # fmt: skip
+def test_task_questions_name_their_objects(template):
+    names = {"subj": "yellow long box", "obj": "blue ball", "a": "blue ball", "b": "pink can"}
+    question = template.text.replace("{options}", "top left, center").format(**names)
+    wanted = [n for n in dict.fromkeys(names.values()) if n in question]
+    assert object_phrases(question) == sorted(wanted, key=question.index)
+
+
+def test_structured_fields_come_first():
+    assert object_phrases("Is it left of that?", subj="red cup", obj="box") == ["red cup", "box"]
+    assert object_phrases("How far is the camera from the image?") == []
+
+
+def test_head_gives_one_box_per_phrase_inside_the_image(grid_model):
+    head = for_model(grid_model)
+    tokens = torch.randn(3, grid_model.num_image_tokens, grid_model.hidden_size)
+    colours = image_colours([np.zeros((24, 32, 3), np.uint8)] * 3, head.grid)
+    boxes, scores = head(tokens, torch.randn(3, grid_model.hidden_size), colours)
+    assert boxes.shape == (3, 4) and scores.shape == (3,)
+    assert bool(((boxes >= 0) & (boxes <= 1)).all())
+    assert bool(((scores > 0) & (scores <= 1)).all())
+
+
+def test_head_is_saved_beside_the_weights_and_loaded_with_the_model(grid_model, tmp_path):
+    from vsre_ros.core.model import VSREModel
+
+    bare = grid_model.save_pretrained(tmp_path / "bare")
+    assert VSREModel.from_pretrained(bare).heads == {}  # optional: models without one load
+    grid_model.heads["grounding"] = for_model(grid_model)
+    try:
+        out = grid_model.save_pretrained(tmp_path / "grounded")
+    finally:
+        del grid_model.heads["grounding"]
+    # The weights file is the same with or without the head.
+    assert (out / "model.safetensors").read_bytes() == (bare / "model.safetensors").read_bytes()
+    loaded = VSREModel.from_pretrained(out).heads["grounding"]
+    tokens = torch.randn(2, grid_model.num_image_tokens, grid_model.hidden_size)
+    phrases = torch.randn(2, grid_model.hidden_size)
+    colours = torch.rand(2, 16, 48)
+    original = grid_model.heads.get("grounding") or GroundingHead(
+        grid_model.hidden_size, (4, 4), 2
+    )
+    original.load_state_dict(loaded.state_dict())
+    torch.testing.assert_close(
+        loaded(tokens, phrases, colours)[0], original(tokens, phrases, colours)[0]
+    )
+
+
+def test_a_corrupt_or_foreign_grounding_file_fails_loading_with_the_reason(grid_model, tmp_path):
+    from vsre_ros.core.model import ModelLoadError, VSREModel
+
+    out = grid_model.save_pretrained(tmp_path / "m")
+    (out / GROUNDING_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(ModelLoadError, match="grounding.safetensors is corrupt"):
+        VSREModel.from_pretrained(out)
+    GroundingHead(grid_model.hidden_size * 2, (4, 4), 2).save(out)
+    with pytest.raises(ModelLoadError, match="fitted for hidden 128"):
+        VSREModel.from_pretrained(out)
+
+
+class FixedBoxes(torch.nn.Module):
+    """A stand-in for a fitted head: the given boxes, in the order the phrases are asked."""
+
+    grid = (4, 4)
+
+    def __init__(self, boxes):
+        super().__init__()
+        self.boxes = torch.tensor(boxes, dtype=torch.float32)
+
+    def forward(self, tokens, phrases, colours):
+        n = phrases.shape[0]
+        return self.boxes[:n], torch.full((n,), 0.9)
+
+
+def _tabletop_query(question, kind, with_depth=True):
+    from test_geometry import _tabletop
+
+    depth, k, rot, pos = _tabletop((0.05, 1.0, 0.06), (0.16, 0.1, 0.12))
+    image = np.full((*depth.shape, 3), 120, np.uint8)
+    kmat = [[k.fx, 0, k.cx], [0, k.fy, k.cy], [0, 0, 1]]
+    return Query(
+        question=question,
+        images=[image],
+        answer_kind=kind,
+        depth=[depth] if with_depth else [],
+        intrinsics=[np.array(kmat)] if with_depth else [],
+    ), (rot, pos)
+
+
+# The box of the box on the table in `_tabletop`'s image (160x120), and one of empty table.
+BOX = [77 / 160, 56 / 120, 91 / 160, 69 / 120]
+TABLE = [0.1, 0.8, 0.2, 0.9]
+
+
+def test_engine_answers_with_grounded_objects_and_measures_with_depth(grid_model):
+    from vsre_ros.core.engine import Engine
+
+    engine = Engine(grid_model)
+    grid_model.heads["grounding"] = FixedBoxes([BOX, TABLE])
+    try:
+        query, (rot, pos) = _tabletop_query(
+            "How tall is the grey box, in metres?", AnswerKind.NUMBER
+        )
+        tall = engine.answer([query])[0]
+        far, _ = _tabletop_query("How far is the grey box from the camera?", AnswerKind.NUMBER)
+        camera = engine.answer([far])[0]
+        plain, _ = _tabletop_query("How tall is the grey box?", AnswerKind.NUMBER, False)
+        unmeasured = engine.answer([plain])[0]
+        yes_no, _ = _tabletop_query("Is the grey box left of the red cup?", AnswerKind.YES_NO)
+        relation = engine.answer([yes_no])[0]
+    finally:
+        del grid_model.heads["grounding"]
+    assert tall.status == Status.OK and tall.source == Source.GEOMETRY
+    assert tall.value == pytest.approx(0.12, abs=0.01) and tall.unit == "m"
+    assert tall.text == f"{tall.value:.2f} m"
+    [obj] = tall.objects
+    assert obj.phrase == "grey box" and obj.depth_used
+    assert iou(obj.box, BOX) > 0.9  # with depth: the box of the pixels measured
+    truth = rot.T @ (np.array([0.05, 1.0, 0.06]) - pos)
+    np.testing.assert_allclose(obj.position, truth, atol=0.015)
+    assert camera.value == pytest.approx(np.linalg.norm(truth), rel=0.02)
+    # Without depth: the head's box, no 3D place, and the model's own number.
+    assert unmeasured.source == Source.MODEL and not unmeasured.objects[0].depth_used
+    assert unmeasured.objects[0].box == pytest.approx(BOX)
+    assert all(math.isnan(v) for v in unmeasured.objects[0].position)
+    # A yes/no question keeps the model's verdict; both its objects are placed, one on the
+    # table where nothing stands (no pixels above the plane: no 3D place).
+    assert relation.source == Source.MODEL and relation.text in ("yes", "no")
+    assert [o.phrase for o in relation.objects] == ["grey box", "red cup"]
+    assert [o.depth_used for o in relation.objects] == [True, False]
+
+
+def test_engine_without_a_head_or_with_bad_depth_answers_as_before(grid_model):
+    from vsre_ros.core.engine import Engine
+
+    engine = Engine(grid_model)
+    query, _ = _tabletop_query("How tall is the grey box, in metres?", AnswerKind.NUMBER)
+    answer = engine.answer([query])[0]
+    assert answer.objects == [] and answer.source == Source.MODEL
+    grid_model.heads["grounding"] = FixedBoxes([BOX])
+    try:
+        query.intrinsics = [np.zeros((3, 3))]  # a CameraInfo never filled in
+        bad_k = engine.answer([query])[0]
+    finally:
+        del grid_model.heads["grounding"]
+    assert bad_k.source == Source.MODEL and not bad_k.objects[0].depth_used
+    assert bad_k.objects[0].phrase == "grey box"
+
+
+def test_cell_colours_are_each_cells_blocks_in_token_order():
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:8, 8:16] = (255, 0, 0)  # grid cell (0, 1): token 1
+    image[56:, :4] = (0, 0, 255)  # the left half of cell (7, 0): token 56
+    colours = image_colours([image], (8, 8))[0].reshape(64, 3, 4, 4)
+    red, blue = colours[1], colours[56]
+    assert float(red[0, 1:3, 1:3].min()) == pytest.approx(1.0)  # its inner blocks: all red
+    assert float(red[1:].max()) == 0.0
+    assert float(blue[2, :, 0].min()) > 0.8 and float(blue[2, :, 3].max()) < 0.1
+    assert float(colours[[18, 36, 63]].max()) == 0.0  # cells away from both: black
+    same = cell_colours(torch.from_numpy(image).permute(2, 0, 1)[None] / 255.0, (8, 8))
+    torch.testing.assert_close(same[0], colours.reshape(64, 48))
+
+
+def test_iou():
+    assert iou([0, 0, 1, 1], [0, 0, 1, 1]) == 1.0
+    assert iou([0, 0, 0.5, 1], [0.5, 0, 1, 1]) == 0.0
+    assert iou([0, 0, 1, 1], [0, 0, 0.5, 1]) == pytest.approx(0.5)

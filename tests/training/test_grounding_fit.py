@@ -1,0 +1,87 @@
+"""`vsre grounding`: the head fitted on a frozen model, and the evaluation's report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from vsre_ros.training import grounding as tg
+
+from vsre_ros.core.config import ModelConfig, tiny_encoders, tiny_lm
+from vsre_ros.core.grounding import box_loss, image_colours, phrase_embeddings
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from vsre_ros.core.model import VSREModel
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        name="ground-tiny",
+        encoders=tiny_encoders(hidden=32, layers=1, heads=2, image=32, patch=8),
+        fusion="channel",
+        fusion_grid=4,
+        object_tokens=2,
+        lm=tiny_lm(hidden=64, layers=1, heads=2, ffn=128),
+    )
+    return VSREModel(config).eval().save_pretrained(tmp_path_factory.mktemp("g") / "m")
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return tg.render(seed=11, frames=6, sizes=((64, 64), (80, 60)))
+
+
+def _loss(model, head, frames) -> float:
+    tokens = tg.image_tokens(model, [f.rgb for f in frames])
+    rows, names, boxes = [], [], []
+    for i, frame in enumerate(frames):
+        for name, _, box in tg.visible_objects(frame):
+            rows.append(i)
+            names.append(name)
+            boxes.append(box)
+    with torch.no_grad():
+        colours = image_colours([frames[i].rgb for i in rows], head.grid)
+        pred, _ = head(tokens[rows], phrase_embeddings(model, names), colours)
+        return float(box_loss(pred, torch.from_numpy(np.stack(boxes))))
+
+
+def test_fit_trains_only_the_head_and_saves_it_beside_the_model(model_dir, frames):
+    from vsre_ros.core.grounding import for_model
+    from vsre_ros.core.model import VSREModel
+
+    torch.set_num_threads(1)
+    weights = (model_dir / "model.safetensors").read_bytes()
+    model = VSREModel.from_pretrained(model_dir)
+    torch.manual_seed(11)
+    untrained = for_model(model)
+    head = tg.fit(model, frames, steps=200, batch=16, seed=11, log=lambda _: None)
+    assert _loss(model, head, frames) < 0.8 * _loss(model, untrained, frames)
+    head.save(model_dir)
+    assert (model_dir / "model.safetensors").read_bytes() == weights  # the model is untouched
+    loaded = VSREModel.from_pretrained(model_dir).heads["grounding"]
+    assert _loss(model, loaded, frames) == pytest.approx(_loss(model, head, frames), rel=1e-5)
+
+
+def test_evaluation_reports_grounding_baselines_and_metric_answers(model_dir, frames, tmp_path):
+    import shutil
+
+    from vsre_ros.core.grounding import for_model
+    from vsre_ros.core.model import VSREModel
+
+    grounded = shutil.copytree(model_dir, tmp_path / "m")
+    for_model(VSREModel.from_pretrained(grounded)).save(grounded)
+    report = tg.evaluate(str(grounded), frames[:2], frames[2:])
+    grounding = report["grounding"]
+    named = grounding["named_objects"]
+    assert named > 0
+    for way in ("image", "depth", "grey", "prior"):
+        entry = grounding[f"iou>=0.5_{way}"]
+        assert entry["n"] == named and 0.0 <= entry["share"] <= 1.0
+        assert entry["ci95"][0] <= entry["share"] <= entry["ci95"][1]
+    assert grounding["phrase_found"]["share"] == 1.0  # every named object's phrase is read
+    metric = report["metric"]["all"]
+    assert metric["source_geometry"]["n"] == sum(
+        1 for f in frames[:2] for it in f.items if it["task"] == "metric"
+    )
+    assert "within 10%" in tg.summary(report)

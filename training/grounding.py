@@ -1,0 +1,317 @@
+"""`vsre grounding`: fit the grounding head on a frozen model, and measure grounded answers.
+
+    vsre grounding fit  --model vsre_ros/models/vsre-tiny --seed 101 --frames 3000
+    vsre grounding eval --model vsre_ros/models/vsre-tiny --seed 202 --frames 300
+
+`fit` renders simulated frames (seeded, so the same arguments fit the same head), computes the
+model's image tokens for each once (the model stays frozen: its weights are not touched), and
+trains only `core.grounding.GroundingHead` to put every visible object's name on its mask's box;
+the head is written beside the model as `grounding.safetensors`.
+
+`eval` renders frames of another seed (held-out scenes) and reports, through the engine as a
+robot would ask:
+- grounding: the IoU of the box of every object the frame's questions name (found from the
+  question's words by `object_phrases`; a phrase not found counts as IoU 0) against its mask's
+  box, with the share of IoU >= 0.5: from the image alone (`image`), with depth and K
+  (`depth`), and two baselines: the head on a grey image (`grey`, blind) and the box prior
+  (`prior`: each category's mean box over the prior frames, no image);
+- metric answers with depth and K: each metric question's measured value against the truth,
+  the share within 10% and within a factor of 2 (the scoring rule of `core.answers`), per
+  measure, next to the model's own numbers (no depth) on the same questions;
+- with 95% Wilson intervals throughout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vsre_ros.core import geometry
+from vsre_ros.core.answers import AnswerKind, Query, Source, number_correct
+from vsre_ros.core.grounding import box_loss, for_model, image_colours, iou, phrase_embeddings
+
+DEFAULT_SIZES = ((64, 64), (160, 120))  # frame sizes rendered in turn (square and 4:3)
+MIN_VISIBLE, MIN_PIXELS = 0.25, 10  # objects less visible are not named (as the questions)
+
+
+def render(seed: int, frames: int, sizes=DEFAULT_SIZES, start: int = 0) -> list:
+    """`frames` simulated frames of `seed`, sizes taken in turn."""
+    from vsre_ros.sim_data import SimCamera
+
+    cams = [SimCamera(seed=seed, width=w, height=h) for w, h in sizes]
+    try:
+        return [cams[i % len(cams)].frame(start + i) for i in range(frames)]
+    finally:
+        for cam in cams:
+            cam.close()
+
+
+def visible_objects(frame) -> list[tuple[str, int, np.ndarray]]:
+    """(name, mask id, normalised mask box) of each object a question may name."""
+    h, w = frame.rgb.shape[:2]
+    out = []
+    for k, (obj, seen) in enumerate(
+        zip(frame.truth["objects"], frame.truth["renders"][0]["objects"], strict=True)
+    ):
+        if (
+            seen["bbox"]
+            and seen["visible_fraction"] >= MIN_VISIBLE
+            and seen["pixels"] >= MIN_PIXELS
+        ):
+            box = np.array(seen["bbox"], dtype=np.float32) / [w, h, w, h]
+            out.append((obj["name"], k + 1, box))
+    return out
+
+
+def image_tokens(model, images: list[np.ndarray], batch: int = 64) -> torch.Tensor:
+    """The model's image tokens [N, T, hidden] (what the engine caches per frame)."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            out.append(model.encode_images(model.preprocess(images[i : i + batch])).float())
+    return torch.cat(out)
+
+
+def fit(
+    model,
+    frames: list,
+    steps: int = 3000,
+    batch: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    log=print,
+):
+    """A grounding head fitted to the visible objects of `frames` on the frozen `model`."""
+    torch.manual_seed(seed)
+    model.eval()
+    tokens = image_tokens(model, [f.rgb for f in frames])
+    head = for_model(model)
+    colours = image_colours([f.rgb for f in frames], head.grid)
+    rows, names, boxes = [], [], []
+    for i, frame in enumerate(frames):
+        for name, _, box in visible_objects(frame):
+            rows.append(i)
+            names.append(name)
+            boxes.append(box)
+    vocab = sorted(set(names))
+    with torch.inference_mode():
+        table = phrase_embeddings(model, vocab)
+    phrase = torch.tensor([vocab.index(n) for n in names])
+    rows_t, boxes_t = torch.tensor(rows), torch.from_numpy(np.stack(boxes))
+    head.train()
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        pick = torch.randint(len(rows), (batch,), generator=gen)
+        image = rows_t[pick]
+        pred, _ = head(tokens[image], table[phrase[pick]].clone(), colours[image])
+        loss = box_loss(pred, boxes_t[pick])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 500 == 0 or step == steps - 1:
+            log(f"step {step}: loss {loss.item():.4f}")
+    return head.eval()
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a share k/n."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (mid - half, mid + half)
+
+
+def share(flags: list[bool]) -> dict:
+    k, n = int(sum(flags)), len(flags)
+    lo, hi = wilson(k, n)
+    return {"n": n, "share": k / n if n else math.nan, "ci95": [lo, hi]}
+
+
+def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
+    """Grounding and metric figures on `frames` (see the module docstring), every question
+    asked through the engine with the frame's depth and K, and again on a grey image."""
+    from vsre_ros.sim_data.render import pixel_centre_K
+
+    from vsre_ros.core.config import EngineConfig
+    from vsre_ros.core.engine import Engine
+
+    engine = Engine(model_dir, EngineConfig(threads=torch.get_num_threads()))
+    if "grounding" not in engine.model.heads:
+        raise ValueError(f"{model_dir} has no grounding head; run `vsre grounding fit` first")
+    prior = _mean_boxes([(n, box) for f in prior_frames for n, _, box in visible_objects(f)])
+    ious: dict[str, list[float]] = {"image": [], "depth": [], "grey": [], "prior": []}
+    found: list[bool] = []
+    metric: dict[str, dict[str, list]] = {}
+    for frame in frames:
+        objects = {name: box for name, _, box in visible_objects(frame)}
+        items = [it for it in frame.items if it["answer_kind"] in _KINDS]
+        k = pixel_centre_K(frame.K)
+        answers = {
+            "depth": engine.answer([_query(it, frame.rgb, frame.depth, k) for it in items]),
+            "image": engine.answer([_query(it, frame.rgb) for it in items]),
+            "grey": engine.answer([_query(it, np.full_like(frame.rgb, 128)) for it in items]),
+        }
+        for j, item in enumerate(items):
+            for name in item.get("objects", []):
+                if name not in objects:
+                    continue
+                truth = objects[name]
+                found.append(_box_of(answers["image"][j], name) is not None)
+                for way, given in answers.items():
+                    box = _box_of(given[j], name)
+                    ious[way].append(iou(box, truth) if box is not None else 0.0)
+                ious["prior"].append(iou(prior.get(_category(name), _CENTRE), truth))
+            if item["task"] != "metric":
+                continue
+            with_depth, without = answers["depth"][j], answers["image"][j]
+            name = geometry.measure_asked(item["question"]) or "unrecognised"
+            row = metric.setdefault(name, {"geo": [], "model": [], "src": []})
+            truth = float(item["value"])
+            row["geo"].append(_ratio(with_depth.value, truth))
+            row["model"].append(_ratio(without.value, truth))
+            row["src"].append(with_depth.source == Source.GEOMETRY)
+    report = {
+        "frames": len(frames),
+        "grounding": {
+            "named_objects": len(ious["image"]),
+            "phrase_found": share(found),
+            **{f"iou>=0.5_{way}": share([v >= 0.5 for v in ious[way]]) for way in ious},
+            **{f"median_iou_{way}": float(np.median(ious[way])) for way in ious if ious[way]},
+        },
+        "metric": {name: _metric_row(row) for name, row in sorted(metric.items())},
+    }
+    for label, names in (("distances", ("between", "camera")), ("all", tuple(metric))):
+        rows = [metric[n] for n in names if n in metric]
+        report["metric"][label] = _metric_row({k: sum((r[k] for r in rows), []) for k in _KEYS})
+    return report
+
+
+_KINDS = {k.label: k for k in AnswerKind}
+_KEYS = ("geo", "model", "src")
+_CENTRE = np.array([0.25, 0.25, 0.75, 0.75])  # the prior's box for an unseen category
+
+
+def _query(item: dict, image: np.ndarray, depth=None, k=None) -> Query:
+    return Query(
+        question=item["question"],
+        images=[image],
+        answer_kind=_KINDS[item["answer_kind"]],
+        options=list(item.get("options", [])),
+        depth=[depth] if depth is not None else [],
+        intrinsics=[k] if k is not None else [],
+    )
+
+
+def _box_of(answer, name: str):
+    return next((o.box for o in answer.objects if o.phrase == name), None)
+
+
+def _ratio(value: float, truth: float) -> float:
+    return value / truth if value is not None and math.isfinite(value) and truth else math.nan
+
+
+def _metric_row(row: dict) -> dict:
+    def scored(ratios):
+        return {
+            "within_10%": share([math.isfinite(r) and abs(r - 1) <= 0.1 for r in ratios]),
+            "within_x2": share([number_correct(r, 1.0) for r in ratios]),
+        }
+
+    return {
+        "with_depth": scored(row["geo"]),
+        "source_geometry": share(row["src"]),
+        "model_without_depth": scored(row["model"]),
+    }
+
+
+def _category(phrase: str) -> str:
+    """A sim object's category from its name ("red side table" -> "side table")."""
+    return " ".join(phrase.split()[1:]) or phrase
+
+
+def _mean_boxes(pairs) -> dict[str, np.ndarray]:
+    """The box-prior baseline: each category's mean box."""
+    sums: dict[str, list] = {}
+    for name, box in pairs:
+        sums.setdefault(_category(name), []).append(box)
+    return {k: np.mean(v, axis=0) for k, v in sums.items()}
+
+
+# -- CLI -------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    f = sub.add_parser("fit", help="fit the grounding head on a frozen model")
+    e = sub.add_parser("eval", help="measure grounding and metric answers on held-out scenes")
+    for p in (f, e):
+        p.add_argument("--model", required=True, help="model directory (its weights are kept)")
+        p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    f.add_argument("--seed", type=int, default=101, help="generation seed of the fit frames")
+    f.add_argument("--frames", type=int, default=3000, help="frames to render (default 3000)")
+    f.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    f.add_argument("--out", default="", help="directory to write to (default: --model)")
+    e.add_argument("--seed", type=int, default=202, help="generation seed of held-out frames")
+    e.add_argument("--frames", type=int, default=300, help="frames to render (default 300)")
+    e.add_argument("--prior-seed", type=int, default=101, help="seed of the box prior's frames")
+    e.add_argument("--prior-frames", type=int, default=1000, help="frames of the box prior")
+    e.add_argument("--json", default="", help="also write the report to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vsre_ros.core.model import VSREModel
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    if args.action == "fit":
+        model = VSREModel.from_pretrained(args.model)
+        frames = render(args.seed, args.frames)
+        print(f"rendered {len(frames)} frames in {time.perf_counter() - start:.0f} s")
+        head = fit(model, frames, steps=args.steps, seed=args.seed)
+        path = head.save(args.out or args.model)
+        print(
+            f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in "
+            f"{time.perf_counter() - start:.0f} s"
+        )
+        return 0
+    frames = render(args.seed, args.frames)
+    prior = render(args.prior_seed, args.prior_frames)
+    report = evaluate(args.model, frames, prior)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    print(summary(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def summary(report: dict) -> str:
+    """The report's shares as lines: share [95% CI] (n)."""
+
+    def fmt(entry: dict) -> str:
+        lo, hi = entry["ci95"]
+        return f"{100 * entry['share']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={entry['n']})"
+
+    g = report["grounding"]
+    lines = [f"{report['frames']} frames; {g['named_objects']} named objects"]
+    lines.append(f"  phrase found in the question: {fmt(g['phrase_found'])}")
+    for way in ("image", "depth", "grey", "prior"):
+        lines.append(f"  IoU >= 0.5, {way:5s}: {fmt(g[f'iou>=0.5_{way}'])}")
+    for name, row in report["metric"].items():
+        lines.append(f"metric {name}: source geometry {fmt(row['source_geometry'])}")
+        for way in ("with_depth", "model_without_depth"):
+            lines.append(
+                f"  {way:19s} within 10% {fmt(row[way]['within_10%'])}, "
+                f"within x2 {fmt(row[way]['within_x2'])}"
+            )
+    return "\n".join(lines)

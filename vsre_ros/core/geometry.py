@@ -1,0 +1,350 @@
+"""Metric geometry of grounded objects: 2D boxes + a depth image + K -> 3D places and sizes.
+
+Pure numpy, no model and no ROS. The camera's optical frame is REP 103's `_optical` frame
+(OpenCV's pinhole model): x right, y down, z forward, metres. As in CameraInfo, integer pixel
+coordinates are pixel centres: the pixel in column u, row v with depth z (metres along the
+optical axis) back-projects to ((u - cx) z / fx, (v - cy) z / fy, z).
+
+How an object's place is measured (`locate`), for a box that may hold background too:
+
+1. the support surface (a table top or the floor) is the plane fitted (RANSAC, then least
+   squares on its inliers) to the frame's points outside every grounded box;
+2. the object's pixels are those of the box (grown by `SEARCH_MARGIN`: a grounded box may be a
+   little small) standing at least `ABOVE_PLANE` above it (without a plane: all of them), cut
+   apart where depth jumps; the connected piece covering most of the box's centre, with its
+   neighbours near its depth, is the object: an occluder in front and background behind drop
+   out. The box they span is the object's box as measured;
+3. with a plane, the object stands on it, or on another object when its lowest visible point
+   is clearly above the plane: its height runs from there to its highest point, its footprint
+   is the least-area rectangle around its points seen from above, and its centre is the
+   footprint's centre, half way up. Without one, the centre and
+   the extent are those of its points' bounding box.
+
+What a metric question asks is measured the way the simulator's questions define it
+(`sim_data.questions.metric_items`): the distance between two objects' centres, an object's
+centre's distance from the camera, its larger horizontal side and its vertical extent.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+ABOVE_PLANE = 0.008  # metres: a pixel this far above the support plane belongs to an object
+DEPTH_WINDOW = 0.35  # metres: an object's pixels lie at most this close in depth to its
+MIN_DEPTH_WINDOW = 0.05  # centre's, and at least this close (else as deep as the box is wide)
+STACKED = 0.02  # metres: an object whose lowest visible point is higher (and higher than
+STACKED_PIXELS = 3  # this many pixels' height at its depth) stands on another...
+SPREAD = 0.3  # ... when its visible heights span this share of its top's height (not a top
+# seen from straight above)
+MIN_PIXELS = 3  # fewer valid pixels in a box: no 3D place
+SEARCH_MARGIN = 0.15  # a grounded box is searched grown by this share of its size per side
+JUMP = 0.03  # a depth step of this share of the depth between neighbours separates surfaces
+PLANE_TOLERANCE = 0.006  # metres: RANSAC inlier distance
+PLANE_MIN_SHARE = 0.2  # a plane must hold this share of the points outside the boxes
+PLANE_ITERATIONS = 48  # RANSAC hypotheses (seeded: the same frame gives the same plane)
+PLANE_SAMPLE = 1500  # at most this many points are used to fit the plane
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """A pinhole camera: focal lengths and principal point in pixels (CameraInfo's K)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    @classmethod
+    def from_matrix(cls, k) -> Intrinsics:
+        """From a 3x3 matrix or CameraInfo's row-major 9-vector; raises ValueError if unusable."""
+        m = np.asarray(k, dtype=float).reshape(-1)
+        if m.size != 9:
+            raise ValueError(f"K must have 9 entries (3x3), got {m.size}")
+        m = m.reshape(3, 3)
+        if not np.all(np.isfinite(m)) or m[0, 0] <= 0 or m[1, 1] <= 0:
+            raise ValueError(f"K has no positive finite focal lengths: fx={m[0, 0]}, fy={m[1, 1]}")
+        return cls(float(m[0, 0]), float(m[1, 1]), float(m[0, 2]), float(m[1, 2]))
+
+    def scaled(self, sx: float, sy: float) -> Intrinsics:
+        """The same camera for an image resized by (sx, sy)."""
+        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy)
+
+
+def back_project(depth: np.ndarray, k: Intrinsics, us=None, vs=None) -> np.ndarray:
+    """Points [N, 3] in the optical frame of pixels (us, vs) (default: every pixel, row by
+    row) of a depth image in metres; pixels without a finite positive depth give NaN rows."""
+    h, w = depth.shape
+    if us is None:
+        vs, us = np.mgrid[0:h, 0:w]
+    us, vs = np.asarray(us).ravel(), np.asarray(vs).ravel()
+    z = depth[vs, us].astype(np.float64)
+    z = np.where(np.isfinite(z) & (z > 0), z, np.nan)
+    x = (us - k.cx) * z / k.fx
+    y = (vs - k.cy) * z / k.fy
+    return np.stack([x, y, z], axis=1)
+
+
+def project(points: np.ndarray, k: Intrinsics) -> np.ndarray:
+    """Pixel coordinates [N, 2] (continuous) of optical-frame points [N, 3]."""
+    p = np.asarray(points, dtype=float).reshape(-1, 3)
+    return np.stack([k.fx * p[:, 0] / p[:, 2] + k.cx, k.fy * p[:, 1] / p[:, 2] + k.cy], axis=1)
+
+
+def depth_metres(depth: np.ndarray) -> np.ndarray:
+    """A depth image as float32 metres: uint16 is millimetres (REP 118), floats are metres;
+    zeros and non-finite values stay invalid (NaN)."""
+    arr = np.asarray(depth)
+    if arr.ndim != 2:
+        raise ValueError(f"depth must be HxW, got shape {arr.shape}")
+    if arr.dtype == np.uint16:
+        out = arr.astype(np.float32) / 1000.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        out = arr.astype(np.float32)
+    else:
+        raise ValueError(f"depth must be float metres or uint16 millimetres, got {arr.dtype}")
+    return np.where(np.isfinite(out) & (out > 0), out, np.nan).astype(np.float32)
+
+
+@dataclass
+class Plane:
+    """n . p + d = 0 with unit normal n pointing towards the camera (the surface's up)."""
+
+    normal: np.ndarray
+    offset: float
+
+    def height(self, points: np.ndarray) -> np.ndarray:
+        return points @ self.normal + self.offset
+
+
+@dataclass
+class Located:
+    """An object's measured place: centre and extent in the optical frame, and its sizes."""
+
+    centre: np.ndarray  # [3] metres, optical frame
+    extent: np.ndarray  # [3] metres: its points' bounding box along the optical axes
+    width: float  # larger horizontal side (footprint), metres; NaN when unknown
+    height: float  # vertical extent, metres; NaN when unknown
+    pixels: int  # depth pixels it was measured from
+    box: tuple[float, float, float, float]  # normalised box of those pixels in the image
+
+
+def fit_plane(points: np.ndarray, seed: int = 0) -> Plane | None:
+    """The dominant plane of points [N, 3] (RANSAC, refined by least squares), its normal
+    turned towards the camera (origin); None when no plane holds `PLANE_MIN_SHARE`."""
+    pts = points[np.all(np.isfinite(points), axis=1)]
+    if len(pts) < 30:
+        return None
+    rng = np.random.default_rng(seed)
+    if len(pts) > PLANE_SAMPLE:
+        pts = pts[rng.choice(len(pts), PLANE_SAMPLE, replace=False)]
+    # Every hypothesis at once: the planes through PLANE_ITERATIONS random triples of points.
+    a, b, c = (pts[rng.integers(len(pts), size=PLANE_ITERATIONS)] for _ in range(3))
+    normals = np.cross(b - a, c - a)
+    norms = np.linalg.norm(normals, axis=1)
+    valid = norms > 1e-9
+    if not valid.any():
+        return None
+    normals, a = normals[valid] / norms[valid, None], a[valid]
+    counts = (np.abs(pts @ normals.T - (a * normals).sum(1)) < PLANE_TOLERANCE).sum(0)
+    best = int(np.argmax(counts))
+    if counts[best] < PLANE_MIN_SHARE * len(pts):
+        return None
+    n, a = normals[best], a[best]
+    inliers = pts[np.abs((pts - a) @ n) < PLANE_TOLERANCE]
+    mean = inliers.mean(0)
+    normal = np.linalg.svd(inliers - mean, full_matrices=False)[2][-1]
+    offset = -float(normal @ mean)
+    if offset < 0:  # the camera (origin) is above the surface: n . 0 + d > 0
+        normal, offset = -normal, -offset
+    return Plane(normal, offset)
+
+
+def support_plane(depth: np.ndarray, k: Intrinsics, boxes: list[np.ndarray]) -> Plane | None:
+    """The support surface: the plane of the frame's points outside every box (pixels)."""
+    h, w = depth.shape
+    free = np.ones((h, w), dtype=bool)
+    for box in boxes:
+        x0, y0, x1, y1 = _pixel_box(box, w, h)
+        free[y0:y1, x0:x1] = False
+    vs, us = np.nonzero(free)
+    if len(us) == 0:
+        return None
+    if len(us) > PLANE_SAMPLE:  # a seeded sample: the same frame gives the same plane
+        keep = np.random.default_rng(0).choice(len(us), PLANE_SAMPLE, replace=False)
+        us, vs = us[keep], vs[keep]
+    return fit_plane(back_project(depth, k, us, vs))
+
+
+def _pixel_box(box, w: int, h: int) -> tuple[int, int, int, int]:
+    """A normalised [x0, y0, x1, y1] box as pixel bounds, at least one pixel wide."""
+    x0 = int(np.clip(math.floor(box[0] * w), 0, w - 1))
+    y0 = int(np.clip(math.floor(box[1] * h), 0, h - 1))
+    x1 = int(np.clip(math.ceil(box[2] * w), x0 + 1, w))
+    y1 = int(np.clip(math.ceil(box[3] * h), y0 + 1, h))
+    return x0, y0, x1, y1
+
+
+def locate(
+    box, depth: np.ndarray, k: Intrinsics, plane: Plane | None = None, mask=None
+) -> Located | None:
+    """The 3D place of the object in normalised box `box` (see the module docstring); `mask`
+    (HxW bool), when known, gives its pixels instead. None when too few pixels have depth."""
+    h, w = depth.shape
+    x0, y0, x1, y1 = _pixel_box(box, w, h)
+    vs, us = np.mgrid[y0:y1, x0:x1]
+    pts = back_project(depth, k, us, vs).reshape(y1 - y0, x1 - x0, 3)
+    ok = np.all(np.isfinite(pts), axis=2)
+    if mask is not None:
+        ok &= mask[y0:y1, x0:x1]
+    else:
+        ok = _object_pixels(pts, ok, k, plane)
+    pts = pts[ok]
+    if len(pts) < MIN_PIXELS:
+        return None
+    rows, cols = np.nonzero(ok)
+    seen = (
+        (x0 + cols.min()) / w,
+        (y0 + rows.min()) / h,
+        (x0 + cols.max() + 1) / w,
+        (y0 + rows.max() + 1) / h,
+    )
+    lo, hi = np.percentile(pts, 2, axis=0), np.percentile(pts, 98, axis=0)
+    if plane is None:
+        return Located((lo + hi) / 2, hi - lo, float(hi[0] - lo[0]), math.nan, len(pts), seen)
+    heights = plane.height(pts)
+    top = float(np.percentile(heights, 98))
+    bottom = float(np.percentile(heights, 2))
+    # The lowest pixels that are seen may stand a few pixels' height above the plane.
+    floor = max(STACKED, STACKED_PIXELS * float(np.median(pts[:, 2])) / k.fy)
+    if bottom < floor or top - bottom < SPREAD * top:
+        bottom = 0.0  # it stands on the support surface
+    # The footprint: points dropped onto the plane, in a 2D basis of the plane.
+    e1 = np.cross(plane.normal, [0.0, 0.0, 1.0])
+    if np.linalg.norm(e1) < 1e-6:
+        e1 = np.cross(plane.normal, [1.0, 0.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(plane.normal, e1)
+    flat = np.stack([pts @ e1, pts @ e2], axis=1)
+    centre2, sides = _min_area_rectangle(flat)
+    foot = centre2[0] * e1 + centre2[1] * e2
+    on_plane = foot - (foot @ plane.normal + plane.offset) * plane.normal
+    centre = on_plane + plane.normal * (top + bottom) / 2
+    return Located(centre, hi - lo, float(max(sides)), top - bottom, len(pts), seen)
+
+
+def _object_pixels(pts: np.ndarray, ok: np.ndarray, k: Intrinsics, plane: Plane | None):
+    """Which of a box's pixels (points [h, w, 3], `ok` those with depth) are its object's: above
+    the plane, cut apart where depth jumps, the connected piece holding most of the box's
+    centre, and near that piece's depth."""
+    from scipy import ndimage
+
+    z = np.where(ok, pts[..., 2], np.nan)
+    if plane is not None:
+        ok = ok & (plane.height(np.nan_to_num(pts)) > ABOVE_PLANE)
+    if ok.sum() < MIN_PIXELS:
+        return ok
+    # A depth jump between neighbours larger than JUMP of the depth separates two surfaces.
+    jump = np.zeros_like(ok)
+    with np.errstate(invalid="ignore"):
+        dx = np.abs(np.diff(z, axis=1)) > JUMP * z[:, 1:]
+        dy = np.abs(np.diff(z, axis=0)) > JUMP * z[1:, :]
+    jump[:, 1:] |= dx
+    jump[1:, :] |= dy
+    labels, n = ndimage.label(ok & ~jump)
+    h, w = ok.shape
+    centre = np.zeros_like(ok)
+    centre[h // 4 : h - h // 4 or None, w // 4 : w - w // 4 or None] = True
+    if n:
+        counts = np.bincount(labels[centre & (labels > 0)], minlength=n + 1)
+        if counts[1:].max(initial=0) == 0:
+            counts = np.bincount(labels[labels > 0], minlength=n + 1)
+        piece = labels == int(counts[1:].argmax() + 1)
+    else:
+        piece = ok
+    ref = float(np.median(z[piece]))
+    # An object is about as deep as the box is wide or tall, at its depth.
+    size = max(w / k.fx, h / k.fy) * ref
+    window = min(max(size, MIN_DEPTH_WINDOW), DEPTH_WINDOW)
+    near = ok & (np.abs(np.nan_to_num(z, nan=np.inf) - ref) <= window)
+    # The piece, plus the box's pixels near its depth that a jump cut off (its edge pixels).
+    grown = ndimage.binary_dilation(piece, iterations=1) & near
+    return piece | grown
+
+
+def _min_area_rectangle(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre [2] and sides [2] of the least-area rectangle around 2D points (robust to 2% of
+    outliers per side), searched over rotations in 3-degree steps (all at once)."""
+    angles = np.radians(np.arange(0, 90, 3))
+    c, s = np.cos(angles), np.sin(angles)
+    axes = np.stack([np.stack([c, s], 0), np.stack([-s, c], 0)], 2)  # [2, A, 2]: u, v axes
+    proj = points @ axes.reshape(2, -1)  # [N, A * 2]
+    lo, hi = np.percentile(proj, [2, 98], axis=0).reshape(2, len(angles), 2)
+    sides = hi - lo
+    best = int(np.argmin(sides.prod(-1)))
+    mid = (lo[best] + hi[best]) / 2
+    return axes[:, best, :] @ mid, sides[best]
+
+
+def locate_all(
+    boxes: list, depth: np.ndarray, k: Intrinsics, image_shape: tuple[int, int] | None = None
+) -> list[Located | None]:
+    """The places of the objects in normalised `boxes` of one frame. `k` is the camera of an
+    image of `image_shape` (H, W); a depth image of another size (registered to it) gets K
+    scaled to its own size."""
+    depth = depth_metres(depth)
+    if image_shape is not None and tuple(image_shape) != depth.shape:
+        k = k.scaled(depth.shape[1] / image_shape[1], depth.shape[0] / image_shape[0])
+    wider = [widened(box, SEARCH_MARGIN) for box in boxes]
+    plane = support_plane(depth, k, wider)
+    return [locate(box, depth, k, plane) for box in wider]
+
+
+def widened(box, margin: float) -> np.ndarray:
+    """A normalised box grown by `margin` of its width and height on every side, clipped."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    dx, dy = margin * (x1 - x0), margin * (y1 - y0)
+    return np.clip([x0 - dx, y0 - dy, x1 + dx, y1 + dy], 0.0, 1.0)
+
+
+# -- metric questions ------------------------------------------------------------------------
+
+# What a metric question asks, from its wording: (measure, number of objects it needs).
+MEASURES: dict[str, int] = {"between": 2, "camera": 1, "width": 1, "height": 1}
+_MEASURE_WORDS = [
+    ("camera", re.compile(r"\b(from|to) the camera\b|\bdistance from the camera\b")),
+    ("between", re.compile(r"\bhow far (apart|is)\b|\bdistance between\b|\bhow far\b")),
+    ("width", re.compile(r"\bhow wide\b|\bwidth\b")),
+    ("height", re.compile(r"\bhow tall\b|\bheight\b|\bhow high\b")),
+]
+
+
+def measure_asked(question: str) -> str | None:
+    """Which `MEASURES` entry a number question asks for, or None (not a metric question)."""
+    text = (question or "").lower()
+    for name, pattern in _MEASURE_WORDS:
+        if pattern.search(text):
+            return name
+    return None
+
+
+def measure(name: str, places: list[Located]) -> float | None:
+    """The value of measure `name` for the question's objects' places (metres), or None when
+    they do not give it (too few objects located, a size unknown without a plane)."""
+    if name not in MEASURES:
+        raise ValueError(f"unknown measure {name!r}; known: {', '.join(MEASURES)}")
+    if len(places) < MEASURES[name]:
+        return None
+    first = places[0]
+    if name == "between":
+        value = float(np.linalg.norm(first.centre - places[1].centre))
+    elif name == "camera":
+        value = float(np.linalg.norm(first.centre))
+    elif name == "width":
+        value = first.width
+    else:
+        value = first.height
+    return value if math.isfinite(value) else None
