@@ -162,21 +162,22 @@ def test_the_v2_flags_set_data_wording_pairs_windows_and_widths(tmp_path):
     default_model.add_arguments(parser)
     args = parser.parse_args(
         "--wording grammar --paired --consistency-weight 0.5 --length-window 8 "
-        "--lm-hidden 192 --encoder-hidden 96 --data-version 2".split()
+        "--lm-hidden 192 --encoder-hidden 96 --data-version 2 --grounding-weight 1".split()
     )
     config = default_model.recipe_config(args, tmp_path / "d", tmp_path / "t", ["clip", "sam"])
     config.validate()
     assert {(s.templates, s.paired, s.length_window) for s in config.stages} == {
         ("grammar", True, 8)
     }
-    assert config.aux_losses["consistency"] == 0.5
+    assert config.aux_losses["consistency"] == 0.5 and config.aux_losses["grounding"] == 1.0
+    assert config.model_overrides["tokenizer_text"] == 2  # data version 2: the grammar's words
     overrides = config.model_overrides
     assert overrides["lm"]["hf_config"]["hidden_size"] == 192
     assert overrides["lm"]["hf_config"]["intermediate_size"] == 768
     assert {e["hf_config"]["hidden_size"] for e in overrides["encoders"]} == {96}
     # the plain defaults keep the shipped recipe: no consistency term, templates, no window
     plain = default_model.recipe_config(parser.parse_args([]), tmp_path, tmp_path, ["clip"])
-    assert "consistency" not in plain.aux_losses
+    assert "consistency" not in plain.aux_losses and plain.aux_losses["grounding"] == 0.0
     plain_stages = {(s.templates, s.paired, s.length_window) for s in plain.stages}
     assert plain_stages == {("train", False, 1)}
     with pytest.raises(ValueError, match="lm_hidden must be a positive multiple of 4"):

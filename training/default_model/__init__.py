@@ -229,6 +229,14 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, shipped: bool = False)
         "frame, front and long-axis headings and extents (0.0: off)",
     )
     parser.add_argument(
+        "--grounding-weight",
+        type=float,
+        default=0.0,
+        help="weight of the grounding head (exported with the model: a box per object phrase, "
+        "core/grounding.py); the shipped model was trained without it and its head fitted "
+        "afterwards with `vsre grounding fit` (0.0: off)",
+    )
+    parser.add_argument(
         "--ema-decay",
         type=float,
         default=default("ema_decay", 0.0),
@@ -429,7 +437,7 @@ def trained_model(config: TrainConfig, progress: bool, max_minutes: float = 0.0)
 # terms of the recipe have weight 1.
 WEIGHT_FLAGS = {
     "object_weight": "objects", "pose_weight": "pose", "bank_weight": "bank",
-    "verdict_weight": "verdict_probe",
+    "verdict_weight": "verdict_probe", "grounding_weight": "grounding",
 }  # fmt: skip
 RECIPE_LOSSES = ("dense", "hop0", "objects", "hop1", "probe", "pose", "grounding", "bank",
                  "verdict_probe", "hop2")  # fmt: skip

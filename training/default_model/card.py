@@ -115,7 +115,8 @@ def _table(by: dict, limit: int = 80) -> list[str]:
 
 # Recipe flags of `add_recipe_arguments`: loss weights, weight averaging, pretraining
 RECIPE_FIELDS = (
-    "bank_weight", "shape_weight", "pose_weight", "verdict_weight", "object_weight", "ema_decay",
+    "bank_weight", "shape_weight", "pose_weight", "verdict_weight", "object_weight",
+    "grounding_weight", "ema_decay",
     "pretrain_steps", "pretrain_batch", "final_decay", "wording", "paired", "consistency_weight",
     "length_window",
 )  # fmt: skip
