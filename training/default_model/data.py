@@ -63,13 +63,19 @@ def make_data(
     return data
 
 
+def dataset_version(data: Path) -> int:
+    """The data version a generated dataset was made with (`sim_data.dataset.DATA_VERSIONS`)."""
+    meta = json.loads((data / "dataset.json").read_text())
+    return int(meta.get("config", {}).get("data_version", 1))
+
+
 def _check_dataset(data: Path, n: int, seed: int, size: int, version: int = 1) -> None:
     """A dataset reused through --data must be the one the flags describe: the model card's
     reproduction command regenerates from them."""
     meta = json.loads((data / "dataset.json").read_text())
     config = meta.get("config", {})
     have = (meta.get("seed"), meta.get("counts", {}).get("items"), config.get("width"),
-            config.get("data_version", 1))  # fmt: skip
+            dataset_version(data))  # fmt: skip
     if have != (seed, n, size, version):
         raise ValueError(
             f"{data} holds the dataset of data seed {have[0]}, {have[1]} items, {have[2]} px, "

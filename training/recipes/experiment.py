@@ -20,6 +20,7 @@ from ..default_model import (
     evaluate_split,
     recipe_config,
 )
+from ..default_model.data import dataset_version
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data, out = Path(args.data), Path(args.out)
     args.batch_size, args.val_every, steps_b = 16, 0, args.steps_b
+    args.data_version = dataset_version(data)  # the tokenizer's text follows the data's
     args.steps_b = max(1, steps_b)
     config = recipe_config(args, data, out / "train", ENCODER_FAMILIES)
     config.val_split = ""
