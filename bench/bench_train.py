@@ -204,16 +204,17 @@ def step_compute(config, stage, data: Path, steps: int) -> dict:
     heads = build_heads(model, list(weights))
     trainee = Trainee(model, heads, list(weights), config.hop_layers, config.shape_weight)
     items = stage_items(load_items(data, stage.split), stage)
-    examples = step_examples(items, stage, stage_sampler(stage, 0), 0, 0)
-    batch = collate(model, examples, image_cache(model))
+    sampler, cache = stage_sampler(stage, 0), image_cache(model)
+    examples = step_examples(items, stage, sampler, 0, 0)
+    batch = collate(model, examples, cache)
     targets = batch_targets(TargetBuilder(model), examples, batch)
     with FlopCounterMode(display=False) as counter:
         out = trainee({k: batch[k] for k in MODEL_INPUTS}, batch, targets, weights)
         out.loss.backward()
     real = padded = 0
     for step in range(steps):
-        examples = step_examples(items, stage, stage_sampler(stage, 0), 0, step)
-        mask = collate(model, examples, image_cache(model))["attention_mask"]
+        examples = step_examples(items, stage, sampler, 0, step)
+        mask = collate(model, examples, cache)["attention_mask"]
         real, padded = real + int(mask.sum()), padded + mask.numel()
     return {"gflop": counter.get_total_flops() / 1e9, "padding": 1.0 - real / padded}
 

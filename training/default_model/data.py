@@ -64,7 +64,8 @@ def make_data(
 
 
 def dataset_version(data: Path) -> int:
-    """The data version a generated dataset was made with (`sim_data.dataset.DATA_VERSIONS`)."""
+    """The data version a generated dataset was made with (`sim_data.dataset.DATA_VERSIONS`;
+    datasets from before versions were recorded are version 1)."""
     meta = json.loads((data / "dataset.json").read_text())
     return int(meta.get("config", {}).get("data_version", 1))
 
@@ -75,7 +76,7 @@ def _check_dataset(data: Path, n: int, seed: int, size: int, version: int = 1) -
     meta = json.loads((data / "dataset.json").read_text())
     config = meta.get("config", {})
     have = (meta.get("seed"), meta.get("counts", {}).get("items"), config.get("width"),
-            dataset_version(data))  # fmt: skip
+            int(config.get("data_version", 1)))  # fmt: skip
     if have != (seed, n, size, version):
         raise ValueError(
             f"{data} holds the dataset of data seed {have[0]}, {have[1]} items, {have[2]} px, "
