@@ -113,6 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=SHIPPED["val_every"],
         help=f"steps between val evals ({SHIPPED['val_every']})",
     )
+    parser.add_argument(
+        "--val-items", type=int, default=96, help="random_val items per val eval (96)"
+    )
     parser.add_argument("--eval-items", type=int, default=600, help="test items per split")
     parser.add_argument(
         "--consistency-items",
@@ -485,7 +488,7 @@ def recipe_config(
         model_overrides=recipe_overrides(args, families),
         data=str(data),
         val_split="random_val",
-        val_items=96,
+        val_items=getattr(args, "val_items", 96),
         output=str(output),
         seed=args.seed,
         threads=args.threads,

@@ -176,7 +176,7 @@ def model_card(
         f"vsre train-default --seed {args.seed} --n {args.n} --size {args.size} "
         f"--curriculum {args.curriculum} "
         f"--steps-a {args.steps_a} --steps-b {args.steps_b} --batch-size {args.batch_size} "
-        f"--val-every {args.val_every} --eval-items {args.eval_items} "
+        f"--val-every {args.val_every} --val-items {args.val_items} --eval-items {args.eval_items} "
         f"--consistency-items {args.consistency_items} "
         f"--threads {args.threads} " + _changed_flags(args, RECIPE_FLAGS)
     )
