@@ -391,8 +391,12 @@ def prepare_model(init: str | Path, config: TrainConfig, stage: StageConfig):
 
 
 def stage_losses(config: TrainConfig, stage: StageConfig) -> dict[str, float]:
-    """The stage's extra loss terms with their weights: the run's, then the stage's on top."""
-    return active({**config.aux_losses, **stage.aux_losses})
+    """The stage's extra loss terms with their weights: the run's, then the stage's on top.
+    The consistency term applies to paired stages only: elsewhere adjacent rows are two items."""
+    weights = active({**config.aux_losses, **stage.aux_losses})
+    if not stage.paired:
+        weights.pop("consistency", None)
+    return weights
 
 
 class PhaseClock:

@@ -117,7 +117,8 @@ def _table(by: dict, limit: int = 80) -> list[str]:
 RECIPE_FIELDS = (
     "bank_weight", "shape_weight", "pose_weight", "verdict_weight", "object_weight",
     "grounding_weight", "ema_decay",
-    "pretrain_steps", "pretrain_batch", "final_decay", "wording", "paired", "consistency_weight",
+    "pretrain_steps", "pretrain_batch", "final_decay", "wording", "grammar_from", "paired",
+    "consistency_weight",
     "length_window",
 )  # fmt: skip
 
@@ -127,6 +128,7 @@ RECIPE_FLAGS = (
     "data_seed", "data_version", "families", "lm_layers", "lm_hidden", "encoder_hidden",
     "fusion_grid", "object_tokens", "image_size",
     *RECIPE_FIELDS,
+    "val_items",
     "calibration_items",
 )  # fmt: skip
 
@@ -176,7 +178,7 @@ def model_card(
         f"vsre train-default --seed {args.seed} --n {args.n} --size {args.size} "
         f"--curriculum {args.curriculum} "
         f"--steps-a {args.steps_a} --steps-b {args.steps_b} --batch-size {args.batch_size} "
-        f"--val-every {args.val_every} --val-items {args.val_items} --eval-items {args.eval_items} "
+        f"--val-every {args.val_every} --eval-items {args.eval_items} "
         f"--consistency-items {args.consistency_items} "
         f"--threads {args.threads} " + _changed_flags(args, RECIPE_FLAGS)
     )
