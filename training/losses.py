@@ -153,9 +153,10 @@ def _first_layer_binding(ctx: StepContext):
 
 
 def consistency_loss(ctx: StepContext):
-    """Symmetric KL between the verdicts of adjacent rows (2k, 2k + 1): the same item under two
-    wordings (`StageConfig.paired`). Each verdict is read between the two answer words its own
-    question invites (`verdict_ids`), so "yes/no" and "true/false" wordings compare."""
+    """Symmetric KL between the verdicts of adjacent rows (2k, 2k + 1) that ask the same item
+    under two wordings (`StageConfig.paired`; rows asking two items are left out). Each verdict
+    is read between the two answer words its own question invites (`verdict_ids`), so "yes/no"
+    and "true/false" wordings compare."""
     truth = ctx.batch["truth"]
     if truth.shape[0] < 2:
         return None
@@ -164,7 +165,7 @@ def consistency_loss(ctx: StepContext):
     first = ctx.output.logits[rows, ctx.batch["verdict_at"][rows]]
     pair = first.gather(1, ctx.batch["verdict_ids"][rows]).float().log_softmax(-1)
     a, b = pair[0::2], pair[1::2]
-    keep = (truth[rows][0::2] >= 0) & (truth[rows][1::2] >= 0)
+    keep = (truth[rows][0::2] >= 0) & (truth[rows][1::2] >= 0) & ctx.batch["same_item"]
     if not bool(keep.any()):
         return None
     kl = (a.exp() * (a - b)).sum(-1) + (b.exp() * (b - a)).sum(-1)

@@ -124,8 +124,8 @@ def collate(
     Also returns `answer_start` (index of each row's first answer token) and, for yes/no and
     two-option questions, `verdict_ids` [B, 2] (the first tokens where the positive and
     negative answer words differ, `VSREModel.verdict_tokens`), `verdict_at` [B] (the position
-    whose logits predict them) and `truth` [B] (1 positive, 0 negative, -1 not a verdict
-    question).
+    whose logits predict them), `truth` [B] (1 positive, 0 negative, -1 not a verdict
+    question) and `same_item` [B // 2] (rows 2k and 2k + 1 ask the same item).
     """
     rows, pixels = [], []
     verdict_ids, truth, verdict_lead = [], [], []
@@ -155,6 +155,12 @@ def collate(
         "verdict_ids": torch.tensor(verdict_ids, device=device),
         "verdict_at": tokens["answer_start"] - 1 + torch.tensor(verdict_lead, device=device),
         "truth": torch.tensor(truth, device=device),
+        # rows 2k and 2k + 1 ask the same item (a paired stage's two wordings)
+        "same_item": torch.tensor(
+            [a.item.id == b.item.id for a, b in zip(examples[0::2], examples[1::2], strict=False)],
+            dtype=torch.bool,
+            device=device,
+        ),
     }
 
 

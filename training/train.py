@@ -43,7 +43,7 @@ from .config import (
     load_config,
 )
 from .data import Example, TemplateSampler, WordingSampler, ask, epoch_order, templates_by_ids
-from .items import Item, load_items
+from .items import Item, can_template, load_items
 from .losses import LOSSES, Trainee, active, attach_exported, build_heads
 from .scoring import score
 
@@ -146,18 +146,28 @@ def step_examples(
 def _units(
     items: list[Item], stage: StageConfig, sampler, seed: int, start: int, count: int
 ) -> list[list[Example]]:
-    """The examples of epoch-order positions [start, start + count): one per position, or a
-    pair of wordings in a paired stage."""
+    """The examples of epoch-order positions [start, start + count): one per position, or two
+    rows in a paired stage: the item under two wordings, or, for an item no wording can ask
+    (a localization or metric question), that item and the item at the same position of a
+    second epoch order, so that no row repeats another."""
     n = len(items)
     out = []
     for position in range(start, start + count):
         epoch, offset = divmod(position, n)
         index = _epoch_order(items, epoch, seed, stage)[offset]
-        if stage.paired:
-            out.append(list(sampler.pair(items[index], index, epoch)))
+        item = items[index]
+        if not stage.paired:
+            out.append([sampler.example(item, index, epoch)])
+        elif can_template(item):
+            out.append(list(sampler.pair(item, index, epoch)))
         else:
-            out.append([sampler.example(items[index], index, epoch)])
+            other = _epoch_order(items, epoch, seed + PARTNER_SEED, stage)[offset]
+            out.append([sampler.example(item, index, epoch),
+                        sampler.example(items[other], other, epoch)])  # fmt: skip
     return out
+
+
+PARTNER_SEED = 7919  # offset of the second epoch order of a paired stage (`_units`)
 
 
 _WINDOWS: dict[tuple, tuple[list[Item], list[list[Example]]]] = {}
