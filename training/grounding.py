@@ -24,6 +24,7 @@ robot would ask:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -34,7 +35,7 @@ import torch
 
 from vsre_ros.core import geometry
 from vsre_ros.core.answers import AnswerKind, Query, Source, number_correct
-from vsre_ros.core.grounding import box_loss, for_model, image_colours, iou, phrase_embeddings
+from vsre_ros.core.grounding import SUB_CELLS, box_loss, for_model, iou, phrase_embeddings
 
 DEFAULT_SIZES = ((64, 64), (160, 120))  # frame sizes rendered in turn (square and 4:3)
 MIN_VISIBLE, MIN_PIXELS = 0.25, 10  # objects less visible are not named (as the questions)
@@ -85,14 +86,17 @@ def fit(
     batch: int = 128,
     lr: float = 2e-3,
     seed: int = 0,
+    sub_cells: int = SUB_CELLS,
+    start=None,
     log=print,
 ):
-    """A grounding head fitted to the visible objects of `frames` on the frozen `model`."""
+    """A grounding head fitted to the visible objects of `frames` on the frozen `model`: a new
+    one, or a copy of head `start` trained further."""
     torch.manual_seed(seed)
     model.eval()
     tokens = image_tokens(model, [f.rgb for f in frames])
-    head = for_model(model)
-    colours = image_colours([f.rgb for f in frames], head.grid)
+    head = copy.deepcopy(start) if start is not None else for_model(model, sub_cells)
+    colours = head.colours([f.rgb for f in frames])
     rows, names, boxes = [], [], []
     for i, frame in enumerate(frames):
         for name, _, box in visible_objects(frame):
@@ -262,6 +266,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--frames", type=int, default=3000, help="frames to render (default 3000)")
     f.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     f.add_argument("--out", default="", help="directory to write to (default: --model)")
+    f.add_argument(
+        "--sub-cells", type=int, default=SUB_CELLS, help="colour blocks per grid cell side"
+    )
+    f.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    f.add_argument(
+        "--from-head", action="store_true", help="train the model's own head further"
+    )
     e.add_argument("--seed", type=int, default=202, help="generation seed of held-out frames")
     e.add_argument("--frames", type=int, default=300, help="frames to render (default 300)")
     e.add_argument("--prior-seed", type=int, default=101, help="seed of the box prior's frames")
@@ -278,7 +289,18 @@ def run(args: argparse.Namespace) -> int:
         model = VSREModel.from_pretrained(args.model)
         frames = render(args.seed, args.frames)
         print(f"rendered {len(frames)} frames in {time.perf_counter() - start:.0f} s")
-        head = fit(model, frames, steps=args.steps, seed=args.seed)
+        start = model.heads.get("grounding") if args.from_head else None
+        if args.from_head and start is None:
+            raise ValueError(f"{args.model} has no grounding head to start from")
+        head = fit(
+            model,
+            frames,
+            steps=args.steps,
+            lr=args.lr,
+            seed=args.seed,
+            sub_cells=args.sub_cells,
+            start=start,
+        )
         path = head.save(args.out or args.model)
         print(
             f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in "

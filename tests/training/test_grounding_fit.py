@@ -8,7 +8,7 @@ import torch
 from vsre_ros.training import grounding as tg
 
 from vsre_ros.core.config import ModelConfig, tiny_encoders, tiny_lm
-from vsre_ros.core.grounding import box_loss, image_colours, phrase_embeddings
+from vsre_ros.core.grounding import box_loss, phrase_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def _loss(model, head, frames) -> float:
             names.append(name)
             boxes.append(box)
     with torch.no_grad():
-        colours = image_colours([frames[i].rgb for i in rows], head.grid)
+        colours = head.colours([frames[i].rgb for i in rows])
         pred, _ = head(tokens[rows], phrase_embeddings(model, names), colours)
         return float(box_loss(pred, torch.from_numpy(np.stack(boxes))))
 
@@ -61,6 +61,21 @@ def test_fit_trains_only_the_head_and_saves_it_beside_the_model(model_dir, frame
     assert (model_dir / "model.safetensors").read_bytes() == weights  # the model is untouched
     loaded = VSREModel.from_pretrained(model_dir).heads["grounding"]
     assert _loss(model, loaded, frames) == pytest.approx(_loss(model, head, frames), rel=1e-5)
+
+
+def test_fit_can_train_a_head_further_and_leaves_the_start_untouched(model_dir, frames):
+    from vsre_ros.core.grounding import for_model
+    from vsre_ros.core.model import VSREModel
+
+    torch.set_num_threads(1)
+    model = VSREModel.from_pretrained(model_dir)
+    torch.manual_seed(12)
+    start = for_model(model)
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    head = tg.fit(model, frames, steps=40, batch=16, seed=11, start=start, log=lambda _: None)
+    after = head.state_dict()
+    assert all(torch.equal(v, start.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(after[k], v) for k, v in before.items())
 
 
 def test_evaluation_reports_grounding_baselines_and_metric_answers(model_dir, frames, tmp_path):

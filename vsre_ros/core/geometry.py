@@ -47,6 +47,7 @@ PLANE_TOLERANCE = 0.006  # metres: RANSAC inlier distance
 PLANE_MIN_SHARE = 0.2  # a plane must hold this share of the points outside the boxes
 PLANE_ITERATIONS = 48  # RANSAC hypotheses (seeded: the same frame gives the same plane)
 PLANE_SAMPLE = 1500  # at most this many points are used to fit the plane
+FOOTPRINT_POINTS = 800  # at most about this many points find an object's footprint
 
 
 @dataclass(frozen=True)
@@ -212,12 +213,11 @@ def locate(
         (x0 + cols.max() + 1) / w,
         (y0 + rows.max() + 1) / h,
     )
-    lo, hi = np.percentile(pts, 2, axis=0), np.percentile(pts, 98, axis=0)
+    lo, hi = np.percentile(pts, [2, 98], axis=0)
     if plane is None:
         return Located((lo + hi) / 2, hi - lo, float(hi[0] - lo[0]), math.nan, len(pts), seen)
     heights = plane.height(pts)
-    top = float(np.percentile(heights, 98))
-    bottom = float(np.percentile(heights, 2))
+    bottom, top = (float(v) for v in np.percentile(heights, [2, 98]))
     # The lowest pixels that are seen may stand a few pixels' height above the plane.
     floor = max(STACKED, STACKED_PIXELS * float(np.median(pts[:, 2])) / k.fy)
     if bottom < floor or top - bottom < SPREAD * top:
@@ -228,7 +228,9 @@ def locate(
         e1 = np.cross(plane.normal, [1.0, 0.0, 0.0])
     e1 /= np.linalg.norm(e1)
     e2 = np.cross(plane.normal, e1)
-    flat = np.stack([pts @ e1, pts @ e2], axis=1)
+    # The footprint from at most FOOTPRINT_POINTS of its points, evenly spread over them.
+    step = max(1, len(pts) // FOOTPRINT_POINTS)
+    flat = np.stack([pts[::step] @ e1, pts[::step] @ e2], axis=1)
     centre2, sides = _min_area_rectangle(flat)
     foot = centre2[0] * e1 + centre2[1] * e2
     on_plane = foot - (foot @ plane.normal + plane.offset) * plane.normal
@@ -289,18 +291,35 @@ def _min_area_rectangle(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return axes[:, best, :] @ mid, sides[best]
 
 
+class FrameGeometry:
+    """One depth frame, read once: its depth in metres, the camera scaled to it and its support
+    plane; `locate` places an object's box in it."""
+
+    def __init__(self, depth: np.ndarray, k: Intrinsics, image_shape: tuple[int, int] | None):
+        """`k` is the camera of an image of `image_shape` (H, W); a depth image of another size
+        (registered to it) gets K scaled to its own size. Raises ValueError for an unusable
+        depth image."""
+        self.depth = depth_metres(depth)
+        if image_shape is not None and tuple(image_shape) != self.depth.shape:
+            k = k.scaled(
+                self.depth.shape[1] / image_shape[1], self.depth.shape[0] / image_shape[0]
+            )
+        self.k = k
+        # The plane of the whole frame: the objects are too few of its points to hold a plane
+        # (PLANE_MIN_SHARE), and every object of the frame is placed against the same plane.
+        self.plane = support_plane(self.depth, k, [])
+
+    def locate(self, box) -> Located | None:
+        """The place of the object in normalised `box` (searched grown by SEARCH_MARGIN)."""
+        return locate(widened(box, SEARCH_MARGIN), self.depth, self.k, self.plane)
+
+
 def locate_all(
     boxes: list, depth: np.ndarray, k: Intrinsics, image_shape: tuple[int, int] | None = None
 ) -> list[Located | None]:
-    """The places of the objects in normalised `boxes` of one frame. `k` is the camera of an
-    image of `image_shape` (H, W); a depth image of another size (registered to it) gets K
-    scaled to its own size."""
-    depth = depth_metres(depth)
-    if image_shape is not None and tuple(image_shape) != depth.shape:
-        k = k.scaled(depth.shape[1] / image_shape[1], depth.shape[0] / image_shape[0])
-    wider = [widened(box, SEARCH_MARGIN) for box in boxes]
-    plane = support_plane(depth, k, wider)
-    return [locate(box, depth, k, plane) for box in wider]
+    """The places of the objects in normalised `boxes` of one frame (`FrameGeometry`)."""
+    frame = FrameGeometry(depth, k, image_shape)
+    return [frame.locate(box) for box in boxes]
 
 
 def widened(box, margin: float) -> np.ndarray:
