@@ -64,6 +64,8 @@ STRUCTURED_TEMPLATE = next(t for t in TEMPLATES if t.kind == "yes_no")
 
 log = logging.getLogger(__name__)
 
+GROUNDED_FRAMES = 8  # frames whose grounding (boxes, places) the engine keeps
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -494,9 +496,9 @@ class Engine:
         if head is None or not any(phrases):
             return
         if self._grounder is None or self._grounder.head is not head:
-            self._grounder = Grounder(
-                self.model, head, LRU(self.config.feature_cache_size), LRU(4096)
-            )
+            # A few frames' grounding (each holds its image and, with depth, its geometry:
+            # 2 MB at 640x480); the phrases' parts are small and recur across frames.
+            self._grounder = Grounder(self.model, head, LRU(GROUNDED_FRAMES), LRU(4096))
         try:
             frame = self._grounder.frame(
                 keys[0], self._batch_features[keys[0]], queries[0].images[0]

@@ -347,7 +347,7 @@ class FrameGrounding:
         self.grounder = grounder
         head = grounder.head
         colours = head.colours([image]).to(image_tokens.device)
-        self.image_shape = image.shape[:2]
+        self.rgb = image  # its colours separate touching objects in depth (`locate`)
         self.image = head.image_part(image_tokens[None], colours)  # [1, T, width]
         self.boxes: dict[str, tuple[tuple[float, float, float, float], float]] = {}
         self.depth_key: Hashable = None
@@ -370,7 +370,7 @@ class FrameGrounding:
         unusable depth image)."""
         key = (_digest(depth), k)
         if key != self.depth_key:
-            self.geometry = geometry.FrameGeometry(depth, k, self.image_shape)
+            self.geometry = geometry.FrameGeometry(depth, k, self.rgb.shape[:2], self.rgb)
             self.depth_key, self.places = key, {}
         assert self.geometry is not None
         for obj in self.objects([p for p in phrases if p not in self.places]):
