@@ -166,20 +166,12 @@ def fit_plane(points: np.ndarray, seed: int = 0) -> Plane | None:
     return Plane(normal, offset)
 
 
-def support_plane(depth: np.ndarray, k: Intrinsics, boxes: list[np.ndarray]) -> Plane | None:
-    """The support surface: the plane of the frame's points outside every box (pixels)."""
+def support_plane(depth: np.ndarray, k: Intrinsics) -> Plane | None:
+    """The support surface: the dominant plane of the frame's points (`fit_plane`) from
+    PLANE_SAMPLE pixels spread evenly over the frame (the same frame gives the same plane)."""
     h, w = depth.shape
-    free = np.ones((h, w), dtype=bool)
-    for box in boxes:
-        x0, y0, x1, y1 = _pixel_box(box, w, h)
-        free[y0:y1, x0:x1] = False
-    vs, us = np.nonzero(free)
-    if len(us) == 0:
-        return None
-    if len(us) > PLANE_SAMPLE:  # a seeded sample: the same frame gives the same plane
-        keep = np.random.default_rng(0).choice(len(us), PLANE_SAMPLE, replace=False)
-        us, vs = us[keep], vs[keep]
-    return fit_plane(back_project(depth, k, us, vs))
+    pick = np.linspace(0, h * w - 1, min(PLANE_SAMPLE, h * w)).astype(np.int64)
+    return fit_plane(back_project(depth, k, pick % w, pick // w))
 
 
 def _pixel_box(box, w: int, h: int) -> tuple[int, int, int, int]:
@@ -333,7 +325,7 @@ class FrameGeometry:
             self.rgb = image[ys[:, None], xs[None, :]]
         # The plane of the whole frame: the objects are too few of its points to hold a plane
         # (PLANE_MIN_SHARE), and every object of the frame is placed against the same plane.
-        self.plane = support_plane(self.depth, k, [])
+        self.plane = support_plane(self.depth, k)
 
     def locate(self, box) -> Located | None:
         """The place of the object in normalised `box` (searched grown by SEARCH_MARGIN)."""
