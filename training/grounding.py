@@ -14,7 +14,8 @@ robot would ask:
   question's words by `object_phrases`; a phrase not found counts as IoU 0) against its mask's
   box, with the share of IoU >= 0.5: from the image alone (`image`), with depth and K
   (`depth`), and two baselines: the head on a grey image (`grey`, blind) and the box prior
-  (`prior`: each category's mean box over the prior frames, no image);
+  (`prior`: each category's mean box over the prior frames, no image); the image-only misses
+  by the object's size and by cause (`_miss`);
 - metric answers with depth and K: each metric question's measured value against the truth,
   the share within 10% and within a factor of 2 (the scoring rule of `core.answers`), per
   measure, next to the model's own numbers (no depth) on the same questions;
@@ -156,6 +157,7 @@ def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
     prior = _mean_boxes([(n, box) for f in prior_frames for n, _, box in visible_objects(f)])
     ious: dict[str, list[float]] = {"image": [], "depth": [], "grey": [], "prior": []}
     found: list[bool] = []
+    misses: list[tuple[float, str]] = []  # (the object's share of the image, why it missed)
     metric: dict[str, dict[str, list]] = {}
     for frame in frames:
         objects = {name: box for name, _, box in visible_objects(frame)}
@@ -176,6 +178,7 @@ def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
                     box = _box_of(given[j], name)
                     ious[way].append(iou(box, truth) if box is not None else 0.0)
                 ious["prior"].append(iou(prior.get(_category(name), _CENTRE), truth))
+                misses.append(_miss(_box_of(answers["image"][j], name), name, objects))
             if item["task"] != "metric":
                 continue
             with_depth, without = answers["depth"][j], answers["image"][j]
@@ -194,6 +197,7 @@ def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
             **{f"median_iou_{way}": float(np.median(ious[way])) for way in ious if ious[way]},
         },
         "metric": {name: _metric_row(row) for name, row in sorted(metric.items())},
+        "misses_by_size": _misses_by_size(misses),
     }
     for label, names in (("distances", ("between", "camera")), ("all", tuple(metric))):
         rows = [metric[n] for n in names if n in metric]
@@ -215,6 +219,38 @@ def _query(item: dict, image: np.ndarray, depth=None, k=None) -> Query:
         depth=[depth] if depth is not None else [],
         intrinsics=[k] if k is not None else [],
     )
+
+
+MISSES = ("hit", "no phrase", "other object", "imprecise", "off")
+SIZE_BINS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 1.01)  # the object's box's share of the image
+
+
+def _miss(box, name: str, objects: dict) -> tuple[float, str]:
+    """Why the box found for `name` does (not) reach IoU 0.5 with its mask's box: a `hit`, `no
+    phrase` found in the question, another visible `other object`'s box matched better, the box
+    is `imprecise` (its centre inside the object's box) or `off` (centre outside)."""
+    truth = objects[name]
+    area = float((truth[2] - truth[0]) * (truth[3] - truth[1]))
+    if box is None:
+        return area, "no phrase"
+    value = iou(box, truth)
+    if value >= 0.5:
+        return area, "hit"
+    if any(iou(box, b) > value for other, b in objects.items() if other != name):
+        return area, "other object"
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    inside = truth[0] <= cx <= truth[2] and truth[1] <= cy <= truth[3]
+    return area, "imprecise" if inside else "off"
+
+
+def _misses_by_size(misses: list[tuple[float, str]]) -> list[dict]:
+    """Per object size bin: how many objects and how many of each `MISSES` outcome."""
+    rows = []
+    for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:], strict=True):
+        outcomes = [why for area, why in misses if lo <= area < hi]
+        rows.append({"area": [lo, min(hi, 1.0)], "n": len(outcomes)})
+        rows[-1].update({why: outcomes.count(why) for why in MISSES})
+    return rows
 
 
 def _box_of(answer, name: str):
@@ -270,9 +306,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sub-cells", type=int, default=SUB_CELLS, help="colour blocks per grid cell side"
     )
     f.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
-    f.add_argument(
-        "--from-head", action="store_true", help="train the model's own head further"
-    )
+    f.add_argument("--from-head", action="store_true", help="train the model's own head further")
     e.add_argument("--seed", type=int, default=202, help="generation seed of held-out frames")
     e.add_argument("--frames", type=int, default=300, help="frames to render (default 300)")
     e.add_argument("--prior-seed", type=int, default=101, help="seed of the box prior's frames")
@@ -289,8 +323,8 @@ def run(args: argparse.Namespace) -> int:
         model = VSREModel.from_pretrained(args.model)
         frames = render(args.seed, args.frames)
         print(f"rendered {len(frames)} frames in {time.perf_counter() - start:.0f} s")
-        start = model.heads.get("grounding") if args.from_head else None
-        if args.from_head and start is None:
+        initial = model.heads.get("grounding") if args.from_head else None
+        if args.from_head and initial is None:
             raise ValueError(f"{args.model} has no grounding head to start from")
         head = fit(
             model,
@@ -299,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
             lr=args.lr,
             seed=args.seed,
             sub_cells=args.sub_cells,
-            start=start,
+            start=initial,
         )
         path = head.save(args.out or args.model)
         print(
@@ -329,6 +363,11 @@ def summary(report: dict) -> str:
     lines.append(f"  phrase found in the question: {fmt(g['phrase_found'])}")
     for way in ("image", "depth", "grey", "prior"):
         lines.append(f"  IoU >= 0.5, {way:5s}: {fmt(g[f'iou>=0.5_{way}'])}")
+    lines.append("  image only, by the object's share of the image: n, " + ", ".join(MISSES))
+    for row in report["misses_by_size"]:
+        lo, hi = row["area"]
+        counts = ", ".join(str(row[why]) for why in MISSES)
+        lines.append(f"    {100 * lo:4.1f}-{100 * hi:5.1f}%: {row['n']}, {counts}")
     for name, row in report["metric"].items():
         lines.append(f"metric {name}: source geometry {fmt(row['source_geometry'])}")
         for way in ("with_depth", "model_without_depth"):

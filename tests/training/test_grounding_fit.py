@@ -95,8 +95,28 @@ def test_evaluation_reports_grounding_baselines_and_metric_answers(model_dir, fr
         assert entry["n"] == named and 0.0 <= entry["share"] <= 1.0
         assert entry["ci95"][0] <= entry["share"] <= entry["ci95"][1]
     assert grounding["phrase_found"]["share"] == 1.0  # every named object's phrase is read
+    # Every named object is in one size bin, as a hit or a miss with its cause; hits are the
+    # image-only IoU >= 0.5 share.
+    bins = report["misses_by_size"]
+    assert sum(row["n"] for row in bins) == named
+    assert all(row["n"] == sum(row[why] for why in tg.MISSES) for row in bins)
+    hits = sum(row["hit"] for row in bins)
+    assert hits == round(grounding["iou>=0.5_image"]["share"] * named)
+    assert sum(row["no phrase"] for row in bins) == 0
     metric = report["metric"]["all"]
     assert metric["source_geometry"]["n"] == sum(
         1 for f in frames[:2] for it in f.items if it["task"] == "metric"
     )
     assert "within 10%" in tg.summary(report)
+
+
+def test_a_miss_says_why():
+    objects = {
+        "red cup": np.array([0.1, 0.1, 0.3, 0.3]),
+        "blue box": np.array([0.6, 0.6, 0.9, 0.9]),
+    }
+    assert tg._miss([0.1, 0.1, 0.3, 0.3], "red cup", objects) == (pytest.approx(0.04), "hit")
+    assert tg._miss([0.6, 0.6, 0.9, 0.9], "red cup", objects)[1] == "other object"
+    assert tg._miss([0.05, 0.05, 0.45, 0.45], "red cup", objects)[1] == "imprecise"
+    assert tg._miss([0.35, 0.0, 0.5, 0.2], "red cup", objects)[1] == "off"
+    assert tg._miss(None, "red cup", objects)[1] == "no phrase"

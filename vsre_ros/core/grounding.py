@@ -162,7 +162,9 @@ class GroundingHead(nn.Module):
         """What the head reads of phrase embeddings [P, hidden]: [P, width]."""
         return self.phrase(phrases.float())
 
-    def decode(self, image: torch.Tensor, phrase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, image: torch.Tensor, phrase: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes [N, 4] and scores [N] of image parts [N or 1, T, width] and phrase parts
         [N, width]."""
         t, p = image, phrase[:, None]
@@ -386,7 +388,9 @@ class Grounder:
         self.model, self.head = model, head
         self._frames, self._phrases = frames, phrases
 
-    def frame(self, key: Hashable, image_tokens: torch.Tensor, image: np.ndarray) -> FrameGrounding:
+    def frame(
+        self, key: Hashable, image_tokens: torch.Tensor, image: np.ndarray
+    ) -> FrameGrounding:
         """The grounding of the frame `key` whose tokens [T, hidden] the model computed."""
         found = self._frames.get_fresh(key)
         if found is None:
