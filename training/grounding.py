@@ -18,7 +18,8 @@ robot would ask:
   by the object's size and by cause (`_miss`);
 - metric answers with depth and K: each metric question's measured value against the truth,
   the share within 10% and within a factor of 2 (the scoring rule of `core.answers`), per
-  measure, next to the model's own numbers (no depth) on the same questions;
+  measure, next to the model's own numbers (no depth) on the same questions and to geometry
+  given the objects' mask boxes (what perfect boxes would measure);
 - with 95% Wilson intervals throughout.
 """
 
@@ -183,11 +184,12 @@ def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
                 continue
             with_depth, without = answers["depth"][j], answers["image"][j]
             name = geometry.measure_asked(item["question"]) or "unrecognised"
-            row = metric.setdefault(name, {"geo": [], "model": [], "src": []})
+            row = metric.setdefault(name, {key: [] for key in _KEYS})
             truth = float(item["value"])
             row["geo"].append(_ratio(with_depth.value, truth))
             row["model"].append(_ratio(without.value, truth))
             row["src"].append(with_depth.source == Source.GEOMETRY)
+            row["mask_boxes"].append(_ratio(_measured(frame, k, item, objects), truth))
     report = {
         "frames": len(frames),
         "grounding": {
@@ -206,7 +208,7 @@ def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
 
 
 _KINDS = {k.label: k for k in AnswerKind}
-_KEYS = ("geo", "model", "src")
+_KEYS = ("geo", "model", "src", "mask_boxes")
 _CENTRE = np.array([0.25, 0.25, 0.75, 0.75])  # the prior's box for an unseen category
 
 
@@ -253,6 +255,20 @@ def _misses_by_size(misses: list[tuple[float, str]]) -> list[dict]:
     return rows
 
 
+def _measured(frame, k, item: dict, objects: dict) -> float | None:
+    """What geometry measures for a metric item from its objects' mask boxes (the grounding
+    head's perfect boxes): the bound of the geometry alone."""
+    asked = geometry.measure_asked(item["question"])
+    names = item.get("objects", [])[: geometry.MEASURES.get(asked, 0)]
+    if asked is None or not names or any(n not in objects for n in names):
+        return None
+    scene = geometry.FrameGeometry(
+        frame.depth, geometry.Intrinsics.from_matrix(k), frame.rgb.shape[:2], frame.rgb
+    )
+    places = [scene.locate(objects[n]) for n in names]
+    return None if None in places else geometry.measure(asked, places)
+
+
 def _box_of(answer, name: str):
     return next((o.box for o in answer.objects if o.phrase == name), None)
 
@@ -272,6 +288,7 @@ def _metric_row(row: dict) -> dict:
         "with_depth": scored(row["geo"]),
         "source_geometry": share(row["src"]),
         "model_without_depth": scored(row["model"]),
+        "geometry_of_mask_boxes": scored(row["mask_boxes"]),
     }
 
 
@@ -370,9 +387,9 @@ def summary(report: dict) -> str:
         lines.append(f"    {100 * lo:4.1f}-{100 * hi:5.1f}%: {row['n']}, {counts}")
     for name, row in report["metric"].items():
         lines.append(f"metric {name}: source geometry {fmt(row['source_geometry'])}")
-        for way in ("with_depth", "model_without_depth"):
+        for way in ("with_depth", "model_without_depth", "geometry_of_mask_boxes"):
             lines.append(
-                f"  {way:19s} within 10% {fmt(row[way]['within_10%'])}, "
+                f"  {way:22s} within 10% {fmt(row[way]['within_10%'])}, "
                 f"within x2 {fmt(row[way]['within_x2'])}"
             )
     return "\n".join(lines)

@@ -107,6 +107,8 @@ def test_evaluation_reports_grounding_baselines_and_metric_answers(model_dir, fr
     assert metric["source_geometry"]["n"] == sum(
         1 for f in frames[:2] for it in f.items if it["task"] == "metric"
     )
+    bound = metric["geometry_of_mask_boxes"]["within_x2"]
+    assert bound["n"] == metric["source_geometry"]["n"] and 0.0 <= bound["share"] <= 1.0
     assert "within 10%" in tg.summary(report)
 
 
