@@ -7,7 +7,8 @@ LM's input embeddings of its tokens), and gives a box: every image token propose
 phrase and a score, and the answer is the proposals' average under the softmax of the scores.
 Grid tokens propose boxes around their own cell, the object tokens anywhere; each token's
 proposal also sees a summary of what the phrase matched in the whole image. It runs after the
-answer, once per object phrase, outside the LM.
+answers, outside the LM; `Grounder` keeps what it computed per frame and per phrase, so a
+frame's questions share one head call.
 
 It is saved beside the model's weights as `grounding.safetensors` (with its sizes in the file's
 metadata), so a model directory with or without it reads the same `model.safetensors`;
