@@ -14,16 +14,19 @@ robot would ask:
   question's words by `object_phrases`; a phrase not found counts as IoU 0) against its mask's
   box, with the share of IoU >= 0.5: from the image alone (`image`), with depth and K
   (`depth`), and two baselines: the head on a grey image (`grey`, blind) and the box prior
-  (`prior`: each category's mean box over the prior frames, no image);
+  (`prior`: each category's mean box over the prior frames, no image); the image-only misses
+  by the object's size and by cause (`_miss`);
 - metric answers with depth and K: each metric question's measured value against the truth,
   the share within 10% and within a factor of 2 (the scoring rule of `core.answers`), per
-  measure, next to the model's own numbers (no depth) on the same questions;
+  measure, next to the model's own numbers (no depth) on the same questions and to geometry
+  given the objects' mask boxes (what perfect boxes would measure);
 - with 95% Wilson intervals throughout.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -34,7 +37,7 @@ import torch
 
 from vsre_ros.core import geometry
 from vsre_ros.core.answers import AnswerKind, Query, Source, number_correct
-from vsre_ros.core.grounding import box_loss, for_model, image_colours, iou, phrase_embeddings
+from vsre_ros.core.grounding import SUB_CELLS, box_loss, for_model, iou, phrase_embeddings
 
 DEFAULT_SIZES = ((64, 64), (160, 120))  # frame sizes rendered in turn (square and 4:3)
 MIN_VISIBLE, MIN_PIXELS = 0.25, 10  # objects less visible are not named (as the questions)
@@ -85,14 +88,17 @@ def fit(
     batch: int = 128,
     lr: float = 2e-3,
     seed: int = 0,
+    sub_cells: int = SUB_CELLS,
+    start=None,
     log=print,
 ):
-    """A grounding head fitted to the visible objects of `frames` on the frozen `model`."""
+    """A grounding head fitted to the visible objects of `frames` on the frozen `model`: a new
+    one, or a copy of head `start` trained further."""
     torch.manual_seed(seed)
     model.eval()
     tokens = image_tokens(model, [f.rgb for f in frames])
-    head = for_model(model)
-    colours = image_colours([f.rgb for f in frames], head.grid)
+    head = copy.deepcopy(start) if start is not None else for_model(model, sub_cells)
+    colours = head.colours([f.rgb for f in frames])
     rows, names, boxes = [], [], []
     for i, frame in enumerate(frames):
         for name, _, box in visible_objects(frame):
@@ -152,6 +158,7 @@ def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
     prior = _mean_boxes([(n, box) for f in prior_frames for n, _, box in visible_objects(f)])
     ious: dict[str, list[float]] = {"image": [], "depth": [], "grey": [], "prior": []}
     found: list[bool] = []
+    misses: list[tuple[float, str]] = []  # (the object's share of the image, why it missed)
     metric: dict[str, dict[str, list]] = {}
     for frame in frames:
         objects = {name: box for name, _, box in visible_objects(frame)}
@@ -172,15 +179,17 @@ def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
                     box = _box_of(given[j], name)
                     ious[way].append(iou(box, truth) if box is not None else 0.0)
                 ious["prior"].append(iou(prior.get(_category(name), _CENTRE), truth))
+                misses.append(_miss(_box_of(answers["image"][j], name), name, objects))
             if item["task"] != "metric":
                 continue
             with_depth, without = answers["depth"][j], answers["image"][j]
             name = geometry.measure_asked(item["question"]) or "unrecognised"
-            row = metric.setdefault(name, {"geo": [], "model": [], "src": []})
+            row = metric.setdefault(name, {key: [] for key in _KEYS})
             truth = float(item["value"])
             row["geo"].append(_ratio(with_depth.value, truth))
             row["model"].append(_ratio(without.value, truth))
             row["src"].append(with_depth.source == Source.GEOMETRY)
+            row["mask_boxes"].append(_ratio(_measured(frame, k, item, objects), truth))
     report = {
         "frames": len(frames),
         "grounding": {
@@ -190,6 +199,7 @@ def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
             **{f"median_iou_{way}": float(np.median(ious[way])) for way in ious if ious[way]},
         },
         "metric": {name: _metric_row(row) for name, row in sorted(metric.items())},
+        "misses_by_size": _misses_by_size(misses),
     }
     for label, names in (("distances", ("between", "camera")), ("all", tuple(metric))):
         rows = [metric[n] for n in names if n in metric]
@@ -198,7 +208,7 @@ def evaluate(model_dir: str, frames: list, prior_frames: list) -> dict:
 
 
 _KINDS = {k.label: k for k in AnswerKind}
-_KEYS = ("geo", "model", "src")
+_KEYS = ("geo", "model", "src", "mask_boxes")
 _CENTRE = np.array([0.25, 0.25, 0.75, 0.75])  # the prior's box for an unseen category
 
 
@@ -211,6 +221,52 @@ def _query(item: dict, image: np.ndarray, depth=None, k=None) -> Query:
         depth=[depth] if depth is not None else [],
         intrinsics=[k] if k is not None else [],
     )
+
+
+MISSES = ("hit", "no phrase", "other object", "imprecise", "off")
+SIZE_BINS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 1.01)  # the object's box's share of the image
+
+
+def _miss(box, name: str, objects: dict) -> tuple[float, str]:
+    """Why the box found for `name` does (not) reach IoU 0.5 with its mask's box: a `hit`, `no
+    phrase` found in the question, another visible `other object`'s box matched better, the box
+    is `imprecise` (its centre inside the object's box) or `off` (centre outside)."""
+    truth = objects[name]
+    area = float((truth[2] - truth[0]) * (truth[3] - truth[1]))
+    if box is None:
+        return area, "no phrase"
+    value = iou(box, truth)
+    if value >= 0.5:
+        return area, "hit"
+    if any(iou(box, b) > value for other, b in objects.items() if other != name):
+        return area, "other object"
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    inside = truth[0] <= cx <= truth[2] and truth[1] <= cy <= truth[3]
+    return area, "imprecise" if inside else "off"
+
+
+def _misses_by_size(misses: list[tuple[float, str]]) -> list[dict]:
+    """Per object size bin: how many objects and how many of each `MISSES` outcome."""
+    rows = []
+    for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:], strict=True):
+        outcomes = [why for area, why in misses if lo <= area < hi]
+        rows.append({"area": [lo, min(hi, 1.0)], "n": len(outcomes)})
+        rows[-1].update({why: outcomes.count(why) for why in MISSES})
+    return rows
+
+
+def _measured(frame, k, item: dict, objects: dict) -> float | None:
+    """What geometry measures for a metric item from its objects' mask boxes (the grounding
+    head's perfect boxes): the bound of the geometry alone."""
+    asked = geometry.measure_asked(item["question"])
+    names = item.get("objects", [])[: geometry.MEASURES.get(asked, 0)]
+    if asked is None or not names or any(n not in objects for n in names):
+        return None
+    scene = geometry.FrameGeometry(
+        frame.depth, geometry.Intrinsics.from_matrix(k), frame.rgb.shape[:2], frame.rgb
+    )
+    places = [scene.locate(objects[n]) for n in names]
+    return None if None in places else geometry.measure(asked, places)
 
 
 def _box_of(answer, name: str):
@@ -232,6 +288,7 @@ def _metric_row(row: dict) -> dict:
         "with_depth": scored(row["geo"]),
         "source_geometry": share(row["src"]),
         "model_without_depth": scored(row["model"]),
+        "geometry_of_mask_boxes": scored(row["mask_boxes"]),
     }
 
 
@@ -262,6 +319,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--frames", type=int, default=3000, help="frames to render (default 3000)")
     f.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     f.add_argument("--out", default="", help="directory to write to (default: --model)")
+    f.add_argument(
+        "--sub-cells", type=int, default=SUB_CELLS, help="colour blocks per grid cell side"
+    )
+    f.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    f.add_argument("--from-head", action="store_true", help="train the model's own head further")
     e.add_argument("--seed", type=int, default=202, help="generation seed of held-out frames")
     e.add_argument("--frames", type=int, default=300, help="frames to render (default 300)")
     e.add_argument("--prior-seed", type=int, default=101, help="seed of the box prior's frames")
@@ -278,7 +340,18 @@ def run(args: argparse.Namespace) -> int:
         model = VSREModel.from_pretrained(args.model)
         frames = render(args.seed, args.frames)
         print(f"rendered {len(frames)} frames in {time.perf_counter() - start:.0f} s")
-        head = fit(model, frames, steps=args.steps, seed=args.seed)
+        initial = model.heads.get("grounding") if args.from_head else None
+        if args.from_head and initial is None:
+            raise ValueError(f"{args.model} has no grounding head to start from")
+        head = fit(
+            model,
+            frames,
+            steps=args.steps,
+            lr=args.lr,
+            seed=args.seed,
+            sub_cells=args.sub_cells,
+            start=initial,
+        )
         path = head.save(args.out or args.model)
         print(
             f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in "
@@ -307,11 +380,16 @@ def summary(report: dict) -> str:
     lines.append(f"  phrase found in the question: {fmt(g['phrase_found'])}")
     for way in ("image", "depth", "grey", "prior"):
         lines.append(f"  IoU >= 0.5, {way:5s}: {fmt(g[f'iou>=0.5_{way}'])}")
+    lines.append("  image only, by the object's share of the image: n, " + ", ".join(MISSES))
+    for row in report["misses_by_size"]:
+        lo, hi = row["area"]
+        counts = ", ".join(str(row[why]) for why in MISSES)
+        lines.append(f"    {100 * lo:4.1f}-{100 * hi:5.1f}%: {row['n']}, {counts}")
     for name, row in report["metric"].items():
         lines.append(f"metric {name}: source geometry {fmt(row['source_geometry'])}")
-        for way in ("with_depth", "model_without_depth"):
+        for way in ("with_depth", "model_without_depth", "geometry_of_mask_boxes"):
             lines.append(
-                f"  {way:19s} within 10% {fmt(row[way]['within_10%'])}, "
+                f"  {way:22s} within 10% {fmt(row[way]['within_10%'])}, "
                 f"within x2 {fmt(row[way]['within_x2'])}"
             )
     return "\n".join(lines)

@@ -131,7 +131,7 @@ def _grounding(ctx: StepContext):
     span = t.span[known].float()[..., None]
     phrases = (embeds * span).sum(1) / span.sum(1)
     head = ctx.heads["grounding"]
-    colours = grounding.pixel_colours(ctx.model, ctx.batch["pixel_values"], head.grid)
+    colours = grounding.pixel_colours(ctx.model, ctx.batch["pixel_values"], head)
     images = t.image[known]
     boxes, _ = head(ctx.output.image_embeds[images], phrases, colours[images])
     return grounding.box_loss(boxes, truth[known])

@@ -169,3 +169,19 @@ def test_measure_needs_its_objects():
     assert G.measure("height", [place]) is None  # unknown without a support plane
     with pytest.raises(ValueError, match="known: between"):
         G.measure("volume", [place])
+
+
+def test_two_objects_touching_at_one_depth_are_told_apart_by_colour():
+    k = G.Intrinsics(100.0, 100.0, 32.0, 32.0)
+    depth = np.full((64, 64), 2.0, np.float32)  # a wall behind
+    depth[20:40, 20:60] = 1.0  # a red and a blue block side by side, 0.2 m wide each
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[20:40, 20:40] = (200, 30, 30)
+    rgb[20:40, 40:60] = (30, 30, 200)
+    red = [20 / 64, 20 / 64, 46 / 64, 40 / 64]  # a grounded box a little wide: some blue
+    apart = G.locate(G.widened(red, G.SEARCH_MARGIN), depth, k, rgb=rgb)
+    merged = G.locate(G.widened(red, G.SEARCH_MARGIN), depth, k)
+    assert apart.extent[0] == pytest.approx(0.2, abs=0.02)
+    assert merged.extent[0] > 0.25
+    frame = G.FrameGeometry(depth, k, (64, 64), rgb)
+    assert frame.locate(red).extent == pytest.approx(apart.extent)

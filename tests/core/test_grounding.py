@@ -12,12 +12,14 @@ from core_helpers import small_config
 from vsre_ros.core.answers import AnswerKind, Query, Source, Status
 from vsre_ros.core.grounding import (
     GROUNDING_FILE,
+    SUB_CELLS,
     GroundingHead,
     cell_colours,
     for_model,
     image_colours,
     iou,
     object_phrases,
+    phrase_embeddings,
 )
 from vsre_ros.core.templates import TASK_TEMPLATES, TEMPLATES
 
@@ -58,7 +60,7 @@ def test_structured_fields_come_first():
 def test_head_gives_one_box_per_phrase_inside_the_image(grid_model):
     head = for_model(grid_model)
     tokens = torch.randn(3, grid_model.num_image_tokens, grid_model.hidden_size)
-    colours = image_colours([np.zeros((24, 32, 3), np.uint8)] * 3, head.grid)
+    colours = head.colours([np.zeros((24, 32, 3), np.uint8)] * 3)
     boxes, scores = head(tokens, torch.randn(3, grid_model.hidden_size), colours)
     assert boxes.shape == (3, 4) and scores.shape == (3,)
     assert bool(((boxes >= 0) & (boxes <= 1)).all())
@@ -80,7 +82,7 @@ def test_head_is_saved_beside_the_weights_and_loaded_with_the_model(grid_model, 
     loaded = VSREModel.from_pretrained(out).heads["grounding"]
     tokens = torch.randn(2, grid_model.num_image_tokens, grid_model.hidden_size)
     phrases = torch.randn(2, grid_model.hidden_size)
-    colours = torch.rand(2, 16, 48)
+    colours = torch.rand(2, 16, 3 * SUB_CELLS**2)
     original = grid_model.heads.get("grounding") or GroundingHead(
         grid_model.hidden_size, (4, 4), 2
     )
@@ -102,18 +104,45 @@ def test_a_corrupt_or_foreign_grounding_file_fails_loading_with_the_reason(grid_
         VSREModel.from_pretrained(out)
 
 
+def test_a_format_1_head_loads_reading_4x4_colours(grid_model, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from vsre_ros.core.grounding import load_grounding
+
+    head = GroundingHead(grid_model.hidden_size, (4, 4), 2, sub_cells=4)
+    path = head.save(tmp_path)
+    sizes = {k: v for k, v in head.sizes.items() if k != "sub_cells"}
+    meta = {"format": "vsre-grounding/1", "sizes": json.dumps(sizes)}
+    save_file(load_file(path), str(path), metadata=meta)
+    loaded = load_grounding(tmp_path, grid_model.hidden_size, grid_model.num_image_tokens)
+    assert loaded.sub_cells == 4
+    assert loaded.colours([np.zeros((8, 8, 3), np.uint8)]).shape == (1, 16, 48)
+
+
 class FixedBoxes(torch.nn.Module):
-    """A stand-in for a fitted head: the given boxes, in the order the phrases are asked."""
+    """A stand-in for a fitted head: a fixed box per phrase (told by its embedding; the first
+    box for a phrase it does not know). Counts its `decode` calls."""
 
-    grid = (4, 4)
-
-    def __init__(self, boxes):
+    def __init__(self, model, boxes: dict[str, list[float]]):
         super().__init__()
-        self.boxes = torch.tensor(boxes, dtype=torch.float32)
+        self.phrases = phrase_embeddings(model, list(boxes))
+        self.boxes = torch.tensor(list(boxes.values()), dtype=torch.float32)
+        self.calls = 0
 
-    def forward(self, tokens, phrases, colours):
-        n = phrases.shape[0]
-        return self.boxes[:n], torch.full((n,), 0.9)
+    def colours(self, images):
+        return torch.zeros(len(images), 1)
+
+    def image_part(self, tokens, colours):
+        return tokens
+
+    def phrase_part(self, embeddings):  # each phrase's index
+        return (embeddings[:, None] == self.phrases[None]).all(-1).float().argmax(1)
+
+    def decode(self, image, index):
+        self.calls += 1
+        return self.boxes[index], torch.full((len(index),), 0.9)
 
 
 def _tabletop_query(question, kind, with_depth=True):
@@ -140,7 +169,7 @@ def test_engine_answers_with_grounded_objects_and_measures_with_depth(grid_model
     from vsre_ros.core.engine import Engine
 
     engine = Engine(grid_model)
-    grid_model.heads["grounding"] = FixedBoxes([BOX, TABLE])
+    grid_model.heads["grounding"] = FixedBoxes(grid_model, {"grey box": BOX, "red cup": TABLE})
     try:
         query, (rot, pos) = _tabletop_query(
             "How tall is the grey box, in metres?", AnswerKind.NUMBER
@@ -181,7 +210,7 @@ def test_engine_without_a_head_or_with_bad_depth_answers_as_before(grid_model):
     query, _ = _tabletop_query("How tall is the grey box, in metres?", AnswerKind.NUMBER)
     answer = engine.answer([query])[0]
     assert answer.objects == [] and answer.source == Source.MODEL
-    grid_model.heads["grounding"] = FixedBoxes([BOX])
+    grid_model.heads["grounding"] = FixedBoxes(grid_model, {"grey box": BOX})
     try:
         query.intrinsics = [np.zeros((3, 3))]  # a CameraInfo never filled in
         bad_k = engine.answer([query])[0]
@@ -195,13 +224,13 @@ def test_cell_colours_are_each_cells_blocks_in_token_order():
     image = np.zeros((64, 64, 3), np.uint8)
     image[:8, 8:16] = (255, 0, 0)  # grid cell (0, 1): token 1
     image[56:, :4] = (0, 0, 255)  # the left half of cell (7, 0): token 56
-    colours = image_colours([image], (8, 8))[0].reshape(64, 3, 4, 4)
+    colours = image_colours([image], (8, 8), 4)[0].reshape(64, 3, 4, 4)
     red, blue = colours[1], colours[56]
     assert float(red[0, 1:3, 1:3].min()) == pytest.approx(1.0)  # its inner blocks: all red
     assert float(red[1:].max()) == 0.0
     assert float(blue[2, :, 0].min()) > 0.8 and float(blue[2, :, 3].max()) < 0.1
     assert float(colours[[18, 36, 63]].max()) == 0.0  # cells away from both: black
-    same = cell_colours(torch.from_numpy(image).permute(2, 0, 1)[None] / 255.0, (8, 8))
+    same = cell_colours(torch.from_numpy(image).permute(2, 0, 1)[None] / 255.0, (8, 8), 4)
     torch.testing.assert_close(same[0], colours.reshape(64, 48))
 
 
@@ -209,3 +238,52 @@ def test_iou():
     assert iou([0, 0, 1, 1], [0, 0, 1, 1]) == 1.0
     assert iou([0, 0, 0.5, 1], [0.5, 0, 1, 1]) == 0.0
     assert iou([0, 0, 1, 1], [0, 0, 0.5, 1]) == pytest.approx(0.5)
+
+
+def test_a_frames_questions_share_one_head_call_and_each_phrase_is_grounded_once(grid_model):
+    from vsre_ros.core.engine import Engine
+
+    engine = Engine(grid_model)
+    head = FixedBoxes(grid_model, {"grey box": BOX, "red cup": TABLE})
+    grid_model.heads["grounding"] = head
+    try:
+        questions = ["Is the grey box left of the red cup?", "Is the red cup near the grey box?"]
+        queries = [_tabletop_query(q, AnswerKind.YES_NO, False)[0] for q in questions]
+        first = engine.answer(queries)
+        again = engine.answer([_tabletop_query(questions[1], AnswerKind.YES_NO, False)[0]])[0]
+    finally:
+        del grid_model.heads["grounding"]
+    assert head.calls == 1  # both questions' phrases in one call; the frame's boxes are kept
+    assert [o.phrase for o in first[1].objects] == ["red cup", "grey box"]
+    np.testing.assert_allclose([o.box for o in first[1].objects], [TABLE, BOX], atol=1e-6)
+    assert again.objects == first[1].objects and again.objects[0] is not first[1].objects[0]
+
+
+def test_frame_grounding_gives_the_heads_boxes(grid_model):
+    from vsre_ros.core.engine import LRU
+    from vsre_ros.core.grounding import Grounder
+
+    torch.manual_seed(1)
+    head = for_model(grid_model).eval()
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    tokens = torch.randn(grid_model.num_image_tokens, grid_model.hidden_size)
+    phrases = ["red cup", "green side table", "blue ball"]
+    with torch.inference_mode():
+        frame = Grounder(grid_model, head, LRU(2), LRU(8)).frame("k", tokens, image)
+        found = frame.objects(phrases[:1]) + frame.objects(phrases[1:])
+        boxes, scores = head(
+            tokens[None].expand(3, -1, -1),
+            phrase_embeddings(grid_model, phrases),
+            head.colours([image]).expand(3, -1, -1),
+        )
+    np.testing.assert_allclose([o.box for o in found], boxes.numpy(), atol=1e-6)
+    np.testing.assert_allclose([o.score for o in found], scores.numpy(), atol=1e-6)
+
+
+def test_a_camera_frame_is_read_at_strided_pixels_close_to_its_area_means():
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (12, 16, 3)).astype(np.uint8)  # smooth at the cell scale
+    frame = np.repeat(np.repeat(coarse, 40, axis=0), 40, axis=1)  # 480x640
+    strided = image_colours([frame], (8, 8), 8)
+    full = cell_colours(torch.from_numpy(frame).permute(2, 0, 1)[None] / 255.0, (8, 8), 8)
+    assert float((strided - full).abs().mean()) < 0.02

@@ -8,7 +8,7 @@ import torch
 from vsre_ros.training import grounding as tg
 
 from vsre_ros.core.config import ModelConfig, tiny_encoders, tiny_lm
-from vsre_ros.core.grounding import box_loss, image_colours, phrase_embeddings
+from vsre_ros.core.grounding import box_loss, phrase_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def _loss(model, head, frames) -> float:
             names.append(name)
             boxes.append(box)
     with torch.no_grad():
-        colours = image_colours([frames[i].rgb for i in rows], head.grid)
+        colours = head.colours([frames[i].rgb for i in rows])
         pred, _ = head(tokens[rows], phrase_embeddings(model, names), colours)
         return float(box_loss(pred, torch.from_numpy(np.stack(boxes))))
 
@@ -63,6 +63,21 @@ def test_fit_trains_only_the_head_and_saves_it_beside_the_model(model_dir, frame
     assert _loss(model, loaded, frames) == pytest.approx(_loss(model, head, frames), rel=1e-5)
 
 
+def test_fit_can_train_a_head_further_and_leaves_the_start_untouched(model_dir, frames):
+    from vsre_ros.core.grounding import for_model
+    from vsre_ros.core.model import VSREModel
+
+    torch.set_num_threads(1)
+    model = VSREModel.from_pretrained(model_dir)
+    torch.manual_seed(12)
+    start = for_model(model)
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    head = tg.fit(model, frames, steps=40, batch=16, seed=11, start=start, log=lambda _: None)
+    after = head.state_dict()
+    assert all(torch.equal(v, start.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_evaluation_reports_grounding_baselines_and_metric_answers(model_dir, frames, tmp_path):
     import shutil
 
@@ -80,8 +95,30 @@ def test_evaluation_reports_grounding_baselines_and_metric_answers(model_dir, fr
         assert entry["n"] == named and 0.0 <= entry["share"] <= 1.0
         assert entry["ci95"][0] <= entry["share"] <= entry["ci95"][1]
     assert grounding["phrase_found"]["share"] == 1.0  # every named object's phrase is read
+    # Every named object is in one size bin, as a hit or a miss with its cause; hits are the
+    # image-only IoU >= 0.5 share.
+    bins = report["misses_by_size"]
+    assert sum(row["n"] for row in bins) == named
+    assert all(row["n"] == sum(row[why] for why in tg.MISSES) for row in bins)
+    hits = sum(row["hit"] for row in bins)
+    assert hits == round(grounding["iou>=0.5_image"]["share"] * named)
+    assert sum(row["no phrase"] for row in bins) == 0
     metric = report["metric"]["all"]
     assert metric["source_geometry"]["n"] == sum(
         1 for f in frames[:2] for it in f.items if it["task"] == "metric"
     )
+    bound = metric["geometry_of_mask_boxes"]["within_x2"]
+    assert bound["n"] == metric["source_geometry"]["n"] and 0.0 <= bound["share"] <= 1.0
     assert "within 10%" in tg.summary(report)
+
+
+def test_a_miss_says_why():
+    objects = {
+        "red cup": np.array([0.1, 0.1, 0.3, 0.3]),
+        "blue box": np.array([0.6, 0.6, 0.9, 0.9]),
+    }
+    assert tg._miss([0.1, 0.1, 0.3, 0.3], "red cup", objects) == (pytest.approx(0.04), "hit")
+    assert tg._miss([0.6, 0.6, 0.9, 0.9], "red cup", objects)[1] == "other object"
+    assert tg._miss([0.05, 0.05, 0.45, 0.45], "red cup", objects)[1] == "imprecise"
+    assert tg._miss([0.35, 0.0, 0.5, 0.2], "red cup", objects)[1] == "off"
+    assert tg._miss(None, "red cup", objects)[1] == "no phrase"

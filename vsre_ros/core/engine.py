@@ -54,7 +54,7 @@ from vsre_ros.core.answers import (
     question_problem,
 )
 from vsre_ros.core.config import PRESETS, EngineConfig, is_model_file, read_model_file
-from vsre_ros.core.grounding import ground, object_phrases
+from vsre_ros.core.grounding import FrameGrounding, Grounder, object_phrases
 from vsre_ros.core.model import VSREModel, check_image
 from vsre_ros.core.templates import TEMPLATES
 from vsre_ros.core.traced import TracedLM, TracedVision, lm_pass, trace_lm, trace_vision
@@ -63,6 +63,8 @@ from vsre_ros.core.traced import TracedLM, TracedVision, lm_pass, trace_lm, trac
 STRUCTURED_TEMPLATE = next(t for t in TEMPLATES if t.kind == "yes_no")
 
 log = logging.getLogger(__name__)
+
+GROUNDED_FRAMES = 8  # frames whose grounding (boxes, places) the engine keeps
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -211,6 +213,7 @@ class Engine:
         with self._run_lock:
             self._features.clear()
             self._prefixes.clear()
+            self._grounder = None
 
     def _reset_model_state(self) -> None:
         self._features.clear()
@@ -219,6 +222,7 @@ class Engine:
         # every check and row cost about 0.4 ms a question. Read-only lists.
         self._suffixes = LRU(4096)
         self._prefix_lists: dict[int, list[int]] = {}
+        self._grounder: Grounder | None = None  # the grounding head's caches (`_ground`)
         # Recorded once here, never on the answer path; a recording of the old model (or of
         # the LM without its new adapter) would answer for the wrong weights.
         trace = self._owned and self.config.trace
@@ -480,34 +484,47 @@ class Engine:
                 for i in gen:
                     text, conf = self._generate(k, queries[i])
                     answers[slots[i]] = _finish(text, conf, AnswerKind(queries[i].answer_kind))
-            for i in members:
-                try:
-                    self._ground(queries[i], k, answers[slots[i]])
-                except Exception:  # grounding adds to an answer; its failure must not cost it
-                    log.exception("grounding query %s failed", queries[i].query_id)
+            self._ground([queries[i] for i in members], k, [answers[slots[i]] for i in members])
 
-    def _ground(self, query: Query, keys: tuple, answer: Answer) -> None:
-        """Fill `answer.objects` from the grounding head (in the query's first image), their 3D
-        places from its depth and K when both are given, and answer a metric number question
-        from those places (see the module docstring)."""
+    def _ground(self, queries: list[Query], keys: tuple, answers: list[Answer]) -> None:
+        """Fill each answer's `objects` from the grounding head (in the first image of `keys`,
+        every phrase of the questions in one head call), their 3D places from its depth and K
+        when both are given, and answer a metric number question from those places (see the
+        module docstring). Per frame and phrase, each part is computed once (`Grounder`)."""
         head = self.model.heads.get("grounding")
-        phrases = object_phrases(query.question, query.subj, query.obj)
-        if head is None or not phrases:
+        phrases = [object_phrases(q.question, q.subj, q.obj) for q in queries]
+        if head is None or not any(phrases):
             return
-        answer.objects = ground(
-            self.model, head, self._batch_features[keys[0]], query.images[0], phrases
-        )
+        if self._grounder is None or self._grounder.head is not head:
+            # A few frames' grounding (each holds its image and, with depth, its geometry:
+            # 2 MB at 640x480); the phrases' parts are small and recur across frames.
+            self._grounder = Grounder(self.model, head, LRU(GROUNDED_FRAMES), LRU(4096))
+        try:
+            frame = self._grounder.frame(
+                keys[0], self._batch_features[keys[0]], queries[0].images[0]
+            )
+            frame.objects([p for found in phrases for p in found])
+        except Exception:  # grounding adds to answers; its failure must not cost them
+            log.exception("grounding failed")
+            return
+        for query, found, answer in zip(queries, phrases, answers, strict=True):
+            try:
+                self._ground_one(frame, query, found, answer)
+            except Exception:
+                log.exception("grounding query %s failed", query.query_id)
+
+    def _ground_one(
+        self, frame: FrameGrounding, query: Query, phrases: list[str], answer: Answer
+    ) -> None:
+        if not phrases:
+            return
+        answer.objects = frame.objects(phrases)
         depth = query.depth[0] if query.depth else None
         k = query.intrinsics[0] if query.intrinsics else None
         if depth is None or k is None:
             return
         try:
-            places = geometry.locate_all(
-                [o.box for o in answer.objects],
-                depth,
-                geometry.Intrinsics.from_matrix(k),
-                query.images[0].shape[:2],
-            )
+            places = frame.locate(phrases, depth, geometry.Intrinsics.from_matrix(k))
         except ValueError as err:  # unusable depth or K: the answer stays the model's
             log.warning("query %s: depth not used: %s", query.query_id, err)
             return

@@ -8,12 +8,13 @@ optical axis) back-projects to ((u - cx) z / fx, (v - cy) z / fy, z).
 How an object's place is measured (`locate`), for a box that may hold background too:
 
 1. the support surface (a table top or the floor) is the plane fitted (RANSAC, then least
-   squares on its inliers) to the frame's points outside every grounded box;
+   squares on its inliers) to the frame's points, once per frame (`FrameGeometry`);
 2. the object's pixels are those of the box (grown by `SEARCH_MARGIN`: a grounded box may be a
    little small) standing at least `ABOVE_PLANE` above it (without a plane: all of them), cut
-   apart where depth jumps; the connected piece covering most of the box's centre, with its
-   neighbours near its depth, is the object: an occluder in front and background behind drop
-   out. The box they span is the object's box as measured;
+   apart where depth jumps or, with the colour image, where colour jumps (two objects touching
+   at one depth); the connected piece covering most of the box's centre, with its neighbours
+   near its depth, is the object: an occluder in front and background behind drop out. The
+   box they span is the object's box as measured;
 3. with a plane, the object stands on it, or on another object when its lowest visible point
    is clearly above the plane: its height runs from there to its highest point, its footprint
    is the least-area rectangle around its points seen from above, and its centre is the
@@ -43,10 +44,12 @@ SPREAD = 0.3  # ... when its visible heights span this share of its top's height
 MIN_PIXELS = 3  # fewer valid pixels in a box: no 3D place
 SEARCH_MARGIN = 0.15  # a grounded box is searched grown by this share of its size per side
 JUMP = 0.03  # a depth step of this share of the depth between neighbours separates surfaces
+COLOUR_JUMP = 40  # a step of this many levels (0..255) in a channel between neighbours too
 PLANE_TOLERANCE = 0.006  # metres: RANSAC inlier distance
 PLANE_MIN_SHARE = 0.2  # a plane must hold this share of the points outside the boxes
 PLANE_ITERATIONS = 48  # RANSAC hypotheses (seeded: the same frame gives the same plane)
 PLANE_SAMPLE = 1500  # at most this many points are used to fit the plane
+FOOTPRINT_POINTS = 800  # at most about this many points find an object's footprint
 
 
 @dataclass(frozen=True)
@@ -163,20 +166,12 @@ def fit_plane(points: np.ndarray, seed: int = 0) -> Plane | None:
     return Plane(normal, offset)
 
 
-def support_plane(depth: np.ndarray, k: Intrinsics, boxes: list[np.ndarray]) -> Plane | None:
-    """The support surface: the plane of the frame's points outside every box (pixels)."""
+def support_plane(depth: np.ndarray, k: Intrinsics) -> Plane | None:
+    """The support surface: the dominant plane of the frame's points (`fit_plane`) from
+    PLANE_SAMPLE pixels spread evenly over the frame (the same frame gives the same plane)."""
     h, w = depth.shape
-    free = np.ones((h, w), dtype=bool)
-    for box in boxes:
-        x0, y0, x1, y1 = _pixel_box(box, w, h)
-        free[y0:y1, x0:x1] = False
-    vs, us = np.nonzero(free)
-    if len(us) == 0:
-        return None
-    if len(us) > PLANE_SAMPLE:  # a seeded sample: the same frame gives the same plane
-        keep = np.random.default_rng(0).choice(len(us), PLANE_SAMPLE, replace=False)
-        us, vs = us[keep], vs[keep]
-    return fit_plane(back_project(depth, k, us, vs))
+    pick = np.linspace(0, h * w - 1, min(PLANE_SAMPLE, h * w)).astype(np.int64)
+    return fit_plane(back_project(depth, k, pick % w, pick // w))
 
 
 def _pixel_box(box, w: int, h: int) -> tuple[int, int, int, int]:
@@ -189,10 +184,16 @@ def _pixel_box(box, w: int, h: int) -> tuple[int, int, int, int]:
 
 
 def locate(
-    box, depth: np.ndarray, k: Intrinsics, plane: Plane | None = None, mask=None
+    box,
+    depth: np.ndarray,
+    k: Intrinsics,
+    plane: Plane | None = None,
+    mask=None,
+    rgb: np.ndarray | None = None,
 ) -> Located | None:
     """The 3D place of the object in normalised box `box` (see the module docstring); `mask`
-    (HxW bool), when known, gives its pixels instead. None when too few pixels have depth."""
+    (HxW bool), when known, gives its pixels instead; `rgb` (HxWx3, the depth's size), when
+    given, also separates surfaces where colour jumps. None when too few pixels have depth."""
     h, w = depth.shape
     x0, y0, x1, y1 = _pixel_box(box, w, h)
     vs, us = np.mgrid[y0:y1, x0:x1]
@@ -201,7 +202,8 @@ def locate(
     if mask is not None:
         ok &= mask[y0:y1, x0:x1]
     else:
-        ok = _object_pixels(pts, ok, k, plane)
+        colour = rgb[y0:y1, x0:x1] if rgb is not None else None
+        ok = _object_pixels(pts, ok, k, plane, colour)
     pts = pts[ok]
     if len(pts) < MIN_PIXELS:
         return None
@@ -212,12 +214,11 @@ def locate(
         (x0 + cols.max() + 1) / w,
         (y0 + rows.max() + 1) / h,
     )
-    lo, hi = np.percentile(pts, 2, axis=0), np.percentile(pts, 98, axis=0)
+    lo, hi = np.percentile(pts, [2, 98], axis=0)
     if plane is None:
         return Located((lo + hi) / 2, hi - lo, float(hi[0] - lo[0]), math.nan, len(pts), seen)
     heights = plane.height(pts)
-    top = float(np.percentile(heights, 98))
-    bottom = float(np.percentile(heights, 2))
+    bottom, top = (float(v) for v in np.percentile(heights, [2, 98]))
     # The lowest pixels that are seen may stand a few pixels' height above the plane.
     floor = max(STACKED, STACKED_PIXELS * float(np.median(pts[:, 2])) / k.fy)
     if bottom < floor or top - bottom < SPREAD * top:
@@ -228,7 +229,9 @@ def locate(
         e1 = np.cross(plane.normal, [1.0, 0.0, 0.0])
     e1 /= np.linalg.norm(e1)
     e2 = np.cross(plane.normal, e1)
-    flat = np.stack([pts @ e1, pts @ e2], axis=1)
+    # The footprint from at most FOOTPRINT_POINTS of its points, evenly spread over them.
+    step = max(1, len(pts) // FOOTPRINT_POINTS)
+    flat = np.stack([pts[::step] @ e1, pts[::step] @ e2], axis=1)
     centre2, sides = _min_area_rectangle(flat)
     foot = centre2[0] * e1 + centre2[1] * e2
     on_plane = foot - (foot @ plane.normal + plane.offset) * plane.normal
@@ -236,10 +239,12 @@ def locate(
     return Located(centre, hi - lo, float(max(sides)), top - bottom, len(pts), seen)
 
 
-def _object_pixels(pts: np.ndarray, ok: np.ndarray, k: Intrinsics, plane: Plane | None):
+def _object_pixels(
+    pts: np.ndarray, ok: np.ndarray, k: Intrinsics, plane: Plane | None, rgb=None
+) -> np.ndarray:
     """Which of a box's pixels (points [h, w, 3], `ok` those with depth) are its object's: above
-    the plane, cut apart where depth jumps, the connected piece holding most of the box's
-    centre, and near that piece's depth."""
+    the plane, cut apart where depth (or the colour `rgb` [h, w, 3], when given) jumps, the
+    connected piece holding most of the box's centre, and near that piece's depth."""
     from scipy import ndimage
 
     z = np.where(ok, pts[..., 2], np.nan)
@@ -252,6 +257,10 @@ def _object_pixels(pts: np.ndarray, ok: np.ndarray, k: Intrinsics, plane: Plane 
     with np.errstate(invalid="ignore"):
         dx = np.abs(np.diff(z, axis=1)) > JUMP * z[:, 1:]
         dy = np.abs(np.diff(z, axis=0)) > JUMP * z[1:, :]
+    if rgb is not None:  # two objects touching at one depth: the colour changes
+        c = rgb.astype(np.int16)
+        dx |= np.abs(np.diff(c, axis=1)).max(-1) > COLOUR_JUMP
+        dy |= np.abs(np.diff(c, axis=0)).max(-1) > COLOUR_JUMP
     jump[:, 1:] |= dx
     jump[1:, :] |= dy
     labels, n = ndimage.label(ok & ~jump)
@@ -289,18 +298,46 @@ def _min_area_rectangle(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return axes[:, best, :] @ mid, sides[best]
 
 
+class FrameGeometry:
+    """One depth frame, read once: its depth in metres, the camera scaled to it and its support
+    plane; `locate` places an object's box in it."""
+
+    def __init__(
+        self,
+        depth: np.ndarray,
+        k: Intrinsics,
+        image_shape: tuple[int, int] | None,
+        image: np.ndarray | None = None,
+    ):
+        """`k` is the camera of an image of `image_shape` (H, W); a depth image of another size
+        (registered to it) gets K scaled to its own size. `image` (HxWx3, registered to the
+        depth), when given, helps tell touching objects apart. Raises ValueError for an
+        unusable depth image."""
+        self.depth = depth_metres(depth)
+        h, w = self.depth.shape
+        if image_shape is not None and tuple(image_shape) != (h, w):
+            k = k.scaled(w / image_shape[1], h / image_shape[0])
+        self.k = k
+        self.rgb = None
+        if image is not None:  # at the depth's size: the nearest pixel
+            ys = np.arange(h) * image.shape[0] // h
+            xs = np.arange(w) * image.shape[1] // w
+            self.rgb = image[ys[:, None], xs[None, :]]
+        # The plane of the whole frame: the objects are too few of its points to hold a plane
+        # (PLANE_MIN_SHARE), and every object of the frame is placed against the same plane.
+        self.plane = support_plane(self.depth, k)
+
+    def locate(self, box) -> Located | None:
+        """The place of the object in normalised `box` (searched grown by SEARCH_MARGIN)."""
+        return locate(widened(box, SEARCH_MARGIN), self.depth, self.k, self.plane, rgb=self.rgb)
+
+
 def locate_all(
     boxes: list, depth: np.ndarray, k: Intrinsics, image_shape: tuple[int, int] | None = None
 ) -> list[Located | None]:
-    """The places of the objects in normalised `boxes` of one frame. `k` is the camera of an
-    image of `image_shape` (H, W); a depth image of another size (registered to it) gets K
-    scaled to its own size."""
-    depth = depth_metres(depth)
-    if image_shape is not None and tuple(image_shape) != depth.shape:
-        k = k.scaled(depth.shape[1] / image_shape[1], depth.shape[0] / image_shape[0])
-    wider = [widened(box, SEARCH_MARGIN) for box in boxes]
-    plane = support_plane(depth, k, wider)
-    return [locate(box, depth, k, plane) for box in wider]
+    """The places of the objects in normalised `boxes` of one frame (`FrameGeometry`)."""
+    frame = FrameGeometry(depth, k, image_shape)
+    return [frame.locate(box) for box in boxes]
 
 
 def widened(box, margin: float) -> np.ndarray:
