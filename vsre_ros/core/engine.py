@@ -140,6 +140,16 @@ class _Prefix:
     image_embeds: torch.Tensor  # [n images * tokens, hidden]
 
 
+@dataclass
+class _Packed:
+    """A packed LM pass after an image prefix, to be continued (greedy decoding)."""
+
+    prefix: _Prefix
+    cache: DynamicCache  # the prefix's keys and values, then every row token run so far
+    owners: list[int]  # the row of each cached token after the prefix
+    row_len: list[int]  # tokens of each row so far (a child row counts its parent's)
+
+
 class _Pending:
     def __init__(self, queries: Sequence[Query]):
         self.queries = list(queries)
@@ -218,6 +228,7 @@ class Engine:
         # Token ids of prompt parts, by question and by image count: tokenizing them again for
         # every check and row cost about 0.4 ms a question. Read-only lists.
         self._suffixes = LRU(4096)
+        self._answers = LRU(4096)  # choice options as answer token ids
         self._prefix_lists: dict[int, list[int]] = {}
         # Recorded once here, never on the answer path; a recording of the old model (or of
         # the LM without its new adapter) would answer for the wrong weights.
@@ -459,27 +470,14 @@ class Engine:
         for i, k in enumerate(keys):
             groups.setdefault(k, []).append(i)
         for k, members in groups.items():
-            by_kind: dict[AnswerKind, list[int]] = {}
-            for i in members:
-                by_kind.setdefault(AnswerKind(queries[i].answer_kind), []).append(i)
-            if AnswerKind.YES_NO in by_kind:
-                idx = by_kind[AnswerKind.YES_NO]
-                for i, ans in zip(idx, self._yes_no(k, [queries[i] for i in idx]), strict=True):
-                    answers[slots[i]] = ans
-            for i in by_kind.get(AnswerKind.CHOICE, []):
-                answers[slots[i]] = self._choice(k, queries[i])
-            gen = by_kind.get(AnswerKind.NUMBER, []) + by_kind.get(AnswerKind.FREE_TEXT, [])
-            if gen and self.config.reuse_prefix:
-                step = max(1, self.config.max_batch)
-                for start in range(0, len(gen), step):
-                    idx = gen[start : start + step]
-                    texts = self._generate_packed(k, [queries[i] for i in idx])
-                    for i, (text, conf) in zip(idx, texts, strict=True):
-                        answers[slots[i]] = _finish(text, conf, AnswerKind(queries[i].answer_kind))
+            if self.config.reuse_prefix:
+                self._answer_packed(
+                    k, [queries[i] for i in members], [slots[i] for i in members], answers
+                )
             else:
-                for i in gen:
-                    text, conf = self._generate(k, queries[i])
-                    answers[slots[i]] = _finish(text, conf, AnswerKind(queries[i].answer_kind))
+                self._answer_reference(
+                    k, [queries[i] for i in members], [slots[i] for i in members], answers
+                )
             for i in members:
                 try:
                     self._ground(queries[i], k, answers[slots[i]])
@@ -532,36 +530,138 @@ class Engine:
         answer.probability = min(o.score for o in answer.objects[: len(used)])
         answer.source = Source.GEOMETRY
 
-    def _prefix(
-        self, keys: tuple, rows: list[list[int]] | None = None
-    ) -> tuple[_Prefix, torch.Tensor | None]:
-        """The image prefix of `keys` (cached), and the flat logits [sum of row lengths, vocab]
-        of `rows` packed after it when the prefix was new and ran in the same LM pass as them
-        (a new frame costs one pass, not two); else None."""
+    def _answer_reference(
+        self, keys: tuple, queries: list[Query], slots: list[int], answers: list[Answer | None]
+    ) -> None:
+        """The reference path (`reuse_prefix` off): each question recomputes its whole prompt;
+        a choice runs once per option, a generated answer decodes alone."""
+        yes_no = [
+            j for j, q in enumerate(queries) if AnswerKind(q.answer_kind) == AnswerKind.YES_NO
+        ]
+        if yes_no:
+            rows = [self._verdict_row(queries[j].question) for j in yes_no]
+            logits = self._run_rows(keys, rows)
+            last = logits[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
+            for j, ans in zip(
+                yes_no, self._verdicts([queries[j] for j in yes_no], last), strict=True
+            ):
+                answers[slots[j]] = ans
+        for query, slot in zip(queries, slots, strict=True):
+            kind = AnswerKind(query.answer_kind)
+            if kind == AnswerKind.CHOICE:
+                suffix, options = self._suffix_ids(query.question), self._option_ids(query)
+                logits = self._run_rows(keys, [suffix + o for o in options])
+                n = len(suffix) - 1  # the logits of option token t are at n + t
+                per_option = [logits[r, n : n + len(o)] for r, o in enumerate(options)]
+                answers[slot] = self._pick(query, options, per_option)
+            elif kind != AnswerKind.YES_NO:
+                answers[slot] = _finish(*self._generate(keys, query), kind)
+
+    def _answer_packed(
+        self, keys: tuple, queries: list[Query], slots: list[int], answers: list[Answer | None]
+    ) -> None:
+        """The questions about one image set, `max_batch` at a time, each chunk in one LM pass
+        (`_answer_chunk`). A question asked twice in the batch (the same words, kind and
+        options: clients asking about the latest frame) is answered once."""
+        first: dict[tuple, int] = {}  # what a query asks -> the first query asking it
+        asks = []
+        for j, query in enumerate(queries):
+            ask = (AnswerKind(query.answer_kind), query.question, tuple(query.options))
+            asks.append(first.setdefault(ask, j))
+        unique = sorted(set(asks))
+        step = max(1, self.config.max_batch)
+        got: dict[int, Answer] = {}
+        for start in range(0, len(unique), step):
+            chunk = unique[start : start + step]
+            got.update(
+                zip(chunk, self._answer_chunk(keys, [queries[j] for j in chunk]), strict=True)
+            )
+        for j, (slot, asked) in enumerate(zip(slots, asks, strict=True)):
+            # Each query gets its own Answer: grounding and the caller fill in their own fields.
+            answers[slot] = got[j] if asked == j else dataclasses.replace(got[asked], objects=[])
+
+    def _answer_chunk(self, keys: tuple, queries: list[Query]) -> list[Answer]:
+        """Answers from ONE LM pass after the image prefix (with the prefix itself, for a new
+        image set): a yes/no question's row ends where its verdict is read; a choice's question
+        runs once, its options as branches after it (each sees the question, not the other
+        options); a number or free text's question gives its first token, then those decode
+        together. Every row keeps the positions it would have alone, so the logits are those
+        of the reference path (each question and option run alone), to float rounding."""
+        rows: list[list[int]] = []
+        parents: list[int | None] = []
+        plan: list[tuple[AnswerKind, int, list[list[int]]]] = []  # kind, row, option ids
+        for query in queries:
+            kind = AnswerKind(query.answer_kind)
+            row = len(rows)
+            options = self._option_ids(query) if kind == AnswerKind.CHOICE else []
+            plan.append((kind, row, options))
+            question = self._verdict_row if kind == AnswerKind.YES_NO else self._suffix_ids
+            rows.append(question(query.question))
+            parents.append(None)
+            # The last token of an option is only predicted, never fed.
+            rows += [o[:-1] for o in options]
+            parents += [row] * len(options)
+        state, flat = self._run_packed(keys, rows, parents)
+        ends = np.cumsum([len(r) for r in rows]).tolist()
+        last = {row: flat[ends[row] - 1] for _, row, _ in plan}  # the logits of a row's end
+        out: list[Answer | None] = [None] * len(queries)
+        yes_no = [j for j, (kind, _, _) in enumerate(plan) if kind == AnswerKind.YES_NO]
+        if yes_no:
+            verdicts = self._verdicts(
+                [queries[j] for j in yes_no], torch.stack([last[plan[j][1]] for j in yes_no])
+            )
+            for j, ans in zip(yes_no, verdicts, strict=True):
+                out[j] = ans
+        generated = []
+        for j, (kind, row, options) in enumerate(plan):
+            if kind == AnswerKind.CHOICE:
+                per_option = [
+                    torch.cat([last[row][None], flat[ends[b] - len(rows[b]) : ends[b]]])
+                    for b in range(row + 1, row + 1 + len(options))
+                ]
+                out[j] = self._pick(queries[j], options, per_option)
+            elif kind != AnswerKind.YES_NO:
+                generated.append(j)
+        if generated:
+            texts = self._decode(
+                state,
+                [plan[j][1] for j in generated],
+                torch.stack([last[plan[j][1]] for j in generated]),
+            )
+            for j, (text, conf) in zip(generated, texts, strict=True):
+                out[j] = _finish(text, conf, plan[j][0])
+        return [a for a in out if a is not None]
+
+    def _prefix(self, keys: tuple) -> tuple[_Prefix, bool]:
+        """The image prefix of `keys`: the cached one (True), or a new one whose KV cache the
+        caller fills (False)."""
         cached = self._prefixes.get_fresh(keys)
         if cached is not None:
             self._count("prefix_hits")
-            return cached, None
+            return cached, True
         self._count("prefix_misses")
         image_embeds = torch.cat([self._batch_features[key] for key in keys])
-        ids = self._prefix_ids(len(keys))
-        prefix = _Prefix(kv=[], ids=ids, image_embeds=image_embeds)
-        logits = None
-        if self.config.reuse_prefix:
-            embeds = self.model.embed(self._tensor([ids]), image_embeds)
-            if rows:
-                cache = DynamicCache()
-                logits = self._packed_forward(
-                    cache, len(ids), [], list(enumerate(rows)), [0] * len(rows), embeds
-                )
-                kv = [(layer.keys, layer.values) for layer in cache.layers]
-                prefix.kv = [(k[:, :, : len(ids)], v[:, :, : len(ids)]) for k, v in kv]
-            else:
-                # Only the cache is needed from the prefix, so skip all but one row of logits.
-                out = self.model.lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-                prefix.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        self._prefixes.put(keys, prefix)
-        return prefix, logits
+        return _Prefix(kv=[], ids=self._prefix_ids(len(keys)), image_embeds=image_embeds), False
+
+    def _run_packed(
+        self, keys: tuple, rows: list[list[int]], parents: list[int | None] | None = None
+    ) -> tuple[_Packed, torch.Tensor]:
+        """`rows` packed into ONE LM pass after the image prefix of `keys` (see
+        `_packed_forward`; a new prefix runs in the same pass, and its KV cache is kept), and
+        their flat logits [sum of row lengths, vocab]. The returned state continues the pass."""
+        prefix, known = self._prefix(keys)
+        state = _Packed(prefix=prefix, cache=DynamicCache(), owners=[], row_len=[0] * len(rows))
+        embeds = None
+        if known:
+            state.cache = DynamicCache(ddp_cache_data=list(prefix.kv))
+        else:
+            embeds = self.model.embed(self._tensor([prefix.ids]), prefix.image_embeds)
+        logits = self._packed_forward(state, list(enumerate(rows)), embeds, parents)
+        if not known:
+            n = len(prefix.ids)
+            prefix.kv = [(x.keys[:, :, :n], x.values[:, :, :n]) for x in state.cache.layers]
+            self._prefixes.put(keys, prefix)
+        return state, logits
 
     def _tensor(self, rows: list[list[int]]) -> torch.Tensor:
         width = max(len(r) for r in rows)
@@ -571,24 +671,20 @@ class Engine:
         return out.to(self.device)
 
     def _run_rows(self, keys: tuple, rows: list[list[int]]) -> torch.Tensor:
-        """Logits [R, max_len, vocab] of suffix rows after the image prefix.
-
-        With prefix reuse, the rows of a chunk are packed into ONE sequence after the cached
-        prefix: each row sees the whole prefix and its own earlier tokens (a block mask) and
-        keeps the positions it would have alone, so its logits equal a separate run, without
-        copying the prefix's keys and values once per row.
-        """
+        """Logits [R, max_len, vocab] of suffix rows after the image prefix, zero after each
+        row's end: packed after the cached prefix (`_run_packed`), or with `reuse_prefix` off,
+        each row's whole prompt recomputed (the reference path)."""
         outs = []
         step = max(1, self.config.max_batch)
         width = max(len(r) for r in rows)
-        prefix, first = self._prefix(keys, rows[:step])
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
-            if start == 0 and first is not None:
-                logits = _unpack(first, chunk, width)
-            elif self.config.reuse_prefix:
-                logits = self._packed_logits(prefix, chunk, width)
+            if self.config.reuse_prefix:
+                logits = _unpack(self._run_packed(keys, chunk)[1], chunk, width)
             else:
+                prefix, known = self._prefix(keys)
+                if not known:
+                    self._prefixes.put(keys, prefix)
                 full = self._tensor([prefix.ids + r for r in chunk])
                 images = prefix.image_embeds.repeat(len(chunk), 1)
                 embeds = self.model.embed(full, images)
@@ -600,47 +696,56 @@ class Engine:
             outs.append(logits)
         return torch.cat(outs)
 
-    def _packed_logits(self, prefix: _Prefix, rows: list[list[int]], width: int) -> torch.Tensor:
-        cache = DynamicCache(ddp_cache_data=list(prefix.kv))
-        owners: list[int] = []
-        row_len = [0] * len(rows)
-        logits = self._packed_forward(
-            cache, len(prefix.ids), owners, list(enumerate(rows)), row_len
-        )
-        return _unpack(logits, rows, width)
-
     def _packed_forward(
         self,
-        cache: DynamicCache,
-        n_prefix: int,
-        owners: list[int],
+        state: _Packed,
         rows: list[tuple[int, list[int]]],
-        row_len: list[int],
         prefix_embeds: torch.Tensor | None = None,
+        parents: list[int | None] | None = None,
     ) -> torch.Tensor:
         """Run several rows' new tokens as ONE sequence after a shared cache; logits [Q, V].
 
-        Each new token sees the prefix, its own row's earlier tokens in the cache (`owners`
-        says which row each cached token after the prefix belongs to) and its own row's new
-        tokens before it, and keeps the position it would have in a separate run; so its
-        logits equal a separate run, without copying the prefix's keys and values per row.
-        With `prefix_embeds` [1, n_prefix, hidden] (and an empty cache), the prefix itself
-        runs first in the same pass, causally and blind to the rows.
+        Each new token sees the prefix, its own row's earlier tokens in the cache
+        (`state.owners` says which row each cached token after the prefix belongs to), its
+        own row's new tokens before it and, for a row with a parent (`parents`, by row id),
+        all of that row's new tokens; it keeps the position it would have in a separate run
+        (a child row continues after its parent), so its logits equal a separate run, without
+        copying the prefix's keys and values per row. With `prefix_embeds` [1, n_prefix,
+        hidden] (and an empty cache), the prefix itself runs first in the same pass, causally
+        and blind to the rows.
         """
         device = self.device
+        n_prefix = len(state.prefix.ids)
+        parents = parents or [None] * len(state.row_len)
+        sizes = dict(rows)
+        starts = [
+            state.row_len[i]
+            if parents[i] is None
+            else state.row_len[parents[i]] + len(sizes[parents[i]])
+            for i, _ in rows
+        ]
         new_owner = torch.tensor([i for i, toks in rows for _ in toks], device=device)
         new_local = torch.tensor([j for _, toks in rows for j in range(len(toks))], device=device)
-        positions = torch.tensor(
-            [n_prefix + row_len[i] + j for i, toks in rows for j in range(len(toks))],
+        new_parent = torch.tensor(
+            [-1 if parents[i] is None else parents[i] for i, toks in rows for _ in toks],
             device=device,
         )
-        old_owner = torch.tensor(owners, dtype=torch.long, device=device)
+        positions = torch.tensor(
+            [
+                n_prefix + s + j
+                for (_, toks), s in zip(rows, starts, strict=True)
+                for j in range(len(toks))
+            ],
+            device=device,
+        )
+        old_owner = torch.tensor(state.owners, dtype=torch.long, device=device)
         allowed = torch.cat(
             [
                 torch.ones(len(new_owner), n_prefix, dtype=torch.bool, device=device),
                 old_owner[None, :] == new_owner[:, None],
                 (new_owner[None, :] == new_owner[:, None])
-                & (new_local[None, :] <= new_local[:, None]),
+                & (new_local[None, :] <= new_local[:, None])
+                | (new_owner[None, :] == new_parent[:, None]),
             ],
             dim=1,
         )
@@ -656,23 +761,20 @@ class Engine:
         # Additive form, so eager and sdpa attention read the same mask.
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        args = (embeds, mask[None, None], positions[None], cache, len(new_owner))
+        args = (embeds, mask[None, None], positions[None], state.cache, len(new_owner))
         logits = self._lm_graphs(*args) if self._lm_graphs is not None else None
         if logits is None:  # no recorded pass of this shape
             logits = lm_pass(self.model.lm, *args)[0]
-        owners.extend(new_owner.tolist())
-        for i, toks in rows:
-            row_len[i] += len(toks)
+        state.owners.extend(new_owner.tolist())
+        for (i, toks), s in zip(rows, starts, strict=True):
+            state.row_len[i] = s + len(toks)
         return logits.float()
 
-    def _yes_no(self, keys: tuple, queries: list[Query]) -> list[Answer]:
+    def _verdicts(self, queries: list[Query], last: torch.Tensor) -> list[Answer]:
+        """Yes/no answers from the logits [n, vocab] of the token before each verdict."""
         # Each question is read in the answer words it invites (yes/no, true/false, ...).
         readings = [self._reading(q.question) for q in queries]
-        rows = [self._verdict_row(q.question) for q in queries]
-        logits = self._run_rows(keys, rows)
-        at = torch.arange(len(rows), device=logits.device)
-        last = torch.tensor([len(r) - 1 for r in rows], device=logits.device)
-        logp = logits[at, last].log_softmax(-1)
+        logp = last.log_softmax(-1)
         # P(positive words) against the negative words, as log-odds, shifted by the model's
         # calibrated bias (ModelConfig.verdict_bias, 0 for an uncalibrated model).
         log_odds = torch.stack(
@@ -696,19 +798,29 @@ class Engine:
             )
         return out
 
-    def _choice(self, keys: tuple, query: Query) -> Answer:
-        suffix = self._suffix_ids(query.question)
-        # Each option is scored as the whole answer the model was trained to emit, end-of-answer
-        # token included. Without it an option that is a prefix of another ("up" of "up and
-        # left") could never lose: the longer one only adds log-probabilities below zero.
-        options = [self.model.answer_ids(o, eos=True) for o in query.options]
-        logits = self._run_rows(keys, [suffix + o for o in options])
-        logp = logits.log_softmax(-1)
+    def _option_ids(self, query: Query) -> list[list[int]]:
+        """Each option as the whole answer the model was trained to emit, end-of-answer token
+        included. Without it an option that is a prefix of another ("up" of "up and left")
+        could never lose: the longer one only adds log-probabilities below zero."""
+        out = []
+        for option in query.options:
+            ids = self._answers.get_fresh(option)
+            if ids is None:
+                ids = self.model.answer_ids(option, eos=True)
+                self._answers.put(option, ids)
+            out.append(ids)
+        return out
+
+    def _pick(
+        self, query: Query, options: list[list[int]], per_option: list[torch.Tensor]
+    ) -> Answer:
+        """The best option by the log-likelihood of its tokens; `per_option[r]` holds the
+        logits [len(option r), vocab] that predict option r's tokens."""
         scores = []
-        for r, opt in enumerate(options):
-            positions = torch.arange(len(suffix) - 1, len(suffix) - 1 + len(opt))
+        for logits, opt in zip(per_option, options, strict=True):
+            logp = logits.log_softmax(-1)
             targets = torch.tensor(opt, device=logp.device)
-            scores.append(logp[r, positions.to(logp.device), targets].sum())
+            scores.append(logp[torch.arange(len(opt), device=logp.device), targets].sum())
         score_t = torch.stack(scores)
         best = int(score_t.argmax())
         return Answer(
@@ -717,40 +829,33 @@ class Engine:
             probability=float(score_t.softmax(0)[best]),
         )
 
-    def _generate_packed(self, keys: tuple, queries: list[Query]) -> list[tuple[str, float]]:
-        """Greedy decoding of several questions at once, packed after the shared prefix."""
-        prefix, _ = self._prefix(keys)
-        rows = [self._suffix_ids(q.question) for q in queries]
-        cache = DynamicCache(ddp_cache_data=list(prefix.kv))
-        owners: list[int] = []
-        row_len = [0] * len(rows)
-        logits = self._packed_forward(
-            cache, len(prefix.ids), owners, list(enumerate(rows)), row_len
-        )
-        last = {
-            i: int(pos) for i, pos in enumerate(torch.tensor([len(r) for r in rows]).cumsum(0) - 1)
-        }
+    def _decode(
+        self, state: _Packed, rows: list[int], logits: torch.Tensor
+    ) -> list[tuple[str, float]]:
+        """Greedy decoding of several rows of a packed pass at once, from the logits [n, vocab]
+        of each row's last token; each step is one pass of every unfinished row's new token."""
         tokens: list[list[int]] = [[] for _ in rows]
         logps: list[list[float]] = [[] for _ in rows]
         texts = [""] * len(rows)
-        for _ in range(self.config.max_new_tokens):
+        last = {j: j for j in range(len(rows))}  # unfinished row -> its row of `logits`
+        for step in range(self.config.max_new_tokens):
             step_rows = []
-            for i, pos in last.items():
+            for j, pos in last.items():
                 step_logp = logits[pos].log_softmax(-1)
                 token = int(step_logp.argmax())
                 if token == self.model.eos_token_id:
                     continue
-                tokens[i].append(token)
-                logps[i].append(float(step_logp[token]))
-                texts[i] = self.model.tokenizer.decode(tokens[i], skip_special_tokens=True)
-                if "\n" in texts[i]:
-                    texts[i] = texts[i].split("\n", 1)[0]
+                tokens[j].append(token)
+                logps[j].append(float(step_logp[token]))
+                texts[j] = self.model.tokenizer.decode(tokens[j], skip_special_tokens=True)
+                if "\n" in texts[j]:
+                    texts[j] = texts[j].split("\n", 1)[0]
                     continue
-                step_rows.append((i, [token]))
-            if not step_rows:
-                break
-            logits = self._packed_forward(cache, len(prefix.ids), owners, step_rows, row_len)
-            last = {i: j for j, (i, _) in enumerate(step_rows)}
+                step_rows.append(j)
+            if not step_rows or step == self.config.max_new_tokens - 1:
+                break  # the last step's logits would choose no token
+            logits = self._packed_forward(state, [(rows[j], [tokens[j][-1]]) for j in step_rows])
+            last = {j: m for m, j in enumerate(step_rows)}
         return [(t.strip(), _confidence(lp)) for t, lp in zip(texts, logps, strict=True)]
 
     def _generate(self, keys: tuple, query: Query) -> tuple[str, float]:
