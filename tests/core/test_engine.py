@@ -102,7 +102,9 @@ def test_traced_lm_pads_to_a_recorded_shape_and_updates_the_cache_like_the_lm(ti
     prefix, hidden = traced.prefix, tiny_model.hidden_size
     with torch.inference_mode():
         for keep in (5, 16, 17):  # padded to 16, recorded as is, padded to 32
-            for cached in (0, prefix):  # a new frame's pass, then one after its cache
+            # A new frame's pass, one after its cache, and a decoding step after a longer
+            # cache (padded up to a recorded length).
+            for cached in (0, prefix, prefix + 5):
                 new = keep + (prefix if cached == 0 else 0)
                 embeds = torch.randn(1, new, hidden)
                 mask = torch.zeros(1, 1, new, cached + new)
@@ -127,10 +129,20 @@ def test_traced_lm_pads_to_a_recorded_shape_and_updates_the_cache_like_the_lm(ti
                 assert got is not None and (got - want).abs().max() <= 1e-4
                 for a, b in zip(caches[0].layers, caches[1].layers, strict=True):
                     assert a.keys.shape == b.keys.shape and (a.keys - b.keys).abs().max() <= 1e-4
-        # Longer than the last bucket, or after a cache of another length: not recorded.
-        embeds = torch.randn(1, 70, hidden)
+        # Longer than the last bucket, or after a cache longer than any recorded: not recorded.
+        n = traced.buckets[-1] + 1
+        embeds = torch.randn(1, n, hidden)
         assert (
-            traced(embeds, torch.zeros(1, 1, 70, 70), torch.arange(70)[None], DynamicCache(), 70)
+            traced(embeds, torch.zeros(1, 1, n, n), torch.arange(n)[None], DynamicCache(), n)
+            is None
+        )
+        cached = traced.rooms[-1] + 1
+        long = DynamicCache(
+            ddp_cache_data=[(torch.randn(1, h, cached, d),) * 2 for h, d in traced.kv_shape]
+        )
+        one = torch.randn(1, 1, hidden)
+        assert (
+            traced(one, torch.zeros(1, 1, 1, cached + 1), torch.tensor([[cached]]), long, 1)
             is None
         )
 

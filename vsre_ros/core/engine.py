@@ -229,6 +229,9 @@ class Engine:
         # every check and row cost about 0.4 ms a question. Read-only lists.
         self._suffixes = LRU(4096)
         self._answers = LRU(4096)  # choice options as answer token ids
+        # The tokens drafted after each token of a number answer (`_decode`): the answer's
+        # leading text, digits and point, as this tokenizer writes them.
+        self._drafts = sorted(set(self.model.answer_ids("0.123456789", eos=False)))
         self._prefix_lists: dict[int, list[int]] = {}
         # Recorded once here, never on the answer path; a recording of the old model (or of
         # the LM without its new adapter) would answer for the wrong weights.
@@ -584,23 +587,28 @@ class Engine:
         """Answers from ONE LM pass after the image prefix (with the prefix itself, for a new
         image set): a yes/no question's row ends where its verdict is read; a choice's question
         runs once, its options as branches after it (each sees the question, not the other
-        options); a number or free text's question gives its first token, then those decode
-        together. Every row keeps the positions it would have alone, so the logits are those
-        of the reference path (each question and option run alone), to float rounding."""
+        options); a number or free text's question gives its first token (a number's also
+        its drafts, see `_decode`), then those decode together. Every row keeps the positions
+        it would have alone, so the logits are those of the reference path (each question and
+        option run alone), to float rounding."""
         rows: list[list[int]] = []
-        parents: list[int | None] = []
+        parents: dict[int, int] = {}  # a branch row -> the row it continues
         plan: list[tuple[AnswerKind, int, list[list[int]]]] = []  # kind, row, option ids
         for query in queries:
             kind = AnswerKind(query.answer_kind)
             row = len(rows)
-            options = self._option_ids(query) if kind == AnswerKind.CHOICE else []
-            plan.append((kind, row, options))
             question = self._verdict_row if kind == AnswerKind.YES_NO else self._suffix_ids
             rows.append(question(query.question))
-            parents.append(None)
-            # The last token of an option is only predicted, never fed.
-            rows += [o[:-1] for o in options]
-            parents += [row] * len(options)
+            if kind == AnswerKind.CHOICE:
+                # The last token of an option is only predicted, never fed.
+                branches = options = self._option_ids(query)
+                rows += [o[:-1] for o in options]
+            else:
+                options = []
+                branches = [[t] for t in self._drafts] if kind == AnswerKind.NUMBER else []
+                rows += branches
+            parents.update(dict.fromkeys(range(row + 1, row + 1 + len(branches)), row))
+            plan.append((kind, row, options))
         state, flat = self._run_packed(keys, rows, parents)
         ends = np.cumsum([len(r) for r in rows]).tolist()
         last = {row: flat[ends[row] - 1] for _, row, _ in plan}  # the logits of a row's end
@@ -623,11 +631,15 @@ class Engine:
             elif kind != AnswerKind.YES_NO:
                 generated.append(j)
         if generated:
-            texts = self._decode(
-                state,
-                [plan[j][1] for j in generated],
-                torch.stack([last[plan[j][1]] for j in generated]),
-            )
+            heads = []
+            for j in generated:
+                row = plan[j][1]
+                kids = {  # a draft token -> its index among the pass's tokens
+                    rows[b][0]: ends[b] - 1 for b, p in parents.items() if p == row
+                }
+                drafts = self._drafts if plan[j][0] == AnswerKind.NUMBER else []
+                heads.append((row, last[row], {t: (i, flat[i]) for t, i in kids.items()}, drafts))
+            texts = self._decode(state, heads)
             for j, (text, conf) in zip(generated, texts, strict=True):
                 out[j] = _finish(text, conf, plan[j][0])
         return [a for a in out if a is not None]
@@ -644,7 +656,7 @@ class Engine:
         return _Prefix(kv=[], ids=self._prefix_ids(len(keys)), image_embeds=image_embeds), False
 
     def _run_packed(
-        self, keys: tuple, rows: list[list[int]], parents: list[int | None] | None = None
+        self, keys: tuple, rows: list[list[int]], parents: dict[int, int] | None = None
     ) -> tuple[_Packed, torch.Tensor]:
         """`rows` packed into ONE LM pass after the image prefix of `keys` (see
         `_packed_forward`; a new prefix runs in the same pass, and its KV cache is kept), and
@@ -701,33 +713,33 @@ class Engine:
         state: _Packed,
         rows: list[tuple[int, list[int]]],
         prefix_embeds: torch.Tensor | None = None,
-        parents: list[int | None] | None = None,
+        parents: dict[int, int] | None = None,
     ) -> torch.Tensor:
         """Run several rows' new tokens as ONE sequence after a shared cache; logits [Q, V].
 
         Each new token sees the prefix, its own row's earlier tokens in the cache
         (`state.owners` says which row each cached token after the prefix belongs to), its
-        own row's new tokens before it and, for a row with a parent (`parents`, by row id),
-        all of that row's new tokens; it keeps the position it would have in a separate run
-        (a child row continues after its parent), so its logits equal a separate run, without
-        copying the prefix's keys and values per row. With `prefix_embeds` [1, n_prefix,
-        hidden] (and an empty cache), the prefix itself runs first in the same pass, causally
-        and blind to the rows.
+        own row's new tokens before it and, for a branch row (`parents`: row id -> the row it
+        continues), all of its parent's tokens, cached and new; it keeps the position it would
+        have in a separate run (a branch continues after its parent), so its logits equal a
+        separate run, without copying the prefix's keys and values per row. With
+        `prefix_embeds` [1, n_prefix, hidden] (and an empty cache), the prefix itself runs
+        first in the same pass, causally and blind to the rows.
         """
         device = self.device
         n_prefix = len(state.prefix.ids)
-        parents = parents or [None] * len(state.row_len)
+        parents = parents or {}
         sizes = dict(rows)
         starts = [
-            state.row_len[i]
-            if parents[i] is None
-            else state.row_len[parents[i]] + len(sizes[parents[i]])
+            state.row_len[parents[i]] + len(sizes.get(parents[i], ()))
+            if i in parents
+            else state.row_len[i]
             for i, _ in rows
         ]
         new_owner = torch.tensor([i for i, toks in rows for _ in toks], device=device)
         new_local = torch.tensor([j for _, toks in rows for j in range(len(toks))], device=device)
         new_parent = torch.tensor(
-            [-1 if parents[i] is None else parents[i] for i, toks in rows for _ in toks],
+            [parents.get(i, NO_ROW) for i, toks in rows for _ in toks],
             device=device,
         )
         positions = torch.tensor(
@@ -742,7 +754,8 @@ class Engine:
         allowed = torch.cat(
             [
                 torch.ones(len(new_owner), n_prefix, dtype=torch.bool, device=device),
-                old_owner[None, :] == new_owner[:, None],
+                (old_owner[None, :] == new_owner[:, None])
+                | (old_owner[None, :] == new_parent[:, None]),
                 (new_owner[None, :] == new_owner[:, None])
                 & (new_local[None, :] <= new_local[:, None])
                 | (new_owner[None, :] == new_parent[:, None]),
@@ -830,32 +843,74 @@ class Engine:
         )
 
     def _decode(
-        self, state: _Packed, rows: list[int], logits: torch.Tensor
+        self,
+        state: _Packed,
+        heads: list[tuple[int, torch.Tensor, dict[int, tuple[int, Any]], list[int]]],
     ) -> list[tuple[str, float]]:
-        """Greedy decoding of several rows of a packed pass at once, from the logits [n, vocab]
-        of each row's last token; each step is one pass of every unfinished row's new token."""
-        tokens: list[list[int]] = [[] for _ in rows]
-        logps: list[list[float]] = [[] for _ in rows]
-        texts = [""] * len(rows)
-        last = {j: j for j in range(len(rows))}  # unfinished row -> its row of `logits`
-        for step in range(self.config.max_new_tokens):
-            step_rows = []
-            for j, pos in last.items():
-                step_logp = logits[pos].log_softmax(-1)
+        """Greedy decoding of several rows of a packed pass at once; `heads` holds, per row,
+        its id, the logits [vocab] after its last token, the drafts run after that token (a
+        token -> (its index in the cache after the prefix, the logits after it)), and the
+        tokens to draft after each token it picks.
+
+        A draft is a guessed next token run as a branch of the row in the same pass (a number's
+        digits, its point and the answer's leading space: `_drafts`). When greedy decoding
+        picks a drafted token, its branch becomes part of the row (its cached key and value,
+        its logits), so a pass decodes two tokens; a draft never picked is never seen. The
+        tokens are those of plain greedy decoding; only fewer passes run."""
+        n = len(heads)
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logps: list[list[float]] = [[] for _ in range(n)]
+        texts = [""] * n
+        rows = [row for row, _, _, _ in heads]
+        pending: dict[int, int] = {}  # unfinished row -> its chosen token, not yet run
+
+        def take(j: int, logits: torch.Tensor, kids: dict[int, tuple[int, Any]]) -> None:
+            while True:
+                step_logp = logits.log_softmax(-1)
                 token = int(step_logp.argmax())
                 if token == self.model.eos_token_id:
-                    continue
+                    return
                 tokens[j].append(token)
                 logps[j].append(float(step_logp[token]))
                 texts[j] = self.model.tokenizer.decode(tokens[j], skip_special_tokens=True)
                 if "\n" in texts[j]:
                     texts[j] = texts[j].split("\n", 1)[0]
-                    continue
-                step_rows.append(j)
-            if not step_rows or step == self.config.max_new_tokens - 1:
-                break  # the last step's logits would choose no token
-            logits = self._packed_forward(state, [(rows[j], [tokens[j][-1]]) for j in step_rows])
-            last = {j: m for m, j in enumerate(step_rows)}
+                    return
+                if len(tokens[j]) >= self.config.max_new_tokens:
+                    return
+                if token not in kids:
+                    pending[j] = token
+                    return
+                index, logits = kids.pop(token)
+                state.owners[index] = rows[j]  # the drafted token is the row's next token
+                state.row_len[rows[j]] += 1
+                kids = {}
+
+        for j, (_, logits, kids, _) in enumerate(heads):
+            take(j, logits, dict(kids))
+        while pending:
+            step, children = [], []
+            parents: dict[int, int] = {}
+            for j, token in pending.items():
+                step.append((rows[j], [token]))
+                for draft in heads[j][3]:
+                    child = len(state.row_len)
+                    state.row_len.append(0)
+                    parents[child] = rows[j]
+                    children.append((j, draft, child))
+                    step.append((child, [draft]))
+            base = len(state.owners)
+            logits = self._packed_forward(state, step, parents=parents)
+            for index, (row, _) in enumerate(step):
+                if row in parents:
+                    state.owners[base + index] = DROPPED  # a draft not (yet) picked
+            at = {row: index for index, (row, _) in enumerate(step)}
+            kids: dict[int, dict[int, tuple[int, Any]]] = {j: {} for j in pending}
+            for j, draft, child in children:
+                kids[j][draft] = (base + at[child], logits[at[child]])
+            todo, pending = list(pending), {}
+            for j in todo:
+                take(j, logits[at[rows[j]]], kids[j])
         return [(t.strip(), _confidence(lp)) for t, lp in zip(texts, logps, strict=True)]
 
     def _generate(self, keys: tuple, query: Query) -> tuple[str, float]:
@@ -888,6 +943,10 @@ class Engine:
                 use_cache=True,
             )
         return text.strip(), _confidence(logps)
+
+
+# Row ids that match no row: a row without a parent, and a draft branch nobody picked.
+NO_ROW, DROPPED = -1, -2
 
 
 def _worded(query: Any) -> Any:
