@@ -496,3 +496,92 @@ def test_verdict_bias_shifts_the_yes_log_odds(tiny_model, rng):
             math.log(p / (1 - p)) + 1.5, abs=1e-3
         )
         assert a.verdict == (a.probability >= 0.5)
+
+
+def _spy_passes(engine, monkeypatch) -> list[int]:
+    """The token count of every packed LM pass `engine` runs from now on."""
+    passes: list[int] = []
+    real = engine._packed_forward
+
+    def spy(state, rows, *args, **kwargs):
+        passes.append(sum(len(toks) for _, toks in rows))
+        return real(state, rows, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_packed_forward", spy)
+    return passes
+
+
+def test_a_frames_yes_no_and_choice_questions_share_one_pass_and_score_as_per_option(
+    tiny_model, rng, monkeypatch
+):
+    """A new frame's yes/no and choice questions run in ONE LM pass with its prefix: each
+    choice's question once, its options as branches after it. Answers and scores equal the
+    reference path's, where every option reruns the whole prompt."""
+    engine = Engine(tiny_model)
+    reference = Engine(tiny_model, EngineConfig(reuse_prefix=False))
+    image = random_image(rng)
+    options = ["up", "up and left", "left", "the red cup"]  # one a prefix of another
+    queries = _queries(rng, 3) + [
+        Query("In which direction is the cup from the box?", [image], AnswerKind.CHOICE, options),
+        Query("Which is nearer?", [image], AnswerKind.CHOICE, ["the red cup", "the box"]),
+    ]
+    queries = [Query(q.question, [image], q.answer_kind, q.options) for q in queries]
+    passes = _spy_passes(engine, monkeypatch)
+    got, expected = engine.answer(queries), reference.answer(queries)
+    assert len(passes) == 1
+    for a, b in zip(got, expected, strict=True):
+        assert a.status == b.status == Status.OK
+        assert (a.text, a.verdict, a.choice_index) == (b.text, b.verdict, b.choice_index)
+        assert math.isclose(a.probability, b.probability, abs_tol=1e-5)
+
+
+def test_drafted_number_decoding_equals_greedy_decoding_in_fewer_passes(
+    tiny_model, rng, monkeypatch
+):
+    """A number answer's drafted tokens (verified against the greedy choice) decode two tokens
+    a pass; the text and confidence are plain greedy decoding's. With every token drafted,
+    every pass keeps its draft."""
+    engine = Engine(tiny_model)
+    reference = Engine(tiny_model, EngineConfig(reuse_prefix=False))
+    image = random_image(rng)
+    questions = ["How far is the cup?", "How far apart are they?", "How big is the box?"]
+    queries = [Query(q, [image], AnswerKind.NUMBER) for q in questions]
+    expected = reference.answer(queries)
+    every = [t for t in range(len(tiny_model.tokenizer)) if t != tiny_model.image_token_id]
+    for drafts in (engine._drafts, every):
+        engine.clear_cache()
+        monkeypatch.setattr(engine, "_drafts", drafts)
+        passes = _spy_passes(engine, monkeypatch)
+        got = engine.answer(queries)
+        for a, b in zip(got, expected, strict=True):
+            assert (a.status, a.text) == (b.status, b.text)
+            assert math.isclose(a.probability, b.probability, abs_tol=1e-5)
+        monkeypatch.undo()
+    # All drafted: each pass decoded two tokens (the random model never stops by itself).
+    assert all(len(a.text) >= engine.config.max_new_tokens for a in expected)
+    assert len(passes) == engine.config.max_new_tokens // 2
+
+
+def test_a_question_asked_twice_in_a_batch_is_answered_once(tiny_model, rng, monkeypatch):
+    engine = Engine(tiny_model)
+    image = random_image(rng)
+    options = ["left", "right"]
+    queries = [
+        Query("Is the cup left of the box?", [image], query_id="a"),
+        Query("Where is the cup?", [image], AnswerKind.CHOICE, options, query_id="b"),
+        Query("Is the cup left of the box?", [image], query_id="c"),
+        Query("Where is the cup?", [image], AnswerKind.CHOICE, options, query_id="d"),
+        Query("Where is the cup?", [image], AnswerKind.CHOICE, ["right", "left"], query_id="e"),
+    ]
+    asked: list[int] = []
+    real = engine._answer_chunk
+    monkeypatch.setattr(
+        engine, "_answer_chunk", lambda keys, qs: asked.append(len(qs)) or real(keys, qs)
+    )
+    answers = engine.answer(queries)
+    assert asked == [3]  # the options in another order are another question
+    assert [a.query_id for a in answers] == ["a", "b", "c", "d", "e"]
+    assert (answers[0].text, answers[0].probability) == (answers[2].text, answers[2].probability)
+    assert answers[1].choice_index == answers[3].choice_index
+    assert answers[4].text == answers[1].text
+    assert len({id(a) for a in answers}) == 5 and answers[0].objects is not answers[2].objects

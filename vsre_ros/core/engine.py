@@ -573,15 +573,28 @@ class Engine:
             asks.append(first.setdefault(ask, j))
         unique = sorted(set(asks))
         step = max(1, self.config.max_batch)
+        chunks = [unique[start : start + step] for start in range(0, len(unique), step)]
         got: dict[int, Answer] = {}
-        for start in range(0, len(unique), step):
-            chunk = unique[start : start + step]
-            got.update(
-                zip(chunk, self._answer_chunk(keys, [queries[j] for j in chunk]), strict=True)
-            )
+        for chunk in chunks:
+            answered = self._answer_chunk(keys, [queries[j] for j in chunk])
+            got.update(zip(chunk, answered, strict=True))
         for j, (slot, asked) in enumerate(zip(slots, asks, strict=True)):
             # Each query gets its own Answer: grounding and the caller fill in their own fields.
             answers[slot] = got[j] if asked == j else dataclasses.replace(got[asked], objects=[])
+
+    def _query_rows(self, query: Query) -> list[list[int]]:
+        """The rows a query runs in a packed pass: its question (a yes/no question's up to
+        where the verdict is read), then its branches: a choice's options (the last token of
+        an option is only predicted, never fed), a number's drafts (see `_decode`)."""
+        kind = AnswerKind(query.answer_kind)
+        if kind == AnswerKind.YES_NO:
+            return [self._verdict_row(query.question)]
+        question = self._suffix_ids(query.question)
+        if kind == AnswerKind.CHOICE:
+            return [question] + [o[:-1] for o in self._option_ids(query)]
+        if kind == AnswerKind.NUMBER:
+            return [question] + [[t] for t in self._drafts]
+        return [question]
 
     def _answer_chunk(self, keys: tuple, queries: list[Query]) -> list[Answer]:
         """Answers from ONE LM pass after the image prefix (with the prefix itself, for a new
@@ -597,17 +610,10 @@ class Engine:
         for query in queries:
             kind = AnswerKind(query.answer_kind)
             row = len(rows)
-            question = self._verdict_row if kind == AnswerKind.YES_NO else self._suffix_ids
-            rows.append(question(query.question))
-            if kind == AnswerKind.CHOICE:
-                # The last token of an option is only predicted, never fed.
-                branches = options = self._option_ids(query)
-                rows += [o[:-1] for o in options]
-            else:
-                options = []
-                branches = [[t] for t in self._drafts] if kind == AnswerKind.NUMBER else []
-                rows += branches
-            parents.update(dict.fromkeys(range(row + 1, row + 1 + len(branches)), row))
+            own = self._query_rows(query)
+            rows += own
+            parents.update(dict.fromkeys(range(row + 1, row + len(own)), row))
+            options = self._option_ids(query) if kind == AnswerKind.CHOICE else []
             plan.append((kind, row, options))
         state, flat = self._run_packed(keys, rows, parents)
         ends = np.cumsum([len(r) for r in rows]).tolist()
