@@ -148,7 +148,7 @@ class TracedLM:
     def __init__(
         self,
         model: nn.Module,
-        buckets: tuple[int, ...] = (16, 32, 48, 64, 96, 128),
+        buckets: tuple[int, ...] = (16, 32, 48, 64),
         step_buckets: tuple[int, ...] = (16, 32),
         step_caches: tuple[int, ...] = (64, 128, 192),
     ):
