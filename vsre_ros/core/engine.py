@@ -3,10 +3,13 @@
 - Visual tokens are cached per image key (the caller's (camera, stamp), or a hash of the
   pixels), least recently used first out; a frame is encoded once however often it is asked.
 - The image prefix of the prompt is run once per image set and its KV cache reused for every
-  question (expanded over the batch, never copied or mutated).
-- Yes/no questions are answered from the answer-token probabilities in one forward pass;
-  choices by scoring every option in one pass; numbers and free text by greedy decoding
-  (never sampled), then parsed.
+  question (never copied or mutated). A batch's questions about one image set run in ONE LM
+  pass (with the prefix, for a new image set), packed after it with a block mask
+  (`_answer_chunk`): yes/no questions are answered from the answer-token probabilities; a
+  choice's question runs once with its options as branches after it, each option scored as
+  the whole answer; numbers and free text by greedy decoding (never sampled), then parsed, a
+  number two tokens a pass (drafted digits, kept only when greedy decoding picks them). A
+  question asked twice in one batch is answered once.
 - `answer` is thread-safe: concurrent callers queue their queries, and whichever caller holds
   the model runs every pending query in one batch.
 - A model the engine loads itself (a directory or preset id) is put in eval mode once, and its
