@@ -585,3 +585,25 @@ def test_a_question_asked_twice_in_a_batch_is_answered_once(tiny_model, rng, mon
     assert answers[1].choice_index == answers[3].choice_index
     assert answers[4].text == answers[1].text
     assert len({id(a) for a in answers}) == 5 and answers[0].objects is not answers[2].objects
+
+
+def test_new_frames_in_one_call_each_run_the_traced_vision_side(tiny_model, tmp_path, rng):
+    """The traced vision side holds one image; two new frames in a batch (the latest frame
+    changed while clients asked) run it once each instead of the eager model."""
+    tiny_model.save_pretrained(tmp_path / "m")
+    engine = Engine(tmp_path / "m")
+    vision = engine._vision
+    traced, calls = vision._traced, []
+
+    def counted(*pixels):
+        calls.append(pixels[0].shape[0])
+        return traced(*pixels)
+
+    def eager(pixels):
+        raise AssertionError("the eager vision side ran")
+
+    vision._traced, vision._eager = counted, eager
+    frames = [random_image(rng), random_image(rng)]
+    answers = engine.answer([Query("Is the cup left of the box?", [f]) for f in frames])
+    assert [a.status for a in answers] == [Status.OK] * 2
+    assert calls == [1, 1]

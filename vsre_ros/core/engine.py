@@ -458,7 +458,9 @@ class Engine:
                     missing[key] = image
                     self._count("feature_misses")
         items = list(missing.items())
-        step = max(1, self.config.max_batch)
+        # The traced vision side holds one image: two new frames in a batch (the latest frame
+        # changed while clients asked about it) run it twice, not the eager model once.
+        step = 1 if self._vision is not None else max(1, self.config.max_batch)
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             pixels = self.model.preprocess([image for _, image in chunk])
