@@ -16,7 +16,12 @@ Figures, with a new camera-sized frame (`--frame`, default 640x480) per question
    one pass) vs recomputing the whole prompt per question vs transformers `generate` per
    question, with the max |logit difference| and whether the answers are identical to the
    reference engine's (no prefix cache, no tracing);
-4. visual tokens per image; peak resident memory.
+4. each answer kind about a new frame, one question a call (a yes/no question, an 8-option
+   choice, a number), and the demo's three at once (one of each kind): the engine (a frame's
+   questions in one LM pass, a choice's options as branches of its question, numbers decoded
+   two tokens a pass) vs the reference engine (no prefix cache, no tracing: every option and
+   every decoding step reruns), and whether the answers are identical;
+5. visual tokens per image; peak resident memory.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vsre_ros.core.answers import Query
+from vsre_ros.core.answers import AnswerKind, Query
 from vsre_ros.core.config import EngineConfig
 from vsre_ros.core.engine import Engine
 from vsre_ros.core.model import VSREModel
@@ -41,6 +46,19 @@ QUESTIONS = [
     f"Is the red cup {r} the blue box?"
     for r in ["left of", "right of", "above", "below", "near", "far from", "behind", "on"]
 ]
+
+
+DIRECTIONS = [
+    "left", "right", "above", "below", "above and to the left", "above and to the right",
+    "below and to the left", "below and to the right",
+]  # fmt: skip
+KINDS = {
+    "yes/no": Query(QUESTIONS[0], []),
+    "choice (8 options)": Query(
+        "Where is the red cup relative to the blue box?", [], AnswerKind.CHOICE, DIRECTIONS
+    ),
+    "number": Query("How far is the red cup from the blue box in metres?", [], AnswerKind.NUMBER),
+}
 
 
 def gemm_peak(windows: int = 8, n: int = 1024) -> float:
@@ -154,6 +172,43 @@ def eight_questions(ref: str, rng, shape, runs: int) -> dict[str, float]:
     return {**med, **{f"diff_{k}": v for k, v in diffs.items()}}
 
 
+def by_kind(ref: str, rng, shape, runs: int) -> dict[str, dict[str, float | str]]:
+    """Per kind (and the three at once): engine and reference p50 ms on new frames, the
+    median per-round speed-up, and the rounds whose answers were identical."""
+    engine = Engine(ref, EngineConfig(device="cpu"))
+    reference = Engine(engine.model, EngineConfig(device="cpu", reuse_prefix=False, trace=False))
+    plans = {name: [q] for name, q in KINDS.items()}
+    plans["all three at once"] = list(KINDS.values())
+    out = {}
+    for name, plan in plans.items():
+        times: dict[str, list[float]] = {"engine": [], "reference": []}
+        same = 0
+        for i in range(runs + 1):
+            image = frame(rng, shape)
+            answers = {}
+            for which, eng in (("engine", engine), ("reference", reference)):
+                queries = [
+                    Query(q.question, [image], q.answer_kind, q.options, image_keys=[(name, i)])
+                    for q in plan
+                ]
+                start = time.perf_counter()
+                answers[which] = eng.answer(queries)
+                times[which].append(time.perf_counter() - start)
+            same += all(
+                (a.text, a.choice_index) == (b.text, b.choice_index)
+                and abs(a.probability - b.probability) < 1e-4
+                for a, b in zip(answers["engine"], answers["reference"], strict=True)
+            )
+        ratios = [r / e for e, r in zip(times["engine"][1:], times["reference"][1:], strict=True)]
+        out[name] = {
+            "engine": statistics.median(times["engine"][1:]) * 1000,
+            "reference": statistics.median(times["reference"][1:]) * 1000,
+            "speedup": statistics.median(ratios),
+            "identical": f"{same}/{runs + 1}",
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -222,6 +277,18 @@ def main() -> None:
             f"| {r['speedup_generate']:.1f}x | {r['identical']} rounds "
             f"| {r['diff_recompute']:.2e}, {r['diff_generate']:.2e} |"
         )
+    print("\nEach answer kind about a new frame (one call each; medians; speed-up: median ratio):")
+    print(
+        "| model | question(s) | engine ms | reference ms | speed-up | answers identical "
+        "(text, choice, probability to 1e-4) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, ref in refs.items():
+        for kind, r in by_kind(ref, rng, shape, args.batch_runs).items():
+            print(
+                f"| {name} | {kind} | {r['engine']:.1f} | {r['reference']:.1f} "
+                f"| {r['speedup']:.1f}x | {r['identical']} rounds |"
+            )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak resident memory of this process: {rss:.0f} MiB")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")

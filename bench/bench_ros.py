@@ -16,9 +16,14 @@ into the server (shm profile):
 4. one question through the service about each new frame (by its stamp), then a second
    question about the same frame (already encoded): round trip p50/p95 and the server's
    model time;
-5. answers per second with 16 concurrent service clients asking about the latest frame.
+5. answers per second with 16 concurrent service clients asking about the latest frame: all
+   the same question (the engine answers a question asked twice in a batch once), and each
+   client one of 8 questions (two clients per question).
 
-Run: python bench/bench_ros.py [--quick] [--only model]
+`--model` picks the served model for 4 and 5: a preset id (its trained weights when they
+ship) or a model directory, served with config/vsre-tiny.yaml.
+
+Run: python bench/bench_ros.py [--quick] [--only model] [--model DIR]
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ class Server:
     """`vsre serve` in a child process: the stub engine, or a model preset with its YAML."""
 
     def __init__(self, shm: bool, model: str = "stub", queue_size: int = 32):
-        preset = "stub" if model.startswith("stub") else model
+        preset = "stub" if model.startswith("stub") else "vsre-tiny"
         args = [
             sys.executable, "-m", "vsre_ros.cli", "serve",
             "--params-file", str(ROOT / "config" / f"{preset}.yaml"),
@@ -201,9 +206,12 @@ def conversion_cost(n: int = 200) -> None:
         print(f"Image {encoding} 640x480 -> RGB array: CPU {np.median(cpu) * 1000:.3f} ms/frame")
 
 
-def throughput(shm: bool, model: str, clients: int, seconds: float, camera: bool = False) -> None:
+def throughput(
+    shm: bool, model: str, clients: int, seconds: float, camera: bool = False, questions: int = 1
+) -> None:
     """Answers per second with `clients` concurrent service clients, each asking about an
-    inline 32x32 image or, with `camera`, about the latest frame of a 10 Hz 640x480 camera."""
+    inline 32x32 image or, with `camera`, about the latest frame of a 10 Hz 640x480 camera
+    (client k asks question k % `questions` of QUESTIONS)."""
     server = Server(shm, model=model, queue_size=32)
     try:
         client = Client()
@@ -212,8 +220,9 @@ def throughput(shm: bool, model: str, clients: int, seconds: float, camera: bool
             source.start()
             time.sleep(0.5)
 
-        def request(i: int):
-            return camera_request(i) if camera else client.request(i)
+        def request(i: int, k: int = 0):
+            question = QUESTIONS[k % questions]
+            return camera_request(i, question=question) if camera else client.request(i)
 
         for i in range(10):
             client.call(i, request(i))
@@ -224,7 +233,7 @@ def throughput(shm: bool, model: str, clients: int, seconds: float, camera: bool
         def worker(k: int) -> None:
             i = 0
             while time.monotonic() < stop:
-                answer = client.call(i, request(k * 1_000_000 + i))
+                answer = client.call(i, request(k * 1_000_000 + i, k))
                 if answer.status == 0:
                     with lock:
                         done[0] += 1
@@ -243,8 +252,9 @@ def throughput(shm: bool, model: str, clients: int, seconds: float, camera: bool
     finally:
         server.close()
     where = ", latest frame of a 10 Hz 640x480 camera" if camera else ""
+    asked = f", {questions} different questions" if questions > 1 else ""
     print(
-        f"answers/s with {clients:>2} concurrent clients [engine {model}{where}]: "
+        f"answers/s with {clients:>2} concurrent clients [engine {model}{where}{asked}]: "
         f"{done[0] / elapsed:.0f}"
     )
 
@@ -295,12 +305,18 @@ class Camera:
             self._thread.join()
 
 
-def camera_request(i: int, stamp=None):
+QUESTIONS = [
+    f"Is the red cup {r} the blue box?"
+    for r in ["left of", "right of", "above", "below", "near", "far from", "behind", "on"]
+]
+
+
+def camera_request(i: int, stamp=None, question: str = QUESTIONS[0]):
     """A question about the camera's frame at `stamp` (None: its latest frame)."""
     from vsre_ros.msg import SpatialQuery
     from vsre_ros.srv import AskSpatial
 
-    query = SpatialQuery(query_id=str(i), question="Is the red cup left of the blue box?")
+    query = SpatialQuery(query_id=str(i), question=question)
     if stamp is not None:
         query.stamp = stamp
     return AskSpatial.Request(query=query)
@@ -348,7 +364,7 @@ def model_latency(shm: bool, n: int, model: str = "vsre-tiny") -> None:
 PARTS = ("roundtrip", "ingest", "conversion", "throughput", "model")
 
 
-def run_part(part: str, shm: bool, quick: bool) -> None:
+def run_part(part: str, shm: bool, quick: bool, model: str = "vsre-tiny") -> None:
     n = 100 if quick else 500
     seconds = 3.0 if quick else 10.0
     if part == "roundtrip":
@@ -362,8 +378,9 @@ def run_part(part: str, shm: bool, quick: bool) -> None:
             for clients in (1, 4, 16):
                 throughput(shm, model, clients, seconds / 2)
     elif part == "model":
-        model_latency(shm, n // 2)
-        throughput(shm, "vsre-tiny", 16, seconds, camera=True)
+        model_latency(shm, n // 2, model)
+        throughput(shm, model, 16, seconds, camera=True)
+        throughput(shm, model, 16, seconds, camera=True, questions=len(QUESTIONS))
 
 
 def main() -> None:
@@ -372,13 +389,20 @@ def main() -> None:
     parser.add_argument("--part", choices=PARTS, help="run one part only (in this process)")
     parser.add_argument("--shm", action="store_true", help="with --part: use the shm profile")
     parser.add_argument("--only", nargs="+", choices=PARTS, help="run these parts of the plan")
+    parser.add_argument(
+        "--model", default="vsre-tiny", help="the model of parts 4-5 (a preset id or directory)"
+    )
     args = parser.parse_args()
     if args.part:
-        run_part(args.part, args.shm, args.quick)
+        run_part(args.part, args.shm, args.quick, args.model)
         return
     # Fast DDS reads its XML profile once per process, so every configuration gets its own.
     domain = str(random.randint(102, 200))
-    print(f"cores: {os.cpu_count()}; ROS_DOMAIN_ID {domain}", flush=True)
+    print(
+        f"cores: {os.cpu_count()}; ROS_DOMAIN_ID {domain}; load average {os.getloadavg()[0]:.1f} "
+        "(other work on the machine slows every figure)",
+        flush=True,
+    )
     plan = [("roundtrip", False), ("roundtrip", True), ("conversion", False)]
     plan += [("ingest", False), ("ingest", True), ("throughput", True), ("model", True)]
     for part, shm in plan:
@@ -386,7 +410,8 @@ def main() -> None:
             continue
         env = _env(shm)
         env["ROS_DOMAIN_ID"] = domain
-        cmd = [sys.executable, __file__, "--part", part] + (["--shm"] if shm else [])
+        cmd = [sys.executable, __file__, "--part", part, "--model", args.model]
+        cmd += ["--shm"] if shm else []
         subprocess.run(cmd + (["--quick"] if args.quick else []), env=env, check=True)
 
 

@@ -102,7 +102,9 @@ def test_traced_lm_pads_to_a_recorded_shape_and_updates_the_cache_like_the_lm(ti
     prefix, hidden = traced.prefix, tiny_model.hidden_size
     with torch.inference_mode():
         for keep in (5, 16, 17):  # padded to 16, recorded as is, padded to 32
-            for cached in (0, prefix):  # a new frame's pass, then one after its cache
+            # A new frame's pass, one after its cache, and a decoding step after a longer
+            # cache (padded up to a recorded length).
+            for cached in (0, prefix, prefix + 5):
                 new = keep + (prefix if cached == 0 else 0)
                 embeds = torch.randn(1, new, hidden)
                 mask = torch.zeros(1, 1, new, cached + new)
@@ -127,10 +129,20 @@ def test_traced_lm_pads_to_a_recorded_shape_and_updates_the_cache_like_the_lm(ti
                 assert got is not None and (got - want).abs().max() <= 1e-4
                 for a, b in zip(caches[0].layers, caches[1].layers, strict=True):
                     assert a.keys.shape == b.keys.shape and (a.keys - b.keys).abs().max() <= 1e-4
-        # Longer than the last bucket, or after a cache of another length: not recorded.
-        embeds = torch.randn(1, 70, hidden)
+        # Longer than the last bucket, or after a cache longer than any recorded: not recorded.
+        n = traced.buckets[-1] + 1
+        embeds = torch.randn(1, n, hidden)
         assert (
-            traced(embeds, torch.zeros(1, 1, 70, 70), torch.arange(70)[None], DynamicCache(), 70)
+            traced(embeds, torch.zeros(1, 1, n, n), torch.arange(n)[None], DynamicCache(), n)
+            is None
+        )
+        cached = traced.rooms[-1] + 1
+        long = DynamicCache(
+            ddp_cache_data=[(torch.randn(1, h, cached, d),) * 2 for h, d in traced.kv_shape]
+        )
+        one = torch.randn(1, 1, hidden)
+        assert (
+            traced(one, torch.zeros(1, 1, 1, cached + 1), torch.tensor([[cached]]), long, 1)
             is None
         )
 
@@ -484,3 +496,114 @@ def test_verdict_bias_shifts_the_yes_log_odds(tiny_model, rng):
             math.log(p / (1 - p)) + 1.5, abs=1e-3
         )
         assert a.verdict == (a.probability >= 0.5)
+
+
+def _spy_passes(engine, monkeypatch) -> list[int]:
+    """The token count of every packed LM pass `engine` runs from now on."""
+    passes: list[int] = []
+    real = engine._packed_forward
+
+    def spy(state, rows, *args, **kwargs):
+        passes.append(sum(len(toks) for _, toks in rows))
+        return real(state, rows, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_packed_forward", spy)
+    return passes
+
+
+def test_a_frames_yes_no_and_choice_questions_share_one_pass_and_score_as_per_option(
+    tiny_model, rng, monkeypatch
+):
+    """A new frame's yes/no and choice questions run in ONE LM pass with its prefix: each
+    choice's question once, its options as branches after it. Answers and scores equal the
+    reference path's, where every option reruns the whole prompt."""
+    engine = Engine(tiny_model)
+    reference = Engine(tiny_model, EngineConfig(reuse_prefix=False))
+    image = random_image(rng)
+    options = ["up", "up and left", "left", "the red cup"]  # one a prefix of another
+    queries = _queries(rng, 3) + [
+        Query("In which direction is the cup from the box?", [image], AnswerKind.CHOICE, options),
+        Query("Which is nearer?", [image], AnswerKind.CHOICE, ["the red cup", "the box"]),
+    ]
+    queries = [Query(q.question, [image], q.answer_kind, q.options) for q in queries]
+    passes = _spy_passes(engine, monkeypatch)
+    got, expected = engine.answer(queries), reference.answer(queries)
+    assert len(passes) == 1
+    for a, b in zip(got, expected, strict=True):
+        assert a.status == b.status == Status.OK
+        assert (a.text, a.verdict, a.choice_index) == (b.text, b.verdict, b.choice_index)
+        assert math.isclose(a.probability, b.probability, abs_tol=1e-5)
+
+
+def test_drafted_number_decoding_equals_greedy_decoding_in_fewer_passes(
+    tiny_model, rng, monkeypatch
+):
+    """A number answer's drafted tokens (verified against the greedy choice) decode two tokens
+    a pass; the text and confidence are plain greedy decoding's. With every token drafted,
+    every pass keeps its draft."""
+    engine = Engine(tiny_model)
+    reference = Engine(tiny_model, EngineConfig(reuse_prefix=False))
+    image = random_image(rng)
+    questions = ["How far is the cup?", "How far apart are they?", "How big is the box?"]
+    queries = [Query(q, [image], AnswerKind.NUMBER) for q in questions]
+    expected = reference.answer(queries)
+    every = [t for t in range(len(tiny_model.tokenizer)) if t != tiny_model.image_token_id]
+    for drafts in (engine._drafts, every):
+        engine.clear_cache()
+        monkeypatch.setattr(engine, "_drafts", drafts)
+        passes = _spy_passes(engine, monkeypatch)
+        got = engine.answer(queries)
+        for a, b in zip(got, expected, strict=True):
+            assert (a.status, a.text) == (b.status, b.text)
+            assert math.isclose(a.probability, b.probability, abs_tol=1e-5)
+        monkeypatch.undo()
+    # All drafted: each pass decoded two tokens (the random model never stops by itself).
+    assert all(len(a.text) >= engine.config.max_new_tokens for a in expected)
+    assert len(passes) == engine.config.max_new_tokens // 2
+
+
+def test_a_question_asked_twice_in_a_batch_is_answered_once(tiny_model, rng, monkeypatch):
+    engine = Engine(tiny_model)
+    image = random_image(rng)
+    options = ["left", "right"]
+    queries = [
+        Query("Is the cup left of the box?", [image], query_id="a"),
+        Query("Where is the cup?", [image], AnswerKind.CHOICE, options, query_id="b"),
+        Query("Is the cup left of the box?", [image], query_id="c"),
+        Query("Where is the cup?", [image], AnswerKind.CHOICE, options, query_id="d"),
+        Query("Where is the cup?", [image], AnswerKind.CHOICE, ["right", "left"], query_id="e"),
+    ]
+    asked: list[int] = []
+    real = engine._answer_chunk
+    monkeypatch.setattr(
+        engine, "_answer_chunk", lambda keys, qs: asked.append(len(qs)) or real(keys, qs)
+    )
+    answers = engine.answer(queries)
+    assert asked == [3]  # the options in another order are another question
+    assert [a.query_id for a in answers] == ["a", "b", "c", "d", "e"]
+    assert (answers[0].text, answers[0].probability) == (answers[2].text, answers[2].probability)
+    assert answers[1].choice_index == answers[3].choice_index
+    assert answers[4].text == answers[1].text
+    assert len({id(a) for a in answers}) == 5 and answers[0].objects is not answers[2].objects
+
+
+def test_new_frames_in_one_call_each_run_the_traced_vision_side(tiny_model, tmp_path, rng):
+    """The traced vision side holds one image; two new frames in a batch (the latest frame
+    changed while clients asked) run it once each instead of the eager model."""
+    tiny_model.save_pretrained(tmp_path / "m")
+    engine = Engine(tmp_path / "m")
+    vision = engine._vision
+    traced, calls = vision._traced, []
+
+    def counted(*pixels):
+        calls.append(pixels[0].shape[0])
+        return traced(*pixels)
+
+    def eager(pixels):
+        raise AssertionError("the eager vision side ran")
+
+    vision._traced, vision._eager = counted, eager
+    frames = [random_image(rng), random_image(rng)]
+    answers = engine.answer([Query("Is the cup left of the box?", [f]) for f in frames])
+    assert [a.status for a in answers] == [Status.OK] * 2
+    assert calls == [1, 1]

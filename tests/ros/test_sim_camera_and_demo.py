@@ -87,6 +87,24 @@ def test_sim_camera_publishes_matching_image_depth_info_and_truth(ros_client):
     assert scene["questions"] and all(len(q["images"]) == 1 for q in scene["questions"])
 
 
+def test_the_scene_source_renders_the_next_scene_only_when_asked():
+    """Rendering waits until the camera asks (halfway through a scene), so it does not take
+    the CPU at the change of scene, when clients ask about the new one."""
+    import queue
+
+    from vsre_ros.ros.sim_camera import SceneSource
+
+    source = SceneSource(seed=0, width=32, height=24, max_scenes=3)
+    try:
+        first = source.next(timeout=60)
+        with pytest.raises(queue.Empty):
+            source.next(timeout=2.0)  # nothing asked for: nothing rendered
+        source.ask()
+        assert source.next(timeout=60).scene_id != first.scene_id
+    finally:
+        source.close()
+
+
 def _answer(**fields) -> SpatialAnswer:
     return SpatialAnswer(status=SpatialAnswer.OK, **fields)
 

@@ -3,10 +3,13 @@
 - Visual tokens are cached per image key (the caller's (camera, stamp), or a hash of the
   pixels), least recently used first out; a frame is encoded once however often it is asked.
 - The image prefix of the prompt is run once per image set and its KV cache reused for every
-  question (expanded over the batch, never copied or mutated).
-- Yes/no questions are answered from the answer-token probabilities in one forward pass;
-  choices by scoring every option in one pass; numbers and free text by greedy decoding
-  (never sampled), then parsed.
+  question (never copied or mutated). A batch's questions about one image set run in ONE LM
+  pass (with the prefix, for a new image set), packed after it with a block mask
+  (`_answer_chunk`): yes/no questions are answered from the answer-token probabilities; a
+  choice's question runs once with its options as branches after it, each option scored as
+  the whole answer; numbers and free text by greedy decoding (never sampled), then parsed, a
+  number two tokens a pass (drafted digits, kept only when greedy decoding picks them). A
+  question asked twice in one batch is answered once.
 - `answer` is thread-safe: concurrent callers queue their queries, and whichever caller holds
   the model runs every pending query in one batch.
 - A model the engine loads itself (a directory or preset id) is put in eval mode once, and its
@@ -142,6 +145,16 @@ class _Prefix:
     image_embeds: torch.Tensor  # [n images * tokens, hidden]
 
 
+@dataclass
+class _Packed:
+    """A packed LM pass after an image prefix, to be continued (greedy decoding)."""
+
+    prefix: _Prefix
+    cache: DynamicCache  # the prefix's keys and values, then every row token run so far
+    owners: list[int]  # the row of each cached token after the prefix
+    row_len: list[int]  # tokens of each row so far (a child row counts its parent's)
+
+
 class _Pending:
     def __init__(self, queries: Sequence[Query]):
         self.queries = list(queries)
@@ -221,6 +234,10 @@ class Engine:
         # Token ids of prompt parts, by question and by image count: tokenizing them again for
         # every check and row cost about 0.4 ms a question. Read-only lists.
         self._suffixes = LRU(4096)
+        self._answers = LRU(4096)  # choice options as answer token ids
+        # The tokens drafted after each token of a number answer (`_decode`): the answer's
+        # leading text, digits and point, as this tokenizer writes them.
+        self._drafts = sorted(set(self.model.answer_ids("0.123456789", eos=False)))
         self._prefix_lists: dict[int, list[int]] = {}
         self._grounder: Grounder | None = None  # the grounding head's caches (`_ground`)
         # Recorded once here, never on the answer path; a recording of the old model (or of
@@ -445,7 +462,9 @@ class Engine:
                     missing[key] = image
                     self._count("feature_misses")
         items = list(missing.items())
-        step = max(1, self.config.max_batch)
+        # The traced vision side holds one image: two new frames in a batch (the latest frame
+        # changed while clients asked about it) run it twice, not the eager model once.
+        step = 1 if self._vision is not None else max(1, self.config.max_batch)
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             pixels = self.model.preprocess([image for _, image in chunk])
@@ -463,27 +482,14 @@ class Engine:
         for i, k in enumerate(keys):
             groups.setdefault(k, []).append(i)
         for k, members in groups.items():
-            by_kind: dict[AnswerKind, list[int]] = {}
-            for i in members:
-                by_kind.setdefault(AnswerKind(queries[i].answer_kind), []).append(i)
-            if AnswerKind.YES_NO in by_kind:
-                idx = by_kind[AnswerKind.YES_NO]
-                for i, ans in zip(idx, self._yes_no(k, [queries[i] for i in idx]), strict=True):
-                    answers[slots[i]] = ans
-            for i in by_kind.get(AnswerKind.CHOICE, []):
-                answers[slots[i]] = self._choice(k, queries[i])
-            gen = by_kind.get(AnswerKind.NUMBER, []) + by_kind.get(AnswerKind.FREE_TEXT, [])
-            if gen and self.config.reuse_prefix:
-                step = max(1, self.config.max_batch)
-                for start in range(0, len(gen), step):
-                    idx = gen[start : start + step]
-                    texts = self._generate_packed(k, [queries[i] for i in idx])
-                    for i, (text, conf) in zip(idx, texts, strict=True):
-                        answers[slots[i]] = _finish(text, conf, AnswerKind(queries[i].answer_kind))
+            if self.config.reuse_prefix:
+                self._answer_packed(
+                    k, [queries[i] for i in members], [slots[i] for i in members], answers
+                )
             else:
-                for i in gen:
-                    text, conf = self._generate(k, queries[i])
-                    answers[slots[i]] = _finish(text, conf, AnswerKind(queries[i].answer_kind))
+                self._answer_reference(
+                    k, [queries[i] for i in members], [slots[i] for i in members], answers
+                )
             self._ground([queries[i] for i in members], k, [answers[slots[i]] for i in members])
 
     def _ground(self, queries: list[Query], keys: tuple, answers: list[Answer]) -> None:
@@ -549,36 +555,153 @@ class Engine:
         answer.probability = min(o.score for o in answer.objects[: len(used)])
         answer.source = Source.GEOMETRY
 
-    def _prefix(
-        self, keys: tuple, rows: list[list[int]] | None = None
-    ) -> tuple[_Prefix, torch.Tensor | None]:
-        """The image prefix of `keys` (cached), and the flat logits [sum of row lengths, vocab]
-        of `rows` packed after it when the prefix was new and ran in the same LM pass as them
-        (a new frame costs one pass, not two); else None."""
+    def _answer_reference(
+        self, keys: tuple, queries: list[Query], slots: list[int], answers: list[Answer | None]
+    ) -> None:
+        """The reference path (`reuse_prefix` off): each question recomputes its whole prompt;
+        a choice runs once per option, a generated answer decodes alone."""
+        yes_no = [
+            j for j, q in enumerate(queries) if AnswerKind(q.answer_kind) == AnswerKind.YES_NO
+        ]
+        if yes_no:
+            rows = [self._verdict_row(queries[j].question) for j in yes_no]
+            logits = self._run_rows(keys, rows)
+            last = logits[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
+            for j, ans in zip(
+                yes_no, self._verdicts([queries[j] for j in yes_no], last), strict=True
+            ):
+                answers[slots[j]] = ans
+        for query, slot in zip(queries, slots, strict=True):
+            kind = AnswerKind(query.answer_kind)
+            if kind == AnswerKind.CHOICE:
+                suffix, options = self._suffix_ids(query.question), self._option_ids(query)
+                logits = self._run_rows(keys, [suffix + o for o in options])
+                n = len(suffix) - 1  # the logits of option token t are at n + t
+                per_option = [logits[r, n : n + len(o)] for r, o in enumerate(options)]
+                answers[slot] = self._pick(query, options, per_option)
+            elif kind != AnswerKind.YES_NO:
+                answers[slot] = _finish(*self._generate(keys, query), kind)
+
+    def _answer_packed(
+        self, keys: tuple, queries: list[Query], slots: list[int], answers: list[Answer | None]
+    ) -> None:
+        """The questions about one image set, `max_batch` at a time, each chunk in one LM pass
+        (`_answer_chunk`). A question asked twice in the batch (the same words, kind and
+        options: clients asking about the latest frame) is answered once."""
+        first: dict[tuple, int] = {}  # what a query asks -> the first query asking it
+        asks = []
+        for j, query in enumerate(queries):
+            ask = (AnswerKind(query.answer_kind), query.question, tuple(query.options))
+            asks.append(first.setdefault(ask, j))
+        unique = sorted(set(asks))
+        step = max(1, self.config.max_batch)
+        chunks = [unique[start : start + step] for start in range(0, len(unique), step)]
+        got: dict[int, Answer] = {}
+        for chunk in chunks:
+            answered = self._answer_chunk(keys, [queries[j] for j in chunk])
+            got.update(zip(chunk, answered, strict=True))
+        for j, (slot, asked) in enumerate(zip(slots, asks, strict=True)):
+            # Each query gets its own Answer: grounding and the caller fill in their own fields.
+            answers[slot] = got[j] if asked == j else dataclasses.replace(got[asked], objects=[])
+
+    def _query_rows(self, query: Query) -> list[list[int]]:
+        """The rows a query runs in a packed pass: its question (a yes/no question's up to
+        where the verdict is read), then its branches: a choice's options (the last token of
+        an option is only predicted, never fed), a number's drafts (see `_decode`)."""
+        kind = AnswerKind(query.answer_kind)
+        if kind == AnswerKind.YES_NO:
+            return [self._verdict_row(query.question)]
+        question = self._suffix_ids(query.question)
+        if kind == AnswerKind.CHOICE:
+            return [question] + [o[:-1] for o in self._option_ids(query)]
+        if kind == AnswerKind.NUMBER:
+            return [question] + [[t] for t in self._drafts]
+        return [question]
+
+    def _answer_chunk(self, keys: tuple, queries: list[Query]) -> list[Answer]:
+        """Answers from ONE LM pass after the image prefix (with the prefix itself, for a new
+        image set): a yes/no question's row ends where its verdict is read; a choice's question
+        runs once, its options as branches after it (each sees the question, not the other
+        options); a number or free text's question gives its first token (a number's also
+        its drafts, see `_decode`), then those decode together. Every row keeps the positions
+        it would have alone, so the logits are those of the reference path (each question and
+        option run alone), to float rounding."""
+        rows: list[list[int]] = []
+        parents: dict[int, int] = {}  # a branch row -> the row it continues
+        plan: list[tuple[AnswerKind, int, list[list[int]]]] = []  # kind, row, option ids
+        for query in queries:
+            kind = AnswerKind(query.answer_kind)
+            row = len(rows)
+            own = self._query_rows(query)
+            rows += own
+            parents.update(dict.fromkeys(range(row + 1, row + len(own)), row))
+            options = self._option_ids(query) if kind == AnswerKind.CHOICE else []
+            plan.append((kind, row, options))
+        state, flat = self._run_packed(keys, rows, parents)
+        ends = np.cumsum([len(r) for r in rows]).tolist()
+        last = {row: flat[ends[row] - 1] for _, row, _ in plan}  # the logits of a row's end
+        out: list[Answer | None] = [None] * len(queries)
+        yes_no = [j for j, (kind, _, _) in enumerate(plan) if kind == AnswerKind.YES_NO]
+        if yes_no:
+            verdicts = self._verdicts(
+                [queries[j] for j in yes_no], torch.stack([last[plan[j][1]] for j in yes_no])
+            )
+            for j, ans in zip(yes_no, verdicts, strict=True):
+                out[j] = ans
+        generated = []
+        for j, (kind, row, options) in enumerate(plan):
+            if kind == AnswerKind.CHOICE:
+                per_option = [
+                    torch.cat([last[row][None], flat[ends[b] - len(rows[b]) : ends[b]]])
+                    for b in range(row + 1, row + 1 + len(options))
+                ]
+                out[j] = self._pick(queries[j], options, per_option)
+            elif kind != AnswerKind.YES_NO:
+                generated.append(j)
+        if generated:
+            heads = []
+            for j in generated:
+                row = plan[j][1]
+                kids = {  # a draft token -> its index among the pass's tokens
+                    rows[b][0]: ends[b] - 1 for b, p in parents.items() if p == row
+                }
+                drafts = self._drafts if plan[j][0] == AnswerKind.NUMBER else []
+                heads.append((row, last[row], {t: (i, flat[i]) for t, i in kids.items()}, drafts))
+            texts = self._decode(state, heads)
+            for j, (text, conf) in zip(generated, texts, strict=True):
+                out[j] = _finish(text, conf, plan[j][0])
+        return [a for a in out if a is not None]
+
+    def _prefix(self, keys: tuple) -> tuple[_Prefix, bool]:
+        """The image prefix of `keys`: the cached one (True), or a new one whose KV cache the
+        caller fills (False)."""
         cached = self._prefixes.get_fresh(keys)
         if cached is not None:
             self._count("prefix_hits")
-            return cached, None
+            return cached, True
         self._count("prefix_misses")
         image_embeds = torch.cat([self._batch_features[key] for key in keys])
-        ids = self._prefix_ids(len(keys))
-        prefix = _Prefix(kv=[], ids=ids, image_embeds=image_embeds)
-        logits = None
-        if self.config.reuse_prefix:
-            embeds = self.model.embed(self._tensor([ids]), image_embeds)
-            if rows:
-                cache = DynamicCache()
-                logits = self._packed_forward(
-                    cache, len(ids), [], list(enumerate(rows)), [0] * len(rows), embeds
-                )
-                kv = [(layer.keys, layer.values) for layer in cache.layers]
-                prefix.kv = [(k[:, :, : len(ids)], v[:, :, : len(ids)]) for k, v in kv]
-            else:
-                # Only the cache is needed from the prefix, so skip all but one row of logits.
-                out = self.model.lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-                prefix.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        self._prefixes.put(keys, prefix)
-        return prefix, logits
+        return _Prefix(kv=[], ids=self._prefix_ids(len(keys)), image_embeds=image_embeds), False
+
+    def _run_packed(
+        self, keys: tuple, rows: list[list[int]], parents: dict[int, int] | None = None
+    ) -> tuple[_Packed, torch.Tensor]:
+        """`rows` packed into ONE LM pass after the image prefix of `keys` (see
+        `_packed_forward`; a new prefix runs in the same pass, and its KV cache is kept), and
+        their flat logits [sum of row lengths, vocab]. The returned state continues the pass."""
+        prefix, known = self._prefix(keys)
+        state = _Packed(prefix=prefix, cache=DynamicCache(), owners=[], row_len=[0] * len(rows))
+        embeds = None
+        if known:
+            state.cache = DynamicCache(ddp_cache_data=list(prefix.kv))
+        else:
+            embeds = self.model.embed(self._tensor([prefix.ids]), prefix.image_embeds)
+        logits = self._packed_forward(state, list(enumerate(rows)), embeds, parents)
+        if not known:
+            n = len(prefix.ids)
+            prefix.kv = [(x.keys[:, :, :n], x.values[:, :, :n]) for x in state.cache.layers]
+            self._prefixes.put(keys, prefix)
+        return state, logits
 
     def _tensor(self, rows: list[list[int]]) -> torch.Tensor:
         width = max(len(r) for r in rows)
@@ -588,24 +711,20 @@ class Engine:
         return out.to(self.device)
 
     def _run_rows(self, keys: tuple, rows: list[list[int]]) -> torch.Tensor:
-        """Logits [R, max_len, vocab] of suffix rows after the image prefix.
-
-        With prefix reuse, the rows of a chunk are packed into ONE sequence after the cached
-        prefix: each row sees the whole prefix and its own earlier tokens (a block mask) and
-        keeps the positions it would have alone, so its logits equal a separate run, without
-        copying the prefix's keys and values once per row.
-        """
+        """Logits [R, max_len, vocab] of suffix rows after the image prefix, zero after each
+        row's end: packed after the cached prefix (`_run_packed`), or with `reuse_prefix` off,
+        each row's whole prompt recomputed (the reference path)."""
         outs = []
         step = max(1, self.config.max_batch)
         width = max(len(r) for r in rows)
-        prefix, first = self._prefix(keys, rows[:step])
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
-            if start == 0 and first is not None:
-                logits = _unpack(first, chunk, width)
-            elif self.config.reuse_prefix:
-                logits = self._packed_logits(prefix, chunk, width)
+            if self.config.reuse_prefix:
+                logits = _unpack(self._run_packed(keys, chunk)[1], chunk, width)
             else:
+                prefix, known = self._prefix(keys)
+                if not known:
+                    self._prefixes.put(keys, prefix)
                 full = self._tensor([prefix.ids + r for r in chunk])
                 images = prefix.image_embeds.repeat(len(chunk), 1)
                 embeds = self.model.embed(full, images)
@@ -617,47 +736,57 @@ class Engine:
             outs.append(logits)
         return torch.cat(outs)
 
-    def _packed_logits(self, prefix: _Prefix, rows: list[list[int]], width: int) -> torch.Tensor:
-        cache = DynamicCache(ddp_cache_data=list(prefix.kv))
-        owners: list[int] = []
-        row_len = [0] * len(rows)
-        logits = self._packed_forward(
-            cache, len(prefix.ids), owners, list(enumerate(rows)), row_len
-        )
-        return _unpack(logits, rows, width)
-
     def _packed_forward(
         self,
-        cache: DynamicCache,
-        n_prefix: int,
-        owners: list[int],
+        state: _Packed,
         rows: list[tuple[int, list[int]]],
-        row_len: list[int],
         prefix_embeds: torch.Tensor | None = None,
+        parents: dict[int, int] | None = None,
     ) -> torch.Tensor:
         """Run several rows' new tokens as ONE sequence after a shared cache; logits [Q, V].
 
-        Each new token sees the prefix, its own row's earlier tokens in the cache (`owners`
-        says which row each cached token after the prefix belongs to) and its own row's new
-        tokens before it, and keeps the position it would have in a separate run; so its
-        logits equal a separate run, without copying the prefix's keys and values per row.
-        With `prefix_embeds` [1, n_prefix, hidden] (and an empty cache), the prefix itself
-        runs first in the same pass, causally and blind to the rows.
+        Each new token sees the prefix, its own row's earlier tokens in the cache
+        (`state.owners` says which row each cached token after the prefix belongs to), its
+        own row's new tokens before it and, for a branch row (`parents`: row id -> the row it
+        continues), all of its parent's tokens, cached and new; it keeps the position it would
+        have in a separate run (a branch continues after its parent), so its logits equal a
+        separate run, without copying the prefix's keys and values per row. With
+        `prefix_embeds` [1, n_prefix, hidden] (and an empty cache), the prefix itself runs
+        first in the same pass, causally and blind to the rows.
         """
         device = self.device
+        n_prefix = len(state.prefix.ids)
+        parents = parents or {}
+        sizes = dict(rows)
+        starts = [
+            state.row_len[parents[i]] + len(sizes.get(parents[i], ()))
+            if i in parents
+            else state.row_len[i]
+            for i, _ in rows
+        ]
         new_owner = torch.tensor([i for i, toks in rows for _ in toks], device=device)
         new_local = torch.tensor([j for _, toks in rows for j in range(len(toks))], device=device)
-        positions = torch.tensor(
-            [n_prefix + row_len[i] + j for i, toks in rows for j in range(len(toks))],
+        new_parent = torch.tensor(
+            [parents.get(i, NO_ROW) for i, toks in rows for _ in toks],
             device=device,
         )
-        old_owner = torch.tensor(owners, dtype=torch.long, device=device)
+        positions = torch.tensor(
+            [
+                n_prefix + s + j
+                for (_, toks), s in zip(rows, starts, strict=True)
+                for j in range(len(toks))
+            ],
+            device=device,
+        )
+        old_owner = torch.tensor(state.owners, dtype=torch.long, device=device)
         allowed = torch.cat(
             [
                 torch.ones(len(new_owner), n_prefix, dtype=torch.bool, device=device),
-                old_owner[None, :] == new_owner[:, None],
+                (old_owner[None, :] == new_owner[:, None])
+                | (old_owner[None, :] == new_parent[:, None]),
                 (new_owner[None, :] == new_owner[:, None])
-                & (new_local[None, :] <= new_local[:, None]),
+                & (new_local[None, :] <= new_local[:, None])
+                | (new_owner[None, :] == new_parent[:, None]),
             ],
             dim=1,
         )
@@ -673,23 +802,20 @@ class Engine:
         # Additive form, so eager and sdpa attention read the same mask.
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        args = (embeds, mask[None, None], positions[None], cache, len(new_owner))
+        args = (embeds, mask[None, None], positions[None], state.cache, len(new_owner))
         logits = self._lm_graphs(*args) if self._lm_graphs is not None else None
         if logits is None:  # no recorded pass of this shape
             logits = lm_pass(self.model.lm, *args)[0]
-        owners.extend(new_owner.tolist())
-        for i, toks in rows:
-            row_len[i] += len(toks)
+        state.owners.extend(new_owner.tolist())
+        for (i, toks), s in zip(rows, starts, strict=True):
+            state.row_len[i] = s + len(toks)
         return logits.float()
 
-    def _yes_no(self, keys: tuple, queries: list[Query]) -> list[Answer]:
+    def _verdicts(self, queries: list[Query], last: torch.Tensor) -> list[Answer]:
+        """Yes/no answers from the logits [n, vocab] of the token before each verdict."""
         # Each question is read in the answer words it invites (yes/no, true/false, ...).
         readings = [self._reading(q.question) for q in queries]
-        rows = [self._verdict_row(q.question) for q in queries]
-        logits = self._run_rows(keys, rows)
-        at = torch.arange(len(rows), device=logits.device)
-        last = torch.tensor([len(r) - 1 for r in rows], device=logits.device)
-        logp = logits[at, last].log_softmax(-1)
+        logp = last.log_softmax(-1)
         # P(positive words) against the negative words, as log-odds, shifted by the model's
         # calibrated bias (ModelConfig.verdict_bias, 0 for an uncalibrated model).
         log_odds = torch.stack(
@@ -713,19 +839,29 @@ class Engine:
             )
         return out
 
-    def _choice(self, keys: tuple, query: Query) -> Answer:
-        suffix = self._suffix_ids(query.question)
-        # Each option is scored as the whole answer the model was trained to emit, end-of-answer
-        # token included. Without it an option that is a prefix of another ("up" of "up and
-        # left") could never lose: the longer one only adds log-probabilities below zero.
-        options = [self.model.answer_ids(o, eos=True) for o in query.options]
-        logits = self._run_rows(keys, [suffix + o for o in options])
-        logp = logits.log_softmax(-1)
+    def _option_ids(self, query: Query) -> list[list[int]]:
+        """Each option as the whole answer the model was trained to emit, end-of-answer token
+        included. Without it an option that is a prefix of another ("up" of "up and left")
+        could never lose: the longer one only adds log-probabilities below zero."""
+        out = []
+        for option in query.options:
+            ids = self._answers.get_fresh(option)
+            if ids is None:
+                ids = self.model.answer_ids(option, eos=True)
+                self._answers.put(option, ids)
+            out.append(ids)
+        return out
+
+    def _pick(
+        self, query: Query, options: list[list[int]], per_option: list[torch.Tensor]
+    ) -> Answer:
+        """The best option by the log-likelihood of its tokens; `per_option[r]` holds the
+        logits [len(option r), vocab] that predict option r's tokens."""
         scores = []
-        for r, opt in enumerate(options):
-            positions = torch.arange(len(suffix) - 1, len(suffix) - 1 + len(opt))
+        for logits, opt in zip(per_option, options, strict=True):
+            logp = logits.log_softmax(-1)
             targets = torch.tensor(opt, device=logp.device)
-            scores.append(logp[r, positions.to(logp.device), targets].sum())
+            scores.append(logp[torch.arange(len(opt), device=logp.device), targets].sum())
         score_t = torch.stack(scores)
         best = int(score_t.argmax())
         return Answer(
@@ -734,40 +870,75 @@ class Engine:
             probability=float(score_t.softmax(0)[best]),
         )
 
-    def _generate_packed(self, keys: tuple, queries: list[Query]) -> list[tuple[str, float]]:
-        """Greedy decoding of several questions at once, packed after the shared prefix."""
-        prefix, _ = self._prefix(keys)
-        rows = [self._suffix_ids(q.question) for q in queries]
-        cache = DynamicCache(ddp_cache_data=list(prefix.kv))
-        owners: list[int] = []
-        row_len = [0] * len(rows)
-        logits = self._packed_forward(
-            cache, len(prefix.ids), owners, list(enumerate(rows)), row_len
-        )
-        last = {
-            i: int(pos) for i, pos in enumerate(torch.tensor([len(r) for r in rows]).cumsum(0) - 1)
-        }
-        tokens: list[list[int]] = [[] for _ in rows]
-        logps: list[list[float]] = [[] for _ in rows]
-        texts = [""] * len(rows)
-        for _ in range(self.config.max_new_tokens):
-            step_rows = []
-            for i, pos in last.items():
-                step_logp = logits[pos].log_softmax(-1)
+    def _decode(
+        self,
+        state: _Packed,
+        heads: list[tuple[int, torch.Tensor, dict[int, tuple[int, Any]], list[int]]],
+    ) -> list[tuple[str, float]]:
+        """Greedy decoding of several rows of a packed pass at once; `heads` holds, per row,
+        its id, the logits [vocab] after its last token, the drafts run after that token (a
+        token -> (its index in the cache after the prefix, the logits after it)), and the
+        tokens to draft after each token it picks.
+
+        A draft is a guessed next token run as a branch of the row in the same pass (a number's
+        digits, its point and the answer's leading space: `_drafts`). When greedy decoding
+        picks a drafted token, its branch becomes part of the row (its cached key and value,
+        its logits), so a pass decodes two tokens; a draft never picked is never seen. The
+        tokens are those of plain greedy decoding; only fewer passes run."""
+        n = len(heads)
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logps: list[list[float]] = [[] for _ in range(n)]
+        texts = [""] * n
+        rows = [row for row, _, _, _ in heads]
+        pending: dict[int, int] = {}  # unfinished row -> its chosen token, not yet run
+
+        def take(j: int, logits: torch.Tensor, kids: dict[int, tuple[int, Any]]) -> None:
+            while True:
+                step_logp = logits.log_softmax(-1)
                 token = int(step_logp.argmax())
                 if token == self.model.eos_token_id:
-                    continue
-                tokens[i].append(token)
-                logps[i].append(float(step_logp[token]))
-                texts[i] = self.model.tokenizer.decode(tokens[i], skip_special_tokens=True)
-                if "\n" in texts[i]:
-                    texts[i] = texts[i].split("\n", 1)[0]
-                    continue
-                step_rows.append((i, [token]))
-            if not step_rows:
-                break
-            logits = self._packed_forward(cache, len(prefix.ids), owners, step_rows, row_len)
-            last = {i: j for j, (i, _) in enumerate(step_rows)}
+                    return
+                tokens[j].append(token)
+                logps[j].append(float(step_logp[token]))
+                texts[j] = self.model.tokenizer.decode(tokens[j], skip_special_tokens=True)
+                if "\n" in texts[j]:
+                    texts[j] = texts[j].split("\n", 1)[0]
+                    return
+                if len(tokens[j]) >= self.config.max_new_tokens:
+                    return
+                if token not in kids:
+                    pending[j] = token
+                    return
+                index, logits = kids.pop(token)
+                state.owners[index] = rows[j]  # the drafted token is the row's next token
+                state.row_len[rows[j]] += 1
+                kids = {}
+
+        for j, (_, logits, kids, _) in enumerate(heads):
+            take(j, logits, dict(kids))
+        while pending:
+            step, children = [], []
+            parents: dict[int, int] = {}
+            for j, token in pending.items():
+                step.append((rows[j], [token]))
+                for draft in heads[j][3]:
+                    child = len(state.row_len)
+                    state.row_len.append(0)
+                    parents[child] = rows[j]
+                    children.append((j, draft, child))
+                    step.append((child, [draft]))
+            base = len(state.owners)
+            logits = self._packed_forward(state, step, parents=parents)
+            for index, (row, _) in enumerate(step):
+                if row in parents:
+                    state.owners[base + index] = DROPPED  # a draft not (yet) picked
+            at = {row: index for index, (row, _) in enumerate(step)}
+            kids: dict[int, dict[int, tuple[int, Any]]] = {j: {} for j in pending}
+            for j, draft, child in children:
+                kids[j][draft] = (base + at[child], logits[at[child]])
+            todo, pending = list(pending), {}
+            for j in todo:
+                take(j, logits[at[rows[j]]], kids[j])
         return [(t.strip(), _confidence(lp)) for t, lp in zip(texts, logps, strict=True)]
 
     def _generate(self, keys: tuple, query: Query) -> tuple[str, float]:
@@ -800,6 +971,10 @@ class Engine:
                 use_cache=True,
             )
         return text.strip(), _confidence(logps)
+
+
+# Row ids that match no row: a row without a parent, and a draft branch nobody picked.
+NO_ROW, DROPPED = -1, -2
 
 
 def _worded(query: Any) -> Any:

@@ -6,10 +6,12 @@ call; replaying them skips that Python, with the same operations in the same ord
 results are the same (to the bit, on the CPU, for the same shapes).
 
 - `TracedVision`: encoders, fusion and object tokens for one image (about 0.6x the eager time).
-- `TracedLM`: the LM pass of one new frame (its image prefix and a few question tokens) and of
-  a few question tokens after an encoded frame's cached prefix, for question lengths padded up
-  to a few buckets (about 0.6x the eager time). Padding tokens see only themselves and stay out
-  of the cache, so the logits and the cache are a plain pass's, to float rounding.
+- `TracedLM`: the LM pass of one new frame (its image prefix and a few question tokens), of
+  a few question tokens after an encoded frame's cached prefix, and of a decoding step after a
+  longer cache, for token counts padded up to a few buckets and caches padded up to a few
+  lengths (about 0.6x the eager time). Padding tokens see only themselves and stay out of the
+  cache, and padding cache slots are seen by no token, so the logits and the cache are a plain
+  pass's, to float rounding.
 
 A recording holds for the shapes it was made with, in the model's dtype and on its device (CPU
 or CUDA alike); other shapes take the eager path. It reads the model's own parameters, not
@@ -51,6 +53,9 @@ def _record(module: nn.Module, example: tuple[torch.Tensor, ...], check: tuple[t
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(module, example, check_trace=False)
+        # TorchScript profiles a recording's first run and optimises it on the second (about
+        # 0.1 s each for the LM): both happen here, not on the first questions asked.
+        traced(*example)
         got, expected = traced(*check), module(*check)
     got = got if isinstance(got, tuple) else (got,)
     expected = expected if isinstance(expected, tuple) else (expected,)
@@ -139,10 +144,18 @@ class _LMPass(nn.Module):
 
 class TracedLM:
     """LM passes for a new frame and after its cached prefix, traced at construction for
-    question-token counts up to each of `buckets` (see the module docstring)."""
+    question-token counts up to each of `buckets`, and decoding steps of up to each of
+    `step_buckets` tokens after a cache of up to the prefix and each of `step_caches` tokens
+    (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, buckets: tuple[int, ...] = (16, 32, 48, 64)):
-        self.buckets = tuple(sorted(buckets))
+    def __init__(
+        self,
+        model: nn.Module,
+        buckets: tuple[int, ...] = (16, 32, 48, 64),
+        step_buckets: tuple[int, ...] = (16, 32),
+        step_caches: tuple[int, ...] = (64, 128, 192),
+    ):
+        self.buckets = tuple(sorted(set(buckets) | set(step_buckets)))
         self.dtype, self.device = model.dtype, model.device
         self.hidden = model.hidden_size
         self.prefix = len(model.prefix_ids(1))  # the image prefix of one frame
@@ -156,12 +169,17 @@ class TracedLM:
             ]
         # (cached tokens, new tokens, logits kept) -> the recorded pass
         self.graphs: dict[tuple[int, int, int], torch.jit.ScriptModule] = {}
-        for bucket in self.buckets:
-            for cached, new in ((0, self.prefix + bucket), (self.prefix, bucket)):
+        shapes = [(0, self.prefix + b, b) for b in buckets] + [
+            (self.prefix, b, b) for b in buckets
+        ]
+        shapes += [(self.prefix + c, b, b) for c in step_caches for b in step_buckets]
+        for cached, new, bucket in shapes:
+            if (cached, new, bucket) not in self.graphs:
                 example = self._example(cached, new, seed=0)
                 check = self._example(cached, new, seed=1)
                 graph = _record(_LMPass(model.lm, bucket), example, check)
                 self.graphs[(cached, new, bucket)] = graph
+        self.rooms = sorted({cached for cached, _, _ in self.graphs})
 
     def _example(self, cached: int, new: int, seed: int) -> tuple[torch.Tensor, ...]:
         gen = torch.Generator().manual_seed(seed)
@@ -191,23 +209,37 @@ class TracedLM:
         if bucket is None or embeds.dtype != self.dtype:
             return None
         pad = bucket - keep
-        graph = self.graphs.get((cached, new + pad, bucket))
+        room, graph = next(
+            (
+                (room, self.graphs[(room, new + pad, bucket)])
+                for room in self.rooms
+                if (room == cached or room > cached > 0)  # an empty cache has no layers to pad
+                and (room, new + pad, bucket) in self.graphs
+            ),
+            (cached, None),
+        )
         if graph is None:
             return None
-        if pad:  # padding tokens after the real ones, each seeing only itself
+        if pad or room > cached:
+            # Padding tokens after the real ones, each seeing only itself; padding cache slots
+            # after the real ones, seen by no token.
             embeds = torch.cat([embeds, embeds.new_zeros(1, pad, self.hidden)], dim=1)
             positions = torch.cat([positions, positions.new_zeros(1, pad)], dim=1)
-            full = mask.new_full(
-                (1, 1, new + pad, cached + new + pad), torch.finfo(mask.dtype).min
-            )
-            full[..., :new, : cached + new] = mask
-            full[..., new:, cached + new :].diagonal(dim1=-2, dim2=-1).fill_(0)
+            full = mask.new_full((1, 1, new + pad, room + new + pad), torch.finfo(mask.dtype).min)
+            full[..., :new, :cached] = mask[..., :cached]
+            full[..., :new, room : room + new] = mask[..., cached:]
+            full[..., new:, room + new :].diagonal(dim1=-2, dim2=-1).fill_(0)
             mask = full
-        past = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        past = []
+        for layer in cache.layers:
+            for t in (layer.keys, layer.values):
+                past.append(
+                    torch.nn.functional.pad(t, (0, 0, 0, room - cached)) if room > cached else t
+                )
         out = graph(embeds, mask, positions, *past)
         for i in range(len(self.kv_shape)):
             keys, values = out[1 + 2 * i], out[2 + 2 * i]
-            cache.update(keys[:, :, cached : cached + new], values[:, :, cached : cached + new], i)
+            cache.update(keys[:, :, room : room + new], values[:, :, room : room + new], i)
         return out[0][0, :keep]
 
 

@@ -11,7 +11,9 @@ of a seed is always the same). Each frame publishes, with one stamp:
   ask them and check the answers.
 
 Rendering runs in one thread that owns the GL context (EGL contexts belong to one thread) and
-keeps the next scene ready; the timer only publishes.
+renders the next scene while the current one is halfway shown: not at the change of scene,
+when clients ask about the new one (in `vsre demo`, rendering in the same process took the
+CPU the server needed for its answers). The timer only publishes.
 """
 
 from __future__ import annotations
@@ -50,11 +52,13 @@ class SimFrame:
 
 
 class SceneSource:
-    """Renders scene 0, 1, 2, ... of a seed in a background thread, one scene ahead."""
+    """Renders scene 0, 1, 2, ... of a seed in a background thread, each when asked for
+    (`ask`; the first at once)."""
 
     def __init__(self, seed: int, width: int, height: int, max_scenes: int = 0):
         self.seed, self.width, self.height, self.max_scenes = seed, width, height, max_scenes
         self._ready: queue.Queue[SimFrame | BaseException | None] = queue.Queue(maxsize=2)
+        self._asked = threading.Semaphore(1)  # scenes asked for and not yet rendered
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vsre-sim-render", daemon=True)
         self._thread.start()
@@ -68,6 +72,8 @@ class SceneSource:
             with Simulator(self.width, self.height) as sim:
                 index = 0
                 while not self._stop.is_set():
+                    if not self._asked.acquire(timeout=0.1):
+                        continue
                     if self.max_scenes and index >= self.max_scenes:
                         self._put(None)
                         return
@@ -92,6 +98,10 @@ class SceneSource:
         return SimFrame(
             result.scene.scene_id, render.rgb, render.depth.astype(np.float32), render.K, truth
         )
+
+    def ask(self) -> None:
+        """Render one more scene."""
+        self._asked.release()
 
     def next(self, timeout: float) -> SimFrame | None:
         """The next scene; None when max_scenes are done. Raises what the renderer raised."""
@@ -161,6 +171,8 @@ class SimCameraNode(Node):
         self.publish(self.current)
         self.frames_in_scene += 1
         self.frames_published += 1
+        if self.frames_in_scene == max(1, self.params.frames_per_scene // 2):
+            self.source.ask()  # the next scene renders while this one is halfway shown
 
     def publish(self, frame: SimFrame) -> None:
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.params.frame_id)
