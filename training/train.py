@@ -161,13 +161,24 @@ def _units(
         elif can_template(item):
             out.append(list(sampler.pair(item, index, epoch)))
         else:
-            other = _epoch_order(items, epoch, seed + PARTNER_SEED, stage)[offset]
+            partner = _partner(items, stage, seed, epoch, offset, index)
             out.append([sampler.example(item, index, epoch),
-                        sampler.example(items[other], other, epoch)])  # fmt: skip
+                        sampler.example(items[partner], partner, epoch)])  # fmt: skip
     return out
 
 
 PARTNER_SEED = 7919  # offset of the second epoch order of a paired stage (`_units`)
+
+
+def _partner(items: list[Item], stage: StageConfig, seed: int, epoch: int, offset: int,
+             index: int) -> int:  # fmt: skip
+    """The item sharing a paired unit with `items[index]` (at `offset` of the epoch order),
+    which no wording can ask: the item at that offset of a second epoch order, or the first
+    after it that is another item (a balanced order draws with replacement, so they can meet)."""
+    second = _epoch_order(items, epoch, seed + PARTNER_SEED, stage)
+    n = len(second)
+    return next((second[(offset + j) % n] for j in range(n) if second[(offset + j) % n] != index),
+                index)  # fmt: skip
 
 
 _WINDOWS: dict[tuple, tuple[list[Item], list[list[Example]]]] = {}

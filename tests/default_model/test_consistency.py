@@ -8,9 +8,9 @@ import pytest
 import torch
 from test_recipe_targets import five_step_recipe, generated, trained
 from vsre_ros.training.config import StageConfig, TrainConfig
-from vsre_ros.training.items import load_items
+from vsre_ros.training.items import can_template, load_items
 from vsre_ros.training.losses import consistency_loss
-from vsre_ros.training.train import stage_sampler, step_examples
+from vsre_ros.training.train import stage_items, stage_sampler, step_examples
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +19,9 @@ def sim_data(tmp_path_factory):
 
 
 def paired_stage(**fields) -> StageConfig:
+    fields = {"task_weights": {"relation": 1.0}, **fields}
     return StageConfig(name="p", freeze="all", steps=3, batch_size=8, templates="grammar",
-                       paired=True, task_weights={"relation": 1.0}, split="random_train",
-                       **fields)  # fmt: skip
+                       paired=True, split="random_train", **fields)  # fmt: skip
 
 
 def test_a_paired_step_asks_each_item_twice_in_two_framings(sim_data):
@@ -37,10 +37,29 @@ def test_a_paired_step_asks_each_item_twice_in_two_framings(sim_data):
         TrainConfig(stages=[StageConfig(paired=True, templates="train")]).validate()
 
 
-def _context(logits: torch.Tensor, truth: list[int]):
+def test_in_a_paired_stage_an_item_no_wording_can_ask_shares_its_rows_with_another(sim_data):
+    stage = paired_stage(task_weights={})  # every task: localization, metric, ... as well
+    items = stage_items(load_items(sim_data, "random_train"), stage)
+    sampler = stage_sampler(stage, 0)
+    pairs = [
+        pair
+        for step in range(12)
+        for pair in zip(*[iter(step_examples(items, stage, sampler, 0, step))] * 2, strict=True)
+    ]
+    worded = [(a, b) for a, b in pairs if can_template(a.item)]
+    assert worded and len(worded) < len(pairs)
+    for a, b in pairs:
+        if can_template(a.item):  # the same item in two framings
+            assert a.item.id == b.item.id and a.question != b.question
+        else:  # not the same question twice: a second item fills the pair's other row
+            assert a.item.id != b.item.id
+
+
+def _context(logits: torch.Tensor, truth: list[int], same_item: list[bool] | None = None):
     """Two-token vocabulary rows: verdict words 0 (positive) and 1, answer at position 1."""
     n = logits.shape[0]
     batch = {
+        "same_item": torch.tensor([True] * (n // 2) if same_item is None else same_item),
         "truth": torch.tensor(truth),
         "verdict_ids": torch.tensor([[0, 1]] * n),
         "answer_start": torch.full((n,), 1),
@@ -64,6 +83,8 @@ def test_consistency_is_zero_for_agreeing_pairs_and_pulls_disagreeing_ones_toget
     assert float(logits.grad[0, 0]) > 0 > float(logits.grad[1, 0])
     not_verdicts = _context(torch.tensor([[2.0, 0.0], [-1.0, 0.0]]), [-1, -1])
     assert consistency_loss(not_verdicts) is None
+    two_items = _context(torch.tensor([[2.0, 0.0], [-1.0, 0.0]]), [1, 1], [False])
+    assert consistency_loss(two_items) is None  # rows that ask two items are not compared
 
 
 def test_a_paired_recipe_trains_with_the_consistency_term(sim_data, tmp_path):

@@ -7,7 +7,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from vsre_ros.training.data import (
     ImageCache,
@@ -17,14 +16,7 @@ from vsre_ros.training.data import (
     target_text,
     templates_by_ids,
 )
-from vsre_ros.training.items import (
-    Item,
-    can_template,
-    load_items,
-    read_vsr,
-    split_caption,
-    write_items,
-)
+from vsre_ros.training.items import Item, load_items, read_vsr, split_caption, write_items
 
 from vsre_ros.core.answers import AnswerKind
 from vsre_ros.core.templates import TEMPLATES
@@ -293,51 +285,6 @@ def test_a_length_window_asks_the_same_examples_in_batches_of_near_length(paired
     assert sorted(key(e) for b in two for e in b) == sorted(
         key(e) for b in batches(plain, range(8), world=2) for e in b
     )
-
-
-def test_a_paired_stage_pairs_wordings_of_relation_items_and_repeats_no_other_row():
-    from vsre_ros.training import train as train_module
-    from vsre_ros.training.config import StageConfig
-
-    from vsre_ros.core import grammar
-
-    items = varied_items(12)
-    for k in range(12):
-        item = relation_item(k % 2)
-        item.id = f"r{k}"
-        items.append(item)
-    stage = StageConfig(name="s", steps=12, batch_size=4, balanced=False, templates="grammar",
-                        paired=True)  # fmt: skip
-    sampler = train_module.stage_sampler(stage, 0)
-    rows = [train_module.step_examples(items, stage, sampler, 0, step) for step in range(12)]
-    pairs = [(b[k], b[k + 1]) for b in rows for k in (0, 2)]
-    worded = [(a, b) for a, b in pairs if can_template(a.item)]
-    assert worded and len(worded) < len(pairs)
-    for a, b in pairs:
-        if can_template(a.item):  # the same item under two framings
-            assert a.item.id == b.item.id
-            assert grammar.framing_of(a.template_id)[0] != grammar.framing_of(b.template_id)[0]
-        else:  # an item no wording can ask is not asked twice: a second item fills the row
-            assert a.item.id != b.item.id
-    assert rows == [train_module.step_examples(items, stage, sampler, 0, s) for s in range(12)]
-
-
-def test_the_consistency_term_compares_only_rows_that_ask_the_same_item():
-    from types import SimpleNamespace
-
-    from vsre_ros.training.losses import consistency_loss
-
-    logits = torch.zeros(4, 3, 5)
-    logits[0, 1, 0], logits[1, 1, 1] = 4.0, 4.0  # rows 0 and 1 disagree
-    logits[2, 1, 0], logits[3, 1, 0] = 4.0, 4.0  # rows 2 and 3 agree
-    batch = {"truth": torch.tensor([1, 1, 0, 0]), "verdict_at": torch.ones(4, dtype=torch.long),
-             "verdict_ids": torch.tensor([[0, 1]] * 4)}  # fmt: skip
-    ctx = lambda same: SimpleNamespace(  # noqa: E731
-        batch={**batch, "same_item": torch.tensor(same)}, output=SimpleNamespace(logits=logits)
-    )
-    assert consistency_loss(ctx([True, True])) > 1.0
-    assert consistency_loss(ctx([False, True])) < 1e-6  # the disagreeing rows ask two items
-    assert consistency_loss(ctx([False, False])) is None
 
 
 def test_grammar_wordings_are_drawn_seen_only_and_paired_across_framings():
