@@ -10,7 +10,7 @@ from test_recipe_targets import five_step_recipe, generated, trained
 from vsre_ros.training.config import StageConfig, TrainConfig
 from vsre_ros.training.items import can_template, load_items
 from vsre_ros.training.losses import consistency_loss
-from vsre_ros.training.train import stage_items, stage_sampler, step_examples
+from vsre_ros.training.train import stage_items, stage_losses, stage_sampler, step_examples
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,12 @@ def test_consistency_is_zero_for_agreeing_pairs_and_pulls_disagreeing_ones_toget
     assert consistency_loss(not_verdicts) is None
     two_items = _context(torch.tensor([[2.0, 0.0], [-1.0, 0.0]]), [1, 1], [False])
     assert consistency_loss(two_items) is None  # rows that ask two items are not compared
+
+
+def test_the_consistency_term_is_left_out_of_unpaired_stages():
+    config = TrainConfig(aux_losses={"consistency": 1.0})
+    assert "consistency" in stage_losses(config, paired_stage())
+    assert "consistency" not in stage_losses(config, StageConfig(templates="grammar"))
 
 
 def test_a_paired_recipe_trains_with_the_consistency_term(sim_data, tmp_path):

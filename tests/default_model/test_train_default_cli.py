@@ -13,7 +13,6 @@ from vsre_ros.training.config import load_config
 from vsre_ros.training.default_model.calibration import calibrate_verdict, fit_verdict_bias
 from vsre_ros.training.default_model.export import EXPORT_DIR
 from vsre_ros.training.recipes.curriculum import curriculum
-from vsre_ros.training.train import stage_losses
 
 STEPS = sum(s.steps for s in curriculum("relations-grow", 2, 2, 2))  # the default curriculum
 LAST = curriculum("relations-grow", 2, 2, 2)[-1].name  # its last stage, which holds the model
@@ -181,15 +180,6 @@ def test_the_v2_flags_set_data_wording_pairs_windows_and_widths(tmp_path):
     assert "consistency" not in plain.aux_losses and plain.aux_losses["grounding"] == 0.0
     plain_stages = {(s.templates, s.paired, s.length_window) for s in plain.stages}
     assert plain_stages == {("train", False, 1)}
-    # --grammar-from B: stage A learns in the 50 templates, unpaired and without the
-    # consistency term (its adjacent rows are two items); stage B in the grammar, paired
-    args = parser.parse_args("--wording grammar --paired --grammar-from B".split())
-    staged = default_model.recipe_config(args, tmp_path, tmp_path, ["clip"])
-    staged.validate()
-    by_letter = {(s.name[0], s.templates, s.paired) for s in staged.stages}
-    assert by_letter == {("A", "train", False), ("B", "grammar", True)}
-    for stage in staged.stages:
-        assert ("consistency" in stage_losses(staged, stage)) == stage.paired
     with pytest.raises(ValueError, match="lm_hidden must be a positive multiple of 4"):
         default_model.recipe_config(
             parser.parse_args(["--lm-hidden", "130"]), tmp_path, tmp_path, ["clip"]

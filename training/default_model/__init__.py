@@ -281,12 +281,6 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, shipped: bool = False)
         "the two verdicts (needs --wording grammar)",
     )
     parser.add_argument(
-        "--grammar-from",
-        default="A",
-        help="with --wording grammar: the first curriculum stage letter asked in the grammar; "
-        "stages before it ask relation items in the 50 templates, unpaired (A: every stage)",
-    )
-    parser.add_argument(
         "--consistency-weight",
         type=float,
         default=1.0,
@@ -486,8 +480,6 @@ def recipe_config(
     for stage in stages:
         stage.length_window = args.length_window
         stage.templates, stage.paired = args.wording, args.paired
-        if args.wording == "grammar" and stage.name[:1] < args.grammar_from:
-            stage.templates, stage.paired = "train", False  # the templates first
     aux = {loss: float(by_id.get(loss, 1.0)) for loss in RECIPE_LOSSES}
     if args.paired:
         aux["consistency"] = args.consistency_weight

@@ -117,8 +117,7 @@ def _table(by: dict, limit: int = 80) -> list[str]:
 RECIPE_FIELDS = (
     "bank_weight", "shape_weight", "pose_weight", "verdict_weight", "object_weight",
     "grounding_weight", "ema_decay",
-    "pretrain_steps", "pretrain_batch", "final_decay", "wording", "grammar_from", "paired",
-    "consistency_weight",
+    "pretrain_steps", "pretrain_batch", "final_decay", "wording", "paired", "consistency_weight",
     "length_window",
 )  # fmt: skip
 
