@@ -180,6 +180,13 @@ def test_the_v2_flags_set_data_wording_pairs_windows_and_widths(tmp_path):
     assert "consistency" not in plain.aux_losses and plain.aux_losses["grounding"] == 0.0
     plain_stages = {(s.templates, s.paired, s.length_window) for s in plain.stages}
     assert plain_stages == {("train", False, 1)}
+    # data version 2 asks in the grammar unless told otherwise
+    for flags, asked in (("--data-version 2", "grammar"), ("--data-version 2 --wording train",
+                                                            "train")):  # fmt: skip
+        v2 = default_model.recipe_config(
+            parser.parse_args(flags.split()), tmp_path, tmp_path, ["clip"]
+        )
+        assert {s.templates for s in v2.stages} == {asked}
     with pytest.raises(ValueError, match="lm_hidden must be a positive multiple of 4"):
         default_model.recipe_config(
             parser.parse_args(["--lm-hidden", "130"]), tmp_path, tmp_path, ["clip"]

@@ -270,9 +270,11 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, shipped: bool = False)
     parser.add_argument(
         "--wording",
         choices=("train", "grammar"),
-        default="train",
+        default=None,
         help="how relation items are re-asked: train (the 50 VSRE templates) or grammar (the "
-        "question grammar's seen framings and answer vocabularies, core/grammar.py) (train)",
+        "question grammar's seen framings and answer vocabularies, core/grammar.py) (default: "
+        "train for data version 1, grammar for 2, where only the grammar passed the lateral "
+        "XOR: docs/recipes-tried.md)",
     )
     parser.add_argument(
         "--paired",
@@ -466,6 +468,13 @@ def recipe_file_text(args: argparse.Namespace) -> str:
     return RECIPE_HEADER + yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
+def wording(args: argparse.Namespace) -> str:
+    """The wording relation items are re-asked in: `--wording`, else the data version's."""
+    if args.wording:
+        return args.wording
+    return "grammar" if getattr(args, "data_version", 1) >= 2 else "train"
+
+
 def recipe_config(
     args: argparse.Namespace, data: Path, output: Path, families: Sequence[str]
 ) -> TrainConfig:
@@ -479,7 +488,7 @@ def recipe_config(
     by_id = {loss: getattr(args, flag) for flag, loss in WEIGHT_FLAGS.items()}
     for stage in stages:
         stage.length_window = args.length_window
-        stage.templates, stage.paired = args.wording, args.paired
+        stage.templates, stage.paired = wording(args), args.paired
     aux = {loss: float(by_id.get(loss, 1.0)) for loss in RECIPE_LOSSES}
     if args.paired:
         aux["consistency"] = args.consistency_weight
