@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 # give (a test holds the two together). Research runs (`recipes/experiment.py`) start from the
 # recipe flags' plain defaults instead (no object tokens, averaging or pretraining).
 SHIPPED = {
-    "n": 200000, "steps_a": 2000, "steps_b": 11000, "val_every": 1000, "threads": 2,
+    "n": 200000, "steps_a": 2000, "steps_b": 11000, "val_every": 1000, "val_items": 96,
+    "threads": 2,
     "object_tokens": 8, "ema_decay": 0.999, "pretrain_steps": 1000,
 }  # fmt: skip
 
@@ -114,7 +115,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"steps between val evals ({SHIPPED['val_every']})",
     )
     parser.add_argument(
-        "--val-items", type=int, default=96, help="random_val items per val eval (96)"
+        "--val-items",
+        type=int,
+        default=SHIPPED["val_items"],
+        help=f"random_val items per val eval ({SHIPPED['val_items']})",
     )
     parser.add_argument("--eval-items", type=int, default=600, help="test items per split")
     parser.add_argument(
@@ -472,7 +476,7 @@ def wording(args: argparse.Namespace) -> str:
     """The wording relation items are re-asked in: `--wording`, else the data version's."""
     if args.wording:
         return args.wording
-    return "grammar" if getattr(args, "data_version", 1) >= 2 else "train"
+    return "grammar" if args.data_version >= 2 else "train"
 
 
 def recipe_config(
@@ -497,7 +501,7 @@ def recipe_config(
         model_overrides=recipe_overrides(args, families),
         data=str(data),
         val_split="random_val",
-        val_items=getattr(args, "val_items", 96),
+        val_items=getattr(args, "val_items", SHIPPED["val_items"]),  # experiments have no val
         output=str(output),
         seed=args.seed,
         threads=args.threads,

@@ -498,8 +498,10 @@ class Engine:
         when both are given, and answer a metric number question from those places (see the
         module docstring). Per frame and phrase, each part is computed once (`Grounder`)."""
         head = self.model.heads.get("grounding")
+        if head is None:
+            return
         phrases = [object_phrases(q.question, q.subj, q.obj) for q in queries]
-        if head is None or not any(phrases):
+        if not any(phrases):
             return
         if self._grounder is None or self._grounder.head is not head:
             # A few frames' grounding (each holds its image and, with depth, its geometry:
