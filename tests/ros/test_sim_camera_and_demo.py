@@ -105,6 +105,28 @@ def test_the_scene_source_renders_the_next_scene_only_when_asked():
         source.close()
 
 
+def test_the_scene_source_renders_the_data_version_it_is_given():
+    """Data version 2's scenes ask in the question grammar (items record their framing);
+    an unknown version is refused when the node starts, not in the render thread."""
+    from vsre_ros.ros.sim_camera import SceneSource
+
+    framings = {}
+    for version in (1, 2):
+        source = SceneSource(seed=0, width=32, height=24, max_scenes=3, data_version=version)
+        items = []
+        try:
+            for _ in range(3):
+                items += source.next(timeout=60).truth["questions"]
+                source.ask()
+        finally:
+            source.close()
+        framings[version] = {item.get("framing", "") for item in items}
+    assert framings[1] <= {"", "vsre50"}  # the 50 VSRE templates, or the item's own question
+    assert framings[2] - {"", "vsre50"}  # grammar framings: claims, captions, imperatives, ...
+    with pytest.raises(ValueError, match="data version 3"):
+        SceneSource(seed=0, width=32, height=24, data_version=3)
+
+
 def _answer(**fields) -> SpatialAnswer:
     return SpatialAnswer(status=SpatialAnswer.OK, **fields)
 

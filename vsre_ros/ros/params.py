@@ -201,6 +201,11 @@ class SimCameraParams:
     """The sim camera node's parameters."""
 
     seed: int = _p(0, "scene generator seed; scene i of seed s is always the same scene")
+    data_version: int = _p(
+        1,
+        "scene generator data version (sim_data.dataset.DATA_VERSIONS): 1, the VSRE templates; "
+        "2, real-scale scenes and the question grammar's wordings",
+    )
     width: int = _p(160, "image width, pixels")
     height: int = _p(120, "image height, pixels")
     rate: float = _p(10.0, "frames per second")

@@ -55,8 +55,13 @@ class SceneSource:
     """Renders scene 0, 1, 2, ... of a seed in a background thread, each when asked for
     (`ask`; the first at once)."""
 
-    def __init__(self, seed: int, width: int, height: int, max_scenes: int = 0):
-        self.seed, self.width, self.height, self.max_scenes = seed, width, height, max_scenes
+    def __init__(
+        self, seed: int, width: int, height: int, max_scenes: int = 0, data_version: int = 1
+    ):
+        from vsre_ros.sim_data.dataset import GenConfig  # raises on an unknown data version
+
+        self.config = GenConfig(seed=seed, width=width, height=height, data_version=data_version)
+        self.width, self.height, self.max_scenes = width, height, max_scenes
         self._ready: queue.Queue[SimFrame | BaseException | None] = queue.Queue(maxsize=2)
         self._asked = threading.Semaphore(1)  # scenes asked for and not yet rendered
         self._stop = threading.Event()
@@ -65,10 +70,9 @@ class SceneSource:
 
     def _run(self) -> None:
         try:
-            from vsre_ros.sim_data.dataset import GenConfig, build_scene
+            from vsre_ros.sim_data.dataset import build_scene
             from vsre_ros.sim_data.render import Simulator
 
-            config = GenConfig(seed=self.seed, width=self.width, height=self.height)
             with Simulator(self.width, self.height) as sim:
                 index = 0
                 while not self._stop.is_set():
@@ -77,7 +81,7 @@ class SceneSource:
                     if self.max_scenes and index >= self.max_scenes:
                         self._put(None)
                         return
-                    self._put(self._frame(build_scene(sim, config, index)))
+                    self._put(self._frame(build_scene(sim, self.config, index)))
                     index += 1
         except BaseException as err:  # report in the node, not as a dead thread
             self._put(err)
@@ -143,7 +147,7 @@ class SimCameraNode(Node):
         self.depth_pub = self.create_publisher(Image, p.depth_topic, qos)
         self.info_pub = self.create_publisher(CameraInfo, p.info_topic, qos)
         self.truth_pub = self.create_publisher(SceneTruth, p.truth_topic, QoSProfile(depth=10))
-        self.source = SceneSource(p.seed, p.width, p.height, p.max_scenes)
+        self.source = SceneSource(p.seed, p.width, p.height, p.max_scenes, p.data_version)
         self.current: SimFrame | None = None
         self._truth_json = ""
         self.frames_in_scene = 0
