@@ -67,8 +67,9 @@ def image_colours(images: Sequence[np.ndarray], grid: tuple[int, int], sub: int)
         h, w = im.shape[:2]
         sy = max(1, h // (grid[0] * sub * COLOUR_OVERSAMPLE))
         sx = max(1, w // (grid[1] * sub * COLOUR_OVERSAMPLE))
-        pixels = torch.from_numpy(np.ascontiguousarray(im[::sy, ::sx])).permute(2, 0, 1)[None]
-        out.append(cell_colours(pixels.float() / 255.0, grid, sub))
+        # A new float array, so a read-only frame (a message's buffer) is never shared.
+        pixels = np.ascontiguousarray(im[::sy, ::sx], dtype=np.float32) / 255.0
+        out.append(cell_colours(torch.from_numpy(pixels).permute(2, 0, 1)[None], grid, sub))
     return torch.cat(out)
 
 
