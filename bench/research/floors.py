@@ -18,9 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-
-def pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
+from vsre_ros.training.report import _pct as pct  # the figures as report.md writes them
 
 
 def rows(report: dict) -> dict[str, str]:

@@ -61,7 +61,7 @@ class SceneSource:
         from vsre_ros.sim_data.dataset import GenConfig  # raises on an unknown data version
 
         self.config = GenConfig(seed=seed, width=width, height=height, data_version=data_version)
-        self.width, self.height, self.max_scenes = width, height, max_scenes
+        self.max_scenes = max_scenes
         self._ready: queue.Queue[SimFrame | BaseException | None] = queue.Queue(maxsize=2)
         self._asked = threading.Semaphore(1)  # scenes asked for and not yet rendered
         self._stop = threading.Event()
@@ -73,7 +73,7 @@ class SceneSource:
             from vsre_ros.sim_data.dataset import build_scene
             from vsre_ros.sim_data.render import Simulator
 
-            with Simulator(self.width, self.height) as sim:
+            with Simulator(self.config.width, self.config.height) as sim:
                 index = 0
                 while not self._stop.is_set():
                     if not self._asked.acquire(timeout=0.1):
