@@ -21,6 +21,13 @@ exactly one `SpatialAnswer` per query, in query order:
   on the way), an answer with status ERROR whose `error` starts with "timeout:" (`is_timeout`).
   The pending request is dropped, so a late response is ignored; nothing waits forever.
 
+Topic transport and discovery: a DDS topic delivers only to readers matched at the time of
+publishing, and matching is not simultaneous at both ends: the client can see the server's
+endpoints before the server's endpoints see the client's, and what is published in between is
+lost (20 queries in one test run lost all their answers that way). So the first query on the
+topics waits until the server's topics have been matched for `settle` seconds (0.5); the
+service and the action do not need it.
+
 QoS: every endpoint is reliable with a history of `depth` (1000) messages, except the answer
 topic subscription, which keeps all (KEEP_ALL; Fast DDS holds up to 5000). rclpy's default for
 service clients, 10, drops responses when more than 10 arrive before the executor takes them
@@ -50,6 +57,7 @@ TIMEOUT_PREFIX = "timeout:"  # the start of `error` in the answers the client ma
 DEFAULT_DEPTH = 1000
 TRANSPORTS = ("service", "topic")
 _POLL_S = 0.05  # how often to look for a server that is not there yet
+DEFAULT_SETTLE_S = 0.5  # topic transport: wait this long after the server's topics match
 
 
 def is_timeout(answer) -> bool:
@@ -149,10 +157,12 @@ class VsreClient:
         retry_overloaded: bool = True,
         backoff_initial: float = 0.05,
         backoff_max: float = 1.0,
+        settle: float = DEFAULT_SETTLE_S,
         callback_group=None,
     ) -> None:
         from rclpy.action import ActionClient
         from rclpy.callback_groups import ReentrantCallbackGroup
+        from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
         from rclpy.qos import HistoryPolicy, QoSProfile
 
         from vsre_ros.action import AskSpatial as AskSpatialAction
@@ -161,16 +171,21 @@ class VsreClient:
 
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; known: {TRANSPORTS}")
-        if timeout <= 0 or depth < 1:
-            raise ValueError(f"timeout must be > 0 and depth >= 1, got {timeout}, {depth}")
+        if timeout <= 0 or depth < 1 or settle < 0:
+            raise ValueError(
+                "timeout must be > 0, depth >= 1 and settle >= 0, "
+                f"got {timeout}, {depth}, {settle}"
+            )
         self.node = node
         self.transport = transport
         self.timeout = timeout
         self.retry_overloaded = retry_overloaded
+        self.settle = settle
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self._srv_type, self._action_type = AskSpatial, AskSpatialAction
         self._action_name = action_name
         self._overloaded = SpatialAnswer.OVERLOADED
+        self._lock = threading.Lock()  # made first: endpoint callbacks may run at once
         group = callback_group or ReentrantCallbackGroup()
         qos = QoSProfile(depth=depth)
         self._service = node.create_client(
@@ -190,8 +205,15 @@ class VsreClient:
         self._by_id: dict[str, _Call] = {}  # topic transport: query_id -> its call
         self._ids = itertools.count()
         self._id_prefix = f"{node.get_name()}/{random.getrandbits(32):08x}/"
+        self._links = [0, 0]  # topic transport: matched subscriptions, matched publishers
+        self._linked_at: float | None = None  # when both became non-zero
         if transport == "topic":
-            self._pub = node.create_publisher(SpatialQuery, query_topic, qos)
+            self._pub = node.create_publisher(
+                SpatialQuery,
+                query_topic,
+                qos,
+                event_callbacks=PublisherEventCallbacks(matched=lambda s: self._link(0, s)),
+            )
             # KEEP_ALL: the answer topic carries every client's answers; a client that falls
             # behind would lose its own at its reader with KEEP_LAST.
             self._sub = node.create_subscription(
@@ -200,8 +222,8 @@ class VsreClient:
                 self._on_topic_answer,
                 QoSProfile(history=HistoryPolicy.KEEP_ALL),
                 callback_group=group,
+                event_callbacks=SubscriptionEventCallbacks(matched=lambda s: self._link(1, s)),
             )
-        self._lock = threading.Lock()
         self._live: dict[int, _Call] = {}  # the calls not yet resolved, by id()
         self._timers = _Timers(lambda text: node.get_logger().error(text))
         self._standalone: tuple | None = None  # (context, executor, thread, stop) if owned
@@ -229,17 +251,18 @@ class VsreClient:
             while context.ok() and not stop.is_set():
                 executor.spin_once(timeout_sec=0.1)
 
-        thread = threading.Thread(target=spin, name="vsre-client-spin", daemon=True)
-        thread.start()
+        # The client makes its endpoints before the spin thread starts: rclpy's ActionClient
+        # joins the node's waitables before it has its lock, and an executor that looks at it
+        # then fails (AttributeError '_lock'), which ended the spin thread (seen 2 in 160 runs).
         try:
             client = cls(node, **kwargs)
         except BaseException:
-            stop.set()
-            thread.join(timeout=5)
             executor.shutdown()
             node.destroy_node()
             context.try_shutdown()
             raise
+        thread = threading.Thread(target=spin, name="vsre-client-spin", daemon=True)
+        thread.start()
         client._standalone = (context, executor, thread, stop)
         return client
 
@@ -271,10 +294,25 @@ class VsreClient:
     # ---- asking ------------------------------------------------------------------------------
 
     def server_ready(self) -> bool:
-        """Whether the server's endpoints for `ask` (and `ask_batch`) are discovered."""
+        """Whether the server's endpoints for `ask` (and `ask_batch`) are discovered; for the
+        topic transport, also `settle` seconds ago (see the module docstring)."""
         if self.transport == "topic":
-            return self._pub.get_subscription_count() > 0 and self._sub.get_publisher_count() > 0
+            if self._pub.get_subscription_count() == 0 or self._sub.get_publisher_count() == 0:
+                return False
+            with self._lock:
+                if self._linked_at is None:  # matched, and the events are still on their way
+                    self._linked_at = time.monotonic()
+                return time.monotonic() - self._linked_at >= self.settle
         return self._service.service_is_ready()
+
+    def _link(self, which: int, status) -> None:
+        """A matched event of the query publisher (0) or the answer subscription (1)."""
+        with self._lock:
+            self._links[which] = status.current_count
+            if min(self._links) == 0:
+                self._linked_at = None
+            elif self._linked_at is None:
+                self._linked_at = time.monotonic()
 
     def ask(self, query, timeout: float | None = None):
         """The answer to one SpatialQuery (blocks; see the module docstring on threads)."""

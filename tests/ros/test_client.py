@@ -73,6 +73,23 @@ def test_topic_transport_matches_answers_by_query_id(make_server):
         assert anonymous.result().query_id
 
 
+def test_topic_transport_waits_for_discovery_to_settle_before_the_first_query(make_server):
+    # Right after the client sees the server's topics, the server may not see the client's yet;
+    # an answer published then was lost (all 20 in one CI run). The first query waits `settle`.
+    names = _names()
+    make_server({**names, "engine_backend": "stub", "model": "stub"})
+    with _client(names, transport="topic", settle=2.0) as vsre:
+        start = time.monotonic()
+        first = vsre.ask(_q(0), timeout=20)
+        waited = time.monotonic() - start
+        second = vsre.ask(_q(1), timeout=20)
+        again = time.monotonic() - start - waited
+    assert first.status == second.status == SpatialAnswer.OK
+    assert waited >= 2.0 and again < 1.0  # only the first query waits
+    with pytest.raises(ValueError, match="settle"):
+        _client(names, transport="topic", settle=-1.0)
+
+
 def test_overloaded_is_retried_with_backoff_until_answered(make_server):
     names = _names()
     make_server({**names, "engine_backend": "stub", "model": "stub:40", "queue_size": 1,
