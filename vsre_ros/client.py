@@ -253,7 +253,8 @@ class VsreClient:
 
         # The client makes its endpoints before the spin thread starts: rclpy's ActionClient
         # joins the node's waitables before it has its lock, and an executor that looks at it
-        # then fails (AttributeError '_lock'), which ended the spin thread (seen 2 in 160 runs).
+        # then fails (AttributeError '_lock'), which ended the spin thread (6 of 520 runs of a
+        # connect-and-ask loop under load).
         try:
             client = cls(node, **kwargs)
         except BaseException:
