@@ -76,6 +76,7 @@ class QuestionConfig:
     """How many questions of each kind one scene gives (upper bounds)."""
 
     relations_per_view: int = 6  # relations asked per view, each with one True + one False
+    relations: tuple[str, ...] = ()  # ask only these relations (empty: every generated one)
     heldout: bool = False  # also ask each relation item through a held-out template
     direction: int = 2  # per view
     distance: int = 1  # per view
@@ -94,6 +95,11 @@ class QuestionConfig:
     input_size: int = 64  # picture_only: the model's input side, pixels
     min_front_pixels: int = 24  # picture_only: a front-holding object's visible pixels there
     min_front_cos: float = 0.35  # picture_only: |cos| of its front against the view direction
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.relations) - set(GENERATED))
+        if unknown:
+            raise ValueError(f"relations {unknown} are not generated ones: {sorted(GENERATED)}")
 
 
 def base_item(scene: Scene, seed: int, task: str, images: list[str]) -> dict:
@@ -186,6 +192,8 @@ class QuestionMaker:
         by_rel: dict[str, tuple[list, list]] = {}
         memo: dict = {}
         for name in GENERATED:
+            if self.cfg.relations and name not in self.cfg.relations:
+                continue
             rel = CATALOG[name]
             tuples = (
                 itertools.permutations(vis, 3)

@@ -13,8 +13,8 @@ training items, or is it not in the 64x64 pixels? Two datasets for that question
     python bench/research/orientation_probe.py heldout runs/orient/E DATA_DIR [DATA_DIR ...]
 
 The first writes a dataset whose `default_train` holds Orientation items only (the sim's usual
-scenes and labels; the generator is asked for no other question kind; one process each, so
-two seeds side by side use both cores, and `merge` joins their training items); train on it with
+scenes and labels; the generator is asked for no other question kind; `merge` joins several
+such datasets' training items); train on it with
 `vsre train --config C --init MODEL` (a one-stage config with `relations` set to the four). The
 second gathers `random_*`/`zeroshot_*` Orientation items of datasets generated with other
 seeds (never trained on) into `E/orient.jsonl`, linking their files, for
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 ORIENTATION = ("facing", "facing away from", "parallel to", "perpendicular to")
@@ -34,23 +33,16 @@ SPLITS = ("random_train", "zeroshot_train", "random_val", "zeroshot_val", "rando
           "zeroshot_test")  # fmt: skip
 
 
-def make_train(out: Path, n: int, seed: int) -> None:
-    from vsre_ros.sim_data import questions
+def make_train(out: Path, n: int, seed: int, workers: int) -> None:
     from vsre_ros.sim_data.dataset import GenConfig, generate
+    from vsre_ros.sim_data.questions import QuestionConfig
     from vsre_ros.training.default_model.data import TRAIN_SPLIT, load_items, write_items
 
-    pick = questions.QuestionMaker._pick_relations
-
-    def orientation_only(self, names):
-        return pick(self, [name for name in names if name in ORIENTATION])
-
-    # One worker: the generator's worker processes would not see this restriction.
-    questions.QuestionMaker._pick_relations = orientation_only
     none = dict(direction=0, distance=0, localization=0, composite=0, metric=0, compare=0)
-    asked = replace(questions.QuestionConfig(), relations_per_view=4, multi_image=0, **none)
+    asked = QuestionConfig(relations_per_view=4, relations=ORIENTATION, multi_image=0, **none)
     config = GenConfig(seed=seed, width=64, height=64, multi_view_share=0.1, moved_share=0.0,
                        questions=asked, data_version=2)  # fmt: skip
-    generate(out, n, config, workers=1, progress=True)
+    generate(out, n, config, workers=workers, progress=True)
     zeroshot = {item.id for item in load_items(out, "zeroshot_train")}
     both = [item for item in load_items(out, "random_train") if item.id in zeroshot]
     write_items(out / f"{TRAIN_SPLIT}.jsonl", both)
@@ -73,22 +65,16 @@ def _new_dir(out: Path) -> None:
 
 def merge_train(out: Path, sources: list[Path]) -> None:
     _new_dir(out)
-    lines = []
-    for src in sources:
-        for line in (src / "default_train.jsonl").read_text().splitlines():
-            _link_files(json.loads(line), src, out)
-            lines.append(line + "\n")
-    (out / "dataset.json").write_text((sources[0] / "dataset.json").read_text())
-    (out / "default_train.jsonl").write_text("".join(lines))
-    for split in ("random_val", "zeroshot_val"):  # the training loop's val items
-        (out / f"{split}.jsonl").write_text("")
+    # The training split and the training loop's val splits, each joined over the sources.
+    for split in ("default_train", "random_val", "zeroshot_val"):
+        lines = []
         for src in sources:
-            text = (src / f"{split}.jsonl").read_text()
-            for line in text.splitlines():
+            for line in (src / f"{split}.jsonl").read_text().splitlines():
                 _link_files(json.loads(line), src, out)
-            with open(out / f"{split}.jsonl", "a") as f:
-                f.write(text)
-    print(f"{out}/default_train.jsonl: {len(lines)} items")
+                lines.append(line + "\n")
+        (out / f"{split}.jsonl").write_text("".join(lines))
+        print(f"{out}/{split}.jsonl: {len(lines)} items")
+    (out / "dataset.json").write_text((sources[0] / "dataset.json").read_text())
 
 
 def gather_heldout(out: Path, sources: list[Path]) -> None:
@@ -130,6 +116,7 @@ def main(argv=None) -> None:
     train.add_argument("out", type=Path)
     train.add_argument("--n", type=int, default=30000, help="items to generate (30000)")
     train.add_argument("--seed", type=int, default=31, help="generation seed (31)")
+    train.add_argument("--workers", type=int, default=2, help="generator processes (2)")
     merge = sub.add_parser("merge", help="one training dataset from several")
     merge.add_argument("out", type=Path)
     merge.add_argument("sources", type=Path, nargs="+")
@@ -144,7 +131,7 @@ def main(argv=None) -> None:
     held.add_argument("sources", type=Path, nargs="+")
     args = parser.parse_args(argv)
     if args.what == "train":
-        make_train(args.out, args.n, args.seed)
+        make_train(args.out, args.n, args.seed, args.workers)
     elif args.what == "config":
         write_config(args.base, args.out, args.data, args.output, args.steps)
     elif args.what == "merge":

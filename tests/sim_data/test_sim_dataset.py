@@ -286,6 +286,24 @@ def test_version_2_asks_only_what_the_picture_can_answer(v2_scenes):
     print(f"orientation items {orientation}")
 
 
+def test_questions_can_be_limited_to_named_relations(v2_scenes):
+    from vsre_ros.sim_data.questions import QuestionConfig, QuestionMaker
+
+    wanted = {"left of", "right of"}
+
+    def asked(result, cfg) -> set[str]:
+        rng = np.random.default_rng(0)
+        maker = QuestionMaker(result.scene, result.renders, np.zeros((8, 8)), rng, 0, cfg)
+        return {it["relation"] for it in maker.relation_items(0)}
+
+    limited = [asked(r, QuestionConfig(relations=tuple(wanted))) for r in v2_scenes]
+    unlimited = [asked(r, QuestionConfig()) for r in v2_scenes]
+    assert all(names <= wanted for names in limited) and any(limited)
+    assert any(names - wanted for names in unlimited)  # the same scenes ask others unlimited
+    with pytest.raises(ValueError, match="not generated"):
+        QuestionConfig(relations=("left of", "levitating over"))
+
+
 def test_front_visibility_needs_pixels_and_a_turned_front(v2_scenes):
     import math
     from dataclasses import replace
