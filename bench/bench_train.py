@@ -139,11 +139,12 @@ def bench_recipe(
     batch: int = 0,
     length_window: int = 0,
     processes: int = 1,
+    per_image: int = 0,
 ) -> dict:
     """The named recipe's last stage (every task and extra loss) for `steps` steps through the
     training loop: median wall and CPU milliseconds per phase of a step (of the first
     process), and samples/s from the wall time between steps. `batch` and `length_window` (0:
-    the recipe's) override the stage's; with `processes` > 1 the run is launched as that many
+    the recipe's) and `per_image` (0: the recipe's) override the stage's; with `processes` > 1 the run is launched as that many
     processes (torch.distributed.run, gloo), each with `threads` threads and its share of every
     step's batch, as `accelerate launch` runs it."""
     from vsre_ros.sim_data.dataset import GenConfig, generate
@@ -161,6 +162,7 @@ def bench_recipe(
         raise ValueError(f"a batch of {total} does not split over {processes} processes")
     stage.batch_size = total // processes
     stage.length_window = length_window or stage.length_window
+    stage.per_image = per_image or stage.per_image
     config.stages, config.data, config.output = [stage], str(data), str(tmp / "run")
     config.pretrain_steps, config.val_split, config.log_every, config.threads = 0, "", 1, threads
     config.save_every = steps + 1
@@ -183,7 +185,7 @@ def bench_recipe(
     step_ms = 1000 * statistics.median(b - a for a, b in zip(seconds, seconds[1:], strict=False))
     cpu_ms = sum(median[f"cpu_ms_{p}"] for p in PHASES)
     return {"batch_size": total, "processes": processes, "threads": threads,
-            "length_window": stage.length_window, "step_ms": step_ms, "cpu_ms": cpu_ms,
+            "length_window": stage.length_window, "per_image": stage.per_image, "step_ms": step_ms, "cpu_ms": cpu_ms,
             "samples_per_s": 1000 * total / step_ms,
             "samples_per_cpu_s": 1000 * stage.batch_size / cpu_ms, **median,
             **step_compute(config, stage, data, steps), "gemm_gflops": gemm_rate()}  # fmt: skip
@@ -191,10 +193,13 @@ def bench_recipe(
 
 def step_compute(config, stage, data: Path, steps: int) -> dict:
     """GFLOP of one forward and backward of the stage's first batch (torch's counter), and the
-    share of the token positions of the timed steps' batches that are padding."""
+    share of the token positions of the timed steps' batches that are padding, and the tokens
+    the LM's linear layers run on (packed: no padding, shared image prefixes once) as a share
+    of the padded positions."""
     from torch.utils.flop_counter import FlopCounterMode
     from vsre_ros.training.losses import Trainee, active, build_heads
     from vsre_ros.training.model_api import MODEL_INPUTS, build_model, collate
+    from vsre_ros.training.packing import TokenLayout
     from vsre_ros.training.recipes.targets import TargetBuilder, batch_targets
     from vsre_ros.training.train import stage_items, stage_sampler, step_examples
 
@@ -202,7 +207,8 @@ def step_compute(config, stage, data: Path, steps: int) -> dict:
     model.train()
     weights = active({**config.aux_losses, **stage.aux_losses})
     heads = build_heads(model, list(weights))
-    trainee = Trainee(model, heads, list(weights), config.hop_layers, config.shape_weight)
+    trainee = Trainee(model, heads, list(weights), config.hop_layers, config.shape_weight,
+                      config.pack_tokens)  # fmt: skip
     items = stage_items(load_items(data, stage.split), stage)
     sampler, cache = stage_sampler(stage, 0), image_cache(model)
     examples = step_examples(items, stage, sampler, 0, 0)
@@ -211,12 +217,15 @@ def step_compute(config, stage, data: Path, steps: int) -> dict:
     with FlopCounterMode(display=False) as counter:
         out = trainee({k: batch[k] for k in MODEL_INPUTS}, batch, targets, weights)
         out.loss.backward()
-    real = padded = 0
+    real = padded = run = 0
     for step in range(steps):
         examples = step_examples(items, stage, sampler, 0, step)
-        mask = collate(model, examples, cache)["attention_mask"]
+        batch = collate(model, examples, cache)
+        mask = batch["attention_mask"]
         real, padded = real + int(mask.sum()), padded + mask.numel()
-    return {"gflop": counter.get_total_flops() / 1e9, "padding": 1.0 - real / padded}
+        run += TokenLayout.from_batch(batch).tokens if trainee.pack_tokens else mask.numel()
+    return {"gflop": counter.get_total_flops() / 1e9, "padding": 1.0 - real / padded,
+            "lm_tokens": run / padded}  # fmt: skip
 
 
 def gemm_rate() -> float:
@@ -234,7 +243,8 @@ def print_recipe(recipe: str, figures: dict) -> None:
     print(
         f"recipe {recipe}: {figures['samples_per_s']:.1f} samples/s (batch "
         f"{figures['batch_size']} over {figures['processes']} process(es) of "
-        f"{figures['threads']} thread(s), length window {figures['length_window']}; step "
+        f"{figures['threads']} thread(s), length window {figures['length_window']}, "
+        f"{figures['per_image']} row(s) per image; step "
         f"{figures['step_ms']:.0f} ms wall, {figures['cpu_ms']:.0f} ms CPU per process; "
         f"{figures['samples_per_cpu_s']:.1f} samples per CPU-second)"
     )
@@ -250,7 +260,8 @@ def print_recipe(recipe: str, figures: dict) -> None:
         f"  compute: {figures['gflop']:.1f} GFLOP per step (forward and backward); GEMM rate "
         f"{figures['gemm_gflops']:.0f} GFLOP per CPU-second, so a floor of {floor:.0f} ms CPU;"
         f" forward and backward take {model_ms:.0f} ms CPU ({model_ms / floor:.1f}x the floor);"
-        f" {figures['padding']:.0%} of the timed batches' token positions are padding"
+        f" {figures['padding']:.0%} of the timed batches' token positions are padding; the LM's"
+        f" linear layers run on {figures['lm_tokens']:.0%} of them"
     )
 
 
@@ -285,6 +296,12 @@ def main() -> None:
         help="train the recipe in this many processes of --threads threads each, splitting "
         "every step's batch (torch.distributed.run, gloo; 1)",
     )
+    parser.add_argument(
+        "--per-image",
+        type=int,
+        default=0,
+        help="rows asked about each image in a batch (StageConfig.per_image; 0: the recipe's)",
+    )
     parser.add_argument("--recipe-only", action="store_true", help="only the recipe's figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -293,7 +310,7 @@ def main() -> None:
             data = Path(args.data) if args.data else None
             figures = bench_recipe(
                 args.recipe, data, args.recipe_steps, args.threads, Path(tmp),
-                args.recipe_batch, args.length_window, args.processes,
+                args.recipe_batch, args.length_window, args.processes, args.per_image,
             )  # fmt: skip
         print_recipe(args.recipe, figures)
         if args.recipe_only:

@@ -62,13 +62,20 @@ class LayerRows:
         return scores.softmax(-1)
 
 
-def _sdpa_keeping_rows(module, query, key, value, attention_mask, **kwargs):
+def _sdpa_keeping_rows(module, query, key, value, attention_mask, vsre_layout=None, **kwargs):
+    if vsre_layout is not None:  # packed tokens (`packing.decode`): attend in the padded view
+        query, key, value = (vsre_layout.spread(x[0], dim=1).transpose(0, 1)
+                             for x in (query, key, value))  # fmt: skip
+        attention_mask = None  # causal; right padding comes after every real query
     recorder = _RECORDER.get()
     if recorder is not None and module.layer_idx in recorder[0]:
         scaling = kwargs.get("scaling")
         scaling = module.scaling if scaling is None else scaling
         recorder[1][module.layer_idx] = LayerRows(query, key, attention_mask, scaling)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    output, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if vsre_layout is not None:
+        output = vsre_layout.pack(output)[None]  # [B, L, heads, d] -> [1, T, heads, d]
+    return output, weights
 
 
 AttentionInterface.register(IMPLEMENTATION, _sdpa_keeping_rows)

@@ -58,6 +58,12 @@ class StageConfig:
         "steps whose examples are sorted by length together and cut into batches, so a batch "
         "pads less (the batches then run in a seeded order); 1 = off",
     )
+    per_image: int = _f(
+        1,
+        "rows asked about each image in a batch: a batch of batch_size rows is batch_size / "
+        "per_image images (or image sets), each encoded once, with its image prefix run "
+        "through the LM once (pack_tokens); 1 = every row an item of its own",
+    )
     task_weights: dict[str, float] = _f({}, "task mix; {} = equal")
     relations: list[str] = _f([], "only these relations; [] = all")
     aux_losses: dict[str, float] = _f(
@@ -116,6 +122,12 @@ class TrainConfig:
         "AdamW's fused kernel: about 2% of a CPU step cheaper, but rounds differently, so a "
         "run is not step-for-step comparable with one without it",
     )
+    pack_tokens: bool = _f(
+        True,
+        "run the LM on each batch's packed tokens: no padding, and one copy of an image prefix "
+        "that rows share (training/packing.py); the padded step's loss and gradients up to "
+        "rounding; false reproduces earlier runs bit for bit",
+    )
     stages: list[StageConfig] = field(
         default_factory=lambda: [
             StageConfig(name="stage1", freeze="stage1", lr=1e-3),
@@ -160,6 +172,16 @@ class TrainConfig:
             if stage.steps < 1 or stage.batch_size < 1 or stage.length_window < 1:
                 raise ValueError(
                     f"stage {stage.name!r}: steps, batch_size and length_window must be >= 1"
+                )
+            if stage.per_image < 1 or stage.batch_size % stage.per_image:
+                raise ValueError(
+                    f"stage {stage.name!r}: per_image must be >= 1 and divide batch_size, got "
+                    f"{stage.per_image} and {stage.batch_size}"
+                )
+            if stage.per_image > 1 and (stage.paired or stage.length_window > 1):
+                raise ValueError(
+                    f"stage {stage.name!r}: per_image > 1 does not combine with paired or "
+                    f"length_window > 1"
                 )
             if stage.paired and (stage.batch_size % 2 or stage.templates != "grammar"):
                 raise ValueError(

@@ -29,6 +29,7 @@ from vsre_ros.core.config import (
 )
 from vsre_ros.core.model import VSREModel
 
+from . import packing
 from .data import Example, ImageCache, load_rgb
 from .items import ALL_TEMPLATES
 from .scoring import Prediction
@@ -126,6 +127,11 @@ def collate(
     negative answer words differ, `VSREModel.verdict_tokens`), `verdict_at` [B] (the position
     whose logits predict them), `truth` [B] (1 positive, 0 negative, -1 not a verdict
     question) and `same_item` [B // 2] (rows 2k and 2k + 1 ask the same item).
+
+    What rows share (`training/packing.py`): `image_first` and `image_inverse` (the distinct
+    images among the pixel slots, `packing.distinct`), and `prefix_of` [B] and `prefix_len`
+    [B] (row b's first `prefix_len[b]` tokens, its image prefix, are those of the earlier row
+    `prefix_of[b]` on the same images; b itself if none).
     """
     rows, pixels = [], []
     verdict_ids, truth, verdict_lead = [], [], []
@@ -145,6 +151,11 @@ def collate(
             verdict_lead.append(len(lead))
     tokens = model.tokenize_rows(rows)
     device, dtype = model.device, model.dtype
+    image_first, image_inverse = packing.distinct(
+        [p for ex in examples for p in ex.item.image_paths()]
+    )
+    row_first, row_inverse = packing.distinct([tuple(ex.item.image_paths()) for ex in examples])
+    prefix_len = [len(model.prefix_ids(n)) for n, _, _ in rows]
     pixel_values = {
         name: torch.from_numpy(np.concatenate([p[name] for p in pixels])).to(device, dtype)
         for name in model.encoders
@@ -155,6 +166,10 @@ def collate(
         "verdict_ids": torch.tensor(verdict_ids, device=device),
         "verdict_at": tokens["answer_start"] - 1 + torch.tensor(verdict_lead, device=device),
         "truth": torch.tensor(truth, device=device),
+        "image_first": torch.tensor(image_first, dtype=torch.long, device=device),
+        "image_inverse": torch.tensor(image_inverse, dtype=torch.long, device=device),
+        "prefix_of": torch.tensor([row_first[k] for k in row_inverse], device=device),
+        "prefix_len": torch.tensor(prefix_len, device=device),
         # rows 2k and 2k + 1 ask the same item (a paired stage's two wordings)
         "same_item": torch.tensor(
             [a.item.id == b.item.id for a, b in zip(examples[0::2], examples[1::2], strict=False)],

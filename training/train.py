@@ -18,6 +18,7 @@ GPUs: each process takes its slice of every step's batch.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,19 @@ def step_examples(
     With `stage.length_window` w > 1, the w steps' examples of every process are sorted by
     length and cut into batches, which run in an order seeded by (seed, window): each batch
     pads to a near length (the step's token positions were 37% padding in the shipped recipe's
-    last stage), and every example is still asked once."""
+    last stage), and every example is still asked once.
+
+    With `stage.per_image` k > 1, the step takes batch_size / k epoch-order positions, and each
+    brings the next k - 1 positions of the epoch order that ask about the same image(s)
+    (`_image_groups`), so the batch is batch_size / k images with k questions each."""
     share = stage.batch_size // 2 if stage.paired else stage.batch_size
     window = stage.length_window
+    if stage.per_image > 1:
+        groups = share // stage.per_image
+        start = step * groups * world + rank * groups
+        positions = [p for a in range(start, start + groups)
+                     for p in _image_groups(items, stage, seed, a)]  # fmt: skip
+        return [e for unit in _units_at(items, stage, sampler, seed, positions) for e in unit]
     if window <= 1:
         start = step * share * world + rank * share
         return [e for unit in _units(items, stage, sampler, seed, start, share) for e in unit]
@@ -150,9 +161,15 @@ def _units(
     rows in a paired stage: the item under two wordings, or, for an item no wording can ask
     (a localization or metric question), that item and the item at the same position of a
     second epoch order, so that no row repeats another."""
+    return _units_at(items, stage, sampler, seed, range(start, start + count))
+
+
+def _units_at(items: list[Item], stage: StageConfig, sampler, seed: int,
+              positions: Iterable[int]) -> list[list[Example]]:  # fmt: skip
+    """`_units` of the given epoch-order positions."""
     n = len(items)
     out = []
-    for position in range(start, start + count):
+    for position in positions:
         epoch, offset = divmod(position, n)
         index = _epoch_order(items, epoch, seed, stage)[offset]
         item = items[index]
@@ -200,6 +217,25 @@ def _length(unit: list[Example]) -> tuple[int, int]:
     return len(unit[0].item.images), max(len(e.question) + len(e.target) for e in unit)
 
 
+def _image_groups(items: list[Item], stage: StageConfig, seed: int, anchor: int) -> list[int]:
+    """Epoch-order positions of `anchor`'s group (`StageConfig.per_image`): the anchor, then
+    the next positions of its epoch order that ask about the same image(s), cycling; an image
+    with fewer than per_image items in the order repeats them."""
+    epoch, offset = divmod(anchor, len(items))
+    order = _epoch_order(items, epoch, seed, stage)
+    if _GROUPS.get("order") is not order:  # offsets of each image key in this epoch order
+        by_image: dict[tuple, list[int]] = {}
+        for k, index in enumerate(order):
+            by_image.setdefault(tuple(items[index].image_paths()), []).append(k)
+        _GROUPS.clear()
+        _GROUPS.update(order=order, by_image=by_image)
+    same = _GROUPS["by_image"][tuple(items[order[offset]].image_paths())]
+    at = bisect.bisect_left(same, offset)
+    base = epoch * len(items)
+    return [base + same[(at + j) % len(same)] for j in range(stage.per_image)]
+
+
+_GROUPS: dict = {}  # the last epoch order and its offsets by image key (`_image_groups`)
 _ORDERS: dict[tuple, tuple[list[Item], list[int]]] = {}
 
 
@@ -455,7 +491,8 @@ def new_state(
     model.to(accelerator.device)
     torch.manual_seed(config.seed)
     heads = build_heads(model, losses)
-    trainee = Trainee(model, heads, losses, config.hop_layers, config.shape_weight)
+    trainee = Trainee(model, heads, losses, config.hop_layers, config.shape_weight,
+                      config.pack_tokens)  # fmt: skip
     trainee.to(accelerator.device)
     trainee.train()
     params = [p for p in trainee.parameters() if p.requires_grad]

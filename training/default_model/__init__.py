@@ -299,6 +299,18 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, shipped: bool = False)
         help="steps whose examples are sorted by length together, so batches pad less "
         "(StageConfig.length_window; 1: off)",
     )
+    parser.add_argument(
+        "--per-image",
+        type=int,
+        default=1,
+        help="rows asked about each image in a batch, which then encodes each image and runs "
+        "its image prefix once (StageConfig.per_image; 1: every row an item of its own)",
+    )
+    parser.add_argument(
+        "--fused-optimizer",
+        action="store_true",
+        help="AdamW's fused kernel (TrainConfig.fused_optimizer)",
+    )
 
 
 def recipe_overrides(
@@ -491,7 +503,7 @@ def recipe_config(
     )
     by_id = {loss: getattr(args, flag) for flag, loss in WEIGHT_FLAGS.items()}
     for stage in stages:
-        stage.length_window = args.length_window
+        stage.length_window, stage.per_image = args.length_window, args.per_image
         stage.templates, stage.paired = wording(args), args.paired
     aux = {loss: float(by_id.get(loss, 1.0)) for loss in RECIPE_LOSSES}
     if args.paired:
@@ -514,5 +526,6 @@ def recipe_config(
         pretrain_steps=args.pretrain_steps,
         pretrain_batch=args.pretrain_batch,
         shape_weight=args.shape_weight,
+        fused_optimizer=args.fused_optimizer,
         stages=stages,
     )

@@ -637,12 +637,7 @@ class VSREModel(nn.Module):
                 output_attentions=output_attentions,
                 use_cache=False,
             )
-            # Position t predicts token t + 1, so t is read when label t + 1 is set.
-            next_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
-            at = (next_labels != -100).nonzero(as_tuple=True)  # the labelled positions
-            picked = base.get_output_embeddings()(out.last_hidden_state[at])
-            loss = F.cross_entropy(picked.float(), next_labels[at])
-            logits = picked.new_zeros(*labels.shape, picked.shape[-1]).index_put(at, picked)
+            loss, logits = self.labelled_logits(out.last_hidden_state, labels)
         else:
             out = self.lm(
                 inputs_embeds=embeds,
@@ -658,6 +653,19 @@ class VSREModel(nn.Module):
             attentions=out.attentions if output_attentions else None,
             image_embeds=image_embeds,
         )
+
+    def labelled_logits(
+        self, hidden: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) from the LM's last hidden states [B, L, H]: the LM head applied only
+        at the positions that predict a label; logits elsewhere are zero."""
+        # Position t predicts token t + 1, so t is read when label t + 1 is set.
+        next_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
+        at = (next_labels != -100).nonzero(as_tuple=True)  # the labelled positions
+        picked = self.base_lm().get_output_embeddings()(hidden[at])
+        loss = F.cross_entropy(picked.float(), next_labels[at])
+        logits = picked.new_zeros(*labels.shape, picked.shape[-1]).index_put(at, picked)
+        return loss, logits
 
     # ------------------------------------------------------------------------- tokenizing
 
