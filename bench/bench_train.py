@@ -2,8 +2,13 @@
 
     PYTHONPATH=. python bench/bench_train.py --threads 2
     PYTHONPATH=. python bench/bench_train.py --data data/sim --split random_train
+    PYTHONPATH=. python bench/bench_train.py --recipe-only --threads 1 --processes 2 \
+        --per-image 4 --fused-optimizer
 
 Figures (random weights; a step costs the same trained or not):
+0. the named recipe's last stage through the training loop (`--recipe`, vsre-tiny): samples/s,
+   each phase's wall and CPU time, FLOPs against the GEMM rate, padding and packed tokens;
+   `--per-image`, `--fused-optimizer`, `--processes`, `--length-window` try the loop's knobs;
 1. optimiser step time (median over steps, after warm-up) per preset and freeze mode at the
    given batch size, on the dataset's own images;
 2. batch collation with the preprocessed-image cache: first epoch (decode + resize) against
@@ -140,11 +145,14 @@ def bench_recipe(
     length_window: int = 0,
     processes: int = 1,
     per_image: int = 0,
+    fused_optimizer: bool = False,
+    padded: bool = False,
 ) -> dict:
     """The named recipe's last stage (every task and extra loss) for `steps` steps through the
     training loop: median wall and CPU milliseconds per phase of a step (of the first
     process), and samples/s from the wall time between steps. `batch` and `length_window` (0:
-    the recipe's) and `per_image` (0: the recipe's) override the stage's; with `processes` > 1 the run is launched as that many
+    the recipe's) and `per_image` (0: the recipe's) override the stage's, `fused_optimizer`
+    turns the run's fused AdamW on, `padded` turns token packing off; with `processes` > 1 the run is launched as that many
     processes (torch.distributed.run, gloo), each with `threads` threads and its share of every
     step's batch, as `accelerate launch` runs it."""
     from vsre_ros.sim_data.dataset import GenConfig, generate
@@ -166,6 +174,8 @@ def bench_recipe(
     config.stages, config.data, config.output = [stage], str(data), str(tmp / "run")
     config.pretrain_steps, config.val_split, config.log_every, config.threads = 0, "", 1, threads
     config.save_every = steps + 1
+    config.fused_optimizer = config.fused_optimizer or fused_optimizer
+    config.pack_tokens = config.pack_tokens and not padded
     if processes == 1:
         train(config, progress=False)
     else:
@@ -185,7 +195,8 @@ def bench_recipe(
     step_ms = 1000 * statistics.median(b - a for a, b in zip(seconds, seconds[1:], strict=False))
     cpu_ms = sum(median[f"cpu_ms_{p}"] for p in PHASES)
     return {"batch_size": total, "processes": processes, "threads": threads,
-            "length_window": stage.length_window, "per_image": stage.per_image, "step_ms": step_ms, "cpu_ms": cpu_ms,
+            "length_window": stage.length_window, "per_image": stage.per_image,
+            "fused_optimizer": config.fused_optimizer, "pack_tokens": config.pack_tokens, "step_ms": step_ms, "cpu_ms": cpu_ms,
             "samples_per_s": 1000 * total / step_ms,
             "samples_per_cpu_s": 1000 * stage.batch_size / cpu_ms, **median,
             **step_compute(config, stage, data, steps), "gemm_gflops": gemm_rate()}  # fmt: skip
@@ -244,7 +255,9 @@ def print_recipe(recipe: str, figures: dict) -> None:
         f"recipe {recipe}: {figures['samples_per_s']:.1f} samples/s (batch "
         f"{figures['batch_size']} over {figures['processes']} process(es) of "
         f"{figures['threads']} thread(s), length window {figures['length_window']}, "
-        f"{figures['per_image']} row(s) per image; step "
+        f"{figures['per_image']} row(s) per image, fused AdamW "
+        f"{'on' if figures['fused_optimizer'] else 'off'}, tokens "
+        f"{'packed' if figures['pack_tokens'] else 'padded'}; step "
         f"{figures['step_ms']:.0f} ms wall, {figures['cpu_ms']:.0f} ms CPU per process; "
         f"{figures['samples_per_cpu_s']:.1f} samples per CPU-second)"
     )
@@ -302,6 +315,12 @@ def main() -> None:
         default=0,
         help="rows asked about each image in a batch (StageConfig.per_image; 0: the recipe's)",
     )
+    parser.add_argument(
+        "--fused-optimizer", action="store_true", help="AdamW's fused kernel (TrainConfig)"
+    )
+    parser.add_argument(
+        "--padded", action="store_true", help="the padded step (TrainConfig.pack_tokens false)"
+    )
     parser.add_argument("--recipe-only", action="store_true", help="only the recipe's figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -311,6 +330,7 @@ def main() -> None:
             figures = bench_recipe(
                 args.recipe, data, args.recipe_steps, args.threads, Path(tmp),
                 args.recipe_batch, args.length_window, args.processes, args.per_image,
+                args.fused_optimizer, args.padded,
             )  # fmt: skip
         print_recipe(args.recipe, figures)
         if args.recipe_only:

@@ -9,6 +9,9 @@ and key states of the layers a `record_rows` block asks for; `LayerRows[rows, he
 then computes softmax(q k^T * scaling) for those triples only. The probabilities are eager
 attention's, up to rounding (tests/training/test_attention_rows.py), and the gradient reaches
 the model through the same query and key states.
+
+The same implementation runs the packed tokens of `packing.decode` (the `vsre_layout` keyword):
+it attends in the layout's chunks (`packing.AttentionChunks`) and keeps the padded view's rows.
 """
 
 from __future__ import annotations
@@ -63,19 +66,32 @@ class LayerRows:
 
 
 def _sdpa_keeping_rows(module, query, key, value, attention_mask, vsre_layout=None, **kwargs):
-    if vsre_layout is not None:  # packed tokens (`packing.decode`): attend in the padded view
-        query, key, value = (vsre_layout.spread(x[0], dim=1).transpose(0, 1)
-                             for x in (query, key, value))  # fmt: skip
-        attention_mask = None  # causal; right padding comes after every real query
+    if vsre_layout is not None:
+        return _packed_sdpa(module, query, key, value, vsre_layout, **kwargs)
+    _record(module, query, key, attention_mask, kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _record(module, query, key, attention_mask, kwargs) -> None:
     recorder = _RECORDER.get()
     if recorder is not None and module.layer_idx in recorder[0]:
         scaling = kwargs.get("scaling")
         scaling = module.scaling if scaling is None else scaling
         recorder[1][module.layer_idx] = LayerRows(query, key, attention_mask, scaling)
-    output, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if vsre_layout is not None:
-        output = vsre_layout.pack(output)[None]  # [B, L, heads, d] -> [1, T, heads, d]
-    return output, weights
+
+
+def _packed_sdpa(module, query, key, value, layout, **kwargs):
+    """Attention of packed tokens (`packing.decode`: [1, heads, T, d]) in the layout's chunks;
+    the rows kept for the losses are the padded [B, L] view's."""
+    recorder = _RECORDER.get()
+    if recorder is not None and module.layer_idx in recorder[0]:
+        padded = [layout.spread(x[0], dim=1).transpose(0, 1) for x in (query, key)]
+        _record(module, *padded, None, kwargs)
+    chunks = layout.chunks
+    q, k, v = chunks.gather(query[0]), chunks.gather(key[0]), chunks.gather(value[0])
+    outputs = [sdpa_attention_forward(module, *qkv, None, **kwargs)[0]
+               for qkv in zip(q, k, v, strict=True)]  # fmt: skip
+    return chunks.scatter(outputs)[None], None
 
 
 AttentionInterface.register(IMPLEMENTATION, _sdpa_keeping_rows)

@@ -389,7 +389,9 @@ class Trainee(nn.Module):
     ) -> StepOutput:
         reads_maps = any(LOSSES[name].attentions for name in weights)
         pixels = inputs.get("pixel_values")
-        image_embeds = None if pixels is None else packing.encode_distinct(self.model, pixels, batch)
+        image_embeds = (
+            None if pixels is None else packing.encode_distinct(self.model, pixels, batch)
+        )
         layout = packing.TokenLayout.from_batch(batch) if self.pack_tokens else None
         with record_rows(self._attention_layers if reads_maps else ()) as rows:
             if layout is None:

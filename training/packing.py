@@ -8,15 +8,15 @@ are repeated, and both are removed here without changing what the step computes:
   encoders now run once per distinct image (`encode_distinct`), and each row gets a view of
   the result, so the gradients of all its questions meet in one encoder pass.
 - **Tokens.** The LM's linear layers, norms and MLPs run on `TokenLayout`'s packed tokens: no
-  padding, and one copy of a prefix that rows on the same images share. Only attention runs
-  on the padded [B, L] view: `TokenLayout.spread` gathers the packed queries, keys and values
-  into it (so a shared prefix token is a key of every row that shares it, and its gradient
-  sums over them), SDPA runs causally (right padding: a real query never sees a padding key),
-  and `TokenLayout.pack` takes each packed token's output from one row.
+  padding, and one copy of a prefix that rows on the same images share. Attention runs per
+  row, in `AttentionChunks`: the rows sorted by length, a few per chunk, each chunk padded
+  only to its longest row and causal (right padding comes after every real query). A shared
+  prefix token is a key of every row that shares it, so its gradient sums over them, and its
+  output is read at its first row.
 
 Rows share work only when a batch asks several questions about one image, which a stage asks
 for with `StageConfig.per_image`. Packing is exact either way: the loss and the gradients are
-the padded step's up to float rounding (tests/training/test_packing.py); `TrainConfig.
+the padded step's up to float rounding (tests/default_model/test_packing.py); `TrainConfig.
 pack_tokens` false runs the padded step, bit for bit as before.
 
 The packed decoder calls the HF decoder's own modules (`rotary_emb`, `layers`, `norm`, as the
@@ -57,18 +57,63 @@ def encode_distinct(model, pixel_values: dict[str, torch.Tensor], batch: dict) -
 
 
 @dataclass
+class AttentionChunks:
+    """Attention without the padded view's waste: the rows sorted by length and cut into
+    chunks of `CHUNK_ROWS`, each padded only to its own longest row, so the score matrices
+    cost about the sum of the rows' squared lengths instead of B * L^2. Each chunk is causal
+    with no mask (its padding comes after every real query), and a packed token's output is
+    read at its first row."""
+
+    indices: list[torch.Tensor]  # per chunk [rows_c * width_c]: packed token per slot (T: none)
+    shapes: list[tuple[int, int]]  # per chunk (rows_c, width_c)
+    slot: torch.Tensor  # [T] each packed token's slot in the chunks' outputs, concatenated
+
+    def gather(self, heads: torch.Tensor) -> list[torch.Tensor]:
+        """Packed [heads, T, d] -> per chunk [rows_c, heads, width_c, d]."""
+        full = torch.cat([heads, heads.new_zeros(heads.shape[0], 1, heads.shape[2])], 1)
+        return [full.index_select(1, index).unflatten(1, shape).transpose(0, 1)
+                for index, shape in zip(self.indices, self.shapes, strict=True)]  # fmt: skip
+
+    def scatter(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Per chunk [rows_c, width_c, heads, d] -> packed [T, heads, d]."""
+        return torch.cat([o.flatten(0, 1) for o in outputs]).index_select(0, self.slot)
+
+
+def _chunks(spread_index: torch.Tensor, rep: torch.Tensor, lengths: torch.Tensor,
+            width: int) -> AttentionChunks:  # fmt: skip
+    grid = spread_index.view(-1, width)
+    order = torch.argsort(lengths, descending=True, stable=True).tolist()
+    indices, shapes = [], []
+    where = torch.empty(len(lengths), 2, dtype=torch.long)  # row -> (chunk offset, width)
+    offset = 0
+    for k in range(0, len(order), CHUNK_ROWS):
+        rows = order[k : k + CHUNK_ROWS]
+        size = max(int(lengths[rows[0]]), 1)
+        indices.append(grid[rows, :size].flatten())
+        shapes.append((len(rows), size))
+        for j, row in enumerate(rows):
+            where[row] = torch.tensor([offset + j * size, size])
+        offset += len(rows) * size
+    where = where.to(rep.device)
+    row, pos = rep // width, rep % width
+    return AttentionChunks(indices, shapes, where[row, 0] + pos)
+
+
+@dataclass
 class TokenLayout:
     """Where each position of a right-padded [B, L] batch lives among the packed tokens.
 
     `spread_index` [B * L] is the packed token at each padded position (T, one past the last,
     for padding); `rep` [T] is the padded position each packed token is computed at (its first
-    row); `positions` [T] is each packed token's position in its row (the rotary phase)."""
+    row); `positions` [T] is each packed token's position in its row (the rotary phase);
+    `chunks` is the layout attention runs in."""
 
     rows: int
     width: int
     spread_index: torch.Tensor
     rep: torch.Tensor
     positions: torch.Tensor
+    chunks: AttentionChunks | None = None
 
     @property
     def tokens(self) -> int:
@@ -93,7 +138,8 @@ class TokenLayout:
         packed_of = torch.full((rows * width,), len(rep), dtype=torch.long, device=device)
         packed_of[rep] = torch.arange(len(rep), device=device)
         spread_index = torch.where(real.flatten(), packed_of[flat_owner], len(rep))
-        return cls(rows, width, spread_index, rep, rep % width)
+        chunks = _chunks(spread_index, rep, real.sum(1), width)
+        return cls(rows, width, spread_index, rep, rep % width, chunks)
 
     @classmethod
     def from_batch(cls, batch: dict) -> TokenLayout:
@@ -108,6 +154,10 @@ class TokenLayout:
     def pack(self, padded: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """[..., B, L, ...] at (`dim`, `dim` + 1) -> the packed tokens there (T)."""
         return padded.flatten(dim, dim + 1).index_select(dim, self.rep)
+
+
+# Rows per attention chunk (`AttentionChunks`): more chunks pad less, each costs a kernel call.
+CHUNK_ROWS = 4
 
 
 def supports(lm) -> bool:

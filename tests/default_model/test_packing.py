@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_recipe_targets import RECIPE_WEIGHTS, generated, tiny_overrides
+from vsre_ros.training import packing
 from vsre_ros.training.config import StageConfig, TrainConfig
 from vsre_ros.training.items import load_items
 from vsre_ros.training.losses import Trainee, build_heads
@@ -44,6 +46,29 @@ def test_a_layout_keeps_one_copy_of_a_shared_prefix_and_no_padding():
     spread = layout.spread(packed, dim=0)
     assert torch.equal(spread, x * mask)
     assert layout.positions.tolist() == [0, 1, 2, 3, 2, 3, 4, 0, 1, 2]
+
+
+def test_chunked_attention_equals_the_padded_views(monkeypatch):
+    monkeypatch.setattr(packing, "CHUNK_ROWS", 2)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0],
+                         [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])  # fmt: skip
+    # rows 0-1 share 2 tokens; row 2 is all prefix, which rows 3 and 4 share
+    layout = TokenLayout.build(mask, torch.tensor([0, 0, 2, 2, 2]), torch.tensor([2, 2, 3, 3, 3]))
+    chunks = layout.chunks
+    assert chunks.shapes == [(2, 6), (2, 4), (1, 3)]  # by length, each as wide as its longest
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, layout.tokens, 4, requires_grad=True) for _ in range(3))
+    view = [layout.spread(x, dim=1).transpose(0, 1) for x in (q, k, v)]
+    padded = layout.pack(F.scaled_dot_product_attention(*view, is_causal=True).transpose(1, 2))
+    parts = zip(chunks.gather(q), chunks.gather(k), chunks.gather(v), strict=True)
+    chunked = chunks.scatter(
+        [F.scaled_dot_product_attention(*p, is_causal=True).transpose(1, 2) for p in parts]
+    )
+    torch.testing.assert_close(chunked, padded)
+    weights = torch.randn_like(padded)
+    grads = [torch.autograd.grad((out * weights).sum(), (q, k, v)) for out in (padded, chunked)]
+    for a, b in zip(*grads, strict=True):  # a shared prefix key's gradient sums over its rows
+        torch.testing.assert_close(b, a)
 
 
 def test_a_per_image_stage_asks_each_image_several_questions(sim_data):
