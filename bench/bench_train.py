@@ -152,9 +152,9 @@ def bench_recipe(
     training loop: median wall and CPU milliseconds per phase of a step (of the first
     process), and samples/s from the wall time between steps. `batch` and `length_window` (0:
     the recipe's) and `per_image` (0: the recipe's) override the stage's, `fused_optimizer`
-    turns the run's fused AdamW on, `padded` turns token packing off; with `processes` > 1 the run is launched as that many
-    processes (torch.distributed.run, gloo), each with `threads` threads and its share of every
-    step's batch, as `accelerate launch` runs it."""
+    turns the run's fused AdamW on, `padded` turns token packing off; with `processes` > 1
+    the run is launched as that many processes (torch.distributed.run, gloo), each with
+    `threads` threads and its share of every step's batch, as `accelerate launch` runs it."""
     from vsre_ros.sim_data.dataset import GenConfig, generate
     from vsre_ros.training.config import dump_config, load_config
     from vsre_ros.training.train import read_metrics, recipe_path, train
@@ -196,7 +196,8 @@ def bench_recipe(
     cpu_ms = sum(median[f"cpu_ms_{p}"] for p in PHASES)
     return {"batch_size": total, "processes": processes, "threads": threads,
             "length_window": stage.length_window, "per_image": stage.per_image,
-            "fused_optimizer": config.fused_optimizer, "pack_tokens": config.pack_tokens, "step_ms": step_ms, "cpu_ms": cpu_ms,
+            "fused_optimizer": config.fused_optimizer, "pack_tokens": config.pack_tokens,
+            "step_ms": step_ms, "cpu_ms": cpu_ms,
             "samples_per_s": 1000 * total / step_ms,
             "samples_per_cpu_s": 1000 * stage.batch_size / cpu_ms, **median,
             **step_compute(config, stage, data, steps), "gemm_gflops": gemm_rate()}  # fmt: skip
