@@ -62,7 +62,8 @@ class StageConfig:
         1,
         "rows asked about each image in a batch: a batch of batch_size rows is batch_size / "
         "per_image images (or image sets), each encoded once, with its image prefix run "
-        "through the LM once (pack_tokens); 1 = every row an item of its own",
+        "through the LM once (pack_tokens); 1 = every row an item of its own (4 cost 12.7 "
+        "points of accuracy while the encoders learn: docs/training.md)",
     )
     task_weights: dict[str, float] = _f({}, "task mix; {} = equal")
     relations: list[str] = _f([], "only these relations; [] = all")
