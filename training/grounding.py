@@ -81,6 +81,14 @@ def image_tokens(model, images: list[np.ndarray], batch: int = 64) -> torch.Tens
     return torch.cat(out)
 
 
+def _warmup(steps: int) -> float:
+    """OneCycleLR's warm-up share: 5% of the fit, but at least two steps (a warm-up ending at
+    step 0 divides by zero in OneCycleLR, which a 20-step fit hit); 5% when that leaves too
+    little to anneal."""
+    warmup = max(2, round(0.05 * steps))
+    return warmup / steps if steps > 2 * warmup else 0.05
+
+
 def fit(
     model,
     frames: list,
@@ -112,7 +120,9 @@ def fit(
     rows_t, boxes_t = torch.tensor(rows), torch.from_numpy(np.stack(boxes))
     head.train()
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, lr, total_steps=steps, pct_start=_warmup(steps)
+    )
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
         pick = torch.randint(len(rows), (batch,), generator=gen)

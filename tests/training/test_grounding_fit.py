@@ -63,6 +63,15 @@ def test_fit_trains_only_the_head_and_saves_it_beside_the_model(model_dir, frame
     assert _loss(model, loaded, frames) == pytest.approx(_loss(model, head, frames), rel=1e-5)
 
 
+def test_a_fit_of_any_length_runs_its_schedule(model_dir, frames):
+    from vsre_ros.core.model import VSREModel
+
+    model = VSREModel.from_pretrained(model_dir)
+    for steps in (1, 2, 3, 20, 21):  # 20 once ended its warm-up at step 0 and divided by zero
+        head = tg.fit(model, frames, steps=steps, batch=4, seed=0, log=lambda _: None)
+        assert all(bool(torch.isfinite(p).all()) for p in head.parameters()), steps
+
+
 def test_fit_can_train_a_head_further_and_leaves_the_start_untouched(model_dir, frames):
     from vsre_ros.core.grounding import for_model
     from vsre_ros.core.model import VSREModel
