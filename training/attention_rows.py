@@ -72,19 +72,23 @@ def _sdpa_keeping_rows(module, query, key, value, attention_mask, vsre_layout=No
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def _record(module, query, key, attention_mask, kwargs) -> None:
+def _recording(module) -> bool:
+    """Whether the active `record_rows` block keeps this layer's states."""
     recorder = _RECORDER.get()
-    if recorder is not None and module.layer_idx in recorder[0]:
+    return recorder is not None and module.layer_idx in recorder[0]
+
+
+def _record(module, query, key, attention_mask, kwargs) -> None:
+    if _recording(module):
         scaling = kwargs.get("scaling")
         scaling = module.scaling if scaling is None else scaling
-        recorder[1][module.layer_idx] = LayerRows(query, key, attention_mask, scaling)
+        _RECORDER.get()[1][module.layer_idx] = LayerRows(query, key, attention_mask, scaling)
 
 
 def _packed_sdpa(module, query, key, value, layout, **kwargs):
     """Attention of packed tokens (`packing.decode`: [1, heads, T, d]) in the layout's chunks;
     the rows kept for the losses are the padded [B, L] view's."""
-    recorder = _RECORDER.get()
-    if recorder is not None and module.layer_idx in recorder[0]:
+    if _recording(module):  # spread only the layers whose rows are kept
         padded = [layout.spread(x[0], dim=1).transpose(0, 1) for x in (query, key)]
         _record(module, *padded, None, kwargs)
     chunks = layout.chunks

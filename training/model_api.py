@@ -155,7 +155,8 @@ def collate(
         [p for ex in examples for p in ex.item.image_paths()]
     )
     row_first, row_inverse = packing.distinct([tuple(ex.item.image_paths()) for ex in examples])
-    prefix_len = [len(model.prefix_ids(n)) for n, _, _ in rows]
+    prefix_sizes = {n: len(model.prefix_ids(n)) for n in {n for n, _, _ in rows}}
+    prefix_len = [prefix_sizes[n] for n, _, _ in rows]
     pixel_values = {
         name: torch.from_numpy(np.concatenate([p[name] for p in pixels])).to(device, dtype)
         for name in model.encoders

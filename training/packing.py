@@ -56,6 +56,13 @@ def encode_distinct(model, pixel_values: dict[str, torch.Tensor], batch: dict) -
     return once[inverse]
 
 
+def _select(packed: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """`packed`'s entries along `dim` at `index`, where index T (one past the last) reads
+    zeros: how a padded or chunked view is gathered from packed tokens."""
+    zero = packed.new_zeros(*packed.shape[:dim], 1, *packed.shape[dim + 1 :])
+    return torch.cat([packed, zero], dim).index_select(dim, index)
+
+
 @dataclass
 class AttentionChunks:
     """Attention without the padded view's waste: the rows sorted by length and cut into
@@ -70,8 +77,7 @@ class AttentionChunks:
 
     def gather(self, heads: torch.Tensor) -> list[torch.Tensor]:
         """Packed [heads, T, d] -> per chunk [rows_c, heads, width_c, d]."""
-        full = torch.cat([heads, heads.new_zeros(heads.shape[0], 1, heads.shape[2])], 1)
-        return [full.index_select(1, index).unflatten(1, shape).transpose(0, 1)
+        return [_select(heads, 1, index).unflatten(1, shape).transpose(0, 1)
                 for index, shape in zip(self.indices, self.shapes, strict=True)]  # fmt: skip
 
     def scatter(self, outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -84,7 +90,7 @@ def _chunks(spread_index: torch.Tensor, rep: torch.Tensor, lengths: torch.Tensor
     grid = spread_index.view(-1, width)
     order = torch.argsort(lengths, descending=True, stable=True).tolist()
     indices, shapes = [], []
-    where = torch.empty(len(lengths), 2, dtype=torch.long)  # row -> (chunk offset, width)
+    start = [0] * len(order)  # each row's first slot in the chunks' concatenated outputs
     offset = 0
     for k in range(0, len(order), CHUNK_ROWS):
         rows = order[k : k + CHUNK_ROWS]
@@ -92,11 +98,10 @@ def _chunks(spread_index: torch.Tensor, rep: torch.Tensor, lengths: torch.Tensor
         indices.append(grid[rows, :size].flatten())
         shapes.append((len(rows), size))
         for j, row in enumerate(rows):
-            where[row] = torch.tensor([offset + j * size, size])
+            start[row] = offset + j * size
         offset += len(rows) * size
-    where = where.to(rep.device)
-    row, pos = rep // width, rep % width
-    return AttentionChunks(indices, shapes, where[row, 0] + pos)
+    starts = torch.tensor(start, device=rep.device)
+    return AttentionChunks(indices, shapes, starts[rep // width] + rep % width)
 
 
 @dataclass
@@ -113,7 +118,7 @@ class TokenLayout:
     spread_index: torch.Tensor
     rep: torch.Tensor
     positions: torch.Tensor
-    chunks: AttentionChunks | None = None
+    chunks: AttentionChunks
 
     @property
     def tokens(self) -> int:
@@ -147,9 +152,7 @@ class TokenLayout:
 
     def spread(self, packed: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """Packed tokens along `dim` (T) -> [..., B, L, ...] there, zeros at padding."""
-        zero = packed.new_zeros(*packed.shape[:dim], 1, *packed.shape[dim + 1 :])
-        full = torch.cat([packed, zero], dim).index_select(dim, self.spread_index)
-        return full.unflatten(dim, (self.rows, self.width))
+        return _select(packed, dim, self.spread_index).unflatten(dim, (self.rows, self.width))
 
     def pack(self, padded: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """[..., B, L, ...] at (`dim`, `dim` + 1) -> the packed tokens there (T)."""
