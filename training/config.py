@@ -71,6 +71,17 @@ class StageConfig:
         {}, "extra loss id -> weight, on top of the run's aux_losses (training.losses.LOSSES)"
     )
     split: str = _f("train", "dataset split trained on")
+    data: list[str] = _f(
+        [],
+        "dataset directories whose `split` this stage trains on, joined (e.g. fresh scenes of "
+        "another data version); [] = the run's data",
+    )
+    restart: bool = _f(
+        False,
+        "start from the previous stage's final (averaged) model with a new optimizer, weight "
+        "average and training heads, as `vsre train --init` does, even when the run carries "
+        "the optimizer across stages",
+    )
 
 
 @dataclass

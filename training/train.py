@@ -26,7 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -798,14 +798,18 @@ def train(
     accelerator = make_accelerator()
     if accelerator.is_main_process:
         dump_config(config, out / "train_config.yaml")
-    by_split: dict[str, list[Item]] = {}
+    by_split: dict[tuple[str, tuple[str, ...]], list[Item]] = {}
 
-    def split_items(split: str) -> list[Item]:
-        if split not in by_split:
-            by_split[split] = load_items(
-                config.data, split, config.data_format, config.images or None
-            )
-        return by_split[split]
+    def split_items(split: str, sources: Sequence[str] = ()) -> list[Item]:
+        """`split` of the run's data, or of each of `sources` joined (a stage's `data`)."""
+        key = (split, tuple(sources))
+        if key not in by_split:
+            by_split[key] = [
+                item
+                for source in sources or [config.data]
+                for item in load_items(source, split, config.data_format, config.images or None)
+            ]
+        return by_split[key]
 
     val = spread(split_items(config.val_split), config.val_items) if config.val_split else []
     names = [s.name for s in config.stages]
@@ -813,8 +817,14 @@ def train(
     if config.pretrain_steps > 0 and init is None:
         first = config.stages[0]
         init = pretrained_init(
-            config, config.model, split_items(first.split), val, progress, accelerator
+            config, config.model, split_items(first.split, first.data), val, progress, accelerator
         )
+
+    def ends_chain(position: int) -> bool:
+        """Whether no stage continues this one's optimizer: the last stage, or one that the
+        next stage restarts from (so its result is the averaged model, as a last stage's)."""
+        return position == len(names) - 1 or config.stages[position + 1].restart
+
     results: list[StageResult] = []
     state = None
     for stage in stages:
@@ -828,13 +838,15 @@ def train(
                 log.warning("stage %s: %s not found, starting from %s", stage.name,
                             previous / FINAL, config.model)  # fmt: skip
         start_from = start_from or config.model
-        carry_from = previous if config.carry_optimizer and previous is not None else None
+        # A restarting stage gets a new optimizer and average (`ends_chain`: none is carried).
+        carries = config.carry_optimizer and previous is not None and not stage.restart
+        carry_from = previous if carries else None
         result = run_stage(
-            config, stage, start_from, split_items(stage.split), val, accelerator, progress,
-            state=state, carry_from=carry_from if state is None else None,
+            config, stage, start_from, split_items(stage.split, stage.data), val, accelerator,
+            progress, state=state, carry_from=carry_from if state is None else None,
             head_losses=head_losses if config.carry_optimizer else None,
             step_offset=sum(s.steps for s in config.stages[:position]),
-            last=position == len(names) - 1, deadline=deadline,
+            last=ends_chain(position), deadline=deadline,
         )  # fmt: skip
         results.append(result)
         state = result.state

@@ -106,6 +106,58 @@ def test_two_stages_chain_and_a_finished_stage_is_not_rerun(colour_dataset, tmp_
     assert [r.steps_run for r in again] == [0, 0]
 
 
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in build_model(model_dir).named_parameters()}
+
+
+def test_a_restarting_stage_is_the_previous_stage_then_train_init(colour_dataset, tmp_path):
+    """`restart` starts a stage as `vsre train --init PREVIOUS/final` does (a new optimizer,
+    average and heads) even though the run carries the optimizer; without it the stage
+    continues the carried state and ends elsewhere. The stage reads its own `data`."""
+    from conftest import make_colour_dataset
+
+    other = [str(make_colour_dataset(tmp_path / "other", seed=5))]
+
+    def run(name, stages, init=None):
+        config = tiny_config(colour_dataset, tmp_path / name, stages, carry_optimizer=True,
+                             ema_decay=0.9)  # fmt: skip
+        return train(config, init=init, progress=False)[-1].final_dir
+
+    def stage(name, **kw):
+        return StageConfig(name=name, freeze="all", steps=3, batch_size=4, lr=5e-3,
+                           warmup_steps=1, templates="none", **kw)  # fmt: skip
+
+    restarted = run("chain", [stage("a"), stage("b", data=other, restart=True)])
+    reference = run("then", [stage("b", data=other)], init=run("first", [stage("a")]))
+    continued = run("carried", [stage("a"), stage("b", data=other)])
+    restarted, reference, continued = map(_weights, (restarted, reference, continued))
+    assert all(torch.equal(restarted[n], reference[n]) for n in reference)
+    assert any(not torch.equal(continued[n], reference[n]) for n in reference)
+
+
+def test_a_stage_trains_on_the_split_of_each_of_its_datasets_joined(
+    colour_dataset, tmp_path, monkeypatch
+):
+    from conftest import make_colour_dataset
+    from vsre_ros.training import train as train_module
+
+    other = make_colour_dataset(tmp_path / "other", n_train=20, seed=5)
+    seen = {}
+    real = train_module.run_stage
+
+    def spy(config, stage, init, items, *args, **kw):
+        seen[stage.name] = sorted({str(i.root) for i in items}), len(items)
+        return real(config, stage, init, items, *args, **kw)
+
+    monkeypatch.setattr(train_module, "run_stage", spy)
+    stages = [StageConfig(name="own", steps=1, batch_size=4, templates="none"),
+              StageConfig(name="both", steps=1, batch_size=4, templates="none",
+                          data=[str(colour_dataset), str(other)])]  # fmt: skip
+    train(tiny_config(colour_dataset, tmp_path / "run", stages), progress=False)
+    assert seen["own"] == ([str(colour_dataset)], 48)
+    assert seen["both"] == (sorted([str(colour_dataset), str(other)]), 48 + 20)
+
+
 def test_unknown_extra_loss_and_stage_are_refused(colour_dataset, tmp_path):
     stage = StageConfig(name="s", steps=1, aux_losses={"telepathy": 1.0})
     with pytest.raises(ValueError, match="unknown extra losses \\['telepathy'\\]"):
