@@ -193,6 +193,42 @@ def test_the_v2_flags_set_data_wording_pairs_windows_and_widths(tmp_path):
         )
 
 
+def test_mix_steps_add_a_last_stage_restarted_on_fresh_scenes_of_both_data_versions(tmp_path):
+    parser = argparse.ArgumentParser()
+    default_model.add_arguments(parser)
+    args = parser.parse_args("--mix-steps 30 --data-seed 3 --data-version 2".split())
+    config = default_model.recipe_config(args, tmp_path / "d", tmp_path / "t", ["clip"])
+    config.validate()
+    *curriculum_stages, last = config.stages
+    assert (last.name, last.steps, last.lr, last.restart) == ("B5-mixed", 30, 1e-3, True)
+    # version 2's fresh scenes join first, then version 1's; seeds apart from the data's
+    assert last.data == [str(tmp_path / "d-mix-v2-s11"), str(tmp_path / "d-mix-v1-s10")]
+    before = curriculum_stages[-1]
+    assert (last.task_weights, last.templates, last.split) == (
+        before.task_weights, before.templates, before.split)  # fmt: skip
+    assert not any(s.restart or s.data for s in curriculum_stages)
+    plain = default_model.recipe_config(
+        parser.parse_args(["--mix-steps", "0"]), tmp_path / "d", tmp_path / "t", ["clip"]
+    )
+    assert [s.name for s in plain.stages] == [s.name for s in curriculum_stages]
+
+
+def test_a_mixed_run_generates_both_versions_and_trains_its_last_stage_on_them(ablated):
+    args = args_for(ablated, "mixed", export="none", mix_steps="2", mix_n="30")
+    assert default_model.run(args) == 0
+    summary = json.loads((ablated / "mixed" / "summary.json").read_text())
+    assert summary["steps"] == STEPS + 2
+    for version, seed in ((2, 8), (1, 7)):
+        meta = json.loads((ablated / f"data-mix-v{version}-s{seed}" / "dataset.json").read_text())
+        assert meta["seed"] == seed and meta["config"]["data_version"] == version
+    recipe = load_config(ablated / "mixed" / "train" / "train_config.yaml")
+    assert recipe.stages[-1].data == [
+        str(ablated / "data-mix-v2-s8"),
+        str(ablated / "data-mix-v1-s7"),
+    ]
+    assert (ablated / "mixed" / "train" / "B5-mixed" / "final" / "vsre_config.json").is_file()
+
+
 def test_a_dataset_of_another_data_version_is_refused(ablated, capsys):
     args = args_for(ablated, "v2", export="none")
     args.data_version = 2

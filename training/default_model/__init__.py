@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,19 @@ log = logging.getLogger(__name__)
 # give (a test holds the two together). Research runs (`recipes/experiment.py`) start from the
 # recipe flags' plain defaults instead (no object tokens, averaging or pretraining).
 SHIPPED = {
-    "n": 200000, "steps_a": 2000, "steps_b": 11000, "val_every": 1000, "val_items": 96,
-    "threads": 2,
-    "object_tokens": 8, "ema_decay": 0.999, "pretrain_steps": 1000,
+    "n": 200000, "data_version": 2, "steps_a": 2000, "steps_b": 11000, "val_every": 1000,
+    "val_items": 300, "threads": 2,
+    "object_tokens": 8, "ema_decay": 0.999, "pretrain_steps": 1000, "grounding_weight": 1.0,
+    "mix_steps": 6000, "mix_n": 150000,
 }  # fmt: skip
+
+
+# The last stage's fresh scenes (`--mix-steps`): one dataset per (data version, generation
+# seed offset from the data seed), so the model that learned one version's scenes and wordings
+# sees both versions' scenes; written beside the run's data as DATA-mix-v<version>-s<seed>,
+# and joined in this order.
+MIX_DATA = ((2, 8), (1, 7))
+MIX_STAGE = {"name": "B5-mixed", "lr": 1e-3, "warmup_steps": 200, "decay_share": 0.4}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,10 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-version",
         type=int,
-        default=1,
-        help="generated data version (sim_data.dataset.DATA_VERSIONS): 1, what the shipped "
-        "model learned from; 2, the question grammar's wordings, real-scale sizes varying per "
-        "object, zero-shot concepts fixed across seeds (1)",
+        default=SHIPPED["data_version"],
+        help="generated data version (sim_data.dataset.DATA_VERSIONS): 1, the VSRE templates "
+        "(vsre-tiny v1 learned from it); 2, the question grammar's wordings, real-scale sizes "
+        f"varying per object, zero-shot concepts fixed across seeds ({SHIPPED['data_version']})",
     )
     parser.add_argument("--workers", type=int, default=2, help="generator processes (2)")
     parser.add_argument(
@@ -107,6 +117,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=SHIPPED[name],
             help=f"stage {name[-1].upper()} steps ({SHIPPED[name]})",
         )
+    parser.add_argument(
+        "--mix-steps",
+        type=int,
+        default=SHIPPED.get("mix_steps", 0),
+        help="a last stage (B5-mixed) of this many steps on fresh scenes of data versions 1 "
+        "and 2 (--mix-n items of each, generated beside the data), restarted from the "
+        "curriculum's averaged model with a new optimizer (lr 1e-3, 200 warm-up steps, the "
+        f"last 40%% decaying) ({SHIPPED.get('mix_steps', 0)}; 0: none)",
+    )
+    parser.add_argument(
+        "--mix-n",
+        type=int,
+        default=SHIPPED.get("mix_n", 150000),
+        help=f"items generated per data version for --mix-steps ({SHIPPED.get('mix_n', 150000)})",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="examples per step (16)")
     parser.add_argument(
         "--val-every",
@@ -238,10 +263,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, shipped: bool = False)
     parser.add_argument(
         "--grounding-weight",
         type=float,
-        default=0.0,
+        default=default("grounding_weight", 0.0),
         help="weight of the grounding head (exported with the model: a box per object phrase, "
-        "core/grounding.py); the shipped model was trained without it and its head fitted "
-        "afterwards with `vsre grounding fit` (0.0: off)",
+        "core/grounding.py) (0.0: off)",
     )
     parser.add_argument(
         "--ema-decay",
@@ -332,6 +356,16 @@ def data_seed(args: argparse.Namespace) -> int:
     return args.seed if args.data_seed is None else args.data_seed
 
 
+def mix_data(args: argparse.Namespace, data: Path) -> list[tuple[Path, int, int]]:
+    """(directory, data version, generation seed) of each dataset of the last stage's fresh
+    scenes (`--mix-steps`; none without it)."""
+    if getattr(args, "mix_steps", 0) < 1:  # the experiment tool has no mix stage
+        return []
+    seed = data_seed(args)
+    return [(data.with_name(f"{data.name}-mix-v{version}-s{seed + offset}"), version,
+             seed + offset) for version, offset in MIX_DATA]  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train import EXIT_CHUNK_ENDED, ChunkEnded
 
@@ -353,6 +387,8 @@ def run(args: argparse.Namespace) -> int:
         data = Path(args.data) if args.data else out / "data"
         make_data(data, args.n, data_seed(args), args.size, args.workers, progress,
                   args.data_version)  # fmt: skip
+        for directory, version, seed in mix_data(args, data):
+            make_data(directory, args.mix_n, seed, args.size, args.workers, progress, version)
         timing = data / "generate_seconds.json"
         seconds["data"] = json.loads(timing.read_text()) if timing.is_file() else None
         families = [f.strip() for f in args.families.split(",") if f.strip()]
@@ -469,8 +505,8 @@ RECIPE_FILE = Path(__file__).resolve().parents[1] / "recipes" / "vsre-tiny.yaml"
 RECIPE_HEADER = """\
 # vsre-tiny: the shipped model's training config, as `vsre train-default` builds it with no
 # flags (training/default_model.py SHIPPED; a test keeps this file equal to it). Train it on
-# data that `vsre train-default` generated (200,000 items, seed 0, 64 px; it generates them
-# when missing) with
+# data that `vsre train-default` generated (200,000 items, data version 2, seed 0, 64 px; it
+# generates them when missing) with
 #   vsre train --recipe vsre-tiny --data runs/vsre-tiny/data --output runs/vsre-tiny/train
 # `vsre train-default` runs the same config, then calibrates, evaluates and exports.
 """
@@ -506,6 +542,10 @@ def recipe_config(
     for stage in stages:
         stage.length_window, stage.per_image = args.length_window, args.per_image
         stage.templates, stage.paired = wording(args), args.paired
+    mix = mix_data(args, data)
+    if mix:
+        stages.append(replace(stages[-1], **MIX_STAGE, steps=args.mix_steps, restart=True,
+                              data=[str(directory) for directory, _, _ in mix]))  # fmt: skip
     aux = {loss: float(by_id.get(loss, 1.0)) for loss in RECIPE_LOSSES}
     if args.paired:
         aux["consistency"] = args.consistency_weight

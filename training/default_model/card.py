@@ -129,6 +129,8 @@ RECIPE_FLAGS = (
     *RECIPE_FIELDS,
     "val_items",
     "calibration_items",
+    "mix_steps",
+    "mix_n",
 )  # fmt: skip
 
 
@@ -227,6 +229,7 @@ def model_card(
         "shape_weight": f"{recipe.shape_weight:g}",
         "val_items": recipe.val_items,
         "averaging": _averaging(recipe),
+        "mix": _mix(recipe),
         "pretraining": _pretraining(recipe),
         "val_curve": _val_curve(rows),
         "calibration": _calibration(calibration),
@@ -252,6 +255,21 @@ def _stage_table(stages) -> list[str]:
             f"{json.dumps(s.task_weights)} | {rel} |"
         )
     return lines
+
+
+def _mix(recipe) -> str:
+    """The stages that train on other datasets than the run's and restart the optimizer."""
+    lines = []
+    for before, stage in zip(recipe.stages, recipe.stages[1:], strict=False):
+        if stage.data:
+            lines.append(
+                f"Stage {stage.name} trains on the `{stage.split}` splits of "
+                + ", ".join(f"`{Path(d).name}`" for d in stage.data)
+                + " (fresh scenes generated beside the data; `vsre train-default --mix-steps`)"
+                + (f", starting from {before.name}'s averaged model with a new optimizer and"
+                   " weight average" if stage.restart else "") + ".\n"
+            )  # fmt: skip
+    return "".join(lines)
 
 
 def _averaging(recipe) -> str:
