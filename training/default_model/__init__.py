@@ -120,17 +120,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mix-steps",
         type=int,
-        default=SHIPPED.get("mix_steps", 0),
+        default=SHIPPED["mix_steps"],
         help="a last stage (B5-mixed) of this many steps on fresh scenes of data versions 1 "
         "and 2 (--mix-n items of each, generated beside the data), restarted from the "
         "curriculum's averaged model with a new optimizer (lr 1e-3, 200 warm-up steps, the "
-        f"last 40%% decaying) ({SHIPPED.get('mix_steps', 0)}; 0: none)",
+        f"last 40%% decaying) ({SHIPPED['mix_steps']}; 0: none)",
     )
     parser.add_argument(
         "--mix-n",
         type=int,
-        default=SHIPPED.get("mix_n", 150000),
-        help=f"items generated per data version for --mix-steps ({SHIPPED.get('mix_n', 150000)})",
+        default=SHIPPED["mix_n"],
+        help=f"items generated per data version for --mix-steps ({SHIPPED['mix_n']})",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="examples per step (16)")
     parser.add_argument(
@@ -505,8 +505,9 @@ RECIPE_FILE = Path(__file__).resolve().parents[1] / "recipes" / "vsre-tiny.yaml"
 RECIPE_HEADER = """\
 # vsre-tiny: the shipped model's training config, as `vsre train-default` builds it with no
 # flags (training/default_model.py SHIPPED; a test keeps this file equal to it). Train it on
-# data that `vsre train-default` generated (200,000 items, data version 2, seed 0, 64 px; it
-# generates them when missing) with
+# data that `vsre train-default` generated (200,000 items, data version 2, seed 0, 64 px, and
+# for the last stage 150,000 items of each version beside them, data-mix-v2-s8 and
+# data-mix-v1-s7; it generates them when missing) with
 #   vsre train --recipe vsre-tiny --data runs/vsre-tiny/data --output runs/vsre-tiny/train
 # `vsre train-default` runs the same config, then calibrates, evaluates and exports.
 """
