@@ -25,8 +25,9 @@ def args_for(tmp_path, out: str, **extra) -> argparse.Namespace:
         "--out", str(tmp_path / out), "--data", str(tmp_path / "data"), "--n", "40",
         "--steps-a", "2", "--steps-b", "2", "--batch-size", "2", "--val-every", "0",
         "--eval-items", "6", "--consistency-items", "1", "--no-progress",
-        # The shipped model's pretraining and object tokens are defaults; a toy run skips them.
-        "--pretrain-steps", "0", "--object-tokens", "0", "--threads", "1",
+        # The shipped model's pretraining, object tokens and mixed last stage are defaults; a
+        # toy run skips them.
+        "--pretrain-steps", "0", "--object-tokens", "0", "--mix-steps", "0", "--threads", "1",
     ]  # fmt: skip
     for key, value in extra.items():
         argv += [f"--{key.replace('_', '-')}", *([value] if isinstance(value, str) else value)]
@@ -175,18 +176,19 @@ def test_the_v2_flags_set_data_wording_pairs_windows_and_widths(tmp_path):
     assert overrides["lm"]["hf_config"]["hidden_size"] == 192
     assert overrides["lm"]["hf_config"]["intermediate_size"] == 768
     assert {e["hf_config"]["hidden_size"] for e in overrides["encoders"]} == {96}
-    # the plain defaults keep the shipped recipe: no consistency term, templates, no window
+    # the plain defaults are the shipped recipe: data version 2 in the grammar, the grounding
+    # head, no consistency term, no window
     plain = default_model.recipe_config(parser.parse_args([]), tmp_path, tmp_path, ["clip"])
-    assert "consistency" not in plain.aux_losses and plain.aux_losses["grounding"] == 0.0
+    assert "consistency" not in plain.aux_losses and plain.aux_losses["grounding"] == 1.0
     plain_stages = {(s.templates, s.paired, s.length_window) for s in plain.stages}
-    assert plain_stages == {("train", False, 1)}
-    # data version 2 asks in the grammar unless told otherwise
-    for flags, asked in (("--data-version 2", "grammar"), ("--data-version 2 --wording train",
-                                                            "train")):  # fmt: skip
-        v2 = default_model.recipe_config(
+    assert plain_stages == {("grammar", False, 1)}
+    # data version 1 asks through the templates unless told otherwise
+    for flags, asked in (("--data-version 1", "train"), ("--data-version 1 --wording grammar",
+                                                          "grammar")):  # fmt: skip
+        v1 = default_model.recipe_config(
             parser.parse_args(flags.split()), tmp_path, tmp_path, ["clip"]
         )
-        assert {s.templates for s in v2.stages} == {asked}
+        assert {s.templates for s in v1.stages} == {asked}
     with pytest.raises(ValueError, match="lm_hidden must be a positive multiple of 4"):
         default_model.recipe_config(
             parser.parse_args(["--lm-hidden", "130"]), tmp_path, tmp_path, ["clip"]
@@ -230,11 +232,11 @@ def test_a_mixed_run_generates_both_versions_and_trains_its_last_stage_on_them(a
 
 
 def test_a_dataset_of_another_data_version_is_refused(ablated, capsys):
-    args = args_for(ablated, "v2", export="none")
-    args.data_version = 2
+    args = args_for(ablated, "v1", export="none")
+    args.data_version = 1
     assert default_model.run(args) == 2
     err = capsys.readouterr().err
-    assert "data version 1; this run asks for data seed 0, 40 items, 64 px, data version 2" in err
+    assert "data version 2; this run asks for data seed 0, 40 items, 64 px, data version 1" in err
 
 
 def test_bad_families_and_missing_ablation_runs_are_named(tmp_path, capsys):
