@@ -220,7 +220,8 @@ def test_vsre_demo_runs_end_to_end_and_records_a_bag(tiny_checkpoint, tmp_path):
 
 def _assert_bag_keeps_grounded_answers(bag) -> None:
     """The recorded answers hold their grounded objects: one per object phrase of the recorded
-    question, with the 3D places measured from the sim camera's depth and CameraInfo."""
+    query (its subj and obj when it names them, else the question's "the ..." phrases), with
+    the 3D places measured from the sim camera's depth and CameraInfo."""
     from rosbags.rosbag2 import Reader
     from vsre_ros.training.bags import make_typestore
 
@@ -232,13 +233,13 @@ def _assert_bag_keeps_grounded_answers(bag) -> None:
         for conn, _, raw in reader.messages():
             if conn.topic == "/vsre/queries":
                 msg = store.deserialize_cdr(raw, conn.msgtype)
-                questions[msg.query_id] = msg.question
+                questions[msg.query_id] = (msg.question, msg.subj, msg.obj)
             elif conn.topic == "/vsre/answers":
                 answers.append(store.deserialize_cdr(raw, conn.msgtype))
     ok = [a for a in answers if a.status == SpatialAnswer.OK]
     assert ok
     for answer in ok:
-        phrases = object_phrases(questions[answer.query_id])
+        phrases = object_phrases(*questions[answer.query_id])  # the engine's rule
         assert [o.phrase for o in answer.objects] == phrases
         for obj in answer.objects:
             assert len(obj.box) == 4 and 0.0 < obj.score <= 1.0
