@@ -68,7 +68,8 @@ class LayerRows:
 def _sdpa_keeping_rows(module, query, key, value, attention_mask, vsre_layout=None, **kwargs):
     if vsre_layout is not None:
         return _packed_sdpa(module, query, key, value, vsre_layout, **kwargs)
-    _record(module, query, key, attention_mask, kwargs)
+    if _recording(module):
+        _record(module, query, key, attention_mask, kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -79,10 +80,10 @@ def _recording(module) -> bool:
 
 
 def _record(module, query, key, attention_mask, kwargs) -> None:
-    if _recording(module):
-        scaling = kwargs.get("scaling")
-        scaling = module.scaling if scaling is None else scaling
-        _RECORDER.get()[1][module.layer_idx] = LayerRows(query, key, attention_mask, scaling)
+    """Keep a recorded layer's states (`_recording` says which layers are)."""
+    scaling = kwargs.get("scaling")
+    scaling = module.scaling if scaling is None else scaling
+    _RECORDER.get()[1][module.layer_idx] = LayerRows(query, key, attention_mask, scaling)
 
 
 def _packed_sdpa(module, query, key, value, layout, **kwargs):

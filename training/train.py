@@ -838,8 +838,7 @@ def train(
                 log.warning("stage %s: %s not found, starting from %s", stage.name,
                             previous / FINAL, config.model)  # fmt: skip
         start_from = start_from or config.model
-        # A restarting stage gets a new optimizer and average (`ends_chain`: none is carried).
-        carries = config.carry_optimizer and previous is not None and not stage.restart
+        carries = config.carry_optimizer and position > 0 and not ends_chain(position - 1)
         carry_from = previous if carries else None
         result = run_stage(
             config, stage, start_from, split_items(stage.split, stage.data), val, accelerator,
