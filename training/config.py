@@ -52,6 +52,12 @@ class StageConfig:
         "adjacent rows (the consistency loss compares their verdicts)",
     )
     template_share: float = _f(1.0, "chance a relation item is re-asked through a template")
+    wording_noise: float = _f(
+        0.0,
+        "grammar stages: chance a re-asked relation question gets filler words before, inside "
+        "or after it (training/wording_noise.py), never splitting the relation, the objects or "
+        "the offered answer words",
+    )
     balanced: bool = _f(True, "balance relation x label (and tasks) in every epoch")
     length_window: int = _f(
         1,

@@ -20,8 +20,9 @@ import numpy as np
 
 from vsre_ros.core import grammar
 from vsre_ros.core.answers import AnswerKind
-from vsre_ros.core.templates import TEMPLATES, Template
+from vsre_ros.core.templates import TEMPLATES, VERB_RELATIONS, Template
 
+from . import wording_noise
 from .items import ALL_TEMPLATES, Item, can_template
 from .scoring import normalize
 
@@ -129,17 +130,29 @@ class WordingSampler:
     split: str = "seen"  # wording pool: "seen" for training; "unseen" is the held-out test
     share: float = 1.0  # chance a relation item is re-asked; else its own question
     seed: int = 0  # run seed
+    noise: float = 0.0  # chance a re-asked question gets filler words (training.wording_noise)
 
     def __post_init__(self) -> None:
         if self.split not in grammar.SPLITS:
             raise ValueError(f"unknown wording split {self.split!r}; known: {grammar.SPLITS}")
-        if not 0.0 <= self.share <= 1.0:
-            raise ValueError(f"wording share must be within [0, 1], got {self.share}")
+        for name in ("share", "noise"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"wording {name} must be within [0, 1], got {getattr(self, name)}"
+                )
 
     def example(self, item: Item, index: int, epoch: int) -> Example:
         """`item` (at `index` of its dataset) as asked in `epoch`."""
         rng = _rng(self.seed, 3, epoch, index)
-        return _reask(item, rng, self.share, lambda: grammar.sample(rng, self.split))
+        example = _reask(item, rng, self.share, lambda: grammar.sample(rng, self.split))
+        if self.noise == 0 or not example.template_id:
+            return example
+        noise_rng = _rng(self.seed, 6, epoch, index)  # apart: noise 0 keeps the draws above
+        if noise_rng.random() >= self.noise:
+            return example
+        phrases = [item.subj, item.obj, *relation_phrases(item.relation)]
+        example.question = wording_noise.noisy(example.question, phrases, noise_rng)
+        return example
 
     def pair(self, item: Item, index: int, epoch: int) -> tuple[Example, Example]:
         """The item under two wordings with different framings (deterministic in seed, epoch
@@ -148,6 +161,15 @@ class WordingSampler:
             return ask(item), ask(item)
         first, second = grammar.paired(_rng(self.seed, 4, epoch, index), split=self.split)
         return ask(item, first), ask(item, second)
+
+
+def relation_phrases(relation: str) -> list[str]:
+    """Every way the grammar and the templates write `relation` ("left of", "to the left of",
+    "is containing" for "contains")."""
+    out = [relation, *grammar.PREPOSITIONS.get(relation, ())]
+    if relation in VERB_RELATIONS:
+        out.append(VERB_RELATIONS[relation])
+    return out
 
 
 def reworded(item: Item, seed: int = 0, split: str = "seen") -> Example:

@@ -105,7 +105,7 @@ def stage_items(items: list[Item], stage: StageConfig) -> list[Item]:
 
 def stage_sampler(stage: StageConfig, seed: int) -> TemplateSampler | WordingSampler:
     if stage.templates == "grammar":
-        return WordingSampler(share=stage.template_share, seed=seed)
+        return WordingSampler(share=stage.template_share, seed=seed, noise=stage.wording_noise)
     if stage.templates == "none":
         return TemplateSampler(templates=(), share=0.0, seed=seed)
     if stage.templates == "train":

@@ -10,7 +10,14 @@ import pytest
 import torch
 from core_helpers import random_image, small_config
 
-from vsre_ros.core.answers import AnswerKind, Query, Status, parse_number, parse_yes_no
+from vsre_ros.core.answers import (
+    VOCABULARIES,
+    AnswerKind,
+    Query,
+    Status,
+    parse_number,
+    parse_yes_no,
+)
 from vsre_ros.core.config import EngineConfig
 from vsre_ros.core.engine import LRU, Engine, load_model, resolve_device
 from vsre_ros.core.model import VSREModel
@@ -433,14 +440,15 @@ def test_verdict_is_read_after_a_shared_leading_space_token(rng):
     model = VSREModel(small_config(tokenizer="lm"), tokenizer=tok).eval()
     engine = Engine(model)
     space = tok.convert_tokens_to_ids(" ")
-    # "correct"/"incorrect" and "right"/"wrong" are both <unk> here: those questions fall back.
+    # "correct"/"incorrect" and "right"/"wrong" are both <unk> here: those questions fall back,
+    # and no reading adds them.
     assert engine._readings[("yes_no", "true_false")][0] == [space]
     assert set(engine._readings) == {("yes_no",), ("true_false",), ("yes_no", "true_false")}
     image = random_image(rng)
-    # A question naming no pair is read in yes/no and true/false; a named pair alone.
+    # Every question is read in yes/no and true/false, the words it names first.
     asked = (
         ("Is it left?", ("yes", "true", "no", "false")),
-        ("Is it true or false?", ("true", "false")),
+        ("Is it true or false?", ("true", "yes", "false", "no")),
     )
     for question, words in asked:
         (ans,) = engine.answer([Query(question, [image])])
@@ -453,6 +461,33 @@ def test_verdict_is_read_after_a_shared_leading_space_token(rng):
         yes, no = logits[ids[:half]].sum(), logits[ids[half:]].sum()
         assert math.isclose(ans.probability, float(yes / (yes + no)), abs_tol=1e-5)
         assert ans.text == words[0 if ans.verdict else half]
+
+
+def test_a_verdict_is_read_in_every_vocabulary_the_tokenizer_knows(tiny_model, rng):
+    """A question inviting words the model may never have answered in ("Right or wrong?") is
+    read from the mass on every vocabulary's positive against negative words; its text keeps
+    the words it invited."""
+    engine = Engine(tiny_model)
+    tok = tiny_model.tokenizer
+
+    def first(words):
+        return sorted(tok.encode(" " + w, add_special_tokens=False)[0] for w in words)
+
+    positive = first(v.yes for v in VOCABULARIES.values())
+    negative = first(v.no for v in VOCABULARIES.values())
+    for reading in engine._readings.values():
+        assert (sorted(reading[1]), sorted(reading[2])) == (positive, negative)
+    image = random_image(rng)
+    question = "The cup is left of the box. Right or wrong?"
+    (ans,) = engine.answer([Query(question, [image])])
+    lead, _, _ = engine._readings[("right_wrong",)]
+    ids = tiny_model.prefix_ids(1) + tiny_model.suffix_ids(question) + lead
+    with torch.no_grad():
+        logits = tiny_model(torch.tensor([ids]), tiny_model.preprocess([image])).logits[0, -1]
+    p = logits.softmax(-1)
+    yes, no = p[positive].sum(), p[negative].sum()
+    assert math.isclose(ans.probability, float(yes / (yes + no)), abs_tol=1e-5)
+    assert ans.text == ("right" if ans.verdict else "wrong")
 
 
 def test_a_model_failure_becomes_an_error_answer(tiny_model, rng, monkeypatch):

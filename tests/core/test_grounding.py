@@ -55,6 +55,18 @@ def test_task_questions_name_their_objects(template):
 def test_structured_fields_come_first():
     assert object_phrases("Is it left of that?", subj="red cup", obj="box") == ["red cup", "box"]
     assert object_phrases("How far is the camera from the image?") == []
+    # the text's other objects follow: the reference of a question whose query names options
+    question = "Which is closer to the black cup: the black crate or the red ball?"
+    assert object_phrases(question, subj="black crate", obj="red ball") == [
+        "black crate",
+        "red ball",
+        "black cup",
+    ]
+    # a text phrase naming a given object again, in more or fewer words, is not repeated
+    assert object_phrases("Is the red cup left of the box?", subj="cup", obj="box") == [
+        "cup",
+        "box",
+    ]
 
 
 def test_head_gives_one_box_per_phrase_inside_the_image(grid_model):

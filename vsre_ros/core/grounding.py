@@ -318,12 +318,23 @@ _LIST = frozenset({",", "and", "or"})  # "visits the red cup, blue box and green
 
 def object_phrases(question: str, subj: str = "", obj: str = "") -> list[str]:
     """The object phrases a question names, in order, each once: its structured `subj` and
-    `obj` when given, else every "the <words>" of the question (and the list it may start:
-    "the red cup, blue box and green ball") that is not a relation word or a word about the
-    image ("the left side of", "the camera")."""
-    given = [p.strip() for p in (subj, obj) if p and p.strip()]
-    if given:
-        return list(dict.fromkeys(given))
+    `obj` when given, then every other object phrase of its text (`text_phrases`), such as
+    the reference of "which is closer to the chair: the cup or the box?" whose query names
+    the two options. A text phrase that names a given one again ("red cup" beside the given
+    "cup", or the reverse) is left out."""
+    given = list(dict.fromkeys(p.strip() for p in (subj, obj) if p and p.strip()))
+    found = text_phrases(question)
+    if not given:
+        return found
+    known = [set(p.lower().split()) for p in given]
+    rest = [p for p in found if not any(set(p.split()) <= k or k <= set(p.split()) for k in known)]
+    return given + rest
+
+
+def text_phrases(question: str) -> list[str]:
+    """Every "the <words>" of a question (and the list it may start: "the red cup, blue box
+    and green ball") that is not a relation word or a word about the image ("the left side
+    of", "the camera"), in order, each once."""
     text = _RELATION_THE.sub(" ; ", (question or "").lower())
     out: list[str] = []
     for match in re.finditer(r"\bthe\s+", text):
