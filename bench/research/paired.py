@@ -21,6 +21,8 @@ import numpy as np
 from vsre_ros.training.items import load_items
 from vsre_ros.training.scoring import read_predictions, score
 
+from vsre_ros.core import grammar
+
 
 def correctness(run: Path) -> tuple[dict, dict[tuple[str, str], bool]]:
     """(report, {(item id, template id): right}) of one evaluation directory."""
@@ -70,6 +72,11 @@ def main() -> None:
     by_task = defaultdict(list)
     for key in shared:
         by_task[a["items"][key[0]].task].append(key)
+    for key in shared:  # grammar wordings: the seen and the held-out (unseen) ones
+        framing, _ = grammar.framing_of(key[1])
+        if framing:
+            seen = grammar.wording_by_id(key[1]).seen
+            by_task["wordings seen" if seen else "wordings unseen"].append(key)
     print(f"B ({report_b['model']}) minus A ({report_a['model']}) on {report_a['data']} "
           f"{report_a['split']}, wording {report_a['templates']}; points, 95% scene-bootstrap "
           "interval")  # fmt: skip

@@ -215,6 +215,47 @@ def test_mix_steps_add_a_last_stage_restarted_on_fresh_scenes_of_both_data_versi
     assert [s.name for s in plain.stages] == [s.name for s in curriculum_stages]
 
 
+def test_filler_steps_add_a_stage_with_filler_words_after_the_mixed_one(tmp_path):
+    parser = argparse.ArgumentParser()
+    default_model.add_arguments(parser)
+    args = parser.parse_args("--mix-steps 30 --filler-steps 20 --data-seed 3".split())
+    config = default_model.recipe_config(args, tmp_path / "d", tmp_path / "t", ["clip"])
+    config.validate()
+    mixed, filler = config.stages[-2:]
+    assert mixed.name == "B5-mixed" and mixed.wording_noise == 0
+    assert (filler.name, filler.steps, filler.lr, filler.restart) == ("B6-filler", 20, 5e-4, True)
+    assert filler.wording_noise == 0.5 and filler.data == [str(tmp_path / "d-filler-v2-s12")]
+    assert (filler.task_weights, filler.templates) == (mixed.task_weights, mixed.templates)
+    text = default_model.recipe_file_text(args)
+    assert "# - for B6-filler, beside it: data-filler-v2-s12, 60,000 items each" in text
+
+
+def test_a_run_from_an_export_trains_only_the_stages_after_the_exports(ablated, exported):
+    args = args_for(ablated, "filler", export=str(ablated / "export-filler"), filler_steps="2",
+                    filler_n="30", from_export=str(exported))  # fmt: skip
+    assert default_model.run(args) == 0
+    summary = json.loads((ablated / "filler" / "summary.json").read_text())
+    assert summary["steps"] == STEPS + 2
+    train = ablated / "filler" / "train"
+    assert (train / "B6-filler" / "final" / "vsre_config.json").is_file()
+    assert not (train / LAST).exists(), "the export's stages are not trained again"
+    # the learning curve's rows: the export's run, then the new stage
+    rows = [json.loads(line) for line in (ablated / "export-filler" / "training_metrics.jsonl")
+            .read_text().splitlines()]  # fmt: skip
+    before = (exported / "training_metrics.jsonl").read_text().splitlines()
+    assert [json.dumps(r) for r in rows[: len(before)]] == [
+        json.dumps(json.loads(line)) for line in before
+    ]
+    assert {r["stage"] for r in rows[len(before) :]} == {"B6-filler"}
+    meta = json.loads((ablated / "data-filler-v2-s9" / "dataset.json").read_text())
+    assert meta["seed"] == 9 and meta["config"]["data_version"] == 2
+    card = (ablated / "export-filler" / "MODEL_CARD.md").read_text()
+    assert f"--from-export {exported}" in card and "get filler words" in card
+    # an export whose stages do not begin this recipe's, or leave none to train, is refused
+    again = args_for(ablated, "nothing-left", export="none", from_export=str(exported))
+    assert default_model.run(again) == 2
+
+
 def test_a_mixed_run_generates_both_versions_and_trains_its_last_stage_on_them(ablated):
     args = args_for(ablated, "mixed", export="none", mix_steps="2", mix_n="30")
     assert default_model.run(args) == 0

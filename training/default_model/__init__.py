@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +43,43 @@ SHIPPED = {
     "n": 200000, "data_version": 2, "steps_a": 2000, "steps_b": 11000, "val_every": 1000,
     "val_items": 300, "threads": 2,
     "object_tokens": 8, "ema_decay": 0.999, "pretrain_steps": 1000, "grounding_weight": 1.0,
-    "mix_steps": 6000, "mix_n": 150000,
+    "mix_steps": 6000, "mix_n": 150000, "filler_steps": 0, "filler_n": 60000,
 }  # fmt: skip
 
 
-# The last stage's fresh scenes (`--mix-steps`): one dataset per (data version, generation
-# seed offset from the data seed), so the model that learned one version's scenes and wordings
-# sees both versions' scenes; written beside the run's data as DATA-mix-v<version>-s<seed>,
-# and joined in this order.
-MIX_DATA = ((2, 8), (1, 7))
-MIX_STAGE = {"name": "B5-mixed", "lr": 1e-3, "warmup_steps": 200, "decay_share": 0.4}
+@dataclass(frozen=True)
+class FreshStage:
+    """A stage after the curriculum, on fresh scenes generated beside the run's data, started
+    from the stage before's averaged model with a new optimizer (`StageConfig.restart`); its
+    steps and item count are the flags --<flag>-steps and --<flag>-n (0 steps: no stage)."""
+
+    flag: str  # "mix" -> --mix-steps, --mix-n; the data directories DATA-mix-v2-s8, ...
+    name: str  # stage name
+    data: tuple[tuple[int, int], ...]  # (data version, generation seed offset from the data's)
+    lr: float
+    warmup_steps: int
+    decay_share: float
+    wording_noise: float = 0.0
+    purpose: str = ""  # what the stage is for, in --help
+
+    def datasets(self, args: argparse.Namespace, data: Path) -> list[tuple[Path, int, int]]:
+        """(directory, data version, generation seed) of each dataset it trains on, joined in
+        this order; none when the stage is off (the experiment tool has no fresh stages)."""
+        if getattr(args, f"{self.flag}_steps", 0) < 1:
+            return []
+        seed = data_seed(args)
+        return [(data.with_name(f"{data.name}-{self.flag}-v{version}-s{seed + offset}"),
+                 version, seed + offset) for version, offset in self.data]  # fmt: skip
+
+
+FRESH_STAGES = (
+    FreshStage("mix", "B5-mixed", ((2, 8), (1, 7)), 1e-3, 200, 0.4,
+               purpose="scenes of data versions 1 and 2, so the model that learned one "
+               "version's scenes and wordings sees both"),
+    FreshStage("filler", "B6-filler", ((2, 9),), 5e-4, 100, 0.5, wording_noise=0.5,
+               purpose="version 2 scenes, half the relation questions with filler words "
+               "around them (training/wording_noise.py), for wordings the grammar lacks"),
+)  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,20 +144,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=SHIPPED[name],
             help=f"stage {name[-1].upper()} steps ({SHIPPED[name]})",
         )
+    for fresh in FRESH_STAGES:
+        steps, n = f"{fresh.flag}_steps", f"{fresh.flag}_n"
+        versions = " and ".join(str(v) for v, _ in fresh.data)
+        parser.add_argument(
+            f"--{fresh.flag}-steps",
+            type=int,
+            default=SHIPPED[steps],
+            help=f"a stage {fresh.name} of this many steps after the ones before, on fresh "
+            f"{fresh.purpose} (--{fresh.flag}-n items of data version {versions}, generated "
+            f"beside the data), from the stage before's averaged model with a new optimizer "
+            f"(lr {fresh.lr:g}, {fresh.warmup_steps} warm-up steps, the last "
+            f"{100 * fresh.decay_share:.0f}%% decaying) ({SHIPPED[steps]}; 0: none)",
+        )
+        parser.add_argument(
+            f"--{fresh.flag}-n",
+            type=int,
+            default=SHIPPED[n],
+            help=f"items generated per data version for --{fresh.flag}-steps ({SHIPPED[n]})",
+        )
     parser.add_argument(
-        "--mix-steps",
-        type=int,
-        default=SHIPPED["mix_steps"],
-        help="a last stage (B5-mixed) of this many steps on fresh scenes of data versions 1 "
-        "and 2 (--mix-n items of each, generated beside the data), restarted from the "
-        "curriculum's averaged model with a new optimizer (lr 1e-3, 200 warm-up steps, the "
-        f"last 40%% decaying) ({SHIPPED['mix_steps']}; 0: none)",
-    )
-    parser.add_argument(
-        "--mix-n",
-        type=int,
-        default=SHIPPED["mix_n"],
-        help=f"items generated per data version for --mix-steps ({SHIPPED['mix_n']})",
+        "--from-export",
+        default="",
+        metavar="DIR",
+        help="an export of this recipe's first stages (its training_metrics.jsonl names "
+        "them): start the stages after them from its model, train only those, and keep its "
+        "metrics in the learning curve; the data of the stages taken is not generated",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="examples per step (16)")
     parser.add_argument(
@@ -356,14 +395,9 @@ def data_seed(args: argparse.Namespace) -> int:
     return args.seed if args.data_seed is None else args.data_seed
 
 
-def mix_data(args: argparse.Namespace, data: Path) -> list[tuple[Path, int, int]]:
-    """(directory, data version, generation seed) of each dataset of the last stage's fresh
-    scenes (`--mix-steps`; none without it)."""
-    if getattr(args, "mix_steps", 0) < 1:  # the experiment tool has no mix stage
-        return []
-    seed = data_seed(args)
-    return [(data.with_name(f"{data.name}-mix-v{version}-s{seed + offset}"), version,
-             seed + offset) for version, offset in MIX_DATA]  # fmt: skip
+def fresh_data(args: argparse.Namespace, data: Path) -> list[tuple[Path, int, int]]:
+    """(directory, data version, generation seed) of every fresh-scene stage's datasets."""
+    return [d for fresh in FRESH_STAGES for d in fresh.datasets(args, data)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -387,15 +421,22 @@ def run(args: argparse.Namespace) -> int:
         data = Path(args.data) if args.data else out / "data"
         make_data(data, args.n, data_seed(args), args.size, args.workers, progress,
                   args.data_version)  # fmt: skip
-        for directory, version, seed in mix_data(args, data):
-            make_data(directory, args.mix_n, seed, args.size, args.workers, progress, version)
+        taken = exported_stages(Path(args.from_export)) if args.from_export else []
+        for fresh in FRESH_STAGES:
+            if fresh.name in taken:  # trained by the export's run: its data is not needed
+                continue
+            n = getattr(args, f"{fresh.flag}_n")
+            for directory, version, seed in fresh.datasets(args, data):
+                make_data(directory, n, seed, args.size, args.workers, progress, version)
         timing = data / "generate_seconds.json"
         seconds["data"] = json.loads(timing.read_text()) if timing.is_file() else None
         families = [f.strip() for f in args.families.split(",") if f.strip()]
         recipe = recipe_config(args, data, out / "train", families)
         stages = recipe.stages
         ablation = ablation_rows(args.ablation_runs, args.ablation_json)
-        model, rows, seconds["train"] = trained_model(recipe, progress, args.max_minutes)
+        model, rows, seconds["train"] = trained_model(
+            recipe, progress, args.max_minutes, Path(args.from_export) if taken else None
+        )
         t = time.perf_counter()
         calibration = None
         if args.calibration_items > 0:
@@ -464,29 +505,64 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def trained_model(config: TrainConfig, progress: bool, max_minutes: float = 0.0):
+def exported_stages(export_dir: Path) -> list[str]:
+    """The stages an export's run trained, in order (from its training_metrics.jsonl)."""
+    from ..train import read_metrics
+
+    metrics = export_dir / "training_metrics.jsonl"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"--from-export {export_dir}: no training_metrics.jsonl there")
+    return list(dict.fromkeys(r["stage"] for r in read_metrics(metrics)))
+
+
+def trained_model(
+    config: TrainConfig, progress: bool, max_minutes: float = 0.0, from_export: Path | None = None
+):
     """Train (or resume) the recipe through the one loop; returns (model, metrics rows, seconds
     of training). A finished run is not trained again: its last stage's model is loaded. With
     `max_minutes`, a run stopped at its budget raises `train.ChunkEnded`; the seconds of its
-    chunks add up."""
+    chunks add up. With `from_export`, the recipe's first stages are the ones that export's run
+    trained: the rest start from its model, and its metrics lead the rows."""
     from vsre_ros.core.model import VSREModel
 
-    from ..train import ChunkEnded, read_metrics, train
+    from ..train import ChunkEnded, plot_curves, read_metrics, train
 
     out = Path(config.output)
+    names = [s.name for s in config.stages]
+    taken, before = [], []
+    if from_export is not None:
+        taken = exported_stages(from_export)
+        if taken != names[: len(taken)] or len(taken) == len(names):
+            raise ValueError(
+                f"--from-export {from_export} ran stages {taken}; it must be a beginning of "
+                f"this recipe's stages {names}, and leave at least one to train"
+            )
+        before = read_metrics(from_export / "training_metrics.jsonl")
     timing, chunks = out / "train_seconds.json", out / "chunk_seconds.json"
     spent = json.loads(chunks.read_text()) if chunks.is_file() else []
     t = time.perf_counter()
     try:
-        results = train(config, progress=progress, max_minutes=max_minutes)
+        results = train(
+            config,
+            stage_names=names[len(taken) :] if taken else None,
+            init=from_export if taken else None,
+            progress=progress,
+            max_minutes=max_minutes,
+        )
     except ChunkEnded:
         chunks.write_text(json.dumps([*spent, time.perf_counter() - t]))
         raise
     if any(r.steps_run for r in results) or not timing.is_file():
         timing.write_text(json.dumps(time.perf_counter() - t + sum(spent)))
         chunks.unlink(missing_ok=True)
-    rows = [r for s in config.stages for r in read_metrics(out / s.name / "metrics.jsonl")]
+    rows = before + [
+        r
+        for s in config.stages[len(taken) :]
+        for r in read_metrics(out / s.name / "metrics.jsonl")
+    ]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if taken:  # the curve of the whole recipe, the export's stages included
+        plot_curves(rows, out / "learning_curve.png", out.name)
     model = VSREModel.from_pretrained(results[-1].final_dir).eval()
     return model, rows, json.loads(timing.read_text())
 
@@ -505,9 +581,9 @@ RECIPE_FILE = Path(__file__).resolve().parents[1] / "recipes" / "vsre-tiny.yaml"
 RECIPE_HEADER = """\
 # vsre-tiny: the shipped model's training config, as `vsre train-default` builds it with no
 # flags (training/default_model.py SHIPPED; a test keeps this file equal to it). Train it on
-# data that `vsre train-default` generated (200,000 items, data version 2, seed 0, 64 px, and
-# for the last stage 150,000 items of each version beside them, data-mix-v2-s8 and
-# data-mix-v1-s7; it generates them when missing) with
+# the data `vsre train-default` generates when missing:
+{data}
+# with
 #   vsre train --recipe vsre-tiny --data runs/vsre-tiny/data --output runs/vsre-tiny/train
 # `vsre train-default` runs the same config, then calibrates, evaluates and exports.
 """
@@ -519,7 +595,15 @@ def recipe_file_text(args: argparse.Namespace) -> str:
 
     out = Path(args.out)
     config = recipe_config(args, out / "data", out / "train", ENCODER_FAMILIES)
-    return RECIPE_HEADER + yaml.safe_dump(config.to_dict(), sort_keys=False)
+    data = [f"# - {out / 'data'}: {args.n:,} items, data version {args.data_version}, seed "
+            f"{data_seed(args)}, {args.size} px"]  # fmt: skip
+    for fresh in FRESH_STAGES:
+        names = " and ".join(d.name for d, _, _ in fresh.datasets(args, out / "data"))
+        if names:
+            n = getattr(args, f"{fresh.flag}_n")
+            data.append(f"# - for {fresh.name}, beside it: {names}, {n:,} items each")
+    header = RECIPE_HEADER.format(data="\n".join(data))
+    return header + yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
 def wording(args: argparse.Namespace) -> str:
@@ -543,10 +627,15 @@ def recipe_config(
     for stage in stages:
         stage.length_window, stage.per_image = args.length_window, args.per_image
         stage.templates, stage.paired = wording(args), args.paired
-    mix = mix_data(args, data)
-    if mix:
-        stages.append(replace(stages[-1], **MIX_STAGE, steps=args.mix_steps, restart=True,
-                              data=[str(directory) for directory, _, _ in mix]))  # fmt: skip
+    for fresh in FRESH_STAGES:
+        datasets = fresh.datasets(args, data)
+        if datasets:
+            stages.append(replace(
+                stages[-1], name=fresh.name, lr=fresh.lr, warmup_steps=fresh.warmup_steps,
+                decay_share=fresh.decay_share, wording_noise=fresh.wording_noise,
+                steps=getattr(args, f"{fresh.flag}_steps"), restart=True,
+                data=[str(directory) for directory, _, _ in datasets],
+            ))  # fmt: skip
     aux = {loss: float(by_id.get(loss, 1.0)) for loss in RECIPE_LOSSES}
     if args.paired:
         aux["consistency"] = args.consistency_weight

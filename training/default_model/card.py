@@ -131,6 +131,8 @@ RECIPE_FLAGS = (
     "calibration_items",
     "mix_steps",
     "mix_n",
+    "filler_steps",
+    "filler_n",
 )  # fmt: skip
 
 
@@ -193,9 +195,13 @@ def model_card(
     facts = {
         # The portable command generates its data into --out; the run's own names its paths.
         "command": flags + "--out runs/vsre-tiny",
-        "this_run": flags + (f"--data {args.data} " if args.data else "") + f"--out {args.out}",
+        "this_run": flags
+        + (f"--data {args.data} " if args.data else "")
+        + (f"--from-export {args.from_export} " if args.from_export else "")
+        + f"--out {args.out}",
         "data_time": "not recorded" if seconds["data"] is None else f"{seconds['data']:.0f} s",
-        "train_seconds": f"{seconds['train']:.0f}",
+        "train_time": f"{seconds['train']:.0f} s"
+        + (f" (the stages after {args.from_export}'s)" if args.from_export else ""),
         "eval_seconds": f"{seconds['eval']:.0f}",
         "threads": args.threads,
         "preset": recipe.model,
@@ -257,6 +263,13 @@ def _stage_table(stages) -> list[str]:
     return lines
 
 
+def _flag(stage) -> str:
+    """The train-default flag that adds a fresh-scene stage, by the stage's name."""
+    from . import FRESH_STAGES
+
+    return next((f"--{f.flag}-steps" for f in FRESH_STAGES if f.name == stage.name), "")
+
+
 def _mix(recipe) -> str:
     """The stages that train on other datasets than the run's and restart the optimizer."""
     lines = []
@@ -265,9 +278,12 @@ def _mix(recipe) -> str:
             lines.append(
                 f"Stage {stage.name} trains on the `{stage.split}` splits of "
                 + ", ".join(f"`{Path(d).name}`" for d in stage.data)
-                + " (fresh scenes generated beside the data; `vsre train-default --mix-steps`)"
+                + f" (fresh scenes generated beside the data; `vsre train-default {_flag(stage)}`)"
                 + (f", starting from {before.name}'s averaged model with a new optimizer and"
-                   " weight average" if stage.restart else "") + ".\n"
+                   " weight average" if stage.restart else "")
+                + (f"; {100 * stage.wording_noise:.0f}% of its relation questions get filler"
+                   " words (`training/wording_noise.py`)" if stage.wording_noise else "")
+                + ".\n"
             )  # fmt: skip
     return "".join(lines)
 
