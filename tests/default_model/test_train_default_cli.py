@@ -25,9 +25,10 @@ def args_for(tmp_path, out: str, **extra) -> argparse.Namespace:
         "--out", str(tmp_path / out), "--data", str(tmp_path / "data"), "--n", "40",
         "--steps-a", "2", "--steps-b", "2", "--batch-size", "2", "--val-every", "0",
         "--eval-items", "6", "--consistency-items", "1", "--no-progress",
-        # The shipped model's pretraining, object tokens and mixed last stage are defaults; a
+        # The shipped model's pretraining, object tokens and fresh-scene stages are defaults; a
         # toy run skips them.
-        "--pretrain-steps", "0", "--object-tokens", "0", "--mix-steps", "0", "--threads", "1",
+        "--pretrain-steps", "0", "--object-tokens", "0", "--mix-steps", "0", "--filler-steps",
+        "0", "--threads", "1",
     ]  # fmt: skip
     for key, value in extra.items():
         argv += [f"--{key.replace('_', '-')}", *([value] if isinstance(value, str) else value)]
@@ -198,7 +199,7 @@ def test_the_v2_flags_set_data_wording_pairs_windows_and_widths(tmp_path):
 def test_mix_steps_add_a_last_stage_restarted_on_fresh_scenes_of_both_data_versions(tmp_path):
     parser = argparse.ArgumentParser()
     default_model.add_arguments(parser)
-    args = parser.parse_args("--mix-steps 30 --data-seed 3 --data-version 2".split())
+    args = parser.parse_args("--mix-steps 30 --filler-steps 0 --data-seed 3".split())
     config = default_model.recipe_config(args, tmp_path / "d", tmp_path / "t", ["clip"])
     config.validate()
     *curriculum_stages, last = config.stages
@@ -210,7 +211,10 @@ def test_mix_steps_add_a_last_stage_restarted_on_fresh_scenes_of_both_data_versi
         before.task_weights, before.templates, before.split)  # fmt: skip
     assert not any(s.restart or s.data for s in curriculum_stages)
     plain = default_model.recipe_config(
-        parser.parse_args(["--mix-steps", "0"]), tmp_path / "d", tmp_path / "t", ["clip"]
+        parser.parse_args("--mix-steps 0 --filler-steps 0".split()),
+        tmp_path / "d",
+        tmp_path / "t",
+        ["clip"],
     )
     assert [s.name for s in plain.stages] == [s.name for s in curriculum_stages]
 

@@ -43,7 +43,7 @@ SHIPPED = {
     "n": 200000, "data_version": 2, "steps_a": 2000, "steps_b": 11000, "val_every": 1000,
     "val_items": 300, "threads": 2,
     "object_tokens": 8, "ema_decay": 0.999, "pretrain_steps": 1000, "grounding_weight": 1.0,
-    "mix_steps": 6000, "mix_n": 150000, "filler_steps": 0, "filler_n": 60000,
+    "mix_steps": 6000, "mix_n": 150000, "filler_steps": 2400, "filler_n": 60000,
 }  # fmt: skip
 
 
