@@ -85,8 +85,8 @@ class StageConfig:
     restart: bool = _f(
         False,
         "start from the previous stage's final (averaged) model with a new optimizer, weight "
-        "average and training heads, as `vsre train --init` does, even when the run carries "
-        "the optimizer across stages",
+        "average and training-only heads (the grounding head it ships goes on training), as "
+        "`vsre train --init` does, even when the run carries the optimizer across stages",
     )
 
 

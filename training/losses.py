@@ -314,15 +314,30 @@ def active(weights: dict[str, float]) -> dict[str, float]:
 
 
 def build_heads(model: VSREModel, loss_names: Sequence[str]) -> nn.ModuleDict:
-    """The training-only heads the named losses train, in HEADS order."""
+    """The heads the named losses train, in HEADS order. An exported head the model already
+    has (loaded with it, e.g. the grounding head of the model a stage starts from) goes on
+    training; a fresh one is drawn first all the same, so the other heads' inits do not
+    depend on it."""
     wanted = {LOSSES[name].head for name in loss_names} - {None}
     heads = nn.ModuleDict()
     for name, factory in HEADS.items():
         if name in wanted:
             head = factory(model)
+            kept = model.heads.get(name) if name in EXPORTED else None
+            if head is not None and _same_shape(kept, head):
+                head = kept
             if head is not None:
                 heads[name] = head
     return heads
+
+
+def _same_shape(kept: nn.Module | None, fresh: nn.Module) -> bool:
+    """Whether a loaded head is of the fresh one's kind and shape (an older head format is
+    not trained on: a fresh head replaces it)."""
+    if kept is None or type(kept) is not type(fresh):
+        return False
+    a, b = kept.state_dict(), fresh.state_dict()
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
 
 
 class StepOutput(NamedTuple):

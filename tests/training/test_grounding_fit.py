@@ -131,3 +131,30 @@ def test_a_miss_says_why():
     assert tg._miss([0.05, 0.05, 0.45, 0.45], "red cup", objects)[1] == "imprecise"
     assert tg._miss([0.35, 0.0, 0.5, 0.2], "red cup", objects)[1] == "off"
     assert tg._miss(None, "red cup", objects)[1] == "no phrase"
+
+
+def test_a_stage_starting_from_a_model_with_a_grounding_head_trains_that_head(model_dir):
+    """Only training-only heads start afresh in a new stage; the shipped grounding head of the
+    model it starts from goes on training (a fresh one once cost 12 points of IoU)."""
+    from vsre_ros.training.losses import HEADS, build_heads
+
+    from vsre_ros.core.grounding import for_model
+    from vsre_ros.core.model import VSREModel
+
+    model = VSREModel.from_pretrained(model_dir)
+    torch.manual_seed(5)
+    model.heads["grounding"] = trained = for_model(model)
+    torch.manual_seed(0)
+    heads = build_heads(model, ["dense", "grounding"])
+    assert heads["grounding"] is trained
+    # the other heads draw the same init as in a run whose model has no grounding head
+    bare = VSREModel.from_pretrained(model_dir)
+    bare.heads.pop("grounding", None)
+    torch.manual_seed(0)
+    fresh = build_heads(bare, ["dense", "grounding"])
+    assert list(heads) == list(fresh) == [n for n in HEADS if n in ("dense", "grounding")]
+    dense, dense_fresh = heads["dense"].state_dict(), fresh["dense"].state_dict()
+    assert all(torch.equal(v, dense_fresh[k]) for k, v in dense.items())
+    assert not all(
+        torch.equal(v, fresh["grounding"].state_dict()[k]) for k, v in trained.state_dict().items()
+    )
