@@ -196,12 +196,18 @@ def test_the_v2_flags_set_data_wording_pairs_windows_and_widths(tmp_path):
         )
 
 
-def test_mix_steps_add_a_last_stage_restarted_on_fresh_scenes_of_both_data_versions(tmp_path):
+def recipe_for(tmp_path, flags: str):
+    """The recipe config that train-default's `flags` give, with data in tmp_path/d."""
     parser = argparse.ArgumentParser()
     default_model.add_arguments(parser)
-    args = parser.parse_args("--mix-steps 30 --filler-steps 0 --data-seed 3".split())
+    args = parser.parse_args(flags.split())
     config = default_model.recipe_config(args, tmp_path / "d", tmp_path / "t", ["clip"])
     config.validate()
+    return args, config
+
+
+def test_mix_steps_add_a_last_stage_restarted_on_fresh_scenes_of_both_data_versions(tmp_path):
+    _, config = recipe_for(tmp_path, "--mix-steps 30 --filler-steps 0 --data-seed 3")
     *curriculum_stages, last = config.stages
     assert (last.name, last.steps, last.lr, last.restart) == ("B5-mixed", 30, 1e-3, True)
     # version 2's fresh scenes join first, then version 1's; seeds apart from the data's
@@ -210,21 +216,12 @@ def test_mix_steps_add_a_last_stage_restarted_on_fresh_scenes_of_both_data_versi
     assert (last.task_weights, last.templates, last.split) == (
         before.task_weights, before.templates, before.split)  # fmt: skip
     assert not any(s.restart or s.data for s in curriculum_stages)
-    plain = default_model.recipe_config(
-        parser.parse_args("--mix-steps 0 --filler-steps 0".split()),
-        tmp_path / "d",
-        tmp_path / "t",
-        ["clip"],
-    )
+    _, plain = recipe_for(tmp_path, "--mix-steps 0 --filler-steps 0")
     assert [s.name for s in plain.stages] == [s.name for s in curriculum_stages]
 
 
 def test_filler_steps_add_a_stage_with_filler_words_after_the_mixed_one(tmp_path):
-    parser = argparse.ArgumentParser()
-    default_model.add_arguments(parser)
-    args = parser.parse_args("--mix-steps 30 --filler-steps 20 --data-seed 3".split())
-    config = default_model.recipe_config(args, tmp_path / "d", tmp_path / "t", ["clip"])
-    config.validate()
+    args, config = recipe_for(tmp_path, "--mix-steps 30 --filler-steps 20 --data-seed 3")
     mixed, filler = config.stages[-2:]
     assert mixed.name == "B5-mixed" and mixed.wording_noise == 0
     assert (filler.name, filler.steps, filler.lr, filler.restart) == ("B6-filler", 20, 5e-4, True)
