@@ -7,9 +7,9 @@ put them: a clause before the question, words between its parts, a clause after 
 relation, the two object phrases and the answer words the question offers are never split,
 so the answer target is unchanged.
 
-The words come from `FILLER`, minus every word of the held-out framings, templates and answer
-vocabularies (`held_out_words`): filler never teaches a held-out wording, and the unseen-
-wording figures stay a test of generalization. Relation words, answer words and negations are
+The words come from `FILLER_TEXT`, minus every word of the held-out framings, templates and
+answer vocabularies (`held_out_words`): filler never teaches a held-out wording, and the
+unseen-wording figures stay a test of generalization. Relation words, answer words and negations are
 left out too: "not", "left" or "false" would change the meaning.
 """
 
