@@ -9,8 +9,8 @@ so the answer target is unchanged.
 
 The words come from `FILLER_TEXT`, minus every word of the held-out framings, templates and
 answer vocabularies (`held_out_words`): filler never teaches a held-out wording, and the
-unseen-wording figures stay a test of generalization. Relation words, answer words and negations are
-left out too: "not", "left" or "false" would change the meaning.
+unseen-wording figures stay a test of generalization. Relation words, answer words and
+negations are left out too: "not", "left" or "false" would change the meaning.
 """
 
 from __future__ import annotations
