@@ -21,7 +21,7 @@ from functools import cache
 import numpy as np
 
 from vsre_ros.core import grammar
-from vsre_ros.core.answers import VOCABULARIES, invited_vocabularies
+from vsre_ros.core.answers import VOCABULARIES, invited_vocabularies, pair_pattern
 from vsre_ros.core.templates import HELDOUT_TEMPLATES, VERB_RELATIONS
 
 # Words with no bearing on a spatial verdict: people, places, time, hedges, chatter.
@@ -106,12 +106,7 @@ def _protected(text: str, phrases: list[str]) -> list[tuple[int, int]]:
         for m in re.finditer(re.escape(phrase), lower):
             spans.append((m.start(), m.end()))
     for vocab in invited_vocabularies(text):
-        pair = re.compile(
-            rf"\b{vocab.yes}\s*(?:,\s*)?(?:or|/)\s*{vocab.no}\b|"
-            rf"\b{vocab.no}\s*(?:,\s*)?(?:or|/)\s*{vocab.yes}\b",
-            re.IGNORECASE,
-        )
-        spans += [(m.start(), m.end()) for m in pair.finditer(text)]
+        spans += [(m.start(), m.end()) for m in pair_pattern(vocab.id).finditer(text)]
     return spans
 
 

@@ -213,6 +213,11 @@ def _pair_pattern(v: Vocabulary) -> re.Pattern:
 _PAIRS = {v.id: _pair_pattern(v) for v in VOCABULARIES.values()}
 
 
+def pair_pattern(vocabulary_id: str) -> re.Pattern:
+    """The pattern of a vocabulary's two words offered together ("true or false")."""
+    return _PAIRS[vocabulary(vocabulary_id).id]
+
+
 def invited_vocabularies(question: str) -> tuple[Vocabulary, ...]:
     """The answer words a yes/no question invites, the words to answer in first.
 
