@@ -231,6 +231,21 @@ def test_filler_steps_add_a_stage_with_filler_words_after_the_mixed_one(tmp_path
     assert "# - for B6-filler, beside it: data-filler-v2-s12, 60,000 items each" in text
 
 
+def test_paired_steps_add_a_stage_asking_each_item_twice_with_the_consistency_term(tmp_path):
+    _, unpaired = recipe_for(tmp_path, "--mix-steps 0 --filler-steps 20")
+    assert not any(s.paired for s in unpaired.stages)
+    assert "consistency" not in unpaired.aux_losses
+    args, config = recipe_for(
+        tmp_path, "--mix-steps 0 --filler-steps 20 --paired-steps 10 --data-seed 3"
+    )
+    filler, paired = config.stages[-2:]
+    assert (paired.name, paired.steps, paired.restart, paired.paired) == (
+        "B7-paired", 10, True, True)  # fmt: skip
+    assert not filler.paired and paired.wording_noise == 0.5
+    assert paired.data == [str(tmp_path / "d-paired-v2-s13")]
+    assert config.aux_losses["consistency"] == args.consistency_weight == 1.0
+
+
 def test_a_run_from_an_export_trains_only_the_stages_after_the_exports(ablated, exported):
     args = args_for(ablated, "filler", export=str(ablated / "export-filler"), filler_steps="2",
                     filler_n="30", from_export=str(exported))  # fmt: skip
