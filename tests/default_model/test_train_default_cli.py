@@ -28,7 +28,7 @@ def args_for(tmp_path, out: str, **extra) -> argparse.Namespace:
         # The shipped model's pretraining, object tokens and fresh-scene stages are defaults; a
         # toy run skips them.
         "--pretrain-steps", "0", "--object-tokens", "0", "--mix-steps", "0", "--filler-steps",
-        "0", "--threads", "1",
+        "0", "--fresh-steps", "0", "--threads", "1",
     ]  # fmt: skip
     for key, value in extra.items():
         argv += [f"--{key.replace('_', '-')}", *([value] if isinstance(value, str) else value)]
@@ -207,7 +207,9 @@ def recipe_for(tmp_path, flags: str):
 
 
 def test_mix_steps_add_a_last_stage_restarted_on_fresh_scenes_of_both_data_versions(tmp_path):
-    _, config = recipe_for(tmp_path, "--mix-steps 30 --filler-steps 0 --data-seed 3")
+    _, config = recipe_for(
+        tmp_path, "--mix-steps 30 --filler-steps 0 --fresh-steps 0 --data-seed 3"
+    )
     *curriculum_stages, last = config.stages
     assert (last.name, last.steps, last.lr, last.restart) == ("B5-mixed", 30, 1e-3, True)
     # version 2's fresh scenes join first, then version 1's; seeds apart from the data's
@@ -216,12 +218,14 @@ def test_mix_steps_add_a_last_stage_restarted_on_fresh_scenes_of_both_data_versi
     assert (last.task_weights, last.templates, last.split) == (
         before.task_weights, before.templates, before.split)  # fmt: skip
     assert not any(s.restart or s.data for s in curriculum_stages)
-    _, plain = recipe_for(tmp_path, "--mix-steps 0 --filler-steps 0")
+    _, plain = recipe_for(tmp_path, "--mix-steps 0 --filler-steps 0 --fresh-steps 0")
     assert [s.name for s in plain.stages] == [s.name for s in curriculum_stages]
 
 
 def test_filler_steps_add_a_stage_with_filler_words_after_the_mixed_one(tmp_path):
-    args, config = recipe_for(tmp_path, "--mix-steps 30 --filler-steps 20 --data-seed 3")
+    args, config = recipe_for(
+        tmp_path, "--mix-steps 30 --filler-steps 20 --fresh-steps 0 --data-seed 3"
+    )
     mixed, filler = config.stages[-2:]
     assert mixed.name == "B5-mixed" and mixed.wording_noise == 0
     assert (filler.name, filler.steps, filler.lr, filler.restart) == ("B6-filler", 20, 5e-4, True)
@@ -231,19 +235,18 @@ def test_filler_steps_add_a_stage_with_filler_words_after_the_mixed_one(tmp_path
     assert "# - for B6-filler, beside it: data-filler-v2-s12, 60,000 items each" in text
 
 
-def test_paired_steps_add_a_stage_asking_each_item_twice_with_the_consistency_term(tmp_path):
-    _, unpaired = recipe_for(tmp_path, "--mix-steps 0 --filler-steps 20")
-    assert not any(s.paired for s in unpaired.stages)
-    assert "consistency" not in unpaired.aux_losses
+def test_fresh_steps_add_b6s_stage_again_on_scenes_it_never_saw(tmp_path):
     args, config = recipe_for(
-        tmp_path, "--mix-steps 0 --filler-steps 20 --paired-steps 10 --data-seed 3"
+        tmp_path, "--mix-steps 0 --filler-steps 20 --fresh-steps 10 --data-seed 3"
     )
-    filler, paired = config.stages[-2:]
-    assert (paired.name, paired.steps, paired.restart, paired.paired) == (
-        "B7-paired", 10, True, True)  # fmt: skip
-    assert not filler.paired and paired.wording_noise == 0.5
-    assert paired.data == [str(tmp_path / "d-paired-v2-s13")]
-    assert config.aux_losses["consistency"] == args.consistency_weight == 1.0
+    filler, fresh = config.stages[-2:]
+    assert (fresh.name, fresh.steps, fresh.restart) == ("B7-fresh", 10, True)
+    assert fresh.data == [str(tmp_path / "d-fresh-v2-s13")]  # not B6's scenes (s12)
+    same = ("lr", "warmup_steps", "decay_share", "wording_noise", "task_weights", "templates")
+    assert [getattr(fresh, k) for k in same] == [getattr(filler, k) for k in same]
+    assert "# - for B7-fresh, beside it: data-fresh-v2-s13, 60,000 items each" in (
+        default_model.recipe_file_text(args)
+    )
 
 
 def test_a_run_from_an_export_trains_only_the_stages_after_the_exports(ablated, exported):

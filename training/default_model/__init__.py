@@ -44,7 +44,7 @@ SHIPPED = {
     "val_items": 300, "threads": 2,
     "object_tokens": 8, "ema_decay": 0.999, "pretrain_steps": 1000, "grounding_weight": 1.0,
     "mix_steps": 6000, "mix_n": 150000, "filler_steps": 2400, "filler_n": 60000,
-    "paired_steps": 0, "paired_n": 60000,
+    "fresh_steps": 2400, "fresh_n": 60000,
 }  # fmt: skip
 
 
@@ -61,7 +61,6 @@ class FreshStage:
     warmup_steps: int
     decay_share: float
     wording_noise: float = 0.0
-    paired: bool = False  # each item asked under two framings, the consistency term on
     purpose: str = ""  # what the stage is for, in --help
 
     def datasets(self, args: argparse.Namespace, data: Path) -> list[tuple[Path, int, int]]:
@@ -81,10 +80,8 @@ FRESH_STAGES = (
     FreshStage("filler", "B6-filler", ((2, 9),), 5e-4, 100, 0.5, wording_noise=0.5,
                purpose="version 2 scenes, half the relation questions with filler words "
                "around them (training/wording_noise.py), for wordings the grammar lacks"),
-    FreshStage("paired", "B7-paired", ((2, 10),), 5e-4, 100, 0.5, wording_noise=0.5,
-               paired=True,
-               purpose="version 2 scenes, each relation item asked under two framings in one "
-               "step with the consistency term pulling their verdicts together"),
+    FreshStage("fresh", "B7-fresh", ((2, 10),), 5e-4, 100, 0.5, wording_noise=0.5,
+               purpose="version 2 scenes, B6's settings again on scenes it never saw"),
 )  # fmt: skip
 
 
@@ -359,7 +356,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, shipped: bool = False)
         "--consistency-weight",
         type=float,
         default=1.0,
-        help="weight of the consistency term of --paired and of the paired stage (1.0)",
+        help="weight of the consistency term of --paired (1.0)",
     )
     parser.add_argument(
         "--length-window",
@@ -639,12 +636,11 @@ def recipe_config(
             stages.append(replace(
                 stages[-1], name=fresh.name, lr=fresh.lr, warmup_steps=fresh.warmup_steps,
                 decay_share=fresh.decay_share, wording_noise=fresh.wording_noise,
-                paired=args.paired or fresh.paired, steps=getattr(args, f"{fresh.flag}_steps"),
-                restart=True,
+                steps=getattr(args, f"{fresh.flag}_steps"), restart=True,
                 data=[str(directory) for directory, _, _ in datasets],
             ))  # fmt: skip
     aux = {loss: float(by_id.get(loss, 1.0)) for loss in RECIPE_LOSSES}
-    if any(stage.paired for stage in stages):
+    if args.paired:
         aux["consistency"] = args.consistency_weight
     return TrainConfig(
         model="vsre-tiny",
