@@ -630,9 +630,9 @@ def test_new_frames_in_one_call_each_run_the_traced_vision_side(tiny_model, tmp_
     vision = engine._vision
     traced, calls = vision._traced, []
 
-    def counted(pixels):
+    def counted(*pixels):
         calls.append(pixels[0].shape[0])
-        return traced(pixels)
+        return traced(*pixels)
 
     def eager(pixels):
         raise AssertionError("the eager vision side ran")

@@ -586,12 +586,7 @@ class VSREModel(nn.Module):
 
     def encode_images(self, pixel_values: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-encoder pixels -> fused visual tokens [N, num_image_tokens, hidden]."""
-        return self.fuse_maps(
-            {name: enc(pixel_values[name]) for name, enc in self.encoders.items()}
-        )
-
-    def fuse_maps(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Each encoder's feature map -> fused visual tokens (fusion, then object tokens)."""
+        maps = {name: enc(pixel_values[name]) for name, enc in self.encoders.items()}
         fusion_dtype = next(self.fusion.parameters()).dtype
         tokens = self.fusion({k: v.to(fusion_dtype) for k, v in maps.items()})
         if self.objects is None:

@@ -6,9 +6,6 @@ call; replaying them skips that Python, with the same operations in the same ord
 results are the same (to the bit, on the CPU, for the same shapes).
 
 - `TracedVision`: encoders, fusion and object tokens for one image (about 0.6x the eager time).
-  Each encoder is recorded apart and they run side by side, as TorchScript forks on torch's
-  inter-op threads (the encoders are independent; each keeps its recorded operations and
-  order, so the tokens are bit for bit the sequential ones), then the recorded fusion.
 - `TracedLM`: the LM pass of one new frame (its image prefix and a few question tokens), of
   a few question tokens after an encoded frame's cached prefix, and of a decoding step after a
   longer cache, for token counts padded up to a few buckets and caches padded up to a few
@@ -36,43 +33,16 @@ from transformers import DynamicCache
 log = logging.getLogger(__name__)
 
 
-class _Fuse(nn.Module):
-    """`VSREModel.fuse_maps` of the encoders' feature maps as one list, in encoder order
-    (traceable)."""
+class _Vision(nn.Module):
+    """`VSREModel.encode_images` with one positional pixel tensor per encoder (traceable)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
         self.names = list(model.encoders)
 
-    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        return self.model.fuse_maps(dict(zip(self.names, maps, strict=True)))
-
-
-class _Forked(nn.Module):
-    """The recorded encoders side by side: every encoder but the last runs as a TorchScript
-    fork (torch's inter-op threads) while this thread runs the last, then the recorded fusion.
-    The encoders are independent, so a second core halves the wait; the operations and their
-    order within each encoder are the recording's, so the tokens are the sequential ones."""
-
-    def __init__(self, encoders: list[nn.Module], fuse: nn.Module):
-        super().__init__()
-        self.encoders = nn.ModuleList(encoders)
-        self.fuse = fuse
-
-    def forward(self, pixels: list[torch.Tensor]) -> torch.Tensor:
-        last = len(pixels) - 1
-        futures: list[torch.jit.Future[torch.Tensor]] = []
-        maps: list[torch.Tensor] = []
-        for i, encoder in enumerate(self.encoders):
-            if i < last:
-                futures.append(torch.jit.fork(encoder, pixels[i]))
-            else:
-                maps.append(encoder(pixels[i]))
-        own = maps[0]
-        maps = [torch.jit.wait(f) for f in futures]
-        maps.append(own)
-        return self.fuse(maps)
+    def forward(self, *pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_images(dict(zip(self.names, pixels, strict=True)))
 
 
 def _record(module: nn.Module, example: tuple[torch.Tensor, ...], check: tuple[torch.Tensor, ...]):
@@ -107,21 +77,9 @@ class TracedVision:
         }
         self._eager = model.encode_images
         device = model.device
-        example, check = self._example(device, seed=0), self._example(device, seed=1)
-        encoders = [
-            _record(encoder, (x,), (y,))
-            for encoder, x, y in zip(model.encoders.values(), example, check, strict=True)
-        ]
-        with torch.inference_mode():
-            maps = [encoder(x) for encoder, x in zip(encoders, example, strict=True)]
-            later = [encoder(y) for encoder, y in zip(encoders, check, strict=True)]
-        fuse = _record(_Fuse(model), (maps,), (later,))
-        with torch.inference_mode():
-            self._traced = torch.jit.script(_Forked(encoders, fuse))
-            got = self._traced(list(check))
-            expected = model.encode_images(dict(zip(self.names, check, strict=True)))
-        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
-            raise ValueError("the forked vision side differs from the eager model")
+        self._traced = _record(
+            _Vision(model), self._example(device, seed=0), self._example(device, seed=1)
+        )
 
     def _example(self, device: torch.device, seed: int) -> tuple[torch.Tensor, ...]:
         gen = torch.Generator().manual_seed(seed)
@@ -139,7 +97,7 @@ class TracedVision:
     def __call__(self, pixels: dict[str, torch.Tensor]) -> torch.Tensor:
         """Visual tokens [N, tokens, hidden]: the recording when the pixels fit it, else eager."""
         if self.fits(pixels):
-            return self._traced([pixels[name] for name in self.names])
+            return self._traced(*(pixels[name] for name in self.names))
         return self._eager(pixels)
 
 
