@@ -106,7 +106,7 @@ def _protected(text: str, phrases: list[str]) -> list[tuple[int, int]]:
         for m in re.finditer(re.escape(phrase), lower):
             spans.append((m.start(), m.end()))
     for vocab in invited_vocabularies(text):
-        spans += [(m.start(), m.end()) for m in pair_pattern(vocab.id).finditer(text)]
+        spans += [(m.start(), m.end()) for m in pair_pattern(vocab).finditer(text)]
     return spans
 
 

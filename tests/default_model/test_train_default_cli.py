@@ -18,6 +18,10 @@ STEPS = sum(s.steps for s in curriculum("relations-grow", 2, 2, 2))  # the defau
 LAST = curriculum("relations-grow", 2, 2, 2)[-1].name  # its last stage, which holds the model
 
 
+# Every fresh-scene stage off (`--mix-steps 0 --filler-steps 0 ...`); a later flag turns one on.
+NO_FRESH_STAGES = [a for f in default_model.FRESH_STAGES for a in (f"--{f.flag}-steps", "0")]
+
+
 def args_for(tmp_path, out: str, **extra) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     default_model.add_arguments(parser)
@@ -27,8 +31,7 @@ def args_for(tmp_path, out: str, **extra) -> argparse.Namespace:
         "--eval-items", "6", "--consistency-items", "1", "--no-progress",
         # The shipped model's pretraining, object tokens and fresh-scene stages are defaults; a
         # toy run skips them.
-        "--pretrain-steps", "0", "--object-tokens", "0", "--mix-steps", "0", "--filler-steps",
-        "0", "--fresh-steps", "0", "--threads", "1",
+        "--pretrain-steps", "0", "--object-tokens", "0", *NO_FRESH_STAGES, "--threads", "1",
     ]  # fmt: skip
     for key, value in extra.items():
         argv += [f"--{key.replace('_', '-')}", *([value] if isinstance(value, str) else value)]
@@ -197,19 +200,18 @@ def test_the_v2_flags_set_data_wording_pairs_windows_and_widths(tmp_path):
 
 
 def recipe_for(tmp_path, flags: str):
-    """The recipe config that train-default's `flags` give, with data in tmp_path/d."""
+    """The recipe config that train-default's `flags` give after every fresh-scene stage is
+    turned off, with data in tmp_path/d."""
     parser = argparse.ArgumentParser()
     default_model.add_arguments(parser)
-    args = parser.parse_args(flags.split())
+    args = parser.parse_args([*NO_FRESH_STAGES, *flags.split()])
     config = default_model.recipe_config(args, tmp_path / "d", tmp_path / "t", ["clip"])
     config.validate()
     return args, config
 
 
 def test_mix_steps_add_a_last_stage_restarted_on_fresh_scenes_of_both_data_versions(tmp_path):
-    _, config = recipe_for(
-        tmp_path, "--mix-steps 30 --filler-steps 0 --fresh-steps 0 --data-seed 3"
-    )
+    _, config = recipe_for(tmp_path, "--mix-steps 30 --data-seed 3")
     *curriculum_stages, last = config.stages
     assert (last.name, last.steps, last.lr, last.restart) == ("B5-mixed", 30, 1e-3, True)
     # version 2's fresh scenes join first, then version 1's; seeds apart from the data's
@@ -218,14 +220,12 @@ def test_mix_steps_add_a_last_stage_restarted_on_fresh_scenes_of_both_data_versi
     assert (last.task_weights, last.templates, last.split) == (
         before.task_weights, before.templates, before.split)  # fmt: skip
     assert not any(s.restart or s.data for s in curriculum_stages)
-    _, plain = recipe_for(tmp_path, "--mix-steps 0 --filler-steps 0 --fresh-steps 0")
+    _, plain = recipe_for(tmp_path, "")
     assert [s.name for s in plain.stages] == [s.name for s in curriculum_stages]
 
 
 def test_filler_steps_add_a_stage_with_filler_words_after_the_mixed_one(tmp_path):
-    args, config = recipe_for(
-        tmp_path, "--mix-steps 30 --filler-steps 20 --fresh-steps 0 --data-seed 3"
-    )
+    args, config = recipe_for(tmp_path, "--mix-steps 30 --filler-steps 20 --data-seed 3")
     mixed, filler = config.stages[-2:]
     assert mixed.name == "B5-mixed" and mixed.wording_noise == 0
     assert (filler.name, filler.steps, filler.lr, filler.restart) == ("B6-filler", 20, 5e-4, True)
@@ -236,9 +236,7 @@ def test_filler_steps_add_a_stage_with_filler_words_after_the_mixed_one(tmp_path
 
 
 def test_fresh_steps_add_b6s_stage_again_on_scenes_it_never_saw(tmp_path):
-    args, config = recipe_for(
-        tmp_path, "--mix-steps 0 --filler-steps 20 --fresh-steps 10 --data-seed 3"
-    )
+    args, config = recipe_for(tmp_path, "--filler-steps 20 --fresh-steps 10 --data-seed 3")
     filler, fresh = config.stages[-2:]
     assert (fresh.name, fresh.steps, fresh.restart) == ("B7-fresh", 10, True)
     assert fresh.data == [str(tmp_path / "d-fresh-v2-s13")]  # not B6's scenes (s12)

@@ -213,9 +213,9 @@ def _pair_pattern(v: Vocabulary) -> re.Pattern:
 _PAIRS = {v.id: _pair_pattern(v) for v in VOCABULARIES.values()}
 
 
-def pair_pattern(vocabulary_id: str) -> re.Pattern:
+def pair_pattern(v: Vocabulary) -> re.Pattern:
     """The pattern of a vocabulary's two words offered together ("true or false")."""
-    return _PAIRS[vocabulary(vocabulary_id).id]
+    return _PAIRS[v.id]
 
 
 def invited_vocabularies(question: str) -> tuple[Vocabulary, ...]:
