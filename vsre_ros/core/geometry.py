@@ -13,13 +13,16 @@ How an object's place is measured (`locate`), for a box that may hold background
    little small) standing at least `ABOVE_PLANE` above it (without a plane: all of them), cut
    apart where depth jumps or, with the colour image, where colour jumps (two objects touching
    at one depth); the connected piece covering most of the box's centre, with its neighbours
-   near its depth, is the object: an occluder in front and background behind drop out. The
-   box they span is the object's box as measured;
+   near its depth, is the object: an occluder in front and background behind drop out. Given
+   the object's mask, its pixels are the mask's in the box that lie near the mask's median
+   depth (a mask's edge pixels may see past the object). The box they span is the object's
+   box as measured;
 3. with a plane, the object stands on it, or on another object when its lowest visible point
-   is clearly above the plane: its height runs from there to its highest point, its footprint
-   is the least-area rectangle around its points seen from above, and its centre is the
-   footprint's centre, half way up. Without one, the centre and
-   the extent are those of its points' bounding box.
+   is clearly above the plane (and, when its visible heights hardly spread, a surface at that
+   height is seen around it: else it is a top seen from above, standing on the plane): its
+   height runs from there to its highest point, its footprint is the least-area rectangle
+   around its points seen from above, and its centre is the footprint's centre, half way up.
+   Without one, the centre and the extent are those of its points' bounding box.
 
 What a metric question asks is measured the way the simulator's questions define it
 (`sim_data.questions.metric_items`): the distance between two objects' centres, an object's
@@ -50,6 +53,13 @@ PLANE_MIN_SHARE = 0.2  # a plane must hold this share of the points outside the 
 PLANE_ITERATIONS = 48  # RANSAC hypotheses (seeded: the same frame gives the same plane)
 PLANE_SAMPLE = 1500  # at most this many points are used to fit the plane
 FOOTPRINT_POINTS = 800  # at most about this many points find an object's footprint
+BOX_TRIM = 2.0  # percent of a box's object points left out at each side of its footprint
+# ... and of a mask's: fewer, as its pixels hold fewer strays, and a footprint's far side is
+# seen by few pixels (a top at a grazing angle) while its near side is dense (its front face)
+MASK_TRIM = 1.0
+RING = 2  # pixels: the surfaces this close around an object's pixels may be what it stands on
+RING_TOLERANCE = 0.02  # metres: such a surface is at its lowest points' height within this
+RING_SHARE = 0.3  # ... for at least this share of the pixels around it
 
 
 @dataclass(frozen=True)
@@ -192,20 +202,20 @@ def locate(
     rgb: np.ndarray | None = None,
 ) -> Located | None:
     """The 3D place of the object in normalised box `box` (see the module docstring); `mask`
-    (HxW bool), when known, gives its pixels instead; `rgb` (HxWx3, the depth's size), when
-    given, also separates surfaces where colour jumps. None when too few pixels have depth."""
+    (HxW bool, the depth's size), when known, gives its pixels instead (those of the box, near
+    the mask's depth: `_mask_pixels`); `rgb` (HxWx3, the depth's size), when given, also
+    separates surfaces where colour jumps. None when too few pixels have depth."""
     h, w = depth.shape
     x0, y0, x1, y1 = _pixel_box(box, w, h)
     vs, us = np.mgrid[y0:y1, x0:x1]
     pts = back_project(depth, k, us, vs).reshape(y1 - y0, x1 - x0, 3)
-    ok = np.all(np.isfinite(pts), axis=2)
+    valid = np.all(np.isfinite(pts), axis=2)
     if mask is not None:
-        ok &= mask[y0:y1, x0:x1]
+        ok = _mask_pixels(pts, valid & np.asarray(mask, dtype=bool)[y0:y1, x0:x1], k)
     else:
         colour = rgb[y0:y1, x0:x1] if rgb is not None else None
-        ok = _object_pixels(pts, ok, k, plane, colour)
-    pts = pts[ok]
-    if len(pts) < MIN_PIXELS:
+        ok = _object_pixels(pts, valid, k, plane, colour)
+    if ok.sum() < MIN_PIXELS:
         return None
     rows, cols = np.nonzero(ok)
     seen = (
@@ -214,14 +224,34 @@ def locate(
         (x0 + cols.max() + 1) / w,
         (y0 + rows.max() + 1) / h,
     )
-    lo, hi = np.percentile(pts, [2, 98], axis=0)
     if plane is None:
-        return Located((lo + hi) / 2, hi - lo, float(hi[0] - lo[0]), math.nan, len(pts), seen)
+        lo, hi = np.percentile(pts[ok], [2, 98], axis=0)
+        return Located((lo + hi) / 2, hi - lo, float(hi[0] - lo[0]), math.nan, int(ok.sum()), seen)
+    from scipy import ndimage
+
+    # The surfaces right around the object (what it may stand on), as heights over the plane.
+    around = ndimage.binary_dilation(ok, iterations=RING) & ~ok & valid
+    trim = MASK_TRIM if mask is not None else BOX_TRIM
+    return _on_plane(pts[ok], plane.height(pts[around]), k, plane, trim, seen)
+
+
+def _on_plane(
+    pts: np.ndarray, around: np.ndarray, k: Intrinsics, plane: Plane, trim: float, seen
+) -> Located:
+    """The place of an object of points `pts` [N, 3] standing on `plane` (or on another
+    object): `around` are the heights of the surfaces seen right around it; its footprint's
+    rectangle leaves out `trim` percent of its points at each side."""
+    lo, hi = np.percentile(pts, [2, 98], axis=0)
     heights = plane.height(pts)
     bottom, top = (float(v) for v in np.percentile(heights, [2, 98]))
     # The lowest pixels that are seen may stand a few pixels' height above the plane.
     floor = max(STACKED, STACKED_PIXELS * float(np.median(pts[:, 2])) / k.fy)
-    if bottom < floor or top - bottom < SPREAD * top:
+    # A flat thing high over the plane is a top seen from above (standing on the plane) unless
+    # a surface at its lowest points' height is seen around it: what it lies on.
+    supported = len(around) > 0 and (
+        np.mean(np.abs(around - bottom) < max(floor, RING_TOLERANCE)) >= RING_SHARE
+    )
+    if bottom < floor or (top - bottom < SPREAD * top and not supported):
         bottom = 0.0  # it stands on the support surface
     # The footprint: points dropped onto the plane, in a 2D basis of the plane.
     e1 = np.cross(plane.normal, [0.0, 0.0, 1.0])
@@ -232,15 +262,33 @@ def locate(
     # The footprint from at most FOOTPRINT_POINTS of its points, evenly spread over them.
     step = max(1, len(pts) // FOOTPRINT_POINTS)
     flat = np.stack([pts[::step] @ e1, pts[::step] @ e2], axis=1)
-    centre2, sides = _min_area_rectangle(flat)
+    centre2, sides = _min_area_rectangle(flat, trim)
     foot = centre2[0] * e1 + centre2[1] * e2
     on_plane = foot - (foot @ plane.normal + plane.offset) * plane.normal
     centre = on_plane + plane.normal * (top + bottom) / 2
     return Located(centre, hi - lo, float(max(sides)), top - bottom, len(pts), seen)
 
 
+def _mask_pixels(pts: np.ndarray, ok: np.ndarray, k: Intrinsics) -> np.ndarray:
+    """A mask's pixels (`ok`, of points [h, w, 3]) near its median depth, within the depth an
+    object as wide or tall as the mask may span (as `_object_pixels`): a mask's edge pixels may
+    see what is behind or in front of the object (the mask and the depth disagree there)."""
+    if ok.sum() < MIN_PIXELS:
+        return ok
+    z = pts[..., 2]
+    ref = float(np.median(z[ok]))
+    rows, cols = np.nonzero(ok)
+    size = max((np.ptp(cols) + 1) / k.fx, (np.ptp(rows) + 1) / k.fy) * ref
+    window = min(max(size, MIN_DEPTH_WINDOW), DEPTH_WINDOW)
+    return ok & (np.abs(np.nan_to_num(z, nan=np.inf) - ref) <= window)
+
+
 def _object_pixels(
-    pts: np.ndarray, ok: np.ndarray, k: Intrinsics, plane: Plane | None, rgb=None
+    pts: np.ndarray,
+    ok: np.ndarray,
+    k: Intrinsics,
+    plane: Plane | None,
+    rgb=None,
 ) -> np.ndarray:
     """Which of a box's pixels (points [h, w, 3], `ok` those with depth) are its object's: above
     the plane, cut apart where depth (or the colour `rgb` [h, w, 3], when given) jumps, the
@@ -284,14 +332,14 @@ def _object_pixels(
     return piece | grown
 
 
-def _min_area_rectangle(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centre [2] and sides [2] of the least-area rectangle around 2D points (robust to 2% of
-    outliers per side), searched over rotations in 3-degree steps (all at once)."""
+def _min_area_rectangle(points: np.ndarray, trim: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Centre [2] and sides [2] of the least-area rectangle around 2D points (robust to `trim`
+    percent of outliers per side), searched over rotations in 3-degree steps (all at once)."""
     angles = np.radians(np.arange(0, 90, 3))
     c, s = np.cos(angles), np.sin(angles)
     axes = np.stack([np.stack([c, s], 0), np.stack([-s, c], 0)], 2)  # [2, A, 2]: u, v axes
     proj = points @ axes.reshape(2, -1)  # [N, A * 2]
-    lo, hi = np.percentile(proj, [2, 98], axis=0).reshape(2, len(angles), 2)
+    lo, hi = np.percentile(proj, [trim, 100 - trim], axis=0).reshape(2, len(angles), 2)
     sides = hi - lo
     best = int(np.argmin(sides.prod(-1)))
     mid = (lo[best] + hi[best]) / 2
@@ -327,9 +375,21 @@ class FrameGeometry:
         # (PLANE_MIN_SHARE), and every object of the frame is placed against the same plane.
         self.plane = support_plane(self.depth, k)
 
-    def locate(self, box) -> Located | None:
-        """The place of the object in normalised `box` (searched grown by SEARCH_MARGIN)."""
-        return locate(widened(box, SEARCH_MARGIN), self.depth, self.k, self.plane, rgb=self.rgb)
+    def locate(self, box, mask=None) -> Located | None:
+        """The place of the object in normalised `box` (searched grown by SEARCH_MARGIN);
+        `mask` (bool, covering the whole frame at any size: the image's, or a grounding head's
+        own; resized to the depth's by the nearest pixel), when given, holds the object's
+        pixels (see `locate`)."""
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            h, w = self.depth.shape
+            if mask.shape != (h, w):
+                ys = np.arange(h) * mask.shape[0] // h
+                xs = np.arange(w) * mask.shape[1] // w
+                mask = mask[ys[:, None], xs[None, :]]
+        return locate(
+            widened(box, SEARCH_MARGIN), self.depth, self.k, self.plane, mask=mask, rgb=self.rgb
+        )
 
 
 def locate_all(
