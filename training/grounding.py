@@ -34,10 +34,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vsre_ros.core import geometry
 from vsre_ros.core.answers import AnswerKind, Query, Source, number_correct
-from vsre_ros.core.grounding import SUB_CELLS, box_loss, for_model, iou, phrase_embeddings
+from vsre_ros.core.grounding import (
+    SUB_CELLS,
+    GroundingHead,
+    MaskHead,
+    box_loss,
+    for_model,
+    iou,
+    mask_head_for,
+    phrase_embeddings,
+)
 
 DEFAULT_SIZES = ((64, 64), (160, 120))  # frame sizes rendered in turn (square and 4:3)
 MIN_VISIBLE, MIN_PIXELS = 0.25, 10  # objects less visible are not named (as the questions)
@@ -134,6 +144,82 @@ def fit(
         opt.step()
         sched.step()
         if step % 500 == 0 or step == steps - 1:
+            log(f"step {step}: loss {loss.item():.4f}")
+    return head.eval()
+
+
+def object_masks(frame, side: int) -> list[tuple[str, torch.Tensor]]:
+    """(name, [side, side] share of each pixel that is the object) of each object a question
+    may name in `frame` (`visible_objects`): its instance mask's area means at `side`."""
+    seg = torch.from_numpy(np.ascontiguousarray(frame.seg))
+    out = []
+    for name, mask_id, _ in visible_objects(frame):
+        mask = (seg == mask_id).float()[None, None]
+        out.append((name, F.adaptive_avg_pool2d(mask, (side, side))[0, 0]))
+    return out
+
+
+def mask_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per-pixel binary cross-entropy plus soft Dice (so a small object's few pixels count as
+    much as a large one's many) of mask logits [N, H, W] against shares [N, H, W]."""
+    bce = F.binary_cross_entropy_with_logits(logits, truth)
+    p = torch.sigmoid(logits).flatten(1)
+    t = truth.flatten(1)
+    dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+    return bce + dice.mean()
+
+
+def fit_masks(
+    model,
+    frames: list,
+    steps: int = 3000,
+    batch: int = 16,
+    lr: float = 2e-3,
+    seed: int = 0,
+    start: MaskHead | None = None,
+    log=print,
+) -> MaskHead:
+    """A `MaskHead` fitted on the frozen `model` to draw each visible object of `frames` when
+    its name is asked (`mask_loss` on its instance mask): a new one, or a copy of `start`
+    trained further. Each step reads `batch` frames once and decodes all their objects."""
+    torch.manual_seed(seed)
+    model.eval()
+    head = copy.deepcopy(start) if start is not None else mask_head_for(model)
+    tokens = image_tokens(model, [f.rgb for f in frames])
+    pixels = head.frame_inputs([f.rgb for f in frames])
+    names, owners, truths = [], [], []
+    for i, frame in enumerate(frames):
+        for name, mask in object_masks(frame, head.side // 2):
+            names.append(name)
+            owners.append(i)
+            truths.append((mask * 255).round().to(torch.uint8))
+    vocab = sorted(set(names))
+    with torch.inference_mode():
+        table = phrase_embeddings(model, vocab)
+    phrase = torch.tensor([vocab.index(n) for n in names])
+    truth = torch.stack(truths)
+    by_frame: list[list[int]] = [[] for _ in frames]
+    for j, i in enumerate(owners):
+        by_frame[i].append(j)
+    usable = torch.tensor([i for i, objs in enumerate(by_frame) if objs])
+    head.train()
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, lr, total_steps=steps, pct_start=_warmup(steps)
+    )
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        picked = usable[torch.randperm(len(usable), generator=gen)[:batch]].tolist()
+        objs = torch.tensor([j for i in picked for j in by_frame[i]])
+        where = torch.tensor([k for k, i in enumerate(picked) for _ in by_frame[i]])
+        image = head.image_part(tokens[picked], pixels[picked])
+        logits = head.logits(tuple(f[where] for f in image), head.phrase_part(table[phrase[objs]]))
+        loss = mask_loss(logits, truth[objs].float() / 255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
             log(f"step {step}: loss {loss.item():.4f}")
     return head.eval()
 
@@ -334,6 +420,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     f.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     f.add_argument("--from-head", action="store_true", help="train the model's own head further")
+    f.add_argument(
+        "--head",
+        choices=("mask", "box"),
+        default="mask",
+        help="mask: MaskHead, reading the frame's pixels (default); box: GroundingHead, "
+        "reading the model's tokens and a few colours per cell",
+    )
+    f.add_argument(
+        "--batch", type=int, default=0, help="frames per step (mask) or objects (box); 0: default"
+    )
     e.add_argument("--seed", type=int, default=202, help="generation seed of held-out frames")
     e.add_argument("--frames", type=int, default=300, help="frames to render (default 300)")
     e.add_argument("--prior-seed", type=int, default=101, help="seed of the box prior's frames")
@@ -351,17 +447,37 @@ def run(args: argparse.Namespace) -> int:
         frames = render(args.seed, args.frames)
         print(f"rendered {len(frames)} frames in {time.perf_counter() - start:.0f} s")
         initial = model.heads.get("grounding") if args.from_head else None
-        if args.from_head and initial is None:
-            raise ValueError(f"{args.model} has no grounding head to start from")
-        head = fit(
-            model,
-            frames,
-            steps=args.steps,
-            lr=args.lr,
-            seed=args.seed,
-            sub_cells=args.sub_cells,
-            start=initial,
-        )
+        kind = MaskHead if args.head == "mask" else GroundingHead
+        if args.from_head and not isinstance(initial, kind):
+            raise ValueError(f"{args.model} has no {args.head} grounding head to start from")
+        if args.head == "mask":
+            head = fit_masks(
+                model,
+                frames,
+                steps=args.steps,
+                batch=args.batch or 16,
+                lr=args.lr,
+                seed=args.seed,
+                start=initial,
+            )
+        else:
+            head = fit(
+                model,
+                frames,
+                steps=args.steps,
+                batch=args.batch or 128,
+                lr=args.lr,
+                seed=args.seed,
+                sub_cells=args.sub_cells,
+                start=initial,
+            )
+        if isinstance(head, MaskHead):
+            head.fitted = {
+                "command": f"vsre grounding fit --head mask --seed {args.seed} --frames "
+                f"{args.frames} --steps {args.steps} --lr {args.lr:g} --batch {args.batch or 16}",
+                "seconds": round(time.perf_counter() - start),
+                "threads": args.threads,
+            }
         path = head.save(args.out or args.model)
         print(
             f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in "

@@ -143,7 +143,7 @@ class FixedBoxes(torch.nn.Module):
         self.boxes = torch.tensor(list(boxes.values()), dtype=torch.float32)
         self.calls = 0
 
-    def colours(self, images):
+    def frame_inputs(self, images):
         return torch.zeros(len(images), 1)
 
     def image_part(self, tokens, colours):
@@ -299,3 +299,130 @@ def test_a_camera_frame_is_read_at_strided_pixels_close_to_its_area_means():
     strided = image_colours([frame], (8, 8), 8)
     full = cell_colours(torch.from_numpy(frame).permute(2, 0, 1)[None] / 255.0, (8, 8), 8)
     assert float((strided - full).abs().mean()) < 0.02
+
+
+# -- the mask head ---------------------------------------------------------------------------
+
+
+def _mask_head(model, side=32):
+    from vsre_ros.core.grounding import MaskHead
+
+    torch.manual_seed(3)
+    return MaskHead(model.hidden_size, (4, 4), model.num_object_tokens, side=side).eval()
+
+
+def test_mask_head_gives_each_phrase_a_mask_and_the_box_of_that_mask(grid_model):
+    from vsre_ros.core.engine import LRU
+    from vsre_ros.core.grounding import Grounder, mask_box
+
+    head = _mask_head(grid_model)
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    tokens = torch.randn(grid_model.num_image_tokens, grid_model.hidden_size)
+    phrases = ["red cup", "green side table"]
+    with torch.inference_mode():
+        frame = Grounder(grid_model, head, LRU(2), LRU(8)).frame("k", tokens, image)
+        found = frame.objects(phrases)
+        logits = head(
+            tokens[None].expand(2, -1, -1),
+            phrase_embeddings(grid_model, phrases),
+            head.frame_inputs([image] * 2),
+        )
+    assert logits.shape == (2, 16, 16)  # half the head's side
+    for obj, logit in zip(found, logits, strict=True):
+        mask = frame.masks[obj.phrase]
+        assert mask.shape == (32, 32) and mask.dtype == bool and mask.any()
+        prob = torch.sigmoid(
+            torch.nn.functional.interpolate(logit[None, None], (32, 32), mode="bilinear")
+        )[0, 0].numpy()
+        box, score, _ = mask_box(prob)
+        assert obj.box == pytest.approx(box) and obj.score == pytest.approx(score, abs=1e-6)
+        rows, cols = np.nonzero(mask)
+        assert obj.box == pytest.approx(
+            [cols.min() / 32, rows.min() / 32, (cols.max() + 1) / 32, (rows.max() + 1) / 32]
+        )
+
+
+def test_a_mask_box_spans_the_main_pieces_of_the_mask():
+    from vsre_ros.core.grounding import mask_box
+
+    prob = np.full((20, 20), 0.05)
+    prob[2:8, 3:9] = 0.9  # the object
+    prob[15:17, 15:17] = 0.6  # a speck elsewhere: 4 pixels against 36
+    box, score, mask = mask_box(prob)
+    assert box == pytest.approx([3 / 20, 2 / 20, 9 / 20, 8 / 20])
+    assert score == pytest.approx(0.9) and mask.sum() == 36
+    prob[2:8, 12:17] = 0.8  # the same object's far side, cut off by something in front of it
+    assert mask_box(prob)[0] == pytest.approx([3 / 20, 2 / 20, 17 / 20, 8 / 20])
+    faint = np.full((20, 20), 0.05)
+    faint[10:12, 4:10] = 0.3  # nothing above the threshold: the piece above half the peak
+    assert mask_box(faint)[0] == pytest.approx([4 / 20, 10 / 20, 10 / 20, 12 / 20])
+
+
+def test_a_camera_frame_and_a_small_one_are_read_at_the_heads_side():
+    from vsre_ros.core.grounding import frame_pixels
+
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[:, 320:] = 255  # right half white
+    pixels = frame_pixels([frame, frame[::10, ::10]], 32)
+    assert pixels.shape == (2, 3, 32, 32)
+    assert float(pixels[:, :, :, :15].max()) == -0.5 and float(pixels[:, :, :, 17:].min()) == 0.5
+
+
+def test_a_mask_head_is_saved_beside_the_weights_and_loaded_with_the_model(grid_model, tmp_path):
+    from vsre_ros.core.grounding import MaskHead
+    from vsre_ros.core.model import ModelLoadError, VSREModel
+
+    head = _mask_head(grid_model)
+    grid_model.heads["grounding"] = head
+    try:
+        out = grid_model.save_pretrained(tmp_path / "m")
+    finally:
+        del grid_model.heads["grounding"]
+    loaded = VSREModel.from_pretrained(out).heads["grounding"]
+    assert isinstance(loaded, MaskHead) and loaded.sizes == head.sizes and not loaded.training
+    tokens = torch.randn(2, grid_model.num_image_tokens, grid_model.hidden_size)
+    phrases = torch.randn(2, grid_model.hidden_size)
+    pixels = torch.rand(2, 3, 32, 32) - 0.5
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(tokens, phrases, pixels), head(tokens, phrases, pixels))
+    MaskHead(grid_model.hidden_size, (4, 4), 5, side=32).save(out)  # fitted for other tokens
+    with pytest.raises(ModelLoadError, match="21 image tokens; this model has hidden 64 and 18"):
+        VSREModel.from_pretrained(out)
+
+
+def test_engine_places_a_mask_heads_object_from_its_mask(grid_model):
+    """With depth, a MaskHead's object is measured from its mask's pixels: a loose box that
+    holds the table around the object still gives the object's own place and size."""
+    from test_geometry import _tabletop
+
+    from vsre_ros.core.engine import Engine
+    from vsre_ros.core.grounding import MaskHead
+
+    query, (rot, pos) = _tabletop_query("How tall is the grey box, in metres?", AnswerKind.NUMBER)
+    depth = query.depth[0]
+    table, _, _, _ = _tabletop((9.0, 9.0, -9.0), (0.0, 0.0, 0.0))
+    on_object = depth < table - 1e-4  # the box's pixels: nearer than the table
+    loose = [0.1, 0.1, 0.9, 0.9]
+
+    class FixedMask(MaskHead):
+        def decode_masks(self, image, phrase):
+            n = len(phrase)
+            return torch.tensor([loose] * n), torch.full((n,), 0.8), [self.mask] * n
+
+    head = FixedMask(grid_model.hidden_size, (4, 4), 2, side=32)
+    grid_model.heads["grounding"] = head
+    try:
+        head.mask = on_object
+        tall = Engine(grid_model).answer([query])[0]
+        head.mask = on_object & (np.arange(on_object.shape[1]) < 84)  # its left part only
+        part = Engine(grid_model).answer([query])[0]
+    finally:
+        del grid_model.heads["grounding"]
+    assert tall.source == Source.GEOMETRY and tall.value == pytest.approx(0.12, abs=0.01)
+    [obj] = tall.objects
+    assert obj.depth_used and iou(obj.box, BOX) > 0.9  # the mask's pixels, not the loose box
+    truth = rot.T @ (np.array([0.05, 1.0, 0.06]) - pos)
+    np.testing.assert_allclose(obj.position, truth, atol=0.015)
+    # The pixels measured are the mask's: half a mask, half the object's box.
+    assert part.objects[0].box[2] == pytest.approx(84 / 160)
+    assert part.objects[0].box[0] == pytest.approx(obj.box[0])

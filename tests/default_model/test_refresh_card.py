@@ -49,3 +49,19 @@ def test_shipped_card_carries_the_current_history():
     card = (EXPORT_DIR / "MODEL_CARD.md").read_text()
     history = cards.RECIPES_TRIED.read_text().strip()
     assert card.endswith(history + "\n"), "run `vsre train-default --refresh-card` on the export"
+
+
+def test_the_grounding_section_goes_before_the_limits_and_is_replaced(tmp_path, monkeypatch):
+    (tmp_path / "vsre_config.json").write_text("{}")
+    monkeypatch.setattr(cards, "grounding_section", lambda _: "a mask head")
+    card = cards.with_grounding("# t\n\n## Evaluation\n\nx\n\n## Limits\n\nsim only\n", tmp_path)
+    head = "## Grounding head\n\na mask head\n\n"
+    assert card == f"# t\n\n## Evaluation\n\nx\n\n{head}## Limits\n\nsim only\n"
+    monkeypatch.setattr(cards, "grounding_section", lambda _: "another head")
+    assert cards.with_grounding(card, tmp_path) == card.replace("a mask head", "another head")
+
+
+def test_shipped_card_describes_the_shipped_grounding_head():
+    card = (EXPORT_DIR / "MODEL_CARD.md").read_text()
+    section = f"{cards.GROUNDING_HEADING}\n\n{cards.grounding_section(EXPORT_DIR)}\n\n"
+    assert section in card, "run `vsre train-default --refresh-card` on the export"

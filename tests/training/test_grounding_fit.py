@@ -158,3 +158,66 @@ def test_a_stage_starting_from_a_model_with_a_grounding_head_trains_that_head(mo
     assert not all(
         torch.equal(v, fresh["grounding"].state_dict()[k]) for k, v in trained.state_dict().items()
     )
+
+
+def _mask_loss(model, head, frames) -> float:
+    tokens = tg.image_tokens(model, [f.rgb for f in frames])
+    rows, names, masks = [], [], []
+    for i, frame in enumerate(frames):
+        for name, mask in tg.object_masks(frame, head.side // 2):
+            rows.append(i)
+            names.append(name)
+            masks.append(mask)
+    with torch.no_grad():
+        pixels = head.frame_inputs([frames[i].rgb for i in rows])
+        logits = head(tokens[rows], phrase_embeddings(model, names), pixels)
+        return float(tg.mask_loss(logits, torch.stack(masks)))
+
+
+def test_fit_masks_learns_the_objects_masks_on_the_frozen_model(model_dir, frames):
+    from vsre_ros.core.grounding import mask_head_for
+    from vsre_ros.core.model import VSREModel
+
+    torch.set_num_threads(1)
+    model = VSREModel.from_pretrained(model_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(11)
+    untrained = mask_head_for(model).eval()
+    head = tg.fit_masks(model, frames, steps=60, batch=4, seed=11, log=lambda _: None)
+    assert not head.training
+    assert _mask_loss(model, head, frames) < 0.8 * _mask_loss(model, untrained, frames)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_object_masks_are_each_named_objects_share_of_each_pixel(frames):
+    for frame in frames[:2]:  # 64x64: four pixels per mask pixel; 80x60: overlapping areas
+        masks = tg.object_masks(frame, 32)
+        named = tg.visible_objects(frame)
+        assert [n for n, _ in masks] == [n for n, _, _ in named] and masks
+        for (_, mask), (_, mask_id, box) in zip(masks, named, strict=True):
+            assert mask.shape == (32, 32) and 0 <= float(mask.min()) <= float(mask.max()) <= 1
+            if frame.seg.shape == (64, 64):
+                truth = (frame.seg == mask_id).reshape(32, 2, 32, 2).mean((1, 3))
+                np.testing.assert_allclose(mask.numpy(), truth, atol=1e-6)
+            rows, cols = np.nonzero(mask.numpy() > 0)
+            pad = 1 / 32
+            assert cols.min() / 32 <= box[0] + pad and (cols.max() + 1) / 32 >= box[2] - pad
+            assert rows.min() / 32 <= box[1] + pad and (rows.max() + 1) / 32 >= box[3] - pad
+
+
+def test_the_fit_command_writes_a_mask_head_that_records_its_fit(model_dir, tmp_path):
+    import shutil
+
+    from vsre_ros.cli import main
+    from vsre_ros.core.grounding import MaskHead
+    from vsre_ros.core.model import VSREModel
+
+    model = shutil.copytree(model_dir, tmp_path / "m")
+    argv = ["--frames", "4", "--steps", "3", "--seed", "11", "--batch", "2"]
+    assert main(["grounding", "fit", "--model", str(model), *argv]) == 0
+    head = VSREModel.from_pretrained(model).heads["grounding"]
+    assert isinstance(head, MaskHead)
+    assert head.fitted["command"].startswith(
+        "vsre grounding fit --head mask --seed 11 --frames 4 --steps 3"
+    )
+    assert head.fitted["seconds"] >= 0 and head.fitted["threads"] == 1

@@ -408,13 +408,65 @@ def with_recipes_tried(card: str) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+GROUNDING_HEADING = "## Grounding head"
+
+
+def grounding_section(model_dir: Path) -> str:
+    """The card's grounding section: what `model_dir/grounding.safetensors` is and how it came
+    to be (a mask head's own record of its fit)."""
+    from vsre_ros.core.grounding import GROUNDING_FILE, MaskHead
+    from vsre_ros.core.model import VSREModel
+
+    path = Path(model_dir) / GROUNDING_FILE
+    head = VSREModel.from_pretrained(model_dir).heads.get("grounding")
+    if head is None:
+        return "None: answers name no objects."
+    params = sum(p.numel() for p in head.parameters())
+    mb = path.stat().st_size / 1e6
+    if isinstance(head, MaskHead):
+        fitted = head.fitted
+        how = (
+            f"fitted on this model, frozen (`{fitted['command']} --model <this directory>`, "
+            f"{fitted['seconds']} s at {fitted['threads']} thread(s))"
+            if fitted
+            else "fitted on this model, frozen (`vsre grounding fit --head mask`)"
+        )
+        kind = (
+            f"a mask head (`core.grounding.MaskHead`: the frame's pixels at {head.side} px and "
+            "the model's token grid -> a mask per object phrase, the box it spans)"
+        )
+    else:
+        how = "trained with the model (the recipe's `grounding` loss)"
+        kind = "a box head (`core.grounding.GroundingHead`: the model's image tokens -> a box)"
+    return (
+        f"`grounding.safetensors`: {kind}, {params:,} parameters, {mb:.1f} MB, {how}. Every "
+        "answer names each object phrase's box; with depth and CameraInfo, each object's 3D "
+        "place, and metric answers measured from them. Figures: docs/grounding.md."
+    )
+
+
+def with_grounding(card: str, model_dir: Path) -> str:
+    """`card` with its grounding section (`grounding_section`) written before its limits,
+    replacing the one it has; as it was when `model_dir` holds no model."""
+    if not (Path(model_dir) / "vsre_config.json").is_file():
+        return card
+    section = f"{GROUNDING_HEADING}\n\n{grounding_section(model_dir)}\n\n"
+    start = card.find(GROUNDING_HEADING + "\n")
+    if start >= 0:
+        end = card.find("\n## ", start + len(GROUNDING_HEADING)) + 1
+        return card[:start] + section + card[end:]
+    at = card.find("## Limits\n")
+    return card[:at] + section + card[at:] if at >= 0 else card + "\n" + section
+
+
 def refresh_card(model_dir: Path) -> str:
-    """Rewrite `model_dir/MODEL_CARD.md`'s recipe history; returns what was wrong, or ''."""
+    """Rewrite `model_dir/MODEL_CARD.md`'s grounding section and recipe history; returns what
+    was wrong, or ''."""
     path = model_dir / "MODEL_CARD.md"
     if not path.is_file():
         return f"{path} does not exist: pass the directory an export wrote (its MODEL_CARD.md)"
     card = path.read_text()
     if not card.startswith("# "):
         return f"{path} does not start with a title: it is not a card an export wrote"
-    path.write_text(with_recipes_tried(card))
+    path.write_text(with_recipes_tried(with_grounding(card, model_dir)))
     return ""

@@ -7,6 +7,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from .card import with_grounding
+
 # The embedded model in the source tree (`vsre train-default` exports from a checkout).
 EXPORT_DIR = Path(__file__).resolve().parents[2] / "vsre_ros" / "models" / "vsre-tiny"
 
@@ -33,7 +35,7 @@ def export(
         shutil.copy(report, target / report.name)
     (tmp / "ablation.json").write_text(json.dumps(ablation, indent=1) + "\n")
     size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) / 1e6
-    (tmp / "MODEL_CARD.md").write_text(card(size))
+    (tmp / "MODEL_CARD.md").write_text(with_grounding(card(size), tmp))
     size += (tmp / "MODEL_CARD.md").stat().st_size / 1e6
     for path in tmp.rglob("*"):  # atomic writers create 0600 files; the package is shared
         path.chmod(0o755 if path.is_dir() else 0o644)

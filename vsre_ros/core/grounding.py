@@ -147,6 +147,8 @@ class GroundingHead(nn.Module):
         """The `image_colours` this head reads, of HxWx3 uint8 images."""
         return image_colours(images, self.grid, self.sub_cells)
 
+    frame_inputs = colours  # what `image_part` reads of a frame besides its tokens
+
     def forward(
         self, image_tokens: torch.Tensor, phrases: torch.Tensor, colours: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,40 +190,250 @@ class GroundingHead(nn.Module):
         return path
 
 
+MASK_FORMAT = "vsre-grounding-mask/1"
+MASK_SIDE = 128  # a frame is read at MASK_SIDE x MASK_SIDE; its masks come at half that
+MASK_WIDTHS = (16, 32, 64, 96)  # channels at 1/2, 1/4, 1/8 and 1/16 of MASK_SIDE
+MASK_THRESHOLD = 0.5  # a pixel is the phrase's object above this probability
+MASK_KEEP = 0.25  # pieces of a mask kept beside its largest: this share of its mass or more
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.GELU()
+    )
+
+
+def frame_pixels(images: Sequence[np.ndarray], side: int) -> torch.Tensor:
+    """HxWx3 uint8 images of any sizes -> [N, 3, side, side] in -0.5..0.5: area means of a
+    larger frame (read at every n-th pixel down to twice `side`), bilinear for a smaller one."""
+    out = []
+    for im in images:
+        h, w = im.shape[:2]
+        sy, sx = max(1, h // (2 * side)), max(1, w // (2 * side))
+        pixels = np.ascontiguousarray(im[::sy, ::sx], dtype=np.float32) / 255.0
+        t = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+        if t.shape[-2] >= side and t.shape[-1] >= side:
+            t = F.adaptive_avg_pool2d(t, (side, side))
+        else:
+            t = F.interpolate(t, (side, side), mode="bilinear", align_corners=False)
+        out.append(t - 0.5)
+    return torch.cat(out)
+
+
+class MaskHead(nn.Module):
+    """Phrase + frame -> the phrase's object as a mask, and its box: a small convolutional
+    network reads the frame's pixels at MASK_SIDE (an encoder to 1/16 of it, where the model's
+    own grid of image tokens joins), and each phrase conditions a light decoder back to 1/2
+    (FiLM at every scale) whose output is each pixel's probability of being the phrase's object.
+    The box is what the mask's main piece spans (`boxes_of`).
+
+    Where `GroundingHead` reads the 64x64 input through 8x8 tokens and a few colours per cell,
+    this reads the frame at twice that and draws the object's outline: small objects and
+    neighbours of one colour were that head's misses (docs/grounding.md). It has the same
+    parts: `image_part` once per frame, `phrase_part` once per phrase, `decode` per pair."""
+
+    kind = "mask"
+
+    def __init__(
+        self,
+        hidden: int,
+        grid: tuple[int, int],
+        object_tokens: int,
+        side: int = MASK_SIDE,
+        widths: Sequence[int] = MASK_WIDTHS,
+    ):
+        super().__init__()
+        self.hidden, self.grid, self.object_tokens, self.side = (
+            int(hidden),
+            (int(grid[0]), int(grid[1])),
+            int(object_tokens),
+            int(side),
+        )
+        self.widths = tuple(int(c) for c in widths)
+        c1, c2, c3, c4 = self.widths
+        self.enc = nn.ModuleList(
+            [
+                nn.Sequential(_conv(3, c1, 2), _conv(c1, c1)),
+                nn.Sequential(_conv(c1, c2, 2), _conv(c2, c2)),
+                nn.Sequential(_conv(c2, c3, 2), _conv(c3, c3)),
+                _conv(c3, c4, 2),
+            ]
+        )
+        self.tokens = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, c4))
+        self.context = _conv(c4, c4)
+        self.lateral = nn.ModuleList(
+            [nn.Conv2d(c4, c3, 1), nn.Conv2d(c2, c2, 1), nn.Conv2d(c1, c1, 1)]
+        )
+        # Per phrase: a scale and shift of every channel at 1/8, 1/4 and 1/2 (FiLM).
+        self.film = (c3, c2, c1)
+        self.phrase = nn.Sequential(
+            nn.Linear(hidden, 128), nn.GELU(), nn.Linear(128, 2 * sum(self.film))
+        )
+        self.up = nn.ModuleList([nn.Conv2d(c3, c2, 3, 1, 1), nn.Conv2d(c2, c1, 3, 1, 1)])
+        self.out = nn.Conv2d(c1, 1, 1)
+        self.fitted: dict = {}  # how it was fitted (`training.grounding`), saved with it
+
+    @property
+    def sizes(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "hidden": self.hidden,
+            "grid": list(self.grid),
+            "object_tokens": self.object_tokens,
+            "side": self.side,
+            "widths": list(self.widths),
+        }
+
+    @property
+    def n_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] + self.object_tokens
+
+    def frame_inputs(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """What `image_part` reads of HxWx3 uint8 frames besides their tokens: their pixels."""
+        return frame_pixels(images, self.side)
+
+    def image_part(self, image_tokens: torch.Tensor, pixels: torch.Tensor) -> tuple:
+        """Frames' tokens [N, T, hidden] and `frame_inputs` -> their feature maps at 1/8, 1/4
+        and 1/2 of MASK_SIDE."""
+        x = pixels.to(self.out.weight.dtype)
+        f2 = self.enc[0](x)
+        f4 = self.enc[1](f2)
+        f8 = self.enc[2](f4)
+        f16 = self.enc[3](f8)
+        rows, cols = self.grid
+        grid = self.tokens(image_tokens[:, : rows * cols].to(x.dtype))
+        grid = grid.transpose(1, 2).reshape(len(x), -1, rows, cols)
+        f16 = self.context(f16 + F.interpolate(grid, f16.shape[-2:], mode="nearest"))
+        g8 = f8 + F.interpolate(self.lateral[0](f16), f8.shape[-2:], mode="nearest")
+        return g8, self.lateral[1](f4), self.lateral[2](f2)
+
+    def phrase_part(self, phrases: torch.Tensor) -> torch.Tensor:
+        """Phrase embeddings [P, hidden] -> their FiLM scales and shifts [P, 2 * channels]."""
+        return self.phrase(phrases.to(self.out.weight.dtype))
+
+    def logits(self, image: tuple, phrase: torch.Tensor) -> torch.Tensor:
+        """[P, side/2, side/2] mask logits of image parts (of P frames, or one for all) and
+        phrase parts [P, ...]."""
+        films = torch.split(phrase, [2 * c for c in self.film], dim=1)
+        h = None
+        for k, (feature, film) in enumerate(zip(image, films, strict=True)):
+            scale, shift = film[:, :, None, None].chunk(2, dim=1)
+            x = feature if h is None else feature + F.interpolate(h, feature.shape[-2:])
+            h = F.gelu(x * (1 + scale) + shift)
+            if k < len(self.up):
+                h = F.gelu(self.up[k](h))
+        return self.out(h)[:, 0]
+
+    def forward(
+        self, image_tokens: torch.Tensor, phrases: torch.Tensor, pixels: torch.Tensor
+    ) -> torch.Tensor:
+        """Mask logits [N, side/2, side/2] of N (frame, phrase) pairs."""
+        return self.logits(self.image_part(image_tokens, pixels), self.phrase_part(phrases))
+
+    def decode_masks(
+        self, image: tuple, phrase: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray]]:
+        """Boxes [P, 4], scores [P] and masks (side x side bool) of phrase parts [P, ...] in
+        one frame's image part."""
+        probs = torch.sigmoid(
+            F.interpolate(
+                self.logits(image, phrase)[:, None].float(),
+                (self.side, self.side),
+                mode="bilinear",
+                align_corners=False,
+            )[:, 0]
+        )
+        found = [mask_box(p) for p in probs.cpu().numpy()]
+        boxes = torch.tensor([box for box, _, _ in found], dtype=torch.float32)
+        scores = torch.tensor([score for _, score, _ in found], dtype=torch.float32)
+        return boxes, scores, [mask for _, _, mask in found]
+
+    def decode(self, image: tuple, phrase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        boxes, scores, _ = self.decode_masks(image, phrase)
+        return boxes, scores
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `grounding.safetensors` into `directory`, with the sizes and `fitted` (how the
+        head was fitted: the command and its seconds, read back by the model card)."""
+        path = Path(directory) / GROUNDING_FILE
+        state = {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()}
+        meta = {
+            "format": MASK_FORMAT,
+            "sizes": json.dumps(self.sizes),
+            "fitted": json.dumps(self.fitted),
+        }
+        save_file(state, str(path), metadata=meta)
+        return path
+
+
+def mask_box(prob: np.ndarray) -> tuple[tuple[float, float, float, float], float, np.ndarray]:
+    """A probability map [H, W] -> the normalised box, score and mask of its object: the
+    connected pieces above MASK_THRESHOLD whose mass is at least MASK_KEEP of the largest's
+    (one object cut in two by another in front of it stays whole). With no pixel above the
+    threshold, the piece above half the map's peak. The score is the peak probability."""
+    from scipy import ndimage
+
+    peak = float(prob.max())
+    mask = prob > min(MASK_THRESHOLD, peak / 2)
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        mass = ndimage.sum_labels(prob, labels, np.arange(1, n + 1))
+        mask = np.isin(labels, 1 + np.nonzero(mass >= MASK_KEEP * mass.max())[0])
+    rows, cols = np.nonzero(mask)
+    h, w = prob.shape
+    box = (cols.min() / w, rows.min() / h, (cols.max() + 1) / w, (rows.max() + 1) / h)
+    return tuple(float(v) for v in box), peak, mask
+
+
 class GroundingLoadError(ValueError):
     """A grounding file is corrupt or does not fit its model."""
 
 
-def load_grounding(directory: str | Path, hidden: int, n_tokens: int) -> GroundingHead | None:
-    """The grounding head saved in a model directory, or None when it has none; a file that
-    does not fit a model of `hidden` size and `n_tokens` image tokens raises
-    GroundingLoadError saying why."""
+def load_grounding(
+    directory: str | Path, hidden: int, n_tokens: int
+) -> GroundingHead | MaskHead | None:
+    """The grounding head saved in a model directory (a `MaskHead` or a `GroundingHead`, as its
+    file's format says), or None when it has none; a file that does not fit a model of
+    `hidden` size and `n_tokens` image tokens raises GroundingLoadError saying why."""
     path = Path(directory) / GROUNDING_FILE
     if not path.is_file():
         return None
+    formats = (MASK_FORMAT, GROUNDING_FORMAT, "vsre-grounding/1")
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
-            if meta.get("format") not in (GROUNDING_FORMAT, "vsre-grounding/1"):
+            if meta.get("format") not in formats:
                 raise GroundingLoadError(
-                    f"{path}: format {meta.get('format')!r}, expected {GROUNDING_FORMAT!r}"
+                    f"{path}: format {meta.get('format')!r}, expected one of {formats}"
                 )
             sizes = json.loads(meta["sizes"])
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+        if meta["format"] == MASK_FORMAT:
+            head: GroundingHead | MaskHead = MaskHead(
+                sizes["hidden"],
+                tuple(sizes["grid"]),
+                sizes["object_tokens"],
+                sizes["side"],
+                sizes["widths"],
+            )
+            tokens = head.n_tokens
+            head.fitted = json.loads(meta.get("fitted", "{}"))
+        else:
             if meta["format"] == "vsre-grounding/1":
                 sizes["sub_cells"] = FORMAT_1_SUB_CELLS
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:
+            head = GroundingHead(
+                sizes["hidden"],
+                tuple(sizes["grid"]),
+                sizes["object_tokens"],
+                sizes["width"],
+                sizes["sub_cells"],
+            )
+            tokens = head.position.shape[0]
+    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as err:
         raise GroundingLoadError(f"{path} is corrupt: {err}") from None
-    head = GroundingHead(
-        sizes["hidden"],
-        tuple(sizes["grid"]),
-        sizes["object_tokens"],
-        sizes["width"],
-        sizes["sub_cells"],
-    )
-    if head.hidden != hidden or head.position.shape[0] != n_tokens:
+    if head.hidden != hidden or tokens != n_tokens:
         raise GroundingLoadError(
-            f"{path} was fitted for hidden {head.hidden} and {head.position.shape[0]} image "
+            f"{path} was fitted for hidden {head.hidden} and {tokens} image "
             f"tokens; this model has hidden {hidden} and {n_tokens}"
         )
     try:
@@ -232,13 +444,23 @@ def load_grounding(directory: str | Path, hidden: int, n_tokens: int) -> Groundi
 
 
 def for_model(model, sub_cells: int = SUB_CELLS) -> GroundingHead:
-    """A new (untrained) head sized for a VSREModel's image tokens."""
+    """A new (untrained) box head sized for a VSREModel's image tokens."""
+    grid = _grid(model)
+    return GroundingHead(model.hidden_size, grid, model.num_object_tokens, sub_cells=sub_cells)
+
+
+def mask_head_for(model) -> MaskHead:
+    """A new (untrained) `MaskHead` sized for a VSREModel's image tokens."""
+    return MaskHead(model.hidden_size, _grid(model), model.num_object_tokens)
+
+
+def _grid(model) -> tuple[int, int]:
     grids = _grids(model)
     if len(grids) != 1:
         raise ValueError(
             f"grounding reads one grid of image tokens; this model's fusion has {len(grids)}"
         )
-    return GroundingHead(model.hidden_size, grids[0], model.num_object_tokens, sub_cells=sub_cells)
+    return grids[0]
 
 
 def _grids(model) -> list[tuple[int, int]]:
@@ -355,16 +577,18 @@ def text_phrases(question: str) -> list[str]:
 
 class FrameGrounding:
     """One frame's grounding, each part computed once however many questions ask about it:
-    the head's image part, each phrase's box (all new phrases in one head call) and, with a
-    depth image and K, its `geometry.FrameGeometry` and each phrase's 3D place."""
+    the head's image part, each phrase's box (all new phrases in one head call) and mask (a
+    `MaskHead`'s), and, with a depth image and K, its `geometry.FrameGeometry` and each
+    phrase's 3D place."""
 
     def __init__(self, grounder: Grounder, image_tokens: torch.Tensor, image: np.ndarray):
         self.grounder = grounder
         head = grounder.head
-        colours = head.colours([image]).to(image_tokens.device)
+        inputs = head.frame_inputs([image]).to(image_tokens.device)
         self.rgb = image  # its colours separate touching objects in depth (`locate`)
-        self.image = head.image_part(image_tokens[None], colours)  # [1, T, width]
+        self.image = head.image_part(image_tokens[None], inputs)
         self.boxes: dict[str, tuple[tuple[float, float, float, float], float]] = {}
+        self.masks: dict[str, np.ndarray] = {}  # a MaskHead's, at its side x side
         self.depth_key: Hashable = None
         self.geometry: geometry.FrameGeometry | None = None
         self.places: dict[str, geometry.Located | None] = {}
@@ -373,7 +597,12 @@ class FrameGrounding:
         """Each phrase's box and score (new objects each call: answers may change theirs)."""
         new = [p for p in dict.fromkeys(phrases) if p not in self.boxes]
         if new:
-            boxes, scores = self.grounder.head.decode(self.image, self.grounder.phrase_parts(new))
+            head, parts = self.grounder.head, self.grounder.phrase_parts(new)
+            if isinstance(head, MaskHead):
+                boxes, scores, masks = head.decode_masks(self.image, parts)
+                self.masks.update(zip(new, masks, strict=True))
+            else:
+                boxes, scores = head.decode(self.image, parts)
             for phrase, box, score in zip(new, boxes.tolist(), scores.tolist(), strict=True):
                 self.boxes[phrase] = (tuple(box), score)
         return [GroundedObject(p, *self.boxes[p]) for p in phrases]
@@ -389,7 +618,7 @@ class FrameGrounding:
             self.depth_key, self.places = key, {}
         assert self.geometry is not None
         for obj in self.objects([p for p in phrases if p not in self.places]):
-            self.places[obj.phrase] = self.geometry.locate(obj.box)
+            self.places[obj.phrase] = self.geometry.locate(obj.box, self.masks.get(obj.phrase))
         return [self.places[p] for p in phrases]
 
 
