@@ -16,6 +16,7 @@ inference.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -47,6 +48,8 @@ from .recipes.targets import (
     pose_loss,
     probe_loss,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -326,6 +329,13 @@ def build_heads(model: VSREModel, loss_names: Sequence[str]) -> nn.ModuleDict:
             kept = model.heads.get(name) if name in EXPORTED else None
             if head is not None and _same_shape(kept, head):
                 head = kept
+            elif kept is not None and head is not None:
+                log.warning(
+                    "the model's %s head (%s) is not what the %s loss trains: the run trains "
+                    "a new %s and saves it in its place (a mask head is refitted after "
+                    "training: `vsre grounding fit --model <the run's model>`)",
+                    name, type(kept).__name__, name, type(head).__name__,
+                )  # fmt: skip
             if head is not None:
                 heads[name] = head
     return heads

@@ -426,3 +426,19 @@ def test_engine_places_a_mask_heads_object_from_its_mask(grid_model):
     # The pixels measured are the mask's: half a mask, half the object's box.
     assert part.objects[0].box[2] == pytest.approx(84 / 160)
     assert part.objects[0].box[0] == pytest.approx(obj.box[0])
+
+
+def test_an_engine_told_not_to_ground_answers_without_objects(grid_model):
+    from vsre_ros.core.config import EngineConfig
+    from vsre_ros.core.engine import Engine
+
+    head = FixedBoxes(grid_model, {"grey box": BOX})
+    grid_model.heads["grounding"] = head
+    try:
+        query, _ = _tabletop_query("How tall is the grey box, in metres?", AnswerKind.NUMBER)
+        answer = Engine(grid_model, EngineConfig(grounding=False)).answer([query])[0]
+        grounded = Engine(grid_model).answer([query])[0]
+    finally:
+        del grid_model.heads["grounding"]
+    assert answer.objects == [] and answer.source == Source.MODEL and head.calls == 1
+    assert [o.phrase for o in grounded.objects] == ["grey box"]

@@ -221,3 +221,17 @@ def test_the_fit_command_writes_a_mask_head_that_records_its_fit(model_dir, tmp_
         "vsre grounding fit --head mask --seed 11 --frames 4 --steps 3"
     )
     assert head.fitted["seconds"] >= 0 and head.fitted["threads"] == 1
+
+
+def test_a_stage_starting_from_a_mask_head_trains_a_box_head_and_says_so(model_dir, caplog):
+    from vsre_ros.training.losses import build_heads
+
+    from vsre_ros.core.grounding import GroundingHead, mask_head_for
+    from vsre_ros.core.model import VSREModel
+
+    model = VSREModel.from_pretrained(model_dir)
+    model.heads["grounding"] = mask_head_for(model)
+    with caplog.at_level("WARNING"):
+        heads = build_heads(model, ["grounding"])
+    assert isinstance(heads["grounding"], GroundingHead)
+    assert "vsre grounding fit" in caplog.text and "MaskHead" in caplog.text

@@ -128,6 +128,9 @@ class EngineConfig:
     # still change) always runs eagerly.
     trace: bool = True
     max_new_tokens: int = 16  # greedy decoding limit for numbers and free text
+    # Answers name their objects with the model's grounding head (a box each; with depth, a 3D
+    # place and measured metric answers). False skips it: no head time on a new frame.
+    grounding: bool = True
     max_question_chars: int = 2000  # longer questions are refused as BAD_QUESTION
     max_images: int = 8  # more images in one query are refused as BAD_IMAGE
     # Arguments of a preset model id (vsre-paper: paths_file; llava-start: llava_path, extra);

@@ -519,7 +519,7 @@ class Engine:
         when both are given, and answer a metric number question from those places (see the
         module docstring). Per frame and phrase, each part is computed once (`Grounder`)."""
         head = self.model.heads.get("grounding")
-        if head is None:
+        if head is None or not self.config.grounding:
             return
         phrases = [object_phrases(q.question, q.subj, q.obj) for q in queries]
         if not any(phrases):

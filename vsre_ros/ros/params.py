@@ -97,6 +97,9 @@ class ServerParams:
     service_name: str = _p("vsre/ask", "AskSpatial service name")
     action_name: str = _p("vsre/ask_batch", "AskSpatial action name")
     annotated_topic: str = _p("vsre/annotated", "annotated image output; '' disables it")
+    grounding: bool = _p(
+        True, "name each answer's objects (box; 3D place with depth); false: no head time"
+    )
     markers_topic: str = _p(
         "vsre/markers", "MarkerArray of the answers' objects measured in 3D; '' disables it"
     )
@@ -182,6 +185,7 @@ class ServerParams:
             max_batch=self.batch_size,
             max_question_chars=self.max_question_chars,
             max_images=self.max_images,
+            grounding=self.grounding,
         )
 
 
