@@ -1,12 +1,13 @@
 """`vsre grounding`: fit the grounding head on a frozen model, and measure grounded answers.
 
-    vsre grounding fit  --model vsre_ros/models/vsre-tiny --seed 101 --frames 3000
+    vsre grounding fit  --model vsre_ros/models/vsre-tiny --seed 101 --threads 2
     vsre grounding eval --model vsre_ros/models/vsre-tiny --seed 202 --frames 300
 
 `fit` renders simulated frames (seeded, so the same arguments fit the same head), computes the
 model's image tokens for each once (the model stays frozen: its weights are not touched), and
-trains only `core.grounding.GroundingHead` to put every visible object's name on its mask's box;
-the head is written beside the model as `grounding.safetensors`.
+trains only the head: a `core.grounding.MaskHead` to draw every visible object's instance mask
+when its name is asked (`fit_masks`, the default), or a `GroundingHead` to put it on its mask's
+box (`fit`, `--head box`); the head is written beside the model as `grounding.safetensors`.
 
 `eval` renders frames of another seed (held-out scenes) and reports, through the engine as a
 robot would ask:
@@ -412,11 +413,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="model directory (its weights are kept)")
         p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     f.add_argument("--seed", type=int, default=101, help="generation seed of the fit frames")
-    f.add_argument("--frames", type=int, default=3000, help="frames to render (default 3000)")
-    f.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    f.add_argument("--frames", type=int, default=6000, help="frames to render (default 6000)")
+    f.add_argument("--steps", type=int, default=4000, help="optimizer steps (default 4000)")
     f.add_argument("--out", default="", help="directory to write to (default: --model)")
     f.add_argument(
-        "--sub-cells", type=int, default=SUB_CELLS, help="colour blocks per grid cell side"
+        "--sub-cells",
+        type=int,
+        default=SUB_CELLS,
+        help="colour blocks per grid cell side (box head)",
     )
     f.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     f.add_argument("--from-head", action="store_true", help="train the model's own head further")
