@@ -124,11 +124,30 @@ def fit(
             rows.append(i)
             names.append(name)
             boxes.append(box)
+    table, phrase = _phrase_table(model, names)
+    rows_t, boxes_t = torch.tensor(rows), torch.from_numpy(np.stack(boxes))
+
+    def step_loss(gen: torch.Generator) -> torch.Tensor:
+        pick = torch.randint(len(rows), (batch,), generator=gen)
+        image = rows_t[pick]
+        pred, _ = head(tokens[image], table[phrase[pick]].clone(), colours[image])
+        return box_loss(pred, boxes_t[pick])
+
+    return _train(head, step_loss, steps, lr, seed, log, every=500)
+
+
+def _phrase_table(model, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embeddings [V, hidden] of the distinct `names` and each name's row in them."""
     vocab = sorted(set(names))
     with torch.inference_mode():
         table = phrase_embeddings(model, vocab)
-    phrase = torch.tensor([vocab.index(n) for n in names])
-    rows_t, boxes_t = torch.tensor(rows), torch.from_numpy(np.stack(boxes))
+    return table, torch.tensor([vocab.index(n) for n in names])
+
+
+def _train(head, step_loss, steps: int, lr: float, seed: int, log, every: int):
+    """Train `head` for `steps` AdamW steps under a one-cycle schedule peaking at `lr`, each on
+    `step_loss(generator)` (the generator seeded by `seed` draws the step's examples); logs
+    the loss every `every` steps and at the last. Returns the head in eval mode."""
     head.train()
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -136,15 +155,12 @@ def fit(
     )
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
-        pick = torch.randint(len(rows), (batch,), generator=gen)
-        image = rows_t[pick]
-        pred, _ = head(tokens[image], table[phrase[pick]].clone(), colours[image])
-        loss = box_loss(pred, boxes_t[pick])
+        loss = step_loss(gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        if step % 500 == 0 or step == steps - 1:
+        if step % every == 0 or step == steps - 1:
             log(f"step {step}: loss {loss.item():.4f}")
     return head.eval()
 
@@ -194,35 +210,22 @@ def fit_masks(
             names.append(name)
             owners.append(i)
             truths.append((mask * 255).round().to(torch.uint8))
-    vocab = sorted(set(names))
-    with torch.inference_mode():
-        table = phrase_embeddings(model, vocab)
-    phrase = torch.tensor([vocab.index(n) for n in names])
+    table, phrase = _phrase_table(model, names)
     truth = torch.stack(truths)
     by_frame: list[list[int]] = [[] for _ in frames]
     for j, i in enumerate(owners):
         by_frame[i].append(j)
     usable = torch.tensor([i for i, objs in enumerate(by_frame) if objs])
-    head.train()
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, lr, total_steps=steps, pct_start=_warmup(steps)
-    )
-    gen = torch.Generator().manual_seed(seed)
-    for step in range(steps):
+
+    def step_loss(gen: torch.Generator) -> torch.Tensor:
         picked = usable[torch.randperm(len(usable), generator=gen)[:batch]].tolist()
         objs = torch.tensor([j for i in picked for j in by_frame[i]])
         where = torch.tensor([k for k, i in enumerate(picked) for _ in by_frame[i]])
         image = head.image_part(tokens[picked], pixels[picked])
         logits = head.logits(tuple(f[where] for f in image), head.phrase_part(table[phrase[objs]]))
-        loss = mask_loss(logits, truth[objs].float() / 255)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == steps - 1:
-            log(f"step {step}: loss {loss.item():.4f}")
-    return head.eval()
+        return mask_loss(logits, truth[objs].float() / 255)
+
+    return _train(head, step_loss, steps, lr, seed, log, every=100)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
