@@ -416,8 +416,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="model directory (its weights are kept)")
         p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     f.add_argument("--seed", type=int, default=101, help="generation seed of the fit frames")
-    f.add_argument("--frames", type=int, default=6000, help="frames to render (default 6000)")
-    f.add_argument("--steps", type=int, default=4000, help="optimizer steps (default 4000)")
+    f.add_argument("--frames", type=int, default=10000, help="frames to render (default 10000)")
+    f.add_argument("--steps", type=int, default=8000, help="optimizer steps (default 8000)")
     f.add_argument("--out", default="", help="directory to write to (default: --model)")
     f.add_argument(
         "--sub-cells",
