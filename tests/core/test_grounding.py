@@ -356,6 +356,7 @@ def test_a_mask_box_spans_the_main_pieces_of_the_mask():
     faint = np.full((20, 20), 0.05)
     faint[10:12, 4:10] = 0.3  # nothing above the threshold: the piece above half the peak
     assert mask_box(faint)[0] == pytest.approx([4 / 20, 10 / 20, 10 / 20, 12 / 20])
+    assert mask_box(np.full((4, 4), np.nan))[:2] == ((0.0, 0.0, 1.0, 1.0), 0.0)
 
 
 def test_a_camera_frame_and_a_small_one_are_read_at_the_heads_side():

@@ -1,20 +1,24 @@
 """Grounding: which part of the image each object phrase of a question names, as a 2D box.
 
-`GroundingHead` is a small exported head of a `VSREModel`. It reads the image tokens the model
-already computed for a frame (the fused grid and the SAM-branch object tokens, `encode_images`),
-the colours within each grid cell (`cell_colours`) and a phrase's embedding (the mean of the
-LM's input embeddings of its tokens), and gives a box: every image token proposes a box for the
-phrase and a score, and the answer is the proposals' average under the softmax of the scores.
-Grid tokens propose boxes around their own cell, the object tokens anywhere; each token's
-proposal also sees a summary of what the phrase matched in the whole image. It runs after the
-answers, outside the LM; `Grounder` keeps what it computed per frame and per phrase, so a
-frame's questions share one head call.
+Two kinds of head, each a small exported head of a `VSREModel` that runs after the answers,
+outside the LM, with the same parts: `image_part` once per frame, `phrase_part` once per phrase
+(the mean of the LM's input embeddings of its tokens), and `decode` per pair.
+- `MaskHead` (the embedded model's): a small convolutional network reads the frame's pixels at
+  128x128, joined by the model's grid of fused image tokens; each phrase conditions a light
+  decoder that gives each pixel's probability of being its object. The mask's main pieces
+  (`mask_box`) give the box, and the mask goes on to geometry.
+- `GroundingHead` (the box head): reads the image tokens the model already computed (the fused
+  grid and the SAM-branch object tokens) and the colours within each grid cell (`cell_colours`);
+  every image token proposes a box and a score, and the answer is the proposals' average under
+  the softmax of the scores. The training loop's `grounding` loss trains this kind.
+`Grounder` keeps what a head computed per frame and per phrase, so a frame's questions share
+one head call.
 
-It is saved beside the model's weights as `grounding.safetensors` (with its sizes in the file's
-metadata), so a model directory with or without it reads the same `model.safetensors`;
-`VSREModel.from_pretrained` loads it when present (`model.heads["grounding"]`). It is trained
-on the simulator's masks either inside a training run (the `grounding` loss of
-`training.losses.LOSSES`) or afterwards on a frozen model (`vsre grounding fit`).
+A head is saved beside the model's weights as `grounding.safetensors` (its format and sizes in
+the file's metadata), so a model directory with or without it reads the same
+`model.safetensors`; `VSREModel.from_pretrained` loads it when present
+(`model.heads["grounding"]`). Heads are fitted on the simulator's masks on a frozen model
+(`vsre grounding fit`), or, the box head, inside a training run (`training.losses.LOSSES`).
 
 `object_phrases` finds the object phrases of a question ("the red cup", "the green side table").
 """
@@ -380,6 +384,8 @@ def mask_box(prob: np.ndarray) -> tuple[tuple[float, float, float, float], float
         mass = ndimage.sum_labels(prob, labels, np.arange(1, n + 1))
         mask = np.isin(labels, 1 + np.nonzero(mass >= MASK_KEEP * mass.max())[0])
     rows, cols = np.nonzero(mask)
+    if not len(rows):  # a map of NaNs: nothing is found, and nothing is claimed
+        return (0.0, 0.0, 1.0, 1.0), 0.0, mask
     h, w = prob.shape
     box = (cols.min() / w, rows.min() / h, (cols.max() + 1) / w, (rows.max() + 1) / h)
     return tuple(float(v) for v in box), peak, mask
