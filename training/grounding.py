@@ -31,6 +31,7 @@ import copy
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from vsre_ros.core import geometry
 from vsre_ros.core.answers import AnswerKind, Query, Source, number_correct
 from vsre_ros.core.grounding import (
+    MASK_WIDTHS,
     SUB_CELLS,
     GroundingHead,
     MaskHead,
@@ -195,13 +197,14 @@ def fit_masks(
     seed: int = 0,
     start: MaskHead | None = None,
     log=print,
+    widths: Sequence[int] = MASK_WIDTHS,
 ) -> MaskHead:
     """A `MaskHead` fitted on the frozen `model` to draw each visible object of `frames` when
     its name is asked (`mask_loss` on its instance mask): a new one, or a copy of `start`
     trained further. Each step reads `batch` frames once and decodes all their objects."""
     torch.manual_seed(seed)
     model.eval()
-    head = copy.deepcopy(start) if start is not None else mask_head_for(model)
+    head = copy.deepcopy(start) if start is not None else mask_head_for(model, widths)
     tokens = image_tokens(model, [f.rgb for f in frames])
     pixels = head.frame_inputs([f.rgb for f in frames])
     names, owners, truths = [], [], []
@@ -437,6 +440,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument(
         "--batch", type=int, default=0, help="frames per step (mask) or objects (box); 0: default"
     )
+    f.add_argument(
+        "--widths",
+        default=",".join(str(c) for c in MASK_WIDTHS),
+        help="a new mask head's channels at 1/2, 1/4, 1/8 and 1/16 of its side "
+        f"(default {','.join(str(c) for c in MASK_WIDTHS)})",
+    )
     e.add_argument("--seed", type=int, default=202, help="generation seed of held-out frames")
     e.add_argument("--frames", type=int, default=300, help="frames to render (default 300)")
     e.add_argument("--prior-seed", type=int, default=101, help="seed of the box prior's frames")
@@ -458,6 +467,7 @@ def run(args: argparse.Namespace) -> int:
         if args.from_head and not isinstance(initial, kind):
             raise ValueError(f"{args.model} has no {args.head} grounding head to start from")
         if args.head == "mask":
+            widths = tuple(int(c) for c in args.widths.split(","))
             head = fit_masks(
                 model,
                 frames,
@@ -466,6 +476,7 @@ def run(args: argparse.Namespace) -> int:
                 lr=args.lr,
                 seed=args.seed,
                 start=initial,
+                widths=widths,
             )
         else:
             head = fit(
@@ -481,7 +492,8 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(head, MaskHead):
             head.fitted = {
                 "command": f"vsre grounding fit --head mask --seed {args.seed} --frames "
-                f"{args.frames} --steps {args.steps} --lr {args.lr:g} --batch {args.batch or 16}",
+                f"{args.frames} --steps {args.steps} --lr {args.lr:g} --batch {args.batch or 16} "
+                f"--widths {','.join(str(c) for c in head.widths)}",
                 "seconds": round(time.perf_counter() - start),
                 "threads": args.threads,
             }

@@ -213,13 +213,25 @@ def test_the_fit_command_writes_a_mask_head_that_records_its_fit(model_dir, tmp_
     from vsre_ros.core.model import VSREModel
 
     model = shutil.copytree(model_dir, tmp_path / "m")
-    argv = ["--frames", "4", "--steps", "3", "--seed", "11", "--batch", "2"]
+    argv = [
+        "--frames",
+        "4",
+        "--steps",
+        "3",
+        "--seed",
+        "11",
+        "--batch",
+        "2",
+        "--widths",
+        "4,8,8,16",
+    ]
     assert main(["grounding", "fit", "--model", str(model), *argv]) == 0
     head = VSREModel.from_pretrained(model).heads["grounding"]
-    assert isinstance(head, MaskHead)
+    assert isinstance(head, MaskHead) and head.widths == (4, 8, 8, 16)
     assert head.fitted["command"].startswith(
         "vsre grounding fit --head mask --seed 11 --frames 4 --steps 3"
     )
+    assert head.fitted["command"].endswith("--widths 4,8,8,16")
     assert head.fitted["seconds"] >= 0 and head.fitted["threads"] == 1
 
 

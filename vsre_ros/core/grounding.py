@@ -455,9 +455,9 @@ def for_model(model, sub_cells: int = SUB_CELLS) -> GroundingHead:
     return GroundingHead(model.hidden_size, grid, model.num_object_tokens, sub_cells=sub_cells)
 
 
-def mask_head_for(model) -> MaskHead:
+def mask_head_for(model, widths: Sequence[int] = MASK_WIDTHS) -> MaskHead:
     """A new (untrained) `MaskHead` sized for a VSREModel's image tokens."""
-    return MaskHead(model.hidden_size, _grid(model), model.num_object_tokens)
+    return MaskHead(model.hidden_size, _grid(model), model.num_object_tokens, widths=widths)
 
 
 def _grid(model) -> tuple[int, int]:
