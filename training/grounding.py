@@ -467,17 +467,24 @@ def run(args: argparse.Namespace) -> int:
         if args.from_head and not isinstance(initial, kind):
             raise ValueError(f"{args.model} has no {args.head} grounding head to start from")
         if args.head == "mask":
-            widths = tuple(int(c) for c in args.widths.split(","))
+            batch = args.batch or 16
             head = fit_masks(
                 model,
                 frames,
                 steps=args.steps,
-                batch=args.batch or 16,
+                batch=batch,
                 lr=args.lr,
                 seed=args.seed,
                 start=initial,
-                widths=widths,
+                widths=tuple(int(c) for c in args.widths.split(",")),
             )
+            head.fitted = {
+                "command": f"vsre grounding fit --head mask --seed {args.seed} --frames "
+                f"{args.frames} --steps {args.steps} --lr {args.lr:g} --batch {batch} "
+                f"--widths {','.join(str(c) for c in head.widths)}",
+                "seconds": round(time.perf_counter() - start),
+                "threads": args.threads,
+            }
         else:
             head = fit(
                 model,
@@ -489,14 +496,6 @@ def run(args: argparse.Namespace) -> int:
                 sub_cells=args.sub_cells,
                 start=initial,
             )
-        if isinstance(head, MaskHead):
-            head.fitted = {
-                "command": f"vsre grounding fit --head mask --seed {args.seed} --frames "
-                f"{args.frames} --steps {args.steps} --lr {args.lr:g} --batch {args.batch or 16} "
-                f"--widths {','.join(str(c) for c in head.widths)}",
-                "seconds": round(time.perf_counter() - start),
-                "threads": args.threads,
-            }
         path = head.save(args.out or args.model)
         print(
             f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in "

@@ -66,15 +66,26 @@ def image_colours(images: Sequence[np.ndarray], grid: tuple[int, int], sub: int)
     """`cell_colours` of HxWx3 uint8 images (of any sizes). A frame larger than
     COLOUR_OVERSAMPLE pixels per block is read at every n-th pixel (a 640x480 frame's area
     means cost about 8 ms, its strided pixels' 0.1 ms)."""
-    out = []
-    for im in images:
-        h, w = im.shape[:2]
-        sy = max(1, h // (grid[0] * sub * COLOUR_OVERSAMPLE))
-        sx = max(1, w // (grid[1] * sub * COLOUR_OVERSAMPLE))
-        # A new float array, so a read-only frame (a message's buffer) is never shared.
-        pixels = np.ascontiguousarray(im[::sy, ::sx], dtype=np.float32) / 255.0
-        out.append(cell_colours(torch.from_numpy(pixels).permute(2, 0, 1)[None], grid, sub))
-    return torch.cat(out)
+    size = (grid[0] * sub * COLOUR_OVERSAMPLE, grid[1] * sub * COLOUR_OVERSAMPLE)
+    return torch.cat([cell_colours(strided_pixels(im, size), grid, sub) for im in images])
+
+
+def strided_pixels(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """An HxWx3 uint8 frame as [1, 3, h, w] floats in 0..1, read at every n-th pixel so that
+    it keeps at least `size` (rows, columns) where it has them. A new array, so a read-only
+    frame (a message's buffer) is never shared."""
+    h, w = image.shape[:2]
+    sy, sx = max(1, h // size[0]), max(1, w // size[1])
+    pixels = np.ascontiguousarray(image[::sy, ::sx], dtype=np.float32) / 255.0
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None]
+
+
+def _save_head(head: nn.Module, directory: str | Path, meta: dict[str, str]) -> Path:
+    """Write `head`'s weights (float32) with `meta` as `grounding.safetensors` in `directory`."""
+    path = Path(directory) / GROUNDING_FILE
+    state = {k: v.detach().float().contiguous().cpu() for k, v in head.state_dict().items()}
+    save_file(state, str(path), metadata=meta)
+    return path
 
 
 def pixel_colours(model, pixel_values: dict[str, torch.Tensor], head) -> torch.Tensor:
@@ -187,11 +198,9 @@ class GroundingHead(nn.Module):
         return box, weights.max(-1).values
 
     def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / GROUNDING_FILE
-        state = {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()}
-        meta = {"format": GROUNDING_FORMAT, "sizes": json.dumps(self.sizes)}
-        save_file(state, str(path), metadata=meta)
-        return path
+        return _save_head(
+            self, directory, {"format": GROUNDING_FORMAT, "sizes": json.dumps(self.sizes)}
+        )
 
 
 MASK_FORMAT = "vsre-grounding-mask/1"
@@ -212,10 +221,7 @@ def frame_pixels(images: Sequence[np.ndarray], side: int) -> torch.Tensor:
     larger frame (read at every n-th pixel down to twice `side`), bilinear for a smaller one."""
     out = []
     for im in images:
-        h, w = im.shape[:2]
-        sy, sx = max(1, h // (2 * side)), max(1, w // (2 * side))
-        pixels = np.ascontiguousarray(im[::sy, ::sx], dtype=np.float32) / 255.0
-        t = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+        t = strided_pixels(im, (2 * side, 2 * side))
         if t.shape[-2] >= side and t.shape[-1] >= side:
             t = F.adaptive_avg_pool2d(t, (side, side))
         else:
@@ -359,15 +365,12 @@ class MaskHead(nn.Module):
     def save(self, directory: str | Path) -> Path:
         """Write `grounding.safetensors` into `directory`, with the sizes and `fitted` (how the
         head was fitted: the command and its seconds, read back by the model card)."""
-        path = Path(directory) / GROUNDING_FILE
-        state = {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()}
         meta = {
             "format": MASK_FORMAT,
             "sizes": json.dumps(self.sizes),
             "fitted": json.dumps(self.fitted),
         }
-        save_file(state, str(path), metadata=meta)
-        return path
+        return _save_head(self, directory, meta)
 
 
 def mask_box(prob: np.ndarray) -> tuple[tuple[float, float, float, float], float, np.ndarray]:
