@@ -165,6 +165,7 @@ def bench_recipe(
         generate(data, 600, GenConfig(seed=11, width=64, height=64), workers=1, progress=False)
     stage = config.stages[-1]
     stage.steps, stage.warmup_steps, stage.split = steps, 0, "random_train"
+    stage.data = []  # the bench's dataset, not the stage's own fresh scenes
     total = batch or stage.batch_size
     if total % processes:
         raise ValueError(f"a batch of {total} does not split over {processes} processes")
