@@ -71,6 +71,12 @@ class StageConfig:
         "through the LM once (pack_tokens); 1 = every row an item of its own (4 cost 12.7 "
         "points of accuracy while the encoders learn: docs/training.md)",
     )
+    augment: float = _f(
+        0.0,
+        "share of rows whose pictures are perturbed before preprocessing (training/perturb.py: "
+        "brightness, contrast, a shift of up to 2 pixels, JPEG), drawn from (seed, step); "
+        "augmented pictures skip the image cache",
+    )
     task_weights: dict[str, float] = _f({}, "task mix; {} = equal")
     relations: list[str] = _f([], "only these relations; [] = all")
     aux_losses: dict[str, float] = _f(
@@ -205,6 +211,11 @@ class TrainConfig:
                 raise ValueError(
                     f"stage {stage.name!r}: paired wordings need templates: grammar and an even "
                     f"batch_size, got {stage.templates!r} and {stage.batch_size}"
+                )
+            if not 0.0 <= stage.augment <= 1.0:
+                raise ValueError(
+                    f"stage {stage.name!r}: augment is a share of the rows, in [0, 1]; "
+                    f"got {stage.augment}"
                 )
             if not 0.0 <= stage.decay_share <= 1.0:
                 raise ValueError(

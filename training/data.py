@@ -283,10 +283,17 @@ class ImageCache:
         text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.signature}"
         return hashlib.sha1(text.encode()).hexdigest()
 
-    def get(self, path: str | Path) -> Preprocessed:
+    def get(
+        self, path: str | Path, transform: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> Preprocessed:
+        """The image's preprocessed pixels; with `transform` (a training augmentation), the
+        file's pixels through it, preprocessed afresh and not cached."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"image {path} does not exist")
+        if transform is not None:
+            self.decodes += 1
+            return self.preprocess(transform(load_rgb(path)))
         key = self._key(path)
         if key in self._memory:
             self._memory.move_to_end(key)

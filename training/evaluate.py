@@ -24,7 +24,7 @@ from vsre_ros.core.templates import HELDOUT_TEMPLATES, TEMPLATES, Template
 from .data import Example, ask, templates_by_ids
 from .items import READERS, Item, can_template, load_items
 from .metrics import accuracy_by, blind_comparison, evaluate_predictions, flip_rates
-from .perturb import PERTURBATIONS
+from .perturb import PERTURBATIONS, UNTRAINED
 from .report import write_report
 from .scoring import Prediction, read_predictions, score, write_predictions
 
@@ -160,6 +160,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "1-pixel shift, JPEG 70) and report how many answers flip (default 100; 0 skips)",
     )
     parser.add_argument(
+        "--perturbations",
+        default=",".join(PERTURBATIONS),
+        help="comma-separated perturbation ids for --perturb (default: "
+        f"{','.join(PERTURBATIONS)}; kinds no training augmentation draws: "
+        f"{','.join(UNTRAINED)})",
+    )
+    parser.add_argument(
         "--wording-seed", type=int, default=0, help="seed of the grammar wordings drawn (0)"
     )
 
@@ -181,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         if args.perturb < 0:
             raise ValueError(f"--perturb must be 0 or more, got {args.perturb}")
+        transforms = perturbations(args.perturbations)
         blind, flips = None, None
         if args.predictions:
             predictions = read_predictions(args.predictions)
@@ -191,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
             if args.blind:
                 blind = predict(args.model, examples, args.batch_size, args.device, True)
             if args.perturb:
-                flips = perturbation_flips(args, items, examples, predictions)
+                flips = perturbation_flips(args, items, examples, predictions, transforms)
         report = evaluate_predictions(
             items,
             predictions,
@@ -246,13 +254,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def perturbations(ids: str) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """The named perturbations (`perturb.PERTURBATIONS` and `perturb.UNTRAINED`), in order."""
+    known = {**PERTURBATIONS, **UNTRAINED}
+    names = [name.strip() for name in ids.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ValueError(f"unknown perturbations {unknown or [ids]}; known: {', '.join(known)}")
+    return {name: known[name] for name in names}
+
+
 def perturbation_flips(
     args: argparse.Namespace,
     items: Sequence[Item],
     examples: Sequence[Example],
     predictions: Sequence[Prediction],
+    transforms: dict[str, Callable[[np.ndarray], np.ndarray]],
 ) -> dict:
-    """Ask a sample of the questions again under every perturbation; the flip rates."""
+    """Ask a sample of the questions again under each of `transforms`; the flip rates."""
     from .model_api import answer_examples
 
     sample = perturbation_sample(examples, args.perturb)
@@ -262,7 +281,7 @@ def perturbation_flips(
         name: answer_examples(
             args.model, sample, args.batch_size, args.device, image_transform=transform
         )
-        for name, transform in PERTURBATIONS.items()
+        for name, transform in transforms.items()
     }
     return flip_rates(reference, perturbed, list(items))
 

@@ -481,10 +481,13 @@ def run(args: argparse.Namespace) -> int:
             head.fitted = {
                 "command": f"vsre grounding fit --head mask --seed {args.seed} --frames "
                 f"{args.frames} --steps {args.steps} --lr {args.lr:g} --batch {batch} "
-                f"--widths {','.join(str(c) for c in head.widths)}",
+                f"--widths {','.join(str(c) for c in head.widths)}"
+                + (" --from-head" if initial is not None else ""),
                 "seconds": round(time.perf_counter() - start),
                 "threads": args.threads,
             }
+            if initial is not None:  # the record of the head it went on training
+                head.fitted["started_from"] = initial.fitted
         else:
             head = fit(
                 model,

@@ -119,8 +119,10 @@ def collate(
     model: VSREModel,
     examples: Sequence[Example],
     cache: ImageCache,
+    transforms: Sequence[Callable[[np.ndarray], np.ndarray] | None] | None = None,
 ) -> dict[str, Any]:
-    """A training batch in VSREModel.forward's format, pixels from the cache.
+    """A training batch in VSREModel.forward's format, pixels from the cache; a row with a
+    transform (`perturb.row_augmentations`) reads its images through it, as images of its own.
 
     Also returns `answer_start` (index of each row's first answer token) and, for yes/no and
     two-option questions, `verdict_ids` [B, 2] (the first tokens where the positive and
@@ -133,11 +135,16 @@ def collate(
     [B] (row b's first `prefix_len[b]` tokens, its image prefix, are those of the earlier row
     `prefix_of[b]` on the same images; b itself if none).
     """
+    transforms = transforms or [None] * len(examples)
     rows, pixels = [], []
+    slots, images = [], []  # what each image slot and each row's images are, for sharing
     verdict_ids, truth, verdict_lead = [], [], []
-    for ex in examples:
+    for b, (ex, transform) in enumerate(zip(examples, transforms, strict=True)):
         paths = ex.item.image_paths()
-        pixels.extend(cache.get(p) for p in paths)
+        pixels.extend(cache.get(p, transform) for p in paths)
+        own = () if transform is None else (b,)  # an augmented row's images are its own
+        slots.extend((p, *own) for p in paths)
+        images.append((*paths, *own))
         rows.append((len(paths), ex.question, ex.target))
         words = _verdict_words(ex)
         if words is None:
@@ -151,10 +158,8 @@ def collate(
             verdict_lead.append(len(lead))
     tokens = model.tokenize_rows(rows)
     device, dtype = model.device, model.dtype
-    image_first, image_inverse = packing.distinct(
-        [p for ex in examples for p in ex.item.image_paths()]
-    )
-    row_first, row_inverse = packing.distinct([tuple(ex.item.image_paths()) for ex in examples])
+    image_first, image_inverse = packing.distinct(slots)
+    row_first, row_inverse = packing.distinct(images)
     prefix_sizes = {n: len(model.prefix_ids(n)) for n in {n for n, _, _ in rows}}
     prefix_len = [prefix_sizes[n] for n, _, _ in rows]
     pixel_values = {

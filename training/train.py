@@ -46,6 +46,7 @@ from .config import (
 from .data import Example, TemplateSampler, WordingSampler, ask, epoch_order, templates_by_ids
 from .items import Item, can_template, load_items
 from .losses import LOSSES, Trainee, active, attach_exported, build_heads
+from .perturb import row_augmentations
 from .scoring import score
 
 log = logging.getLogger(__name__)
@@ -606,7 +607,8 @@ def run_stage(
             group["lr"] = learning_rate(stage, step)
         clock = PhaseClock()
         examples = step_examples(items, stage, sampler, config.seed, step, rank, world)
-        batch = collate(model, examples, cache)
+        transforms = row_augmentations(len(examples), stage.augment, config.seed, step, rank)
+        batch = collate(model, examples, cache, transforms)
         clock.lap("batch")
         targets = batch_targets(builder, examples, batch) if builder is not None else {}
         clock.lap("targets")

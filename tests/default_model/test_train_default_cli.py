@@ -247,6 +247,16 @@ def test_fresh_steps_add_b6s_stage_again_on_scenes_it_never_saw(tmp_path):
     )
 
 
+def test_robust_steps_add_b7s_stage_with_perturbed_pictures_on_other_scenes(tmp_path):
+    args, config = recipe_for(tmp_path, "--fresh-steps 20 --robust-steps 10 --data-seed 3")
+    fresh, robust = config.stages[-2:]
+    assert (robust.name, robust.steps, robust.restart) == ("B8-robust", 10, True)
+    assert robust.data == [str(tmp_path / "d-robust-v2-s23")]  # not B7's scenes (s13)
+    assert (robust.augment, fresh.augment) == (0.5, 0.0)
+    same = ("lr", "warmup_steps", "decay_share", "wording_noise", "task_weights", "templates")
+    assert [getattr(robust, k) for k in same] == [getattr(fresh, k) for k in same]
+
+
 def test_a_run_from_an_export_trains_only_the_stages_after_the_exports(ablated, exported):
     args = args_for(ablated, "filler", export=str(ablated / "export-filler"), filler_steps="2",
                     filler_n="30", from_export=str(exported))  # fmt: skip

@@ -37,6 +37,15 @@ def test_evaluate_reports_bad_input_without_a_traceback(colour_dataset, tmp_path
     )  # fmt: skip
     assert code == 2
     assert "no split 'nope'" in capsys.readouterr().err
+    write_predictions(tmp_path / "p.jsonl", [])
+    code = main(
+        ["evaluate", "--data", str(colour_dataset), "--split", "test", "--predictions",
+         str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "o"), "--perturbations",
+         "jpeg_70,fog"]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown perturbations ['fog']" in err and "gamma_0.7" in err
 
 
 def test_train_templates_ask_every_relation_item_fifty_times(colour_dataset):

@@ -233,6 +233,16 @@ def test_the_fit_command_writes_a_mask_head_that_records_its_fit(model_dir, tmp_
     )
     assert head.fitted["command"].endswith("--widths 4,8,8,16")
     assert head.fitted["seconds"] >= 0 and head.fitted["threads"] == 1
+    first = head.fitted
+    # trained further: the record says so, and keeps the record of the head it started from
+    assert main(["grounding", "fit", "--model", str(model), *argv, "--from-head"]) == 0
+    further = VSREModel.from_pretrained(model).heads["grounding"].fitted
+    assert further["command"].endswith("--widths 4,8,8,16 --from-head")
+    assert further["started_from"] == first
+    from vsre_ros.training.default_model.card import grounding_section
+
+    section = grounding_section(model)
+    assert further["command"] in section and first["command"] in section
 
 
 def test_a_stage_starting_from_a_mask_head_trains_a_box_head_and_says_so(model_dir, caplog):

@@ -48,7 +48,10 @@ def test_tiny_run_lowers_loss_and_raises_accuracy(colour_dataset, tmp_path):
     assert blind["n"] == len(test_items)
     # The model answers from the image: blank images take it back to a constant answer.
     assert report["accuracy"] >= 0.9 and blind["accuracy"] <= 0.6
-    report = evaluate(tmp_path / "templated", "--templates", "t00,t20,t36")
+    report = evaluate(tmp_path / "templated", "--templates", "t00,t20,t36", "--perturb", "4",
+                      "--perturbations", "gamma_0.7,noise_6")  # fmt: skip
+    assert set(report["perturbation"]["by_perturbation"]) == {"gamma_0.7", "noise_6"}
+    assert report["perturbation"]["n"] == 4
     assert report["n_predictions"] == 3 * len(test_items)
     assert set(report["by"]["template"]) == {"t00", "t20", "t36"}
     assert report["consistency"]["n_items"] == len(test_items)
@@ -209,9 +212,10 @@ def test_resume_after_sigkill_gives_the_same_next_step_loss(colour_dataset, tmp_
 def test_a_run_in_chunks_ends_as_an_uninterrupted_run(colour_dataset, tmp_path, monkeypatch):
     from vsre_ros.training import train as train_module
 
-    def stages():
+    def stages():  # the second stage perturbs half its rows' pictures, drawn per step
         return [StageConfig(name=n, freeze="stage2", steps=6, batch_size=4, lr=1e-2,
-                            warmup_steps=2, templates="train") for n in ("a", "b")]  # fmt: skip
+                            warmup_steps=2, templates="train", augment=augment)
+                for n, augment in (("a", 0.0), ("b", 0.5))]  # fmt: skip
 
     reference = tiny_config(colour_dataset, tmp_path / "ref", stages(), save_every=4)
     train(reference, progress=False)

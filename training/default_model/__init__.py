@@ -44,7 +44,7 @@ SHIPPED = {
     "val_items": 300, "threads": 2,
     "object_tokens": 8, "ema_decay": 0.999, "pretrain_steps": 1000, "grounding_weight": 1.0,
     "mix_steps": 6000, "mix_n": 150000, "filler_steps": 2400, "filler_n": 60000,
-    "fresh_steps": 2400, "fresh_n": 60000,
+    "fresh_steps": 2400, "fresh_n": 60000, "robust_steps": 2400, "robust_n": 60000,
 }  # fmt: skip
 
 
@@ -61,6 +61,7 @@ class FreshStage:
     warmup_steps: int
     decay_share: float
     wording_noise: float = 0.0
+    augment: float = 0.0  # share of rows whose pictures are perturbed (`StageConfig.augment`)
     purpose: str = ""  # what the stage is for, in --help
 
     def datasets(self, args: argparse.Namespace, data: Path) -> list[tuple[Path, int, int]]:
@@ -82,6 +83,9 @@ FRESH_STAGES = (
                "around them (training/wording_noise.py), for wordings the grammar lacks"),
     FreshStage("fresh", "B7-fresh", ((2, 10),), 5e-4, 100, 0.5, wording_noise=0.5,
                purpose="version 2 scenes, B6's settings again on scenes it never saw"),
+    FreshStage("robust", "B8-robust", ((2, 20),), 5e-4, 100, 0.5, wording_noise=0.5,
+               augment=0.5, purpose="version 2 scenes, B7's settings with half the rows' "
+               "pictures perturbed (brightness, contrast, a shift, JPEG: training/perturb.py)"),
 )  # fmt: skip
 
 
@@ -636,6 +640,7 @@ def recipe_config(
             stages.append(replace(
                 stages[-1], name=fresh.name, lr=fresh.lr, warmup_steps=fresh.warmup_steps,
                 decay_share=fresh.decay_share, wording_noise=fresh.wording_noise,
+                augment=fresh.augment,
                 steps=getattr(args, f"{fresh.flag}_steps"), restart=True,
                 data=[str(directory) for directory, _, _ in datasets],
             ))  # fmt: skip

@@ -283,6 +283,8 @@ def _mix(recipe) -> str:
                    " weight average" if stage.restart else "")
                 + (f"; {100 * stage.wording_noise:.0f}% of its relation questions get filler"
                    " words (`training/wording_noise.py`)" if stage.wording_noise else "")
+                + (f"; {100 * stage.augment:.0f}% of its rows see their picture perturbed"
+                   " (`training/perturb.py`)" if stage.augment else "")
                 + ".\n"
             )  # fmt: skip
     return "".join(lines)
@@ -431,6 +433,12 @@ def grounding_section(model_dir: Path) -> str:
             if fitted
             else "fitted on this model, frozen (`vsre grounding fit --head mask`)"
         )
+        earlier = fitted.get("started_from")
+        if earlier:  # trained further from a head fitted on the model before it
+            how += (
+                f", starting from a head fitted on an earlier model (`{earlier['command']}`, "
+                f"{earlier['seconds']} s)"
+            )
         kind = (
             f"a mask head (`core.grounding.MaskHead`: the frame's pixels at {head.side} px and "
             "the model's token grid -> a mask per object phrase, the box it spans)"
