@@ -74,8 +74,9 @@ class StageConfig:
     augment: float = _f(
         0.0,
         "share of rows whose pictures are perturbed before preprocessing (training/perturb.py: "
-        "brightness, contrast, a shift of up to 2 pixels, JPEG), drawn from (seed, step); "
-        "augmented pictures skip the image cache",
+        "brightness, contrast, a shift of up to 2 pixels, JPEG), drawn from (seed, step, "
+        "rank); augmented pictures skip the image cache, and scene targets stay the "
+        "unperturbed picture's",
     )
     task_weights: dict[str, float] = _f({}, "task mix; {} = equal")
     relations: list[str] = _f([], "only these relations; [] = all")

@@ -5,9 +5,11 @@ a sample of questions again under each one and reports how many answers flip
 (`metrics.flip_rates`): a model that reads the scene, not the pixels' accidents, keeps them.
 
 Training can draw perturbations of the same kinds as augmentation (`StageConfig.augment`,
-`row_augmentations`): brightness, contrast, a shift of up to 2 pixels, JPEG. `UNTRAINED` holds
-kinds that no augmentation draws (gamma, blur, sensor noise), so `vsre evaluate
---perturbations` can tell robustness learnt in general from robustness to what was trained.
+`row_augmentations`): brightness, contrast, a shift of up to 2 pixels, JPEG. The scene targets
+built from the simulator's masks stay the unshifted picture's (2 pixels of 64 at most).
+`UNTRAINED` holds kinds that no augmentation draws (gamma, blur, sensor noise), so `vsre
+evaluate --perturbations` can tell robustness learnt in general from robustness to what was
+trained.
 """
 
 from __future__ import annotations
