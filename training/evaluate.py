@@ -156,8 +156,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--perturb",
         type=int,
         default=100,
-        help="ask this many questions again under each perturbation (brightness x0.8/x1.2, "
-        "1-pixel shift, JPEG 70) and report how many answers flip (default 100; 0 skips)",
+        help="ask this many questions again under each of --perturbations (by default "
+        "brightness x0.8/x1.2, 1-pixel shift, JPEG 70) and report how many answers flip "
+        "(default 100; 0 skips)",
     )
     parser.add_argument(
         "--perturbations",
