@@ -24,7 +24,7 @@ from vsre_ros.core.templates import HELDOUT_TEMPLATES, TEMPLATES, Template
 from .data import Example, ask, templates_by_ids
 from .items import READERS, Item, can_template, load_items
 from .metrics import accuracy_by, blind_comparison, evaluate_predictions, flip_rates
-from .perturb import PERTURBATIONS, UNTRAINED
+from .perturb import PERTURBATIONS, UNTRAINED, by_ids
 from .report import write_report
 from .scoring import Prediction, read_predictions, score, write_predictions
 
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         if args.perturb < 0:
             raise ValueError(f"--perturb must be 0 or more, got {args.perturb}")
-        transforms = perturbations(args.perturbations)
+        transforms = by_ids(args.perturbations)
         blind, flips = None, None
         if args.predictions:
             predictions = read_predictions(args.predictions)
@@ -253,16 +253,6 @@ def run(args: argparse.Namespace) -> int:
         )
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
-
-
-def perturbations(ids: str) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """The named perturbations (`perturb.PERTURBATIONS` and `perturb.UNTRAINED`), in order."""
-    known = {**PERTURBATIONS, **UNTRAINED}
-    names = [name.strip() for name in ids.split(",") if name.strip()]
-    unknown = [name for name in names if name not in known]
-    if unknown or not names:
-        raise ValueError(f"unknown perturbations {unknown or [ids]}; known: {', '.join(known)}")
-    return {name: known[name] for name in names}
 
 
 def perturbation_flips(

@@ -21,11 +21,16 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 
+def _grey_levels(values: np.ndarray) -> np.ndarray:
+    """Values rounded and clipped to 0..255, as uint8."""
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
 def brightness(factor: float) -> Callable[[np.ndarray], np.ndarray]:
     """Every channel scaled by `factor`, clipped to 0..255."""
 
     def apply(rgb: np.ndarray) -> np.ndarray:
-        return np.clip(np.rint(rgb.astype(np.float32) * factor), 0, 255).astype(np.uint8)
+        return _grey_levels(rgb.astype(np.float32) * factor)
 
     return apply
 
@@ -36,14 +41,14 @@ def contrast(factor: float) -> Callable[[np.ndarray], np.ndarray]:
     def apply(rgb: np.ndarray) -> np.ndarray:
         x = rgb.astype(np.float32)
         mean = float(x.mean())
-        return np.clip(np.rint(mean + (x - mean) * factor), 0, 255).astype(np.uint8)
+        return _grey_levels(mean + (x - mean) * factor)
 
     return apply
 
 
 def gamma(value: float) -> Callable[[np.ndarray], np.ndarray]:
     """Each channel through the curve 255 * (x / 255) ** value."""
-    table = np.clip(np.rint(255 * (np.arange(256) / 255) ** value), 0, 255).astype(np.uint8)
+    table = _grey_levels(255 * (np.arange(256) / 255) ** value)
 
     def apply(rgb: np.ndarray) -> np.ndarray:
         return table[rgb]
@@ -66,7 +71,7 @@ def noise(sigma: float, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
 
     def apply(rgb: np.ndarray) -> np.ndarray:
         draw = np.random.default_rng(seed).normal(0.0, sigma, rgb.shape)
-        return np.clip(np.rint(rgb.astype(np.float32) + draw), 0, 255).astype(np.uint8)
+        return _grey_levels(rgb.astype(np.float32) + draw)
 
     return apply
 
@@ -110,6 +115,17 @@ UNTRAINED: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "blur_0.8": blur(0.8),
     "noise_6": noise(6.0),
 }
+
+
+def by_ids(ids: str) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """The perturbations named in the comma-separated `ids` (of `PERTURBATIONS` and
+    `UNTRAINED`), in that order; ValueError for an unknown id or none."""
+    known = {**PERTURBATIONS, **UNTRAINED}
+    names = [name.strip() for name in ids.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ValueError(f"unknown perturbations {unknown or [ids]}; known: {', '.join(known)}")
+    return {name: known[name] for name in names}
 
 
 def augmentation(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
