@@ -18,8 +18,11 @@ run's own val points mix stages that train on narrower task mixes than the test 
 Per label and measure it fits accuracy = a + b log10(samples) and prints the samples (and
 hours at `--rate`, samples per second) at which the line reaches each `--target`, with a 95%
 interval from refitting to draws of each point within its own interval. A straight line in
-log samples over one decade predicts a trend, not a ceiling: curves of this kind bend down,
-so a predicted budget is a lower bound. Figures only: nothing is trained.
+log samples predicts a trend, not a ceiling: curves of this kind bend down, so a predicted
+budget is a lower bound. With points at four budgets or more it also fits a curve that levels
+off, accuracy = c - d (samples / 1e5)^-alpha, and prints its level c with the same kind of
+interval: a target above that interval is out of the size's reach at any budget. Figures
+only: nothing is trained.
 """
 
 from __future__ import annotations
@@ -81,9 +84,40 @@ def predict(points: list[tuple[int, tuple[float, float, float]]], target: float,
     sd = np.array([max(hi - lo, 1e-6) / 3.92 for _, (_, lo, hi) in points])
     a, b = fit(x, y)
     rng = np.random.default_rng(seed)
-    sims = [needed(*fit(x, rng.normal(y, sd)), target) for _ in range(draws)]
-    lo, hi = np.quantile(sims, [0.025, 0.975])
+    sims = np.sort([needed(*fit(x, rng.normal(y, sd)), target) for _ in range(draws)])
+    lo, hi = sims[round(0.025 * (draws - 1))], sims[round(0.975 * (draws - 1))]  # inf sorts last
     return b, needed(a, b, target), float(lo), float(hi)
+
+
+def saturating(n: np.ndarray, c: float, d: float, alpha: float) -> np.ndarray:
+    """accuracy = c - d (n / 1e5)^-alpha: rising, and levelling off at c."""
+    return c - d * (n / 1e5) ** -alpha
+
+
+def ceiling(points: list[tuple[int, tuple[float, float, float]]], draws: int = 500,
+            seed: int = 0) -> tuple[float, float, float] | None:  # fmt: skip
+    """The level c a saturating curve fitted to the points approaches, with the 2.5% / 97.5%
+    quantiles over refits to draws of each point within its interval (None below 4 budgets:
+    three parameters need a spare point)."""
+    from scipy.optimize import curve_fit
+
+    if len({n for n, _ in points}) < 4:
+        return None
+    x = np.array([n for n, _ in points], dtype=float)
+    y = np.array([acc for _, (acc, _, _) in points])
+    sd = np.array([max(hi - lo, 1e-6) / 3.92 for _, (_, lo, hi) in points])
+
+    def one(ys: np.ndarray) -> float:
+        start, bounds = (ys.max(), 0.2, 0.5), ([0.0, 0.0, 0.01], [1.0, 5.0, 3.0])
+        try:
+            return float(curve_fit(saturating, x, ys, p0=start, bounds=bounds, maxfev=20000)[0][0])
+        except RuntimeError:  # no fit converged on this draw
+            return math.nan
+
+    rng = np.random.default_rng(seed)
+    sims = np.array([one(rng.normal(y, sd)) for _ in range(draws)])
+    lo, hi = np.nanquantile(sims, [0.025, 0.975])
+    return one(y), float(lo), float(hi)
 
 
 def _budget(log_n: float, rate: float) -> str:
@@ -148,6 +182,12 @@ def main() -> None:
                 f"{label} {measure}: {b:+.1%} per 10x samples; {float(target):.0%} at "
                 f"{_budget(log_n, rate)} [95%: {_budget(lo, rate)} .. {_budget(hi, rate)}]"
             )
+            level = ceiling(got)
+            if level:
+                print(
+                    f"{label} {measure}: a saturating fit levels off at {level[0]:.1%} "
+                    f"[95%: {level[1]:.1%} .. {level[2]:.1%}]"
+                )
     if args.out:
         import matplotlib
 
@@ -163,9 +203,16 @@ def main() -> None:
                 y = np.array([v[0] for _, v in got])
                 err = [y - np.array([v[1] for _, v in got]), np.array([v[2] for _, v in got]) - y]
                 line = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
-                if len(set(x)) > 1:
+                xs = np.logspace(np.log10(x.min()), np.log10(x.max()) + 1, 40)
+                if len(set(x)) >= 4:  # the curve that levels off
+                    from scipy.optimize import curve_fit
+
+                    bounds = ([0.0, 0.0, 0.01], [1.0, 5.0, 3.0])
+                    params = curve_fit(saturating, x.astype(float), y, p0=(y.max(), 0.2, 0.5),
+                                       bounds=bounds, maxfev=20000)[0]  # fmt: skip
+                    ax.plot(xs, saturating(xs, *params), ls="--", color=line[0].get_color())
+                elif len(set(x)) > 1:  # the straight line in log samples
                     a, b = fit(np.log10(x), y)
-                    xs = np.logspace(np.log10(x.min()), np.log10(x.max()) + 1, 20)
                     fitted = np.clip(a + b * np.log10(xs), 0.0, 1.0)
                     ax.plot(xs, fitted, ls=":", color=line[0].get_color())
             if measure in targets:

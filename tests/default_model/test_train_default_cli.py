@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 
 import pytest
 from vsre_ros.training import default_model
@@ -305,6 +306,20 @@ def test_a_dataset_of_another_data_version_is_refused(ablated, capsys):
     assert default_model.run(args) == 2
     err = capsys.readouterr().err
     assert "data version 2; this run asks for data seed 0, 40 items, 64 px, data version 1" in err
+
+
+def test_consistency_items_0_skips_that_test_and_eval_items_0_is_refused(ablated, capsys):
+    # A copy of the finished ablation run: it is not trained again, only evaluated.
+    shutil.copytree(ablated / "no-siglip", ablated / "no-siglip-again")
+    args = args_for(
+        ablated, "no-siglip-again", families="clip,sam,dinov2", export="none",
+        bank_weight="0.5", verdict_weight="0", consistency_items="0",
+    )  # fmt: skip
+    assert default_model.run(args) == 0
+    summary = json.loads((ablated / "no-siglip-again" / "summary.json").read_text())
+    assert set(summary["accuracy"]) == {"random_test", "zeroshot_test"}
+    assert default_model.run(args_for(ablated, "z", export="none", eval_items="0")) == 2
+    assert "--eval-items must be >= 1" in capsys.readouterr().out
 
 
 def test_bad_families_and_missing_ablation_runs_are_named(tmp_path, capsys):

@@ -191,12 +191,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=SHIPPED["val_items"],
         help=f"random_val items per val eval ({SHIPPED['val_items']})",
     )
-    parser.add_argument("--eval-items", type=int, default=600, help="test items per split")
+    parser.add_argument(
+        "--eval-items", type=int, default=600, help="test items per split (600; at least 1)"
+    )
     parser.add_argument(
         "--consistency-items",
         type=int,
         default=40,
-        help="relation test items asked through all 50 templates (40)",
+        help="relation test items asked through all 50 templates (40; 0 skips this test)",
     )
     parser.add_argument(
         "--calibration-items",
@@ -418,8 +420,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print(f"vsre train-default: refreshed {Path(args.refresh_card) / 'MODEL_CARD.md'}")
         return 0
-    if min(args.n, args.steps_a, args.steps_b, args.batch_size) < 1:
-        print("vsre train-default: --n, --steps-a, --steps-b, --batch-size must be >= 1")
+    if min(args.n, args.steps_a, args.steps_b, args.batch_size, args.eval_items) < 1:
+        print(
+            "vsre train-default: --n, --steps-a, --steps-b, --batch-size, --eval-items must be"
+            " >= 1"
+        )
         return 2
     out = Path(args.out)
     progress = not args.no_progress
@@ -468,6 +473,8 @@ def run(args: argparse.Namespace) -> int:
             ("consistency_random_test", "random_test", "train", args.consistency_items, True),
         ]
         for name, split, templates, limit, rel in plan:
+            if limit < 1:  # --consistency-items 0 (a limit of 0 would take every item)
+                continue
             reports[name] = evaluate_split(
                 model, data, split, templates, limit, out / "eval" / name, rel, data_seed(args)
             )
