@@ -32,7 +32,8 @@ def rows(report: dict) -> dict[str, str]:
     for meta, cell in sorted(report["by"].get("meta_category", {}).items()):
         if meta != "(none)":
             out[f"  {meta}"] = pct(cell["accuracy"])
-    for task, cell in sorted(report["baselines"]["blind_model"]["by_task"].items()):
+    blind = report["baselines"].get("blind_model", {})  # absent from a --no-blind report
+    for task, cell in sorted(blind.get("by_task", {}).items()):
         out[f"task {task}: sighted (gap over blind)"] = (
             f"{pct(cell['sighted'])} ({100 * cell['gap']:+.1f})"
         )

@@ -8,7 +8,8 @@ sizes, and say what the curve predicts").
         --rate S1=46 --rate S2=20 --target relation=0.92 --target all=0.9 --out scaling.png
 
 Each point is LABEL=MODEL:EVAL: an exported model (its `training_metrics.jsonl` gives the
-samples it trained on: each stage's last step times its batch, summed) and a `vsre evaluate`
+samples it trained on: each stage's last step times its batch, summed; or the count itself,
+for a model directory without that file) and a `vsre evaluate`
 directory of it (`report.json`: accuracy with its scene-bootstrap interval, overall and per
 task). Points of one label are one model size at several budgets; the runs behind them are the
 shipped recipe with every stage's steps divided alike (`vsre train-default --steps-a ...`,
@@ -155,7 +156,8 @@ def main() -> None:
         label, _, rest = spec.partition("=")
         model, _, ev = rest.rpartition(":")
         report = json.loads((Path(ev) / "report.json").read_text())
-        series[label].append((samples(Path(model)), measures(report)))
+        n = int(model) if model.isdigit() else samples(Path(model))
+        series[label].append((n, measures(report)))
     names = sorted({m for pts in series.values() for _, ms in pts for m in ms})
     names.remove("all")
     names.insert(0, "all")
