@@ -100,25 +100,26 @@ def ceiling(points: list[tuple[int, tuple[float, float, float]]], draws: int = 5
     """The level c a saturating curve fitted to the points approaches, with the 2.5% / 97.5%
     quantiles over refits to draws of each point within its interval (None below 4 budgets:
     three parameters need a spare point)."""
-    from scipy.optimize import curve_fit
-
     if len({n for n, _ in points}) < 4:
         return None
     x = np.array([n for n, _ in points], dtype=float)
     y = np.array([acc for _, (acc, _, _) in points])
     sd = np.array([max(hi - lo, 1e-6) / 3.92 for _, (_, lo, hi) in points])
-
-    def one(ys: np.ndarray) -> float:
-        start, bounds = (ys.max(), 0.2, 0.5), ([0.0, 0.0, 0.01], [1.0, 5.0, 3.0])
-        try:
-            return float(curve_fit(saturating, x, ys, p0=start, bounds=bounds, maxfev=20000)[0][0])
-        except RuntimeError:  # no fit converged on this draw
-            return math.nan
-
     rng = np.random.default_rng(seed)
-    sims = np.array([one(rng.normal(y, sd)) for _ in range(draws)])
+    sims = np.array([fit_saturating(x, rng.normal(y, sd))[0] for _ in range(draws)])
     lo, hi = np.nanquantile(sims, [0.025, 0.975])
-    return one(y), float(lo), float(hi)
+    return fit_saturating(x, y)[0], float(lo), float(hi)
+
+
+def fit_saturating(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """c, d, alpha of `saturating` fitted to (samples, accuracy); NaNs when no fit converges."""
+    from scipy.optimize import curve_fit
+
+    bounds = ([0.0, 0.0, 0.01], [1.0, 5.0, 3.0])
+    try:
+        return curve_fit(saturating, x, y, p0=(y.max(), 0.2, 0.5), bounds=bounds, maxfev=20000)[0]
+    except RuntimeError:
+        return np.full(3, math.nan)
 
 
 def _budget(log_n: float, rate: float) -> str:
@@ -207,11 +208,7 @@ def main() -> None:
                 line = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
                 xs = np.logspace(np.log10(x.min()), np.log10(x.max()) + 1, 40)
                 if len(set(x)) >= 4:  # the curve that levels off
-                    from scipy.optimize import curve_fit
-
-                    bounds = ([0.0, 0.0, 0.01], [1.0, 5.0, 3.0])
-                    params = curve_fit(saturating, x.astype(float), y, p0=(y.max(), 0.2, 0.5),
-                                       bounds=bounds, maxfev=20000)[0]  # fmt: skip
+                    params = fit_saturating(x.astype(float), y)
                     ax.plot(xs, saturating(xs, *params), ls="--", color=line[0].get_color())
                 elif len(set(x)) > 1:  # the straight line in log samples
                     a, b = fit(np.log10(x), y)
