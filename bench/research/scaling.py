@@ -71,6 +71,14 @@ def fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def arrays(points: list[tuple[int, tuple[float, float, float]]]) -> tuple[np.ndarray, ...]:
+    """Samples, accuracies and the standard deviation each point's 95% interval implies."""
+    n = np.array([n for n, _ in points], dtype=float)
+    y = np.array([acc for _, (acc, _, _) in points])
+    sd = np.array([max(hi - lo, 1e-6) / 3.92 for _, (_, lo, hi) in points])
+    return n, y, sd
+
+
 def needed(a: float, b: float, target: float) -> float:
     """log10 samples where a + b log10(samples) reaches target (inf when it never rises)."""
     return (target - a) / b if b > 0 else math.inf
@@ -80,9 +88,8 @@ def predict(points: list[tuple[int, tuple[float, float, float]]], target: float,
             draws: int = 2000, seed: int = 0) -> tuple[float, float, float, float]:  # fmt: skip
     """(b per decade, log10 samples needed, and its 2.5% / 97.5% quantiles over refits to draws
     of each point from a normal whose 95% interval is the point's own)."""
-    x = np.log10([n for n, _ in points])
-    y = np.array([acc for _, (acc, _, _) in points])
-    sd = np.array([max(hi - lo, 1e-6) / 3.92 for _, (_, lo, hi) in points])
+    n, y, sd = arrays(points)
+    x = np.log10(n)
     a, b = fit(x, y)
     rng = np.random.default_rng(seed)
     sims = np.sort([needed(*fit(x, rng.normal(y, sd)), target) for _ in range(draws)])
@@ -102,9 +109,7 @@ def ceiling(points: list[tuple[int, tuple[float, float, float]]], draws: int = 5
     three parameters need a spare point)."""
     if len({n for n, _ in points}) < 4:
         return None
-    x = np.array([n for n, _ in points], dtype=float)
-    y = np.array([acc for _, (acc, _, _) in points])
-    sd = np.array([max(hi - lo, 1e-6) / 3.92 for _, (_, lo, hi) in points])
+    x, y, sd = arrays(points)
     rng = np.random.default_rng(seed)
     sims = np.array([fit_saturating(x, rng.normal(y, sd))[0] for _ in range(draws)])
     lo, hi = np.nanquantile(sims, [0.025, 0.975])
