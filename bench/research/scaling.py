@@ -22,7 +22,9 @@ interval from refitting to draws of each point within its own interval. A straig
 log samples predicts a trend, not a ceiling: curves of this kind bend down, so a predicted
 budget is a lower bound. With points at four budgets or more it also fits a curve that levels
 off, accuracy = c - d (samples / 1e5)^-alpha, and prints its level c with the same kind of
-interval: a target above that interval is out of the size's reach at any budget. Figures
+interval: a target above that interval is out of the size's reach at any budget. With
+`--long-end N` it also fits the line to the points of N samples or more alone: the small
+budgets set the whole-range slope, and the long end can be flat where it is steep. Figures
 only: nothing is trained.
 """
 
@@ -97,6 +99,21 @@ def predict(points: list[tuple[int, tuple[float, float, float]]], target: float,
     return b, needed(a, b, target), float(lo), float(hi)
 
 
+def slope(points: list[tuple[int, tuple[float, float, float]]], draws: int = 2000,
+          seed: int = 0) -> tuple[float, float, float]:  # fmt: skip
+    """The line's points per decade, with its 2.5% / 97.5% quantiles over refits to draws of
+    each point within its own interval."""
+    n, y, sd = arrays(points)
+    x = np.log10(n)
+    rng = np.random.default_rng(seed)
+    sims = np.sort([fit(x, rng.normal(y, sd))[1] for _ in range(draws)])
+    return (
+        fit(x, y)[1],
+        float(sims[round(0.025 * (draws - 1))]),
+        float(sims[round(0.975 * (draws - 1))]),
+    )
+
+
 def saturating(n: np.ndarray, c: float, d: float, alpha: float) -> np.ndarray:
     """accuracy = c - d (n / 1e5)^-alpha: rising, and levelling off at c."""
     return c - d * (n / 1e5) ** -alpha
@@ -153,6 +170,14 @@ def main() -> None:
         metavar="LABEL=SAMPLES_PER_SECOND",
         help="a label's training throughput, to turn samples into hours (bench_train.py)",
     )
+    parser.add_argument(
+        "--long-end",
+        type=int,
+        default=0,
+        metavar="SAMPLES",
+        help="also fit the line to the points of at least this many samples alone: the slope "
+        "where the runs stop, which the low budgets dominate in the whole-range fit",
+    )
     parser.add_argument("--out", default="", help="plot to this PNG")
     args = parser.parse_args()
     targets = dict(t.split("=") for t in args.target) or {"relation": "0.92"}
@@ -190,6 +215,13 @@ def main() -> None:
                 f"{label} {measure}: {b:+.1%} per 10x samples; {float(target):.0%} at "
                 f"{_budget(log_n, rate)} [95%: {_budget(lo, rate)} .. {_budget(hi, rate)}]"
             )
+            long_end = [(n, v) for n, v in got if n >= args.long_end]
+            if args.long_end and len({n for n, _ in long_end}) >= 2:
+                b, lo, hi = slope(long_end)
+                print(
+                    f"{label} {measure} from {args.long_end:,d} samples ({len(long_end)} "
+                    f"points): {b:+.1%} per 10x samples [95%: {lo:+.1%} .. {hi:+.1%}]"
+                )
             level = ceiling(got)
             if level:
                 print(

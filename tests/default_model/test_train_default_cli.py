@@ -258,6 +258,21 @@ def test_robust_steps_add_b7s_stage_with_perturbed_pictures_on_other_scenes(tmp_
     assert [getattr(robust, k) for k in same] == [getattr(fresh, k) for k in same]
 
 
+def test_long_steps_add_b8s_stage_longer_on_other_scenes(tmp_path):
+    args, config = recipe_for(
+        tmp_path, "--robust-steps 20 --long-steps 10 --long-n 300 --data-seed 3"
+    )
+    robust, long = config.stages[-2:]
+    assert (long.name, long.steps, long.restart) == ("B9-long", 10, True)
+    assert long.data == [str(tmp_path / "d-long-v2-s33")]  # not B8's scenes (s23)
+    same = ("lr", "wording_noise", "augment", "decay_share", "task_weights", "templates")
+    assert [getattr(long, k) for k in same] == [getattr(robust, k) for k in same]
+    assert long.warmup_steps == 200
+    assert "# - for B9-long, beside it: data-long-v2-s33, 300 items each" in (
+        default_model.recipe_file_text(args)
+    )
+
+
 def test_a_run_from_an_export_trains_only_the_stages_after_the_exports(ablated, exported):
     args = args_for(ablated, "filler", export=str(ablated / "export-filler"), filler_steps="2",
                     filler_n="30", from_export=str(exported))  # fmt: skip

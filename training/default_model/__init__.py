@@ -45,6 +45,7 @@ SHIPPED = {
     "object_tokens": 8, "ema_decay": 0.999, "pretrain_steps": 1000, "grounding_weight": 1.0,
     "mix_steps": 6000, "mix_n": 150000, "filler_steps": 2400, "filler_n": 60000,
     "fresh_steps": 2400, "fresh_n": 60000, "robust_steps": 2400, "robust_n": 60000,
+    "long_steps": 0, "long_n": 200000,
 }  # fmt: skip
 
 
@@ -86,6 +87,9 @@ FRESH_STAGES = (
     FreshStage("robust", "B8-robust", ((2, 20),), 5e-4, 100, 0.5, wording_noise=0.5,
                augment=0.5, purpose="version 2 scenes, B7's settings with half the rows' "
                "pictures perturbed (brightness, contrast, a shift, JPEG: training/perturb.py)"),
+    FreshStage("long", "B9-long", ((2, 30),), 5e-4, 200, 0.5, wording_noise=0.5,
+               augment=0.5, purpose="version 2 scenes, B8's settings for longer on more "
+               "scenes: the model still learns at the end of B8 (docs/recipes-tried.md)"),
 )  # fmt: skip
 
 
