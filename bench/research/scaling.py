@@ -24,8 +24,8 @@ budget is a lower bound. With points at four budgets or more it also fits a curv
 off, accuracy = c - d (samples / 1e5)^-alpha, and prints its level c with the same kind of
 interval: a target above that interval is out of the size's reach at any budget. With
 `--long-end N` it also fits the line to the points of N samples or more alone: the small
-budgets set the whole-range slope, and the long end can be flat where it is steep. Figures
-only: nothing is trained.
+budgets set the whole-range slope, and the long end alone can be flat where that line is
+steep. Figures only: nothing is trained.
 """
 
 from __future__ import annotations
@@ -81,6 +81,23 @@ def arrays(points: list[tuple[int, tuple[float, float, float]]]) -> tuple[np.nda
     return n, y, sd
 
 
+def refits(points: list[tuple[int, tuple[float, float, float]]], draws: int,
+           seed: int) -> tuple[tuple[float, float], list[tuple[float, float]]]:  # fmt: skip
+    """The line (a, b) in log10 samples through the points, and its refits to `draws` draws
+    of each point from a normal whose 95% interval is the point's own."""
+    n, y, sd = arrays(points)
+    x = np.log10(n)
+    rng = np.random.default_rng(seed)
+    return fit(x, y), [fit(x, rng.normal(y, sd)) for _ in range(draws)]
+
+
+def quantiles(values: list[float]) -> tuple[float, float]:
+    """The 2.5% and 97.5% quantiles of `values` (nearest rank)."""
+    ranked = np.sort(values)
+    last = len(ranked) - 1
+    return float(ranked[round(0.025 * last)]), float(ranked[round(0.975 * last)])
+
+
 def needed(a: float, b: float, target: float) -> float:
     """log10 samples where a + b log10(samples) reaches target (inf when it never rises)."""
     return (target - a) / b if b > 0 else math.inf
@@ -90,28 +107,17 @@ def predict(points: list[tuple[int, tuple[float, float, float]]], target: float,
             draws: int = 2000, seed: int = 0) -> tuple[float, float, float, float]:  # fmt: skip
     """(b per decade, log10 samples needed, and its 2.5% / 97.5% quantiles over refits to draws
     of each point from a normal whose 95% interval is the point's own)."""
-    n, y, sd = arrays(points)
-    x = np.log10(n)
-    a, b = fit(x, y)
-    rng = np.random.default_rng(seed)
-    sims = np.sort([needed(*fit(x, rng.normal(y, sd)), target) for _ in range(draws)])
-    lo, hi = sims[round(0.025 * (draws - 1))], sims[round(0.975 * (draws - 1))]  # inf sorts last
-    return b, needed(a, b, target), float(lo), float(hi)
+    (a, b), sims = refits(points, draws, seed)
+    lo, hi = quantiles([needed(*sim, target) for sim in sims])  # inf sorts last
+    return b, needed(a, b, target), lo, hi
 
 
 def slope(points: list[tuple[int, tuple[float, float, float]]], draws: int = 2000,
           seed: int = 0) -> tuple[float, float, float]:  # fmt: skip
     """The line's points per decade, with its 2.5% / 97.5% quantiles over refits to draws of
     each point within its own interval."""
-    n, y, sd = arrays(points)
-    x = np.log10(n)
-    rng = np.random.default_rng(seed)
-    sims = np.sort([fit(x, rng.normal(y, sd))[1] for _ in range(draws)])
-    return (
-        fit(x, y)[1],
-        float(sims[round(0.025 * (draws - 1))]),
-        float(sims[round(0.975 * (draws - 1))]),
-    )
+    (_, b), sims = refits(points, draws, seed)
+    return (b, *quantiles([sim[1] for sim in sims]))
 
 
 def saturating(n: np.ndarray, c: float, d: float, alpha: float) -> np.ndarray:
