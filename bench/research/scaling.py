@@ -221,8 +221,8 @@ def main() -> None:
                 f"{label} {measure}: {b:+.1%} per 10x samples; {float(target):.0%} at "
                 f"{_budget(log_n, rate)} [95%: {_budget(lo, rate)} .. {_budget(hi, rate)}]"
             )
-            long_end = [(n, v) for n, v in got if n >= args.long_end]
-            if args.long_end and len({n for n, _ in long_end}) >= 2:
+            long_end = [(n, v) for n, v in got if n >= args.long_end] if args.long_end else []
+            if len({n for n, _ in long_end}) >= 2:
                 b, lo, hi = slope(long_end)
                 print(
                     f"{label} {measure} from {args.long_end:,d} samples ({len(long_end)} "
