@@ -16,6 +16,10 @@ into the server (shm profile):
 4. one question through the service about each new frame (by its stamp), then a second
    question about the same frame (already encoded): round trip p50/p95 and the server's
    model time;
+4b. the camera streaming, one question about its latest frame at a random moment of the frame
+   period (each about a frame no question asked about before), with the server's
+   `preencode_hz` off and at the camera's rate: round trip p50/p95, the model's time, and the
+   cores the server used;
 5. answers per second with 16 concurrent service clients asking about the latest frame: all
    the same question (the engine answers a question asked twice in a batch once), and each
    client one of 8 questions (two clients per question).
@@ -58,7 +62,7 @@ def _env(shm: bool) -> dict[str, str]:
 class Server:
     """`vsre serve` in a child process: the stub engine, or a model preset with its YAML."""
 
-    def __init__(self, shm: bool, model: str = "stub", queue_size: int = 32):
+    def __init__(self, shm: bool, model: str = "stub", queue_size: int = 32, preencode_hz=0.0):
         preset = "stub" if model.startswith("stub") else "vsre-tiny"
         args = [
             sys.executable, "-m", "vsre_ros.cli", "serve",
@@ -67,9 +71,14 @@ class Server:
             "-p", "cameras:=[/bench/image]", "-p", "camera_qos:=[reliable]",
             "-p", "depth_topics:=['']", "-p", "camera_info_topics:=['']",
             "-p", "camera_transports:=[raw]", "-p", "diagnostics_period:=0.5",
-            "-p", "frame_buffer:=5",
+            "-p", "frame_buffer:=5", "-p", f"preencode_hz:={float(preencode_hz)}",
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, cwd=ROOT, env=_env(shm), stderr=subprocess.DEVNULL)
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (Linux /proc), seconds."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         self.proc.terminate()
@@ -361,7 +370,61 @@ def model_latency(shm: bool, n: int, model: str = "vsre-tiny") -> None:
         )
 
 
-PARTS = ("roundtrip", "ingest", "conversion", "throughput", "model")
+EARLY = 0.025  # s: about a new frame's model time; a question before it may find it encoding
+
+
+def latest_latency(shm: bool, n: int, model: str, preencode_hz: float) -> None:
+    """Part 4b: the camera streams at 10 Hz; each question asks about its latest frame at a
+    random moment of the frame period, once a frame no question has asked about is there (so
+    every answer is about a frame new to the asker). With `preencode_hz` the server encodes
+    the newest frame before it is asked about; its CPU use over the run shows what that costs.
+    """
+    server = Server(shm, model=model, preencode_hz=preencode_hz)
+    try:
+        client = Client()
+        camera = Camera(client)
+        camera.start()
+        rng = random.Random(0)
+        times, engine, delays, last = [], [], [], None
+        cpu, wall = server.cpu_seconds(), time.monotonic()
+        for i in range(n + 5):
+            while camera.stamp == last:
+                time.sleep(0.001)
+            delay = rng.uniform(0.0, camera.period)
+            time.sleep(delay)
+            start = time.perf_counter()
+            answer = client.call(i, camera_request(i))
+            rtt = (time.perf_counter() - start) * 1000.0
+            if answer.status != 0:
+                raise RuntimeError(f"answer status {answer.status}: {answer.error}")
+            last = answer.header.stamp
+            if i == 4:  # warm-up done
+                cpu, wall = server.cpu_seconds(), time.monotonic()
+            if i >= 5:
+                times.append(rtt)
+                engine.append(answer.latency_model_ms)
+                delays.append(delay)
+        cores = (server.cpu_seconds() - cpu) / (time.monotonic() - wall)
+        camera.stop()
+        client.close()
+    finally:
+        server.close()
+    print(
+        f"{model} through the service, 640x480 rgb8 at 10 Hz, the latest frame asked at a "
+        f"random moment, preencode_hz {preencode_hz:g}, n={n}: round trip p50 "
+        f"{np.median(times):.2f} ms, p95 {np.percentile(times, 95):.2f} ms; the model p50 "
+        f"{np.median(engine):.2f} ms; the server used {cores:.2f} cores"
+    )
+    late = np.array(delays) >= EARLY
+    for name, rows in (("before", ~late), ("after", late)):
+        print(
+            f"  asked {name} {EARLY * 1000:.0f} ms into the frame period (n={rows.sum()}): "
+            f"round trip p50 {np.median(np.array(times)[rows]):.2f} ms, the model p50 "
+            f"{np.median(np.array(engine)[rows]):.2f} ms"
+        )
+
+
+PARTS = ("roundtrip", "ingest", "conversion", "throughput", "model", "latest")
 
 
 def run_part(part: str, shm: bool, quick: bool, model: str = "vsre-tiny") -> None:
@@ -377,6 +440,9 @@ def run_part(part: str, shm: bool, quick: bool, model: str = "vsre-tiny") -> Non
         for model in ("stub", "stub:5"):
             for clients in (1, 4, 16):
                 throughput(shm, model, clients, seconds / 2)
+    elif part == "latest":
+        for hz in (0.0, 10.0):
+            latest_latency(shm, n // 2, model, hz)
     elif part == "model":
         model_latency(shm, n // 2, model)
         throughput(shm, model, 16, seconds, camera=True)
@@ -405,6 +471,7 @@ def main() -> None:
     )
     plan = [("roundtrip", False), ("roundtrip", True), ("conversion", False)]
     plan += [("ingest", False), ("ingest", True), ("throughput", True), ("model", True)]
+    plan += [("latest", True)]
     for part, shm in plan:
         if args.only and part not in args.only:
             continue

@@ -642,3 +642,40 @@ def test_new_frames_in_one_call_each_run_the_traced_vision_side(tiny_model, tmp_
     answers = engine.answer([Query("Is the cup left of the box?", [f]) for f in frames])
     assert [a.status for a in answers] == [Status.OK] * 2
     assert calls == [1, 1]
+
+
+def test_a_prepared_frame_is_answered_as_an_encoded_one(tiny_model, tmp_path, rng, monkeypatch):
+    """`prepare` encodes a frame before anyone asks (the server's `preencode_hz`): the questions
+    about it then run no vision side and no prefix pass, and answer as the reference path does
+    about the same frame new. The fast path's prefix-only pass runs eagerly (no recording of
+    that shape), and the traced question pass continues its cache."""
+    tiny_model.save_pretrained(tmp_path / "m")
+    fast = Engine(tmp_path / "m")
+    reference = Engine(tmp_path / "m", EngineConfig(reuse_prefix=False, trace=False))
+    frame = random_image(rng, 480, 640)
+    queries = [Query(q.question, [frame], image_keys=[("cam", 3)]) for q in _queries(rng)]
+    queries.append(Query("Which is nearer?", [frame], AnswerKind.CHOICE, ["the cup", "the box"]))
+    queries[-1].image_keys = [("cam", 3)]
+    expected = reference.answer(queries)
+    assert fast.prepare(frame, ("cam", 3))
+    assert not fast.prepare(frame, ("cam", 3))  # already prepared: nothing to do
+    encoded = []
+    monkeypatch.setattr(fast, "_encode_missing", lambda *a: encoded.append(a))
+    for answers in (fast.answer(queries[:1]), fast.answer(queries)):
+        for a, b in zip(answers, expected, strict=False):
+            assert (a.status, a.text, a.choice_index) == (b.status, b.text, b.choice_index)
+            assert math.isclose(a.probability, b.probability, abs_tol=1e-5)
+    stats = fast.stats()
+    assert stats["prepared"] == 1 and stats["feature_misses"] == 1
+    assert stats["prefix_misses"] == 1 and stats["prefix_hits"] == 2
+
+
+def test_prepare_refuses_a_bad_image_and_survives_a_model_failure(tiny_model, rng, monkeypatch):
+    engine = Engine(tiny_model)
+    assert not engine.prepare(np.zeros((4, 4), np.uint8), ("cam", 1))  # not HxWx3
+    monkeypatch.setattr(engine.model, "encode_images", lambda *_: 1 / 0)
+    assert not engine.prepare(random_image(rng), ("cam", 2))  # logged, not raised
+    monkeypatch.undo()
+    answer = engine.answer([Query("Is it?", [random_image(rng)], image_keys=[("cam", 2)])])[0]
+    assert answer.status == Status.OK
+    assert "prepared" not in engine.stats()

@@ -443,3 +443,37 @@ def test_an_engine_told_not_to_ground_answers_without_objects(grid_model):
         del grid_model.heads["grounding"]
     assert answer.objects == [] and answer.source == Source.MODEL and head.calls == 1
     assert [o.phrase for o in grounded.objects] == ["grey box"]
+
+
+def test_a_prepared_frame_is_grounded_and_measured_before_the_question(grid_model, monkeypatch):
+    """`Engine.prepare` with depth and K runs the head's image part and the frame's geometry
+    ahead of the question: the question runs neither, and its objects, 3D places and measured
+    number equal those of the same question about the frame new."""
+    from vsre_ros.core import geometry
+    from vsre_ros.core.engine import Engine
+
+    head = _mask_head(grid_model)
+    grid_model.heads["grounding"] = head
+    try:
+        query, _ = _tabletop_query("How tall is the grey box, in metres?", AnswerKind.NUMBER)
+        expected = Engine(grid_model).answer([query])[0]
+        engine = Engine(grid_model)
+        key = ("cam", 9)
+        assert engine.prepare(query.images[0], key, query.depth[0], query.intrinsics[0])
+        assert not engine.prepare(query.images[0], key, query.depth[0], query.intrinsics[0])
+        calls = []
+        image_part, frame_geometry = head.image_part, geometry.FrameGeometry
+        monkeypatch.setattr(head, "image_part", lambda *a: calls.append("head") or image_part(*a))
+        monkeypatch.setattr(
+            geometry, "FrameGeometry", lambda *a: calls.append("geometry") or frame_geometry(*a)
+        )
+        query.image_keys = [key]
+        got = engine.answer([query])[0]
+    finally:
+        del grid_model.heads["grounding"]
+    assert calls == []
+    assert (got.status, got.source, got.text) == (expected.status, expected.source, expected.text)
+    [a], [b] = got.objects, expected.objects
+    assert a.phrase == b.phrase and a.depth_used == b.depth_used
+    np.testing.assert_allclose(a.box, b.box, atol=1e-6)
+    np.testing.assert_allclose(a.position, b.position, atol=1e-6, equal_nan=True)

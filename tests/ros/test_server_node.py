@@ -616,3 +616,41 @@ def test_two_cameras_compressed_transport_and_depth_reach_the_engine(
     assert seen[-1].images[0].shape == (24, 32, 3)
     np.testing.assert_allclose(seen[-1].depth[0], 1.5)
     assert seen[-1].image_keys[0] == (cam_a, 50 * 10**9)
+
+
+def test_preencode_encodes_the_newest_frame_under_the_key_its_question_uses(
+    make_server, ros_client, monkeypatch
+):
+    """`preencode_hz`: each camera's newest frame goes to `prepare` before any question, under
+    the (camera, stamp) key the worker gives a question about that frame; at most
+    `preencode_hz` frames a second; with it 0 (the default), no frame is."""
+    seen: list = []
+
+    class Recording(engines.StubEngine):
+        def answer(self, queries):
+            seen.extend(queries)
+            return super().answer(queries)
+
+    monkeypatch.setitem(engines.ENGINE_BACKENDS, "recording", Recording)
+    server = make_server(_params(engine_backend="recording", preencode_hz=2.0, max_frame_age=0.0))
+    off = make_server(_params())
+    topic = server.node.params.cameras[0]
+    _feed(ros_client, server, Time(sec=100))
+    prepared = server.node.engine.prepared
+    assert ros_client.spin_until(lambda: (topic, 100 * 10**9) in prepared, timeout=10)
+    answer = _ask(ros_client, server, _q(1))
+    assert answer.status == SpatialAnswer.OK, answer.error
+    assert seen[-1].image_keys == [(topic, 100 * 10**9)]
+    # A burst of newer frames: the newest is encoded once due, at most 2 a second.
+    pub = ros_client.node.create_publisher(Image, topic, QoSProfile(depth=10))
+    start = time.monotonic()
+    for sec in range(101, 121):
+        pub.publish(_frame(ros_client, Time(sec=sec)))
+        ros_client.spin_until(lambda: False, timeout=0.05)
+    assert ros_client.spin_until(lambda: prepared[-1] == (topic, 120 * 10**9), timeout=10)
+    assert len(prepared) <= 2 + 2 * (time.monotonic() - start)
+    diagnostics = {kv.key: kv.value for kv in server.node.diagnostics().values}
+    assert int(diagnostics["frames_preencoded"]) == len(prepared)
+    _feed(ros_client, off)
+    ros_client.spin_until(lambda: False, timeout=0.3)
+    assert off.node.engine.prepared == []

@@ -345,6 +345,70 @@ class Engine:
         assert slot.answers is not None
         return slot.answers
 
+    def prepare(
+        self,
+        image: np.ndarray,
+        key: Hashable,
+        depth: np.ndarray | None = None,
+        intrinsics: np.ndarray | None = None,
+    ) -> bool:
+        """Encode a frame before anyone asks about it: its visual tokens, its image prefix's
+        KV cache, and (with a grounding head) the head's image part and, given depth and K,
+        the frame's geometry, each cached under `key` as a question's `image_keys=[key]`
+        would be. A question about it then costs what one about an encoded frame does.
+
+        True when it did work; False when the frame was already prepared, or cannot be (a bad
+        image, or a model failure: logged, never raised, since no question waits on it).
+        Holds the model as `answer` does, so a question that comes meanwhile waits for it.
+        """
+        try:
+            check_image(image, 0)
+        except ValueError as err:
+            log.warning("prepare %r: %s", key, err)
+            return False
+        keys = (("key", key),)
+        with self._run_lock:
+            head = self.model.heads.get("grounding") if self.config.grounding else None
+            done = self._prefixes.get_fresh(keys) is not None and (
+                head is None
+                or (self._grounder is not None and self._grounder.has(keys[0], depth, intrinsics))
+            )
+            if done:
+                return False
+            try:
+                with _eval_mode(self.model), torch.inference_mode():
+                    self._prepare(image, keys, head, depth, intrinsics)
+            except Exception:
+                log.exception("prepare %r failed", key)
+                return False
+        self._count("prepared")
+        return True
+
+    def _prepare(self, image, keys: tuple, head, depth, intrinsics) -> None:
+        self._encode_missing([Query("", [image])], [keys])
+        prefix, known = self._prefix(keys)
+        if not known:  # the prefix alone, as `_run_packed` runs it before a batch's rows
+            n = len(prefix.ids)
+            embeds = self.model.embed(self._tensor([prefix.ids]), prefix.image_embeds)
+            causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+            mask = torch.zeros(n, n, dtype=self.dtype, device=self.device)
+            mask.masked_fill_(~causal, torch.finfo(self.dtype).min)
+            positions = torch.arange(n, device=self.device)[None]
+            cache = DynamicCache()
+            args = (embeds, mask[None, None], positions, cache, 1)
+            if self._lm_graphs is None or self._lm_graphs(*args) is None:
+                lm_pass(self.model.lm, *args)
+            prefix.kv = [(x.keys[:, :, :n], x.values[:, :, :n]) for x in cache.layers]
+            self._prefixes.put(keys, prefix)
+        if head is None:
+            return
+        frame = self._grounder_for(head).frame(keys[0], self._batch_features[keys[0]], image)
+        if depth is not None and intrinsics is not None:
+            try:
+                frame.locate([], depth, geometry.Intrinsics.from_matrix(intrinsics))
+            except ValueError as err:  # unusable depth: questions will say so themselves
+                log.warning("prepare: depth not used: %s", err)
+
     def next_token_logits(self, queries: Sequence[Query]) -> torch.Tensor:
         """Logits [n, vocab] for the first answer token of valid queries (checks and benches)."""
         with self._run_lock, _eval_mode(self.model), torch.inference_mode():
@@ -524,12 +588,8 @@ class Engine:
         phrases = [object_phrases(q.question, q.subj, q.obj) for q in queries]
         if not any(phrases):
             return
-        if self._grounder is None or self._grounder.head is not head:
-            # A few frames' grounding (each holds its image and, with depth, its geometry:
-            # 2 MB at 640x480); the phrases' parts are small and recur across frames.
-            self._grounder = Grounder(self.model, head, LRU(GROUNDED_FRAMES), LRU(4096))
         try:
-            frame = self._grounder.frame(
+            frame = self._grounder_for(head).frame(
                 keys[0], self._batch_features[keys[0]], queries[0].images[0]
             )
             frame.objects([p for found in phrases for p in found])
@@ -541,6 +601,13 @@ class Engine:
                 self._ground_one(frame, query, found, answer)
             except Exception:
                 log.exception("grounding query %s failed", query.query_id)
+
+    def _grounder_for(self, head) -> Grounder:
+        if self._grounder is None or self._grounder.head is not head:
+            # A few frames' grounding (each holds its image and, with depth, its geometry:
+            # 2 MB at 640x480); the phrases' parts are small and recur across frames.
+            self._grounder = Grounder(self.model, head, LRU(GROUNDED_FRAMES), LRU(4096))
+        return self._grounder
 
     def _ground_one(
         self, frame: FrameGrounding, query: Query, phrases: list[str], answer: Answer

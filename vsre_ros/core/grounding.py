@@ -649,6 +649,13 @@ class Grounder:
             self._frames.put(key, found)
         return found
 
+    def has(self, key: Hashable, depth: np.ndarray | None = None, k: object = None) -> bool:
+        """Whether the frame `key` is grounded (and, with a depth image and K, measured)."""
+        found = self._frames.get_fresh(key)
+        if found is None:
+            return False
+        return depth is None or k is None or found.geometry is not None
+
     def phrase_parts(self, phrases: Sequence[str]) -> torch.Tensor:
         """[P, width]: the head's part of each phrase (the new ones in one call)."""
         new = [p for p in dict.fromkeys(phrases) if self._phrases.get_fresh(p) is None]

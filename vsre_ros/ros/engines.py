@@ -1,9 +1,11 @@
 """The engines the server node can run, by id: the VSRE model, or a stub without a model.
 
-Both give the node the same three things: `answer(list[Query]) -> list[Answer]`, `load(ref)`
-(switch model or adapter at runtime) and `model_id`. The stub answers from the question's
-structured form without looking at pixels, in a fixed time; it exists so the ROS plumbing can be
-measured (bench/bench_ros.py: overhead on top of the engine) and soak-tested without a model.
+Both give the node the same things: `answer(list[Query]) -> list[Answer]`, `load(ref)`
+(switch model or adapter at runtime), `model_id`, and `prepare(image, key, depth, k)` (encode a
+camera frame before it is asked about; the server's `preencode_hz`). The stub answers from the
+question's structured form without looking at pixels, in a fixed time; it exists so the ROS
+plumbing can be measured (bench/bench_ros.py: overhead on top of the engine) and soak-tested
+without a model.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class EngineLike(Protocol):
 
     def load(self, model_ref: str, adapter: str | None = None) -> None: ...
 
+    def prepare(self, image: Any, key: Any, depth: Any = None, k: Any = None) -> bool: ...
+
 
 class StubEngine:
     """Answers without a model: a deterministic function of the question, after a fixed delay.
@@ -40,6 +44,7 @@ class StubEngine:
         self.model_id = ""
         self.note = "stub engine: answers without a model"
         self.random_weights = False
+        self.prepared: list[Any] = []  # the keys of the frames `prepare` was given, in order
         self.load(model_ref, lora or None)
 
     def load(self, model_ref: str, adapter: str | None = None) -> None:
@@ -62,6 +67,13 @@ class StubEngine:
         for a, q in zip(answers, queries, strict=True):
             a.model_id, a.latency_model_ms, a.query_id = self.model_id, ms, q.query_id
         return answers
+
+    def prepare(self, image: Any, key: Any, depth: Any = None, k: Any = None) -> bool:
+        """Takes the stub's delay, as a model's encoding would, and records `key`."""
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        self.prepared.append(key)
+        return True
 
     @staticmethod
     def _one(query: Query) -> Answer:
@@ -127,6 +139,9 @@ class VsreEngine:
 
     def answer(self, queries: list[Query]) -> list[Answer]:
         return self.engine.answer(queries)
+
+    def prepare(self, image: Any, key: Any, depth: Any = None, k: Any = None) -> bool:
+        return self.engine.prepare(image, key, depth, k)
 
 
 # engine registry id -> factory(model_ref, lora, engine_config)

@@ -87,6 +87,13 @@ class ServerParams:
         "seconds the worker waits for more queries to fill a batch; 0 takes what is queued "
         "(queries queue up while the engine is busy, so batches form without waiting)",
     )
+    preencode_hz: float = _p(
+        0.0,
+        "encode each camera's newest frame before it is asked about, at most this many frames "
+        "a second per camera, while no query waits; a question about it then costs what one "
+        "about an encoded frame does. Each frame costs a new frame's model time (vsre-tiny: "
+        "about 25 ms of one core). 0 = off",
+    )
     max_question_chars: int = _p(2000, "longer questions get BAD_QUESTION")
     max_options: int = _p(64, "choice questions with more options get BAD_QUESTION")
     max_option_chars: int = _p(200, "longer options get BAD_QUESTION")
@@ -167,6 +174,7 @@ class ServerParams:
             "stamp_tolerance",
             "max_batch_wait",
             "request_timeout",
+            "preencode_hz",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:

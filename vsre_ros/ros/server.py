@@ -146,6 +146,9 @@ class VsreServer(LifecycleNode):
         self.buffers: dict[str, FrameBuffer] = {}
         self._camera_subs: list[Any] = []
         self._worker: threading.Thread | None = None
+        self._preencoder: threading.Thread | None = None
+        self._new_frame = threading.Event()  # set by every camera frame (`preencode_hz`)
+        self.preencoded = 0  # frames encoded before a question (diagnostics)
         self._stop = threading.Event()
         self._group = ReentrantCallbackGroup()
         self._goals = 0  # action goals being answered
@@ -218,6 +221,11 @@ class VsreServer(LifecycleNode):
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="vsre-worker", daemon=True)
         self._worker.start()
+        if params.preencode_hz > 0:
+            self._preencoder = threading.Thread(
+                target=self._preencode, name="vsre-preencoder", daemon=True
+            )
+            self._preencoder.start()
         cameras = [c.topic for c in params.camera_specs()]
         if engine.random_weights:
             self.get_logger().warning(engine.note)
@@ -260,9 +268,11 @@ class VsreServer(LifecycleNode):
 
     def _release(self) -> None:
         self._stop.set()
-        if self._worker is not None:
-            self._worker.join(timeout=30)
-            self._worker = None
+        self._new_frame.set()
+        for thread in (self._worker, self._preencoder):
+            if thread is not None:
+                thread.join(timeout=30)
+        self._worker = self._preencoder = None
         self._drain(Status.MODEL_NOT_READY, "the server was cleaned up before answering")
         for sub in self._camera_subs:
             self.destroy_subscription(sub)
@@ -297,7 +307,7 @@ class VsreServer(LifecycleNode):
             group = self._group
             self._camera_subs.append(
                 self.create_subscription(
-                    kind, spec.topic, buffer.add_image, qos, callback_group=group
+                    kind, spec.topic, self._on_frame(buffer), qos, callback_group=group
                 )
             )
             if spec.depth_topic:
@@ -312,6 +322,49 @@ class VsreServer(LifecycleNode):
                         CameraInfo, spec.info_topic, buffer.set_info, qos, callback_group=group
                     )
                 )
+
+    def _on_frame(self, buffer: FrameBuffer):
+        def on_frame(msg) -> None:
+            buffer.add_image(msg)
+            self._new_frame.set()
+
+        return on_frame
+
+    def _preencode(self) -> None:
+        """While no query waits, encode each camera's newest frame (`Engine.prepare`, under the
+        key a question about it uses), frames at least 1 / `preencode_hz` apart by their
+        stamps (a camera's own clock: a schedule by the wall clock would drift behind it)."""
+        spacing = int(1e9 / self.params.preencode_hz * 0.9)  # ns; a camera's jitter is slack
+        done: dict[str, int] = {}  # camera -> stamp of the frame last encoded
+        timeout = 0.1
+        while not self._stop.is_set():
+            self._new_frame.wait(timeout=timeout)
+            self._new_frame.clear()
+            timeout = 0.1
+            for name, buffer in list(self.buffers.items()):
+                frame = buffer.latest()
+                last = done.get(name)
+                if frame is None or (last is not None and frame.stamp - last < spacing):
+                    continue  # encoded already, or too soon after the last one encoded
+                if not self.active or not self.queue.empty():
+                    timeout = 0.002  # questions first: look again when they are answered
+                    continue
+                done[name] = frame.stamp
+                try:
+                    self._prepare_frame(buffer, frame)
+                except Exception as err:  # the frame is answered about, with reasons, later
+                    self.get_logger().warning(
+                        f"pre-encoding a frame of {name}: {err!r}", throttle_duration_sec=5.0
+                    )
+
+    def _prepare_frame(self, buffer: FrameBuffer, frame: Frame) -> None:
+        image = to_rgb8(frame.image)
+        depth = _depth_metres(frame.depth) if frame.depth is not None else None
+        k = np.asarray(frame.info.k, dtype=float) if frame.info is not None else None
+        with self.engine_lock:
+            engine = self.engine
+            if engine is not None and engine.prepare(image, (buffer.name, frame.stamp), depth, k):
+                self.preencoded += 1
 
     def _buffer_for(self, camera: str) -> FrameBuffer | None:
         if not self.buffers:
@@ -710,6 +763,7 @@ class VsreServer(LifecycleNode):
             "latency_p50_ms": pct(latency, 0.5),
             "latency_p95_ms": pct(latency, 0.95),
             "model_latency_p50_ms": pct(model_latency, 0.5),
+            "frames_preencoded": str(self.preencoded),
         }
         for status in Status:
             values[f"status_{status.name.lower()}"] = str(by_status.get(int(status), 0))
