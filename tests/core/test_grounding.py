@@ -477,3 +477,12 @@ def test_a_prepared_frame_is_grounded_and_measured_before_the_question(grid_mode
     assert a.phrase == b.phrase and a.depth_used == b.depth_used
     np.testing.assert_allclose(a.box, b.box, atol=1e-6)
     np.testing.assert_allclose(a.position, b.position, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("shape, size", [((2, 3, 4, 5), (8, 10)), ((1, 2, 4, 4), (4, 4)),
+                                         ((1, 2, 3, 3), (7, 5))])  # fmt: skip
+def test_nearest_is_interpolate_bit_for_bit(shape, size):
+    from vsre_ros.core.grounding import nearest
+
+    x = torch.randn(shape)
+    assert torch.equal(nearest(x, size), torch.nn.functional.interpolate(x, size))

@@ -210,6 +210,17 @@ MASK_THRESHOLD = 0.5  # a pixel is the phrase's object above this probability
 MASK_KEEP = 0.25  # pieces of a mask kept beside its largest: this share of its mass or more
 
 
+def nearest(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """`F.interpolate(x, size)` (nearest), bit for bit; an exact 2x (the mask head's every
+    step) as one strided copy, which costs about half of interpolate's on this head's maps."""
+    n, c, h, w = x.shape
+    if tuple(size) == (h, w):
+        return x
+    if tuple(size) != (2 * h, 2 * w):
+        return F.interpolate(x, tuple(size), mode="nearest")
+    return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.GELU()
@@ -313,8 +324,8 @@ class MaskHead(nn.Module):
         rows, cols = self.grid
         grid = self.tokens(image_tokens[:, : rows * cols].to(x.dtype))
         grid = grid.transpose(1, 2).reshape(len(x), -1, rows, cols)
-        f16 = self.context(f16 + F.interpolate(grid, f16.shape[-2:], mode="nearest"))
-        g8 = f8 + F.interpolate(self.lateral[0](f16), f8.shape[-2:], mode="nearest")
+        f16 = self.context(f16 + nearest(grid, f16.shape[-2:]))
+        g8 = f8 + nearest(self.lateral[0](f16), f8.shape[-2:])
         return g8, self.lateral[1](f4), self.lateral[2](f2)
 
     def phrase_part(self, phrases: torch.Tensor) -> torch.Tensor:
@@ -328,7 +339,7 @@ class MaskHead(nn.Module):
         h = None
         for k, (feature, film) in enumerate(zip(image, films, strict=True)):
             scale, shift = film[:, :, None, None].chunk(2, dim=1)
-            x = feature if h is None else feature + F.interpolate(h, feature.shape[-2:])
+            x = feature if h is None else feature + nearest(h, feature.shape[-2:])
             h = F.gelu(x * (1 + scale) + shift)
             if k < len(self.up):
                 h = F.gelu(self.up[k](h))
