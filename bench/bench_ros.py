@@ -27,7 +27,7 @@ into the server (shm profile):
 `--model` picks the served model for 4 and 5: a preset id (its trained weights when they
 ship) or a model directory, served with config/vsre-tiny.yaml.
 
-Run: python bench/bench_ros.py [--quick] [--only model] [--model DIR]
+Run: python bench/bench_ros.py [--quick] [--only model] [--model DIR] [--server-param N:=V]
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHM_PROFILE = ROOT / "config" / "fastdds_shm.xml"
 sys.path.insert(0, str(ROOT))  # the source tree, not an older installed copy
+
+
+SERVER_PARAMS: list[str] = []  # --server-param NAME:=VALUE, after the bench's own
 
 
 def _env(shm: bool) -> dict[str, str]:
@@ -73,6 +76,8 @@ class Server:
             "-p", "camera_transports:=[raw]", "-p", "diagnostics_period:=0.5",
             "-p", "frame_buffer:=5", "-p", f"preencode_hz:={float(preencode_hz)}",
         ]  # fmt: skip
+        for extra in SERVER_PARAMS:
+            args += ["-p", extra]
         self.proc = subprocess.Popen(args, cwd=ROOT, env=_env(shm), stderr=subprocess.DEVNULL)
 
     def cpu_seconds(self) -> float:
@@ -458,7 +463,15 @@ def main() -> None:
     parser.add_argument(
         "--model", default="vsre-tiny", help="the model of parts 4-5 (a preset id or directory)"
     )
+    parser.add_argument(
+        "--server-param",
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="a server parameter for every part, after the bench's own (repeatable)",
+    )
     args = parser.parse_args()
+    SERVER_PARAMS.extend(args.server_param)
     if args.part:
         run_part(args.part, args.shm, args.quick, args.model)
         return
@@ -478,6 +491,7 @@ def main() -> None:
         env = _env(shm)
         env["ROS_DOMAIN_ID"] = domain
         cmd = [sys.executable, __file__, "--part", part, "--model", args.model]
+        cmd += [f"--server-param={p}" for p in args.server_param]
         cmd += ["--shm"] if shm else []
         subprocess.run(cmd + (["--quick"] if args.quick else []), env=env, check=True)
 

@@ -89,10 +89,10 @@ class ServerParams:
     )
     preencode_hz: float = _p(
         0.0,
-        "encode each camera's newest frame before it is asked about, at most this many frames "
-        "a second per camera, while no query waits; a question about it then costs what one "
-        "about an encoded frame does. Each frame costs a new frame's model time (vsre-tiny: "
-        "about 25 ms of one core). 0 = off",
+        "encode each camera's newest frame before it is asked about, while no query waits, "
+        "frames about 1/preencode_hz s apart by their stamps; a question about it then costs "
+        "what one about an encoded frame does. Each frame costs a new frame's model time "
+        "(vsre-tiny: about 25 ms of one core). 0 = off",
     )
     max_question_chars: int = _p(2000, "longer questions get BAD_QUESTION")
     max_options: int = _p(64, "choice questions with more options get BAD_QUESTION")
