@@ -8,11 +8,12 @@ frame), for the embedded model with its grounding head:
    Grounder`: the question's object phrases, the head's boxes from the image tokens the engine
    already cached, the support plane, each object's 3D place and, for metric questions, the
    measure): for a new frame's first question (everything about the frame computed for it),
-   with depth and without (boxes only), and for every question of a frame asked one after
-   another (the frame's parts kept);
+   with depth and without (boxes only), for a prepared frame's first question (the frame's
+   parts computed before it, as `Engine.prepare` does for the server's `preencode_hz`), and
+   for every question of a frame asked one after another (the frame's parts kept);
 2. whole queries through the engine, p50 in ms, with the head and depth and with neither (the
-   model as before): one question about a new frame, and 8 questions about one new frame in
-   one call (per question).
+   model as before): one question about a new frame, one about a prepared frame, and 8
+   questions about one new frame in one call (per question).
 """
 
 from __future__ import annotations
@@ -69,8 +70,15 @@ def query(item: dict, frame, k=None) -> Query:
     )
 
 
-def timed_answer(engine: Engine, queries: list[Query]) -> float:
+def timed_answer(engine: Engine, queries: list[Query], prepare: bool = False) -> float:
+    """Milliseconds `engine` takes to answer `queries` about a frame it has not seen; with
+    `prepare`, after `Engine.prepare` encoded that frame (untimed) under the queries' key."""
     engine.clear_cache()
+    if prepare:
+        q = queries[0]
+        engine.prepare(q.images[0], "frame", *(q.depth or [None]), *(q.intrinsics or [None]))
+        for q in queries:
+            q.image_keys = ["frame"]
     start = time.perf_counter()
     engine.answer(queries)
     return (time.perf_counter() - start) * 1000
@@ -91,7 +99,7 @@ def main() -> None:
     model = engine.model
     head = model.heads["grounding"]
     shots = frames(args.frames, args.size, args.seed)
-    first, every, boxes_only, objects = [], [], [], []
+    first, every, boxes_only, prepared, objects = [], [], [], [], []
     # The phrases' parts are kept across frames, as in the engine (a robot's objects recur).
     phrases = LRU(4096)
     with torch.inference_mode():
@@ -102,6 +110,11 @@ def main() -> None:
             grounded_query(Grounder(model, head, LRU(1), phrases), n, tokens, f, f.items[0], None)
             boxes_only.append((time.perf_counter() - start) * 1000)
             grounder = Grounder(model, head, LRU(1), phrases)
+            grounder.frame(n, tokens, f.rgb).locate([], f.depth, k)  # as Engine.prepare does
+            start = time.perf_counter()
+            grounded_query(grounder, n, tokens, f, f.items[0], k)
+            prepared.append((time.perf_counter() - start) * 1000)
+            grounder = Grounder(model, head, LRU(1), phrases)
             for j, item in enumerate(f.items):
                 start = time.perf_counter()
                 grounded_query(grounder, n, tokens, f, item, k)
@@ -109,14 +122,17 @@ def main() -> None:
                 objects.append(len(object_phrases(item["question"])))
     every += first
     one_with, one_without, eight_with, eight_without = [], [], [], []
+    ready_with, ready_without = [], []
     for f in shots:
         k = pixel_centre_K(f.K)
         items = (f.items * 8)[:8]
         model.heads["grounding"] = head
         one_with.append(timed_answer(engine, [query(items[0], f, k)]))
+        ready_with.append(timed_answer(engine, [query(items[0], f, k)], prepare=True))
         eight_with.append(timed_answer(engine, [query(it, f, k) for it in items]) / 8)
         model.heads.pop("grounding")
         one_without.append(timed_answer(engine, [query(items[0], f)]))
+        ready_without.append(timed_answer(engine, [query(items[0], f)], prepare=True))
         eight_without.append(timed_answer(engine, [query(it, f) for it in items]) / 8)
     model.heads["grounding"] = head
     h, w = shots[0].rgb.shape[:2]
@@ -133,11 +149,16 @@ def main() -> None:
         f"{pct(boxes_only, 50):.2f} ms, p90 {pct(boxes_only, 90):.2f} ms"
     )
     print(
+        f"  extra work, a prepared frame's first question: p50 {pct(prepared, 50):.2f} ms, "
+        f"p90 {pct(prepared, 90):.2f} ms"
+    )
+    print(
         f"  extra work, every question of a frame:    p50 {pct(every, 50):.2f} ms, "
         f"p90 {pct(every, 90):.2f} ms"
     )
     for label, with_ms, without_ms in (
         ("one question about a new frame", one_with, one_without),
+        ("one question about a prepared frame", ready_with, ready_without),
         ("8 questions about a new frame, per question", eight_with, eight_without),
     ):
         print(
