@@ -656,3 +656,24 @@ def test_preencode_encodes_the_newest_frame_under_the_key_its_question_uses(
     _feed(ros_client, off)
     ros_client.spin_until(lambda: False, timeout=0.3)
     assert off.node.engine.prepared == []
+
+
+def test_preencode_with_an_engine_that_cannot_prepare_still_answers(
+    make_server, ros_client, monkeypatch
+):
+    class NoPrepare:  # a backend written before `prepare` existed
+        def __init__(self, model_ref, lora, engine_config):
+            self._stub = engines.StubEngine(model_ref, lora, engine_config)
+            self.model_id, self.note, self.random_weights = "stub", "no prepare", False
+
+        def load(self, model_ref, adapter=None):
+            self._stub.load(model_ref, adapter)
+
+        def answer(self, queries):
+            return self._stub.answer(queries)
+
+    monkeypatch.setitem(engines.ENGINE_BACKENDS, "noprepare", NoPrepare)
+    server = make_server(_params(engine_backend="noprepare", preencode_hz=10.0))
+    assert server.node._preencoder is None
+    _feed(ros_client, server)
+    assert _ask(ros_client, server, _q(1)).status == SpatialAnswer.OK

@@ -221,7 +221,12 @@ class VsreServer(LifecycleNode):
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="vsre-worker", daemon=True)
         self._worker.start()
-        if params.preencode_hz > 0:
+        if params.preencode_hz > 0 and not callable(getattr(engine, "prepare", None)):
+            self.get_logger().warning(
+                f"preencode_hz {params.preencode_hz:g}: engine {params.engine_backend!r} cannot "
+                "encode frames ahead (no prepare()); frames are encoded when asked about"
+            )
+        elif params.preencode_hz > 0:
             self._preencoder = threading.Thread(
                 target=self._preencode, name="vsre-preencoder", daemon=True
             )
