@@ -82,6 +82,21 @@ def _q(i=0, question="Is the cup left of the box?", **fields) -> SpatialQuery:
 
 
 @pytest.fixture
+def recorded(monkeypatch) -> list:
+    """Registers engine backend "recording" (the stub, keeping every query it is given) and
+    returns the list of those queries."""
+    seen: list = []
+
+    class Recording(engines.StubEngine):
+        def answer(self, queries):
+            seen.extend(queries)
+            return super().answer(queries)
+
+    monkeypatch.setitem(engines.ENGINE_BACKENDS, "recording", Recording)
+    return seen
+
+
+@pytest.fixture
 def served(make_server, ros_client):
     server = make_server(_params())
     _feed(ros_client, server)
@@ -554,20 +569,12 @@ def test_soak_1000_mixed_queries_none_lost_or_duplicated(make_server, ros_client
 
 
 def test_two_cameras_compressed_transport_and_depth_reach_the_engine(
-    make_server, ros_client, monkeypatch
+    make_server, ros_client, recorded
 ):
     from sensor_msgs.msg import CompressedImage
 
     from vsre_ros.ros.conversions import numpy_to_compressed_imgmsg
 
-    seen: list = []
-
-    class Recording(engines.StubEngine):
-        def answer(self, queries):
-            seen.extend(queries)
-            return super().answer(queries)
-
-    monkeypatch.setitem(engines.ENGINE_BACKENDS, "recording", Recording)
     names = _names()
     cam_a, cam_b = names["cameras"][0], names["cameras"][0] + "_b/compressed"
     depth_topic = names["cameras"][0] + "_depth"
@@ -608,30 +615,22 @@ def test_two_cameras_compressed_transport_and_depth_reach_the_engine(
 
     answer_b = _ask(ros_client, server, _q(1, camera="cam_b_optical"))
     assert answer_b.status == SpatialAnswer.OK, answer_b.error
-    np.testing.assert_array_equal(seen[-1].images[0], rgb)  # decoded from PNG
-    assert seen[-1].depth == [None]
+    np.testing.assert_array_equal(recorded[-1].images[0], rgb)  # decoded from PNG
+    assert recorded[-1].depth == [None]
 
     answer_a = _ask(ros_client, server, _q(2, camera=cam_a))
     assert answer_a.status == SpatialAnswer.OK, answer_a.error
-    assert seen[-1].images[0].shape == (24, 32, 3)
-    np.testing.assert_allclose(seen[-1].depth[0], 1.5)
-    assert seen[-1].image_keys[0] == (cam_a, 50 * 10**9)
+    assert recorded[-1].images[0].shape == (24, 32, 3)
+    np.testing.assert_allclose(recorded[-1].depth[0], 1.5)
+    assert recorded[-1].image_keys[0] == (cam_a, 50 * 10**9)
 
 
 def test_preencode_encodes_the_newest_frame_under_the_key_its_question_uses(
-    make_server, ros_client, monkeypatch
+    make_server, ros_client, recorded
 ):
     """`preencode_hz`: each camera's newest frame goes to `prepare` before any question, under
     the (camera, stamp) key the worker gives a question about that frame; frames at least
     about 1 / `preencode_hz` apart by their stamps; with it 0 (the default), no frame is."""
-    seen: list = []
-
-    class Recording(engines.StubEngine):
-        def answer(self, queries):
-            seen.extend(queries)
-            return super().answer(queries)
-
-    monkeypatch.setitem(engines.ENGINE_BACKENDS, "recording", Recording)
     server = make_server(_params(engine_backend="recording", preencode_hz=2.0, max_frame_age=0.0))
     off = make_server(_params())
     topic = server.node.params.cameras[0]
@@ -640,7 +639,7 @@ def test_preencode_encodes_the_newest_frame_under_the_key_its_question_uses(
     assert ros_client.spin_until(lambda: (topic, 100 * 10**9) in prepared, timeout=10)
     answer = _ask(ros_client, server, _q(1))
     assert answer.status == SpatialAnswer.OK, answer.error
-    assert seen[-1].image_keys == [(topic, 100 * 10**9)]
+    assert recorded[-1].image_keys == [(topic, 100 * 10**9)]
     # A second of 20 Hz frames: at most 2 a second are encoded, spaced by their stamps.
     pub = ros_client.node.create_publisher(Image, topic, QoSProfile(depth=10))
     stamps = [101 * 10**9 + k * 50_000_000 for k in range(20)]
