@@ -337,8 +337,9 @@ class VsreServer(LifecycleNode):
 
     def _preencode(self) -> None:
         """While no query waits, encode each camera's newest frame (`Engine.prepare`, under the
-        key a question about it uses), frames at least 1 / `preencode_hz` apart by their
-        stamps (a camera's own clock: a schedule by the wall clock would drift behind it)."""
+        key a question about it uses), frames about 1 / `preencode_hz` apart by their stamps
+        (a camera's own clock: a schedule by the wall clock would drift behind it). A stamp
+        older than the last one encoded (a bag replayed from its start) is encoded at once."""
         spacing = int(1e9 / self.params.preencode_hz * 0.9)  # ns; a camera's jitter is slack
         done: dict[str, int] = {}  # camera -> stamp of the frame last encoded
         timeout = 0.1
@@ -349,7 +350,7 @@ class VsreServer(LifecycleNode):
             for name, buffer in list(self.buffers.items()):
                 frame = buffer.latest()
                 last = done.get(name)
-                if frame is None or (last is not None and frame.stamp - last < spacing):
+                if frame is None or (last is not None and 0 <= frame.stamp - last < spacing):
                     continue  # encoded already, or too soon after the last one encoded
                 if not self.active or not self.queue.empty():
                     timeout = 0.002  # questions first: look again when they are answered
