@@ -402,10 +402,11 @@ def latest_latency(shm: bool, n: int, model: str, preencode_hz: float) -> None:
             rtt = (time.perf_counter() - start) * 1000.0
             if answer.status != 0:
                 raise RuntimeError(f"answer status {answer.status}: {answer.error}")
-            last = answer.header.stamp
+            # A frame asked about before (the newest had not reached the server): not counted.
+            fresh, last = answer.header.stamp != last, answer.header.stamp
             if i == 4:  # warm-up done
                 cpu, wall = server.cpu_seconds(), time.monotonic()
-            if i >= 5:
+            if i >= 5 and fresh:
                 times.append(rtt)
                 engine.append(answer.latency_model_ms)
                 delays.append(delay)
@@ -416,7 +417,7 @@ def latest_latency(shm: bool, n: int, model: str, preencode_hz: float) -> None:
         server.close()
     print(
         f"{model} through the service, 640x480 rgb8 at 10 Hz, the latest frame asked at a "
-        f"random moment, preencode_hz {preencode_hz:g}, n={n}: round trip p50 "
+        f"random moment, preencode_hz {preencode_hz:g}, n={len(times)}: round trip p50 "
         f"{np.median(times):.2f} ms, p95 {np.percentile(times, 95):.2f} ms; the model p50 "
         f"{np.median(engine):.2f} ms; the server used {cores:.2f} cores"
     )
