@@ -212,7 +212,7 @@ MASK_KEEP = 0.25  # pieces of a mask kept beside its largest: this share of its 
 
 def nearest(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """`F.interpolate(x, size)` (nearest), bit for bit; an exact 2x (the mask head's every
-    step) as one strided copy, which costs about half of interpolate's on this head's maps."""
+    step) as one strided copy, cheaper than interpolate's kernel on this head's small maps."""
     n, c, h, w = x.shape
     if tuple(size) == (h, w):
         return x
