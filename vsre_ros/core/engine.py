@@ -391,15 +391,9 @@ class Engine:
             n = len(prefix.ids)
             embeds = self.model.embed(self._tensor([prefix.ids]), prefix.image_embeds)
             causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
-            mask = torch.zeros(n, n, dtype=self.dtype, device=self.device)
-            mask.masked_fill_(~causal, torch.finfo(self.dtype).min)
-            positions = torch.arange(n, device=self.device)[None]
             cache = DynamicCache()
-            args = (embeds, mask[None, None], positions, cache, 1)
-            if self._lm_graphs is None or self._lm_graphs(*args) is None:
-                lm_pass(self.model.lm, *args)
-            prefix.kv = [(x.keys[:, :, :n], x.values[:, :, :n]) for x in cache.layers]
-            self._prefixes.put(keys, prefix)
+            self._lm(embeds, causal, torch.arange(n, device=self.device), cache, 1)
+            self._keep_prefix(keys, prefix, cache)
         if head is None:
             return
         frame = self._grounder_for(head).frame(keys[0], self._batch_features[keys[0]], image)
@@ -788,10 +782,35 @@ class Engine:
             embeds = self.model.embed(self._tensor([prefix.ids]), prefix.image_embeds)
         logits = self._packed_forward(state, list(enumerate(rows)), embeds, parents)
         if not known:
-            n = len(prefix.ids)
-            prefix.kv = [(x.keys[:, :, :n], x.values[:, :, :n]) for x in state.cache.layers]
-            self._prefixes.put(keys, prefix)
+            self._keep_prefix(keys, prefix, state.cache)
         return state, logits
+
+    def _keep_prefix(self, keys: tuple, prefix: _Prefix, cache: DynamicCache) -> None:
+        """Cache `prefix` under `keys`, with its part of `cache` (the keys and values of its
+        tokens, which a pass's first positions hold)."""
+        n = len(prefix.ids)
+        prefix.kv = [(x.keys[:, :, :n], x.values[:, :, :n]) for x in cache.layers]
+        self._prefixes.put(keys, prefix)
+
+    def _lm(
+        self,
+        embeds: torch.Tensor,
+        allowed: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+        keep: int,
+    ) -> torch.Tensor:
+        """Logits [keep, vocab] of the last `keep` of `embeds` [1, new, hidden] run after
+        `cache` (updated), each new token seeing the positions `allowed` [new, cached + new]
+        marks, at `positions` [new]: from a recorded pass when one fits, else eagerly."""
+        # Additive form, so eager and sdpa attention read the same mask.
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        args = (embeds, mask[None, None], positions[None], cache, keep)
+        logits = self._lm_graphs(*args) if self._lm_graphs is not None else None
+        if logits is None:  # no recorded pass of this shape
+            logits = lm_pass(self.model.lm, *args)[0]
+        return logits
 
     def _tensor(self, rows: list[list[int]]) -> torch.Tensor:
         width = max(len(r) for r in rows)
@@ -889,13 +908,7 @@ class Engine:
             allowed = torch.cat([torch.cat([causal, blind], dim=1), allowed])
             positions = torch.cat([torch.arange(n, device=device), positions])
             embeds = torch.cat([prefix_embeds, embeds], dim=1)
-        # Additive form, so eager and sdpa attention read the same mask.
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=device)
-        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        args = (embeds, mask[None, None], positions[None], state.cache, len(new_owner))
-        logits = self._lm_graphs(*args) if self._lm_graphs is not None else None
-        if logits is None:  # no recorded pass of this shape
-            logits = lm_pass(self.model.lm, *args)[0]
+        logits = self._lm(embeds, allowed, positions, state.cache, len(new_owner))
         state.owners.extend(new_owner.tolist())
         for (i, toks), s in zip(rows, starts, strict=True):
             state.row_len[i] = s + len(toks)

@@ -364,9 +364,8 @@ class VsreServer(LifecycleNode):
                     )
 
     def _prepare_frame(self, buffer: FrameBuffer, frame: Frame) -> None:
-        image = to_rgb8(frame.image)
-        depth = _depth_metres(frame.depth) if frame.depth is not None else None
-        k = np.asarray(frame.info.k, dtype=float) if frame.info is not None else None
+        image, depth = _decode_frame(buffer, frame)
+        k = _camera_k(frame)
         with self.engine_lock:
             engine = self.engine
             if engine is not None and engine.prepare(image, (buffer.name, frame.stamp), depth, k):
@@ -672,26 +671,9 @@ class VsreServer(LifecycleNode):
         frame, buffer = pending.frames[0], pending.buffer
         key = (buffer.name, frame.stamp)
         if key not in decoded:
-            at = f"stamp {frame.stamp / 1e9:.3f} s"
-            try:
-                image = to_rgb8(frame.image)
-            except ImageConversionError as err:
-                raise ImageConversionError(
-                    f"the frame of camera {buffer.name} ({at}): {err}"
-                ) from err
-            depth = None
-            if frame.depth is not None:
-                try:
-                    depth = _depth_metres(frame.depth)
-                except ImageConversionError as err:
-                    raise ImageConversionError(
-                        f"the depth image of camera {buffer.name} "
-                        f"(topic {buffer.depth_topic}, {at}): {err}"
-                    ) from err
-            decoded[key] = (image, depth)
+            decoded[key] = _decode_frame(buffer, frame)
         image, depth = decoded[key]
-        k = np.asarray(frame.info.k, dtype=float) if frame.info is not None else None
-        return query_from_msg(msg, [image], [depth], [key], [k])
+        return query_from_msg(msg, [image], [depth], [key], [_camera_k(frame)])
 
     def _annotate(self, image: np.ndarray, pending: Pending, answer) -> None:
         pub = self.annotated_pub
@@ -811,6 +793,29 @@ def intake_qos(depth: int) -> QoSProfile:
             history=HistoryPolicy.KEEP_ALL, depth=1, reliability=ReliabilityPolicy.RELIABLE
         )
     return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def _decode_frame(buffer: FrameBuffer, frame: Frame) -> tuple[np.ndarray, np.ndarray | None]:
+    """A camera frame's RGB image and its depth in metres (None without one);
+    ImageConversionError names the image at fault."""
+    at = f"stamp {frame.stamp / 1e9:.3f} s"
+    try:
+        image = to_rgb8(frame.image)
+    except ImageConversionError as err:
+        raise ImageConversionError(f"the frame of camera {buffer.name} ({at}): {err}") from err
+    if frame.depth is None:
+        return image, None
+    try:
+        return image, _depth_metres(frame.depth)
+    except ImageConversionError as err:
+        raise ImageConversionError(
+            f"the depth image of camera {buffer.name} (topic {buffer.depth_topic}, {at}): {err}"
+        ) from err
+
+
+def _camera_k(frame: Frame) -> np.ndarray | None:
+    """The 3x3 K of the frame's CameraInfo, or None without one."""
+    return np.asarray(frame.info.k, dtype=float) if frame.info is not None else None
 
 
 def _depth_metres(msg) -> np.ndarray:
