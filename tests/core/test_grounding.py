@@ -342,17 +342,24 @@ def test_mask_head_gives_each_phrase_a_mask_and_the_box_of_that_mask(grid_model)
         )
 
 
-def test_a_mask_box_spans_the_main_pieces_of_the_mask():
+def test_a_mask_box_is_the_surest_piece_with_the_pieces_just_beside_it():
     from vsre_ros.core.grounding import mask_box
 
-    prob = np.full((20, 20), 0.05)
+    prob = np.full((32, 32), 0.05)
     prob[2:8, 3:9] = 0.9  # the object
-    prob[15:17, 15:17] = 0.6  # a speck elsewhere: 4 pixels against 36
+    prob[25:27, 25:27] = 0.6  # a speck elsewhere: 4 pixels against 36
     box, score, mask = mask_box(prob)
-    assert box == pytest.approx([3 / 20, 2 / 20, 9 / 20, 8 / 20])
+    assert box == pytest.approx([3 / 32, 2 / 32, 9 / 32, 8 / 32])
     assert score == pytest.approx(0.9) and mask.sum() == 36
-    prob[2:8, 12:17] = 0.8  # the same object's far side, cut off by something in front of it
-    assert mask_box(prob)[0] == pytest.approx([3 / 20, 2 / 20, 17 / 20, 8 / 20])
+    # the same object's far side, cut off by a thin thing in front of it (one pixel): kept
+    prob[2:8, 10:15] = 0.8
+    assert mask_box(prob)[0] == pytest.approx([3 / 32, 2 / 32, 15 / 32, 8 / 32])
+    # another object of its colour, larger but less sure and further off: left out
+    prob[14:30, 3:20] = 0.7
+    assert mask_box(prob)[0] == pytest.approx([3 / 32, 2 / 32, 15 / 32, 8 / 32])
+    # the surest piece is the object even when it is not the largest
+    prob[2:8, 3:9] = prob[2:8, 10:15] = 0.6
+    assert mask_box(prob)[0] == pytest.approx([3 / 32, 14 / 32, 20 / 32, 30 / 32])
     faint = np.full((20, 20), 0.05)
     faint[10:12, 4:10] = 0.3  # nothing above the threshold: the piece above half the peak
     assert mask_box(faint)[0] == pytest.approx([4 / 20, 10 / 20, 10 / 20, 12 / 20])

@@ -207,7 +207,8 @@ MASK_FORMAT = "vsre-grounding-mask/1"
 MASK_SIDE = 128  # a frame is read at MASK_SIDE x MASK_SIDE; its masks come at half that
 MASK_WIDTHS = (16, 32, 64, 96)  # channels at 1/2, 1/4, 1/8 and 1/16 of MASK_SIDE
 MASK_THRESHOLD = 0.5  # a pixel is the phrase's object above this probability
-MASK_KEEP = 0.25  # pieces of a mask kept beside its largest: this share of its mass or more
+MASK_KEEP = 0.25  # pieces of a mask kept beside its surest: this share of its mass or more,
+MASK_GAP = 1 / 32  # and this share of the map's side or less away from it (`mask_box`)
 
 
 def nearest(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -386,17 +387,24 @@ class MaskHead(nn.Module):
 
 def mask_box(prob: np.ndarray) -> tuple[tuple[float, float, float, float], float, np.ndarray]:
     """A probability map [H, W] -> the normalised box, score and mask of its object: the
-    connected pieces above MASK_THRESHOLD whose mass is at least MASK_KEEP of the largest's
-    (one object cut in two by another in front of it stays whole). With no pixel above the
-    threshold, the piece above half the map's peak. The score is the peak probability."""
+    connected piece above MASK_THRESHOLD that holds the map's peak (the object the head is
+    surest of), with the pieces within MASK_GAP of it whose mass is at least MASK_KEEP of its
+    own (one object cut in two by a thin one in front of it stays whole; another object of its
+    colour further off stays out of its box). With no pixel above the threshold, the piece
+    above half the peak. The score is the peak probability."""
     from scipy import ndimage
 
     peak = float(prob.max())
     mask = prob > min(MASK_THRESHOLD, peak / 2)
     labels, n = ndimage.label(mask)
     if n > 1:
-        mass = ndimage.sum_labels(prob, labels, np.arange(1, n + 1))
-        mask = np.isin(labels, 1 + np.nonzero(mass >= MASK_KEEP * mass.max())[0])
+        pieces = np.arange(1, n + 1)
+        mass = ndimage.sum_labels(prob, labels, pieces)
+        main = 1 + int(np.argmax(ndimage.maximum(prob, labels, pieces)))
+        gap = max(1, round(MASK_GAP * max(prob.shape)))  # pixels between two pieces, at most
+        near = np.unique(labels[ndimage.binary_dilation(labels == main, iterations=gap + 1)])
+        kept = [p for p in near if p and mass[p - 1] >= MASK_KEEP * mass[main - 1]]
+        mask = np.isin(labels, kept)
     rows, cols = np.nonzero(mask)
     if not len(rows):  # a map of NaNs: nothing is found, and nothing is claimed
         return (0.0, 0.0, 1.0, 1.0), 0.0, mask
