@@ -198,24 +198,31 @@ def fit_masks(
     start: MaskHead | None = None,
     log=print,
     widths: Sequence[int] = MASK_WIDTHS,
+    mirror: bool = False,
 ) -> MaskHead:
     """A `MaskHead` fitted on the frozen `model` to draw each visible object of `frames` when
     its name is asked (`mask_loss` on its instance mask): a new one, or a copy of `start`
-    trained further. Each step reads `batch` frames once and decodes all their objects."""
+    trained further. Each step reads `batch` frames once and decodes all their objects. With
+    `mirror`, each frame's mirror image (left and right swapped, its masks too) is a frame of
+    the fit as well: an object's name says nothing about sides, so the mirror is as true."""
     torch.manual_seed(seed)
     model.eval()
     head = copy.deepcopy(start) if start is not None else mask_head_for(model, widths)
-    tokens = image_tokens(model, [f.rgb for f in frames])
-    pixels = head.frame_inputs([f.rgb for f in frames])
+    images = [f.rgb for f in frames]
+    if mirror:
+        images += [np.ascontiguousarray(im[:, ::-1]) for im in images]
+    tokens = image_tokens(model, images)
+    pixels = head.frame_inputs(images)
     names, owners, truths = [], [], []
     for i, frame in enumerate(frames):
         for name, mask in object_masks(frame, head.side // 2):
-            names.append(name)
-            owners.append(i)
-            truths.append((mask * 255).round().to(torch.uint8))
+            for owner, drawn in ((i, mask), (i + len(frames), mask.flip(-1)))[: 1 + mirror]:
+                names.append(name)
+                owners.append(owner)
+                truths.append((drawn * 255).round().to(torch.uint8))
     table, phrase = _phrase_table(model, names)
     truth = torch.stack(truths)
-    by_frame: list[list[int]] = [[] for _ in frames]
+    by_frame: list[list[int]] = [[] for _ in images]
     for j, i in enumerate(owners):
         by_frame[i].append(j)
     usable = torch.tensor([i for i, objs in enumerate(by_frame) if objs])
@@ -446,6 +453,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a new mask head's channels at 1/2, 1/4, 1/8 and 1/16 of its side "
         f"(default {','.join(str(c) for c in MASK_WIDTHS)})",
     )
+    f.add_argument(
+        "--mirror",
+        action="store_true",
+        help="also fit on each frame's mirror image (mask head; twice the frames, no more steps)",
+    )
     e.add_argument("--seed", type=int, default=202, help="generation seed of held-out frames")
     e.add_argument("--frames", type=int, default=300, help="frames to render (default 300)")
     e.add_argument("--prior-seed", type=int, default=101, help="seed of the box prior's frames")
@@ -477,11 +489,13 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 start=initial,
                 widths=tuple(int(c) for c in args.widths.split(",")),
+                mirror=args.mirror,
             )
             head.fitted = {
                 "command": f"vsre grounding fit --head mask --seed {args.seed} --frames "
                 f"{args.frames} --steps {args.steps} --lr {args.lr:g} --batch {batch} "
                 f"--widths {','.join(str(c) for c in head.widths)}"
+                + (" --mirror" if args.mirror else "")
                 + (" --from-head" if initial is not None else ""),
                 "seconds": round(time.perf_counter() - start),
                 "threads": args.threads,

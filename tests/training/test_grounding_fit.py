@@ -189,6 +189,32 @@ def test_fit_masks_learns_the_objects_masks_on_the_frozen_model(model_dir, frame
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def test_a_mirrored_fit_reads_each_frame_and_its_mirror_image_with_its_masks_mirrored(
+    model_dir, frames, monkeypatch
+):
+    from vsre_ros.core.model import VSREModel
+
+    torch.set_num_threads(1)
+    model = VSREModel.from_pretrained(model_dir)
+    seen, drawn = [], []
+    tokens, loss = tg.image_tokens, tg.mask_loss
+    monkeypatch.setattr(
+        tg, "image_tokens", lambda m, images: seen.extend(images) or tokens(m, images)
+    )
+    monkeypatch.setattr(tg, "mask_loss", lambda lg, truth: drawn.append(truth) or loss(lg, truth))
+    tg.fit_masks(model, frames[:2], steps=1, batch=4, seed=11, mirror=True, log=lambda _: None)
+    assert len(seen) == 4
+    for frame, image, mirrored in zip(frames[:2], seen[:2], seen[2:], strict=True):
+        assert np.array_equal(image, frame.rgb) and np.array_equal(mirrored, frame.rgb[:, ::-1])
+    # the step's masks: each object's, and the same mirrored for the mirror image's
+    [truth] = drawn
+    masks = [m for f in frames[:2] for _, m in tg.object_masks(f, 64)]
+    expected = masks + [m.flip(-1) for m in masks]
+    assert len(truth) == len(expected)
+    got = sorted(truth.flatten(1).tolist())
+    assert got == sorted(((m * 255).round() / 255).flatten().tolist() for m in expected)
+
+
 def test_object_masks_are_each_named_objects_share_of_each_pixel(frames):
     for frame in frames[:2]:  # 64x64: four pixels per mask pixel; 80x60: overlapping areas
         masks = tg.object_masks(frame, 32)
@@ -224,6 +250,7 @@ def test_the_fit_command_writes_a_mask_head_that_records_its_fit(model_dir, tmp_
         "2",
         "--widths",
         "4,8,8,16",
+        "--mirror",
     ]
     assert main(["grounding", "fit", "--model", str(model), *argv]) == 0
     head = VSREModel.from_pretrained(model).heads["grounding"]
@@ -231,13 +258,13 @@ def test_the_fit_command_writes_a_mask_head_that_records_its_fit(model_dir, tmp_
     assert head.fitted["command"].startswith(
         "vsre grounding fit --head mask --seed 11 --frames 4 --steps 3"
     )
-    assert head.fitted["command"].endswith("--widths 4,8,8,16")
+    assert head.fitted["command"].endswith("--widths 4,8,8,16 --mirror")
     assert head.fitted["seconds"] >= 0 and head.fitted["threads"] == 1
     first = head.fitted
     # trained further: the record says so, and keeps the record of the head it started from
     assert main(["grounding", "fit", "--model", str(model), *argv, "--from-head"]) == 0
     further = VSREModel.from_pretrained(model).heads["grounding"].fitted
-    assert further["command"].endswith("--widths 4,8,8,16 --from-head")
+    assert further["command"].endswith("--widths 4,8,8,16 --mirror --from-head")
     assert further["started_from"] == first
     from vsre_ros.training.default_model.card import grounding_section
 

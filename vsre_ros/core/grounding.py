@@ -398,11 +398,15 @@ def mask_box(prob: np.ndarray) -> tuple[tuple[float, float, float, float], float
     mask = prob > min(MASK_THRESHOLD, peak / 2)
     labels, n = ndimage.label(mask)
     if n > 1:
-        pieces = np.arange(1, n + 1)
-        mass = ndimage.sum_labels(prob, labels, pieces)
-        main = 1 + int(np.argmax(ndimage.maximum(prob, labels, pieces)))
+        mass = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=n + 1)[1:]
+        main = int(labels.flat[np.argmax(prob)]) or 1 + int(np.argmax(mass))  # holds the peak
         gap = max(1, round(MASK_GAP * max(prob.shape)))  # pixels between two pieces, at most
-        near = np.unique(labels[ndimage.binary_dilation(labels == main, iterations=gap + 1)])
+        rows, cols = ndimage.find_objects(labels)[main - 1]  # the main piece's box, widened
+        around = labels[
+            max(0, rows.start - gap - 1) : rows.stop + gap + 1,
+            max(0, cols.start - gap - 1) : cols.stop + gap + 1,
+        ]
+        near = np.unique(around[ndimage.binary_dilation(around == main, iterations=gap + 1)])
         kept = [p for p in near if p and mass[p - 1] >= MASK_KEEP * mass[main - 1]]
         mask = np.isin(labels, kept)
     rows, cols = np.nonzero(mask)
