@@ -401,10 +401,10 @@ def mask_box(prob: np.ndarray) -> tuple[tuple[float, float, float, float], float
         mass = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=n + 1)[1:]
         main = int(labels.flat[np.argmax(prob)]) or 1 + int(np.argmax(mass))  # holds the peak
         gap = max(1, round(MASK_GAP * max(prob.shape)))  # pixels between two pieces, at most
-        rows, cols = ndimage.find_objects(labels)[main - 1]  # the main piece's box, widened
+        ys, xs = ndimage.find_objects(labels)[main - 1]  # the main piece's box, widened
         around = labels[
-            max(0, rows.start - gap - 1) : rows.stop + gap + 1,
-            max(0, cols.start - gap - 1) : cols.stop + gap + 1,
+            max(0, ys.start - gap - 1) : ys.stop + gap + 1,
+            max(0, xs.start - gap - 1) : xs.stop + gap + 1,
         ]
         near = np.unique(around[ndimage.binary_dilation(around == main, iterations=gap + 1)])
         kept = [p for p in near if p and mass[p - 1] >= MASK_KEEP * mass[main - 1]]
