@@ -209,17 +209,18 @@ def fit_masks(
     model.eval()
     head = copy.deepcopy(start) if start is not None else mask_head_for(model, widths)
     images = [f.rgb for f in frames]
+    objects = [object_masks(f, head.side // 2) for f in frames]  # each image's (name, mask)
     if mirror:
         images += [np.ascontiguousarray(im[:, ::-1]) for im in images]
+        objects += [[(name, mask.flip(-1)) for name, mask in objs] for objs in objects]
     tokens = image_tokens(model, images)
     pixels = head.frame_inputs(images)
     names, owners, truths = [], [], []
-    for i, frame in enumerate(frames):
-        for name, mask in object_masks(frame, head.side // 2):
-            for owner, drawn in ((i, mask), (i + len(frames), mask.flip(-1)))[: 1 + mirror]:
-                names.append(name)
-                owners.append(owner)
-                truths.append((drawn * 255).round().to(torch.uint8))
+    for i, objs in enumerate(objects):
+        for name, mask in objs:
+            names.append(name)
+            owners.append(i)
+            truths.append((mask * 255).round().to(torch.uint8))
     table, phrase = _phrase_table(model, names)
     truth = torch.stack(truths)
     by_frame: list[list[int]] = [[] for _ in images]
