@@ -3,8 +3,10 @@
     PYTHONPATH=. python bench/research/geometry_truth.py --seed 202 --frames 150
     PYTHONPATH=. python bench/research/geometry_truth.py --seed 101 --frames 150 --diagnose
     PYTHONPATH=. python bench/research/geometry_truth.py --seed 202 --before HEAD
+    PYTHONPATH=. python bench/research/geometry_truth.py --size 640x480 --before HEAD
 
-Renders simulated frames (`training.grounding.render`: sizes 64x64 and 160x120 in turn), and
+Renders simulated frames (`training.grounding.render`: sizes 64x64 and 160x120 in turn, or
+`--size`'s), and
 for every metric question of a frame (`item["task"] == "metric"`) whose objects are all visible
 (`training.grounding.visible_objects`, as the questions' objects are named) measures the asked
 quantity (`geometry.measure_asked`, `geometry.measure`) with the frame's depth and K
@@ -52,14 +54,17 @@ GROUPS = {"distances": ("between", "camera"), "all": MEASURES}
 REPO = Path(__file__).resolve().parents[2]
 
 
-def frames_of(seed: int, count: int, cache: str = "") -> list:
-    """The `count` frames of generation `seed` (pickled in `cache` when given)."""
-    from vsre_ros.training.grounding import render
+def frames_of(seed: int, count: int, cache: str = "", size: str = "") -> list:
+    """The `count` frames of generation `seed` (pickled in `cache` when given), of the
+    training renders' sizes in turn or, with `size` ("WxH"), all of that size."""
+    from vsre_ros.training.grounding import DEFAULT_SIZES, render
 
-    path = Path(cache) / f"frames_{seed}_{count}.pkl" if cache else None
+    sizes = [tuple(int(v) for v in size.split("x"))] if size else DEFAULT_SIZES
+    name = f"frames_{seed}_{count}" + (f"_{size}" if size else "")
+    path = Path(cache) / f"{name}.pkl" if cache else None
     if path is not None and path.exists():
         return pickle.loads(path.read_bytes())
-    frames = render(seed, count)
+    frames = render(seed, count, sizes)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(pickle.dumps(frames))
@@ -230,11 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--diagnose", action="store_true", help="centre errors per category and method"
     )
+    parser.add_argument(
+        "--size", default="", help="WxH: every frame this size (default 64x64 and 160x120)"
+    )
     parser.add_argument("--cache", default="", help="directory to keep the rendered frames in")
     parser.add_argument("--json", default="", help="also write the report to this file")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    frames = frames_of(args.seed, args.frames, args.cache)
+    frames = frames_of(args.seed, args.frames, args.cache, args.size)
     modules = {"": geometry}
     if args.before:
         modules[f"@{args.before}"] = module_at(args.before)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -146,7 +147,10 @@ class FixedBoxes(torch.nn.Module):
     def frame_inputs(self, images):
         return torch.zeros(len(images), 1)
 
-    def image_part(self, tokens, colours):
+    def pixel_part(self, colours):
+        return colours
+
+    def join(self, tokens, pixels):
         return tokens
 
     def phrase_part(self, embeddings):  # each phrase's index
@@ -453,8 +457,9 @@ def test_an_engine_told_not_to_ground_answers_without_objects(grid_model):
 
 
 def test_a_prepared_frame_is_grounded_and_measured_before_the_question(grid_model, monkeypatch):
-    """`Engine.prepare` with depth and K runs the head's image part and the frame's geometry
-    ahead of the question: the question runs neither, and its objects, 3D places and measured
+    """`Engine.prepare` with depth and K runs the head's image part (its pixels' part and the
+    join of the frame's tokens) and the frame's geometry ahead of the question: the question
+    runs none of them, and its objects, 3D places and measured
     number equal those of the same question about the frame new."""
     from vsre_ros.core import geometry
     from vsre_ros.core.engine import Engine
@@ -469,8 +474,9 @@ def test_a_prepared_frame_is_grounded_and_measured_before_the_question(grid_mode
         assert engine.prepare(query.images[0], key, query.depth[0], query.intrinsics[0])
         assert not engine.prepare(query.images[0], key, query.depth[0], query.intrinsics[0])
         calls = []
-        image_part, frame_geometry = head.image_part, geometry.FrameGeometry
-        monkeypatch.setattr(head, "image_part", lambda *a: calls.append("head") or image_part(*a))
+        pixel_part, join, frame_geometry = head.pixel_part, head.join, geometry.FrameGeometry
+        monkeypatch.setattr(head, "pixel_part", lambda *a: calls.append("pix") or pixel_part(*a))
+        monkeypatch.setattr(head, "join", lambda *a: calls.append("tokens") or join(*a))
         monkeypatch.setattr(
             geometry, "FrameGeometry", lambda *a: calls.append("geometry") or frame_geometry(*a)
         )
@@ -484,6 +490,48 @@ def test_a_prepared_frame_is_grounded_and_measured_before_the_question(grid_mode
     assert a.phrase == b.phrase and a.depth_used == b.depth_used
     np.testing.assert_allclose(a.box, b.box, atol=1e-6)
     np.testing.assert_allclose(a.position, b.position, atol=1e-6, equal_nan=True)
+
+
+def test_grounding_on_its_own_thread_gives_the_answers_of_grounding_after_the_lm(
+    grid_model, monkeypatch
+):
+    """`parallel_grounding` runs the head and the geometry on the grounding thread while the
+    model works; the answers (objects, boxes, 3D places, measured numbers) are those of the
+    same questions grounded after the LM on the caller's thread. When the thread's work fails,
+    the answers still come, grounded on the caller's thread."""
+    from vsre_ros.core.config import EngineConfig
+    from vsre_ros.core.engine import Engine
+
+    grid_model.heads["grounding"] = _mask_head(grid_model)
+    questions = [
+        ("How tall is the grey box, in metres?", AnswerKind.NUMBER),
+        ("How far is the grey box from the camera?", AnswerKind.NUMBER),
+        ("Is the grey box left of the red cup?", AnswerKind.YES_NO),
+    ]
+    try:
+        queries = [_tabletop_query(q, kind)[0] for q, kind in questions]
+        serial = Engine(grid_model, EngineConfig(parallel_grounding=False)).answer(queries)
+        engine = Engine(grid_model, EngineConfig(parallel_grounding=True))
+        threads = []
+        warm = engine._warm
+        monkeypatch.setattr(
+            engine, "_warm", lambda *a: threads.append(threading.current_thread()) or warm(*a)
+        )
+        parallel = engine.answer(queries)
+        failing = Engine(grid_model, EngineConfig(parallel_grounding=True))
+        monkeypatch.setattr(failing, "_warm", lambda *a: 1 / 0)
+        despite = failing.answer(queries)
+    finally:
+        del grid_model.heads["grounding"]
+    assert len(threads) == 1 and threading.current_thread() not in threads
+    assert any(a.source == Source.GEOMETRY for a in serial)
+    for got in (parallel, despite):
+        for a, b in zip(got, serial, strict=True):
+            assert (a.status, a.source, a.text) == (b.status, b.source, b.text)
+            assert [o.phrase for o in a.objects] == [o.phrase for o in b.objects]
+            for x, y in zip(a.objects, b.objects, strict=True):
+                assert x.box == y.box and x.depth_used == y.depth_used
+                np.testing.assert_array_equal(x.position, y.position)
 
 
 @pytest.mark.parametrize("shape, size", [((2, 3, 4, 5), (8, 10)), ((1, 2, 4, 4), (4, 4)),

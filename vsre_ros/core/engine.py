@@ -21,6 +21,9 @@
   objects are in its first image (`Answer.objects`); with that image's depth and intrinsics,
   where they are in 3D, and a metric number question is answered from that geometry
   (`core.geometry`, `Answer.source`). Without depth, the answers are the model's as before.
+  The head and the geometry of a batch's frames run on a second thread while the LM answers
+  (`EngineConfig.parallel_grounding`): on a CPU with a core to spare, a grounded answer about
+  a new frame comes about as soon as the model's answer does.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +159,20 @@ class _Packed:
     row_len: list[int]  # tokens of each row so far (a child row counts its parent's)
 
 
+def _warm_group(grounder: Grounder, features: dict | None, queries: list[Query], keys) -> None:
+    """One image set's part of `Engine._warm`: without `features` (image tokens by key), only
+    what needs none."""
+    found = features[keys[0]] if features is not None else None
+    frame = grounder.frame(keys[0], found, queries[0].images[0])
+    phrases = [object_phrases(q.question, q.subj, q.obj) for q in queries]
+    if found is not None:
+        frame.objects([p for names in phrases for p in names])
+    for query, names in zip(queries, phrases, strict=True):
+        if names and query.depth and query.intrinsics:
+            k = geometry.Intrinsics.from_matrix(query.intrinsics[0])
+            frame.locate(names if found is not None else [], query.depth[0], k)
+
+
 class _Pending:
     def __init__(self, queries: Sequence[Query]):
         self.queries = list(queries)
@@ -176,6 +194,7 @@ class Engine:
         self._prefixes = LRU(self.config.prefix_cache_size)
         self._adapter = ""
         self._batch_features: dict[Hashable, torch.Tensor] = {}
+        self._ground_pool: ThreadPoolExecutor | None = None  # `_ground_ahead`'s, made when used
         # Traced static-shape parts (core.traced), for a model the engine loaded itself.
         self._owned = False
         self._vision: TracedVision | None = None
@@ -556,20 +575,59 @@ class Engine:
         self, queries: list[Query], answers: list[Answer | None], slots: list[int]
     ) -> None:
         keys = self._image_keys(queries)
-        self._encode_missing(queries, keys)
         groups: dict[tuple, list[int]] = {}
         for i, k in enumerate(keys):
             groups.setdefault(k, []).append(i)
+        # The grounding thread's job: the frames' pixels now, the rest once `tokens` is set.
+        tokens: Future = Future()
+        job = self._ground_ahead([([queries[i] for i in m], k) for k, m in groups.items()], tokens)
+        try:
+            self._encode_missing(queries, keys)
+            tokens.set_result(self._batch_features)
+            for k, members in groups.items():
+                if self.config.reuse_prefix:
+                    self._answer_packed(
+                        k, [queries[i] for i in members], [slots[i] for i in members], answers
+                    )
+                else:
+                    self._answer_reference(
+                        k, [queries[i] for i in members], [slots[i] for i in members], answers
+                    )
+        finally:  # the job ends before the caches it fills are read again
+            if not tokens.done():
+                tokens.set_result(None)
+            if job is not None:  # what failed there, `_ground` meets again and reports
+                job.exception()
         for k, members in groups.items():
-            if self.config.reuse_prefix:
-                self._answer_packed(
-                    k, [queries[i] for i in members], [slots[i] for i in members], answers
-                )
-            else:
-                self._answer_reference(
-                    k, [queries[i] for i in members], [slots[i] for i in members], answers
-                )
             self._ground([queries[i] for i in members], k, [answers[slots[i]] for i in members])
+
+    def _ground_ahead(self, groups: list[tuple[list[Query], tuple]], tokens: Future):
+        """Ground each (queries, image keys) group on the grounding thread while the model
+        works (`parallel_grounding`): what needs no image tokens (the head's part of the
+        frame's pixels, the depth's geometry) while the encoders run, and the rest once
+        `tokens` holds the batch's image tokens by key (None: stop) while the LM answers.
+        `_ground` then finds every part computed. The job's future, or None (nothing to do)."""
+        head = self.model.heads.get("grounding")
+        if head is None or not self.config.grounding or not self.config.parallel_grounding:
+            return None
+        if self._ground_pool is None:
+            self._ground_pool = ThreadPoolExecutor(1, thread_name_prefix="vsre-grounding")
+        return self._ground_pool.submit(self._warm, self._grounder_for(head), tokens, groups)
+
+    @staticmethod
+    def _warm(grounder: Grounder, tokens: Future, groups: list[tuple[list[Query], tuple]]):
+        """What `_ground` computes for each group, into `grounder`'s caches. Its errors are
+        left for `_ground`, which meets them again, answer by answer, and says so."""
+        with torch.inference_mode():
+            features = None  # the pixels' part first, then (once given the tokens) the rest
+            for stage in range(2):
+                if stage and (features := tokens.result()) is None:
+                    return
+                for queries, keys in groups:
+                    try:
+                        _warm_group(grounder, features, queries, keys)
+                    except Exception:  # `_ground` meets it again and reports it
+                        continue
 
     def _ground(self, queries: list[Query], keys: tuple, answers: list[Answer]) -> None:
         """Fill each answer's `objects` from the grounding head (in the first image of `keys`,

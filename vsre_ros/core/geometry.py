@@ -45,6 +45,8 @@ STACKED_PIXELS = 3  # this many pixels' height at its depth) stands on another..
 SPREAD = 0.3  # ... when its visible heights span this share of its top's height (not a top
 # seen from straight above)
 MIN_PIXELS = 3  # fewer valid pixels in a box: no 3D place
+GEOMETRY_SIDE = 240  # a depth image n times this size (its shorter side) is read at every n-th
+# pixel (a 640x480 camera's at every 2nd: 320x240)
 SEARCH_MARGIN = 0.15  # a grounded box is searched grown by this share of its size per side
 JUMP = 0.03  # a depth step of this share of the depth between neighbours separates surfaces
 COLOUR_JUMP = 40  # a step of this many levels (0..255) in a channel between neighbours too
@@ -120,6 +122,17 @@ def depth_metres(depth: np.ndarray) -> np.ndarray:
     else:
         raise ValueError(f"depth must be float metres or uint16 millimetres, got {arr.dtype}")
     return np.where(np.isfinite(out) & (out > 0), out, np.nan).astype(np.float32)
+
+
+def _metres(depth: np.ndarray) -> np.ndarray:
+    """`depth_metres` without marking invalid pixels (`back_project` does, pixel by pixel): a
+    float32 image in metres is used as it is, without a copy of the whole frame."""
+    arr = np.asarray(depth)
+    if arr.ndim == 2 and arr.dtype == np.float32:
+        return arr
+    if arr.ndim == 2 and arr.dtype == np.uint16:
+        return arr * np.float32(0.001)
+    return depth_metres(arr)
 
 
 @dataclass
@@ -202,30 +215,36 @@ def locate(
     rgb: np.ndarray | None = None,
 ) -> Located | None:
     """The 3D place of the object in normalised box `box` (see the module docstring); `mask`
-    (HxW bool, the depth's size), when known, gives its pixels instead (those of the box, near
-    the mask's depth: `_mask_pixels`); `rgb` (HxWx3, the depth's size), when given, also
-    separates surfaces where colour jumps. None when too few pixels have depth."""
+    (bool, covering the whole frame at any size: the depth's, or a grounding head's own; read
+    at the depth's pixels by the nearest one), when known, gives its pixels instead (those of
+    the box, near the mask's depth: `_mask_pixels`); `rgb` (HxWx3, the depth's size), when
+    given, also separates surfaces where colour jumps. None when too few pixels have depth."""
     h, w = depth.shape
     x0, y0, x1, y1 = _pixel_box(box, w, h)
-    vs, us = np.mgrid[y0:y1, x0:x1]
-    pts = back_project(depth, k, us, vs).reshape(y1 - y0, x1 - x0, 3)
+    # A large frame is read at every n-th pixel: its objects span many more pixels than their
+    # places and sizes need (and a grounding head's mask has far fewer).
+    n = max(1, min(h, w) // GEOMETRY_SIDE)
+    vs, us = np.mgrid[y0:y1:n, x0:x1:n]
+    pts = back_project(depth, k, us, vs).reshape(*us.shape, 3)
     valid = np.all(np.isfinite(pts), axis=2)
+    grid = k.scaled(1 / n, 1 / n)  # the camera of the pixels read: its focal lengths in them
     if mask is not None:
-        ok = _mask_pixels(pts, valid & np.asarray(mask, dtype=bool)[y0:y1, x0:x1], k)
+        inside = _nearest(np.asarray(mask, dtype=bool), (h, w), slice(y0, y1, n), slice(x0, x1, n))
+        ok = _mask_pixels(pts, valid & inside, grid)
     else:
-        colour = rgb[y0:y1, x0:x1] if rgb is not None else None
-        ok = _object_pixels(pts, valid, k, plane, colour)
+        colour = rgb[y0:y1:n, x0:x1:n] if rgb is not None else None
+        ok = _object_pixels(pts, valid, grid, plane, colour)
     if ok.sum() < MIN_PIXELS:
         return None
     rows, cols = np.nonzero(ok)
     seen = (
-        (x0 + cols.min()) / w,
-        (y0 + rows.min()) / h,
-        (x0 + cols.max() + 1) / w,
-        (y0 + rows.max() + 1) / h,
+        (x0 + n * cols.min()) / w,
+        (y0 + n * rows.min()) / h,
+        min(x0 + n * (cols.max() + 1), x1) / w,
+        min(y0 + n * (rows.max() + 1), y1) / h,
     )
     if plane is None:
-        lo, hi = np.percentile(pts[ok], [2, 98], axis=0)
+        lo, hi = percentiles(pts[ok], (2, 98))
         return Located((lo + hi) / 2, hi - lo, float(hi[0] - lo[0]), math.nan, int(ok.sum()), seen)
     from scipy import ndimage
 
@@ -241,11 +260,13 @@ def _on_plane(
     """The place of an object of points `pts` [N, 3] standing on `plane` (or on another
     object): `around` are the heights of the surfaces seen right around it; its footprint's
     rectangle leaves out `trim` percent of its points at each side."""
-    lo, hi = np.percentile(pts, [2, 98], axis=0)
     heights = plane.height(pts)
-    bottom, top = (float(v) for v in np.percentile(heights, [2, 98]))
+    # x, y, z and the height over the plane: 2nd and 98th percentiles, and medians.
+    (lo, bottom), (hi, top), (mid, _) = (
+        (v[:3], float(v[3])) for v in percentiles(np.c_[pts, heights], (2, 98, 50))
+    )
     # The lowest pixels that are seen may stand a few pixels' height above the plane.
-    floor = max(STACKED, STACKED_PIXELS * float(np.median(pts[:, 2])) / k.fy)
+    floor = max(STACKED, STACKED_PIXELS * float(mid[2]) / k.fy)
     # A flat thing high over the plane is a top seen from above (standing on the plane) unless
     # a surface at its lowest points' height is seen around it: what it lies on.
     supported = len(around) > 0 and (
@@ -276,7 +297,7 @@ def _mask_pixels(pts: np.ndarray, ok: np.ndarray, k: Intrinsics) -> np.ndarray:
     if ok.sum() < MIN_PIXELS:
         return ok
     z = pts[..., 2]
-    ref = float(np.median(z[ok]))
+    ref = float(percentiles(z[ok], (50,))[0])
     rows, cols = np.nonzero(ok)
     size = max((np.ptp(cols) + 1) / k.fx, (np.ptp(rows) + 1) / k.fy) * ref
     window = min(max(size, MIN_DEPTH_WINDOW), DEPTH_WINDOW)
@@ -322,7 +343,7 @@ def _object_pixels(
         piece = labels == int(counts[1:].argmax() + 1)
     else:
         piece = ok
-    ref = float(np.median(z[piece]))
+    ref = float(percentiles(z[piece], (50,))[0])
     # An object is about as deep as the box is wide or tall, at its depth.
     size = max(w / k.fx, h / k.fy) * ref
     window = min(max(size, MIN_DEPTH_WINDOW), DEPTH_WINDOW)
@@ -332,6 +353,20 @@ def _object_pixels(
     return piece | grown
 
 
+def percentiles(values: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """`np.percentile(values, qs, axis=0)` (its default, linear method) without its overhead,
+    about 0.2 ms a call, which is most of its cost on an object's few hundred points."""
+    n = len(values)
+    at = np.asarray(qs, dtype=float) / 100 * (n - 1)
+    below = np.floor(at).astype(np.int64)
+    above = np.minimum(below + 1, n - 1)
+    part = np.partition(values, np.unique(np.r_[below, above]), axis=0)
+    t = (at - below).reshape(-1, *([1] * (values.ndim - 1)))
+    a, b = part[below], part[above]
+    # numpy's lerp: from the nearer end, so that t = 0 and t = 1 give the values themselves
+    return np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
+
+
 def _min_area_rectangle(points: np.ndarray, trim: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """Centre [2] and sides [2] of the least-area rectangle around 2D points (robust to `trim`
     percent of outliers per side), searched over rotations in 3-degree steps (all at once)."""
@@ -339,7 +374,7 @@ def _min_area_rectangle(points: np.ndarray, trim: float = 2.0) -> tuple[np.ndarr
     c, s = np.cos(angles), np.sin(angles)
     axes = np.stack([np.stack([c, s], 0), np.stack([-s, c], 0)], 2)  # [2, A, 2]: u, v axes
     proj = points @ axes.reshape(2, -1)  # [N, A * 2]
-    lo, hi = np.percentile(proj, [trim, 100 - trim], axis=0).reshape(2, len(angles), 2)
+    lo, hi = percentiles(proj, (trim, 100 - trim)).reshape(2, len(angles), 2)
     sides = hi - lo
     best = int(np.argmin(sides.prod(-1)))
     mid = (lo[best] + hi[best]) / 2
@@ -361,35 +396,42 @@ class FrameGeometry:
         (registered to it) gets K scaled to its own size. `image` (HxWx3, registered to the
         depth), when given, helps tell touching objects apart. Raises ValueError for an
         unusable depth image."""
-        self.depth = depth_metres(depth)
+        self.depth = _metres(depth)
         h, w = self.depth.shape
         if image_shape is not None and tuple(image_shape) != (h, w):
             k = k.scaled(w / image_shape[1], h / image_shape[0])
         self.k = k
-        self.rgb = None
-        if image is not None:  # at the depth's size: the nearest pixel
-            ys = np.arange(h) * image.shape[0] // h
-            xs = np.arange(w) * image.shape[1] // w
-            self.rgb = image[ys[:, None], xs[None, :]]
+        self._image = image
+        self._rgb: np.ndarray | None = None
         # The plane of the whole frame: the objects are too few of its points to hold a plane
         # (PLANE_MIN_SHARE), and every object of the frame is placed against the same plane.
         self.plane = support_plane(self.depth, k)
 
+    @property
+    def rgb(self) -> np.ndarray | None:
+        """The colour image at the depth's size (the nearest pixel), made when first read:
+        only a box without a mask reads it (`_object_pixels`)."""
+        if self._rgb is None and self._image is not None:
+            self._rgb = _nearest(self._image, self.depth.shape)
+        return self._rgb
+
     def locate(self, box, mask=None) -> Located | None:
         """The place of the object in normalised `box` (searched grown by SEARCH_MARGIN);
         `mask` (bool, covering the whole frame at any size: the image's, or a grounding head's
-        own; resized to the depth's by the nearest pixel), when given, holds the object's
-        pixels (see `locate`)."""
-        if mask is not None:
-            mask = np.asarray(mask, dtype=bool)
-            h, w = self.depth.shape
-            if mask.shape != (h, w):
-                ys = np.arange(h) * mask.shape[0] // h
-                xs = np.arange(w) * mask.shape[1] // w
-                mask = mask[ys[:, None], xs[None, :]]
-        return locate(
-            widened(box, SEARCH_MARGIN), self.depth, self.k, self.plane, mask=mask, rgb=self.rgb
-        )
+        own), when given, holds the object's pixels (see `locate`)."""
+        rgb = self.rgb if mask is None else None
+        return locate(widened(box, SEARCH_MARGIN), self.depth, self.k, self.plane, mask, rgb)
+
+
+def _nearest(image: np.ndarray, shape: tuple[int, int], rows=None, cols=None) -> np.ndarray:
+    """Rows `rows` and columns `cols` (slices; default all) of `image` resized to `shape`
+    (H, W) by the nearest pixel; `image` itself when it has that size already."""
+    h, w = shape
+    if image.shape[:2] == (h, w) and rows is None and cols is None:
+        return image
+    ys = np.arange(h)[rows or slice(None)] * image.shape[0] // h
+    xs = np.arange(w)[cols or slice(None)] * image.shape[1] // w
+    return image[ys[:, None], xs[None, :]]
 
 
 def locate_all(

@@ -174,8 +174,16 @@ class GroundingHead(nn.Module):
 
     def image_part(self, image_tokens: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
         """What the head reads of images: [N, T, width]."""
+        return self.join(image_tokens, self.pixel_part(colours))
+
+    def pixel_part(self, colours: torch.Tensor) -> torch.Tensor:
+        """The part of `image_part` that reads the frame's colours alone, not its tokens."""
+        return self.colour(colours.to(self.position.device, torch.float32))
+
+    def join(self, image_tokens: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """`image_part` from the frame's tokens and its `pixel_part`."""
         t = self.token(image_tokens.float()) + self.position
-        return t + F.pad(self.colour(colours.float()), (0, 0, 0, self.object_tokens))
+        return t + F.pad(pixels, (0, 0, 0, self.object_tokens))
 
     def phrase_part(self, phrases: torch.Tensor) -> torch.Tensor:
         """What the head reads of phrase embeddings [P, hidden]: [P, width]."""
@@ -317,14 +325,23 @@ class MaskHead(nn.Module):
     def image_part(self, image_tokens: torch.Tensor, pixels: torch.Tensor) -> tuple:
         """Frames' tokens [N, T, hidden] and `frame_inputs` -> their feature maps at 1/8, 1/4
         and 1/2 of MASK_SIDE."""
-        x = pixels.to(self.out.weight.dtype)
+        return self.join(image_tokens, self.pixel_part(pixels))
+
+    def pixel_part(self, pixels: torch.Tensor) -> tuple:
+        """The part of `image_part` that reads the frame's pixels alone, not its tokens: the
+        encoder's maps at 1/2, 1/4, 1/8 and 1/16 of MASK_SIDE."""
+        x = pixels.to(self.out.weight)
         f2 = self.enc[0](x)
         f4 = self.enc[1](f2)
         f8 = self.enc[2](f4)
-        f16 = self.enc[3](f8)
+        return f2, f4, f8, self.enc[3](f8)
+
+    def join(self, image_tokens: torch.Tensor, pixels: tuple) -> tuple:
+        """`image_part` from the frames' tokens and their `pixel_part`."""
+        f2, f4, f8, f16 = pixels
         rows, cols = self.grid
-        grid = self.tokens(image_tokens[:, : rows * cols].to(x.dtype))
-        grid = grid.transpose(1, 2).reshape(len(x), -1, rows, cols)
+        grid = self.tokens(image_tokens[:, : rows * cols].to(f16.dtype))
+        grid = grid.transpose(1, 2).reshape(len(f16), -1, rows, cols)
         f16 = self.context(f16 + nearest(grid, f16.shape[-2:]))
         g8 = f8 + nearest(self.lateral[0](f16), f8.shape[-2:])
         return g8, self.lateral[1](f4), self.lateral[2](f2)
@@ -609,26 +626,35 @@ def text_phrases(question: str) -> list[str]:
 
 class FrameGrounding:
     """One frame's grounding, each part computed once however many questions ask about it:
-    the head's image part, each phrase's box (all new phrases in one head call) and mask (a
+    the head's part of its pixels (`pixel_part`, before its tokens exist), its image part (once
+    they do: `read`), each phrase's box (all new phrases in one head call) and mask (a
     `MaskHead`'s), and, with a depth image and K, its `geometry.FrameGeometry` and each
     phrase's 3D place."""
 
-    def __init__(self, grounder: Grounder, image_tokens: torch.Tensor, image: np.ndarray):
+    def __init__(self, grounder: Grounder, image: np.ndarray):
         self.grounder = grounder
         head = grounder.head
-        inputs = head.frame_inputs([image]).to(image_tokens.device)
         self.rgb = image  # its colours separate touching objects in depth (`locate`)
-        self.image = head.image_part(image_tokens[None], inputs)
+        self.pixels = head.pixel_part(head.frame_inputs([image]))
+        self.image = None  # the head's image part, once the frame's tokens are read
         self.boxes: dict[str, tuple[tuple[float, float, float, float], float]] = {}
         self.masks: dict[str, np.ndarray] = {}  # a MaskHead's, at its side x side
         self.depth_key: Hashable = None
         self.geometry: geometry.FrameGeometry | None = None
         self.places: dict[str, geometry.Located | None] = {}
 
+    def read(self, image_tokens: torch.Tensor) -> FrameGrounding:
+        """Join the frame's tokens [T, hidden] to its pixels' part (once)."""
+        if self.image is None:
+            self.image = self.grounder.head.join(image_tokens[None], self.pixels)
+        return self
+
     def objects(self, phrases: Sequence[str]) -> list[GroundedObject]:
         """Each phrase's box and score (new objects each call: answers may change theirs)."""
         new = [p for p in dict.fromkeys(phrases) if p not in self.boxes]
         if new:
+            if self.image is None:
+                raise RuntimeError("the frame's tokens are not read yet (`read`)")
             head, parts = self.grounder.head, self.grounder.phrase_parts(new)
             if isinstance(head, MaskHead):
                 boxes, scores, masks = head.decode_masks(self.image, parts)
@@ -663,14 +689,15 @@ class Grounder:
         self._frames, self._phrases = frames, phrases
 
     def frame(
-        self, key: Hashable, image_tokens: torch.Tensor, image: np.ndarray
+        self, key: Hashable, image_tokens: torch.Tensor | None, image: np.ndarray
     ) -> FrameGrounding:
-        """The grounding of the frame `key` whose tokens [T, hidden] the model computed."""
+        """The grounding of the frame `key` whose tokens [T, hidden] the model computed (None:
+        not yet; its pixels' part and its geometry need none)."""
         found = self._frames.get_fresh(key)
         if found is None:
-            found = FrameGrounding(self, image_tokens, image)
+            found = FrameGrounding(self, image)
             self._frames.put(key, found)
-        return found
+        return found if image_tokens is None else found.read(image_tokens)
 
     def has(self, key: Hashable, depth: np.ndarray | None = None, k: object = None) -> bool:
         """Whether the frame `key` is grounded (and, with a depth image and K, measured)."""
