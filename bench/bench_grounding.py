@@ -13,7 +13,11 @@ frame), for the embedded model with its grounding head:
    for every question of a frame asked one after another (the frame's parts kept);
 2. whole queries through the engine, p50 in ms, with the head and depth and with neither (the
    model as before): one question about a new frame, one about a prepared frame, and 8
-   questions about one new frame in one call (per question).
+   questions about one new frame in one call (per question). With the head, twice: grounding
+   on its own thread while the model works (`EngineConfig.parallel_grounding`, the default)
+   and after the LM on the caller's thread; for each, the latency it adds to the model's answer
+   and the CPU time of the whole call (both threads: the work the grounding thread hides
+   still costs a core).
 """
 
 from __future__ import annotations
@@ -70,18 +74,19 @@ def query(item: dict, frame, k=None) -> Query:
     )
 
 
-def timed_answer(engine: Engine, queries: list[Query], prepare: bool = False) -> float:
-    """Milliseconds `engine` takes to answer `queries` about a frame it has not seen; with
-    `prepare`, after `Engine.prepare` encoded that frame (untimed) under the queries' key."""
+def timed_answer(engine: Engine, queries: list[Query], prepare: bool = False) -> tuple:
+    """(wall, CPU) milliseconds `engine` takes to answer `queries` about a frame it has not
+    seen; with `prepare`, after `Engine.prepare` encoded that frame (untimed) under the
+    queries' key. The CPU time is the process's: every thread's."""
     engine.clear_cache()
     if prepare:
         q = queries[0]
         engine.prepare(q.images[0], "frame", *(q.depth or [None]), *(q.intrinsics or [None]))
         for q in queries:
             q.image_keys = ["frame"]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     engine.answer(queries)
-    return (time.perf_counter() - start) * 1000
+    return (time.perf_counter() - start) * 1000, (time.process_time() - cpu) * 1000
 
 
 def main() -> None:
@@ -121,19 +126,26 @@ def main() -> None:
                 (first if j == 0 else every).append((time.perf_counter() - start) * 1000)
                 objects.append(len(object_phrases(item["question"])))
     every += first
-    one_with, one_without, eight_with, eight_without = [], [], [], []
-    ready_with, ready_without = [], []
+    # Per case and setting: (wall, CPU) ms of each call; per question for 8 questions.
+    cases = ("one question about a new frame", "one question about a prepared frame",
+             "8 questions about a new frame, per question")  # fmt: skip
+    settings = ("grounded on its own thread", "grounded after the LM", "without the head")
+    timed: dict = {(c, s): [] for c in cases for s in settings}
     for f in shots:
         k = pixel_centre_K(f.K)
         items = (f.items * 8)[:8]
-        model.heads["grounding"] = head
-        one_with.append(timed_answer(engine, [query(items[0], f, k)]))
-        ready_with.append(timed_answer(engine, [query(items[0], f, k)], prepare=True))
-        eight_with.append(timed_answer(engine, [query(it, f, k) for it in items]) / 8)
-        model.heads.pop("grounding")
-        one_without.append(timed_answer(engine, [query(items[0], f)]))
-        ready_without.append(timed_answer(engine, [query(items[0], f)], prepare=True))
-        eight_without.append(timed_answer(engine, [query(it, f) for it in items]) / 8)
+        for setting in settings:
+            engine.config.parallel_grounding = setting == settings[0]
+            plain = setting == settings[2]
+            if plain:
+                model.heads.pop("grounding", None)
+            else:
+                model.heads["grounding"] = head
+            one = [query(items[0], f, None if plain else k)]
+            timed[cases[0], setting].append(timed_answer(engine, one))
+            timed[cases[1], setting].append(timed_answer(engine, one, prepare=True))
+            eight = timed_answer(engine, [query(it, f, None if plain else k) for it in items])
+            timed[cases[2], setting].append((eight[0] / 8, eight[1] / 8))
     model.heads["grounding"] = head
     h, w = shots[0].rgb.shape[:2]
     print(
@@ -156,16 +168,15 @@ def main() -> None:
         f"  extra work, every question of a frame:    p50 {pct(every, 50):.2f} ms, "
         f"p90 {pct(every, 90):.2f} ms"
     )
-    for label, with_ms, without_ms in (
-        ("one question about a new frame", one_with, one_without),
-        ("one question about a prepared frame", ready_with, ready_without),
-        ("8 questions about a new frame, per question", eight_with, eight_without),
-    ):
-        print(
-            f"  engine, {label}: p50 {pct(with_ms, 50):.1f} ms grounded with depth, "
-            f"{pct(without_ms, 50):.1f} ms without the head (ratio "
-            f"{pct(with_ms, 50) / pct(without_ms, 50):.2f})"
-        )
+    for case in cases:
+        base = pct([t for t, _ in timed[case, settings[2]]], 50)
+        row = []
+        for setting in settings:
+            wall = pct([t for t, _ in timed[case, setting]], 50)
+            cpu = pct([c for _, c in timed[case, setting]], 50)
+            added = f", +{wall - base:.1f}" if setting != settings[2] else ""
+            row.append(f"{setting} {wall:.1f}{added} (CPU {cpu:.1f})")
+        print(f"  engine, {case}, p50 ms: " + "; ".join(row))
 
 
 if __name__ == "__main__":

@@ -492,6 +492,29 @@ def test_a_prepared_frame_is_grounded_and_measured_before_the_question(grid_mode
     np.testing.assert_allclose(a.position, b.position, atol=1e-6, equal_nan=True)
 
 
+def test_clear_cache_forgets_the_frames_grounding_and_keeps_the_phrases_parts(
+    grid_model, monkeypatch
+):
+    from vsre_ros.core.engine import Engine
+
+    head = _mask_head(grid_model)
+    grid_model.heads["grounding"] = head
+    calls = []
+    for name in ("pixel_part", "phrase_part"):
+        part = getattr(head, name)
+        monkeypatch.setattr(head, name, lambda *a, n=name, f=part: calls.append(n) or f(*a))
+    try:
+        engine = Engine(grid_model)
+        query, _ = _tabletop_query("How tall is the grey box, in metres?", AnswerKind.NUMBER)
+        first = engine.answer([query])[0]
+        engine.clear_cache()
+        again = engine.answer([query])[0]
+    finally:
+        del grid_model.heads["grounding"]
+    assert calls == ["pixel_part", "phrase_part", "pixel_part"]
+    assert (again.text, again.objects[0].box) == (first.text, first.objects[0].box)
+
+
 def test_grounding_on_its_own_thread_gives_the_answers_of_grounding_after_the_lm(
     grid_model, monkeypatch
 ):

@@ -242,10 +242,13 @@ class Engine:
             return dict(self._stats)
 
     def clear_cache(self) -> None:
+        """Forget every frame: its visual tokens, its prefix and its grounding. What belongs
+        to the model alone stays: the token ids of prompt parts, each phrase's head part."""
         with self._run_lock:
             self._features.clear()
             self._prefixes.clear()
-            self._grounder = None
+            if self._grounder is not None:
+                self._grounder.forget_frames()
 
     def _reset_model_state(self) -> None:
         self._features.clear()

@@ -699,6 +699,10 @@ class Grounder:
             self._frames.put(key, found)
         return found if image_tokens is None else found.read(image_tokens)
 
+    def forget_frames(self) -> None:
+        """Drop every frame's grounding; the phrases' parts stay (they are the model's)."""
+        self._frames.clear()
+
     def has(self, key: Hashable, depth: np.ndarray | None = None, k: object = None) -> bool:
         """Whether the frame `key` is grounded (and, with a depth image and K, measured)."""
         found = self._frames.get_fresh(key)
