@@ -10,7 +10,8 @@ How an object's place is measured (`locate`), for a box that may hold background
 1. the support surface (a table top or the floor) is the plane fitted (RANSAC, then least
    squares on its inliers) to the frame's points, once per frame (`FrameGeometry`);
 2. the object's pixels are those of the box (grown by `SEARCH_MARGIN`: a grounded box may be a
-   little small; a depth image of 480 rows or more read at every n-th pixel, `GEOMETRY_SIDE`) standing at least `ABOVE_PLANE` above it (without a plane: all of them), cut
+   little small; a depth image of 480 rows or more is read at every n-th pixel,
+   `GEOMETRY_SIDE`) standing at least `ABOVE_PLANE` above it (without a plane: all of them), cut
    apart where depth jumps or, with the colour image, where colour jumps (two objects touching
    at one depth); the connected piece covering most of the box's centre, with its neighbours
    near its depth, is the object: an occluder in front and background behind drop out. Given
