@@ -168,7 +168,8 @@ def _warm_group(grounder: Grounder, features: dict | None, queries: list[Query],
     if found is not None:
         frame.objects([p for names in phrases for p in names])
     for query, names in zip(queries, phrases, strict=True):
-        if names and query.depth and query.intrinsics:
+        # A question's objects, or a frame prepared before any question (`Engine.prepare`).
+        if (names or not query.question) and query.depth and query.intrinsics:
             k = geometry.Intrinsics.from_matrix(query.intrinsics[0])
             frame.locate(names if found is not None else [], query.depth[0], k)
 
@@ -407,15 +408,24 @@ class Engine:
         return True
 
     def _prepare(self, image, keys: tuple, head, depth, intrinsics) -> None:
-        self._encode_missing([Query("", [image])], [keys])
-        prefix, known = self._prefix(keys)
-        if not known:  # the prefix alone, as `_run_packed` runs it before a batch's rows
-            n = len(prefix.ids)
-            embeds = self.model.embed(self._tensor([prefix.ids]), prefix.image_embeds)
-            causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
-            cache = DynamicCache()
-            self._lm(embeds, causal, torch.arange(n, device=self.device), cache, 1)
-            self._keep_prefix(keys, prefix, cache)
+        measured = depth is not None and intrinsics is not None
+        query = Query(
+            "",
+            [image],
+            depth=[depth] if measured else [],
+            intrinsics=[intrinsics] if measured else [],
+        )
+        with self._grounding_beside([([query], keys)]) as tokens:
+            self._encode_missing([query], [keys])
+            tokens.set_result(self._batch_features)
+            prefix, known = self._prefix(keys)
+            if not known:  # the prefix alone, as `_run_packed` runs it before a batch's rows
+                n = len(prefix.ids)
+                embeds = self.model.embed(self._tensor([prefix.ids]), prefix.image_embeds)
+                causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+                cache = DynamicCache()
+                self._lm(embeds, causal, torch.arange(n, device=self.device), cache, 1)
+                self._keep_prefix(keys, prefix, cache)
         if head is None:
             return
         frame = self._grounder_for(head).frame(keys[0], self._batch_features[keys[0]], image)
@@ -581,10 +591,8 @@ class Engine:
         groups: dict[tuple, list[int]] = {}
         for i, k in enumerate(keys):
             groups.setdefault(k, []).append(i)
-        # The grounding thread's job: the frames' pixels now, the rest once `tokens` is set.
-        tokens: Future = Future()
-        job = self._ground_ahead([([queries[i] for i in m], k) for k, m in groups.items()], tokens)
-        try:
+        grouped = [([queries[i] for i in m], k) for k, m in groups.items()]
+        with self._grounding_beside(grouped) as tokens:
             self._encode_missing(queries, keys)
             tokens.set_result(self._batch_features)
             for k, members in groups.items():
@@ -596,26 +604,31 @@ class Engine:
                     self._answer_reference(
                         k, [queries[i] for i in members], [slots[i] for i in members], answers
                     )
-        finally:  # the job ends before the caches it fills are read again
-            if not tokens.done():
-                tokens.set_result(None)
-            if job is not None:  # what failed there, `_ground` meets again and reports
-                job.exception()
         for k, members in groups.items():
             self._ground([queries[i] for i in members], k, [answers[slots[i]] for i in members])
 
-    def _ground_ahead(self, groups: list[tuple[list[Query], tuple]], tokens: Future):
+    @contextlib.contextmanager
+    def _grounding_beside(self, groups: list[tuple[list[Query], tuple]]) -> Iterator[Future]:
         """Ground each (queries, image keys) group on the grounding thread while the model
         works (`parallel_grounding`): what needs no image tokens (the head's part of the
-        frame's pixels, the depth's geometry) while the encoders run, and the rest once
-        `tokens` holds the batch's image tokens by key (None: stop) while the LM answers.
-        `_ground` then finds every part computed. The job's future, or None (nothing to do)."""
+        frame's pixels, the depth's geometry) while the encoders run, and the rest once the
+        future yielded holds the batch's image tokens by key (None: stop) while the LM
+        answers. The job ends with the block, so that `_ground` then finds every part
+        computed (and meets again, and reports, whatever failed there)."""
+        tokens: Future = Future()
         head = self.model.heads.get("grounding")
-        if head is None or not self.config.grounding or not self.config.parallel_grounding:
-            return None
-        if self._ground_pool is None:
-            self._ground_pool = ThreadPoolExecutor(1, thread_name_prefix="vsre-grounding")
-        return self._ground_pool.submit(self._warm, self._grounder_for(head), tokens, groups)
+        job = None
+        if head is not None and self.config.grounding and self.config.parallel_grounding:
+            if self._ground_pool is None:
+                self._ground_pool = ThreadPoolExecutor(1, thread_name_prefix="vsre-grounding")
+            job = self._ground_pool.submit(self._warm, self._grounder_for(head), tokens, groups)
+        try:
+            yield tokens
+        finally:
+            if not tokens.done():
+                tokens.set_result(None)
+            if job is not None:
+                job.exception()
 
     @staticmethod
     def _warm(grounder: Grounder, tokens: Future, groups: list[tuple[list[Query], tuple]]):
