@@ -86,10 +86,9 @@ def test_intrinsics_from_camera_info_and_bad_k():
         G.Intrinsics.from_matrix([1.0, 2.0])
 
 
-def _tabletop(box_centre, box_size, tilt_deg=35.0, camera_height=0.8, w=160, h=120):
+def _tabletop(box_centre, box_size, tilt_deg=35.0, camera_height=0.8, w=160, h=120, f=100.0):
     """Exact depth of a camera looking down at a table (z = 0) with one box standing on it:
     ray-cast analytically. Returns (depth, K, camera-to-world rotation, camera position)."""
-    f = 100.0
     k = G.Intrinsics(f, f, (w - 1) / 2, (h - 1) / 2)
     t = math.radians(tilt_deg)
     # Camera axes in the world: x right, y down, z forward (looking along +y, pitched down).
@@ -135,6 +134,34 @@ def test_a_box_on_a_table_is_placed_and_measured():
     # Its pixels fill the box it was found in, but for its lowest row (less than ABOVE_PLANE
     # over the table).
     assert iou(place.box, box) > 0.9
+
+
+def test_a_camera_sized_depth_image_is_read_at_every_nth_pixel(monkeypatch):
+    """A 640x480 depth image is read at every 2nd pixel (`GEOMETRY_SIDE`): the place, sizes and
+    measured box are those of reading every pixel, to about a pixel's worth; a mask of
+    another size (a grounding head's 128x128) is read at the pixels read."""
+    centre, size = (0.05, 1.0, 0.06), (0.16, 0.1, 0.12)
+    depth, k, rot, pos = _tabletop(centre, size, w=640, h=480, f=400.0)
+    table, _, _, _ = _tabletop((9.0, 9.0, -9.0), (0.0, 0.0, 0.0), w=640, h=480, f=400.0)
+    on_box = depth < table - 1e-4
+    vs, us = np.nonzero(on_box)
+    box = [us.min() / 640, vs.min() / 480, (us.max() + 1) / 640, (vs.max() + 1) / 480]
+    mask = on_box[np.arange(128) * 480 // 128][:, np.arange(128) * 640 // 128]  # 128x128
+    read = []  # pixels back-projected per call
+    project = G.back_project
+    monkeypatch.setattr(G, "back_project", lambda *a: read.append(a[2].size) or project(*a))
+    strided = G.FrameGeometry(depth, k, (480, 640)).locate(box, mask)
+    strided_pixels = read[-1]
+    monkeypatch.setattr(G, "GEOMETRY_SIDE", 10_000)
+    every = G.FrameGeometry(depth, k, (480, 640)).locate(box, mask)
+    assert 3.5 < read[-1] / strided_pixels < 4.5  # every 2nd row and column
+    truth = rot.T @ (np.array(centre) - pos)
+    for place in (strided, every):
+        np.testing.assert_allclose(place.centre, truth, atol=0.015)
+        assert place.height == pytest.approx(0.12, abs=0.01)
+        assert place.width == pytest.approx(0.16, abs=0.015)
+    np.testing.assert_allclose(strided.centre, every.centre, atol=0.003)
+    np.testing.assert_allclose(strided.box, every.box, atol=2.5 / 480)
 
 
 def test_fit_plane_recovers_the_table():
@@ -185,3 +212,10 @@ def test_two_objects_touching_at_one_depth_are_told_apart_by_colour():
     assert merged.extent[0] > 0.25
     frame = G.FrameGeometry(depth, k, (64, 64), rgb)
     assert frame.locate(red).extent == pytest.approx(apart.extent)
+
+
+@pytest.mark.parametrize("shape", [(1,), (2,), (7, 3), (300, 4), (800, 60)])
+@pytest.mark.parametrize("qs", [(2, 98), (50,), (1.0, 99.0), (2, 98, 50), (0, 100)])
+def test_percentiles_are_numpys(shape, qs):
+    values = np.random.default_rng(len(shape) + sum(shape)).normal(size=shape)
+    np.testing.assert_array_equal(G.percentiles(values, qs), np.percentile(values, qs, axis=0))

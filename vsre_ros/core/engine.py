@@ -195,7 +195,7 @@ class Engine:
         self._prefixes = LRU(self.config.prefix_cache_size)
         self._adapter = ""
         self._batch_features: dict[Hashable, torch.Tensor] = {}
-        self._ground_pool: ThreadPoolExecutor | None = None  # `_ground_ahead`'s, made when used
+        self._ground_pool: ThreadPoolExecutor | None = None  # `_grounding_beside`'s thread
         # Traced static-shape parts (core.traced), for a model the engine loaded itself.
         self._owned = False
         self._vision: TracedVision | None = None
