@@ -346,6 +346,29 @@ def test_mask_head_gives_each_phrase_a_mask_and_the_box_of_that_mask(grid_model)
         )
 
 
+def test_a_frame_is_measured_again_for_another_depth_image_not_for_the_same_one(grid_model):
+    """A frame's geometry is kept per depth image (by its digest): the same array or a copy
+    of it reuses the geometry; another depth image under the same frame key is measured."""
+    from vsre_ros.core import geometry
+    from vsre_ros.core.engine import LRU
+    from vsre_ros.core.grounding import Grounder
+
+    query, _ = _tabletop_query("How tall is the grey box, in metres?", AnswerKind.NUMBER)
+    depth, k = query.depth[0], geometry.Intrinsics.from_matrix(query.intrinsics[0])
+    tokens = torch.randn(grid_model.num_image_tokens, grid_model.hidden_size)
+    head = FixedBoxes(grid_model, {"grey box": BOX})
+    with torch.inference_mode():
+        frame = Grounder(grid_model, head, LRU(2), LRU(8)).frame("k", tokens, query.images[0])
+        [first] = frame.locate(["grey box"], depth, k)
+        measured = frame.geometry
+        assert frame.locate(["grey box"], depth, k) == [first]
+        assert frame.locate(["grey box"], depth.copy(), k) == [first]
+        assert frame.geometry is measured
+        [nearer] = frame.locate(["grey box"], depth * 0.5, k)
+    assert frame.geometry is not measured
+    assert nearer.centre[2] == pytest.approx(first.centre[2] * 0.5, rel=0.02)
+
+
 def test_a_mask_box_is_the_surest_piece_with_the_pieces_just_beside_it():
     from vsre_ros.core.grounding import mask_box
 

@@ -640,6 +640,8 @@ class FrameGrounding:
         self.boxes: dict[str, tuple[tuple[float, float, float, float], float]] = {}
         self.masks: dict[str, np.ndarray] = {}  # a MaskHead's, at its side x side
         self.depth_key: Hashable = None
+        self._depth: np.ndarray | None = None  # the depth array last given, and its digest
+        self._depth_digest: Hashable = None
         self.geometry: geometry.FrameGeometry | None = None
         self.places: dict[str, geometry.Located | None] = {}
 
@@ -669,8 +671,11 @@ class FrameGrounding:
         self, phrases: Sequence[str], depth: np.ndarray, k: geometry.Intrinsics
     ) -> list[geometry.Located | None]:
         """Each phrase's 3D place in this frame's `depth` seen by camera `k` (ValueError for an
-        unusable depth image)."""
-        key = (_digest(depth), k)
+        unusable depth image). The depth image is known by its digest; the array last given
+        is taken unchanged (0.8 ms of hashing a 640x480 one, each time a batch asks)."""
+        if depth is not self._depth:
+            self._depth, self._depth_digest = depth, _digest(depth)
+        key = (self._depth_digest, k)
         if key != self.depth_key:
             self.geometry = geometry.FrameGeometry(depth, k, self.rgb.shape[:2], self.rgb)
             self.depth_key, self.places = key, {}
