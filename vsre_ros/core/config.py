@@ -131,9 +131,9 @@ class EngineConfig:
     # Answers name their objects with the model's grounding head (a box each; with depth, a 3D
     # place and measured metric answers). False skips it: no head time on a new frame.
     grounding: bool = True
-    # The head and the geometry of a batch's new frames run on a second thread while the LM
-    # answers (torch and numpy release the GIL): a grounded answer waits for the slower of the
-    # two, not for both. False runs them after the LM, on the caller's thread.
+    # The head and the geometry of a batch's frames run on a second thread while the encoders
+    # and the LM work (torch and numpy release the GIL): a grounded answer waits for the slower
+    # of the two, not for both. False runs them after the LM, on the caller's thread.
     parallel_grounding: bool = True
     max_question_chars: int = 2000  # longer questions are refused as BAD_QUESTION
     max_images: int = 8  # more images in one query are refused as BAD_IMAGE

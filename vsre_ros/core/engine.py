@@ -21,9 +21,9 @@
   objects are in its first image (`Answer.objects`); with that image's depth and intrinsics,
   where they are in 3D, and a metric number question is answered from that geometry
   (`core.geometry`, `Answer.source`). Without depth, the answers are the model's as before.
-  The head and the geometry of a batch's frames run on a second thread while the LM answers
-  (`EngineConfig.parallel_grounding`): on a CPU with a core to spare, a grounded answer about
-  a new frame comes about as soon as the model's answer does.
+  The head and the geometry of a batch's frames run on a second thread while the encoders and
+  the LM work (`EngineConfig.parallel_grounding`): on a CPU with a core to spare, a grounded
+  answer about a new frame waits for the slower of the two, not for both.
 """
 
 from __future__ import annotations
