@@ -159,19 +159,23 @@ class _Packed:
     row_len: list[int]  # tokens of each row so far (a child row counts its parent's)
 
 
-def _warm_group(grounder: Grounder, features: dict | None, queries: list[Query], keys) -> None:
-    """One image set's part of `Engine._warm`: without `features` (image tokens by key), only
-    what needs none."""
-    found = features[keys[0]] if features is not None else None
-    frame = grounder.frame(keys[0], found, queries[0].images[0])
-    phrases = [object_phrases(q.question, q.subj, q.obj) for q in queries]
-    if found is not None:
-        frame.objects([p for names in phrases for p in names])
-    for query, names in zip(queries, phrases, strict=True):
-        # A question's objects, or a frame prepared before any question (`Engine.prepare`).
-        if (names or not query.question) and query.depth and query.intrinsics:
-            k = geometry.Intrinsics.from_matrix(query.intrinsics[0])
-            frame.locate(names if found is not None else [], query.depth[0], k)
+def _warm_groups(grounder: Grounder, features: dict | None, groups) -> None:
+    """`Engine._warm`'s work for each (queries, image keys) group: without `features` (image
+    tokens by key), only what needs none. Errors are left for `Engine._ground`, which meets
+    them again, answer by answer, and reports them."""
+    for queries, keys in groups:
+        try:
+            found = features[keys[0]] if features is not None else None
+            frame = grounder.frame(keys[0], found, queries[0].images[0])
+            phrases = [object_phrases(q.question, q.subj, q.obj) for q in queries]
+            if found is not None:
+                frame.objects([p for names in phrases for p in names])
+            for query, names in zip(queries, phrases, strict=True):
+                if query.depth and query.intrinsics:
+                    k = geometry.Intrinsics.from_matrix(query.intrinsics[0])
+                    frame.locate(names if found is not None else [], query.depth[0], k)
+        except Exception:  # `_ground` meets it again and reports it
+            continue
 
 
 class _Pending:
@@ -632,18 +636,13 @@ class Engine:
 
     @staticmethod
     def _warm(grounder: Grounder, tokens: Future, groups: list[tuple[list[Query], tuple]]):
-        """What `_ground` computes for each group, into `grounder`'s caches. Its errors are
-        left for `_ground`, which meets them again, answer by answer, and says so."""
+        """What `_ground` computes for each group, into `grounder`'s caches: the frames'
+        pixels and geometry while the encoders run, the rest once `tokens` is set."""
         with torch.inference_mode():
-            features = None  # the pixels' part first, then (once given the tokens) the rest
-            for stage in range(2):
-                if stage and (features := tokens.result()) is None:
-                    return
-                for queries, keys in groups:
-                    try:
-                        _warm_group(grounder, features, queries, keys)
-                    except Exception:  # `_ground` meets it again and reports it
-                        continue
+            _warm_groups(grounder, None, groups)
+            features = tokens.result()
+            if features is not None:
+                _warm_groups(grounder, features, groups)
 
     def _ground(self, queries: list[Query], keys: tuple, answers: list[Answer]) -> None:
         """Fill each answer's `objects` from the grounding head (in the first image of `keys`,
